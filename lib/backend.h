@@ -1,0 +1,98 @@
+/*
+ * backend.h — the contract between the heap and whatever provides virtual
+ * addresses and physical memory.
+ *
+ * The heap never calls the CUDA driver directly. It asks a backend, through the
+ * table below, for the handful of operations the CUDA virtual memory API offers:
+ * reserve a VA range, create a physical allocation, map it whole at an address,
+ * set access, unmap, release; plus the two device operations a heap needs around
+ * them (a fence that waits for all issued GPU work, and memset/copy for calloc and
+ * realloc). Every backend enforces the driver's rules (DESIGN.md §3), so a test on
+ * the host backend fails where the GPU would:
+ *   - sizes and addresses are multiples of caps.granularity;
+ *   - a physical allocation is mapped whole, at offset 0;
+ *   - unmap and set_access take ranges made of whole mappings only;
+ *   - a new mapping is inaccessible until set_access grants access.
+ *
+ * Every function returns GPU_OK or a negative gpu_error_t, and may be called from
+ * several threads at once (the heap calls it outside its lock). Facts about the
+ * backend are data in vmm_caps, filled in at open time, not #ifdefs in the core.
+ * The heap reaches these functions only through the counting wrappers in
+ * backend_call.c (vmm_call_*), which assert the preconditions and count calls.
+ */
+#ifndef GPUHEAP_BACKEND_H
+#define GPUHEAP_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gpuheap.h"
+
+typedef uint64_t vmm_handle; /* a physical allocation: CUmemGenericAllocationHandle or a host memfd slot */
+
+typedef struct vmm_caps {
+    const char *name;         /* "cuda" or "host", for messages and the demo's label */
+    size_t granularity;       /* map/create size and address quantum */
+    size_t max_reserve;       /* largest reservation to try first */
+    int device;               /* device ordinal the memory lives on */
+    bool host_accessible;     /* true when the CPU can read the memory (host backend): tests compare bytes directly */
+    char device_name[128];    /* "NVIDIA H200" or "host" */
+} vmm_caps;
+
+typedef struct vmm_backend vmm_backend;
+
+typedef struct vmm_ops {
+    /* Reserves [*va, *va + size) with no memory behind it. size is a granularity
+     * multiple; *va comes back granularity-aligned. */
+    int (*reserve)(vmm_backend *b, size_t size, uintptr_t *va);
+    /* Gives back a reservation made by reserve; nothing may be mapped in it. */
+    int (*unreserve)(vmm_backend *b, uintptr_t va, size_t size);
+    /* Creates size bytes of physical memory (a granularity multiple). Out of
+     * memory is GPU_ERR_OUT_OF_MEMORY, nothing else. */
+    int (*create)(vmm_backend *b, size_t size, vmm_handle *out);
+    /* Releases a handle; it must not be mapped. */
+    int (*release)(vmm_backend *b, vmm_handle h);
+    /* Maps the whole handle at va (inside a reservation, unmapped, aligned). The
+     * mapping starts inaccessible. */
+    int (*map)(vmm_backend *b, uintptr_t va, size_t size, vmm_handle h);
+    /* Unmaps [va, va+size), which must be made of whole mappings. */
+    int (*unmap)(vmm_backend *b, uintptr_t va, size_t size);
+    /* Sets the owning device's access to a range of whole mappings. */
+    int (*set_access)(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_t prot);
+    /* Returns once all GPU work issued before the call, on any stream of the
+     * device's context, has finished. */
+    int (*fence)(vmm_backend *b);
+    /* Fills device memory; done when the call returns. */
+    int (*memset)(vmm_backend *b, uintptr_t va, int byte, size_t size);
+    /* Copies device memory to device memory (ranges may overlap only if equal);
+     * ordered after work already issued, done when the call returns. */
+    int (*copy)(vmm_backend *b, uintptr_t dst, uintptr_t src, size_t size);
+    /* Closes the backend; every handle is released and every range unreserved. */
+    void (*close)(vmm_backend *b);
+} vmm_ops;
+
+struct vmm_backend {
+    const vmm_ops *ops;
+    vmm_caps caps;
+    char error[256]; /* the last failure's message, written by the failing call (best effort under concurrency) */
+};
+
+/* Opening a backend fills *out (allocated by the backend) or returns an error. */
+int vmm_host_open(const gpu_config_t *cfg, vmm_backend **out);
+int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out);
+
+/* Host-backend facts for tests: physical bytes created and not yet released,
+ * live handles, live mappings and live reservations. */
+typedef struct vmm_host_counts {
+    size_t physical_bytes;
+    size_t handles;
+    size_t mappings;
+    size_t reservations;
+} vmm_host_counts;
+void vmm_host_counts_get(vmm_backend *b, vmm_host_counts *out);
+
+/* Writes a message into b->error (printf-style) and returns err. */
+int vmm_fail(vmm_backend *b, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+#endif /* GPUHEAP_BACKEND_H */
