@@ -81,6 +81,9 @@ struct vmm_backend {
 /* Opening a backend fills *out (allocated by the backend) or returns an error. */
 int vmm_host_open(const gpu_config_t *cfg, vmm_backend **out);
 int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out);
+/* The calling thread's current CUDA device (cuCtxGetDevice), 0 when no context is
+ * current or no driver is loaded. */
+int vmm_cuda_current_device(void);
 
 /* Host-backend facts for tests: physical bytes created and not yet released,
  * live handles, live mappings and live reservations. */

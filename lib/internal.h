@@ -106,7 +106,9 @@ typedef struct blockmap {
 
 int blockmap_init(blockmap *m);
 void blockmap_free(blockmap *m);
-int blockmap_insert(blockmap *m, block *b); /* GPU_ERR_OUT_OF_MEMORY when the host is out */
+/* Makes room for n more keys so that the next n inserts cannot fail. */
+int blockmap_reserve(blockmap *m, size_t n);
+void blockmap_insert(blockmap *m, block *b);
 block *blockmap_find(const blockmap *m, uintptr_t start);
 void blockmap_remove(blockmap *m, uintptr_t start);
 
@@ -139,9 +141,11 @@ void extmap_free(extmap *m);
 extent *extmap_find(const extmap *m, uintptr_t va);
 /* Points every granule of e at e (or at NULL when clearing). */
 int extmap_set(extmap *m, extent *e);
+/* Makes the leaves for [va, va+size) so that a later extmap_set there cannot fail. */
+int extmap_prepare(extmap *m, uintptr_t va, size_t size);
 void extmap_clear(extmap *m, const extent *e);
 
-/* ---- record pools (heap.c) ------------------------------------------------ */
+/* ---- block.c: block records and the moves the heap makes with them ------- */
 
 /* Fixed-size host records handed out from slabs, so the fast path never calls
  * malloc. */
@@ -154,9 +158,33 @@ typedef struct record_pool {
 } record_pool;
 
 void pool_init(record_pool *p, size_t record_size);
-void *pool_get(record_pool *p);
+void *pool_get(record_pool *p); /* NULL when the host is out of memory */
+/* Makes sure n records can be taken without failing. */
+bool pool_reserve(record_pool *p, size_t n);
 void pool_put(record_pool *p, void *r);
 void pool_destroy(record_pool *p);
+
+struct gpu_heap;
+/* A new record for [start, start+size) in the given state, linked nowhere. */
+block *block_new(struct gpu_heap *h, uintptr_t start, size_t size, block_state state);
+/* Cuts b at b->start + size; b keeps the front, the returned record (same state,
+ * linked after b in address order) the rest. NULL when out of host memory. b must
+ * not be in an index. */
+block *block_split(struct gpu_heap *h, block *b, size_t size);
+/* Puts an IDLE or VACANT block, in no index, into its index after merging it with
+ * free neighbours of the same state. Returns the merged block. */
+block *block_release_free(struct gpu_heap *h, block *b, block_state state);
+/* Absorbs b's next neighbour (out of every index) into b and frees its record. */
+void block_absorb_next(struct gpu_heap *h, block *b);
+/* Takes a free block out of its index. */
+void block_unindex(struct gpu_heap *h, block *b);
+/* Marks as owned by b every extent lying wholly inside b (or clears them). */
+void block_claim_extents(struct gpu_heap *h, block *b);
+void block_unclaim_extents(struct gpu_heap *h, block *b);
+/* True when b starts and ends at extent boundaries and owns every extent in it. */
+bool block_owns_all(struct gpu_heap *h, const block *b);
+/* The end address of a block. */
+static inline uintptr_t block_end(const block *b) { return b->start + b->size; }
 
 /* ---- backend_call.c: the one door to the backend --------------------------- */
 
@@ -212,14 +240,21 @@ struct gpu_heap {
     blockmap live;         /* BLOCK_LIVE (and BUSY blocks being changed for a caller), by start */
     extmap extents;
     record_pool block_pool, extent_pool;
+    block *first;          /* the block at base: merges keep the lower record, so it never changes */
 
     /* statistics kept under the lock */
     size_t live_bytes, live_blocks, peak_live_bytes;
     size_t mapped_bytes, peak_mapped_bytes;
     size_t quarantine_bytes, quarantine_blocks;
     size_t nextents;
+    size_t protected_extents; /* extents whose access is not read-write */
     uint64_t fences;
 };
+
+static inline void heap_lock(gpu_heap_t *h) { pthread_mutex_lock(&h->lock); }
+static inline void heap_unlock(gpu_heap_t *h) { pthread_mutex_unlock(&h->lock); }
+/* Makes sure the next operation can take records and a map slot without failing. */
+int heap_reserve_records(gpu_heap_t *h);
 
 int heap_open(const gpu_config_t *cfg, gpu_heap_t **out);
 void heap_close(gpu_heap_t *h);
@@ -234,9 +269,34 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *out);
 int heap_check(gpu_heap_t *h, char *msg, size_t len);
 static inline bool heap_owns(const gpu_heap_t *h, uintptr_t p) { return p - h->base < h->reserved; }
 
+/* ---- heap internals shared by heap.c, resize.c, trim.c, protect.c, check.c -- */
+
+/* Called with the lock held; each may drop and retake it around driver calls. */
+int heap_drain_locked(gpu_heap_t *h);                 /* one fence releases the quarantine */
+int heap_trim_locked(gpu_heap_t *h, size_t keep);     /* drain, then release whole idle extents */
+int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the same, inside [lo, hi) */
+int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
+int heap_back_at_locked(gpu_heap_t *h, block *range); /* maps one new extent over a BUSY range */
+int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
+void heap_headroom_release_locked(gpu_heap_t *h, block *b);
+size_t heap_headroom_for(const gpu_heap_t *h, size_t size);
+int heap_restore_access(gpu_heap_t *h, block *b);      /* b BUSY, lock not held */
+void heap_make_live_locked(gpu_heap_t *h, block *b);   /* b (in no index) becomes LIVE and counted */
+void heap_quarantine_locked(gpu_heap_t *h, block *b);  /* a LIVE block, already out of the map */
+extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle handle);
+void heap_extent_drop_locked(gpu_heap_t *h, extent *e);
+void heap_mapped_add(gpu_heap_t *h, size_t bytes);
+int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, block **out);
+
 /* ---- api.c: errors and the registry of heaps -------------------------------- */
 
-/* Records err for the calling thread and reports it (handler, verbose). Returns err. */
+/* Records a message for err on the calling thread without reporting it: for code
+ * that holds a lock. Returns err. */
+int gh_note(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Reports err with the message noted last (sets the last error, calls the
+ * handler, prints when verbose). Call with no lock held. Returns err. */
+int gh_report(int err);
+/* gh_note + gh_report. */
 int gh_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void gh_ok(void);
 /* The heap whose reservation holds p, or NULL. */

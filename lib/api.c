@@ -1,0 +1,397 @@
+/*
+ * api.c — the public entry points: argument checks, finding the heap, errors.
+ *
+ * Every gpu_* call lands here, validates what it was given, finds its heap — an
+ * explicit one, the default heap of the caller's current CUDA device, or for
+ * gpu_free the heap whose reservation holds the pointer — and calls heap.c. Errors
+ * follow one convention: a code (or NULL), the thread's last error and message,
+ * and the process-wide handler, called only after every lock is released.
+ *
+ * The registry lists the live heaps, so a pointer finds its heap whatever device
+ * is current, and a destroyed or made-up heap handle is refused instead of used.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ---- errors ------------------------------------------------------------------ */
+
+static _Thread_local int last_error;
+static _Thread_local char last_message[512];
+static _Atomic(gpu_error_handler_t) error_handler;
+static void *_Atomic error_arg;
+
+/* GPUHEAP_VERBOSE, read once: errors go to stderr at 1 and above. */
+static int verbosity(void) {
+    static _Atomic int level = -1;
+    int v = atomic_load_explicit(&level, memory_order_relaxed);
+    if (v < 0) {
+        const char *s = getenv("GPUHEAP_VERBOSE");
+        v = s ? atoi(s) : 0;
+        atomic_store(&level, v);
+    }
+    return v;
+}
+
+_Noreturn void gh_assert_fail(const char *cond, const char *msg, const char *file, int line) {
+    fprintf(stderr, "gpuheap: internal invariant broken at %s:%d: %s (%s)\n", file, line, msg, cond);
+    abort();
+}
+
+int gh_note(int err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_message, sizeof last_message, fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+int gh_report(int err) {
+    last_error = err;
+    if (err == GPU_OK) return err;
+    if (!last_message[0]) snprintf(last_message, sizeof last_message, "%s", gpu_strerror(err));
+    if (verbosity() >= 1) fprintf(stderr, "gpuheap: %s: %s\n", gpu_strerror(err), last_message);
+    gpu_error_handler_t fn = atomic_load(&error_handler);
+    if (fn) fn(err, last_message, atomic_load(&error_arg));
+    last_message[0] = '\0';
+    return err;
+}
+
+int gh_error(int err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_message, sizeof last_message, fmt, ap);
+    va_end(ap);
+    return gh_report(err);
+}
+
+void gh_ok(void) { last_error = GPU_OK; }
+
+int gpu_last_error(void) { return last_error; }
+
+gpu_error_handler_t gpu_set_error_handler(gpu_error_handler_t handler, void *arg) {
+    atomic_store(&error_arg, arg);
+    return atomic_exchange(&error_handler, handler);
+}
+
+const char *gpu_strerror(int err) {
+    switch (err) {
+    case GPU_OK: return "success";
+    case GPU_ERR_INVALID: return "invalid argument";
+    case GPU_ERR_NOT_OWNED: return "pointer not owned by any gpuheap heap";
+    case GPU_ERR_NOT_LIVE: return "pointer is not a live block (double free or interior pointer)";
+    case GPU_ERR_OUT_OF_MEMORY: return "out of device memory";
+    case GPU_ERR_OUT_OF_VA: return "out of reserved address space";
+    case GPU_ERR_NOT_WHOLE_EXTENT: return "range is not made of whole extents owned by one block";
+    case GPU_ERR_NO_DRIVER: return "no CUDA driver";
+    case GPU_ERR_NO_DEVICE: return "no usable CUDA device";
+    case GPU_ERR_BACKEND: return "driver or backend call failed";
+    case GPU_ERR_BUSY: return "block is being changed by another thread";
+    case GPU_ERR_DESTROYED: return "heap handle is not a live heap";
+    case GPU_ERR_CORRUPT: return "heap check found a broken invariant";
+    default: return "unknown gpuheap error";
+    }
+}
+
+/* ---- the registry of live heaps ------------------------------------------------ */
+
+#define REGISTRY_MAX 256
+
+static gpu_heap_t *_Atomic registry[REGISTRY_MAX];
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int registry_add(gpu_heap_t *h) {
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < REGISTRY_MAX; i++) {
+        if (!atomic_load(&registry[i])) {
+            atomic_store(&registry[i], h);
+            pthread_mutex_unlock(&registry_lock);
+            return GPU_OK;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return gh_note(GPU_ERR_INVALID, "more than %d heaps at once", REGISTRY_MAX);
+}
+
+void registry_remove(gpu_heap_t *h) {
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < REGISTRY_MAX; i++)
+        if (atomic_load(&registry[i]) == h) atomic_store(&registry[i], NULL);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+gpu_heap_t *registry_find_ptr(uintptr_t p) {
+    for (size_t i = 0; i < REGISTRY_MAX; i++) {
+        gpu_heap_t *h = atomic_load_explicit(&registry[i], memory_order_acquire);
+        if (h && heap_owns(h, p)) return h;
+    }
+    return NULL;
+}
+
+static bool registry_has(const gpu_heap_t *h) {
+    for (size_t i = 0; i < REGISTRY_MAX; i++)
+        if (atomic_load_explicit(&registry[i], memory_order_acquire) == h) return true;
+    return false;
+}
+
+/* ---- heaps --------------------------------------------------------------------- */
+
+int gpu_heap_create(const gpu_config_t *cfg, gpu_heap_t **out) {
+    if (!out) return gh_error(GPU_ERR_INVALID, "gpu_heap_create: out is NULL");
+    gpu_config_t defaults;
+    if (!cfg) {
+        (void)gpu_config_init(&defaults); /* a malformed variable was reported and left at its default */
+        cfg = &defaults;
+    }
+    if (cfg->backend != GPU_BACKEND_AUTO && cfg->backend != GPU_BACKEND_CUDA && cfg->backend != GPU_BACKEND_HOST)
+        return gh_error(GPU_ERR_INVALID, "gpu_heap_create: unknown backend %d", (int)cfg->backend);
+    if (cfg->device < 0) return gh_error(GPU_ERR_INVALID, "gpu_heap_create: device %d", cfg->device);
+    gpu_heap_t *h;
+    int rc = heap_open(cfg, &h);
+    if (rc != GPU_OK) return gh_report(rc);
+    rc = registry_add(h);
+    if (rc != GPU_OK) {
+        heap_close(h);
+        return gh_report(rc);
+    }
+    *out = h;
+    gh_ok();
+    return GPU_OK;
+}
+
+int gpu_heap_destroy(gpu_heap_t *heap) {
+    if (!heap) return gh_error(GPU_ERR_INVALID, "gpu_heap_destroy: heap is NULL");
+    if (!registry_has(heap)) return gh_error(GPU_ERR_DESTROYED, "gpu_heap_destroy: %p is not a live heap", (void *)heap);
+    if (heap->is_default) return gh_error(GPU_ERR_INVALID, "gpu_heap_destroy: a default heap lives as long as the process");
+    registry_remove(heap);
+    heap_close(heap);
+    gh_ok();
+    return GPU_OK;
+}
+
+#define MAX_DEVICES 64
+static gpu_heap_t *_Atomic default_heaps[MAX_DEVICES];
+static pthread_mutex_t default_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The calling thread's current CUDA device, 0 when none is current. */
+static int current_device(const gpu_config_t *cfg) {
+#if GPUHEAP_HAVE_CUDA
+    if (cfg->backend != GPU_BACKEND_HOST) return vmm_cuda_current_device();
+#endif
+    (void)cfg;
+    return 0;
+}
+
+static gpu_config_t default_config;
+static pthread_once_t default_config_once = PTHREAD_ONCE_INIT;
+static void default_config_load(void) { (void)gpu_config_init(&default_config); }
+
+gpu_heap_t *gpu_heap_default(void) {
+    pthread_once(&default_config_once, default_config_load);
+    int dev = current_device(&default_config);
+    if (dev < 0 || dev >= MAX_DEVICES) {
+        gh_error(GPU_ERR_NO_DEVICE, "current device %d is out of range", dev);
+        return NULL;
+    }
+    gpu_heap_t *h = atomic_load_explicit(&default_heaps[dev], memory_order_acquire);
+    if (h) return h;
+    pthread_mutex_lock(&default_lock);
+    h = atomic_load(&default_heaps[dev]);
+    int rc = GPU_OK;
+    if (!h) {
+        gpu_config_t cfg = default_config;
+        cfg.device = dev;
+        rc = heap_open(&cfg, &h);
+        if (rc == GPU_OK && (rc = registry_add(h)) != GPU_OK) heap_close(h);
+        if (rc == GPU_OK) {
+            h->is_default = true;
+            atomic_store_explicit(&default_heaps[dev], h, memory_order_release);
+        }
+    }
+    pthread_mutex_unlock(&default_lock);
+    if (rc != GPU_OK) {
+        gh_report(rc);
+        return NULL;
+    }
+    return h;
+}
+
+/* The heap a gpu_heap_* call names: NULL is the default; anything else must be live. */
+static gpu_heap_t *resolve(gpu_heap_t *heap) {
+    if (!heap) return gpu_heap_default();
+    if (!registry_has(heap)) {
+        gh_error(GPU_ERR_DESTROYED, "%p is not a live heap (destroyed, or never created)", (void *)heap);
+        return NULL;
+    }
+    return heap;
+}
+
+/* ---- allocation -------------------------------------------------------------------- */
+
+#if GPUHEAP_DEBUG_CHECKS
+/* Debug builds check the whole heap after every call. */
+static void debug_check(gpu_heap_t *h) {
+    char msg[256];
+    if (heap_check(h, msg, sizeof msg) != GPU_OK) gh_assert_fail("gpu_heap_check", msg, __FILE__, __LINE__);
+}
+#else
+static inline void debug_check(gpu_heap_t *h) { (void)h; }
+#endif
+
+/* The one allocation path: every malloc form ends here. */
+static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flags) {
+    gpu_heap_t *h = resolve(heap);
+    if (!h) return NULL;
+    if (flags & ~(unsigned)(GPU_ALLOC_OWNED | GPU_ALLOC_ZERO)) {
+        gh_error(GPU_ERR_INVALID, "unknown allocation flags %#x", flags);
+        return NULL;
+    }
+    if (align < GH_QUANTUM) align = GH_QUANTUM;
+    if (!gh_is_pow2(align) || align > h->reserved / 2) {
+        gh_error(GPU_ERR_INVALID, "alignment %zu is not a power of two within the reservation", align);
+        return NULL;
+    }
+    void *p = NULL;
+    int rc = heap_malloc(h, size, align, flags, &p);
+    debug_check(h);
+    if (rc != GPU_OK) {
+        gh_report(rc);
+        return NULL;
+    }
+    last_error = GPU_OK;
+    return p;
+}
+
+void *gpu_heap_malloc(gpu_heap_t *heap, size_t size) { return allocate(heap, size, GH_QUANTUM, 0); }
+void *gpu_malloc(size_t size) { return allocate(NULL, size, GH_QUANTUM, 0); }
+
+void *gpu_heap_calloc(gpu_heap_t *heap, size_t n, size_t size) {
+    size_t total;
+    if (gh_mul_overflow(n, size, &total)) {
+        gh_error(GPU_ERR_INVALID, "gpu_calloc(%zu, %zu) overflows", n, size);
+        return NULL;
+    }
+    return allocate(heap, total, GH_QUANTUM, GPU_ALLOC_ZERO);
+}
+void *gpu_calloc(size_t n, size_t size) { return gpu_heap_calloc(NULL, n, size); }
+
+void *gpu_heap_malloc_aligned(gpu_heap_t *heap, size_t size, size_t align) {
+    if (align && !gh_is_pow2(align)) {
+        gh_error(GPU_ERR_INVALID, "alignment %zu is not a power of two", align);
+        return NULL;
+    }
+    return allocate(heap, size, align, 0);
+}
+void *gpu_malloc_aligned(size_t size, size_t align) { return gpu_heap_malloc_aligned(NULL, size, align); }
+
+void *gpu_heap_malloc_flags(gpu_heap_t *heap, size_t size, unsigned flags) {
+    return allocate(heap, size, GH_QUANTUM, flags);
+}
+void *gpu_malloc_flags(size_t size, unsigned flags) { return allocate(NULL, size, GH_QUANTUM, flags); }
+
+/* The heap that holds p: the one named, or the one whose reservation contains it. */
+static gpu_heap_t *heap_of(gpu_heap_t *heap, const void *p, const char *call) {
+    if (heap) {
+        heap = resolve(heap);
+        if (heap && !heap_owns(heap, (uintptr_t)p)) {
+            gh_error(GPU_ERR_NOT_OWNED, "%s(%p): the pointer is not in this heap", call, p);
+            return NULL;
+        }
+        return heap;
+    }
+    gpu_heap_t *h = registry_find_ptr((uintptr_t)p);
+    if (!h) gh_error(GPU_ERR_NOT_OWNED, "%s(%p): the pointer is not in any gpuheap heap", call, p);
+    return h;
+}
+
+int gpu_heap_free(gpu_heap_t *heap, void *ptr) {
+    if (!ptr) {
+        last_error = GPU_OK;
+        return GPU_OK;
+    }
+    gpu_heap_t *h = heap_of(heap, ptr, "gpu_free");
+    if (!h) return last_error;
+    int rc = heap_free(h, ptr);
+    debug_check(h);
+    return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
+}
+int gpu_free(void *ptr) { return gpu_heap_free(NULL, ptr); }
+
+void *gpu_heap_realloc(gpu_heap_t *heap, void *ptr, size_t size) {
+    if (!ptr) return allocate(heap, size, GH_QUANTUM, 0);
+    gpu_heap_t *h = heap_of(heap, ptr, "gpu_realloc");
+    if (!h) return NULL;
+    if (!size) {
+        gpu_heap_free(h, ptr);
+        return NULL;
+    }
+    void *out = NULL;
+    int rc = heap_realloc(h, ptr, size, &out);
+    debug_check(h);
+    if (rc != GPU_OK) {
+        gh_report(rc);
+        return NULL;
+    }
+    last_error = GPU_OK;
+    return out;
+}
+void *gpu_realloc(void *ptr, size_t size) { return gpu_heap_realloc(NULL, ptr, size); }
+
+size_t gpu_heap_malloc_usable_size(gpu_heap_t *heap, const void *ptr) {
+    if (!ptr) {
+        gh_error(GPU_ERR_INVALID, "gpu_malloc_usable_size(NULL)");
+        return 0;
+    }
+    gpu_heap_t *h = heap_of(heap, ptr, "gpu_malloc_usable_size");
+    size_t n = 0;
+    if (!h) return 0;
+    int rc = heap_usable_size(h, ptr, &n);
+    if (rc != GPU_OK) {
+        gh_report(rc);
+        return 0;
+    }
+    last_error = GPU_OK;
+    return n;
+}
+size_t gpu_malloc_usable_size(const void *ptr) { return gpu_heap_malloc_usable_size(NULL, ptr); }
+
+int gpu_heap_protect(gpu_heap_t *heap, void *ptr, size_t size, int prot) {
+    if (!ptr || !size) return gh_error(GPU_ERR_INVALID, "gpu_protect(%p, %zu): NULL pointer or zero size", ptr, size);
+    if (prot != GPU_PROT_NONE && prot != GPU_PROT_READ && prot != GPU_PROT_READ_WRITE)
+        return gh_error(GPU_ERR_INVALID, "gpu_protect: unknown protection %d", prot);
+    gpu_heap_t *h = heap_of(heap, ptr, "gpu_protect");
+    if (!h) return last_error;
+    int rc = heap_protect(h, ptr, size, (gpu_prot_t)prot);
+    debug_check(h);
+    return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
+}
+int gpu_protect(void *ptr, size_t size, int prot) { return gpu_heap_protect(NULL, ptr, size, prot); }
+
+/* ---- statistics, trimming, checking ----------------------------------------------------- */
+
+int gpu_heap_stats(gpu_heap_t *heap, gpu_stats_t *out) {
+    if (!out) return gh_error(GPU_ERR_INVALID, "gpu_heap_stats: out is NULL");
+    gpu_heap_t *h = resolve(heap);
+    if (!h) return last_error;
+    heap_stats(h, out);
+    return last_error = GPU_OK;
+}
+
+int gpu_heap_trim(gpu_heap_t *heap, size_t keep_bytes) {
+    gpu_heap_t *h = resolve(heap);
+    if (!h) return last_error;
+    int rc = heap_trim(h, keep_bytes);
+    debug_check(h);
+    return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
+}
+
+int gpu_heap_check(gpu_heap_t *heap, char *msg, size_t msg_len) {
+    gpu_heap_t *h = resolve(heap);
+    if (!h) return last_error;
+    int rc = heap_check(h, msg, msg_len);
+    if (rc != GPU_OK) return gh_error(rc, "%s", msg && msg_len ? msg : "heap check failed");
+    return last_error = GPU_OK;
+}

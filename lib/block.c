@@ -1,0 +1,158 @@
+/*
+ * block.c — block records and the few moves the heap makes with them: split,
+ * merge, index, and claiming the extents a block covers.
+ *
+ * Every byte of a heap's reservation lies in exactly one block; blocks are linked
+ * in address order (prev_phys/next_phys) so that a freed block meets its
+ * neighbours in O(1). Free blocks come in two kinds that never merge with each
+ * other: IDLE (mapped, reusable at once) and VACANT (address space with nothing
+ * behind it). Merges keep the lower record and splits keep the front in the
+ * original record, so the record at the reservation's base never changes.
+ *
+ * Records come from slab pools, never from the memory they describe: device memory
+ * cannot hold headers (jemalloc's out-of-band extent records are the model).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define POOL_SLAB_RECORDS 1024
+
+void pool_init(record_pool *p, size_t record_size) {
+    memset(p, 0, sizeof *p);
+    p->size = record_size < sizeof(void *) ? sizeof(void *) : record_size;
+}
+
+/* Adds a slab of records to the free list. */
+static bool pool_grow(record_pool *p) {
+    if (p->nslabs == p->cap_slabs) {
+        size_t cap = p->cap_slabs ? p->cap_slabs * 2 : 16;
+        void **slabs = realloc(p->slabs, cap * sizeof *slabs);
+        if (!slabs) return false;
+        p->slabs = slabs;
+        p->cap_slabs = cap;
+    }
+    char *slab = malloc(p->size * POOL_SLAB_RECORDS);
+    if (!slab) return false;
+    p->slabs[p->nslabs++] = slab;
+    for (size_t i = POOL_SLAB_RECORDS; i-- > 0;) {
+        void *r = slab + i * p->size;
+        *(void **)r = p->free_list;
+        p->free_list = r;
+    }
+    return true;
+}
+
+bool pool_reserve(record_pool *p, size_t n) {
+    size_t have = 0;
+    for (void *r = p->free_list; r && have < n; r = *(void **)r) have++;
+    while (have < n) {
+        if (!pool_grow(p)) return false;
+        have += POOL_SLAB_RECORDS;
+    }
+    return true;
+}
+
+void *pool_get(record_pool *p) {
+    if (!p->free_list && !pool_grow(p)) return NULL;
+    void *r = p->free_list;
+    p->free_list = *(void **)r;
+    p->in_use++;
+    return r;
+}
+
+void pool_put(record_pool *p, void *r) {
+    *(void **)r = p->free_list;
+    p->free_list = r;
+    p->in_use--;
+}
+
+void pool_destroy(record_pool *p) {
+    for (size_t i = 0; i < p->nslabs; i++) free(p->slabs[i]);
+    free(p->slabs);
+    memset(p, 0, sizeof *p);
+}
+
+block *block_new(gpu_heap_t *h, uintptr_t start, size_t size, block_state state) {
+    block *b = pool_get(&h->block_pool);
+    if (!b) return NULL;
+    memset(b, 0, sizeof *b);
+    b->start = start;
+    b->size = size;
+    b->state = (uint8_t)state;
+    return b;
+}
+
+block *block_split(gpu_heap_t *h, block *b, size_t size) {
+    gh_assert(size > 0 && size < b->size && size % GH_QUANTUM == 0, "split inside the block at a quantum");
+    block *r = block_new(h, b->start + size, b->size - size, (block_state)b->state);
+    if (!r) return NULL;
+    b->size = size;
+    r->prev_phys = b;
+    r->next_phys = b->next_phys;
+    if (b->next_phys) b->next_phys->prev_phys = r;
+    b->next_phys = r;
+    return r;
+}
+
+/* The index that holds free blocks of this state. */
+static tlsf_index *index_of(gpu_heap_t *h, block_state state) {
+    gh_assert(state == BLOCK_IDLE || state == BLOCK_VACANT, "only IDLE and VACANT blocks are indexed");
+    return state == BLOCK_IDLE ? &h->idle : &h->vacant;
+}
+
+void block_unindex(gpu_heap_t *h, block *b) { tlsf_remove(index_of(h, (block_state)b->state), b); }
+
+void block_absorb_next(gpu_heap_t *h, block *b) {
+    block *n = b->next_phys;
+    b->size += n->size;
+    b->next_phys = n->next_phys;
+    if (n->next_phys) n->next_phys->prev_phys = b;
+    pool_put(&h->block_pool, n);
+}
+
+block *block_release_free(gpu_heap_t *h, block *b, block_state state) {
+    tlsf_index *t = index_of(h, state);
+    b->state = (uint8_t)state;
+    b->owned = 0;
+    block *n = b->next_phys;
+    if (n && n->state == state) {
+        tlsf_remove(t, n);
+        block_absorb_next(h, b);
+    }
+    block *p = b->prev_phys;
+    if (p && p->state == state) {
+        tlsf_remove(t, p);
+        block_absorb_next(h, p);
+        b = p;
+    }
+    tlsf_insert(t, b);
+    return b;
+}
+
+/* Sets owner on every extent lying wholly inside b. */
+static void set_owner(gpu_heap_t *h, block *b, block *owner) {
+    if (b->size < h->gran) return;
+    uintptr_t end = block_end(b);
+    for (uintptr_t va = gh_align_down(b->start, h->gran); va < end;) {
+        extent *e = extmap_find(&h->extents, va);
+        gh_assert(e, "every byte of a used block is mapped");
+        if (e->va >= b->start && e->va + e->size <= end) e->owner = owner;
+        va = e->va + e->size;
+    }
+}
+
+void block_claim_extents(gpu_heap_t *h, block *b) { set_owner(h, b, b); }
+void block_unclaim_extents(gpu_heap_t *h, block *b) { set_owner(h, b, NULL); }
+
+bool block_owns_all(gpu_heap_t *h, const block *b) {
+    uintptr_t end = block_end(b);
+    extent *e = extmap_find(&h->extents, b->start);
+    if (!e || e->va != b->start) return false;
+    for (uintptr_t va = b->start; va < end; va = e->va + e->size) {
+        e = extmap_find(&h->extents, va);
+        if (!e || e->owner != b || e->va + e->size > end) return false;
+    }
+    return true;
+}

@@ -1,0 +1,498 @@
+/*
+ * heap.c — one heap: a VA reservation carved into blocks, backed on demand.
+ *
+ * The reservation is tiled by blocks (block.c). Free blocks that are mapped are
+ * IDLE and sit in one segregated-fit index; free address space with nothing behind
+ * it is VACANT and sits in another. gpu_malloc first looks for an idle block — a
+ * hit costs a few bit scans and no driver call — and only on a miss maps new
+ * physical memory:
+ *   - a block of at least one granule gets an extent of its own, sized to it
+ *     (the driver charges per mapping, not per byte: DESIGN.md §2), with unmapped
+ *     headroom after it so that realloc can usually grow it in place;
+ *   - smaller blocks share extents whose size grows with the heap.
+ *
+ * Freed blocks go to a quarantine, not back to the index: GPU work issued before
+ * the free may still use them (cudaFree syncs the device; gpuheap does not sync per
+ * free). When an allocation would otherwise need new memory and enough is
+ * quarantined, one device fence releases the whole batch. No extent is ever
+ * unmapped while quarantined.
+ *
+ * One mutex guards the heap's books. It is never held across a backend call: the
+ * thread that needs the driver marks the range it works on BUSY, drops the lock,
+ * calls, and retakes it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Records one operation may need; taken before any change so splits cannot fail. */
+#define RECORDS_PER_OP 8
+
+int heap_reserve_records(gpu_heap_t *h) {
+    if (!pool_reserve(&h->block_pool, RECORDS_PER_OP) || !pool_reserve(&h->extent_pool, 2) ||
+        blockmap_reserve(&h->live, 2) != GPU_OK)
+        return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for heap records");
+    return GPU_OK;
+}
+
+/* ---- opening and closing ------------------------------------------------- */
+
+/* Opens the backend the configuration names. AUTO means CUDA, never a silent
+ * fallback to host memory. */
+static int open_backend(const gpu_config_t *cfg, vmm_backend **out) {
+    switch (cfg->backend) {
+    case GPU_BACKEND_HOST: return vmm_host_open(cfg, out);
+    case GPU_BACKEND_AUTO:
+    case GPU_BACKEND_CUDA:
+#if GPUHEAP_HAVE_CUDA
+        return vmm_cuda_open(cfg, out);
+#else
+        return gh_note(GPU_ERR_NO_DRIVER, "gpuheap was built without the CUDA backend (no cuda.h at build time)");
+#endif
+    }
+    return gh_note(GPU_ERR_INVALID, "unknown backend %d", (int)cfg->backend);
+}
+
+/* Reserves the heap's VA: the size asked for, or as much as granted up to the
+ * backend's maximum, halving on refusal. */
+static int reserve_va(gpu_heap_t *h) {
+    const vmm_caps *caps = &h->door.b->caps;
+    bool exact = h->cfg.reserve_bytes != 0;
+    size_t size = exact ? gh_align_up(h->cfg.reserve_bytes, h->gran) : caps->max_reserve;
+    if (!size) return gh_note(GPU_ERR_INVALID, "reserve_bytes %zu is too large", h->cfg.reserve_bytes);
+    for (;;) {
+        int rc = vmm_call_reserve(&h->door, size, &h->base);
+        if (rc == GPU_OK) {
+            h->reserved = size;
+            return GPU_OK;
+        }
+        if (rc != GPU_ERR_OUT_OF_VA || exact || size / 2 < 64 * h->gran)
+            return gh_note(rc, "reserving %zu bytes of VA: %s", size, h->door.b->error);
+        size /= 2;
+    }
+}
+
+int heap_open(const gpu_config_t *cfg, gpu_heap_t **out) {
+    gpu_heap_t *h = calloc(1, sizeof *h);
+    if (!h) return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for a heap");
+    h->cfg = *cfg;
+    pthread_mutex_init(&h->lock, NULL);
+    pool_init(&h->block_pool, sizeof(block));
+    pool_init(&h->extent_pool, sizeof(extent));
+    tlsf_init(&h->idle);
+    tlsf_init(&h->vacant);
+    int rc = open_backend(cfg, &h->door.b);
+    if (rc != GPU_OK) {
+        free(h);
+        return rc == GPU_ERR_NO_DRIVER || rc == GPU_ERR_NO_DEVICE || rc == GPU_ERR_INVALID
+                   ? rc
+                   : gh_note(rc, "opening the backend failed");
+    }
+    h->door.verbose = cfg->verbose;
+    h->gran = h->door.b->caps.granularity;
+    gh_assert(gh_is_pow2(h->gran) && h->gran % GH_QUANTUM == 0, "granularity is a power of two and a quantum multiple");
+    rc = reserve_va(h);
+    if (rc != GPU_OK) goto fail_backend;
+    rc = gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for the heap's maps");
+    if (blockmap_init(&h->live) != GPU_OK) goto fail_va;
+    if (extmap_init(&h->extents, h->base, h->reserved, h->gran) != GPU_OK) goto fail_map;
+    h->first = block_new(h, h->base, h->reserved, BLOCK_VACANT);
+    if (!h->first) goto fail_ext;
+    tlsf_insert(&h->vacant, h->first);
+    h->magic = GH_HEAP_MAGIC;
+    *out = h;
+    return GPU_OK;
+fail_ext:
+    extmap_free(&h->extents);
+fail_map:
+    blockmap_free(&h->live);
+fail_va:
+    (void)vmm_call_unreserve(&h->door, h->base, h->reserved);
+fail_backend:
+    h->door.b->ops->close(h->door.b);
+    pool_destroy(&h->block_pool);
+    pool_destroy(&h->extent_pool);
+    free(h);
+    return rc;
+}
+
+void heap_close(gpu_heap_t *h) {
+    (void)vmm_call_fence(&h->door); /* no extent goes while GPU work may touch it */
+    for (size_t l = 0; l < h->extents.nleaves; l++) {
+        extent **leaf = h->extents.leaves[l];
+        if (!leaf) continue;
+        for (size_t i = 0; i < ((size_t)1 << EXTMAP_LEAF_LOG2); i++) {
+            extent *e = leaf[i];
+            uintptr_t va = h->base + ((l << EXTMAP_LEAF_LOG2) + i) * h->gran;
+            if (e && e->va == va) (void)vmm_call_unback(&h->door, e->va, e->size, e->handle);
+        }
+    }
+    (void)vmm_call_unreserve(&h->door, h->base, h->reserved);
+    h->door.b->ops->close(h->door.b);
+    extmap_free(&h->extents);
+    blockmap_free(&h->live);
+    pool_destroy(&h->block_pool);
+    pool_destroy(&h->extent_pool);
+    h->magic = 0;
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+}
+
+/* ---- accounting ------------------------------------------------------------- */
+
+void heap_mapped_add(gpu_heap_t *h, size_t bytes) {
+    h->mapped_bytes += bytes;
+    if (h->mapped_bytes > h->peak_mapped_bytes) h->peak_mapped_bytes = h->mapped_bytes;
+}
+
+extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle handle) {
+    extent *e = pool_get(&h->extent_pool);
+    gh_assert(e, "reserve_records made an extent record available");
+    memset(e, 0, sizeof *e);
+    e->va = va;
+    e->size = size;
+    e->handle = handle;
+    e->prot = GPU_PROT_READ_WRITE;
+    if (extmap_set(&h->extents, e) != GPU_OK) {
+        pool_put(&h->extent_pool, e);
+        return NULL;
+    }
+    heap_mapped_add(h, size);
+    h->nextents++;
+    return e;
+}
+
+void heap_extent_drop_locked(gpu_heap_t *h, extent *e) {
+    extmap_clear(&h->extents, e);
+    h->mapped_bytes -= e->size;
+    h->nextents--;
+    if (e->prot != GPU_PROT_READ_WRITE) h->protected_extents--;
+    pool_put(&h->extent_pool, e);
+}
+
+void heap_make_live_locked(gpu_heap_t *h, block *b) {
+    b->state = BLOCK_LIVE;
+    blockmap_insert(&h->live, b);
+    h->live_bytes += b->size;
+    h->live_blocks++;
+    if (h->live_bytes > h->peak_live_bytes) h->peak_live_bytes = h->live_bytes;
+    block_claim_extents(h, b);
+}
+
+/* Gives the headroom after b back to the vacant index. */
+void heap_headroom_release_locked(gpu_heap_t *h, block *b) {
+    block *n = b->next_phys;
+    if (n && n->state == BLOCK_HEADROOM) block_release_free(h, n, BLOCK_VACANT);
+}
+
+void heap_quarantine_locked(gpu_heap_t *h, block *b) {
+    h->live_bytes -= b->size;
+    h->live_blocks--;
+    block_unclaim_extents(h, b);
+    heap_headroom_release_locked(h, b);
+    b->state = BLOCK_QUARANTINE;
+    b->owned = 0;
+    b->prev_free = NULL;
+    b->next_free = h->quarantine;
+    h->quarantine = b;
+    h->quarantine_bytes += b->size;
+    h->quarantine_blocks++;
+}
+
+/* ---- the quarantine --------------------------------------------------------- */
+
+int heap_drain_locked(gpu_heap_t *h) {
+    block *batch = h->quarantine;
+    if (!batch) return GPU_OK;
+    size_t bytes = 0, n = 0;
+    for (block *b = batch; b; b = b->next_free) bytes += b->size, n++;
+    h->quarantine = NULL;
+    heap_unlock(h);
+    int rc = vmm_call_fence(&h->door);
+    heap_lock(h);
+    if (rc != GPU_OK) { /* nothing is released: put the batch back */
+        block *last = batch;
+        while (last->next_free) last = last->next_free;
+        last->next_free = h->quarantine;
+        h->quarantine = batch;
+        return gh_note(rc, "device fence failed: %s", h->door.b->error);
+    }
+    h->fences++;
+    h->quarantine_bytes -= bytes;
+    h->quarantine_blocks -= n;
+    for (block *b = batch, *next; b; b = next) {
+        next = b->next_free;
+        block_release_free(h, b, BLOCK_IDLE);
+    }
+    return GPU_OK;
+}
+
+/* ---- backing new memory ----------------------------------------------------- */
+
+/* Carves [start, start+size) out of vacant VA at the given alignment, with
+ * headroom kept free after it when there is room. The range comes back BUSY. */
+int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out) {
+    size_t slack = align > h->gran ? align - h->gran : 0, want = size + slack;
+    if (want < size) return gh_note(GPU_ERR_INVALID, "size %zu overflows with alignment %zu", size, align);
+    block *v = NULL;
+    if (headroom && want + headroom > want) v = tlsf_find(&h->vacant, want + headroom);
+    if (!v) {
+        headroom = 0;
+        v = tlsf_find(&h->vacant, want);
+    }
+    if (!v) return gh_note(GPU_ERR_OUT_OF_VA, "no free range of %zu bytes left in the heap's %zu-byte reservation", want, h->reserved);
+    tlsf_remove(&h->vacant, v);
+    block *b = v;
+    uintptr_t start = gh_align_up(v->start, align < h->gran ? h->gran : align);
+    if (start != v->start) {
+        b = block_split(h, v, start - v->start);
+        tlsf_insert(&h->vacant, v);
+    }
+    if (b->size > size) {
+        block *rest = block_split(h, b, size);
+        if (headroom && rest->size > headroom) tlsf_insert(&h->vacant, block_split(h, rest, headroom));
+        if (headroom)
+            rest->state = BLOCK_HEADROOM;
+        else
+            tlsf_insert(&h->vacant, rest);
+    }
+    b->state = BLOCK_BUSY;
+    *out = b;
+    return GPU_OK;
+}
+
+int heap_back_at_locked(gpu_heap_t *h, block *range) {
+    gh_assert(range->state == BLOCK_BUSY, "a range is marked BUSY before it is mapped");
+    vmm_handle handle;
+    heap_unlock(h);
+    int rc = vmm_call_back(&h->door, range->start, range->size, &handle);
+    heap_lock(h);
+    if (rc != GPU_OK) return gh_note(rc, "backing %zu bytes: %s", range->size, h->door.b->error);
+    if (!heap_extent_new_locked(h, range->start, range->size, handle)) {
+        heap_unlock(h);
+        (void)vmm_call_unback(&h->door, range->start, range->size, handle);
+        heap_lock(h);
+        return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for the extent map");
+    }
+    return GPU_OK;
+}
+
+int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out) {
+    block *b;
+    int rc = heap_carve_vacant_locked(h, size, align, headroom, &b);
+    if (rc != GPU_OK) return rc;
+    rc = heap_back_at_locked(h, b);
+    if (rc != GPU_OK) {
+        heap_headroom_release_locked(h, b);
+        block_release_free(h, b, BLOCK_VACANT);
+        return rc;
+    }
+    *out = b;
+    return GPU_OK;
+}
+
+/* The size of a new shared extent: it grows with the heap (an eighth of what is
+ * mapped, 2 to 32 granules... within [gran, 32 MiB]) so that small blocks cost
+ * few mappings, and is never less than the block needs. */
+static size_t shared_extent_size(const gpu_heap_t *h, size_t need) {
+    size_t s = h->gran;
+    while (s < (32u << 20) && s < h->mapped_bytes / 8) s *= 2;
+    size_t n = gh_align_up(need, h->gran);
+    return n > s ? n : s;
+}
+
+/* Headroom left unmapped after a block with its own extent: as much again, up to
+ * 1/64 of the reservation. */
+size_t heap_headroom_for(const gpu_heap_t *h, size_t size) {
+    size_t cap = h->reserved / 64;
+    return size < cap ? size : cap;
+}
+
+/* ---- taking idle memory ----------------------------------------------------- */
+
+/* An idle block of need bytes at the given alignment, made LIVE; NULL on a miss. */
+static block *take_idle(gpu_heap_t *h, size_t need, size_t align) {
+    size_t want = align > GH_QUANTUM ? need + align - GH_QUANTUM : need;
+    block *b = tlsf_find(&h->idle, want);
+    if (!b) return NULL;
+    tlsf_remove(&h->idle, b);
+    uintptr_t start = gh_align_up(b->start, align);
+    if (start != b->start) {
+        block *a = block_split(h, b, start - b->start);
+        tlsf_insert(&h->idle, b); /* the gap's other neighbour is not idle: no merge */
+        b = a;
+    }
+    if (b->size > need) tlsf_insert(&h->idle, block_split(h, b, need));
+    heap_make_live_locked(h, b);
+    return b;
+}
+
+/* An idle run of whole extents of at least need bytes, starting at an extent
+ * boundary aligned to align; NULL on a miss. The block owns its extents. */
+static block *take_idle_owned(gpu_heap_t *h, size_t need, size_t align) {
+    block *b = tlsf_find(&h->idle, need + align);
+    if (!b) b = tlsf_find(&h->idle, need);
+    if (!b) return NULL;
+    uintptr_t end = block_end(b);
+    extent *e = extmap_find(&h->extents, b->start);
+    uintptr_t s = e->va == b->start ? b->start : e->va + e->size;
+    while (s < end && s % align) {
+        e = extmap_find(&h->extents, s);
+        s = e->va + e->size;
+    }
+    uintptr_t x = s;
+    while (x < end && x - s < need) {
+        e = extmap_find(&h->extents, x);
+        x = e->va + e->size;
+    }
+    if (s >= end || x > end || x - s < need) return NULL;
+    tlsf_remove(&h->idle, b);
+    if (s != b->start) {
+        block *a = block_split(h, b, s - b->start);
+        tlsf_insert(&h->idle, b);
+        b = a;
+    }
+    if (block_end(b) > x) tlsf_insert(&h->idle, block_split(h, b, x - b->start));
+    heap_make_live_locked(h, b);
+    b->owned = 1;
+    return b;
+}
+
+int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, block **out) {
+    bool owned = flags & GPU_ALLOC_OWNED, drained = false, reclaimed = false;
+    for (;;) {
+        block *b = owned ? take_idle_owned(h, need, align) : take_idle(h, need, align);
+        if (b) {
+            *out = b;
+            return GPU_OK;
+        }
+        /* A miss. Quarantined memory is the cheapest source: one fence. */
+        if (!drained && h->quarantine &&
+            (h->quarantine_bytes >= need || h->quarantine_bytes * 4 >= h->mapped_bytes)) {
+            drained = true;
+            int rc = heap_drain_locked(h);
+            if (rc != GPU_OK) return rc;
+            continue;
+        }
+        bool own = owned || need >= h->gran;
+        size_t size = own ? gh_align_up(need, h->gran) : shared_extent_size(h, need);
+        int rc = heap_back_locked(h, size, align, own ? heap_headroom_for(h, size) : 0, &b);
+        if (rc == GPU_OK) {
+            if (!own && b->size > need) block_release_free(h, block_split(h, b, need), BLOCK_IDLE);
+            heap_make_live_locked(h, b);
+            b->owned = owned;
+            *out = b;
+            return GPU_OK;
+        }
+        if ((rc == GPU_ERR_OUT_OF_MEMORY || rc == GPU_ERR_OUT_OF_VA) && !reclaimed) {
+            /* Give every idle extent back and try once more before failing. */
+            reclaimed = drained = true;
+            char why[256];
+            snprintf(why, sizeof why, "%s", h->door.b->error);
+            if (heap_trim_locked(h, 0) == GPU_OK) continue;
+            return gh_note(rc, "%s", why);
+        }
+        return rc;
+    }
+}
+
+/* ---- the calls ---------------------------------------------------------------- */
+
+int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void **out) {
+    if (!size) size = 1;
+    size_t need = gh_align_up(size, (flags & GPU_ALLOC_OWNED) ? h->gran : GH_QUANTUM);
+    if (flags & GPU_ALLOC_OWNED && align < h->gran) align = h->gran;
+    if (!need || need > h->reserved)
+        return gh_note(GPU_ERR_INVALID, "size %zu is larger than the heap's reservation (%zu bytes)", size, h->reserved);
+    heap_lock(h);
+    int rc = heap_reserve_records(h);
+    block *b = NULL;
+    if (rc == GPU_OK) rc = heap_alloc_locked(h, need, align, flags, &b);
+    uintptr_t p = rc == GPU_OK ? b->start : 0;
+    heap_unlock(h);
+    if (rc != GPU_OK) return rc;
+    if (flags & GPU_ALLOC_ZERO) {
+        rc = vmm_call_memset(&h->door, p, 0, need);
+        if (rc != GPU_OK) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", h->door.b->error);
+            (void)heap_free(h, (void *)p);
+            return gh_note(rc, "zeroing %zu bytes: %s", need, why);
+        }
+    }
+    *out = (void *)p;
+    return GPU_OK;
+}
+
+/* Sets every non-read-write extent of b back to read-write before the memory can
+ * be reused. Called with b BUSY and the lock dropped. */
+int heap_restore_access(gpu_heap_t *h, block *b) {
+    int rc = GPU_OK;
+    for (uintptr_t va = b->start; va < block_end(b);) {
+        heap_lock(h);
+        extent *e = extmap_find(&h->extents, va);
+        bool owned = e && e->owner == b;
+        uintptr_t eva = e ? e->va : 0;
+        size_t esize = e ? e->size : h->gran;
+        bool protected_ = owned && e->prot != GPU_PROT_READ_WRITE;
+        heap_unlock(h);
+        if (protected_) {
+            int r = vmm_call_set_access(&h->door, eva, esize, GPU_PROT_READ_WRITE);
+            heap_lock(h);
+            if (r == GPU_OK) {
+                e->prot = GPU_PROT_READ_WRITE;
+                h->protected_extents--;
+            } else {
+                rc = r;
+            }
+            heap_unlock(h);
+        }
+        va = e ? eva + esize : gh_align_down(va, h->gran) + h->gran;
+    }
+    return rc;
+}
+
+int heap_free(gpu_heap_t *h, void *ptr) {
+    uintptr_t p = (uintptr_t)ptr;
+    heap_lock(h);
+    block *b = blockmap_find(&h->live, p);
+    if (!b) {
+        heap_unlock(h);
+        return gh_note(GPU_ERR_NOT_LIVE, "%p is not a live block of this heap (double free or interior pointer)", ptr);
+    }
+    if (b->state == BLOCK_BUSY) {
+        heap_unlock(h);
+        return gh_note(GPU_ERR_BUSY, "%p is being changed by another thread", ptr);
+    }
+    if (h->protected_extents && b->size >= h->gran) {
+        b->state = BLOCK_BUSY;
+        heap_unlock(h);
+        int rc = heap_restore_access(h, b);
+        heap_lock(h);
+        b->state = BLOCK_LIVE;
+        if (rc != GPU_OK) {
+            heap_unlock(h);
+            return gh_note(rc, "restoring read-write access before freeing %p: %s", ptr, h->door.b->error);
+        }
+    }
+    blockmap_remove(&h->live, p);
+    heap_quarantine_locked(h, b);
+    int rc = GPU_OK;
+    if (h->cfg.release_threshold != SIZE_MAX && h->idle.bytes + h->quarantine_bytes > h->cfg.release_threshold)
+        rc = heap_trim_locked(h, h->cfg.release_threshold);
+    heap_unlock(h);
+    (void)rc; /* the free itself succeeded; a failed trim is retried at the next one */
+    return GPU_OK;
+}
+
+int heap_usable_size(gpu_heap_t *h, const void *ptr, size_t *out) {
+    heap_lock(h);
+    block *b = blockmap_find(&h->live, (uintptr_t)ptr);
+    size_t size = b ? b->size : 0;
+    heap_unlock(h);
+    if (!b) return gh_note(GPU_ERR_NOT_LIVE, "%p is not a live block of this heap", ptr);
+    *out = size;
+    return GPU_OK;
+}
