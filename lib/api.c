@@ -101,6 +101,7 @@ const char *gpu_strerror(int err) {
 #define REGISTRY_MAX 256
 
 static gpu_heap_t *_Atomic registry[REGISTRY_MAX];
+static _Atomic size_t registry_top; /* slots at and above it were never used: lookups stop there */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int registry_add(gpu_heap_t *h) {
@@ -108,6 +109,7 @@ int registry_add(gpu_heap_t *h) {
     for (size_t i = 0; i < REGISTRY_MAX; i++) {
         if (!atomic_load(&registry[i])) {
             atomic_store(&registry[i], h);
+            if (i >= atomic_load(&registry_top)) atomic_store(&registry_top, i + 1);
             pthread_mutex_unlock(&registry_lock);
             return GPU_OK;
         }
@@ -124,7 +126,8 @@ void registry_remove(gpu_heap_t *h) {
 }
 
 gpu_heap_t *registry_find_ptr(uintptr_t p) {
-    for (size_t i = 0; i < REGISTRY_MAX; i++) {
+    size_t top = atomic_load_explicit(&registry_top, memory_order_acquire);
+    for (size_t i = 0; i < top; i++) {
         gpu_heap_t *h = atomic_load_explicit(&registry[i], memory_order_acquire);
         if (h && heap_owns(h, p)) return h;
     }
@@ -132,7 +135,8 @@ gpu_heap_t *registry_find_ptr(uintptr_t p) {
 }
 
 static bool registry_has(const gpu_heap_t *h) {
-    for (size_t i = 0; i < REGISTRY_MAX; i++)
+    size_t top = atomic_load_explicit(&registry_top, memory_order_acquire);
+    for (size_t i = 0; i < top; i++)
         if (atomic_load_explicit(&registry[i], memory_order_acquire) == h) return true;
     return false;
 }

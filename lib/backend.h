@@ -97,5 +97,9 @@ void vmm_host_counts_get(vmm_backend *b, vmm_host_counts *out);
 
 /* Writes a message into b->error (printf-style) and returns err. */
 int vmm_fail(vmm_backend *b, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* A failed open has no backend to hold its message: it goes to the calling
+ * thread, and vmm_open_error returns it. */
+int vmm_open_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+const char *vmm_open_error(void);
 
 #endif /* GPUHEAP_BACKEND_H */

@@ -41,16 +41,13 @@ static bool pool_grow(record_pool *p) {
         *(void **)r = p->free_list;
         p->free_list = r;
     }
+    p->nfree += POOL_SLAB_RECORDS;
     return true;
 }
 
 bool pool_reserve(record_pool *p, size_t n) {
-    size_t have = 0;
-    for (void *r = p->free_list; r && have < n; r = *(void **)r) have++;
-    while (have < n) {
+    while (p->nfree < n)
         if (!pool_grow(p)) return false;
-        have += POOL_SLAB_RECORDS;
-    }
     return true;
 }
 
@@ -59,6 +56,7 @@ void *pool_get(record_pool *p) {
     void *r = p->free_list;
     p->free_list = *(void **)r;
     p->in_use++;
+    p->nfree--;
     return r;
 }
 
@@ -66,6 +64,7 @@ void pool_put(record_pool *p, void *r) {
     *(void **)r = p->free_list;
     p->free_list = r;
     p->in_use--;
+    p->nfree++;
 }
 
 void pool_destroy(record_pool *p) {

@@ -49,10 +49,10 @@ static int open_backend(const gpu_config_t *cfg, vmm_backend **out) {
 #if GPUHEAP_HAVE_CUDA
         return vmm_cuda_open(cfg, out);
 #else
-        return gh_note(GPU_ERR_NO_DRIVER, "gpuheap was built without the CUDA backend (no cuda.h at build time)");
+        return vmm_open_fail(GPU_ERR_NO_DRIVER, "gpuheap was built without the CUDA backend (no cuda.h at build time)");
 #endif
     }
-    return gh_note(GPU_ERR_INVALID, "unknown backend %d", (int)cfg->backend);
+    return vmm_open_fail(GPU_ERR_INVALID, "unknown backend %d", (int)cfg->backend);
 }
 
 /* Reserves the heap's VA: the size asked for, or as much as granted up to the
@@ -86,9 +86,7 @@ int heap_open(const gpu_config_t *cfg, gpu_heap_t **out) {
     int rc = open_backend(cfg, &h->door.b);
     if (rc != GPU_OK) {
         free(h);
-        return rc == GPU_ERR_NO_DRIVER || rc == GPU_ERR_NO_DEVICE || rc == GPU_ERR_INVALID
-                   ? rc
-                   : gh_note(rc, "opening the backend failed");
+        return gh_note(rc, "%s", vmm_open_error());
     }
     h->door.verbose = cfg->verbose;
     h->gran = h->door.b->caps.granularity;
@@ -310,6 +308,20 @@ size_t heap_headroom_for(const gpu_heap_t *h, size_t size) {
     return size < cap ? size : cap;
 }
 
+/* How many bytes may wait in quarantine while new memory is mapped instead of
+ * fencing: an eighth of what is mapped, at least QUARANTINE_MIN_BUDGET. A fence
+ * then releases a batch of many blocks, so a warm malloc/free loop of small and
+ * medium blocks fences rarely; a block larger than the budget is fenced for at
+ * once. Out of memory always fences first (trim drains), so the budget never
+ * makes an allocation fail. */
+#define QUARANTINE_MIN_BUDGET ((size_t)64 << 20)
+#define QUARANTINE_MAX_BLOCKS 1024 /* and at most this many blocks, so small blocks fence every ~1000 frees */
+
+static size_t quarantine_budget(const gpu_heap_t *h) {
+    size_t b = h->mapped_bytes / 8;
+    return b > QUARANTINE_MIN_BUDGET ? b : QUARANTINE_MIN_BUDGET;
+}
+
 /* ---- taking idle memory ----------------------------------------------------- */
 
 /* An idle block of need bytes at the given alignment, made LIVE; NULL on a miss. */
@@ -368,9 +380,10 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
             *out = b;
             return GPU_OK;
         }
-        /* A miss. Quarantined memory is the cheapest source: one fence. */
-        if (!drained && h->quarantine &&
-            (h->quarantine_bytes >= need || h->quarantine_bytes * 4 >= h->mapped_bytes)) {
+        /* A miss. Quarantined memory is reused after one fence; new memory costs a
+         * driver call. Fence once the quarantine outgrows its budget. */
+        if (!drained && h->quarantine && h->quarantine_bytes >= need &&
+            (h->quarantine_bytes + need > quarantine_budget(h) || h->quarantine_blocks >= QUARANTINE_MAX_BLOCKS)) {
             drained = true;
             int rc = heap_drain_locked(h);
             if (rc != GPU_OK) return rc;

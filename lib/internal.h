@@ -155,6 +155,7 @@ typedef struct record_pool {
     void **slabs;
     size_t nslabs, cap_slabs;
     size_t in_use;
+    size_t nfree;      /* records on the free list */
 } record_pool;
 
 void pool_init(record_pool *p, size_t record_size);

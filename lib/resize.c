@@ -196,6 +196,7 @@ static int shrink(gpu_heap_t *h, block *b, size_t need) {
         cut = e->va + e->size;
     }
     if (cut >= block_end(b)) return GPU_OK;
+    block_unclaim_extents(h, b); /* an extent b owned may straddle the cut */
     block *tail = block_split(h, b, cut - b->start);
     size_t tail_size = tail->size;
     h->live_blocks++; /* the tail is freed as a block of its own */

@@ -1,0 +1,57 @@
+/*
+ * cudart_util.h — the CUDA runtime, loaded at run time, for the benchmarks.
+ *
+ * The demo compares gpuheap with cudaMalloc and cudaMallocAsync as a program
+ * would call them, through libcudart. It must still build and run where no CUDA
+ * is installed, so libcudart is opened with dlopen and its functions found with
+ * dlsym; nothing here needs CUDA's headers. The few runtime types used are
+ * declared below with the runtime's ABI (an enum is an int, handles are
+ * pointers); cudart_util.c checks them against cuda_runtime_api.h where that
+ * header is on the include path.
+ */
+#ifndef GPUHEAP_BENCH_CUDART_UTIL_H
+#define GPUHEAP_BENCH_CUDART_UTIL_H
+
+#include <stddef.h>
+
+typedef int cudart_error;        /* cudaError_t */
+typedef void *cudart_stream;     /* cudaStream_t */
+typedef void *cudart_mempool;    /* cudaMemPool_t */
+
+#define CUDART_SUCCESS 0                      /* cudaSuccess */
+#define CUDART_MEMPOOL_RELEASE_THRESHOLD 4    /* cudaMemPoolAttrReleaseThreshold (value: uint64_t) */
+
+/* The runtime functions the benchmarks call; members carry the runtime's names. */
+typedef struct cudart_fns {
+    cudart_error (*cudaMalloc)(void **ptr, size_t size);
+    cudart_error (*cudaFree)(void *ptr);
+    cudart_error (*cudaMallocAsync)(void **ptr, size_t size, cudart_stream stream);
+    cudart_error (*cudaFreeAsync)(void *ptr, cudart_stream stream);
+    cudart_error (*cudaStreamCreate)(cudart_stream *stream);
+    cudart_error (*cudaStreamSynchronize)(cudart_stream stream);
+    cudart_error (*cudaDeviceGetDefaultMemPool)(cudart_mempool *pool, int device);
+    cudart_error (*cudaMemPoolSetAttribute)(cudart_mempool pool, int attr, void *value);
+    cudart_error (*cudaDeviceSynchronize)(void);
+    cudart_error (*cudaSetDevice)(int device);
+    const char *(*cudaGetErrorString)(cudart_error err);
+    cudart_error (*cudaRuntimeGetVersion)(int *version);
+    cudart_error (*cudaDriverGetVersion)(int *version);
+} cudart_fns;
+
+/* Filled by cudart_load; all NULL before and after a failed load. */
+extern cudart_fns cudart;
+
+/* Opens libcudart (libcudart.so.13, .so.12, .so, then
+ * /usr/local/cuda/lib64/libcudart.so) and resolves cudart. Returns 0, or -1 with
+ * the reason written to why. Call once, from one thread. */
+int cudart_load(char *why, size_t why_len);
+
+/* The name of a device ("NVIDIA H100 80GB HBM3"), asked of the driver that
+ * libcudart loaded; call after cudaSetDevice worked. Returns 0, or -1 and writes
+ * "CUDA device N". */
+int cudart_device_name(int device, char *buf, size_t len);
+
+/* A message for a runtime error code, safe before a successful load. */
+const char *cudart_strerror(cudart_error err);
+
+#endif /* GPUHEAP_BENCH_CUDART_UTIL_H */

@@ -1,0 +1,473 @@
+/*
+ * backend_cuda.c — the backend contract over the CUDA driver's virtual memory API,
+ * and the run-time loader of the driver itself.
+ *
+ * Every contract operation is one driver call, or two: reserve is
+ * cuMemAddressReserve, create is cuMemCreate (pinned device memory, no export
+ * handle), map is cuMemMap of the whole handle at offset 0, set_access is
+ * cuMemSetAccess for the owning device, fence is cuCtxSynchronize, and memset and
+ * copy run on the legacy default stream and wait for it, so they are done when the
+ * call returns. The driver enforces the rules of DESIGN.md §3 itself; this file
+ * only turns its results into gpu_error_t codes and messages that name the call
+ * and the driver's error name.
+ *
+ * The heap calls the backend from any thread, with or without a CUDA context
+ * current, and must not disturb the caller's context. So every operation pushes
+ * the device's primary context, makes its driver call and pops it again — a few
+ * tens of nanoseconds, next to microseconds for the call.
+ *
+ * libcuda is never linked: the library has to load where there is no driver.
+ * The first user dlopens libcuda.so.1, finds cuGetProcAddress and resolves the
+ * rest of the table in cuda_loader.h through it. That happens once per process
+ * (pthread_once); the table is then shared, read-only, by every backend, the
+ * interposer and the GPU tests. The library is never dlclosed, since function
+ * pointers into it live as long as the process.
+ */
+#include <dlfcn.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cuda_loader.h"
+
+/* A failed open has no backend to hold its message, so the message goes to the
+ * calling thread (defined in backend_host.c). These two belong in backend.h
+ * beside vmm_fail; until they are there, each backend file declares them. */
+int vmm_open_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+const char *vmm_open_error(void);
+
+#define CUDA_MAX_RESERVE ((size_t)1 << 46) /* 64 TiB: granted on an H200; 2^48 was refused */
+
+/* ---- the loader ---------------------------------------------------------------- */
+
+/* cuGetProcAddress before CUDA 12.0 had no symbolStatus argument; cuda.h no
+ * longer declares that form. */
+typedef CUresult (*cuda_getproc_v1_fn)(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags);
+
+static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
+static struct cuda_fns cuda_table;
+static int cuda_status = GPU_ERR_NO_DRIVER;
+static char cuda_message[256];
+
+/* Every entry of struct cuda_fns with the driver name it is resolved by. */
+#define CUDA_ENTRY(field) {"cu" #field, offsetof(struct cuda_fns, field)}
+static const struct {
+    const char *name;
+    size_t offset;
+} cuda_entries[] = {
+    CUDA_ENTRY(GetErrorName), CUDA_ENTRY(Init), CUDA_ENTRY(DeviceGetCount), CUDA_ENTRY(DeviceGet),
+    CUDA_ENTRY(DeviceGetName), CUDA_ENTRY(DeviceGetAttribute), CUDA_ENTRY(DeviceTotalMem),
+    CUDA_ENTRY(DevicePrimaryCtxRetain), CUDA_ENTRY(DevicePrimaryCtxRelease), CUDA_ENTRY(CtxPushCurrent),
+    CUDA_ENTRY(CtxPopCurrent), CUDA_ENTRY(CtxGetCurrent), CUDA_ENTRY(CtxGetDevice), CUDA_ENTRY(CtxSynchronize),
+    CUDA_ENTRY(MemGetAllocationGranularity), CUDA_ENTRY(MemAddressReserve), CUDA_ENTRY(MemAddressFree),
+    CUDA_ENTRY(MemCreate), CUDA_ENTRY(MemRelease), CUDA_ENTRY(MemMap), CUDA_ENTRY(MemUnmap),
+    CUDA_ENTRY(MemSetAccess), CUDA_ENTRY(MemGetInfo), CUDA_ENTRY(MemsetD8), CUDA_ENTRY(MemcpyDtoD),
+    CUDA_ENTRY(MemcpyDtoH), CUDA_ENTRY(MemcpyHtoD), CUDA_ENTRY(StreamCreate), CUDA_ENTRY(StreamDestroy),
+    CUDA_ENTRY(StreamSynchronize), CUDA_ENTRY(EventCreate), CUDA_ENTRY(EventRecord), CUDA_ENTRY(EventQuery),
+    CUDA_ENTRY(EventSynchronize), CUDA_ENTRY(EventDestroy), CUDA_ENTRY(ModuleLoadData),
+    CUDA_ENTRY(ModuleGetFunction), CUDA_ENTRY(LaunchKernel),
+};
+#undef CUDA_ENTRY
+
+_Static_assert(sizeof cuda_entries / sizeof cuda_entries[0] == sizeof(struct cuda_fns) / sizeof(void (*)(void)),
+               "every member of struct cuda_fns needs an entry in cuda_entries");
+_Static_assert(sizeof(void *) == sizeof(void (*)(void)), "function pointers are stored through void *");
+
+/* Records why the load failed. */
+static void cuda_load_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void cuda_load_fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cuda_message, sizeof cuda_message, fmt, ap);
+    va_end(ap);
+    cuda_status = GPU_ERR_NO_DRIVER;
+}
+
+/* Opens libcuda.so.1 and fills cuda_table; runs once per process. */
+static void cuda_load(void) {
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        const char *why = dlerror();
+        cuda_load_fail("libcuda.so.1 not found: no NVIDIA driver on this machine (%s)", why ? why : "dlopen failed");
+        return;
+    }
+    /* The _v2 lookup (CUDA 12.0+) reports whether the symbol was found; the older
+     * one does not, but serves drivers from 11.3 on. */
+    __typeof__(cuGetProcAddress_v2) *getproc2 = NULL;
+    cuda_getproc_v1_fn getproc1 = NULL;
+    void *sym = dlsym(lib, "cuGetProcAddress_v2");
+    if (sym) {
+        memcpy(&getproc2, &sym, sizeof sym);
+    } else if ((sym = dlsym(lib, "cuGetProcAddress")) != NULL) {
+        memcpy(&getproc1, &sym, sizeof sym);
+    } else {
+        cuda_load_fail("libcuda.so.1 has no cuGetProcAddress: the NVIDIA driver is too old (CUDA 11.3 or newer is needed)");
+        dlclose(lib);
+        return;
+    }
+
+    struct cuda_fns t;
+    for (size_t i = 0; i < sizeof cuda_entries / sizeof cuda_entries[0]; i++) {
+        void *p = NULL;
+        CUresult r;
+        /* LEGACY_STREAM: the stream-0 calls (memset, copy, stream sync) must use
+         * the legacy default stream, which is ordered after the device's other
+         * blocking streams. */
+        if (getproc2) {
+            CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+            r = getproc2(cuda_entries[i].name, &p, CUDA_LOADER_VERSION, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &found);
+            if (found != CU_GET_PROC_ADDRESS_SUCCESS) p = NULL;
+        } else {
+            r = getproc1(cuda_entries[i].name, &p, CUDA_LOADER_VERSION, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
+        }
+        if (r != CUDA_SUCCESS || !p) {
+            cuda_load_fail("libcuda.so.1 lacks %s (CUresult %d): the NVIDIA driver is too old for gpuheap",
+                           cuda_entries[i].name, (int)r);
+            dlclose(lib);
+            return;
+        }
+        memcpy((char *)&t + cuda_entries[i].offset, &p, sizeof p);
+    }
+    cuda_table = t;
+    cuda_message[0] = '\0';
+    cuda_status = GPU_OK;
+}
+
+int cuda_loader_get(const struct cuda_fns **out) {
+    pthread_once(&cuda_once, cuda_load);
+    if (cuda_status != GPU_OK) return cuda_status;
+    if (out) *out = &cuda_table;
+    return GPU_OK;
+}
+
+int vmm_cuda_current_device(void) {
+    const struct cuda_fns *f;
+    CUdevice dev;
+    if (cuda_loader_get(&f) != GPU_OK || f->CtxGetDevice(&dev) != CUDA_SUCCESS) return 0;
+    return (int)dev;
+}
+
+const char *cuda_loader_error(void) {
+    pthread_once(&cuda_once, cuda_load);
+    return cuda_message;
+}
+
+const char *cuda_loader_error_name(CUresult res) {
+    const char *name = NULL;
+    if (cuda_loader_get(NULL) != GPU_OK || cuda_table.GetErrorName(res, &name) != CUDA_SUCCESS || !name)
+        return "unrecognised CUDA error";
+    return name;
+}
+
+/* ---- the backend ------------------------------------------------------------------ */
+
+typedef struct cuda_backend {
+    vmm_backend base; /* first, so a vmm_backend * is a cuda_backend * */
+    const struct cuda_fns *f;
+    CUdevice dev;
+    CUcontext ctx; /* the device's primary context, retained while open */
+} cuda_backend;
+
+/* The CUDA backend behind a vmm_backend. */
+static inline cuda_backend *cuda_of(vmm_backend *b) { return (cuda_backend *)b; }
+
+/* The gpu_error_t for a failed driver call with no more specific meaning. */
+static int cuda_code(CUresult r) {
+    switch (r) {
+    case CUDA_ERROR_OUT_OF_MEMORY: return GPU_ERR_OUT_OF_MEMORY;
+    case CUDA_ERROR_INVALID_VALUE:
+    case CUDA_ERROR_NOT_SUPPORTED: return GPU_ERR_INVALID; /* a broken driver rule, as the host backend reports it */
+    default: return GPU_ERR_BACKEND;
+    }
+}
+
+/* Writes "<call>(<args>): <driver error name>" into b->error and returns code. */
+static int cuda_fail(cuda_backend *cb, int code, CUresult r, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int cuda_fail(cuda_backend *cb, int code, CUresult r, const char *fmt, ...) {
+    char call[192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(call, sizeof call, fmt, ap);
+    va_end(ap);
+    return vmm_fail(&cb->base, code, "%s: %s", call, cuda_loader_error_name(r));
+}
+
+/* Makes the primary context current for one operation; pair with cuda_leave. */
+static int cuda_enter(cuda_backend *cb, const char *op) {
+    CUresult r = cb->f->CtxPushCurrent(cb->ctx);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuCtxPushCurrent(primary context, for %s)", op);
+    return GPU_OK;
+}
+
+/* Restores the caller's context. */
+static void cuda_leave(cuda_backend *cb) {
+    CUcontext popped;
+    cb->f->CtxPopCurrent(&popped);
+}
+
+/* Reserves size bytes of VA, aligned to the granularity. Refusals are OUT_OF_VA:
+ * the heap halves the size and asks again. */
+static int cuda_reserve(vmm_backend *b, size_t size, uintptr_t *va) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "reserve");
+    if (err) return err;
+    CUdeviceptr p = 0;
+    CUresult r = cb->f->MemAddressReserve(&p, size, b->caps.granularity, 0, 0);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) {
+        int code = r == CUDA_ERROR_OUT_OF_MEMORY || r == CUDA_ERROR_INVALID_VALUE ? GPU_ERR_OUT_OF_VA : cuda_code(r);
+        return cuda_fail(cb, code, r, "cuMemAddressReserve(size=%zu, alignment=%zu)", size, b->caps.granularity);
+    }
+    *va = (uintptr_t)p;
+    return GPU_OK;
+}
+
+/* Gives a reservation back. */
+static int cuda_unreserve(vmm_backend *b, uintptr_t va, size_t size) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "unreserve");
+    if (err) return err;
+    CUresult r = cb->f->MemAddressFree((CUdeviceptr)va, size);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuMemAddressFree(va=%#" PRIxPTR ", size=%zu)", va, size);
+    return GPU_OK;
+}
+
+/* The allocation properties of pinned memory on this backend's device. */
+static CUmemAllocationProp cuda_prop(CUdevice dev) {
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = (int)dev;
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
+    return prop;
+}
+
+/* Creates size bytes of device memory. */
+static int cuda_create(vmm_backend *b, size_t size, vmm_handle *out) {
+    cuda_backend *cb = cuda_of(b);
+    CUmemAllocationProp prop = cuda_prop(cb->dev);
+    int err = cuda_enter(cb, "create");
+    if (err) return err;
+    CUmemGenericAllocationHandle h = 0;
+    CUresult r = cb->f->MemCreate(&h, size, &prop, 0);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuMemCreate(size=%zu, device=%d)", size, (int)cb->dev);
+    *out = (vmm_handle)h;
+    return GPU_OK;
+}
+
+/* Releases a handle. */
+static int cuda_release(vmm_backend *b, vmm_handle h) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "release");
+    if (err) return err;
+    CUresult r = cb->f->MemRelease((CUmemGenericAllocationHandle)h);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuMemRelease(handle=%#" PRIx64 ")", h);
+    return GPU_OK;
+}
+
+/* Maps the whole handle at va. */
+static int cuda_map(vmm_backend *b, uintptr_t va, size_t size, vmm_handle h) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "map");
+    if (err) return err;
+    CUresult r = cb->f->MemMap((CUdeviceptr)va, size, 0, (CUmemGenericAllocationHandle)h, 0);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS)
+        return cuda_fail(cb, cuda_code(r), r, "cuMemMap(va=%#" PRIxPTR ", size=%zu, handle=%#" PRIx64 ")", va, size, h);
+    return GPU_OK;
+}
+
+/* Unmaps a range of whole mappings. */
+static int cuda_unmap(vmm_backend *b, uintptr_t va, size_t size) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "unmap");
+    if (err) return err;
+    CUresult r = cb->f->MemUnmap((CUdeviceptr)va, size);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuMemUnmap(va=%#" PRIxPTR ", size=%zu)", va, size);
+    return GPU_OK;
+}
+
+/* Sets the device's access to a range of whole mappings. */
+static int cuda_set_access(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_t prot) {
+    cuda_backend *cb = cuda_of(b);
+    CUmemAccessDesc desc;
+    memset(&desc, 0, sizeof desc);
+    desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    desc.location.id = (int)cb->dev;
+    switch (prot) {
+    case GPU_PROT_NONE: desc.flags = CU_MEM_ACCESS_FLAGS_PROT_NONE; break;
+    case GPU_PROT_READ: desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READ; break;
+    case GPU_PROT_READ_WRITE: desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE; break;
+    default:
+        return vmm_fail(b, GPU_ERR_INVALID, "cuMemSetAccess(va=%#" PRIxPTR ", size=%zu): unknown protection %d", va, size, (int)prot);
+    }
+    int err = cuda_enter(cb, "set_access");
+    if (err) return err;
+    CUresult r = cb->f->MemSetAccess((CUdeviceptr)va, size, &desc, 1);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS)
+        return cuda_fail(cb, cuda_code(r), r, "cuMemSetAccess(va=%#" PRIxPTR ", size=%zu, prot=%d)", va, size, (int)prot);
+    return GPU_OK;
+}
+
+/* Waits for all work issued on the device's primary context. */
+static int cuda_fence(vmm_backend *b) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "fence");
+    if (err) return err;
+    CUresult r = cb->f->CtxSynchronize();
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuCtxSynchronize");
+    return GPU_OK;
+}
+
+/* Fills device memory on the legacy stream and waits for it. */
+static int cuda_memset(vmm_backend *b, uintptr_t va, int byte, size_t size) {
+    cuda_backend *cb = cuda_of(b);
+    if (size == 0) return GPU_OK;
+    int err = cuda_enter(cb, "memset");
+    if (err) return err;
+    CUresult r = cb->f->MemsetD8((CUdeviceptr)va, (unsigned char)byte, size);
+    if (r != CUDA_SUCCESS) {
+        cuda_leave(cb);
+        return cuda_fail(cb, cuda_code(r), r, "cuMemsetD8(va=%#" PRIxPTR ", byte=%d, size=%zu)", va, byte, size);
+    }
+    r = cb->f->StreamSynchronize(NULL);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuStreamSynchronize(0) after cuMemsetD8(va=%#" PRIxPTR ", size=%zu)", va, size);
+    return GPU_OK;
+}
+
+/* Copies device memory on the legacy stream and waits for it. */
+static int cuda_copy(vmm_backend *b, uintptr_t dst, uintptr_t src, size_t size) {
+    cuda_backend *cb = cuda_of(b);
+    if (size == 0) return GPU_OK;
+    int err = cuda_enter(cb, "copy");
+    if (err) return err;
+    CUresult r = cb->f->MemcpyDtoD((CUdeviceptr)dst, (CUdeviceptr)src, size);
+    if (r != CUDA_SUCCESS) {
+        cuda_leave(cb);
+        return cuda_fail(cb, cuda_code(r), r, "cuMemcpyDtoD(dst=%#" PRIxPTR ", src=%#" PRIxPTR ", size=%zu)", dst, src, size);
+    }
+    r = cb->f->StreamSynchronize(NULL);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuStreamSynchronize(0) after cuMemcpyDtoD(size=%zu)", size);
+    return GPU_OK;
+}
+
+/* Lets go of the primary context and frees the backend. The heap has already
+ * unmapped, released and unreserved everything. */
+static void cuda_close(vmm_backend *b) {
+    cuda_backend *cb = cuda_of(b);
+    if (!cb) return;
+    cb->f->DevicePrimaryCtxRelease(cb->dev);
+    free(cb);
+}
+
+static const vmm_ops cuda_ops = {
+    .reserve = cuda_reserve,
+    .unreserve = cuda_unreserve,
+    .create = cuda_create,
+    .release = cuda_release,
+    .map = cuda_map,
+    .unmap = cuda_unmap,
+    .set_access = cuda_set_access,
+    .fence = cuda_fence,
+    .memset = cuda_memset,
+    .copy = cuda_copy,
+    .close = cuda_close,
+};
+
+/* The open error for a failed cuInit: no device and no usable driver are told apart. */
+static int cuda_init_code(CUresult r) {
+    switch (r) {
+    case CUDA_ERROR_NO_DEVICE:
+    case CUDA_ERROR_INVALID_DEVICE: return GPU_ERR_NO_DEVICE;
+    case CUDA_ERROR_STUB_LIBRARY:
+    case CUDA_ERROR_SYSTEM_DRIVER_MISMATCH:
+    case CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE: return GPU_ERR_NO_DRIVER;
+    default: return GPU_ERR_BACKEND;
+    }
+}
+
+/* Reads the device's VMM support, name and granularity into caps. */
+static int cuda_describe(const struct cuda_fns *f, CUdevice dev, int ordinal, vmm_caps *caps) {
+    CUresult r = f->DeviceGetName(caps->device_name, (int)sizeof caps->device_name, dev);
+    if (r != CUDA_SUCCESS) snprintf(caps->device_name, sizeof caps->device_name, "CUDA device %d", ordinal);
+
+    int vmm = 0;
+    r = f->DeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
+    if (r != CUDA_SUCCESS)
+        return vmm_open_fail(GPU_ERR_BACKEND, "cuDeviceGetAttribute(VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, device=%d): %s",
+                             ordinal, cuda_loader_error_name(r));
+    if (!vmm)
+        return vmm_open_fail(GPU_ERR_NO_DEVICE, "device %d (%s) does not support the CUDA virtual memory API (cuMemCreate/cuMemMap)",
+                             ordinal, caps->device_name);
+
+    CUmemAllocationProp prop = cuda_prop(dev);
+    size_t min = 0, rec = 0;
+    r = f->MemGetAllocationGranularity(&min, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+    if (r == CUDA_SUCCESS) r = f->MemGetAllocationGranularity(&rec, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
+    if (r != CUDA_SUCCESS)
+        return vmm_open_fail(GPU_ERR_BACKEND, "cuMemGetAllocationGranularity(device=%d): %s", ordinal, cuda_loader_error_name(r));
+    /* The heap needs a power of two; the recommended value must also be a multiple of the minimum. */
+    bool min_ok = min && !(min & (min - 1));
+    bool rec_ok = rec && !(rec & (rec - 1)) && min_ok && rec % min == 0;
+    if (!min_ok)
+        return vmm_open_fail(GPU_ERR_BACKEND, "device %d: allocation granularity %zu (recommended %zu) is not a power of two",
+                             ordinal, min, rec);
+    caps->granularity = rec_ok ? rec : min;
+    return GPU_OK;
+}
+
+int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
+    if (!out) return vmm_open_fail(GPU_ERR_INVALID, "vmm_cuda_open: out is NULL");
+    *out = NULL;
+    const struct cuda_fns *f;
+    int err = cuda_loader_get(&f);
+    if (err) return vmm_open_fail(err, "%s", cuda_loader_error());
+
+    int ordinal = cfg ? cfg->device : 0;
+    CUresult r = f->Init(0);
+    if (r != CUDA_SUCCESS) return vmm_open_fail(cuda_init_code(r), "cuInit: %s", cuda_loader_error_name(r));
+    int count = 0;
+    r = f->DeviceGetCount(&count);
+    if (r != CUDA_SUCCESS) return vmm_open_fail(GPU_ERR_BACKEND, "cuDeviceGetCount: %s", cuda_loader_error_name(r));
+    if (ordinal < 0 || ordinal >= count)
+        return vmm_open_fail(GPU_ERR_NO_DEVICE, "CUDA device %d does not exist: the driver sees %d device(s)", ordinal, count);
+    CUdevice dev;
+    r = f->DeviceGet(&dev, ordinal);
+    if (r != CUDA_SUCCESS) return vmm_open_fail(cuda_init_code(r), "cuDeviceGet(%d): %s", ordinal, cuda_loader_error_name(r));
+
+    cuda_backend *cb = calloc(1, sizeof *cb);
+    if (!cb) return vmm_open_fail(GPU_ERR_OUT_OF_MEMORY, "CUDA backend: no host memory for the backend");
+    cb->f = f;
+    cb->dev = dev;
+    cb->base.ops = &cuda_ops;
+    cb->base.caps.name = "cuda";
+    cb->base.caps.max_reserve = CUDA_MAX_RESERVE;
+    cb->base.caps.device = ordinal;
+    cb->base.caps.host_accessible = false;
+    err = cuda_describe(f, dev, ordinal, &cb->base.caps);
+    if (err) {
+        free(cb);
+        return err;
+    }
+    r = f->DevicePrimaryCtxRetain(&cb->ctx, dev);
+    if (r != CUDA_SUCCESS) {
+        free(cb);
+        return vmm_open_fail(cuda_code(r), "cuDevicePrimaryCtxRetain(device=%d): %s", ordinal, cuda_loader_error_name(r));
+    }
+    *out = &cb->base;
+    return GPU_OK;
+}
