@@ -145,11 +145,22 @@ int cuda_loader_get(const struct cuda_fns **out) {
     return GPU_OK;
 }
 
+/* gpu_malloc asks this on every call, so it stays cheap: cuCtxGetCurrent is a
+ * thread-local read in the driver, while cuCtxGetDevice without a current context
+ * takes the driver's slow error path (~1.5 µs). The device of the last context
+ * seen is cached per thread. */
 int vmm_cuda_current_device(void) {
+    static _Thread_local CUcontext seen_ctx;
+    static _Thread_local int seen_dev;
     const struct cuda_fns *f;
+    CUcontext ctx = NULL;
+    if (cuda_loader_get(&f) != GPU_OK || f->CtxGetCurrent(&ctx) != CUDA_SUCCESS || !ctx) return 0;
+    if (ctx == seen_ctx) return seen_dev;
     CUdevice dev;
-    if (cuda_loader_get(&f) != GPU_OK || f->CtxGetDevice(&dev) != CUDA_SUCCESS) return 0;
-    return (int)dev;
+    if (f->CtxGetDevice(&dev) != CUDA_SUCCESS) return 0;
+    seen_ctx = ctx;
+    seen_dev = (int)dev;
+    return seen_dev;
 }
 
 const char *cuda_loader_error(void) {
