@@ -53,6 +53,10 @@ static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
 static struct cuda_fns cuda_table;
 static int cuda_status = GPU_ERR_NO_DRIVER;
 static char cuda_message[256];
+/* The driver's cuGetProcAddress in whichever form it exports (one is set); written
+ * by cuda_load, read-only once the load has succeeded. */
+static __typeof__(cuGetProcAddress_v2) *cuda_getproc2;
+static cuda_getproc_v1_fn cuda_getproc1;
 
 /* Every entry of struct cuda_fns with the driver name it is resolved by. */
 #define CUDA_ENTRY(field) {"cu" #field, offsetof(struct cuda_fns, field)}
@@ -88,6 +92,26 @@ static void cuda_load_fail(const char *fmt, ...) {
     cuda_status = GPU_ERR_NO_DRIVER;
 }
 
+/* Resolves one entry point by its base name ("cuMemcpyDtoD") at
+ * CUDA_LOADER_VERSION, legacy default stream. Returns it, or NULL with *res saying
+ * what the driver answered. Needs cuda_getproc2 or cuda_getproc1 set. */
+static void *cuda_resolve(const char *name, CUresult *res) {
+    void *p = NULL;
+    CUresult r;
+    /* LEGACY_STREAM: the stream-0 calls (memset, copy, stream sync) must use
+     * the legacy default stream, which is ordered after the device's other
+     * blocking streams. */
+    if (cuda_getproc2) {
+        CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+        r = cuda_getproc2(name, &p, CUDA_LOADER_VERSION, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &found);
+        if (found != CU_GET_PROC_ADDRESS_SUCCESS) p = NULL;
+    } else {
+        r = cuda_getproc1(name, &p, CUDA_LOADER_VERSION, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
+    }
+    if (res) *res = r;
+    return r == CUDA_SUCCESS ? p : NULL;
+}
+
 /* Opens libcuda.so.1 and fills cuda_table; runs once per process. */
 static void cuda_load(void) {
     void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -98,13 +122,11 @@ static void cuda_load(void) {
     }
     /* The _v2 lookup (CUDA 12.0+) reports whether the symbol was found; the older
      * one does not, but serves drivers from 11.3 on. */
-    __typeof__(cuGetProcAddress_v2) *getproc2 = NULL;
-    cuda_getproc_v1_fn getproc1 = NULL;
     void *sym = dlsym(lib, "cuGetProcAddress_v2");
     if (sym) {
-        memcpy(&getproc2, &sym, sizeof sym);
+        memcpy(&cuda_getproc2, &sym, sizeof sym);
     } else if ((sym = dlsym(lib, "cuGetProcAddress")) != NULL) {
-        memcpy(&getproc1, &sym, sizeof sym);
+        memcpy(&cuda_getproc1, &sym, sizeof sym);
     } else {
         cuda_load_fail("libcuda.so.1 has no cuGetProcAddress: the NVIDIA driver is too old (CUDA 11.3 or newer is needed)");
         dlclose(lib);
@@ -113,21 +135,13 @@ static void cuda_load(void) {
 
     struct cuda_fns t;
     for (size_t i = 0; i < sizeof cuda_entries / sizeof cuda_entries[0]; i++) {
-        void *p = NULL;
         CUresult r;
-        /* LEGACY_STREAM: the stream-0 calls (memset, copy, stream sync) must use
-         * the legacy default stream, which is ordered after the device's other
-         * blocking streams. */
-        if (getproc2) {
-            CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-            r = getproc2(cuda_entries[i].name, &p, CUDA_LOADER_VERSION, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &found);
-            if (found != CU_GET_PROC_ADDRESS_SUCCESS) p = NULL;
-        } else {
-            r = getproc1(cuda_entries[i].name, &p, CUDA_LOADER_VERSION, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
-        }
-        if (r != CUDA_SUCCESS || !p) {
+        void *p = cuda_resolve(cuda_entries[i].name, &r);
+        if (!p) {
             cuda_load_fail("libcuda.so.1 lacks %s (CUresult %d): the NVIDIA driver is too old for gpuheap",
                            cuda_entries[i].name, (int)r);
+            cuda_getproc2 = NULL;
+            cuda_getproc1 = NULL;
             dlclose(lib);
             return;
         }
@@ -161,6 +175,12 @@ int vmm_cuda_current_device(void) {
     seen_ctx = ctx;
     seen_dev = (int)dev;
     return seen_dev;
+}
+
+void *cuda_loader_proc(const char *symbol) {
+    pthread_once(&cuda_once, cuda_load);
+    if (cuda_status != GPU_OK || !symbol) return NULL;
+    return cuda_resolve(symbol, NULL);
 }
 
 const char *cuda_loader_error(void) {

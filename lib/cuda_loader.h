@@ -8,7 +8,9 @@
  * "cuMemcpyDtoD" comes back as the _v2 entry the header's macros would pick, and
  * stream 0 means the legacy stream). The table is process-wide,
  * filled once, and read-only afterwards; the CUDA backend, the interposer and the
- * GPU tests all call the driver through it.
+ * GPU tests all call the driver through it. Entry points outside the table (the
+ * tests' cuMemAlloc, cuMemsetD8Async and the like) come from cuda_loader_proc, by
+ * the same lookup.
  *
  * Members are named after the driver functions without their "cu" prefix, because
  * cuda.h #defines several of the full names to versioned ones (cuMemcpyDtoD is
@@ -87,6 +89,14 @@ struct cuda_fns {
  * the table. Returns GPU_OK, or GPU_ERR_NO_DRIVER when libcuda.so.1 is missing or
  * lacks an entry point; cuda_loader_error says which. A failed load is not retried. */
 int cuda_loader_get(const struct cuda_fns **out);
+
+/* Any other driver entry point, by its base name ("cuMemsetD8Async"), resolved the
+ * way the table is: through the same cuGetProcAddress, at CUDA_LOADER_VERSION,
+ * legacy default stream. Loads the driver on first use like cuda_loader_get.
+ * Returns NULL when the load failed (cuda_loader_error says why) or the driver
+ * lacks the symbol. Thread-safe. The caller casts the result to the prototype
+ * cuda.h gives for that version (the _v2 one where cuda.h renames the name). */
+void *cuda_loader_proc(const char *symbol);
 
 /* Why the load failed ("" when it did not). */
 const char *cuda_loader_error(void);

@@ -1,12 +1,13 @@
 /*
- * cuda_util.c — loads the CUDA driver at run time for the GPU tests and the
- * benchmarks, and carries the test kernels as PTX.
+ * cuda_util.c — the CUDA driver for the GPU tests and the benchmarks, and the
+ * test kernels as PTX.
  *
- * The driver is found by name (libcuda.so.1, the soname every driver install
- * provides) and asked for its entry points through cuGetProcAddress, the way
- * cudart itself does; that yields the version of each function matching the
- * prototypes cuda.h gives us. A driver too old for cuGetProcAddress is asked
- * through dlsym for the versioned symbol names instead.
+ * The driver is the library's own: cuda_loader (lib/backend_cuda.c) opens
+ * libcuda.so.1 once per process, and each member of cu is looked up by its base
+ * name through cuda_loader_proc, at the same ABI version and stream mode as the
+ * library's table. That yields the version of each function matching the
+ * prototypes cuda.h gives us, and the tests drive the very driver handle the heap
+ * does.
  *
  * The kernels are written in PTX by hand so that the tests need no nvcc at build
  * time; the driver JIT-compiles them for the card at cu_util_init. They target
@@ -15,17 +16,15 @@
  */
 #include "cuda_util.h"
 
-#include <dlfcn.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
-cu_util_fns cu;
+#include "cuda_loader.h"
+#include "gpuheap.h"
 
-/* The driver version we ask cuGetProcAddress for: the one whose prototypes the
- * members of cu were declared with (cuda.h of CUDA 12 and 13 agree on them). */
-#define CU_UTIL_API_VERSION 12000
+cu_util_fns cu;
 
 /* Threads per block for every launch. */
 #define CU_UTIL_BLOCK 256u
@@ -172,7 +171,6 @@ const char cu_util_ptx[] =
 
 static struct {
     bool ready;
-    void *lib;
     CUdevice dev;
     CUcontext ctx;
     CUmodule mod;
@@ -199,46 +197,22 @@ long long cu_util_cycles_per_ms(void) { return g.cycles_per_ms; }
 
 /* ---- loading the driver ---------------------------------------------------- */
 
-/* cuGetProcAddress as CUDA 12 exports it (_v2, with a status out-parameter) and
- * as CUDA 11.3+ did (no status). The status is an enum: an int. */
-typedef CUresult (*getproc_v2_fn)(const char *symbol, void **pfn, int version, cuuint64_t flags, int *status);
-typedef CUresult (*getproc_v1_fn)(const char *symbol, void **pfn, int version, cuuint64_t flags);
-
-/* The name a macro expands to, as a string: "cuMemAlloc_v2" for cuMemAlloc. */
-#define CU_UTIL_XSTR(x) CU_UTIL_STR(x)
-#define CU_UTIL_STR(x) #x
-
-/* Resolves one entry point: the base name through cuGetProcAddress, else the
- * versioned symbol through dlsym. */
-static void *resolve(getproc_v2_fn gp2, getproc_v1_fn gp1, const char *base, const char *versioned) {
-    void *fn = NULL;
-    if (gp2 != NULL) {
-        int status = 0;
-        if (gp2(base, &fn, CU_UTIL_API_VERSION, 0, &status) == CUDA_SUCCESS && fn != NULL) return fn;
-    } else if (gp1 != NULL) {
-        if (gp1(base, &fn, CU_UTIL_API_VERSION, 0) == CUDA_SUCCESS && fn != NULL) return fn;
-    }
-    fn = dlsym(g.lib, versioned);
-    return fn;
-}
-
-/* Opens libcuda.so.1 and fills cu. CU_UTIL_SKIP when the driver is absent. */
+/* Fills cu from the library's loader. CU_UTIL_SKIP when the driver is absent or
+ * lacks an entry point. */
 static int load_driver(void) {
-    g.lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (g.lib == NULL) {
-        const char *why = dlerror();
-        fprintf(stderr, "cuda_util: no CUDA driver: cannot load libcuda.so.1 (%s)\n", why ? why : "?");
+    if (cuda_loader_get(NULL) != GPU_OK) {
+        fprintf(stderr, "cuda_util: no CUDA driver: %s\n", cuda_loader_error());
         return CU_UTIL_SKIP;
     }
-    getproc_v2_fn gp2 = (getproc_v2_fn)dlsym(g.lib, "cuGetProcAddress_v2");
-    getproc_v1_fn gp1 = gp2 ? NULL : (getproc_v1_fn)dlsym(g.lib, "cuGetProcAddress");
-
-#define CU_UTIL_RESOLVE(name)                                                        \
-    cu.name = (__typeof__(cu.name))resolve(gp2, gp1, #name, CU_UTIL_XSTR(name));     \
-    if (cu.name == NULL) {                                                           \
+    /* #name is the base name even where cuda.h renames the member (cuMemAlloc is
+     * the member cuMemAlloc_v2): the lookup at CUDA_LOADER_VERSION answers the
+     * version that name stands for. */
+#define CU_UTIL_RESOLVE(name)                                                           \
+    cu.name = (__typeof__(cu.name))cuda_loader_proc(#name);                             \
+    if (cu.name == NULL) {                                                              \
         fprintf(stderr, "cuda_util: the CUDA driver lacks %s; it is too old\n", #name); \
-        memset(&cu, 0, sizeof cu);                                                   \
-        return CU_UTIL_SKIP;                                                         \
+        memset(&cu, 0, sizeof cu);                                                      \
+        return CU_UTIL_SKIP;                                                            \
     }
     CU_UTIL_FUNCS(CU_UTIL_RESOLVE)
 #undef CU_UTIL_RESOLVE

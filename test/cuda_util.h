@@ -2,11 +2,12 @@
  * cuda_util.h — the CUDA driver, loaded at run time, for the GPU tests.
  *
  * Tests must build on machines with no GPU and skip there (exit 77), so nothing
- * links against libcuda: cu_util_init opens libcuda.so.1 with dlopen and asks the
- * driver's cuGetProcAddress for each entry point a test needs. cuda.h is used for
- * its types only. The driver functions are reached through the table `cu`, whose
- * members carry the driver's own names and prototypes (cu.cuMemcpyHtoD(...)), so a
- * test reads like plain driver code.
+ * links against libcuda: cu_util_init takes each entry point a test needs from the
+ * library's run-time loader (cuda_loader_proc in lib/cuda_loader.h), which opens
+ * libcuda.so.1 once per process. cuda.h is used for its types only. The driver
+ * functions are reached through the table `cu`, whose members carry the driver's
+ * own names and prototypes (cu.cuMemcpyHtoD(...)), so a test reads like plain
+ * driver code.
  *
  * Three hand-written PTX kernels, JIT-compiled by the driver for whatever card is
  * present, let a test write and verify device memory without the host ever reading
@@ -33,8 +34,8 @@
 /* Every driver function the tests and benchmarks use. Each entry becomes a member
  * of `cu` with the driver's prototype; where cuda.h renames a function to a
  * versioned symbol (cuMemAlloc -> cuMemAlloc_v2), the member takes the versioned
- * name too, and the driver is asked for the base name at cudaVersion 12000, which
- * answers that same version. */
+ * name too, and the driver is asked for the base name at CUDA_LOADER_VERSION
+ * (12000), which answers that same version. */
 #define CU_UTIL_FUNCS(X)          \
     X(cuInit)                     \
     X(cuDriverGetVersion)         \
