@@ -133,7 +133,8 @@ void *gpu_heap_malloc(gpu_heap_t *heap, size_t size);
 void *gpu_calloc(size_t n, size_t size);
 void *gpu_heap_calloc(gpu_heap_t *heap, size_t n, size_t size);
 
-/* align a power of two; values below 256 mean 256. GPU_ERR_INVALID otherwise. */
+/* align must be 0 or a power of two; values below 256 mean 256. Anything else
+ * (3, 100, 255…) is GPU_ERR_INVALID. */
 void *gpu_malloc_aligned(size_t size, size_t align);
 void *gpu_heap_malloc_aligned(gpu_heap_t *heap, size_t size, size_t align);
 

@@ -61,10 +61,25 @@ static int grow_over_unmapped(gpu_heap_t *h, block *b, block *n, size_t grow) {
     return GPU_OK;
 }
 
+/* How much of the idle block n a block that owns its extents takes to grow by
+ * delta: whole extents up to the first boundary past delta, or 0 when n ends
+ * first. An owned block must keep ending at an extent boundary. */
+static size_t owned_take(gpu_heap_t *h, const block *n, size_t delta) {
+    uintptr_t x = n->start;
+    while (x - n->start < delta && x < block_end(n)) {
+        extent *e = extmap_find(&h->extents, x);
+        x = e->va + e->size;
+    }
+    return x - n->start >= delta && x <= block_end(n) ? x - n->start : 0;
+}
+
 static int grow_in_place(gpu_heap_t *h, block *b, size_t need) {
     size_t delta = need - b->size;
     block *n = b->next_phys;
-    if (n && n->state == BLOCK_IDLE && n->size >= delta) return grow_over_idle(h, b, n, delta);
+    if (n && n->state == BLOCK_IDLE && n->size >= delta) {
+        size_t take = b->owned ? owned_take(h, n, delta) : delta;
+        if (take) return grow_over_idle(h, b, n, take);
+    }
     if (block_end(b) % h->gran || !n) return NOT_IN_PLACE;
     size_t grow = gh_align_up(delta, h->gran);
     if (n->state == BLOCK_HEADROOM && n->size < grow && n->next_phys && n->next_phys->state == BLOCK_VACANT) {

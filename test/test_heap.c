@@ -266,6 +266,44 @@ static void test_realloc_remap(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* An owned block stays made of whole extents however realloc grows it — here
+ * in place over idle memory whose extent reaches past the new end — so
+ * gpu_protect keeps working on it. */
+static void test_realloc_owned_stays_owned(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(64 * KiB);
+    /* Two idle extents side by side: 64 KiB, then the rest of 2 MiB. */
+    char *x = gpu_heap_malloc_flags(h, 64 * KiB, GPU_ALLOC_OWNED);
+    BLOCK_VALID(h, x, 64 * KiB);
+    char *x2 = gpu_heap_realloc(h, x, 2 * MiB);
+    BLOCK_VALID(h, x2, 2 * MiB);
+    ASSERT_OK(gpu_heap_free(h, x2));
+    ASSERT_OK(gpu_heap_trim(h, SIZE_MAX));
+    CHECK_ALL(h);
+    char *a = gpu_heap_malloc_flags(h, 64 * KiB, GPU_ALLOC_OWNED);
+    BLOCK_VALID(h, a, 64 * KiB);
+    pattern_fill(a, 0, 64 * KiB, 7);
+    ASSERT_OK(gpu_heap_protect(h, a, 64 * KiB, GPU_PROT_READ_WRITE));
+    static const size_t grow[] = {128 * KiB, 200 * KiB, 3 * MiB};
+    for (size_t i = 0; i < sizeof grow / sizeof grow[0]; i++) {
+        char *a2 = gpu_heap_realloc(h, a, grow[i]);
+        size_t u = BLOCK_VALID(h, a2, grow[i]);
+        PATTERN_CHECK(a2, 0, 64 * KiB, 7);
+        if (u % (64 * KiB) || (uintptr_t)a2 % (64 * KiB))
+            fail_msg("owned block grown to %zu: %p, usable %zu", grow[i], (void *)a2, u);
+        int rc = gpu_heap_protect(h, a2, u, GPU_PROT_READ);
+        if (rc != GPU_OK)
+            fail_msg("owned block %p grown %s to %zu (usable %zu): protect -> %d (%s)", (void *)a2,
+                     a2 == a ? "in place" : "by a move", grow[i], u, rc, gpu_strerror(rc));
+        ASSERT_OK(gpu_heap_protect(h, a2, u, GPU_PROT_READ_WRITE));
+        CHECK_ALL(h);
+        a = a2;
+    }
+    ASSERT_OK(gpu_heap_free(h, a));
+    CHECK_ALL(h);
+    HEAP_DESTROY(h);
+}
+
 /* Small blocks move by copying: contents intact, the blocker untouched. */
 static void test_realloc_copy(void **state) {
     (void)state;
@@ -764,6 +802,7 @@ int main(void) {
         cmocka_unit_test(test_placement),
         cmocka_unit_test(test_realloc_in_place),
         cmocka_unit_test(test_realloc_remap),
+        cmocka_unit_test(test_realloc_owned_stays_owned),
         cmocka_unit_test(test_realloc_copy),
         cmocka_unit_test(test_realloc_shrink),
         cmocka_unit_test(test_realloc_edges),
