@@ -166,6 +166,16 @@ int gpu_heap_create(const gpu_config_t *cfg, gpu_heap_t **out) {
     return GPU_OK;
 }
 
+int gh_heap_create_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out) {
+    gpu_heap_t *h;
+    int rc = heap_open_on(cfg, backend, &h);
+    if (rc == GPU_OK && (rc = registry_add(h)) != GPU_OK) heap_close(h);
+    if (rc != GPU_OK) return gh_report(rc);
+    *out = h;
+    gh_ok();
+    return GPU_OK;
+}
+
 int gpu_heap_destroy(gpu_heap_t *heap) {
     if (!heap) return gh_error(GPU_ERR_INVALID, "gpu_heap_destroy: heap is NULL");
     if (!registry_has(heap)) return gh_error(GPU_ERR_DESTROYED, "gpu_heap_destroy: %p is not a live heap", (void *)heap);

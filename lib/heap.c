@@ -75,19 +75,26 @@ static int reserve_va(gpu_heap_t *h) {
 }
 
 int heap_open(const gpu_config_t *cfg, gpu_heap_t **out) {
+    vmm_backend *b;
+    int rc = open_backend(cfg, &b);
+    if (rc != GPU_OK) return gh_note(rc, "%s", vmm_open_error());
+    return heap_open_on(cfg, b, out);
+}
+
+int heap_open_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out) {
     gpu_heap_t *h = calloc(1, sizeof *h);
-    if (!h) return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for a heap");
+    if (!h) {
+        backend->ops->close(backend);
+        return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for a heap");
+    }
     h->cfg = *cfg;
     pthread_mutex_init(&h->lock, NULL);
     pool_init(&h->block_pool, sizeof(block));
     pool_init(&h->extent_pool, sizeof(extent));
     tlsf_init(&h->idle);
     tlsf_init(&h->vacant);
-    int rc = open_backend(cfg, &h->door.b);
-    if (rc != GPU_OK) {
-        free(h);
-        return gh_note(rc, "%s", vmm_open_error());
-    }
+    h->door.b = backend;
+    int rc;
     h->door.verbose = cfg->verbose;
     h->gran = h->door.b->caps.granularity;
     gh_assert(gh_is_pow2(h->gran) && h->gran % GH_QUANTUM == 0, "granularity is a power of two and a quantum multiple");

@@ -258,6 +258,10 @@ static inline void heap_unlock(gpu_heap_t *h) { pthread_mutex_unlock(&h->lock); 
 int heap_reserve_records(gpu_heap_t *h);
 
 int heap_open(const gpu_config_t *cfg, gpu_heap_t **out);
+/* Opens a heap over a backend the caller opened (a wrapper that records calls or
+ * fails on demand, in tests). The heap closes the backend when it is closed, or
+ * at once when opening fails. */
+int heap_open_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out);
 void heap_close(gpu_heap_t *h);
 /* Each returns GPU_OK or an error; *msg (static or in a thread buffer) says why. */
 int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void **out);
@@ -303,6 +307,8 @@ void gh_ok(void);
 /* The heap whose reservation holds p, or NULL. */
 gpu_heap_t *registry_find_ptr(uintptr_t p);
 int registry_add(gpu_heap_t *h);
+/* gpu_heap_create over a backend the caller opened (tests: fault injection). */
+int gh_heap_create_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out);
 void registry_remove(gpu_heap_t *h);
 
 /* ---- config.c --------------------------------------------------------------- */
