@@ -22,6 +22,8 @@
 _Static_assert(CUDART_SUCCESS == (int)cudaSuccess, "cudaSuccess");
 _Static_assert(CUDART_MEMPOOL_RELEASE_THRESHOLD == (int)cudaMemPoolAttrReleaseThreshold,
                "cudaMemPoolAttrReleaseThreshold");
+_Static_assert(CUDART_MEMPOOL_RESERVED_MEM_HIGH == (int)cudaMemPoolAttrReservedMemHigh, "cudaMemPoolAttrReservedMemHigh");
+_Static_assert(CUDART_MEMCPY_DEVICE_TO_DEVICE == (int)cudaMemcpyDeviceToDevice, "cudaMemcpyDeviceToDevice");
 _Static_assert(sizeof(cudaError_t) == sizeof(cudart_error), "cudaError_t is an int-sized enum");
 _Static_assert(sizeof(cudaStream_t) == sizeof(cudart_stream), "cudaStream_t is a pointer");
 _Static_assert(sizeof(cudaMemPool_t) == sizeof(cudart_mempool), "cudaMemPool_t is a pointer");
@@ -71,6 +73,11 @@ int cudart_load(char *why, size_t why_len) {
     CUDART_RESOLVE(cudaGetErrorString);
     CUDART_RESOLVE(cudaRuntimeGetVersion);
     CUDART_RESOLVE(cudaDriverGetVersion);
+    CUDART_RESOLVE(cudaMemGetInfo);
+    CUDART_RESOLVE(cudaMemcpy);
+    CUDART_RESOLVE(cudaMemcpyAsync);
+    CUDART_RESOLVE(cudaMemPoolGetAttribute);
+    CUDART_RESOLVE(cudaMemPoolTrimTo);
 #undef CUDART_RESOLVE
     return 0;
 }

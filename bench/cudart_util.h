@@ -20,6 +20,8 @@ typedef void *cudart_mempool;    /* cudaMemPool_t */
 
 #define CUDART_SUCCESS 0                      /* cudaSuccess */
 #define CUDART_MEMPOOL_RELEASE_THRESHOLD 4    /* cudaMemPoolAttrReleaseThreshold (value: uint64_t) */
+#define CUDART_MEMPOOL_RESERVED_MEM_HIGH 6    /* cudaMemPoolAttrReservedMemHigh (uint64_t; set 0 to reset) */
+#define CUDART_MEMCPY_DEVICE_TO_DEVICE 3      /* cudaMemcpyDeviceToDevice */
 
 /* The runtime functions the benchmarks call; members carry the runtime's names. */
 typedef struct cudart_fns {
@@ -36,6 +38,12 @@ typedef struct cudart_fns {
     const char *(*cudaGetErrorString)(cudart_error err);
     cudart_error (*cudaRuntimeGetVersion)(int *version);
     cudart_error (*cudaDriverGetVersion)(int *version);
+    /* Used by the replay peers and gpuheap-bench (bytes held, copies, pool trim). */
+    cudart_error (*cudaMemGetInfo)(size_t *free_bytes, size_t *total_bytes);
+    cudart_error (*cudaMemcpy)(void *dst, const void *src, size_t n, int kind);
+    cudart_error (*cudaMemcpyAsync)(void *dst, const void *src, size_t n, int kind, cudart_stream stream);
+    cudart_error (*cudaMemPoolGetAttribute)(cudart_mempool pool, int attr, void *value);
+    cudart_error (*cudaMemPoolTrimTo)(cudart_mempool pool, size_t keep);
 } cudart_fns;
 
 /* Filled by cudart_load; all NULL before and after a failed load. */

@@ -62,6 +62,8 @@ typedef enum gpu_error_t {
     GPU_ERR_BUSY = -10,          /* the block is being changed by another thread (e.g. realloc and free at once) */
     GPU_ERR_DESTROYED = -11,     /* the heap handle was destroyed */
     GPU_ERR_CORRUPT = -12,       /* gpu_heap_check found a broken invariant */
+    GPU_ERR_CAPTURING = -13,     /* not allowed while a CUDA stream capture is in progress (see "Graph capture") */
+    GPU_ERR_NOT_RESERVATION = -14, /* a sparse call on a pointer that is not a live gpu_reserve range */
 } gpu_error_t;
 
 /* A static string describing an error code; never NULL. */
@@ -167,6 +169,75 @@ int gpu_heap_free(gpu_heap_t *heap, void *ptr);
 size_t gpu_malloc_usable_size(const void *ptr);
 size_t gpu_heap_malloc_usable_size(gpu_heap_t *heap, const void *ptr);
 
+/* ---- stream-ordered allocation ---------------------------------------------
+ *
+ * stream is a CUstream (or cudaStream_t) of the heap's device; 0 is the legacy
+ * default stream. A block freed with gpu_free_async(ptr, S) is reused at once by
+ * gpu_malloc_async(…, S) — stream order makes that safe — and by other streams and
+ * by gpu_malloc only once an event recorded on S after the free has completed
+ * (found by a query, never a blocking sync, unless memory runs out). These calls
+ * mix with gpu_malloc/gpu_free on the same heap; a block may be freed on another
+ * stream than it was allocated on, or with gpu_free (and a gpu_malloc block with
+ * gpu_free_async): the rule that applies is the one of the free. The caller
+ * orders the free after the work that uses the block, as with cudaFreeAsync.
+ */
+void *gpu_malloc_async(size_t size, void *stream);
+void *gpu_heap_malloc_async(gpu_heap_t *heap, size_t size, void *stream);
+/* Errors as gpu_free. */
+int gpu_free_async(void *ptr, void *stream);
+int gpu_heap_free_async(gpu_heap_t *heap, void *ptr, void *stream);
+
+/* ---- graph capture -----------------------------------------------------------
+ *
+ * The heap's own driver calls run in the relaxed capture mode
+ * (cuThreadExchangeStreamCaptureMode), so VMM calls made while any thread captures
+ * a stream do not invalidate the capture. A device sync would, so while a capture
+ * is in progress the heap never fences or unmaps: it maps new memory instead of
+ * waiting for quarantined blocks, and trimming waits (gpu_heap_trim returns
+ * GPU_ERR_CAPTURING). The heap sees a capture in progress when a blocking stream
+ * is being captured (the legacy stream reports it), when the stream given to a
+ * gpu_*_async call is being captured, and between gpu_capture_begin and
+ * gpu_capture_end — call those around a capture of a non-blocking stream that
+ * other threads' gpu_malloc/gpu_free calls may run beside.
+ *
+ * During a capture of stream S:
+ *  - gpu_malloc_async(size, S) and gpu_malloc allocate at once (no graph node):
+ *    the address is fixed into the graph, and the block stays allocated, for every
+ *    replay, until the caller frees it after the graph's last launch;
+ *  - gpu_free_async(ptr, S) is refused with GPU_ERR_CAPTURING (a free inside a
+ *    graph would let a later allocation reuse memory the graph's replays write);
+ *  - gpu_free(ptr) of a block the graph does not use is fine: it is quarantined
+ *    and reused only after a fence, which waits for the capture to end.
+ */
+void gpu_capture_begin(void);
+void gpu_capture_end(void);
+
+/* ---- sparse address spaces -----------------------------------------------------
+ *
+ * gpu_reserve gives a range of device addresses with no memory behind it;
+ * gpu_commit and gpu_decommit back and unback sub-ranges whose start and length
+ * are multiples of the granularity (gpu_heap_stats: granularity, 2 MiB on current
+ * GPUs); gpu_release gives the whole range back. Data in committed ranges survives
+ * commits and decommits elsewhere. Committing a partly committed range commits the
+ * rest; decommitting an uncommitted range does nothing. Each commit maps one
+ * extent per uncommitted gap, so gpu_protect works on ranges made of whole
+ * commits; a decommit that cuts inside an earlier commit keeps the rest of it by
+ * copying that part into new extents. A decommit, like a free, waits (one device
+ * sync) for GPU work that may still use the range; so does gpu_release.
+ * Errors: GPU_ERR_NOT_RESERVATION (ptr is not the start of a live reservation —
+ * commit/decommit take any pointer inside one), GPU_ERR_INVALID (unaligned, or
+ * outside the reservation), GPU_ERR_OUT_OF_MEMORY (what was committed before
+ * stays committed and intact). The plain forms find the heap from the pointer.
+ */
+void *gpu_reserve(size_t size);
+void *gpu_heap_reserve(gpu_heap_t *heap, size_t size);
+int gpu_commit(void *ptr, size_t len);
+int gpu_heap_commit(gpu_heap_t *heap, void *ptr, size_t len);
+int gpu_decommit(void *ptr, size_t len);
+int gpu_heap_decommit(gpu_heap_t *heap, void *ptr, size_t len);
+int gpu_release(void *ptr);
+int gpu_heap_release(gpu_heap_t *heap, void *ptr);
+
 /* ---- protection ---------------------------------------------------------- */
 
 typedef enum gpu_prot_t {
@@ -185,6 +256,74 @@ typedef enum gpu_prot_t {
 int gpu_protect(void *ptr, size_t size, int prot);
 int gpu_heap_protect(gpu_heap_t *heap, void *ptr, size_t size, int prot);
 
+/* ---- file-backed memory ----------------------------------------------------
+ *
+ * CUDA cannot map a regular file as device memory, so gpu_map_file brings a
+ * file's bytes [offset, offset+length) to the device in one of two ways:
+ *  - loaded (the default): the bytes are copied into a block of the heap that
+ *    owns its extents (pointer and size aligned to the granularity, 2 MiB), bytes
+ *    past length zeroed. Without GPU_MAP_WRITE the block is then protected
+ *    GPU_PROT_READ: a stray write is refused (memset) or faults (kernel). Reading
+ *    is pipelined: several threads read() into pinned staging buffers while
+ *    earlier buffers are copied to the device asynchronously. The staging buffers
+ *    (GPUHEAP_FILE_THREADS x 2 x GPUHEAP_FILE_CHUNK bytes: 8 x 2 x 8 MiB by
+ *    default) are pinned on the first load and kept for the heap's next loads
+ *    until gpu_heap_trim or gpu_heap_destroy. Any offset works.
+ *  - zero-copy (GPU_MAP_ZEROCOPY, read-only): the range is mmap'ed from the page
+ *    cache and registered read-only with the driver; kernels read it over the bus
+ *    (PCIe: ~50 GB/s against the device memory's TB/s) on every access. Good for
+ *    data read once or sparsely, poor for data read often. offset must be a
+ *    multiple of the host page size; the pointer has the page's alignment. It
+ *    uses no device memory. If the file is truncated while mapped, the device
+ *    keeps reading the pages it pinned at map time, but the host must not touch
+ *    the range (SIGBUS); gpu_sync_file reports the truncation.
+ * length 0 means "to the end of the file". Loaded mappings hold no file
+ * descriptor unless writable; writable and zero-copy mappings hold one each.
+ */
+enum {
+    GPU_MAP_WRITE = 1u << 0,    /* writable; gpu_sync_file and gpu_unmap_file write it back */
+    GPU_MAP_ZEROCOPY = 1u << 1, /* no copy: the page cache, registered read-only (not with WRITE) */
+    GPU_MAP_CUFILE = 1u << 2,   /* load with cuFile (libcufile, GPUDirect Storage) instead of read();
+                                 * GPUHEAP_CUFILE=1 asks for it on every load, falling back to read() */
+};
+enum {
+    GPU_UNMAP_DISCARD = 1u << 0, /* gpu_unmap_file: drop a writable mapping without writing it back */
+};
+
+/* Maps [offset, offset+length) of the regular file at path and sets *out to its
+ * device address. Errors: GPU_ERR_INVALID for NULL path or out, unknown or
+ * conflicting flags, a path that cannot be opened (missing, a directory, not a
+ * regular file, no permission — the message names the cause), an empty range or
+ * one that runs past the end of the file, a zero-copy offset not page-aligned;
+ * GPU_ERR_OUT_OF_MEMORY (device or pinned host memory); GPU_ERR_NO_DRIVER for
+ * GPU_MAP_CUFILE where libcufile cannot be used; GPU_ERR_BACKEND when reading
+ * fails midway (an I/O error, or the file shrank while it was read). A failed
+ * call leaves the heap and the file unchanged. Thread-safe; loads may run at once. */
+int gpu_map_file(const char *path, uint64_t offset, size_t length, unsigned flags, void **out);
+int gpu_heap_map_file(gpu_heap_t *heap, const char *path, uint64_t offset, size_t length, unsigned flags,
+                      void **out);
+
+/* For writable and zero-copy mappings, checks that the file still holds the
+ * mapped range; for a GPU_MAP_WRITE mapping then waits for GPU work issued
+ * before the call (one device sync), writes the device bytes back to the file
+ * and fdatasyncs it. A read-only loaded mapping is a copy: nothing to do.
+ * Errors: GPU_ERR_INVALID (ptr is not a file mapping's address, or it belongs to
+ * another heap), GPU_ERR_BUSY (another thread is syncing or unmapping it),
+ * GPU_ERR_BACKEND (the file shrank — nothing is written — or a write failed,
+ * which may leave part of the file written). The plain form finds the mapping
+ * from the pointer, whatever heap it is in. Thread-safe. */
+int gpu_sync_file(void *ptr);
+int gpu_heap_sync_file(gpu_heap_t *heap, void *ptr);
+
+/* Ends a mapping. A GPU_MAP_WRITE mapping is written back first (as
+ * gpu_sync_file, without the fdatasync) unless flags has GPU_UNMAP_DISCARD; if
+ * that fails the mapping stays as it was and the error is returned. A loaded
+ * block is freed like gpu_free (reused only after earlier GPU work); a zero-copy
+ * range is unregistered after one device sync. gpu_free and gpu_realloc refuse a
+ * loaded mapping (GPU_ERR_INVALID). Errors as gpu_sync_file. */
+int gpu_unmap_file(void *ptr, unsigned flags);
+int gpu_heap_unmap_file(gpu_heap_t *heap, void *ptr, unsigned flags);
+
 /* ---- statistics and trimming --------------------------------------------- */
 
 /* One list of fields, in bytes unless named a count. The X-macro keeps the
@@ -199,6 +338,14 @@ int gpu_heap_protect(gpu_heap_t *heap, void *ptr, size_t size, int prot);
     X(quarantine_bytes, "bytes freed but waiting for GPU work to finish")            \
     X(quarantine_blocks, "blocks freed but waiting for GPU work to finish")          \
     X(extents, "physical allocations mapped")                                        \
+    X(stream_free_bytes, "bytes freed on streams, reusable on their stream at once")  \
+    X(stream_free_blocks, "blocks freed on streams")                                 \
+    X(stream_events, "events the heap recorded to release stream-freed blocks")      \
+    X(sparse_reserved_bytes, "VA held by gpu_reserve ranges")                         \
+    X(sparse_committed_bytes, "bytes committed inside gpu_reserve ranges")            \
+    X(file_loaded_bytes, "file bytes loaded into live blocks by gpu_map_file")         \
+    X(file_zerocopy_bytes, "file bytes mapped zero-copy (page cache, not heap memory)") \
+    X(file_mappings, "live gpu_map_file mappings")                                    \
     X(reserved_bytes, "size of the VA reservation")                                  \
     X(granularity, "mapping granularity")                                            \
     X(fences, "device syncs the heap issued to release quarantined blocks")          \
@@ -208,9 +355,14 @@ int gpu_heap_protect(gpu_heap_t *heap, void *ptr, size_t size, int prot);
     X(backend_map, "backend calls: map")                                             \
     X(backend_unmap, "backend calls: unmap")                                         \
     X(backend_set_access, "backend calls: set access")                               \
-    X(backend_errors, "backend calls that failed")
+    X(backend_errors, "backend calls that failed")                                   \
+    X(protected_extents, "extents whose access is not read-write (gpu_protect)")     \
+    X(backend_fence, "backend calls: fence (a device sync)")                         \
+    X(backend_memset, "backend calls: memset (calloc, GPU_ALLOC_ZERO)")              \
+    X(backend_copy, "backend calls: device-to-device copy")                          \
+    X(copy_bytes, "device bytes copied by the backend (realloc of shared blocks)")
 
-#define GPU_STATS_VERSION 1
+#define GPU_STATS_VERSION 2
 
 typedef struct gpu_stats_t {
     uint32_t version; /* GPU_STATS_VERSION */
@@ -222,6 +374,15 @@ typedef struct gpu_stats_t {
 /* A consistent snapshot of the heap's statistics. */
 int gpu_heap_stats(gpu_heap_t *heap, gpu_stats_t *out);
 
+/* The same snapshot as one JSON object: {"version": N, "backend": "cuda",
+ * "device": 0, "<field>": <value>, … every field of GPU_STATS_FIELDS}, written to
+ * buf (NUL-terminated, cut to len bytes; buf may be NULL when len is 0). Returns
+ * the length of the whole object without the NUL, as snprintf does (so a return
+ * >= len means it was cut), or a negative gpu_error_t. GPUHEAP_STATS=1 prints a
+ * summary of every heap at exit (and of an explicit heap when it is destroyed);
+ * GPUHEAP_STATS_JSON=FILE writes {"heaps": [ … ]} to FILE at exit. */
+int gpu_heap_stats_json(gpu_heap_t *heap, char *buf, size_t len);
+
 /* Waits for GPU work on quarantined blocks (one device sync), then gives idle
  * physical memory back to the driver until at most keep_bytes stay idle. Only
  * whole idle extents are released. */
@@ -232,6 +393,23 @@ int gpu_heap_trim(gpu_heap_t *heap, size_t keep_bytes);
  * mapped extent, counts in step. Returns GPU_OK, or GPU_ERR_CORRUPT with the
  * first problem written to msg (may be NULL). Takes the heap's lock. */
 int gpu_heap_check(gpu_heap_t *heap, char *msg, size_t msg_len);
+
+/* ---- tracing ------------------------------------------------------------- */
+
+/* Starts recording every call on every heap of the process — malloc (all forms),
+ * free, realloc, protect, trim, and the reserve, map, unmap, fence, copy and
+ * memset backend calls behind them — to the file at path (replaced), one line
+ * per event in the format README.md ("Trace format") describes. A call pays two
+ * reads of the time-stamp counter and a store into its thread's buffer; a writer
+ * thread formats full buffers. GPUHEAP_TRACE=FILE starts a trace when the first
+ * heap is created and stops it at exit. Errors: GPU_ERR_INVALID (path NULL or
+ * empty, a trace already running, the file cannot be written). */
+int gpu_trace_start(const char *path);
+
+/* Stops recording, writes what every thread has buffered and closes the file.
+ * GPU_OK, doing nothing, when no trace runs. A call running on another thread
+ * meanwhile may be left out. Errors: GPU_ERR_INVALID (writing failed). */
+int gpu_trace_stop(void);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

@@ -92,6 +92,8 @@ const char *gpu_strerror(int err) {
     case GPU_ERR_BUSY: return "block is being changed by another thread";
     case GPU_ERR_DESTROYED: return "heap handle is not a live heap";
     case GPU_ERR_CORRUPT: return "heap check found a broken invariant";
+    case GPU_ERR_CAPTURING: return "not allowed while a stream capture is in progress";
+    case GPU_ERR_NOT_RESERVATION: return "pointer is not a live gpu_reserve range";
     default: return "unknown gpuheap error";
     }
 }
@@ -134,6 +136,15 @@ gpu_heap_t *registry_find_ptr(uintptr_t p) {
     return NULL;
 }
 
+void registry_each(void (*fn)(gpu_heap_t *h, void *arg), void *arg) {
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < REGISTRY_MAX; i++) {
+        gpu_heap_t *h = atomic_load(&registry[i]);
+        if (h) fn(h, arg);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
 static bool registry_has(const gpu_heap_t *h) {
     size_t top = atomic_load_explicit(&registry_top, memory_order_acquire);
     for (size_t i = 0; i < top; i++)
@@ -154,6 +165,8 @@ int gpu_heap_create(const gpu_config_t *cfg, gpu_heap_t **out) {
         return gh_error(GPU_ERR_INVALID, "gpu_heap_create: unknown backend %d", (int)cfg->backend);
     if (cfg->device < 0) return gh_error(GPU_ERR_INVALID, "gpu_heap_create: device %d", cfg->device);
     gpu_heap_t *h;
+    trace_env_init();
+    stats_env_init();
     int rc = heap_open(cfg, &h);
     if (rc != GPU_OK) return gh_report(rc);
     rc = registry_add(h);
@@ -168,6 +181,8 @@ int gpu_heap_create(const gpu_config_t *cfg, gpu_heap_t **out) {
 
 int gh_heap_create_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out) {
     gpu_heap_t *h;
+    trace_env_init();
+    stats_env_init();
     int rc = heap_open_on(cfg, backend, &h);
     if (rc == GPU_OK && (rc = registry_add(h)) != GPU_OK) heap_close(h);
     if (rc != GPU_OK) return gh_report(rc);
@@ -181,6 +196,7 @@ int gpu_heap_destroy(gpu_heap_t *heap) {
     if (!registry_has(heap)) return gh_error(GPU_ERR_DESTROYED, "gpu_heap_destroy: %p is not a live heap", (void *)heap);
     if (heap->is_default) return gh_error(GPU_ERR_INVALID, "gpu_heap_destroy: a default heap lives as long as the process");
     registry_remove(heap);
+    stats_heap_closing(heap);
     heap_close(heap);
     gh_ok();
     return GPU_OK;
@@ -205,7 +221,15 @@ static void default_config_load(void) { (void)gpu_config_init(&default_config); 
 
 gpu_heap_t *gpu_heap_default(void) {
     pthread_once(&default_config_once, default_config_load);
-    int dev = current_device(&default_config);
+    return gh_heap_default_of(current_device(&default_config));
+}
+
+gpu_heap_t *gh_heap_default_peek(int dev) {
+    return dev >= 0 && dev < MAX_DEVICES ? atomic_load_explicit(&default_heaps[dev], memory_order_acquire) : NULL;
+}
+
+gpu_heap_t *gh_heap_default_of(int dev) {
+    pthread_once(&default_config_once, default_config_load);
     if (dev < 0 || dev >= MAX_DEVICES) {
         gh_error(GPU_ERR_NO_DEVICE, "current device %d is out of range", dev);
         return NULL;
@@ -218,6 +242,8 @@ gpu_heap_t *gpu_heap_default(void) {
     if (!h) {
         gpu_config_t cfg = default_config;
         cfg.device = dev;
+        trace_env_init();
+        stats_env_init();
         rc = heap_open(&cfg, &h);
         if (rc == GPU_OK && (rc = registry_add(h)) != GPU_OK) heap_close(h);
         if (rc == GPU_OK) {
@@ -241,6 +267,13 @@ static gpu_heap_t *resolve(gpu_heap_t *heap) {
         return NULL;
     }
     return heap;
+}
+
+gpu_heap_t *api_heap(gpu_heap_t *heap) { return resolve(heap); }
+
+/* A loaded gpu_map_file mapping is a live block, but only gpu_unmap_file ends it. */
+static int refuse_file_mapping(const void *ptr, const char *call) {
+    return gh_error(GPU_ERR_INVALID, "%s(%p): a gpu_map_file mapping; end it with gpu_unmap_file", call, ptr);
 }
 
 /* ---- allocation -------------------------------------------------------------------- */
@@ -269,7 +302,10 @@ static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flag
         return NULL;
     }
     void *p = NULL;
+    uint64_t t0 = trace_begin();
     int rc = heap_malloc(h, size, align, flags, &p);
+    if (t0) trace_record(t0, &(trace_event){.op = TRACE_MALLOC, .heap = h->base, .size = size, .arg = align,
+                                             .flags = (uint8_t)flags, .result = (uintptr_t)p, .rc = (int8_t)rc});
     debug_check(h);
     if (rc != GPU_OK) {
         gh_report(rc);
@@ -328,7 +364,10 @@ int gpu_heap_free(gpu_heap_t *heap, void *ptr) {
     }
     gpu_heap_t *h = heap_of(heap, ptr, "gpu_free");
     if (!h) return last_error;
+    if (file_is_mapping(ptr)) return refuse_file_mapping(ptr, "gpu_free");
+    uint64_t t0 = trace_begin();
     int rc = heap_free(h, ptr);
+    if (t0) trace_record(t0, &(trace_event){.op = TRACE_FREE, .heap = h->base, .addr = (uintptr_t)ptr, .rc = (int8_t)rc});
     debug_check(h);
     return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
 }
@@ -338,12 +377,19 @@ void *gpu_heap_realloc(gpu_heap_t *heap, void *ptr, size_t size) {
     if (!ptr) return allocate(heap, size, GH_QUANTUM, 0);
     gpu_heap_t *h = heap_of(heap, ptr, "gpu_realloc");
     if (!h) return NULL;
+    if (file_is_mapping(ptr)) {
+        refuse_file_mapping(ptr, "gpu_realloc");
+        return NULL;
+    }
     if (!size) {
         gpu_heap_free(h, ptr);
         return NULL;
     }
     void *out = NULL;
+    uint64_t t0 = trace_begin();
     int rc = heap_realloc(h, ptr, size, &out);
+    if (t0) trace_record(t0, &(trace_event){.op = TRACE_REALLOC, .heap = h->base, .addr = (uintptr_t)ptr, .size = size,
+                                             .result = (uintptr_t)out, .rc = (int8_t)rc});
     debug_check(h);
     if (rc != GPU_OK) {
         gh_report(rc);
@@ -353,6 +399,76 @@ void *gpu_heap_realloc(gpu_heap_t *heap, void *ptr, size_t size) {
     return out;
 }
 void *gpu_realloc(void *ptr, size_t size) { return gpu_heap_realloc(NULL, ptr, size); }
+
+/* ---- sparse address spaces ------------------------------------------------------------ */
+
+void *gpu_heap_reserve(gpu_heap_t *heap, size_t size) {
+    gpu_heap_t *h = resolve(heap);
+    if (!h) return NULL;
+    void *p = NULL;
+    int rc = heap_reserve(h, size, &p);
+    debug_check(h);
+    if (rc != GPU_OK) {
+        gh_report(rc);
+        return NULL;
+    }
+    last_error = GPU_OK;
+    return p;
+}
+void *gpu_reserve(size_t size) { return gpu_heap_reserve(NULL, size); }
+
+/* The one path of commit, decommit and release: find the heap, call, report. */
+static int sparse_call(gpu_heap_t *heap, void *ptr, size_t len, const char *call,
+                       int (*fn)(gpu_heap_t *, void *, size_t)) {
+    if (!ptr) return gh_error(GPU_ERR_NOT_RESERVATION, "%s(NULL)", call);
+    gpu_heap_t *h = heap_of(heap, ptr, call);
+    if (!h) return last_error;
+    int rc = fn(h, ptr, len);
+    debug_check(h);
+    return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
+}
+
+static int release_fn(gpu_heap_t *h, void *ptr, size_t len) {
+    (void)len;
+    return heap_release_reservation(h, ptr);
+}
+
+int gpu_heap_commit(gpu_heap_t *heap, void *ptr, size_t len) { return sparse_call(heap, ptr, len, "gpu_commit", heap_commit); }
+int gpu_commit(void *ptr, size_t len) { return gpu_heap_commit(NULL, ptr, len); }
+int gpu_heap_decommit(gpu_heap_t *heap, void *ptr, size_t len) {
+    return sparse_call(heap, ptr, len, "gpu_decommit", heap_decommit);
+}
+int gpu_decommit(void *ptr, size_t len) { return gpu_heap_decommit(NULL, ptr, len); }
+int gpu_heap_release(gpu_heap_t *heap, void *ptr) { return sparse_call(heap, ptr, 0, "gpu_release", release_fn); }
+int gpu_release(void *ptr) { return gpu_heap_release(NULL, ptr); }
+
+/* ---- stream-ordered ------------------------------------------------------------------- */
+
+void *gpu_heap_malloc_async(gpu_heap_t *heap, size_t size, void *stream) {
+    gpu_heap_t *h = resolve(heap);
+    if (!h) return NULL;
+    void *p = NULL;
+    int rc = heap_malloc_async(h, size, (uintptr_t)stream, &p);
+    debug_check(h);
+    if (rc != GPU_OK) {
+        gh_report(rc);
+        return NULL;
+    }
+    last_error = GPU_OK;
+    return p;
+}
+void *gpu_malloc_async(size_t size, void *stream) { return gpu_heap_malloc_async(NULL, size, stream); }
+
+int gpu_heap_free_async(gpu_heap_t *heap, void *ptr, void *stream) {
+    if (!ptr) return last_error = GPU_OK;
+    gpu_heap_t *h = heap_of(heap, ptr, "gpu_free_async");
+    if (!h) return last_error;
+    if (file_is_mapping(ptr)) return refuse_file_mapping(ptr, "gpu_free_async");
+    int rc = heap_free_async(h, ptr, (uintptr_t)stream);
+    debug_check(h);
+    return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
+}
+int gpu_free_async(void *ptr, void *stream) { return gpu_heap_free_async(NULL, ptr, stream); }
 
 size_t gpu_heap_malloc_usable_size(gpu_heap_t *heap, const void *ptr) {
     if (!ptr) {
@@ -378,7 +494,10 @@ int gpu_heap_protect(gpu_heap_t *heap, void *ptr, size_t size, int prot) {
         return gh_error(GPU_ERR_INVALID, "gpu_protect: unknown protection %d", prot);
     gpu_heap_t *h = heap_of(heap, ptr, "gpu_protect");
     if (!h) return last_error;
+    uint64_t t0 = trace_begin();
     int rc = heap_protect(h, ptr, size, (gpu_prot_t)prot);
+    if (t0) trace_record(t0, &(trace_event){.op = TRACE_PROTECT, .heap = h->base, .addr = (uintptr_t)ptr, .size = size,
+                                             .arg = (uint64_t)prot, .rc = (int8_t)rc});
     debug_check(h);
     return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
 }
@@ -397,7 +516,10 @@ int gpu_heap_stats(gpu_heap_t *heap, gpu_stats_t *out) {
 int gpu_heap_trim(gpu_heap_t *heap, size_t keep_bytes) {
     gpu_heap_t *h = resolve(heap);
     if (!h) return last_error;
+    file_release_staging(h); /* gpu_map_file's pinned staging buffers */
+    uint64_t t0 = trace_begin();
     int rc = heap_trim(h, keep_bytes);
+    if (t0) trace_record(t0, &(trace_event){.op = TRACE_TRIM, .heap = h->base, .size = keep_bytes, .rc = (int8_t)rc});
     debug_check(h);
     return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
 }

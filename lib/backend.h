@@ -30,6 +30,9 @@
 #include "gpuheap.h"
 
 typedef uint64_t vmm_handle; /* a physical allocation: CUmemGenericAllocationHandle or a host memfd slot */
+typedef uint64_t vmm_event;  /* a point in a stream's order: a CUevent or a host event slot */
+typedef struct vmm_queue vmm_queue;   /* a backend's copy queue between host and device (file.c) */
+typedef struct vmm_direct vmm_direct; /* a file opened for direct reads into device memory (cuFile) */
 
 typedef struct vmm_caps {
     const char *name;         /* "cuda" or "host", for messages and the demo's label */
@@ -60,6 +63,9 @@ typedef struct vmm_ops {
     int (*unmap)(vmm_backend *b, uintptr_t va, size_t size);
     /* Sets the owning device's access to a range of whole mappings. */
     int (*set_access)(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_t prot);
+    /* Sets another device's access to a range of whole mappings (peer access,
+     * peer.c); the same rules as set_access. Optional: NULL where not offered. */
+    int (*grant)(vmm_backend *b, uintptr_t va, size_t size, int device, gpu_prot_t prot);
     /* Returns once all GPU work issued before the call, on any stream of the
      * device's context, has finished. */
     int (*fence)(vmm_backend *b);
@@ -68,6 +74,52 @@ typedef struct vmm_ops {
     /* Copies device memory to device memory (ranges may overlap only if equal);
      * ordered after work already issued, done when the call returns. */
     int (*copy)(vmm_backend *b, uintptr_t dst, uintptr_t src, size_t size);
+    /* Stream order, for stream-ordered allocation. A stream is a CUstream as an
+     * integer; 0 is the legacy default stream. */
+    /* Records an event on stream after the work issued there so far. */
+    int (*event_record)(vmm_backend *b, uintptr_t stream, vmm_event *out);
+    /* GPU_OK once the event's work has finished, GPU_ERR_BUSY before; never blocks. */
+    int (*event_query)(vmm_backend *b, vmm_event ev);
+    /* Blocks until the event's work has finished. */
+    int (*event_wait)(vmm_backend *b, vmm_event ev);
+    /* Gives the event back. */
+    void (*event_release)(vmm_backend *b, vmm_event ev);
+    /* 1 when stream is being captured into a graph (for stream 0: when any
+     * blocking stream is, as the legacy stream reports it), 0 when not. */
+    int (*capturing)(vmm_backend *b, uintptr_t stream);
+    /* Host <-> device transfers and zero-copy, for file-backed memory (file.c).
+     * Staging memory is host memory the device copies from and to at full speed
+     * (CUDA: pinned, cuMemHostAlloc; host: page-aligned malloc). */
+    int (*staging_alloc)(vmm_backend *b, size_t size, void **out);
+    void (*staging_free)(vmm_backend *b, void *p, size_t size);
+    /* A queue of copies that run in order, asynchronously to the caller (CUDA: a
+     * non-blocking stream the backend owns), with `slots` completion markers.
+     * Several threads may use one queue at once, each with slots of its own. */
+    int (*queue_open)(vmm_backend *b, unsigned slots, vmm_queue **out);
+    void (*queue_close)(vmm_backend *b, vmm_queue *q);
+    /* Enqueues a copy of size bytes from host src to device dst (which must be
+     * mapped read-write) and marks slot after it; returns before the copy is
+     * done. src must stay untouched until queue_wait(slot) returns. */
+    int (*queue_upload)(vmm_backend *b, vmm_queue *q, unsigned slot, uintptr_t dst, const void *src, size_t size);
+    /* The same from device src (readable) to host dst. */
+    int (*queue_download)(vmm_backend *b, vmm_queue *q, unsigned slot, void *dst, uintptr_t src, size_t size);
+    /* Returns once every copy marked with slot has finished (at once if none);
+     * a failed copy's error comes back here. */
+    int (*queue_wait)(vmm_backend *b, vmm_queue *q, unsigned slot);
+    /* Registers [host, host+size) (page-aligned, e.g. a file's MAP_SHARED
+     * mapping) read-only for the device and sets *dev to the device's address
+     * of host (CUDA: cuMemHostRegister READ_ONLY; host backend: host itself).
+     * Overlapping registrations are refused. */
+    int (*register_read_only)(vmm_backend *b, void *host, size_t size, uintptr_t *dev);
+    /* Undoes register_read_only; host is the address it was given. */
+    int (*unregister)(vmm_backend *b, void *host);
+    /* Optional (NULL where not offered): reads a file straight into device
+     * memory (cuFile). direct_open takes an fd the caller keeps open until
+     * direct_close. direct_read reads size bytes at file offset into device dst;
+     * a short file is GPU_ERR_BACKEND. Unavailable: GPU_ERR_NO_DRIVER. */
+    int (*direct_open)(vmm_backend *b, int fd, vmm_direct **out);
+    int (*direct_read)(vmm_backend *b, vmm_direct *d, uint64_t offset, size_t size, uintptr_t dst);
+    void (*direct_close)(vmm_backend *b, vmm_direct *d);
     /* Closes the backend; every handle is released and every range unreserved. */
     void (*close)(vmm_backend *b);
 } vmm_ops;
@@ -92,8 +144,15 @@ typedef struct vmm_host_counts {
     size_t handles;
     size_t mappings;
     size_t reservations;
+    size_t grants;           /* successful grant calls (peer access) */
+    uint64_t granted_devices; /* the devices those calls named, one bit each (ordinals < 64) */
 } vmm_host_counts;
 void vmm_host_counts_get(vmm_backend *b, vmm_host_counts *out);
+/* Host-backend knobs for tests of stream order and capture: an event recorded
+ * from now on completes only after `queries` event_query calls (0: at once), and
+ * a stream can be marked as being captured (stream 0: "a blocking stream is"). */
+void vmm_host_set_event_delay(vmm_backend *b, unsigned queries);
+void vmm_host_set_capturing(vmm_backend *b, uintptr_t stream, bool on);
 
 /* Writes a message into b->error (printf-style) and returns err. */
 int vmm_fail(vmm_backend *b, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

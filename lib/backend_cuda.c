@@ -27,6 +27,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,7 @@
 
 #include "backend.h"
 #include "cuda_loader.h"
+#include "cufile.h"
 
 /* A failed open has no backend to hold its message, so the message goes to the
  * calling thread (defined in backend_host.c). These two belong in backend.h
@@ -73,7 +75,10 @@ static const struct {
     CUDA_ENTRY(MemSetAccess), CUDA_ENTRY(MemGetInfo), CUDA_ENTRY(MemsetD8), CUDA_ENTRY(MemcpyDtoD),
     CUDA_ENTRY(MemcpyDtoH), CUDA_ENTRY(MemcpyHtoD), CUDA_ENTRY(StreamCreate), CUDA_ENTRY(StreamDestroy),
     CUDA_ENTRY(StreamSynchronize), CUDA_ENTRY(EventCreate), CUDA_ENTRY(EventRecord), CUDA_ENTRY(EventQuery),
-    CUDA_ENTRY(EventSynchronize), CUDA_ENTRY(EventDestroy), CUDA_ENTRY(ModuleLoadData),
+    CUDA_ENTRY(EventSynchronize), CUDA_ENTRY(EventDestroy), CUDA_ENTRY(StreamIsCapturing), CUDA_ENTRY(MemsetD8Async),
+    CUDA_ENTRY(ThreadExchangeStreamCaptureMode), CUDA_ENTRY(ModuleLoadData),
+    CUDA_ENTRY(MemcpyHtoDAsync), CUDA_ENTRY(MemcpyDtoHAsync), CUDA_ENTRY(MemHostAlloc), CUDA_ENTRY(MemFreeHost),
+    CUDA_ENTRY(MemHostRegister), CUDA_ENTRY(MemHostUnregister), CUDA_ENTRY(MemHostGetDevicePointer),
     CUDA_ENTRY(ModuleGetFunction), CUDA_ENTRY(LaunchKernel),
 };
 #undef CUDA_ENTRY
@@ -112,8 +117,17 @@ static void *cuda_resolve(const char *name, CUresult *res) {
     return r == CUDA_SUCCESS ? p : NULL;
 }
 
+/* The dlsym that finds libcuda's resolver: dlsym itself, or the real one that an
+ * interposer which replaces dlsym hands over (cuda_loader_use_dlsym), so that the
+ * table holds the driver's own entry points, never the interposer's wrappers. */
+static void *(*_Atomic cuda_dlsym)(void *, const char *);
+
+void cuda_loader_use_dlsym(void *(*real_dlsym)(void *handle, const char *name)) { atomic_store(&cuda_dlsym, real_dlsym); }
+
 /* Opens libcuda.so.1 and fills cuda_table; runs once per process. */
 static void cuda_load(void) {
+    void *(*find)(void *, const char *) = atomic_load(&cuda_dlsym);
+    if (!find) find = dlsym;
     void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
         const char *why = dlerror();
@@ -122,10 +136,10 @@ static void cuda_load(void) {
     }
     /* The _v2 lookup (CUDA 12.0+) reports whether the symbol was found; the older
      * one does not, but serves drivers from 11.3 on. */
-    void *sym = dlsym(lib, "cuGetProcAddress_v2");
+    void *sym = find(lib, "cuGetProcAddress_v2");
     if (sym) {
         memcpy(&cuda_getproc2, &sym, sizeof sym);
-    } else if ((sym = dlsym(lib, "cuGetProcAddress")) != NULL) {
+    } else if ((sym = find(lib, "cuGetProcAddress")) != NULL) {
         memcpy(&cuda_getproc1, &sym, sizeof sym);
     } else {
         cuda_load_fail("libcuda.so.1 has no cuGetProcAddress: the NVIDIA driver is too old (CUDA 11.3 or newer is needed)");
@@ -202,6 +216,7 @@ typedef struct cuda_backend {
     const struct cuda_fns *f;
     CUdevice dev;
     CUcontext ctx; /* the device's primary context, retained while open */
+    CUstream quiet; /* a non-blocking stream of our own: a memset there neither waits for nor joins a capture */
 } cuda_backend;
 
 /* The CUDA backend behind a vmm_backend. */
@@ -228,15 +243,24 @@ static int cuda_fail(cuda_backend *cb, int code, CUresult r, const char *fmt, ..
     return vmm_fail(&cb->base, code, "%s: %s", call, cuda_loader_error_name(r));
 }
 
-/* Makes the primary context current for one operation; pair with cuda_leave. */
+/* The calling thread's capture mode before cuda_enter, restored by cuda_leave. */
+static _Thread_local CUstreamCaptureMode cuda_saved_mode;
+
+/* Makes the primary context current for one operation, in the relaxed capture
+ * mode: a VMM call made while some thread captures a stream then leaves the
+ * capture valid (measured on an H200; a device sync does not, and the heap never
+ * fences during a capture). Pair with cuda_leave. */
 static int cuda_enter(cuda_backend *cb, const char *op) {
     CUresult r = cb->f->CtxPushCurrent(cb->ctx);
     if (r != CUDA_SUCCESS) return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuCtxPushCurrent(primary context, for %s)", op);
+    cuda_saved_mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    cb->f->ThreadExchangeStreamCaptureMode(&cuda_saved_mode);
     return GPU_OK;
 }
 
-/* Restores the caller's context. */
+/* Restores the caller's capture mode and context. */
 static void cuda_leave(cuda_backend *cb) {
+    cb->f->ThreadExchangeStreamCaptureMode(&cuda_saved_mode);
     CUcontext popped;
     cb->f->CtxPopCurrent(&popped);
 }
@@ -351,6 +375,27 @@ static int cuda_set_access(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_t
     return GPU_OK;
 }
 
+/* Sets another device's access to a range of whole mappings (peer access). The
+ * driver refuses a device that cannot reach this one (no P2P path). */
+static int cuda_grant(vmm_backend *b, uintptr_t va, size_t size, int device, gpu_prot_t prot) {
+    cuda_backend *cb = cuda_of(b);
+    CUmemAccessDesc desc;
+    memset(&desc, 0, sizeof desc);
+    desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    desc.location.id = device;
+    desc.flags = prot == GPU_PROT_READ_WRITE ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+                 : prot == GPU_PROT_READ     ? CU_MEM_ACCESS_FLAGS_PROT_READ
+                                             : CU_MEM_ACCESS_FLAGS_PROT_NONE;
+    int err = cuda_enter(cb, "grant");
+    if (err) return err;
+    CUresult r = cb->f->MemSetAccess((CUdeviceptr)va, size, &desc, 1);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS)
+        return cuda_fail(cb, cuda_code(r), r, "cuMemSetAccess(va=%#" PRIxPTR ", size=%zu, peer device=%d, prot=%d)", va, size,
+                         device, (int)prot);
+    return GPU_OK;
+}
+
 /* Waits for all work issued on the device's primary context. */
 static int cuda_fence(vmm_backend *b) {
     cuda_backend *cb = cuda_of(b);
@@ -362,18 +407,21 @@ static int cuda_fence(vmm_backend *b) {
     return GPU_OK;
 }
 
-/* Fills device memory on the legacy stream and waits for it. */
+/* Fills device memory and waits for it, on the backend's own non-blocking
+ * stream: the heap zeroes only memory no GPU work uses any more (idle blocks), so
+ * it needs no order with other streams, and a capture in progress on any other
+ * stream is left alone. */
 static int cuda_memset(vmm_backend *b, uintptr_t va, int byte, size_t size) {
     cuda_backend *cb = cuda_of(b);
     if (size == 0) return GPU_OK;
     int err = cuda_enter(cb, "memset");
     if (err) return err;
-    CUresult r = cb->f->MemsetD8((CUdeviceptr)va, (unsigned char)byte, size);
+    CUresult r = cb->f->MemsetD8Async((CUdeviceptr)va, (unsigned char)byte, size, cb->quiet);
     if (r != CUDA_SUCCESS) {
         cuda_leave(cb);
-        return cuda_fail(cb, cuda_code(r), r, "cuMemsetD8(va=%#" PRIxPTR ", byte=%d, size=%zu)", va, byte, size);
+        return cuda_fail(cb, cuda_code(r), r, "cuMemsetD8Async(va=%#" PRIxPTR ", byte=%d, size=%zu)", va, byte, size);
     }
-    r = cb->f->StreamSynchronize(NULL);
+    r = cb->f->StreamSynchronize(cb->quiet);
     cuda_leave(cb);
     if (r != CUDA_SUCCESS) return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuStreamSynchronize(0) after cuMemsetD8(va=%#" PRIxPTR ", size=%zu)", va, size);
     return GPU_OK;
@@ -396,11 +444,253 @@ static int cuda_copy(vmm_backend *b, uintptr_t dst, uintptr_t src, size_t size) 
     return GPU_OK;
 }
 
+/* ---- stream order ------------------------------------------------------------ */
+
+/* Records a new event on stream after the work issued there so far. */
+static int cuda_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "event_record");
+    if (err) return err;
+    CUevent ev = NULL;
+    CUresult r = cb->f->EventCreate(&ev, CU_EVENT_DISABLE_TIMING);
+    if (r == CUDA_SUCCESS) {
+        r = cb->f->EventRecord(ev, (CUstream)stream);
+        if (r != CUDA_SUCCESS) cb->f->EventDestroy(ev);
+    }
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuEventRecord(stream=%#" PRIxPTR ")", stream);
+    *out = (vmm_event)(uintptr_t)ev;
+    return GPU_OK;
+}
+
+/* GPU_OK when done, GPU_ERR_BUSY when not yet. */
+static int cuda_event_query(vmm_backend *b, vmm_event ev) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "event_query");
+    if (err) return err;
+    CUresult r = cb->f->EventQuery((CUevent)(uintptr_t)ev);
+    cuda_leave(cb);
+    if (r == CUDA_SUCCESS) return GPU_OK;
+    if (r == CUDA_ERROR_NOT_READY) return GPU_ERR_BUSY;
+    return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuEventQuery");
+}
+
+static int cuda_event_wait(vmm_backend *b, vmm_event ev) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "event_wait");
+    if (err) return err;
+    CUresult r = cb->f->EventSynchronize((CUevent)(uintptr_t)ev);
+    cuda_leave(cb);
+    return r == CUDA_SUCCESS ? GPU_OK : cuda_fail(cb, GPU_ERR_BACKEND, r, "cuEventSynchronize");
+}
+
+static void cuda_event_release(vmm_backend *b, vmm_event ev) {
+    cuda_backend *cb = cuda_of(b);
+    if (cuda_enter(cb, "event_release") != GPU_OK) return;
+    cb->f->EventDestroy((CUevent)(uintptr_t)ev);
+    cuda_leave(cb);
+}
+
+/* Whether stream (0: any blocking stream, which the legacy stream reports as
+ * CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) is being captured. Querying does not
+ * disturb a capture. */
+static int cuda_capturing(vmm_backend *b, uintptr_t stream) {
+    cuda_backend *cb = cuda_of(b);
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+    CUresult r;
+    if (stream) { /* a stream names its context: one call, on gpu_free_async's path */
+        r = cb->f->StreamIsCapturing((CUstream)stream, &st);
+    } else {
+        if (cuda_enter(cb, "capturing") != GPU_OK) return 0;
+        r = cb->f->StreamIsCapturing(CU_STREAM_LEGACY, &st);
+        cuda_leave(cb);
+    }
+    if (r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) return 1;
+    return r == CUDA_SUCCESS && st != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+/* ---- transfers, zero-copy and cuFile (file-backed memory, file.c) --------------
+ *
+ * A queue is a non-blocking stream of the primary context with one event per
+ * slot; a copy is cuMemcpyHtoDAsync/DtoHAsync on it followed by a record of the
+ * slot's event, and waiting is cuEventSynchronize. The events block (they do not
+ * spin) because several loader threads wait at once while others read the file. */
+
+typedef struct cuda_queue {
+    CUstream stream;
+    unsigned slots;
+    CUevent ev[]; /* one per slot */
+} cuda_queue;
+
+static int cuda_staging_alloc(vmm_backend *b, size_t size, void **out) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "staging_alloc");
+    if (err) return err;
+    void *p = NULL;
+    CUresult r = cb->f->MemHostAlloc(&p, size, 0);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuMemHostAlloc(size=%zu)", size);
+    *out = p;
+    return GPU_OK;
+}
+
+static void cuda_staging_free(vmm_backend *b, void *p, size_t size) {
+    cuda_backend *cb = cuda_of(b);
+    (void)size;
+    if (cuda_enter(cb, "staging_free") != GPU_OK) return;
+    cb->f->MemFreeHost(p);
+    cuda_leave(cb);
+}
+
+/* Destroys what a queue holds (events created so far, the stream); context current. */
+static void cuda_queue_destroy(cuda_backend *cb, cuda_queue *q) {
+    for (unsigned i = 0; i < q->slots; i++)
+        if (q->ev[i]) cb->f->EventDestroy(q->ev[i]);
+    if (q->stream) cb->f->StreamDestroy(q->stream);
+    free(q);
+}
+
+static int cuda_queue_open(vmm_backend *b, unsigned slots, vmm_queue **out) {
+    cuda_backend *cb = cuda_of(b);
+    cuda_queue *q = calloc(1, sizeof *q + slots * sizeof q->ev[0]);
+    if (!q) return vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "queue_open: out of host memory");
+    int err = cuda_enter(cb, "queue_open");
+    if (err) {
+        free(q);
+        return err;
+    }
+    CUresult r = cb->f->StreamCreate(&q->stream, CU_STREAM_NON_BLOCKING);
+    for (unsigned i = 0; r == CUDA_SUCCESS && i < slots; i++) {
+        r = cb->f->EventCreate(&q->ev[i], CU_EVENT_DISABLE_TIMING | CU_EVENT_BLOCKING_SYNC);
+        q->slots = i + (r == CUDA_SUCCESS);
+    }
+    if (r != CUDA_SUCCESS) {
+        cuda_queue_destroy(cb, q);
+        cuda_leave(cb);
+        return cuda_fail(cb, cuda_code(r), r, "queue_open: cuStreamCreate/cuEventCreate (%u slots)", slots);
+    }
+    cuda_leave(cb);
+    *out = (vmm_queue *)q;
+    return GPU_OK;
+}
+
+static void cuda_queue_close(vmm_backend *b, vmm_queue *vq) {
+    cuda_backend *cb = cuda_of(b);
+    cuda_queue *q = (cuda_queue *)vq;
+    if (cuda_enter(cb, "queue_close") != GPU_OK) return;
+    cb->f->StreamSynchronize(q->stream);
+    cuda_queue_destroy(cb, q);
+    cuda_leave(cb);
+}
+
+static int cuda_queue_upload(vmm_backend *b, vmm_queue *vq, unsigned slot, uintptr_t dst, const void *src, size_t size) {
+    cuda_backend *cb = cuda_of(b);
+    cuda_queue *q = (cuda_queue *)vq;
+    if (slot >= q->slots) return vmm_fail(b, GPU_ERR_INVALID, "queue_upload: slot %u of %u", slot, q->slots);
+    int err = cuda_enter(cb, "queue_upload");
+    if (err) return err;
+    CUresult r = cb->f->MemcpyHtoDAsync((CUdeviceptr)dst, src, size, q->stream);
+    if (r == CUDA_SUCCESS) r = cb->f->EventRecord(q->ev[slot], q->stream);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS)
+        return cuda_fail(cb, cuda_code(r), r, "cuMemcpyHtoDAsync(dst=%#" PRIxPTR ", size=%zu)", dst, size);
+    return GPU_OK;
+}
+
+static int cuda_queue_download(vmm_backend *b, vmm_queue *vq, unsigned slot, void *dst, uintptr_t src, size_t size) {
+    cuda_backend *cb = cuda_of(b);
+    cuda_queue *q = (cuda_queue *)vq;
+    if (slot >= q->slots) return vmm_fail(b, GPU_ERR_INVALID, "queue_download: slot %u of %u", slot, q->slots);
+    int err = cuda_enter(cb, "queue_download");
+    if (err) return err;
+    CUresult r = cb->f->MemcpyDtoHAsync(dst, (CUdeviceptr)src, size, q->stream);
+    if (r == CUDA_SUCCESS) r = cb->f->EventRecord(q->ev[slot], q->stream);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS)
+        return cuda_fail(cb, cuda_code(r), r, "cuMemcpyDtoHAsync(src=%#" PRIxPTR ", size=%zu)", src, size);
+    return GPU_OK;
+}
+
+static int cuda_queue_wait(vmm_backend *b, vmm_queue *vq, unsigned slot) {
+    cuda_backend *cb = cuda_of(b);
+    cuda_queue *q = (cuda_queue *)vq;
+    if (slot >= q->slots) return vmm_fail(b, GPU_ERR_INVALID, "queue_wait: slot %u of %u", slot, q->slots);
+    int err = cuda_enter(cb, "queue_wait");
+    if (err) return err;
+    CUresult r = cb->f->EventSynchronize(q->ev[slot]);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuEventSynchronize (copy queue slot %u)", slot);
+    return GPU_OK;
+}
+
+/* cuMemHostRegister read-only, then the device's address of the range (the
+ * same as host's where the device has unified addressing). */
+static int cuda_register_read_only(vmm_backend *b, void *host, size_t size, uintptr_t *dev) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "register_read_only");
+    if (err) return err;
+    CUresult r = cb->f->MemHostRegister(host, size, CU_MEMHOSTREGISTER_READ_ONLY | CU_MEMHOSTREGISTER_DEVICEMAP);
+    if (r != CUDA_SUCCESS) {
+        cuda_leave(cb);
+        int code = r == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED ? GPU_ERR_INVALID : cuda_code(r);
+        return cuda_fail(cb, code, r, "cuMemHostRegister(%p, size=%zu, READ_ONLY)", host, size);
+    }
+    CUdeviceptr d = 0;
+    r = cb->f->MemHostGetDevicePointer(&d, host, 0);
+    if (r != CUDA_SUCCESS) cb->f->MemHostUnregister(host);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuMemHostGetDevicePointer(%p)", host);
+    *dev = (uintptr_t)d;
+    return GPU_OK;
+}
+
+static int cuda_unregister(vmm_backend *b, void *host) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "unregister");
+    if (err) return err;
+    CUresult r = cb->f->MemHostUnregister(host);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuMemHostUnregister(%p)", host);
+    return GPU_OK;
+}
+
+/* cuFile (cufile.c) with the primary context current. */
+static int cuda_direct_open(vmm_backend *b, int fd, vmm_direct **out) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "direct_open");
+    if (err) return err;
+    void *h = NULL;
+    err = cufile_open(fd, &h, b->error, sizeof b->error);
+    cuda_leave(cb);
+    if (err == GPU_OK) *out = (vmm_direct *)h;
+    return err;
+}
+
+static int cuda_direct_read(vmm_backend *b, vmm_direct *d, uint64_t offset, size_t size, uintptr_t dst) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "direct_read");
+    if (err) return err;
+    err = cufile_read(d, dst, size, offset, b->error, sizeof b->error);
+    cuda_leave(cb);
+    return err;
+}
+
+static void cuda_direct_close(vmm_backend *b, vmm_direct *d) {
+    cuda_backend *cb = cuda_of(b);
+    if (cuda_enter(cb, "direct_close") != GPU_OK) return;
+    cufile_close(d);
+    cuda_leave(cb);
+}
+
 /* Lets go of the primary context and frees the backend. The heap has already
  * unmapped, released and unreserved everything. */
 static void cuda_close(vmm_backend *b) {
     cuda_backend *cb = cuda_of(b);
     if (!cb) return;
+    if (cuda_enter(cb, "close") == GPU_OK) {
+        cb->f->StreamDestroy(cb->quiet);
+        cuda_leave(cb);
+    }
     cb->f->DevicePrimaryCtxRelease(cb->dev);
     free(cb);
 }
@@ -413,9 +703,27 @@ static const vmm_ops cuda_ops = {
     .map = cuda_map,
     .unmap = cuda_unmap,
     .set_access = cuda_set_access,
+    .grant = cuda_grant,
     .fence = cuda_fence,
     .memset = cuda_memset,
     .copy = cuda_copy,
+    .event_record = cuda_event_record,
+    .event_query = cuda_event_query,
+    .event_wait = cuda_event_wait,
+    .event_release = cuda_event_release,
+    .capturing = cuda_capturing,
+    .staging_alloc = cuda_staging_alloc,
+    .staging_free = cuda_staging_free,
+    .queue_open = cuda_queue_open,
+    .queue_close = cuda_queue_close,
+    .queue_upload = cuda_queue_upload,
+    .queue_download = cuda_queue_download,
+    .queue_wait = cuda_queue_wait,
+    .register_read_only = cuda_register_read_only,
+    .unregister = cuda_unregister,
+    .direct_open = cuda_direct_open,
+    .direct_read = cuda_direct_read,
+    .direct_close = cuda_direct_close,
     .close = cuda_close,
 };
 
@@ -498,6 +806,15 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
     if (r != CUDA_SUCCESS) {
         free(cb);
         return vmm_open_fail(cuda_code(r), "cuDevicePrimaryCtxRetain(device=%d): %s", ordinal, cuda_loader_error_name(r));
+    }
+    if (cuda_enter(cb, "open") == GPU_OK) {
+        r = f->StreamCreate(&cb->quiet, CU_STREAM_NON_BLOCKING);
+        cuda_leave(cb);
+    }
+    if (!cb->quiet) {
+        f->DevicePrimaryCtxRelease(dev);
+        free(cb);
+        return vmm_open_fail(GPU_ERR_BACKEND, "cuStreamCreate(device=%d): %s", ordinal, cuda_loader_error_name(r));
     }
     *out = &cb->base;
     return GPU_OK;

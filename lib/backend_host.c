@@ -30,6 +30,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -82,6 +83,20 @@ typedef struct host_backend {
 
     host_reservation *res;
     size_t nres, cap_res;
+
+    size_t grants;            /* peer access: successful grant calls, and the devices they named */
+    uint64_t granted_devices;
+
+    host_reservation *regs; /* zero-copy registrations (file.c): read-only ranges, unordered */
+    size_t nregs, cap_regs;
+
+    /* Stream order has nothing to wait for on the host; tests make events slow
+     * (they complete after `event_delay` queries) and streams "captured". */
+    unsigned *event_left;    /* slot i is event i + 1: queries still to fail; UINT_MAX = free */
+    size_t nevents;
+    unsigned event_delay;
+    uintptr_t capturing[16]; /* streams marked as being captured */
+    size_t ncapturing;
 } host_backend;
 
 static const vmm_ops host_ops;
@@ -439,6 +454,30 @@ static int host_set_access(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_t
     return err;
 }
 
+/* Peer access has no host twin (one process, one address space): the request is
+ * checked against the same rules as set_access and recorded, so tests can see
+ * that a peer was granted every extent. */
+static int host_grant(vmm_backend *b, uintptr_t va, size_t size, int device, gpu_prot_t prot) {
+    host_backend *hb = host_of(b);
+    size_t first, count;
+    const char *why;
+    int err = GPU_OK;
+    pthread_mutex_lock(&hb->lock);
+    if (host_prot_flags(prot) < 0 || device < 0 || device >= 64 || device == b->caps.device)
+        err = vmm_fail(b, GPU_ERR_INVALID, "host grant(va=%#" PRIxPTR ", device=%d, prot=%d): bad device or protection", va,
+                       device, (int)prot);
+    else if (size == 0 || host_wraps(va, size))
+        err = vmm_fail(b, GPU_ERR_INVALID, "host grant(va=%#" PRIxPTR ", size=%zu): empty or wrapping range", va, size);
+    else if (!host_mapping_run(hb, va, size, &first, &count, &why))
+        err = vmm_fail(b, GPU_ERR_INVALID, "host grant(va=%#" PRIxPTR ", size=%zu): %s", va, size, why);
+    else {
+        hb->grants++;
+        hb->granted_devices |= (uint64_t)1 << device;
+    }
+    pthread_mutex_unlock(&hb->lock);
+    return err;
+}
+
 /* ---- device operations ----------------------------------------------------------- */
 
 /* Nothing runs asynchronously on the host: every operation is done when it returns. */
@@ -492,8 +531,202 @@ static void host_close(vmm_backend *b) {
     free(hb->res);
     free(hb->maps);
     free(hb->handles);
+    free(hb->event_left);
+    free(hb->regs);
     pthread_mutex_destroy(&hb->lock);
     free(hb);
+}
+
+/* ---- stream order ------------------------------------------------------------ */
+
+/* Records an event: a slot that completes after event_delay queries. */
+static int host_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
+    host_backend *hb = (host_backend *)b;
+    (void)stream;
+    pthread_mutex_lock(&hb->lock);
+    size_t i = 0;
+    while (i < hb->nevents && hb->event_left[i] != UINT_MAX) i++;
+    if (i == hb->nevents) {
+        unsigned *grown = realloc(hb->event_left, (hb->nevents + 16) * sizeof *grown);
+        if (!grown) {
+            pthread_mutex_unlock(&hb->lock);
+            return vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "event_record: out of host memory");
+        }
+        for (size_t k = hb->nevents; k < hb->nevents + 16; k++) grown[k] = UINT_MAX;
+        hb->event_left = grown;
+        hb->nevents += 16;
+    }
+    hb->event_left[i] = hb->event_delay;
+    pthread_mutex_unlock(&hb->lock);
+    *out = (vmm_event)(i + 1);
+    return GPU_OK;
+}
+
+/* The slot of a recorded event, or NULL. Called with the lock held. */
+static unsigned *host_event_slot(host_backend *hb, vmm_event ev) {
+    return ev >= 1 && ev <= hb->nevents && hb->event_left[ev - 1] != UINT_MAX ? &hb->event_left[ev - 1] : NULL;
+}
+
+static int host_event_query(vmm_backend *b, vmm_event ev) {
+    host_backend *hb = (host_backend *)b;
+    pthread_mutex_lock(&hb->lock);
+    unsigned *left = host_event_slot(hb, ev);
+    int rc = !left ? vmm_fail(b, GPU_ERR_INVALID, "event_query: %llu is not a recorded event", (unsigned long long)ev)
+             : *left ? GPU_ERR_BUSY : GPU_OK;
+    if (left && *left) --*left;
+    pthread_mutex_unlock(&hb->lock);
+    return rc;
+}
+
+static int host_event_wait(vmm_backend *b, vmm_event ev) {
+    host_backend *hb = (host_backend *)b;
+    pthread_mutex_lock(&hb->lock);
+    unsigned *left = host_event_slot(hb, ev);
+    if (left) *left = 0;
+    pthread_mutex_unlock(&hb->lock);
+    return left ? GPU_OK : vmm_fail(b, GPU_ERR_INVALID, "event_wait: %llu is not a recorded event", (unsigned long long)ev);
+}
+
+static void host_event_release(vmm_backend *b, vmm_event ev) {
+    host_backend *hb = (host_backend *)b;
+    pthread_mutex_lock(&hb->lock);
+    unsigned *left = host_event_slot(hb, ev);
+    if (left) *left = UINT_MAX;
+    pthread_mutex_unlock(&hb->lock);
+}
+
+static int host_capturing(vmm_backend *b, uintptr_t stream) {
+    host_backend *hb = (host_backend *)b;
+    pthread_mutex_lock(&hb->lock);
+    int on = 0;
+    for (size_t i = 0; i < hb->ncapturing; i++) on |= hb->capturing[i] == stream;
+    pthread_mutex_unlock(&hb->lock);
+    return on;
+}
+
+void vmm_host_set_event_delay(vmm_backend *b, unsigned queries) {
+    host_backend *hb = (host_backend *)b;
+    pthread_mutex_lock(&hb->lock);
+    hb->event_delay = queries;
+    pthread_mutex_unlock(&hb->lock);
+}
+
+void vmm_host_set_capturing(vmm_backend *b, uintptr_t stream, bool on) {
+    host_backend *hb = (host_backend *)b;
+    pthread_mutex_lock(&hb->lock);
+    size_t i = 0;
+    while (i < hb->ncapturing && hb->capturing[i] != stream) i++;
+    if (on && i == hb->ncapturing && hb->ncapturing < sizeof hb->capturing / sizeof hb->capturing[0])
+        hb->capturing[hb->ncapturing++] = stream;
+    if (!on && i < hb->ncapturing) hb->capturing[i] = hb->capturing[--hb->ncapturing];
+    pthread_mutex_unlock(&hb->lock);
+}
+
+/* ---- transfers and zero-copy (file.c) ---------------------------------------------
+ *
+ * Copies run at once, on the calling thread; a queue only remembers how many
+ * slots it has, so a slot out of range is refused as the GPU would misbehave.
+ * The rules are the driver's: an upload needs a read-write destination, so
+ * copying into a read-only mapping is refused, and a download a readable source.
+ * A registration is the range itself (the "device" is the CPU), refused where it
+ * overlaps another. */
+
+typedef struct host_queue {
+    unsigned slots;
+} host_queue;
+
+/* Page-aligned heap memory: the host has nothing to pin. */
+static int host_staging_alloc(vmm_backend *b, size_t size, void **out) {
+    void *p = NULL;
+    long page = sysconf(_SC_PAGESIZE);
+    int e = posix_memalign(&p, page > 0 ? (size_t)page : 4096, size);
+    if (e) return vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "host staging_alloc(size=%zu): %s", size, strerror(e));
+    *out = p;
+    return GPU_OK;
+}
+
+static void host_staging_free(vmm_backend *b, void *p, size_t size) {
+    (void)b;
+    (void)size;
+    free(p);
+}
+
+static int host_queue_open(vmm_backend *b, unsigned slots, vmm_queue **out) {
+    host_queue *q = malloc(sizeof *q);
+    if (!q) return vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "host queue_open: out of host memory");
+    q->slots = slots;
+    *out = (vmm_queue *)q;
+    return GPU_OK;
+}
+
+static void host_queue_close(vmm_backend *b, vmm_queue *q) {
+    (void)b;
+    free(q);
+}
+
+/* Checks a transfer against the rules, under the lock; the copy itself runs outside it. */
+static int host_transfer_check(host_backend *hb, vmm_queue *q, unsigned slot, uintptr_t dev, size_t size,
+                               gpu_prot_t need, const char *op) {
+    const char *why = "the range wraps around";
+    if (!q || slot >= ((host_queue *)q)->slots)
+        return vmm_fail(&hb->base, GPU_ERR_INVALID, "host %s: slot %u is not a slot of the queue", op, slot);
+    pthread_mutex_lock(&hb->lock);
+    bool ok = !host_wraps(dev, size) && host_range_accessible(hb, dev, size, need, &why);
+    pthread_mutex_unlock(&hb->lock);
+    if (!ok)
+        return vmm_fail(&hb->base, GPU_ERR_INVALID, "host %s(device=%#" PRIxPTR ", size=%zu): %s", op, dev, size, why);
+    return GPU_OK;
+}
+
+static int host_queue_upload(vmm_backend *b, vmm_queue *q, unsigned slot, uintptr_t dst, const void *src, size_t size) {
+    int err = host_transfer_check(host_of(b), q, slot, dst, size, GPU_PROT_READ_WRITE, "queue_upload");
+    if (err == GPU_OK && size) memcpy((void *)dst, src, size);
+    return err;
+}
+
+static int host_queue_download(vmm_backend *b, vmm_queue *q, unsigned slot, void *dst, uintptr_t src, size_t size) {
+    int err = host_transfer_check(host_of(b), q, slot, src, size, GPU_PROT_READ, "queue_download");
+    if (err == GPU_OK && size) memcpy(dst, (const void *)src, size);
+    return err;
+}
+
+static int host_queue_wait(vmm_backend *b, vmm_queue *q, unsigned slot) {
+    if (!q || slot >= ((host_queue *)q)->slots)
+        return vmm_fail(b, GPU_ERR_INVALID, "host queue_wait: slot %u is not a slot of the queue", slot);
+    return GPU_OK;
+}
+
+static int host_register_read_only(vmm_backend *b, void *host, size_t size, uintptr_t *dev) {
+    host_backend *hb = host_of(b);
+    uintptr_t va = (uintptr_t)host;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) page = 4096;
+    if (!size || !host_aligned(va, (size_t)page) || host_wraps(va, size))
+        return vmm_fail(b, GPU_ERR_INVALID, "host register_read_only(%p, %zu): needs a non-empty page-aligned range", host, size);
+    int err = GPU_OK;
+    pthread_mutex_lock(&hb->lock);
+    for (size_t i = 0; i < hb->nregs && err == GPU_OK; i++)
+        if (va < hb->regs[i].va + hb->regs[i].size && hb->regs[i].va < va + size)
+            err = vmm_fail(b, GPU_ERR_INVALID, "host register_read_only(%p, %zu): overlaps the registration at %#" PRIxPTR,
+                           host, size, hb->regs[i].va);
+    if (err == GPU_OK && !host_grow((void **)&hb->regs, &hb->cap_regs, hb->nregs + 1, sizeof *hb->regs))
+        err = vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "host register_read_only: no host memory for the record");
+    if (err == GPU_OK) hb->regs[hb->nregs++] = (host_reservation){va, size};
+    pthread_mutex_unlock(&hb->lock);
+    if (err == GPU_OK) *dev = va;
+    return err;
+}
+
+static int host_unregister(vmm_backend *b, void *host) {
+    host_backend *hb = host_of(b);
+    int err = GPU_OK;
+    pthread_mutex_lock(&hb->lock);
+    size_t i = 0;
+    while (i < hb->nregs && hb->regs[i].va != (uintptr_t)host) i++;
+    if (i == hb->nregs) err = vmm_fail(b, GPU_ERR_INVALID, "host unregister(%p): not a registered range", host);
+    else hb->regs[i] = hb->regs[--hb->nregs];
+    pthread_mutex_unlock(&hb->lock);
+    return err;
 }
 
 static const vmm_ops host_ops = {
@@ -504,9 +737,24 @@ static const vmm_ops host_ops = {
     .map = host_map,
     .unmap = host_unmap,
     .set_access = host_set_access,
+    .grant = host_grant,
     .fence = host_fence,
     .memset = host_memset,
     .copy = host_copy,
+    .event_record = host_event_record,
+    .event_query = host_event_query,
+    .event_wait = host_event_wait,
+    .event_release = host_event_release,
+    .capturing = host_capturing,
+    .staging_alloc = host_staging_alloc,
+    .staging_free = host_staging_free,
+    .queue_open = host_queue_open,
+    .queue_close = host_queue_close,
+    .queue_upload = host_queue_upload,
+    .queue_download = host_queue_download,
+    .queue_wait = host_queue_wait,
+    .register_read_only = host_register_read_only,
+    .unregister = host_unregister,
     .close = host_close,
 };
 
@@ -552,5 +800,7 @@ void vmm_host_counts_get(vmm_backend *b, vmm_host_counts *out) {
     out->handles = hb->live_handles;
     out->mappings = hb->nmaps;
     out->reservations = hb->nres;
+    out->grants = hb->grants;
+    out->granted_devices = hb->granted_devices;
     pthread_mutex_unlock(&hb->lock);
 }

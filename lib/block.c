@@ -95,13 +95,23 @@ block *block_split(gpu_heap_t *h, block *b, size_t size) {
     return r;
 }
 
-/* The index that holds free blocks of this state. */
-static tlsf_index *index_of(gpu_heap_t *h, block_state state) {
-    gh_assert(state == BLOCK_IDLE || state == BLOCK_VACANT, "only IDLE and VACANT blocks are indexed");
-    return state == BLOCK_IDLE ? &h->idle : &h->vacant;
+/* The index that holds free block b (IDLE, VACANT, or STREAM in its pool). */
+static tlsf_index *index_of(gpu_heap_t *h, const block *b) {
+    switch (b->state) {
+    case BLOCK_IDLE: return &h->idle;
+    case BLOCK_VACANT: return &h->vacant;
+    case BLOCK_STREAM: return &b->pool->free;
+    }
+    gh_assert(0, "only IDLE, VACANT and STREAM blocks are indexed");
+    return NULL;
 }
 
-void block_unindex(gpu_heap_t *h, block *b) { tlsf_remove(index_of(h, (block_state)b->state), b); }
+void block_unindex(gpu_heap_t *h, block *b) { tlsf_remove(index_of(h, b), b); }
+
+/* True when n may merge with b: the same free state (and, freed on streams, the same stream). */
+static inline bool mergeable(const block *b, const block *n) {
+    return n->state == b->state && (b->state != BLOCK_STREAM || n->pool == b->pool);
+}
 
 void block_absorb_next(gpu_heap_t *h, block *b) {
     block *n = b->next_phys;
@@ -112,17 +122,20 @@ void block_absorb_next(gpu_heap_t *h, block *b) {
 }
 
 block *block_release_free(gpu_heap_t *h, block *b, block_state state) {
-    tlsf_index *t = index_of(h, state);
     b->state = (uint8_t)state;
     b->owned = 0;
+    if (state != BLOCK_STREAM) b->pool = NULL;
+    tlsf_index *t = index_of(h, b);
     block *n = b->next_phys;
-    if (n && n->state == state) {
+    if (n && mergeable(b, n)) {
         tlsf_remove(t, n);
+        if (n->epoch > b->epoch) b->epoch = n->epoch; /* merged stream blocks wait for the later free */
         block_absorb_next(h, b);
     }
     block *p = b->prev_phys;
-    if (p && p->state == state) {
+    if (p && mergeable(b, p)) {
         tlsf_remove(t, p);
+        if (b->epoch > p->epoch) p->epoch = b->epoch;
         block_absorb_next(h, p);
         b = p;
     }

@@ -66,6 +66,7 @@ static bool check_unbacked(gpu_heap_t *h, checker *c, const block *b) {
 
 static int check_locked(gpu_heap_t *h, checker *c) {
     size_t live = 0, live_n = 0, idle = 0, idle_n = 0, vac = 0, vac_n = 0, quar = 0, quar_n = 0, total = 0;
+    size_t strm = 0, strm_n = 0, sparse = 0, sparse_n = 0, committed = 0;
     CHECK(c, h->first && h->first->start == h->base && !h->first->prev_phys, "the first block is not at the base");
     const block *prev = NULL;
     for (const block *b = h->first; b && c->rc == GPU_OK; prev = b, b = b->next_phys) {
@@ -102,6 +103,29 @@ static int check_locked(gpu_heap_t *h, checker *c) {
                   "headroom at %#lx does not follow a live block", (unsigned long)b->start);
             check_unbacked(h, c, b);
             break;
+        case BLOCK_SPARSE:
+            CHECK(c, blockmap_find(&h->live, b->start) == b, "reservation %#lx is not in the address map",
+                  (unsigned long)b->start);
+            sparse += b->size;
+            sparse_n++;
+            for (uintptr_t va = b->start; va < block_end(b) && c->rc == GPU_OK; va += h->gran) {
+                extent *e = extmap_find(&h->extents, va);
+                if (!e) continue;
+                CHECK(c, e->owner == b && e->va >= b->start && e->va + e->size <= block_end(b),
+                      "extent %#lx in reservation %#lx is not owned by it", (unsigned long)e->va, (unsigned long)b->start);
+                committed += e->size;
+                va = e->va + e->size - h->gran;
+            }
+            break;
+        case BLOCK_STREAM:
+            CHECK(c, b->pool && tlsf_contains(&b->pool->free, b), "stream-freed block %#lx not in its stream's index",
+                  (unsigned long)b->start);
+            CHECK(c, !prev || !(prev->state == BLOCK_STREAM && prev->pool == b->pool),
+                  "adjacent blocks freed on one stream at %#lx were not merged", (unsigned long)b->start);
+            strm += b->size;
+            strm_n++;
+            check_backed(h, c, b);
+            break;
         case BLOCK_QUARANTINE:
             quar += b->size;
             quar_n++;
@@ -114,7 +138,11 @@ static int check_locked(gpu_heap_t *h, checker *c) {
     CHECK(c, total == h->reserved, "blocks cover %zu bytes of a %zu-byte reservation", total, h->reserved);
     CHECK(c, live == h->live_bytes && live_n == h->live_blocks, "live: walked %zu bytes in %zu blocks, counted %zu in %zu",
           live, live_n, h->live_bytes, h->live_blocks);
-    CHECK(c, live_n == h->live.live, "%zu live blocks walked, %zu in the address map", live_n, h->live.live);
+    CHECK(c, live_n + sparse_n == h->live.live, "%zu live blocks and %zu reservations walked, %zu in the address map",
+          live_n, sparse_n, h->live.live);
+    CHECK(c, sparse == h->sparse_reserved && committed == h->sparse_committed,
+          "reservations: walked %zu bytes with %zu committed, counted %zu with %zu", sparse, committed,
+          h->sparse_reserved, h->sparse_committed);
     CHECK(c, idle == h->idle.bytes && idle_n == h->idle.blocks, "idle index counts %zu bytes in %zu blocks, walk %zu in %zu",
           h->idle.bytes, h->idle.blocks, idle, idle_n);
     CHECK(c, vac == h->vacant.bytes && vac_n == h->vacant.blocks, "vacant index counts disagree with the walk");
@@ -143,7 +171,7 @@ static int check_locked(gpu_heap_t *h, checker *c) {
                 CHECK(c, e->owner, "protected extent %#lx has no owning block", (unsigned long)e->va);
             }
             if (e->owner)
-                CHECK(c, (e->owner->state == BLOCK_LIVE || e->owner->state == BLOCK_BUSY) &&
+                CHECK(c, (e->owner->state == BLOCK_LIVE || e->owner->state == BLOCK_BUSY || e->owner->state == BLOCK_SPARSE) &&
                              e->owner->start <= e->va && e->va + e->size <= block_end(e->owner),
                       "extent %#lx+%zu has an owner that does not hold it", (unsigned long)e->va, e->size);
         }
@@ -151,7 +179,11 @@ static int check_locked(gpu_heap_t *h, checker *c) {
     CHECK(c, mapped == h->mapped_bytes && n == h->nextents, "extents: %zu bytes in %zu found, counters %zu in %zu", mapped,
           n, h->mapped_bytes, h->nextents);
     CHECK(c, prot == h->protected_extents, "%zu protected extents found, %zu counted", prot, h->protected_extents);
-    CHECK(c, live + idle + quar <= mapped, "used bytes %zu exceed mapped bytes %zu", live + idle + quar, mapped);
+    size_t pool_bytes = 0, pool_blocks = 0;
+    for (size_t i = 0; i < h->npools; i++) pool_bytes += h->pools[i]->free.bytes, pool_blocks += h->pools[i]->free.blocks;
+    CHECK(c, pool_bytes == strm && pool_blocks == strm_n, "stream pools index %zu bytes in %zu blocks, walk %zu in %zu",
+          pool_bytes, pool_blocks, strm, strm_n);
+    CHECK(c, live + idle + quar + strm <= mapped, "used bytes %zu exceed mapped bytes %zu", live + idle + quar + strm, mapped);
     return c->rc;
 }
 
@@ -179,7 +211,17 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *s) {
     s->reserved_bytes = h->reserved;
     s->granularity = h->gran;
     s->fences = h->fences;
+    s->stream_free_bytes = s->stream_free_blocks = 0;
+    for (size_t i = 0; i < h->npools; i++) {
+        s->stream_free_bytes += h->pools[i]->free.bytes;
+        s->stream_free_blocks += h->pools[i]->free.blocks;
+    }
+    s->stream_events = h->stream_events;
+    s->sparse_reserved_bytes = h->sparse_reserved;
+    s->sparse_committed_bytes = h->sparse_committed;
+    s->protected_extents = h->protected_extents;
     heap_unlock(h);
+    file_stats(h, s); /* gpu_map_file's mappings: their own lock */
     const vmm_counts *k = &h->door.counts;
     s->backend_reserve = k->calls[VMM_OP_RESERVE];
     s->backend_create = k->calls[VMM_OP_CREATE];
@@ -188,4 +230,8 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *s) {
     s->backend_unmap = k->calls[VMM_OP_UNMAP];
     s->backend_set_access = k->calls[VMM_OP_SET_ACCESS];
     s->backend_errors = k->errors;
+    s->backend_fence = k->calls[VMM_OP_FENCE];
+    s->backend_memset = k->calls[VMM_OP_MEMSET];
+    s->backend_copy = k->calls[VMM_OP_COPY];
+    s->copy_bytes = k->copy_bytes;
 }

@@ -78,6 +78,18 @@ struct cuda_fns {
     __typeof__(cuEventQuery) *EventQuery;
     __typeof__(cuEventSynchronize) *EventSynchronize;
     __typeof__(cuEventDestroy_v2) *EventDestroy;
+    __typeof__(cuStreamIsCapturing) *StreamIsCapturing;
+    __typeof__(cuMemsetD8Async) *MemsetD8Async;
+    __typeof__(cuThreadExchangeStreamCaptureMode) *ThreadExchangeStreamCaptureMode;
+
+    /* host memory and host <-> device transfers (file-backed memory, file.c) */
+    __typeof__(cuMemcpyHtoDAsync_v2) *MemcpyHtoDAsync;
+    __typeof__(cuMemcpyDtoHAsync_v2) *MemcpyDtoHAsync;
+    __typeof__(cuMemHostAlloc) *MemHostAlloc;
+    __typeof__(cuMemFreeHost) *MemFreeHost;
+    __typeof__(cuMemHostRegister_v2) *MemHostRegister;
+    __typeof__(cuMemHostUnregister) *MemHostUnregister;
+    __typeof__(cuMemHostGetDevicePointer_v2) *MemHostGetDevicePointer;
 
     /* modules and kernels (tests) */
     __typeof__(cuModuleLoadData) *ModuleLoadData;
@@ -100,6 +112,12 @@ void *cuda_loader_proc(const char *symbol);
 
 /* Why the load failed ("" when it did not). */
 const char *cuda_loader_error(void);
+
+/* The dlsym the loader looks libcuda's cuGetProcAddress up with (default:
+ * dlsym). An interposer that replaces dlsym (lib/preload) hands the real one
+ * over before anything loads the driver, so that the table and cuda_loader_proc
+ * hold the driver's own entry points, never the interposer's wrappers. */
+void cuda_loader_use_dlsym(void *(*real_dlsym)(void *handle, const char *name));
 
 /* The driver's name for a result ("CUDA_ERROR_OUT_OF_MEMORY"), or
  * "unrecognised CUDA error" when the driver is not loaded or does not know it;

@@ -124,7 +124,9 @@ fail_backend:
 }
 
 void heap_close(gpu_heap_t *h) {
+    file_heap_closing(h); /* gpu_map_file's mappings and staging, while the backend is open */
     (void)vmm_call_fence(&h->door); /* no extent goes while GPU work may touch it */
+    stream_pools_close(h);
     for (size_t l = 0; l < h->extents.nleaves; l++) {
         extent **leaf = h->extents.leaves[l];
         if (!leaf) continue;
@@ -208,21 +210,32 @@ void heap_quarantine_locked(gpu_heap_t *h, block *b) {
 
 /* ---- the quarantine --------------------------------------------------------- */
 
-int heap_drain_locked(gpu_heap_t *h) {
+/* True when some pool holds stream-freed blocks. */
+static bool stream_blocks_waiting(const gpu_heap_t *h) {
+    for (size_t i = 0; i < h->npools; i++)
+        if (h->pools[i]->free.blocks) return true;
+    return false;
+}
+
+int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
     block *batch = h->quarantine;
-    if (!batch) return GPU_OK;
+    if (!batch && !stream_blocks_waiting(h)) return GPU_OK;
     size_t bytes = 0, n = 0;
     for (block *b = batch; b; b = b->next_free) bytes += b->size, n++;
     h->quarantine = NULL;
     heap_unlock(h);
-    int rc = vmm_call_fence(&h->door);
+    bool capturing = vmm_call_capturing(&h->door, stream);
+    int rc = capturing ? GPU_ERR_CAPTURING : vmm_call_fence(&h->door);
     heap_lock(h);
     if (rc != GPU_OK) { /* nothing is released: put the batch back */
-        block *last = batch;
-        while (last->next_free) last = last->next_free;
-        last->next_free = h->quarantine;
-        h->quarantine = batch;
-        return gh_note(rc, "device fence failed: %s", h->door.b->error);
+        if (batch) {
+            block *last = batch;
+            while (last->next_free) last = last->next_free;
+            last->next_free = h->quarantine;
+            h->quarantine = batch;
+        }
+        return capturing ? gh_note(rc, "a stream capture is in progress: the device fence waits for it to end")
+                         : gh_note(rc, "device fence failed: %s", h->door.b->error);
     }
     h->fences++;
     h->quarantine_bytes -= bytes;
@@ -231,6 +244,7 @@ int heap_drain_locked(gpu_heap_t *h) {
         next = b->next_free;
         block_release_free(h, b, BLOCK_IDLE);
     }
+    stream_release_all_locked(h);
     return GPU_OK;
 }
 
@@ -271,6 +285,7 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
 int heap_back_at_locked(gpu_heap_t *h, block *range) {
     gh_assert(range->state == BLOCK_BUSY, "a range is marked BUSY before it is mapped");
     vmm_handle handle;
+    uint64_t peers = heap_peers(h); /* read under the lock: peer.c explains the race this closes */
     heap_unlock(h);
     int rc = vmm_call_back(&h->door, range->start, range->size, &handle);
     heap_lock(h);
@@ -281,6 +296,7 @@ int heap_back_at_locked(gpu_heap_t *h, block *range) {
         heap_lock(h);
         return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for the extent map");
     }
+    heap_peer_catch_up_locked(h, range->start, range->size, peers);
     return GPU_OK;
 }
 
@@ -379,22 +395,27 @@ static block *take_idle_owned(gpu_heap_t *h, size_t need, size_t align) {
     return b;
 }
 
-int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, block **out) {
-    bool owned = flags & GPU_ALLOC_OWNED, drained = false, reclaimed = false;
+int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, uintptr_t stream, block **out) {
+    bool owned = flags & GPU_ALLOC_OWNED, drained = false, reclaimed = false, reaped = false;
     for (;;) {
         block *b = owned ? take_idle_owned(h, need, align) : take_idle(h, need, align);
         if (b) {
             *out = b;
             return GPU_OK;
         }
+        /* A miss. Blocks freed on streams whose events completed cost a query. */
+        if (!reaped && h->npools) {
+            reaped = true;
+            if (stream_reap_locked(h, false)) continue;
+        }
         /* A miss. Quarantined memory is reused after one fence; new memory costs a
          * driver call. Fence once the quarantine outgrows its budget. */
         if (!drained && h->quarantine && h->quarantine_bytes >= need &&
             (h->quarantine_bytes + need > quarantine_budget(h) || h->quarantine_blocks >= QUARANTINE_MAX_BLOCKS)) {
             drained = true;
-            int rc = heap_drain_locked(h);
-            if (rc != GPU_OK) return rc;
-            continue;
+            int rc = heap_drain_locked(h, stream);
+            if (rc == GPU_OK) continue;
+            if (rc != GPU_ERR_CAPTURING) return rc; /* capturing: map new memory instead */
         }
         bool own = owned || need >= h->gran;
         size_t size = own ? gh_align_up(need, h->gran) : shared_extent_size(h, need);
@@ -411,7 +432,9 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
             reclaimed = drained = true;
             char why[256];
             snprintf(why, sizeof why, "%s", h->door.b->error);
-            if (heap_trim_locked(h, 0) == GPU_OK) continue;
+            if (h->npools) (void)stream_reap_locked(h, true);
+            int trc = heap_trim_locked(h, 0);
+            if (trc == GPU_OK || trc == GPU_ERR_CAPTURING) continue;
             return gh_note(rc, "%s", why);
         }
         return rc;
@@ -429,7 +452,7 @@ int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void *
     heap_lock(h);
     int rc = heap_reserve_records(h);
     block *b = NULL;
-    if (rc == GPU_OK) rc = heap_alloc_locked(h, need, align, flags, &b);
+    if (rc == GPU_OK) rc = heap_alloc_locked(h, need, align, flags, 0, &b);
     uintptr_t p = rc == GPU_OK ? b->start : 0;
     heap_unlock(h);
     if (rc != GPU_OK) return rc;
@@ -474,37 +497,76 @@ int heap_restore_access(gpu_heap_t *h, block *b) {
     return rc;
 }
 
-int heap_free(gpu_heap_t *h, void *ptr) {
+/* Takes the live block at ptr out of the address map, with read-write access
+ * restored, ready to be freed. Lock held on entry and exit. */
+static int unmap_live(gpu_heap_t *h, void *ptr, block **out) {
     uintptr_t p = (uintptr_t)ptr;
-    heap_lock(h);
     block *b = blockmap_find(&h->live, p);
-    if (!b) {
-        heap_unlock(h);
-        return gh_note(GPU_ERR_NOT_LIVE, "%p is not a live block of this heap (double free or interior pointer)", ptr);
-    }
-    if (b->state == BLOCK_BUSY) {
-        heap_unlock(h);
-        return gh_note(GPU_ERR_BUSY, "%p is being changed by another thread", ptr);
-    }
+    if (!b) return gh_note(GPU_ERR_NOT_LIVE, "%p is not a live block of this heap (double free or interior pointer)", ptr);
+    if (b->state == BLOCK_SPARSE)
+        return gh_note(GPU_ERR_INVALID, "%p is a gpu_reserve range: give it back with gpu_release", ptr);
+    if (b->state == BLOCK_BUSY) return gh_note(GPU_ERR_BUSY, "%p is being changed by another thread", ptr);
     if (h->protected_extents && b->size >= h->gran) {
         b->state = BLOCK_BUSY;
         heap_unlock(h);
         int rc = heap_restore_access(h, b);
         heap_lock(h);
         b->state = BLOCK_LIVE;
-        if (rc != GPU_OK) {
-            heap_unlock(h);
-            return gh_note(rc, "restoring read-write access before freeing %p: %s", ptr, h->door.b->error);
-        }
+        if (rc != GPU_OK) return gh_note(rc, "restoring read-write access before freeing %p: %s", ptr, h->door.b->error);
     }
     blockmap_remove(&h->live, p);
-    heap_quarantine_locked(h, b);
-    int rc = GPU_OK;
-    if (h->cfg.release_threshold != SIZE_MAX && h->idle.bytes + h->quarantine_bytes > h->cfg.release_threshold)
-        rc = heap_trim_locked(h, h->cfg.release_threshold);
-    heap_unlock(h);
-    (void)rc; /* the free itself succeeded; a failed trim is retried at the next one */
+    *out = b;
     return GPU_OK;
+}
+
+int heap_free(gpu_heap_t *h, void *ptr) {
+    heap_lock(h);
+    block *b;
+    int rc = unmap_live(h, ptr, &b);
+    if (rc == GPU_OK) {
+        heap_quarantine_locked(h, b);
+        if (h->cfg.release_threshold != SIZE_MAX && h->idle.bytes + h->quarantine_bytes > h->cfg.release_threshold)
+            (void)heap_trim_locked(h, h->cfg.release_threshold); /* the free succeeded; a failed trim is retried at the next one */
+    }
+    heap_unlock(h);
+    return rc;
+}
+
+int heap_free_async(gpu_heap_t *h, void *ptr, uintptr_t stream) {
+    /* A free inside a capture would let a later allocation reuse memory that the
+     * graph's replays write. Asked before the lock: it is a driver query. */
+    if (h->door.b->ops->capturing(h->door.b, stream))
+        return gh_note(GPU_ERR_CAPTURING, "gpu_free_async(%p): stream %#lx is being captured; free after the graph's last launch",
+                       ptr, (unsigned long)stream);
+    heap_lock(h);
+    block *b;
+    int rc = unmap_live(h, ptr, &b);
+    if (rc == GPU_OK) {
+        stream_pool *pool = stream_pool_of(h, stream, true);
+        if (pool)
+            stream_put(h, pool, b);
+        else
+            heap_quarantine_locked(h, b); /* too many streams: the device fence keeps it safe */
+    }
+    heap_unlock(h);
+    return rc;
+}
+
+int heap_malloc_async(gpu_heap_t *h, size_t size, uintptr_t stream, void **out) {
+    size_t need = gh_align_up(size ? size : 1, GH_QUANTUM);
+    if (!need || need > h->reserved)
+        return gh_note(GPU_ERR_INVALID, "size %zu is larger than the heap's reservation (%zu bytes)", size, h->reserved);
+    heap_lock(h);
+    int rc = heap_reserve_records(h);
+    block *b = NULL;
+    if (rc == GPU_OK) {
+        stream_pool *pool = h->npools ? stream_pool_of(h, stream, false) : NULL;
+        b = pool ? stream_take(h, pool, need) : NULL;
+        if (!b) rc = heap_alloc_locked(h, need, GH_QUANTUM, 0, stream, &b);
+    }
+    if (rc == GPU_OK) *out = (void *)b->start;
+    heap_unlock(h);
+    return rc;
 }
 
 int heap_usable_size(gpu_heap_t *h, const void *ptr, size_t *out) {

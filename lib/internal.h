@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "backend.h"
 #include "gpuheap.h"
@@ -57,7 +58,11 @@ typedef enum block_state {
     BLOCK_QUARANTINE = 4, /* freed, mapped, waiting for a fence before it may be reused */
     BLOCK_HEADROOM = 5,   /* unmapped VA kept free after a large live block for in-place growth */
     BLOCK_BUSY = 6,       /* being mapped, unmapped or moved by a thread outside the lock */
+    BLOCK_STREAM = 7,     /* freed on a stream, mapped: reusable on that stream at once (its pool's index) */
+    BLOCK_SPARSE = 8,     /* a gpu_reserve range: partly mapped, its extents owned by it */
 } block_state;
+
+struct stream_pool;
 
 typedef struct block block;
 struct block {
@@ -67,6 +72,9 @@ struct block {
     block *prev_free, *next_free; /* links in a free list or the quarantine list */
     uint8_t state;                /* block_state */
     uint8_t owned;                /* asked for with GPU_ALLOC_OWNED: keep granule-aligned on shrink */
+    uint8_t busy;                 /* BLOCK_SPARSE: a thread is committing or decommitting in it */
+    uint32_t epoch;               /* BLOCK_STREAM: its pool's epoch when it was freed */
+    struct stream_pool *pool;     /* BLOCK_STREAM: the stream it was freed on */
 };
 
 /* ---- tlsf.c: segregated-fit index of free blocks by size ----------------- */
@@ -93,6 +101,39 @@ block *tlsf_find(tlsf_index *t, size_t size);
 void tlsf_walk(tlsf_index *t, bool (*fn)(block *b, void *arg), void *arg);
 /* True when b is linked in t's list for its size. */
 bool tlsf_contains(const tlsf_index *t, const block *b);
+
+/* ---- stream.c: blocks freed on streams ------------------------------------- */
+
+#define STREAM_POOLS_MAX 64
+#define STREAM_PENDING_MAX 4
+
+/* The blocks freed on one stream. They are reused by that stream at once; an
+ * event recorded on the stream later covers every block freed before it (epoch
+ * <= the event's), and once the event completes those blocks become idle. Events
+ * are recorded lazily, only when another stream or the heap needs the memory. */
+typedef struct stream_pool {
+    uintptr_t stream;
+    tlsf_index free;   /* BLOCK_STREAM blocks of this pool */
+    uint32_t epoch;    /* the epoch of blocks freed now; an event covers all before it */
+    struct { vmm_event ev; uint32_t epoch; } pending[STREAM_PENDING_MAX];
+    unsigned npending;
+    bool busy;         /* a thread is recording or querying this pool's events outside the lock */
+} stream_pool;
+
+/* The pool of stream (created when create is set), or NULL. Lock held. */
+stream_pool *stream_pool_of(struct gpu_heap *h, uintptr_t stream, bool create);
+/* Takes a block of need bytes from pool's own freed blocks, made LIVE; NULL on a miss. */
+block *stream_take(struct gpu_heap *h, stream_pool *pool, size_t need);
+/* Puts a LIVE block (out of the address map) into pool. */
+void stream_put(struct gpu_heap *h, stream_pool *pool, block *b);
+/* Queries pending events (dropping the lock) and makes the blocks they cover
+ * idle; records events for pools whose freed blocks no event covers yet. When
+ * wait is set, blocks until every stream-freed block is idle (out of memory).
+ * Returns true when blocks became idle. */
+bool stream_reap_locked(struct gpu_heap *h, bool wait);
+/* After a device fence every stream-freed block is safe: all become idle. */
+void stream_release_all_locked(struct gpu_heap *h);
+void stream_pools_close(struct gpu_heap *h);
 
 /* ---- blockmap.c: live block by start address, O(1) ------------------------ */
 
@@ -192,18 +233,25 @@ static inline uintptr_t block_end(const block *b) { return b->start + b->size; }
 typedef enum vmm_op {
     VMM_OP_RESERVE, VMM_OP_UNRESERVE, VMM_OP_CREATE, VMM_OP_RELEASE, VMM_OP_MAP,
     VMM_OP_UNMAP, VMM_OP_SET_ACCESS, VMM_OP_FENCE, VMM_OP_MEMSET, VMM_OP_COPY,
+    VMM_OP_EVENT_RECORD, VMM_OP_EVENT_QUERY, VMM_OP_EVENT_WAIT,
+    VMM_OP_STAGING, VMM_OP_TRANSFER, VMM_OP_REGISTER, VMM_OP_DIRECT, /* file.c */
+    VMM_OP_GRANT, /* peer access (peer.c) */
     VMM_OP_COUNT
 } vmm_op;
 
 typedef struct vmm_counts {
     _Atomic uint64_t calls[VMM_OP_COUNT];
     _Atomic uint64_t errors;
+    _Atomic uint64_t copy_bytes; /* bytes moved by successful copy calls (stats.c, trace.c) */
 } vmm_counts;
+
+#define GH_MAX_PEERS 64 /* device ordinals a door can grant access to (one bit each) */
 
 typedef struct vmm_door {
     vmm_backend *b;
     vmm_counts counts;
     int verbose;
+    _Atomic uint64_t peers; /* other devices granted access to every extent (peer.c); changed under the heap lock */
 } vmm_door;
 
 int vmm_call_reserve(vmm_door *d, size_t size, uintptr_t *va);
@@ -216,10 +264,64 @@ int vmm_call_set_access(vmm_door *d, uintptr_t va, size_t size, gpu_prot_t prot)
 int vmm_call_fence(vmm_door *d);
 int vmm_call_memset(vmm_door *d, uintptr_t va, int byte, size_t size);
 int vmm_call_copy(vmm_door *d, uintptr_t dst, uintptr_t src, size_t size);
+int vmm_call_event_record(vmm_door *d, uintptr_t stream, vmm_event *out);
+int vmm_call_event_query(vmm_door *d, vmm_event ev); /* GPU_ERR_BUSY: not yet, and not an error */
+int vmm_call_event_wait(vmm_door *d, vmm_event ev);
+void vmm_call_event_release(vmm_door *d, vmm_event ev);
+/* True when a capture is in progress that a fence would break: stream's (if not
+ * 0), a blocking stream's, or one announced with gpu_capture_begin. */
+bool vmm_call_capturing(vmm_door *d, uintptr_t stream);
+/* Sets device's (not the owner's) access to a range of whole mappings. A
+ * backend without a grant op refuses with GPU_ERR_NO_DRIVER. vmm_call_set_access
+ * grants every peer in d->peers the owner's protection after the owner's own. */
+int vmm_call_grant(vmm_door *d, uintptr_t va, size_t size, int device, gpu_prot_t prot);
+int vmm_call_grant_peers(vmm_door *d, uintptr_t va, size_t size, uint64_t devices, gpu_prot_t prot);
 /* create + map + set_access(read-write), undoing what succeeded on failure. */
 int vmm_call_back(vmm_door *d, uintptr_t va, size_t size, vmm_handle *out);
 /* unmap + release. */
 int vmm_call_unback(vmm_door *d, uintptr_t va, size_t size, vmm_handle h);
+/* File-backed memory (file.c): staging memory, the copy queue, zero-copy
+ * registration, direct reads. An op the backend does not offer (a NULL entry) is
+ * refused with GPU_ERR_NO_DRIVER, never called. */
+int vmm_call_staging_alloc(vmm_door *d, size_t size, void **out);
+void vmm_call_staging_free(vmm_door *d, void *p, size_t size);
+int vmm_call_queue_open(vmm_door *d, unsigned slots, vmm_queue **out);
+void vmm_call_queue_close(vmm_door *d, vmm_queue *q);
+int vmm_call_queue_upload(vmm_door *d, vmm_queue *q, unsigned slot, uintptr_t dst, const void *src, size_t size);
+int vmm_call_queue_download(vmm_door *d, vmm_queue *q, unsigned slot, void *dst, uintptr_t src, size_t size);
+int vmm_call_queue_wait(vmm_door *d, vmm_queue *q, unsigned slot);
+int vmm_call_register_read_only(vmm_door *d, void *host, size_t size, uintptr_t *dev);
+int vmm_call_unregister(vmm_door *d, void *host);
+bool vmm_call_has_direct(const vmm_door *d);
+int vmm_call_direct_open(vmm_door *d, int fd, vmm_direct **out);
+int vmm_call_direct_read(vmm_door *d, vmm_direct *dd, uint64_t offset, size_t size, uintptr_t dst);
+void vmm_call_direct_close(vmm_door *d, vmm_direct *dd);
+
+/* ---- backend_fault.c: a backend wrapper that fails the Nth call (tests, fuzzer) -- */
+
+#define VMM_FAULT_LOG 4096
+
+/* What the wrapper saw, in memory the caller owns (it outlives the backend).
+ * Written without a lock: meant for one thread at a time. */
+typedef struct vmm_fault_report {
+    uint64_t calls;                  /* backend calls seen, failed ones included */
+    uint64_t per_op[VMM_OP_COUNT];
+    uint8_t log[VMM_FAULT_LOG];      /* the vmm_op of each of the first VMM_FAULT_LOG calls */
+    uint64_t injected;               /* calls failed on purpose */
+    int first_op;                    /* the vmm_op of the first injected failure */
+    bool closed;                     /* the heap closed the backend */
+    vmm_host_counts at_close;        /* the inner host backend's counts just before it closed */
+} vmm_fault_report;
+
+/* Wraps inner (which the wrapper closes when it is closed); report may be NULL. */
+int vmm_fault_open(vmm_backend *inner, vmm_fault_report *report, vmm_backend **out);
+/* Fails the nth backend call from now (1 = the next one) with error (0 = the op's
+ * natural error: create out of memory, reserve out of VA, else GPU_ERR_BACKEND);
+ * persistent: that call and every later one. nth 0 disarms. */
+void vmm_fault_arm(vmm_backend *b, uint64_t nth, bool persistent, int error);
+/* Backend calls seen since open. */
+uint64_t vmm_fault_calls(vmm_backend *b);
+const char *vmm_op_name(int op);
 
 /* ---- heap.c: the heap ------------------------------------------------------ */
 
@@ -249,6 +351,11 @@ struct gpu_heap {
     size_t quarantine_bytes, quarantine_blocks;
     size_t nextents;
     size_t protected_extents; /* extents whose access is not read-write */
+    stream_pool *pools[STREAM_POOLS_MAX];
+    size_t npools;
+    uint64_t stream_events;
+    size_t sparse_reserved, sparse_committed;
+    block *sparse_list;    /* BLOCK_SPARSE blocks, linked through prev_free/next_free */
     uint64_t fences;
 };
 
@@ -266,6 +373,14 @@ void heap_close(gpu_heap_t *h);
 /* Each returns GPU_OK or an error; *msg (static or in a thread buffer) says why. */
 int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void **out);
 int heap_free(gpu_heap_t *h, void *ptr);
+/* sparse.c: gpu_reserve ranges */
+int heap_reserve(gpu_heap_t *h, size_t size, void **out);
+int heap_commit(gpu_heap_t *h, void *ptr, size_t len);
+int heap_decommit(gpu_heap_t *h, void *ptr, size_t len);
+int heap_release_reservation(gpu_heap_t *h, void *ptr);
+/* stream-ordered forms (stream.c's pools); the stream is a CUstream as an integer */
+int heap_malloc_async(gpu_heap_t *h, size_t size, uintptr_t stream, void **out);
+int heap_free_async(gpu_heap_t *h, void *ptr, uintptr_t stream);
 int heap_realloc(gpu_heap_t *h, void *ptr, size_t size, void **out);
 int heap_usable_size(gpu_heap_t *h, const void *ptr, size_t *out);
 int heap_protect(gpu_heap_t *h, void *ptr, size_t size, gpu_prot_t prot);
@@ -277,7 +392,9 @@ static inline bool heap_owns(const gpu_heap_t *h, uintptr_t p) { return p - h->b
 /* ---- heap internals shared by heap.c, resize.c, trim.c, protect.c, check.c -- */
 
 /* Called with the lock held; each may drop and retake it around driver calls. */
-int heap_drain_locked(gpu_heap_t *h);                 /* one fence releases the quarantine */
+/* One fence releases the quarantine (and every stream-freed block). Refused with
+ * GPU_ERR_CAPTURING while a capture is in progress (stream: the caller's, or 0). */
+int heap_drain_locked(gpu_heap_t *h, uintptr_t stream);
 int heap_trim_locked(gpu_heap_t *h, size_t keep);     /* drain, then release whole idle extents */
 int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the same, inside [lo, hi) */
 int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
@@ -291,7 +408,7 @@ void heap_quarantine_locked(gpu_heap_t *h, block *b);  /* a LIVE block, already 
 extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle handle);
 void heap_extent_drop_locked(gpu_heap_t *h, extent *e);
 void heap_mapped_add(gpu_heap_t *h, size_t bytes);
-int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, block **out);
+int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, uintptr_t stream, block **out);
 
 /* ---- api.c: errors and the registry of heaps -------------------------------- */
 
@@ -310,6 +427,105 @@ int registry_add(gpu_heap_t *h);
 /* gpu_heap_create over a backend the caller opened (tests: fault injection). */
 int gh_heap_create_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out);
 void registry_remove(gpu_heap_t *h);
+/* Calls fn on every live heap, with the registry locked (fn must not create or
+ * destroy heaps). */
+void registry_each(void (*fn)(gpu_heap_t *h, void *arg), void *arg);
+/* The default heap of CUDA device dev, created on first use (gpu_heap_default
+ * for a device named by the caller: the interposer, the framework entry points);
+ * NULL with the error reported. */
+gpu_heap_t *gh_heap_default_of(int dev);
+/* The default heap of dev if it exists, without creating it. */
+gpu_heap_t *gh_heap_default_peek(int dev);
+
+/* ---- lookup.c: the live block containing an address ------------------------ */
+
+/* The bounds of the live block that contains p (any byte of it). GPU_ERR_NOT_OWNED
+ * outside h, GPU_ERR_NOT_LIVE when no live block holds p. Takes the lock. */
+int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *size);
+
+/* ---- peer.c: other devices' access to the heap's memory -------------------- */
+
+/* Grants device access to every extent now and to every later one (idempotent;
+ * the owner itself is a no-op). Lock not held; driver calls outside the lock. */
+int heap_peer_add(gpu_heap_t *h, int device);
+/* Later extents are no longer granted to device; earlier ones keep its access. */
+int heap_peer_remove(gpu_heap_t *h, int device);
+uint64_t heap_peers(const gpu_heap_t *h);
+/* After a new extent [va, va+size) entered the map: grants the peers added since
+ * `seen` (read under the lock before the extent was backed). Lock held; dropped
+ * around the grant. */
+void heap_peer_catch_up_locked(gpu_heap_t *h, uintptr_t va, size_t size, uint64_t seen);
+
+/* ---- stats.c: statistics as JSON and at exit (GPUHEAP_STATS, GPUHEAP_STATS_JSON) -- */
+
+/* Reads GPUHEAP_STATS and GPUHEAP_STATS_JSON once and arms the exit report. */
+void stats_env_init(void);
+/* An explicit heap is being destroyed: its summary, under GPUHEAP_STATS=1. */
+void stats_heap_closing(gpu_heap_t *h);
+
+/* ---- trace.c: recording every call (GPUHEAP_TRACE, gpu_trace_start) -------- */
+
+/* What a trace line records; the names are in trace.c. Later ops go before
+ * TRACE_OP_COUNT (readers skip names they do not know). */
+typedef enum trace_op {
+    TRACE_MALLOC, TRACE_FREE, TRACE_REALLOC, TRACE_PROTECT, TRACE_TRIM,
+    TRACE_RESERVE, TRACE_UNRESERVE, TRACE_MAP, TRACE_UNMAP, TRACE_FENCE, TRACE_COPY, TRACE_MEMSET,
+    TRACE_MAP_FILE, TRACE_SYNC_FILE, TRACE_UNMAP_FILE, /* file.c: addr = mapping, size = length, arg = file offset */
+    TRACE_OP_COUNT
+} trace_op;
+
+/* One event; trace_record fills tick, dur and tid, the caller the rest (the
+ * meaning of each field per op is at the top of trace.c). */
+typedef struct trace_event {
+    uint64_t tick;             /* when the call began (trace_tick) */
+    uint64_t heap, stream, addr, size, arg, result;
+    uint32_t dur;              /* ticks the call took, saturated */
+    uint32_t tid;
+    int8_t rc;
+    uint8_t op;                /* trace_op */
+    uint8_t flags;
+} trace_event;
+
+extern _Atomic int trace_on;
+
+/* The time-stamp counter where there is one (read on every traced call), else
+ * CLOCK_MONOTONIC in nanoseconds. */
+static inline uint64_t trace_tick(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_ia32_rdtsc();
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+#endif
+}
+/* The start of a traced call: its tick, or 0 when no trace runs (then skip
+ * trace_record). One relaxed load when tracing is off. */
+static inline uint64_t trace_begin(void) {
+    return atomic_load_explicit(&trace_on, memory_order_relaxed) ? trace_tick() : 0;
+}
+/* Records e as a call that began at t0 and ends now. Takes no heap lock. */
+void trace_record(uint64_t t0, const trace_event *e);
+/* Reads GPUHEAP_TRACE once and starts the trace it names. */
+void trace_env_init(void);
+const char *trace_op_name(trace_op op);
+
+/* ---- file.c: file-backed memory -------------------------------------------- */
+
+/* True when ptr is the address of a loaded gpu_map_file mapping (gpu_free and
+ * gpu_realloc refuse those); a relaxed counter makes it free when none exist. */
+bool file_is_mapping(const void *ptr);
+/* Adds the heap's file mappings to its statistics. */
+void file_stats(gpu_heap_t *h, gpu_stats_t *s);
+/* Gives back the pinned staging buffers cached for h (gpu_heap_trim). */
+void file_release_staging(gpu_heap_t *h);
+/* Drops every mapping of h and its staging, before the heap closes its backend:
+ * zero-copy ranges are unregistered, no write-back happens. */
+void file_heap_closing(gpu_heap_t *h);
+
+/* The heap a gpu_heap_* call names (api.c): NULL is the default heap, anything
+ * else must be live; NULL with the error reported otherwise. */
+gpu_heap_t *api_heap(gpu_heap_t *heap);
 
 /* ---- config.c --------------------------------------------------------------- */
 

@@ -6,7 +6,9 @@
  * that one live block owns: blocks from gpu_malloc_flags(GPU_ALLOC_OWNED) and
  * blocks of a granule or more that got extents of their own. The extent map finds
  * the owner from any extent boundary inside the block, so a caller may protect a
- * block's tail as well as its head. Anything else is refused and changes nothing.
+ * block's tail as well as its head. The committed extents of a gpu_reserve range
+ * are owned by it, so the same works there. Anything else is refused and changes
+ * nothing.
  */
 #include "internal.h"
 
@@ -18,7 +20,8 @@ int heap_protect(gpu_heap_t *h, void *ptr, size_t size, gpu_prot_t prot) {
     extent *e = extmap_find(&h->extents, p);
     block *b = e ? e->owner : NULL;
     int rc = GPU_OK;
-    if (!e || e->va != p || !b || b->state != BLOCK_LIVE) {
+    bool sparse = b && b->state == BLOCK_SPARSE;
+    if (!e || e->va != p || !b || (b->state != BLOCK_LIVE && !sparse) || (sparse && b->busy)) {
         rc = gh_note(GPU_ERR_NOT_WHOLE_EXTENT,
                      "gpu_protect(%p): not the start of an extent owned by one live block "
                      "(allocate with GPU_ALLOC_OWNED to protect a block)", ptr);
@@ -28,6 +31,11 @@ int heap_protect(gpu_heap_t *h, void *ptr, size_t size, gpu_prot_t prot) {
     } else {
         for (uintptr_t va = p; va < p + len; va = e->va + e->size) {
             e = extmap_find(&h->extents, va);
+            if (!e) {
+                rc = gh_note(GPU_ERR_NOT_WHOLE_EXTENT, "gpu_protect(%p, %zu): %#lx is not committed", ptr, size,
+                             (unsigned long)va);
+                break;
+            }
             if (e->owner != b || e->va + e->size > p + len) {
                 rc = gh_note(GPU_ERR_NOT_WHOLE_EXTENT,
                              "gpu_protect(%p, %zu): the range cuts the extent at %#lx (%zu bytes)", ptr, size,
@@ -40,7 +48,11 @@ int heap_protect(gpu_heap_t *h, void *ptr, size_t size, gpu_prot_t prot) {
         heap_unlock(h);
         return rc;
     }
-    b->state = BLOCK_BUSY;
+    /* Keep a racing free (or decommit) away while the lock is dropped. */
+    if (sparse)
+        b->busy = 1;
+    else
+        b->state = BLOCK_BUSY;
     heap_unlock(h);
     rc = vmm_call_set_access(&h->door, p, len, prot);
     heap_lock(h);
@@ -53,7 +65,10 @@ int heap_protect(gpu_heap_t *h, void *ptr, size_t size, gpu_prot_t prot) {
     } else {
         rc = gh_note(rc, "gpu_protect(%p, %zu): %s", ptr, size, h->door.b->error);
     }
-    b->state = BLOCK_LIVE;
+    if (sparse)
+        b->busy = 0;
+    else
+        b->state = BLOCK_LIVE;
     heap_unlock(h);
     return rc;
 }

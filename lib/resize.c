@@ -138,10 +138,18 @@ static int move_by_remap(gpu_heap_t *h, block *b, size_t need, block **out) {
         }
     }
     if (rc == GPU_OK && total > old_size) rc = vmm_call_back(&h->door, dst + old_size, total - old_size, &tail);
-    if (rc == GPU_OK) rc = vmm_call_fence(&h->door);
+    if (rc == GPU_OK) rc = vmm_call_capturing(&h->door, 0) ? GPU_ERR_CAPTURING : vmm_call_fence(&h->door);
+    /* The old addresses go only if all of them can: a refused unmap maps the
+     * parts already unmapped back, and the move fails with nothing changed. */
+    size_t unmapped = 0;
+    for (; rc == GPU_OK && unmapped < n; unmapped++)
+        if ((rc = vmm_call_unmap(&h->door, ext[unmapped]->va, ext[unmapped]->size)) != GPU_OK) break;
     if (rc != GPU_OK) {
         char why[256];
         snprintf(why, sizeof why, "%s", h->door.b->error);
+        for (size_t i = 0; i < unmapped; i++)
+            if (vmm_call_map(&h->door, ext[i]->va, ext[i]->size, ext[i]->handle) == GPU_OK)
+                (void)vmm_call_set_access(&h->door, ext[i]->va, ext[i]->size, (gpu_prot_t)ext[i]->prot);
         if (tail) (void)vmm_call_unback(&h->door, dst + old_size, total - old_size, tail);
         for (size_t i = 0; i < mapped; i++) (void)vmm_call_unmap(&h->door, dst + (ext[i]->va - old), ext[i]->size);
         heap_lock(h);
@@ -151,7 +159,6 @@ static int move_by_remap(gpu_heap_t *h, block *b, size_t need, block **out) {
         free(ext);
         return gh_note(rc, "moving a %zu-byte block by remapping: %s", old_size, why);
     }
-    for (size_t i = 0; i < n; i++) (void)vmm_call_unmap(&h->door, ext[i]->va, ext[i]->size);
     heap_lock(h);
     for (size_t i = 0; i < n; i++) {
         extmap_clear(&h->extents, ext[i]);
@@ -178,7 +185,7 @@ static int move_by_remap(gpu_heap_t *h, block *b, size_t need, block **out) {
 static int move_by_copy(gpu_heap_t *h, block *b, size_t need, block **out) {
     b->state = BLOCK_BUSY; /* keeps a racing free away while the lock is dropped */
     block *nb;
-    int rc = heap_alloc_locked(h, need, GH_QUANTUM, b->owned ? GPU_ALLOC_OWNED : 0, &nb);
+    int rc = heap_alloc_locked(h, need, GH_QUANTUM, b->owned ? GPU_ALLOC_OWNED : 0, 0, &nb);
     if (rc != GPU_OK) {
         b->state = BLOCK_LIVE;
         return rc;
@@ -186,7 +193,9 @@ static int move_by_copy(gpu_heap_t *h, block *b, size_t need, block **out) {
     uintptr_t src = b->start, dst = nb->start;
     size_t len = b->size;
     heap_unlock(h);
-    rc = vmm_call_copy(&h->door, dst, src, len);
+    /* The copy runs on the legacy stream, which a capture of a blocking stream
+     * would take in: wait until no capture is in progress. */
+    rc = vmm_call_capturing(&h->door, 0) ? GPU_ERR_CAPTURING : vmm_call_copy(&h->door, dst, src, len);
     int rc2 = rc == GPU_OK && h->protected_extents ? heap_restore_access(h, b) : GPU_OK;
     heap_lock(h);
     b->state = BLOCK_LIVE;
@@ -221,7 +230,10 @@ static int shrink(gpu_heap_t *h, block *b, size_t need) {
     b->state = BLOCK_BUSY;
     int rc = heap_release_range_locked(h, cut, cut + tail_size);
     b->state = BLOCK_LIVE;
-    return rc;
+    /* The block is already shrunk; memory a refused fence or unmap kept mapped
+     * stays idle for a later trim, as after gpu_free. Not the caller's error. */
+    (void)rc;
+    return GPU_OK;
 }
 
 int heap_realloc(gpu_heap_t *h, void *ptr, size_t size, void **out) {

@@ -18,6 +18,7 @@ typedef struct trim_work {
     block *range[TRIM_BATCH];
     extent *ext[TRIM_BATCH];
     int rc[TRIM_BATCH];
+    bool gone[TRIM_BATCH]; /* the extent is unmapped, whatever rc says */
     size_t n;
     size_t goal;      /* bytes still to release */
     uintptr_t lo, hi; /* only extents inside [lo, hi) */
@@ -56,6 +57,28 @@ static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
         b = rest;
     }
     tlsf_insert(&h->idle, b);
+}
+
+/* Unmaps and releases an idle extent; *gone says whether its addresses are
+ * unmapped afterwards. A release refused after the unmap went through would leave
+ * the heap's books saying "mapped" over unmapped addresses, so the handle is
+ * mapped back read-write (idle memory is read-write) and a later trim tries
+ * again; only when that fails too is the extent dropped and its handle lost. */
+static int unback_idle(gpu_heap_t *h, const extent *e, bool *gone) {
+    *gone = false;
+    int rc = vmm_call_unmap(&h->door, e->va, e->size);
+    if (rc != GPU_OK) return rc;
+    rc = vmm_call_release(&h->door, e->handle);
+    if (rc == GPU_OK) {
+        *gone = true;
+        return GPU_OK;
+    }
+    if (vmm_call_map(&h->door, e->va, e->size, e->handle) == GPU_OK) {
+        if (vmm_call_set_access(&h->door, e->va, e->size, GPU_PROT_READ_WRITE) == GPU_OK) return rc;
+        (void)vmm_call_unmap(&h->door, e->va, e->size);
+    }
+    *gone = true;
+    return rc;
 }
 
 /* True when the idle block b holds a whole extent inside [lo, hi). */
@@ -99,16 +122,15 @@ static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi) 
         }
         if (!w.n) break;
         heap_unlock(h);
-        for (size_t i = 0; i < w.n; i++)
-            w.rc[i] = vmm_call_unback(&h->door, w.ext[i]->va, w.ext[i]->size, w.ext[i]->handle);
+        for (size_t i = 0; i < w.n; i++) w.rc[i] = unback_idle(h, w.ext[i], &w.gone[i]);
         heap_lock(h);
         for (size_t i = 0; i < w.n; i++) {
-            if (w.rc[i] == GPU_OK) {
+            if (w.rc[i] != GPU_OK && first_error == GPU_OK)
+                first_error = gh_note(w.rc[i], "releasing an idle extent: %s", h->door.b->error);
+            if (w.gone[i]) {
                 heap_extent_drop_locked(h, w.ext[i]);
                 block_release_free(h, w.range[i], BLOCK_VACANT);
             } else {
-                if (first_error == GPU_OK)
-                    first_error = gh_note(w.rc[i], "releasing an idle extent: %s", h->door.b->error);
                 block_release_free(h, w.range[i], BLOCK_IDLE);
             }
         }
@@ -118,13 +140,13 @@ static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi) 
 }
 
 int heap_trim_locked(gpu_heap_t *h, size_t keep) {
-    int rc = heap_drain_locked(h);
+    int rc = heap_drain_locked(h, 0);
     if (rc != GPU_OK) return rc;
     return release_idle(h, keep, h->base, h->base + h->reserved);
 }
 
 int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi) {
-    int rc = heap_drain_locked(h);
+    int rc = heap_drain_locked(h, 0);
     if (rc != GPU_OK) return rc;
     return release_idle(h, 0, lo, hi);
 }

@@ -1,0 +1,760 @@
+/*
+ * file.c — file-backed GPU memory: gpu_map_file, gpu_sync_file, gpu_unmap_file.
+ *
+ * The CUDA driver cannot take a regular file's descriptor as device memory
+ * (DESIGN.md §3), so a "mapped file" here is one of two things. A loaded mapping
+ * is a block of the heap that owns its extents, filled with the file's bytes and,
+ * unless it is writable, protected read-only afterwards: the model-weights case,
+ * loaded once, read by kernels at device-memory speed, and a stray write stopped
+ * at once. A zero-copy mapping is the file's page-cache pages, mmap'ed and
+ * registered read-only with the driver: nothing is copied, every device read
+ * crosses the bus.
+ *
+ * Loading is the part that must be fast. One thread reading a file and copying it
+ * to the device does one thing at a time, and a read() from the page cache is a
+ * CPU copy that runs at a fraction of the host-to-device bandwidth. So a load
+ * runs on several threads (GPUHEAP_FILE_THREADS, 8), each with two staging
+ * buffers of GPUHEAP_FILE_CHUNK bytes (8 MiB) in pinned memory: a thread takes
+ * the next chunk of the file, waits until its older buffer's copy has finished,
+ * pread()s into it, and queues an asynchronous copy to the device on the
+ * backend's copy queue — so reads on many cores overlap with each other and with
+ * the copies. Pinned memory is slow to allocate, so a heap keeps its staging set
+ * for the next load until gpu_heap_trim or the heap's end. Where the backend can
+ * read files straight into device memory (cuFile, GPU_MAP_CUFILE or
+ * GPUHEAP_CUFILE=1), the same threads call that instead, one chunk per call.
+ *
+ * Write-back (GPU_MAP_WRITE) runs the other way on one thread: device-to-host
+ * copies into up to four staging buffers ahead of pwrite()s of the older ones.
+ *
+ * The registry below lists the live mappings (heap, address, file range, flags,
+ * the file descriptor kept for write-back or zero-copy) so that gpu_sync_file and
+ * gpu_unmap_file find a mapping from its address, gpu_free can refuse one, and
+ * the heap's statistics count them. Its lock is never held across I/O, a backend
+ * call or a heap call; a mapping being synced or unmapped is marked busy instead.
+ * The registry is a list: lookups are linear in the number of live mappings,
+ * which is small next to the I/O each one stands for, and gpu_free looks only
+ * when a loaded mapping exists and the pointer is page-aligned.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define FILE_CHUNK_DEFAULT ((size_t)8 << 20)
+#define FILE_CHUNK_MIN ((size_t)4 << 10)
+#define FILE_CHUNK_MAX ((size_t)1 << 30)
+#define FILE_THREADS_DEFAULT 8u
+#define FILE_THREADS_MAX 64u
+#define FILE_SLOTS_PER_THREAD 2u
+#define FILE_WRITEBACK_SLOTS 4u
+#define FILE_ALL_FLAGS (GPU_MAP_WRITE | GPU_MAP_ZEROCOPY | GPU_MAP_CUFILE)
+
+/* One live mapping. */
+typedef struct file_map {
+    struct file_map *next;
+    gpu_heap_t *heap;
+    uintptr_t ptr;      /* the address the caller holds */
+    uint64_t offset;    /* the file range mapped */
+    size_t length;
+    size_t block_size;  /* loaded: the block's usable size; 0 for zero-copy */
+    unsigned flags;     /* GPU_MAP_* */
+    int fd;             /* kept for write-back and zero-copy; -1 otherwise */
+    void *host;         /* zero-copy: the mmap'ed pages, host_len bytes */
+    size_t host_len;
+    bool busy;          /* a sync or unmap works on it outside the lock */
+    bool freeing;       /* unmap is freeing its block: gpu_free's guard ignores it */
+    char path[];        /* for messages */
+} file_map;
+
+/* A set of pinned staging buffers with the copy queue that drains them. */
+typedef struct staging {
+    struct staging *next;
+    gpu_heap_t *heap;
+    vmm_queue *queue;
+    void *base;          /* one staging allocation, sliced into the slots */
+    unsigned nslots;
+    size_t slot_size;
+    bool busy;           /* a load or write-back is using it */
+    void *buf[];         /* nslots pointers into base */
+} staging;
+
+static pthread_mutex_t file_lock = PTHREAD_MUTEX_INITIALIZER;
+static file_map *file_maps;         /* under file_lock */
+static staging *file_stagings;      /* under file_lock */
+static _Atomic size_t file_loaded;  /* loaded mappings alive: gpu_free's guard skips the lock at 0 */
+
+/* ---- tuning -------------------------------------------------------------------- */
+
+typedef struct file_tuning {
+    unsigned threads;
+    size_t chunk;
+    bool cufile; /* GPUHEAP_CUFILE=1: try cuFile on every load */
+} file_tuning;
+
+/* Read on every load (cheap next to one), so a program or benchmark may change
+ * them between loads. A malformed value is ignored. */
+static file_tuning tuning_get(void) {
+    file_tuning t = {FILE_THREADS_DEFAULT, FILE_CHUNK_DEFAULT, false};
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus > 0 && (unsigned long)cpus < t.threads) t.threads = (unsigned)cpus;
+    const char *s = getenv("GPUHEAP_FILE_THREADS");
+    if (s && *s) {
+        char *end = NULL;
+        long v = strtol(s, &end, 10);
+        if (end && !*end && v >= 1 && v <= (long)FILE_THREADS_MAX) t.threads = (unsigned)v;
+    }
+    size_t chunk;
+    s = getenv("GPUHEAP_FILE_CHUNK");
+    if (s && *s && config_parse_size(s, &chunk) && gh_is_pow2(chunk) && chunk >= FILE_CHUNK_MIN && chunk <= FILE_CHUNK_MAX)
+        t.chunk = chunk;
+    s = getenv("GPUHEAP_CUFILE");
+    t.cufile = s && strcmp(s, "1") == 0;
+    return t;
+}
+
+/* ---- staging sets ---------------------------------------------------------------- */
+
+/* Unlinks s from the list; file_lock held. */
+static void staging_unlink(staging *s) {
+    for (staging **pp = &file_stagings; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            return;
+        }
+}
+
+/* Frees a set no copy is using any more (its slots were waited for). */
+static void staging_destroy(staging *s) {
+    vmm_door *d = &s->heap->door;
+    vmm_call_queue_close(d, s->queue);
+    vmm_call_staging_free(d, s->base, (size_t)s->nslots * s->slot_size);
+    free(s);
+}
+
+/* A set of at least nslots buffers of slot_size bytes for h, marked busy: the
+ * heap's idle one when it fits, else a new one (an idle one that does not fit is
+ * freed first, so a heap keeps one set). */
+static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, staging **out) {
+    staging *stale = NULL, *s;
+    pthread_mutex_lock(&file_lock);
+    for (s = file_stagings; s; s = s->next) {
+        if (s->heap != h || s->busy) continue;
+        if (s->nslots >= nslots && s->slot_size == slot_size) break;
+        stale = s;
+    }
+    if (s) s->busy = true;
+    else if (stale) staging_unlink(stale);
+    pthread_mutex_unlock(&file_lock);
+    if (s) {
+        *out = s;
+        return GPU_OK;
+    }
+    if (stale) staging_destroy(stale);
+
+    size_t total;
+    if (gh_mul_overflow(nslots, slot_size, &total)) return gh_note(GPU_ERR_INVALID, "staging: %u x %zu bytes overflows", nslots, slot_size);
+    s = calloc(1, sizeof *s + nslots * sizeof s->buf[0]);
+    if (!s) return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for a staging record");
+    s->heap = h;
+    s->nslots = nslots;
+    s->slot_size = slot_size;
+    int rc = vmm_call_staging_alloc(&h->door, total, &s->base);
+    if (rc != GPU_OK) {
+        free(s);
+        return gh_note(rc, "allocating %zu bytes of pinned staging memory: %s", total, h->door.b->error);
+    }
+    rc = vmm_call_queue_open(&h->door, nslots, &s->queue);
+    if (rc != GPU_OK) {
+        gh_note(rc, "opening a copy queue: %s", h->door.b->error);
+        vmm_call_staging_free(&h->door, s->base, total);
+        free(s);
+        return rc;
+    }
+    for (unsigned i = 0; i < nslots; i++) s->buf[i] = (char *)s->base + (size_t)i * slot_size;
+    s->busy = true;
+    pthread_mutex_lock(&file_lock);
+    s->next = file_stagings;
+    file_stagings = s;
+    pthread_mutex_unlock(&file_lock);
+    *out = s;
+    return GPU_OK;
+}
+
+/* Gives a set back (every copy on it finished): kept for the heap's next load
+ * unless the heap already has an idle one. */
+static void staging_put(staging *s) {
+    bool spare = false;
+    pthread_mutex_lock(&file_lock);
+    for (staging *t = file_stagings; t; t = t->next) spare |= t != s && t->heap == s->heap && !t->busy;
+    if (spare) staging_unlink(s);
+    else s->busy = false;
+    pthread_mutex_unlock(&file_lock);
+    if (spare) staging_destroy(s);
+}
+
+/* Frees h's idle sets (all of them when closing: nothing else runs then). */
+static void staging_release(gpu_heap_t *h, bool all) {
+    staging *gone = NULL;
+    pthread_mutex_lock(&file_lock);
+    for (staging **pp = &file_stagings; *pp;) {
+        staging *s = *pp;
+        if (s->heap == h && (all || !s->busy)) {
+            *pp = s->next;
+            s->next = gone;
+            gone = s;
+        } else {
+            pp = &s->next;
+        }
+    }
+    pthread_mutex_unlock(&file_lock);
+    while (gone) {
+        staging *next = gone->next;
+        staging_destroy(gone);
+        gone = next;
+    }
+}
+
+void file_release_staging(gpu_heap_t *h) { staging_release(h, false); }
+
+/* ---- the loader -------------------------------------------------------------------- */
+
+/* One load, shared by its threads. */
+typedef struct load_job {
+    gpu_heap_t *h;
+    int fd;
+    uint64_t offset;   /* file offset of the first byte */
+    size_t length;
+    uintptr_t dst;     /* device address of the first byte */
+    size_t chunk;
+    size_t nchunks;
+    staging *st;       /* POSIX path */
+    vmm_direct *direct; /* cuFile path */
+    _Atomic size_t next;   /* the next chunk to take */
+    _Atomic bool failed;
+    pthread_mutex_t lock;  /* guards rc and msg */
+    int rc;
+    char msg[300];
+} load_job;
+
+typedef struct load_worker {
+    load_job *job;
+    unsigned id;
+    pthread_t thread;
+    bool started;
+} load_worker;
+
+/* Records the first failure of a load and stops its threads. Returns err. */
+static int load_fail(load_job *j, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int load_fail(load_job *j, int err, const char *fmt, ...) {
+    pthread_mutex_lock(&j->lock);
+    if (j->rc == GPU_OK) {
+        j->rc = err;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(j->msg, sizeof j->msg, fmt, ap);
+        va_end(ap);
+    }
+    pthread_mutex_unlock(&j->lock);
+    atomic_store(&j->failed, true);
+    return err;
+}
+
+/* pread()s exactly n bytes at file offset at into buf. */
+static int load_read(load_job *j, void *buf, size_t n, uint64_t at) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = pread(j->fd, (char *)buf + done, n - done, (off_t)(at + done));
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0)
+            return load_fail(j, GPU_ERR_BACKEND, "reading %zu bytes at offset %" PRIu64 ": %s", n - done, at + done,
+                             strerror(errno));
+        if (r == 0)
+            return load_fail(j, GPU_ERR_BACKEND, "the file ended at offset %" PRIu64 " while it was being read (it shrank)",
+                             at + done);
+        done += (size_t)r;
+    }
+    return GPU_OK;
+}
+
+/* One thread's share of a load: chunks taken in turn, two staging slots of its
+ * own, each waited for before it is refilled. */
+static void load_run(load_job *j, unsigned id) {
+    vmm_door *d = &j->h->door;
+    unsigned slot[FILE_SLOTS_PER_THREAD];
+    bool pending[FILE_SLOTS_PER_THREAD] = {false};
+    for (unsigned k = 0; k < FILE_SLOTS_PER_THREAD; k++) slot[k] = id * FILE_SLOTS_PER_THREAD + k;
+    unsigned k = 0;
+    while (!atomic_load_explicit(&j->failed, memory_order_relaxed)) {
+        size_t c = atomic_fetch_add(&j->next, 1);
+        if (c >= j->nchunks) break;
+        size_t off = c * j->chunk, n = j->length - off < j->chunk ? j->length - off : j->chunk;
+        int rc;
+        if (j->direct) {
+            rc = vmm_call_direct_read(d, j->direct, j->offset + off, n, j->dst + off);
+            if (rc != GPU_OK) load_fail(j, rc, "%s", d->b->error);
+        } else {
+            void *buf = j->st->buf[slot[k]];
+            rc = pending[k] ? vmm_call_queue_wait(d, j->st->queue, slot[k]) : GPU_OK;
+            pending[k] = false;
+            if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
+            if (rc == GPU_OK) rc = load_read(j, buf, n, j->offset + off);
+            if (rc == GPU_OK) {
+                rc = vmm_call_queue_upload(d, j->st->queue, slot[k], j->dst + off, buf, n);
+                if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
+                pending[k] = rc == GPU_OK;
+            }
+            k = (k + 1) % FILE_SLOTS_PER_THREAD;
+        }
+        if (rc != GPU_OK) break;
+    }
+    /* Every copy this thread queued ends before the load does. */
+    for (unsigned i = 0; i < FILE_SLOTS_PER_THREAD; i++) {
+        if (!pending[i]) continue;
+        int rc = vmm_call_queue_wait(d, j->st->queue, slot[i]);
+        if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
+    }
+}
+
+static void *load_thread(void *arg) {
+    load_worker *w = arg;
+    load_run(w->job, w->id);
+    return NULL;
+}
+
+/* Fills [dst, dst+length) of device memory with the file's [offset, offset+length).
+ * direct: read with cuFile (explicit: its absence is an error; else a preference
+ * that falls back to read()). */
+static int load(gpu_heap_t *h, int fd, uint64_t offset, size_t length, uintptr_t dst, bool direct_wanted,
+                bool direct_required) {
+    file_tuning t = tuning_get();
+    load_job j;
+    memset(&j, 0, sizeof j);
+    j.h = h;
+    j.fd = fd;
+    j.offset = offset;
+    j.length = length;
+    j.dst = dst;
+    j.chunk = t.chunk;
+    j.nchunks = length / t.chunk + (length % t.chunk != 0);
+    atomic_init(&j.next, 0);
+    atomic_init(&j.failed, false);
+    pthread_mutex_init(&j.lock, NULL);
+
+    int rc = GPU_OK;
+    if (direct_wanted || t.cufile) {
+        rc = vmm_call_direct_open(&h->door, fd, &j.direct);
+        if (rc != GPU_OK && direct_required) {
+            pthread_mutex_destroy(&j.lock);
+            return gh_note(rc, "GPU_MAP_CUFILE: %s", h->door.b->error);
+        }
+        if (rc != GPU_OK) j.direct = NULL; /* a preference only: read() instead */
+        rc = GPU_OK;
+    }
+    if (!j.direct) rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, &j.st);
+    if (rc != GPU_OK) {
+        pthread_mutex_destroy(&j.lock);
+        return rc;
+    }
+
+    unsigned threads = t.threads < j.nchunks ? t.threads : (unsigned)j.nchunks;
+    load_worker workers[FILE_THREADS_MAX];
+    for (unsigned i = 1; i < threads; i++) {
+        workers[i] = (load_worker){.job = &j, .id = i};
+        /* A thread that cannot start leaves its chunks to the others. */
+        workers[i].started = pthread_create(&workers[i].thread, NULL, load_thread, &workers[i]) == 0;
+    }
+    load_run(&j, 0);
+    for (unsigned i = 1; i < threads; i++)
+        if (workers[i].started) pthread_join(workers[i].thread, NULL);
+
+    if (j.st) staging_put(j.st);
+    if (j.direct) vmm_call_direct_close(&h->door, j.direct);
+    rc = j.rc;
+    if (rc != GPU_OK) gh_note(rc, "%s", j.msg);
+    pthread_mutex_destroy(&j.lock);
+    return rc;
+}
+
+/* ---- write-back ---------------------------------------------------------------------- */
+
+/* pwrite()s exactly n bytes at file offset at. */
+static int write_all(int fd, const void *buf, size_t n, uint64_t at) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = pwrite(fd, (const char *)buf + done, n - done, (off_t)(at + done));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0)
+            return gh_note(GPU_ERR_BACKEND, "writing %zu bytes at offset %" PRIu64 ": %s", n - done, at + done,
+                           r < 0 ? strerror(errno) : "nothing written");
+        done += (size_t)r;
+    }
+    return GPU_OK;
+}
+
+/* Copies the mapping's device bytes into the file: device-to-host copies run
+ * ahead into up to FILE_WRITEBACK_SLOTS buffers while older ones are written. */
+static int write_back(file_map *m) {
+    gpu_heap_t *h = m->heap;
+    vmm_door *d = &h->door;
+    file_tuning t = tuning_get();
+    staging *st;
+    int rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, &st);
+    if (rc != GPU_OK) return rc;
+    unsigned nslots = st->nslots < FILE_WRITEBACK_SLOTS ? st->nslots : FILE_WRITEBACK_SLOTS;
+    size_t chunk = st->slot_size, nchunks = m->length / chunk + (m->length % chunk != 0);
+    bool pending[FILE_WRITEBACK_SLOTS] = {false};
+#define CHUNK_LEN(i) (m->length - (i) * chunk < chunk ? m->length - (i) * chunk : chunk)
+    for (size_t i = 0; i < nslots && i < nchunks && rc == GPU_OK; i++) {
+        rc = vmm_call_queue_download(d, st->queue, (unsigned)i, st->buf[i], m->ptr + i * chunk, CHUNK_LEN(i));
+        if (rc != GPU_OK) gh_note(rc, "copying to the host: %s", d->b->error);
+        pending[i] = rc == GPU_OK;
+    }
+    for (size_t i = 0; i < nchunks && rc == GPU_OK; i++) {
+        unsigned s = (unsigned)(i % nslots);
+        rc = vmm_call_queue_wait(d, st->queue, s);
+        pending[s] = false;
+        if (rc != GPU_OK) {
+            gh_note(rc, "copying to the host: %s", d->b->error);
+            break;
+        }
+        rc = write_all(m->fd, st->buf[s], CHUNK_LEN(i), m->offset + i * chunk);
+        size_t next = i + nslots;
+        if (rc == GPU_OK && next < nchunks) {
+            rc = vmm_call_queue_download(d, st->queue, s, st->buf[s], m->ptr + next * chunk, CHUNK_LEN(next));
+            if (rc != GPU_OK) gh_note(rc, "copying to the host: %s", d->b->error);
+            pending[s] = rc == GPU_OK;
+        }
+    }
+#undef CHUNK_LEN
+    /* The set goes back only once no copy into it is in flight. */
+    for (unsigned s = 0; s < nslots; s++)
+        if (pending[s]) (void)vmm_call_queue_wait(d, st->queue, s);
+    staging_put(st);
+    return rc;
+}
+
+/* Waits for GPU work, checks the file still holds the range and, for a writable
+ * mapping, writes it back (and fdatasyncs when durable). m is busy. */
+static int sync_mapping(file_map *m, bool durable) {
+    if (m->fd < 0) return GPU_OK; /* a read-only loaded copy: nothing to check or write */
+    struct stat st;
+    if (fstat(m->fd, &st) != 0) return gh_note(GPU_ERR_BACKEND, "fstat(\"%s\"): %s", m->path, strerror(errno));
+    uint64_t end = m->offset + m->length;
+    if ((uint64_t)st.st_size < end)
+        return gh_note(GPU_ERR_BACKEND, "\"%s\" shrank to %lld bytes while mapped (the mapping ends at %" PRIu64 "); nothing written",
+                       m->path, (long long)st.st_size, end);
+    if (!(m->flags & GPU_MAP_WRITE)) return GPU_OK;
+    int rc = vmm_call_fence(&m->heap->door); /* kernels that write the mapping have finished */
+    if (rc != GPU_OK) return gh_note(rc, "waiting for GPU work before writing \"%s\" back: %s", m->path, m->heap->door.b->error);
+    rc = write_back(m);
+    if (rc != GPU_OK) return rc;
+    if (durable && fdatasync(m->fd) != 0) return gh_note(GPU_ERR_BACKEND, "fdatasync(\"%s\"): %s", m->path, strerror(errno));
+    return GPU_OK;
+}
+
+/* ---- opening and mapping ----------------------------------------------------------------- */
+
+/* Opens path as a regular file and checks the range; sets *fd, *length (resolved
+ * from 0) and *size. */
+static int open_range(const char *path, uint64_t offset, size_t length, bool write, int *fd_out, size_t *length_out) {
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below). */
+    int fd = open(path, (write ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return gh_note(GPU_ERR_INVALID, "gpu_map_file(\"%s\"): cannot open it %s: %s", path,
+                       write ? "for reading and writing" : "for reading", strerror(errno));
+    struct stat st;
+    int rc = GPU_OK;
+    if (fstat(fd, &st) != 0) {
+        rc = gh_note(GPU_ERR_INVALID, "gpu_map_file(\"%s\"): fstat: %s", path, strerror(errno));
+    } else if (S_ISDIR(st.st_mode)) {
+        rc = gh_note(GPU_ERR_INVALID, "gpu_map_file(\"%s\"): it is a directory", path);
+    } else if (!S_ISREG(st.st_mode)) {
+        rc = gh_note(GPU_ERR_INVALID, "gpu_map_file(\"%s\"): not a regular file", path);
+    } else if (offset >= (uint64_t)st.st_size) {
+        rc = st.st_size == 0 ? gh_note(GPU_ERR_INVALID, "gpu_map_file(\"%s\"): the file is empty", path)
+                             : gh_note(GPU_ERR_INVALID, "gpu_map_file(\"%s\"): offset %" PRIu64 " is at or past the end of the file (%lld bytes)",
+                                       path, offset, (long long)st.st_size);
+    } else {
+        uint64_t avail = (uint64_t)st.st_size - offset;
+        if (length == 0 && avail > SIZE_MAX) avail = SIZE_MAX; /* 32-bit hosts only */
+        if (length == 0) length = (size_t)avail;
+        if ((uint64_t)length > avail)
+            rc = gh_note(GPU_ERR_INVALID, "gpu_map_file(\"%s\"): the range [%" PRIu64 ", +%zu) runs past the end of the file (%lld bytes)",
+                         path, offset, length, (long long)st.st_size);
+    }
+    if (rc != GPU_OK) {
+        close(fd);
+        return rc;
+    }
+    *fd_out = fd;
+    *length_out = length;
+    return GPU_OK;
+}
+
+/* Loads the range into a new owned block of h; sets m's ptr and block_size. */
+static int map_loaded(gpu_heap_t *h, file_map *m, bool direct_required) {
+    void *p = NULL;
+    int rc = heap_malloc(h, m->length, GH_QUANTUM, GPU_ALLOC_OWNED, &p);
+    if (rc != GPU_OK) return rc; /* heap_malloc said why */
+    size_t usable = 0;
+    (void)heap_usable_size(h, p, &usable);
+    rc = load(h, m->fd, m->offset, m->length, (uintptr_t)p, m->flags & GPU_MAP_CUFILE, direct_required);
+    if (rc == GPU_OK && usable > m->length) {
+        rc = vmm_call_memset(&h->door, (uintptr_t)p + m->length, 0, usable - m->length);
+        if (rc != GPU_OK) gh_note(rc, "zeroing the block's tail: %s", h->door.b->error);
+    }
+    if (rc == GPU_OK && !(m->flags & GPU_MAP_WRITE)) rc = heap_protect(h, p, usable, GPU_PROT_READ);
+    if (rc != GPU_OK) {
+        (void)heap_free(h, p); /* keeps the message noted above */
+        return rc;
+    }
+    m->ptr = (uintptr_t)p;
+    m->block_size = usable;
+    return GPU_OK;
+}
+
+/* mmaps the range read-only and registers it with the device. */
+static int map_zerocopy(gpu_heap_t *h, file_map *m) {
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) page = 4096;
+    if (m->offset % (uint64_t)page)
+        return gh_note(GPU_ERR_INVALID, "gpu_map_file(\"%s\", GPU_MAP_ZEROCOPY): offset %" PRIu64 " is not a multiple of the page size %ld",
+                       m->path, m->offset, page);
+    m->host_len = gh_align_up(m->length, (size_t)page);
+    void *host = mmap(NULL, m->host_len, PROT_READ, MAP_SHARED, m->fd, (off_t)m->offset);
+    if (host == MAP_FAILED)
+        return gh_note(errno == ENOMEM ? GPU_ERR_OUT_OF_MEMORY : GPU_ERR_BACKEND, "gpu_map_file(\"%s\"): mmap of %zu bytes: %s",
+                       m->path, m->host_len, strerror(errno));
+    uintptr_t dev = 0;
+    int rc = vmm_call_register_read_only(&h->door, host, m->host_len, &dev);
+    if (rc != GPU_OK) {
+        gh_note(rc, "gpu_map_file(\"%s\"): registering the page cache for the device: %s", m->path, h->door.b->error);
+        munmap(host, m->host_len);
+        return rc;
+    }
+    m->host = host;
+    m->ptr = dev;
+    return GPU_OK;
+}
+
+/* Tears a mapping's host side down: zero-copy pages, its file descriptor, the record. */
+static void mapping_free(file_map *m) {
+    if (m->host) munmap(m->host, m->host_len);
+    if (m->fd >= 0) close(m->fd);
+    free(m);
+}
+
+/* Finds the mapping at ptr (of heap, or of any heap when any) and marks it busy. */
+static int mapping_acquire(gpu_heap_t *heap, bool any, void *ptr, const char *call, file_map **out) {
+    pthread_mutex_lock(&file_lock);
+    file_map *m = file_maps;
+    while (m && (m->ptr != (uintptr_t)ptr || m->freeing)) m = m->next;
+    int rc = GPU_OK;
+    if (!m) rc = gh_note(GPU_ERR_INVALID, "%s(%p): not the address of a file mapping (from gpu_map_file)", call, ptr);
+    else if (!any && m->heap != heap) rc = gh_note(GPU_ERR_INVALID, "%s(%p): the mapping belongs to another heap", call, ptr);
+    else if (m->busy) rc = gh_note(GPU_ERR_BUSY, "%s(%p): another thread is syncing or unmapping it", call, ptr);
+    else m->busy = true;
+    pthread_mutex_unlock(&file_lock);
+    if (rc == GPU_OK) *out = m;
+    return rc;
+}
+
+static void mapping_release(file_map *m) {
+    pthread_mutex_lock(&file_lock);
+    m->busy = false;
+    pthread_mutex_unlock(&file_lock);
+}
+
+static void mapping_unlink(file_map *m) {
+    pthread_mutex_lock(&file_lock);
+    for (file_map **pp = &file_maps; *pp; pp = &(*pp)->next)
+        if (*pp == m) {
+            *pp = m->next;
+            break;
+        }
+    pthread_mutex_unlock(&file_lock);
+    if (m->block_size) atomic_fetch_sub(&file_loaded, 1);
+}
+
+/* Records a map/sync/unmap call in the trace (trace.c): addr the mapping, size
+ * its length, arg the file offset, flags the call's flags. */
+static void trace_file(uint64_t t0, trace_op op, gpu_heap_t *h, uintptr_t addr, size_t size, uint64_t arg, unsigned flags, int rc) {
+    trace_record(t0, &(trace_event){.op = (uint8_t)op, .heap = h ? h->base : 0, .addr = addr, .size = size, .arg = arg,
+                                    .flags = (uint8_t)flags, .result = op == TRACE_MAP_FILE ? addr : 0, .rc = (int8_t)rc});
+}
+
+/* ---- the public calls ------------------------------------------------------------------------- */
+
+int gpu_heap_map_file(gpu_heap_t *heap, const char *path, uint64_t offset, size_t length, unsigned flags, void **out) {
+    if (!path || !out) return gh_error(GPU_ERR_INVALID, "gpu_map_file: %s is NULL", path ? "out" : "path");
+    if (flags & ~(unsigned)FILE_ALL_FLAGS) return gh_error(GPU_ERR_INVALID, "gpu_map_file: unknown flags %#x", flags);
+    if ((flags & GPU_MAP_ZEROCOPY) && (flags & (GPU_MAP_WRITE | GPU_MAP_CUFILE)))
+        return gh_error(GPU_ERR_INVALID, "gpu_map_file: GPU_MAP_ZEROCOPY is read-only and loads nothing (not with %s)",
+                        flags & GPU_MAP_WRITE ? "GPU_MAP_WRITE" : "GPU_MAP_CUFILE");
+    gpu_heap_t *h = api_heap(heap);
+    if (!h) return gpu_last_error();
+    uint64_t t0 = trace_begin();
+
+    size_t plen = strlen(path) + 1;
+    file_map *m = calloc(1, sizeof *m + plen);
+    if (!m) return gh_error(GPU_ERR_OUT_OF_MEMORY, "gpu_map_file: out of host memory");
+    memcpy(m->path, path, plen);
+    m->heap = h;
+    m->offset = offset;
+    m->flags = flags;
+    m->fd = -1;
+    int rc = open_range(path, offset, length, flags & GPU_MAP_WRITE, &m->fd, &m->length);
+    if (rc == GPU_OK) rc = flags & GPU_MAP_ZEROCOPY ? map_zerocopy(h, m) : map_loaded(h, m, flags & GPU_MAP_CUFILE);
+    if (rc == GPU_OK && !(flags & (GPU_MAP_WRITE | GPU_MAP_ZEROCOPY))) {
+        close(m->fd); /* a read-only copy needs the file no more */
+        m->fd = -1;
+    }
+    if (rc != GPU_OK) {
+        mapping_free(m);
+        if (t0) trace_file(t0, TRACE_MAP_FILE, h, 0, length, offset, flags, rc);
+        return gh_report(rc);
+    }
+    pthread_mutex_lock(&file_lock);
+    m->next = file_maps;
+    file_maps = m;
+    pthread_mutex_unlock(&file_lock);
+    if (m->block_size) atomic_fetch_add(&file_loaded, 1);
+    if (t0) trace_file(t0, TRACE_MAP_FILE, h, m->ptr, m->length, offset, flags, GPU_OK);
+    *out = (void *)m->ptr;
+    gh_ok();
+    return GPU_OK;
+}
+
+int gpu_map_file(const char *path, uint64_t offset, size_t length, unsigned flags, void **out) {
+    return gpu_heap_map_file(NULL, path, offset, length, flags, out);
+}
+
+/* The heap a sync or unmap names: NULL from the plain forms means "any". */
+static int sync_file(gpu_heap_t *heap, bool any, void *ptr) {
+    gpu_heap_t *h = NULL;
+    if (!any && !(h = api_heap(heap))) return gpu_last_error();
+    uint64_t t0 = trace_begin();
+    file_map *m;
+    int rc = mapping_acquire(h, any, ptr, "gpu_sync_file", &m);
+    if (rc != GPU_OK) return gh_report(rc);
+    rc = sync_mapping(m, true);
+    if (t0) trace_file(t0, TRACE_SYNC_FILE, m->heap, m->ptr, m->length, m->offset, m->flags, rc);
+    mapping_release(m);
+    if (rc != GPU_OK) return gh_report(rc);
+    gh_ok();
+    return GPU_OK;
+}
+
+int gpu_heap_sync_file(gpu_heap_t *heap, void *ptr) { return sync_file(heap, false, ptr); }
+int gpu_sync_file(void *ptr) { return sync_file(NULL, true, ptr); }
+
+static int unmap_file(gpu_heap_t *heap, bool any, void *ptr, unsigned flags) {
+    if (flags & ~(unsigned)GPU_UNMAP_DISCARD) return gh_error(GPU_ERR_INVALID, "gpu_unmap_file: unknown flags %#x", flags);
+    gpu_heap_t *h = NULL;
+    if (!any && !(h = api_heap(heap))) return gpu_last_error();
+    uint64_t t0 = trace_begin();
+    file_map *m;
+    int rc = mapping_acquire(h, any, ptr, "gpu_unmap_file", &m);
+    if (rc != GPU_OK) return gh_report(rc);
+    h = m->heap;
+    if ((m->flags & GPU_MAP_WRITE) && !(flags & GPU_UNMAP_DISCARD)) rc = sync_mapping(m, false);
+    if (rc == GPU_OK && m->block_size) {
+        pthread_mutex_lock(&file_lock);
+        m->freeing = true;
+        pthread_mutex_unlock(&file_lock);
+        rc = heap_free(h, (void *)m->ptr);
+        if (rc == GPU_ERR_NOT_LIVE) {
+            /* Someone freed the block with gpu_free during the unmap: it is gone. */
+            mapping_unlink(m);
+            mapping_free(m);
+            if (t0) trace_file(t0, TRACE_UNMAP_FILE, h, (uintptr_t)ptr, 0, 0, flags, rc);
+            return gh_report(rc);
+        }
+        if (rc != GPU_OK) {
+            pthread_mutex_lock(&file_lock);
+            m->freeing = false;
+            pthread_mutex_unlock(&file_lock);
+        }
+    } else if (rc == GPU_OK) {
+        /* Zero-copy: no kernel may still read the pages once they are unregistered. */
+        rc = vmm_call_fence(&h->door);
+        if (rc == GPU_OK) rc = vmm_call_unregister(&h->door, m->host);
+        if (rc != GPU_OK) gh_note(rc, "gpu_unmap_file(%p): %s", ptr, h->door.b->error);
+    }
+    if (t0) trace_file(t0, TRACE_UNMAP_FILE, h, m->ptr, m->length, m->offset, flags, rc);
+    if (rc != GPU_OK) {
+        mapping_release(m);
+        return gh_report(rc);
+    }
+    mapping_unlink(m);
+    mapping_free(m);
+    gh_ok();
+    return GPU_OK;
+}
+
+int gpu_heap_unmap_file(gpu_heap_t *heap, void *ptr, unsigned flags) { return unmap_file(heap, false, ptr, flags); }
+int gpu_unmap_file(void *ptr, unsigned flags) { return unmap_file(NULL, true, ptr, flags); }
+
+/* ---- hooks for the rest of the library ------------------------------------------------------ */
+
+bool file_is_mapping(const void *ptr) {
+    if (atomic_load_explicit(&file_loaded, memory_order_relaxed) == 0 || ((uintptr_t)ptr & 4095)) return false;
+    bool found = false;
+    pthread_mutex_lock(&file_lock);
+    for (file_map *m = file_maps; m && !found; m = m->next) found = m->ptr == (uintptr_t)ptr && m->block_size && !m->freeing;
+    pthread_mutex_unlock(&file_lock);
+    return found;
+}
+
+void file_stats(gpu_heap_t *h, gpu_stats_t *s) {
+    uint64_t loaded = 0, zerocopy = 0, n = 0;
+    pthread_mutex_lock(&file_lock);
+    for (file_map *m = file_maps; m; m = m->next) {
+        if (m->heap != h) continue;
+        n++;
+        if (m->block_size) loaded += m->length;
+        else zerocopy += m->length;
+    }
+    pthread_mutex_unlock(&file_lock);
+    s->file_loaded_bytes = loaded;
+    s->file_zerocopy_bytes = zerocopy;
+    s->file_mappings = n;
+}
+
+void file_heap_closing(gpu_heap_t *h) {
+    file_map *gone = NULL;
+    pthread_mutex_lock(&file_lock);
+    for (file_map **pp = &file_maps; *pp;) {
+        file_map *m = *pp;
+        if (m->heap == h) {
+            *pp = m->next;
+            m->next = gone;
+            gone = m;
+        } else {
+            pp = &m->next;
+        }
+    }
+    pthread_mutex_unlock(&file_lock);
+    bool fenced = false;
+    while (gone) {
+        file_map *next = gone->next;
+        if (gone->block_size) atomic_fetch_sub(&file_loaded, 1);
+        if (gone->host) {
+            if (!fenced) (void)vmm_call_fence(&h->door);
+            fenced = true;
+            (void)vmm_call_unregister(&h->door, gone->host);
+        }
+        mapping_free(gone); /* a loaded block goes with the heap */
+        gone = next;
+    }
+    staging_release(h, true);
+}

@@ -1,0 +1,161 @@
+/*
+ * preload.h — the parts of libgpuheap-preload.so, and the slice of the CUDA ABI
+ * they speak.
+ *
+ * The interposer makes an unchanged CUDA program take its device memory from
+ * gpuheap. It is loaded with LD_PRELOAD (tools/gpuheap-run) and meets the
+ * program at two levels:
+ *  - runtime.c defines cudaMalloc, cudaFree and their kin, which a program that
+ *    links libcudart dynamically (PyTorch, CuPy) calls through the dynamic linker;
+ *  - resolve.c wraps dlsym and cuGetProcAddress, through which the CUDA runtime —
+ *    linked statically into nvcc's programs, or dynamically — finds the driver's
+ *    entry points; for the handful gpuheap serves it hands back driver.c's
+ *    wrappers (cuMemAlloc_v2, cuMemFree_v2, cuMemGetInfo_v2, the range queries,
+ *    peer access, IPC), and the driver's own function for everything else.
+ * serve.c decides what gpuheap serves: one default heap per device, on the CUDA
+ * backend only; anything the heap does not own, or cannot serve, goes to the
+ * real function untouched. plugin.c exports entry points with the signatures of
+ * PyTorch's CUDAPluggableAllocator and CuPy's CFunctionAllocator.
+ *
+ * No CUDA header is needed to build it (CI has none): the types below are the
+ * ABI — every CUDA enum is a 4-byte int, every handle a pointer, CUdeviceptr an
+ * unsigned 64-bit integer — and abi_check.c compares each constant with cuda.h
+ * where the toolkit is installed.
+ */
+#ifndef GPUHEAP_PRELOAD_H
+#define GPUHEAP_PRELOAD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "internal.h"
+
+#define PL_EXPORT __attribute__((visibility("default")))
+
+/* ---- the CUDA ABI, by hand ------------------------------------------------ */
+
+typedef int pl_cu_result;              /* CUresult */
+typedef unsigned long long pl_cu_ptr;  /* CUdeviceptr */
+typedef void *pl_cu_ctx;               /* CUcontext */
+typedef void *pl_cu_stream;            /* CUstream, cudaStream_t */
+typedef int pl_cuda_error;             /* cudaError_t */
+
+enum {
+    PL_CU_SUCCESS = 0,                           /* CUDA_SUCCESS */
+    PL_CU_ERROR_INVALID_VALUE = 1,               /* CUDA_ERROR_INVALID_VALUE */
+    PL_CU_ERROR_NOT_INITIALIZED = 3,             /* CUDA_ERROR_NOT_INITIALIZED */
+    PL_CU_ERROR_NOT_FOUND = 500,                 /* CUDA_ERROR_NOT_FOUND */
+    PL_CU_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704, /* CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED */
+    PL_CU_ERROR_NOT_SUPPORTED = 801,             /* CUDA_ERROR_NOT_SUPPORTED */
+};
+enum {
+    PL_CU_POINTER_ATTRIBUTE_RANGE_START_ADDR = 11, /* CU_POINTER_ATTRIBUTE_RANGE_START_ADDR */
+    PL_CU_POINTER_ATTRIBUTE_RANGE_SIZE = 12,       /* CU_POINTER_ATTRIBUTE_RANGE_SIZE */
+};
+enum {
+    PL_CU_GET_PROC_ADDRESS_LEGACY_STREAM = 1,             /* CU_GET_PROC_ADDRESS_LEGACY_STREAM */
+    PL_CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM = 2, /* CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM */
+};
+enum {
+    PL_CUDA_SUCCESS = 0,                          /* cudaSuccess */
+    PL_CUDA_ERROR_INVALID_VALUE = 1,              /* cudaErrorInvalidValue */
+    PL_CUDA_ERROR_INITIALIZATION = 3,             /* cudaErrorInitializationError */
+    PL_CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704, /* cudaErrorPeerAccessAlreadyEnabled */
+    PL_CUDA_ERROR_NOT_SUPPORTED = 801,            /* cudaErrorNotSupported */
+};
+
+/* cuGetProcAddress as CUDA 12.0 and later export it (cuGetProcAddress_v2), and
+ * before (no symbolStatus). */
+typedef pl_cu_result (*pl_getproc_v2_fn)(const char *symbol, void **pfn, int version, uint64_t flags, int *status);
+typedef pl_cu_result (*pl_getproc_v1_fn)(const char *symbol, void **pfn, int version, uint64_t flags);
+
+/* ---- resolve.c: real functions and the wrappers handed out --------------------- */
+
+/* The driver entry points gpuheap serves, each one ABI (one exported name). */
+typedef enum pl_entry {
+    PL_GET_PROC_ADDRESS_V2,  /* cuGetProcAddress_v2 */
+    PL_GET_PROC_ADDRESS_V1,  /* cuGetProcAddress (before 12.0) */
+    PL_MEM_ALLOC,            /* cuMemAlloc_v2 */
+    PL_MEM_FREE,             /* cuMemFree_v2 */
+    PL_MEM_FREE_ASYNC,       /* cuMemFreeAsync */
+    PL_MEM_FREE_ASYNC_PTSZ,  /* cuMemFreeAsync_ptsz */
+    PL_MEM_GET_INFO,         /* cuMemGetInfo_v2 */
+    PL_MEM_GET_ADDRESS_RANGE, /* cuMemGetAddressRange_v2 */
+    PL_POINTER_GET_ATTRIBUTE, /* cuPointerGetAttribute */
+    PL_POINTER_GET_ATTRIBUTES, /* cuPointerGetAttributes */
+    PL_CTX_ENABLE_PEER_ACCESS, /* cuCtxEnablePeerAccess */
+    PL_CTX_DISABLE_PEER_ACCESS, /* cuCtxDisablePeerAccess */
+    PL_IPC_GET_MEM_HANDLE,   /* cuIpcGetMemHandle */
+    PL_ENTRIES
+} pl_entry;
+
+/* glibc's dlsym (the interposer replaces the global one); never NULL once
+ * pl_real_dlsym_get has run. */
+void *(*pl_real_dlsym_get(void))(void *, const char *);
+/* Loads the driver's side of the table once (thread-safe); false without a
+ * driver, and then every wrapper passes through. */
+bool pl_driver_ready(void);
+/* The driver's own function for e (NULL without a driver or symbol). */
+void *pl_real(pl_entry e);
+/* The function to hand out for p, a driver function the caller resolved: the
+ * wrapper when p is one gpuheap serves, else p. */
+void *pl_wrap(void *p);
+/* The real function name of the CUDA runtime that the program loaded
+ * (libcudart.so.*), or NULL when none is loaded. */
+void *pl_cudart(const char *name);
+/* The real current context and its device: false when no context is current. */
+bool pl_current_device(int *dev);
+/* The device of a context (peer access). */
+bool pl_context_device(pl_cu_ctx ctx, int *dev);
+
+/* ---- driver.c: the wrappers (exported under the driver's names too) ------------- */
+
+pl_cu_result pl_get_proc_address_v2(const char *symbol, void **pfn, int version, uint64_t flags, int *status);
+pl_cu_result pl_get_proc_address_v1(const char *symbol, void **pfn, int version, uint64_t flags);
+pl_cu_result cuMemAlloc_v2(pl_cu_ptr *dptr, size_t size);
+pl_cu_result cuMemFree_v2(pl_cu_ptr dptr);
+pl_cu_result cuMemFreeAsync(pl_cu_ptr dptr, pl_cu_stream stream);
+pl_cu_result cuMemFreeAsync_ptsz(pl_cu_ptr dptr, pl_cu_stream stream);
+pl_cu_result cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes);
+pl_cu_result cuMemGetAddressRange_v2(pl_cu_ptr *base, size_t *size, pl_cu_ptr dptr);
+pl_cu_result cuPointerGetAttribute(void *data, int attribute, pl_cu_ptr ptr);
+pl_cu_result cuPointerGetAttributes(unsigned n, int *attributes, void **data, pl_cu_ptr ptr);
+pl_cu_result cuCtxEnablePeerAccess(pl_cu_ctx peer, unsigned flags);
+pl_cu_result cuCtxDisablePeerAccess(pl_cu_ctx peer);
+pl_cu_result cuIpcGetMemHandle(void *handle, pl_cu_ptr dptr);
+
+/* ---- serve.c: what gpuheap serves ------------------------------------------------ */
+
+/* Who asked, for the exit report. */
+typedef enum pl_via { PL_VIA_RUNTIME, PL_VIA_DRIVER, PL_VIA_PLUGIN, PL_VIAS } pl_via;
+
+/* The CUDA heap of device dev, or NULL when the interposer passes through
+ * (no driver, no device, the host backend configured, or opening failed once). */
+gpu_heap_t *pl_heap(int dev);
+/* size bytes from h at cudaMalloc's alignment; NULL on failure (the caller then
+ * asks the real function, which reports the error the program expects). */
+void *pl_alloc(gpu_heap_t *h, size_t size, pl_via via);
+/* Counts an allocation passed on to the driver. */
+void pl_count_forwarded_alloc(void);
+
+typedef enum pl_free_result {
+    PL_FREE_FOREIGN, /* not heap memory: the real free takes it */
+    PL_FREE_DONE,    /* freed by gpuheap */
+    PL_FREE_INVALID, /* inside a heap but not a live block (double free, interior pointer) */
+} pl_free_result;
+pl_free_result pl_free(uintptr_t p);
+
+/* Bytes the heap of dev holds idle or in quarantine: free to the program. */
+size_t pl_idle_bytes(int dev);
+/* The heap that owns p, or NULL. */
+gpu_heap_t *pl_owner(uintptr_t p);
+/* True (and the error reported) when p is heap memory, which legacy IPC cannot export. */
+bool pl_ipc_refused(uintptr_t p);
+/* Device accessor may now reach owner's memory (or no longer: future extents). */
+void pl_peer_enable(int owner, int accessor);
+void pl_peer_disable(int owner, int accessor);
+/* The alignment cudaMalloc gives a block of size bytes. */
+size_t pl_alignment_for(size_t size);
+
+#endif /* GPUHEAP_PRELOAD_H */

@@ -1,0 +1,415 @@
+/*
+ * trace.c — recording every call on every heap (GPUHEAP_TRACE=FILE, gpu_trace_start).
+ *
+ * A trace is the raw material for replay (tools/gpuheap-replay), for pictures of
+ * the heap over time (tools/gpuheap-plot) and for comparing allocators on a real
+ * program's pattern. It has to be cheap enough to leave on, so the call being
+ * recorded pays only two reads of the time-stamp counter and one 64-byte store
+ * into a buffer of its own thread; nothing is formatted and no lock is taken on
+ * that path. A full buffer (TRACE_BATCH records) is handed to a writer thread,
+ * which turns it into text and writes it; the thread takes an empty one and goes
+ * on. Stopping the trace (or the process's exit) flushes what every thread has
+ * buffered. The hooks run after the heap has released its lock (api.c) or in the
+ * backend door (backend_call.c), which holds no heap lock, and touch only trace
+ * state, so tracing can never deadlock with a heap.
+ *
+ * The file is text, one event a line, columns separated by one space:
+ *
+ *     t_ns tid op heap stream addr size arg flags result rc dur_ns
+ *
+ *   t_ns     nanoseconds from the trace's start to the call's start
+ *   tid      the calling thread's Linux thread id
+ *   op       malloc free realloc protect trim reserve unreserve map unmap fence
+ *            copy memset (later issues add more names; readers skip names they
+ *            do not know)
+ *   heap     the heap's reservation base, 0x-hex (identifies the heap)
+ *   stream   the CUDA stream of a stream-ordered call, 0x-hex; 0x0 for none
+ *   addr     the block or range the call takes, 0x-hex (0x0 when none)
+ *   size     bytes: requested size (malloc, new size for realloc), range size
+ *            (protect, map, unmap, copy, memset, reserve), keep_bytes (trim)
+ *   arg      malloc: alignment; protect: gpu_prot_t; reserve: granularity;
+ *            memset: the byte; otherwise 0
+ *   flags    malloc: GPU_ALLOC_* bits; otherwise 0
+ *   result   the pointer returned (malloc, realloc), the range reserved
+ *            (reserve), the destination (copy), 0x-hex; 0x0 otherwise
+ *   rc       0 or the negative gpu_error_t the call returned
+ *   dur_ns   how long the call took, nanoseconds
+ *
+ * Lines starting with '#' are comments; the first says "# gpuheap trace 1".
+ * Each thread's lines come in batches, so the file as a whole is not in time
+ * order: readers sort. To order events of different threads, use t_ns + dur_ns
+ * for malloc (an address exists once the call returned) and t_ns for everything
+ * else (an address is given up once the call began); see tools/trace_replay.c.
+ *
+ * Time comes from the x86 time-stamp counter (invariant on every CPU a GPU
+ * server has), converted to nanoseconds when formatted, against CLOCK_MONOTONIC
+ * over the whole trace so far; elsewhere from CLOCK_MONOTONIC itself. A process
+ * that forks keeps recording only in the parent.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define TRACE_BATCH 4096 /* records per buffer: 256 KiB */
+
+_Atomic int trace_on;
+
+static const char *const op_names[TRACE_OP_COUNT] = {
+    [TRACE_MALLOC] = "malloc",   [TRACE_FREE] = "free",       [TRACE_REALLOC] = "realloc",
+    [TRACE_PROTECT] = "protect", [TRACE_TRIM] = "trim",       [TRACE_RESERVE] = "reserve",
+    [TRACE_UNRESERVE] = "unreserve", [TRACE_MAP] = "map",     [TRACE_UNMAP] = "unmap",
+    [TRACE_FENCE] = "fence",     [TRACE_COPY] = "copy",       [TRACE_MEMSET] = "memset",
+    [TRACE_MAP_FILE] = "map_file", [TRACE_SYNC_FILE] = "sync_file", [TRACE_UNMAP_FILE] = "unmap_file",
+};
+
+/* A buffer of records: a thread's current one, queued for the writer, or free. */
+typedef struct trace_batch {
+    struct trace_batch *next;
+    size_t n;
+    trace_event ev[TRACE_BATCH];
+} trace_batch;
+
+/* One recording thread. Only its owner writes records; count is published with
+ * release so that a flush from another thread reads whole records. */
+typedef struct trace_thread {
+    trace_batch *batch;
+    _Atomic size_t count;
+    uint64_t gen;      /* the trace session the buffer's records belong to */
+    uint32_t tid;
+    struct trace_thread *prev, *next;
+} trace_thread;
+
+/* Everything below is guarded by lock, except what is read on the record path:
+ * trace_on, gen (read relaxed: a stale value only costs a reset) and each
+ * thread's own state. */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t queue_cond = PTHREAD_COND_INITIALIZER;
+static trace_thread *threads;           /* every thread that ever recorded and has not exited */
+static trace_batch *queue, **queue_tail = &queue; /* full batches for the writer, oldest first */
+static trace_batch *spare;              /* empty batches */
+static _Atomic uint64_t gen;            /* trace session; 0 before the first */
+static FILE *out;
+static bool writer_running, writer_stop;
+static pthread_t writer;
+static pthread_key_t thread_key;
+static pthread_once_t key_once = PTHREAD_ONCE_INIT;
+static _Thread_local trace_thread *self;
+
+/* The clock: ticks on the record path, nanoseconds in the file. */
+static uint64_t tick0, ns0;
+
+static uint64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Nanoseconds per tick, measured from the trace's start to now: the longer the
+ * trace, the better the estimate. */
+static double ns_per_tick(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    uint64_t t = trace_tick(), n = mono_ns();
+    if (t <= tick0 || n <= ns0) return 1.0;
+    return (double)(n - ns0) / (double)(t - tick0);
+#else
+    return 1.0;
+#endif
+}
+
+/* ---- formatting (writer thread, or the thread that stops the trace) --------- */
+
+static char *put_dec(char *p, uint64_t v) {
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) *p++ = tmp[--n];
+    return p;
+}
+
+static char *put_hex(char *p, uint64_t v) {
+    static const char digits[] = "0123456789abcdef";
+    char tmp[16];
+    int n = 0;
+    do {
+        tmp[n++] = digits[v & 15];
+        v >>= 4;
+    } while (v);
+    *p++ = '0';
+    *p++ = 'x';
+    while (n) *p++ = tmp[--n];
+    return p;
+}
+
+/* Writes n records as text. Called with lock NOT held (the writer) or held (stop):
+ * it touches only out, which one thread uses at a time. */
+static void format_batch(const trace_event *ev, size_t n) {
+    double scale = ns_per_tick();
+    char line[320];
+    for (size_t i = 0; i < n; i++) {
+        const trace_event *e = &ev[i];
+        char *p = line;
+        uint64_t rel = e->tick > tick0 ? e->tick - tick0 : 0;
+        p = put_dec(p, (uint64_t)((double)rel * scale));
+        *p++ = ' ';
+        p = put_dec(p, e->tid);
+        *p++ = ' ';
+        const char *name = e->op < TRACE_OP_COUNT && op_names[e->op] ? op_names[e->op] : "unknown";
+        size_t len = strlen(name);
+        memcpy(p, name, len);
+        p += len;
+        *p++ = ' ';
+        p = put_hex(p, e->heap);
+        *p++ = ' ';
+        p = put_hex(p, e->stream);
+        *p++ = ' ';
+        p = put_hex(p, e->addr);
+        *p++ = ' ';
+        p = put_dec(p, e->size);
+        *p++ = ' ';
+        p = put_dec(p, e->arg);
+        *p++ = ' ';
+        p = put_dec(p, e->flags);
+        *p++ = ' ';
+        p = put_hex(p, e->result);
+        *p++ = ' ';
+        if (e->rc < 0) *p++ = '-';
+        p = put_dec(p, (uint64_t)(e->rc < 0 ? -(int64_t)e->rc : e->rc));
+        *p++ = ' ';
+        p = put_dec(p, (uint64_t)((double)e->dur * scale));
+        *p++ = '\n';
+        fwrite(line, 1, (size_t)(p - line), out);
+    }
+}
+
+/* The writer: formats full batches as they come, until told to stop with the
+ * queue empty. */
+static void *writer_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&lock);
+    for (;;) {
+        while (!queue && !writer_stop) pthread_cond_wait(&queue_cond, &lock);
+        if (!queue) break;
+        trace_batch *b = queue;
+        queue = NULL;
+        queue_tail = &queue;
+        pthread_mutex_unlock(&lock);
+        trace_batch *done = NULL;
+        while (b) {
+            trace_batch *next = b->next;
+            format_batch(b->ev, b->n);
+            b->next = done;
+            done = b;
+            b = next;
+        }
+        pthread_mutex_lock(&lock);
+        while (done) {
+            trace_batch *next = done->next;
+            done->next = spare;
+            spare = done;
+            done = next;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return NULL;
+}
+
+/* An empty batch, from the spares or new; NULL when the host is out of memory.
+ * Called with lock held. */
+static trace_batch *batch_get_locked(void) {
+    trace_batch *b = spare;
+    if (b) spare = b->next;
+    else b = malloc(sizeof *b);
+    if (b) b->next = NULL;
+    return b;
+}
+
+/* ---- the recording threads ---------------------------------------------------- */
+
+/* A thread that exits hands over what it recorded in the current session. */
+static void thread_exit(void *arg) {
+    trace_thread *t = arg;
+    pthread_mutex_lock(&lock);
+    size_t n = atomic_load_explicit(&t->count, memory_order_acquire);
+    if (atomic_load(&trace_on) && t->gen == atomic_load(&gen) && n && t->batch) {
+        t->batch->n = n;
+        *queue_tail = t->batch;
+        queue_tail = &t->batch->next;
+        pthread_cond_signal(&queue_cond);
+    } else if (t->batch) {
+        t->batch->next = spare;
+        spare = t->batch;
+    }
+    if (t->prev) t->prev->next = t->next;
+    else threads = t->next;
+    if (t->next) t->next->prev = t->prev;
+    pthread_mutex_unlock(&lock);
+    if (self == t) self = NULL;
+    free(t);
+}
+
+static void key_create(void) { (void)pthread_key_create(&thread_key, thread_exit); }
+
+/* The calling thread's recording state, made on its first record. */
+static trace_thread *thread_self(void) {
+    if (self) return self;
+    pthread_once(&key_once, key_create);
+    trace_thread *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->tid = (uint32_t)syscall(SYS_gettid);
+    pthread_mutex_lock(&lock);
+    t->batch = batch_get_locked();
+    t->gen = atomic_load(&gen);
+    t->next = threads;
+    if (threads) threads->prev = t;
+    threads = t;
+    pthread_mutex_unlock(&lock);
+    if (!t->batch) {
+        thread_exit(t);
+        return NULL;
+    }
+    (void)pthread_setspecific(thread_key, t);
+    return self = t;
+}
+
+/* Hands the thread's full batch to the writer and takes an empty one. False when
+ * the trace stopped meanwhile or the host is out of memory (records are dropped). */
+static bool thread_swap(trace_thread *t) {
+    bool ok = false;
+    pthread_mutex_lock(&lock);
+    if (atomic_load(&trace_on) && t->gen == atomic_load(&gen)) {
+        trace_batch *fresh = batch_get_locked();
+        if (fresh) {
+            t->batch->n = TRACE_BATCH;
+            *queue_tail = t->batch;
+            queue_tail = &t->batch->next;
+            t->batch = fresh;
+            if (!writer_running && pthread_create(&writer, NULL, writer_main, NULL) == 0) writer_running = true;
+            pthread_cond_signal(&queue_cond);
+            ok = true;
+        }
+    }
+    atomic_store_explicit(&t->count, 0, memory_order_release);
+    pthread_mutex_unlock(&lock);
+    return ok;
+}
+
+void trace_record(uint64_t t0, const trace_event *e) {
+    uint64_t t1 = trace_tick();
+    trace_thread *t = self ? self : thread_self();
+    if (!t) return;
+    uint64_t g = atomic_load_explicit(&gen, memory_order_relaxed);
+    if (t->gen != g) { /* records of an earlier session: drop them */
+        t->gen = g;
+        atomic_store_explicit(&t->count, 0, memory_order_relaxed);
+    }
+    size_t n = atomic_load_explicit(&t->count, memory_order_relaxed);
+    if (n == TRACE_BATCH) {
+        if (!thread_swap(t)) return;
+        n = 0;
+    }
+    trace_event *r = &t->batch->ev[n];
+    *r = *e;
+    r->tick = t0;
+    uint64_t d = t1 - t0;
+    r->dur = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+    r->tid = t->tid;
+    atomic_store_explicit(&t->count, n + 1, memory_order_release);
+}
+
+/* ---- starting and stopping -------------------------------------------------- */
+
+int gpu_trace_start(const char *path) {
+    if (!path || !*path) return gh_error(GPU_ERR_INVALID, "gpu_trace_start: no file name");
+    pthread_mutex_lock(&lock);
+    if (out) {
+        pthread_mutex_unlock(&lock);
+        return gh_error(GPU_ERR_INVALID, "gpu_trace_start(%s): a trace is already being recorded", path);
+    }
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        int e = errno;
+        pthread_mutex_unlock(&lock);
+        return gh_error(GPU_ERR_INVALID, "gpu_trace_start: cannot write %s: %s", path, strerror(e));
+    }
+    (void)setvbuf(f, NULL, _IOFBF, 1 << 20);
+    out = f;
+    ns0 = mono_ns();
+    tick0 = trace_tick();
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    fprintf(out, "# gpuheap trace 1\n"
+                 "# t_ns tid op heap stream addr size arg flags result rc dur_ns\n"
+                 "# start %lld.%09ld (unix time), clock %s, pid %d\n",
+            (long long)wall.tv_sec, wall.tv_nsec,
+#if defined(__x86_64__) || defined(__i386__)
+            "tsc",
+#else
+            "monotonic",
+#endif
+            (int)getpid());
+    writer_stop = false;
+    atomic_fetch_add(&gen, 1);
+    atomic_store(&trace_on, 1);
+    pthread_mutex_unlock(&lock);
+    gh_ok();
+    return GPU_OK;
+}
+
+int gpu_trace_stop(void) {
+    pthread_mutex_lock(&lock);
+    if (!out) {
+        pthread_mutex_unlock(&lock);
+        gh_ok();
+        return GPU_OK;
+    }
+    atomic_store(&trace_on, 0);
+    /* The writer drains the queue first, so lines keep their batches' order. */
+    writer_stop = true;
+    pthread_cond_broadcast(&queue_cond);
+    bool joined = writer_running;
+    pthread_mutex_unlock(&lock);
+    if (joined) pthread_join(writer, NULL);
+    pthread_mutex_lock(&lock);
+    writer_running = false;
+    /* Then what every thread still holds: whole records only (count is
+     * published after the record is written). */
+    uint64_t g = atomic_load(&gen);
+    for (trace_thread *t = threads; t; t = t->next) {
+        if (t->gen != g) continue;
+        size_t n = atomic_load_explicit(&t->count, memory_order_acquire);
+        format_batch(t->batch->ev, n);
+    }
+    int rc = fclose(out) == 0 ? GPU_OK : GPU_ERR_INVALID;
+    int e = errno;
+    out = NULL;
+    atomic_fetch_add(&gen, 1); /* what threads still buffer belongs to no session */
+    pthread_mutex_unlock(&lock);
+    if (rc != GPU_OK) return gh_error(rc, "gpu_trace_stop: writing the trace failed: %s", strerror(e));
+    gh_ok();
+    return GPU_OK;
+}
+
+static void trace_at_exit(void) { (void)gpu_trace_stop(); }
+
+static void env_init(void) {
+    const char *path = getenv("GPUHEAP_TRACE");
+    if (!path || !*path) return;
+    if (gpu_trace_start(path) == GPU_OK) atexit(trace_at_exit);
+    else fprintf(stderr, "gpuheap: GPUHEAP_TRACE=%s: cannot write the trace\n", path);
+}
+
+void trace_env_init(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, env_init);
+}
+
+const char *trace_op_name(trace_op op) { return op < TRACE_OP_COUNT ? op_names[op] : "unknown"; }

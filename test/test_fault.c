@@ -1,0 +1,560 @@
+/*
+ * test_fault.c — every backend call of a scripted workload fails once, and the
+ * heap survives each failure.
+ *
+ * The heap runs on the host backend through lib/backend_fault.c, a wrapper that
+ * counts backend calls and fails the Nth one. A fixed workload (small, large,
+ * owned, zeroed and aligned allocations; realloc growing in place over idle
+ * memory and over headroom, moving by remapping and by copying, shrinking;
+ * protection; frees of protected blocks; a quarantine drain; trims) is run once
+ * without faults to count its calls and to prove that each step takes the path
+ * it is meant to, then once per N with call N refused. After every step:
+ *   - a step that failed did so only because the fault fired in it, with a clean
+ *     error code (and the thread's last error agreeing), and changed nothing the
+ *     caller can see (a failed realloc leaves its block, a failed free leaves the
+ *     block live);
+ *   - gpu_heap_check passes, the statistics are sane, and the host backend below
+ *     holds exactly what the heap thinks it holds: one mapping and one handle per
+ *     extent, as many physical bytes as mapped bytes, one reservation — so a leak
+ *     shows at the step that made it;
+ *   - every live block still holds its pattern;
+ *   - after the fault, every later step succeeds: one refused call does not break
+ *     the heap.
+ * At the end everything is freed and trimmed, the heap destroyed, and the host
+ * backend's counts just before it closed must all be zero.
+ *
+ * Three sweeps: every N with GPU_ERR_BACKEND; every N that lands on a create or
+ * reserve with its natural error (out of memory / out of VA), which sends the
+ * heap through its reclaim-and-retry path; every N with a release threshold, so
+ * frees trim as they go. A fourth sweep fails call N and every call after it (a
+ * lost context): each call must still come back with a clean error and the books
+ * must stay sound. The totals are printed for README's reliability section.
+ */
+#include <stdbool.h>
+
+#include "util.h"
+
+#include "internal.h"
+
+#define G (64 * KiB) /* the test heap's granularity */
+
+enum { SLOT_A, SLOT_B, SLOT_C, SLOT_X, SLOT_D, SLOT_E, SLOT_Z, SLOT_BIG1, SLOT_BIG2, SLOT_BIG3, SLOT_T, NSLOTS };
+
+/* What the test knows about one live block. */
+typedef struct tblk {
+    char *p;
+    size_t size; /* bytes asked for (the pattern covers them) */
+    uint64_t seed;
+    int prot;
+} tblk;
+
+/* One run of the workload with one fault plan. */
+typedef struct run {
+    vmm_fault_report rep;
+    vmm_backend *inner, *outer;
+    gpu_heap_t *h;
+    tblk blk[NSLOTS];
+    /* the plan */
+    uint64_t nth;
+    bool persistent;
+    int error;
+    size_t threshold;
+    /* the outcome */
+    const char *step;        /* the step being run */
+    bool bad;                /* a check failed: why says what */
+    char why[768];
+    int failed_steps;        /* steps that returned an error */
+    int fault_step;          /* the step in which the fault first fired, -1 if none */
+    int steps_after_fault;   /* steps run after the fault step */
+    uint64_t workload_calls; /* backend calls the steps made (cleanup and destroy not counted) */
+} run;
+
+static bool run_fail(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static bool run_fail(run *r, const char *fmt, ...) {
+    if (r->bad) return false;
+    r->bad = true;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->why, sizeof r->why, fmt, ap);
+    va_end(ap);
+    return false;
+}
+
+/* ---- the model and the checks after every step ------------------------------- */
+
+static bool readable(int prot) { return prot == GPU_PROT_READ || prot == GPU_PROT_READ_WRITE; }
+
+/* Every live block is still live, big enough, and holds its pattern. */
+static void check_blocks(run *r) {
+    size_t n = 0;
+    for (int i = 0; i < NSLOTS && !r->bad; i++) {
+        tblk *b = &r->blk[i];
+        if (!b->p) continue;
+        n++;
+        size_t u = gpu_heap_malloc_usable_size(r->h, b->p);
+        if (u < b->size) {
+            run_fail(r, "block %d at %p: usable size %zu < %zu (error %d)", i, (void *)b->p, u, b->size,
+                     gpu_last_error());
+            return;
+        }
+        if (!readable(b->prot)) continue;
+        size_t bad = block_mismatch(b->p, b->size, b->size, b->seed);
+        if (bad != SIZE_MAX) run_fail(r, "block %d at %p (%zu bytes): pattern wrong at offset %zu", i, (void *)b->p, b->size, bad);
+    }
+    gpu_stats_t s;
+    if (!r->bad && gpu_heap_stats(r->h, &s) == GPU_OK && s.live_blocks != n)
+        run_fail(r, "the heap counts %llu live blocks, the test holds %zu", (unsigned long long)s.live_blocks, n);
+}
+
+/* The heap's books are sound and agree with what the host backend holds. */
+static void check_books(run *r) {
+    if (r->bad) return;
+    char msg[512] = "";
+    if (gpu_heap_check(r->h, msg, sizeof msg) != GPU_OK) {
+        run_fail(r, "gpu_heap_check: %s", msg);
+        return;
+    }
+    gpu_stats_t s;
+    if (gpu_heap_stats(r->h, &s) != GPU_OK) {
+        run_fail(r, "gpu_heap_stats failed");
+        return;
+    }
+    const char *broken = stats_broken(&s);
+    if (broken) {
+        run_fail(r, "stats: %s is false", broken);
+        return;
+    }
+    vmm_host_counts c;
+    vmm_host_counts_get(r->inner, &c);
+    if (c.mappings != s.extents || c.handles != s.extents || c.physical_bytes != s.mapped_bytes || c.reservations != 1)
+        run_fail(r,
+                 "the backend holds %zu mappings, %zu handles, %zu bytes, %zu reservations; "
+                 "the heap knows %llu extents of %llu bytes (a leak or a lost mapping)",
+                 c.mappings, c.handles, c.physical_bytes, c.reservations, (unsigned long long)s.extents,
+                 (unsigned long long)s.mapped_bytes);
+}
+
+/* ---- the operations the steps use ---------------------------------------------- */
+
+enum { HOW_MALLOC, HOW_OWNED, HOW_ZERO, HOW_CALLOC, HOW_ALIGNED };
+
+/* Outcome of one call: GPU_OK, or the error it returned. */
+static int outcome_ptr(run *r, const void *p, const char *call) {
+    int e = gpu_last_error();
+    if (p && e != GPU_OK) run_fail(r, "%s returned %p but the last error is %d", call, p, e);
+    if (!p && e == GPU_OK) run_fail(r, "%s returned NULL but the last error is GPU_OK", call);
+    return p ? GPU_OK : e;
+}
+
+static int op_alloc(run *r, int slot, int how, size_t size, size_t arg) {
+    tblk *b = &r->blk[slot];
+    if (b->p) return run_fail(r, "slot %d is in use", slot), GPU_OK;
+    void *p = NULL;
+    switch (how) {
+    case HOW_MALLOC: p = gpu_heap_malloc(r->h, size); break;
+    case HOW_OWNED: p = gpu_heap_malloc_flags(r->h, size, GPU_ALLOC_OWNED); break;
+    case HOW_ZERO: p = gpu_heap_malloc_flags(r->h, size, GPU_ALLOC_ZERO); break;
+    case HOW_CALLOC: p = gpu_heap_calloc(r->h, arg, size), size *= arg; break;
+    case HOW_ALIGNED: p = gpu_heap_malloc_aligned(r->h, size, arg); break;
+    }
+    int rc = outcome_ptr(r, p, "allocation");
+    if (rc != GPU_OK) return rc;
+    if ((how == HOW_ZERO || how == HOW_CALLOC) && bytes_mismatch(p, 0, size, 0) != SIZE_MAX)
+        run_fail(r, "a zeroed block of %zu bytes is not zero", size);
+    if (how == HOW_ALIGNED && (uintptr_t)p % arg) run_fail(r, "%p is not aligned to %zu", p, arg);
+    *b = (tblk){.p = p, .size = size, .seed = 1000u * (unsigned)slot + r->nth, .prot = GPU_PROT_READ_WRITE};
+    block_fill(p, size, b->seed);
+    return GPU_OK;
+}
+
+static int op_realloc(run *r, int slot, size_t size) {
+    tblk *b = &r->blk[slot];
+    if (!b->p) return GPU_OK; /* an earlier step failed on purpose: nothing to resize */
+    size_t before = gpu_heap_malloc_usable_size(r->h, b->p);
+    char *p = gpu_heap_realloc(r->h, b->p, size);
+    int rc = outcome_ptr(r, p, "gpu_realloc");
+    if (rc != GPU_OK) {
+        size_t after = gpu_heap_malloc_usable_size(r->h, b->p);
+        if (after != before) run_fail(r, "a failed realloc changed the block's usable size %zu -> %zu", before, after);
+        return rc;
+    }
+    size_t keep = size < b->size ? size : b->size;
+    size_t bad = block_mismatch(p, b->size, keep, b->seed);
+    if (bad != SIZE_MAX) run_fail(r, "realloc %zu -> %zu lost the contents at offset %zu", b->size, size, bad);
+    b->p = p;
+    b->size = size;
+    block_fill(p, size, b->seed);
+    return GPU_OK;
+}
+
+static int op_free(run *r, int slot) {
+    tblk *b = &r->blk[slot];
+    if (!b->p) return GPU_OK;
+    int rc = gpu_heap_free(r->h, b->p);
+    if (rc != gpu_last_error()) run_fail(r, "gpu_heap_free returned %d, last error %d", rc, gpu_last_error());
+    if (rc == GPU_OK) b->p = NULL;
+    return rc;
+}
+
+static int op_protect(run *r, int slot, int prot) {
+    tblk *b = &r->blk[slot];
+    if (!b->p) return GPU_OK;
+    int rc = gpu_heap_protect(r->h, b->p, gpu_heap_malloc_usable_size(r->h, b->p), prot);
+    if (rc != gpu_last_error()) run_fail(r, "gpu_heap_protect returned %d, last error %d", rc, gpu_last_error());
+    if (rc == GPU_OK) b->prot = prot;
+    return rc;
+}
+
+static int op_trim(run *r, size_t keep) {
+    int rc = gpu_heap_trim(r->h, keep);
+    if (rc != gpu_last_error()) run_fail(r, "gpu_heap_trim returned %d, last error %d", rc, gpu_last_error());
+    return rc;
+}
+
+/* ---- the workload ------------------------------------------------------------------ */
+
+#define NO_CALL (-2) /* the step must make no backend call at all (fault-free run) */
+#define ANY (-1)
+
+typedef struct step {
+    const char *name;
+    int (*run)(run *r);
+    int must;    /* a vmm_op the fault-free run must call in this step, NO_CALL or ANY */
+    int mustnt;  /* a vmm_op it must not call, or ANY */
+} step;
+
+static int s_small(run *r) { return op_alloc(r, SLOT_A, HOW_MALLOC, 1000, 0); }
+static int s_large(run *r) { return op_alloc(r, SLOT_B, HOW_MALLOC, 3 * G + 100, 0); }
+static int s_owned(run *r) { return op_alloc(r, SLOT_C, HOW_OWNED, 5000, 0); }
+static int s_owned2(run *r) { return op_alloc(r, SLOT_X, HOW_OWNED, G, 0); }
+static int s_calloc(run *r) { return op_alloc(r, SLOT_D, HOW_CALLOC, 30, 100); }
+static int s_aligned(run *r) { return op_alloc(r, SLOT_E, HOW_ALIGNED, 10000, 4 * G); }
+static int s_zero(run *r) { return op_alloc(r, SLOT_Z, HOW_ZERO, 3000, 0); }
+static int s_grow_idle(run *r) { return op_realloc(r, SLOT_A, 2000); }
+static int s_grow_headroom(run *r) { return op_realloc(r, SLOT_B, 5 * G); }
+static int s_grow_remap(run *r) { return op_realloc(r, SLOT_C, 3 * G); }
+static int s_grow_copy(run *r) { return op_realloc(r, SLOT_A, 20 * KiB); }
+static int s_shrink(run *r) { return op_realloc(r, SLOT_B, 100); }
+static int s_protect_b(run *r) { return op_protect(r, SLOT_B, GPU_PROT_READ); }
+static int s_protect_c(run *r) { return op_protect(r, SLOT_C, GPU_PROT_NONE); }
+static int s_unprotect_c(run *r) { return op_protect(r, SLOT_C, GPU_PROT_READ_WRITE); }
+static int s_protect_x(run *r) { return op_protect(r, SLOT_X, GPU_PROT_READ); }
+static int s_free_x(run *r) { return op_free(r, SLOT_X); }
+static int s_big1(run *r) { return op_alloc(r, SLOT_BIG1, HOW_MALLOC, 24 * MiB, 0); }
+static int s_big2(run *r) { return op_alloc(r, SLOT_BIG2, HOW_MALLOC, 24 * MiB, 0); }
+static int s_free_big1(run *r) { return op_free(r, SLOT_BIG1); }
+static int s_free_big2(run *r) { return op_free(r, SLOT_BIG2); }
+static int s_big3(run *r) { return op_alloc(r, SLOT_BIG3, HOW_MALLOC, 24 * MiB, 0); }
+static int s_free_a(run *r) { return op_free(r, SLOT_A); }
+static int s_drain(run *r) { return op_trim(r, SIZE_MAX); }
+static int s_trim_some(run *r) { return op_trim(r, 1 * MiB); }
+static int s_grow_big3(run *r) { return op_realloc(r, SLOT_BIG3, 48 * MiB); }
+static int s_free_b(run *r) { return op_free(r, SLOT_B); }
+static int s_free_c(run *r) { return op_free(r, SLOT_C); }
+static int s_free_rest(run *r) {
+    int rc = GPU_OK;
+    for (int i = 0; i < NSLOTS && rc == GPU_OK; i++) rc = op_free(r, i);
+    return rc;
+}
+static int s_trim_all(run *r) { return op_trim(r, 0); }
+static int s_after_trim(run *r) { return op_alloc(r, SLOT_T, HOW_MALLOC, 5000, 0); }
+static int s_free_t(run *r) { return op_free(r, SLOT_T); }
+
+static const step workload[] = {
+    {"malloc small (new shared extent)", s_small, VMM_OP_CREATE, ANY},
+    {"realloc grow over idle", s_grow_idle, NO_CALL, ANY},
+    {"malloc large (own extent, headroom)", s_large, VMM_OP_CREATE, ANY},
+    {"malloc owned", s_owned, VMM_OP_CREATE, ANY},
+    {"malloc owned, second", s_owned2, VMM_OP_CREATE, ANY},
+    {"calloc", s_calloc, VMM_OP_MEMSET, ANY},
+    {"malloc aligned 4 granules", s_aligned, ANY, ANY},
+    {"malloc zeroed", s_zero, VMM_OP_MEMSET, ANY},
+    {"realloc grow over headroom", s_grow_headroom, VMM_OP_CREATE, VMM_OP_COPY},
+    {"realloc grow by remap", s_grow_remap, VMM_OP_UNMAP, VMM_OP_COPY},
+    {"realloc grow by copy", s_grow_copy, VMM_OP_COPY, ANY},
+    {"realloc shrink", s_shrink, VMM_OP_RELEASE, VMM_OP_COPY},
+    {"protect large read-only", s_protect_b, VMM_OP_SET_ACCESS, ANY},
+    {"protect owned none", s_protect_c, VMM_OP_SET_ACCESS, ANY},
+    {"protect owned read-write", s_unprotect_c, VMM_OP_SET_ACCESS, ANY},
+    {"protect owned read-only", s_protect_x, VMM_OP_SET_ACCESS, ANY},
+    {"free protected", s_free_x, VMM_OP_SET_ACCESS, ANY},
+    {"malloc 24 MiB", s_big1, VMM_OP_CREATE, ANY},
+    {"malloc 24 MiB, second", s_big2, VMM_OP_CREATE, ANY},
+    {"free 24 MiB", s_free_big1, ANY, ANY},
+    {"free 24 MiB, second", s_free_big2, ANY, ANY},
+    {"malloc 24 MiB after a quarantine drain", s_big3, VMM_OP_FENCE, VMM_OP_CREATE},
+    {"free moved small block", s_free_a, ANY, ANY},
+    {"trim keeping all (drain)", s_drain, VMM_OP_FENCE, VMM_OP_RELEASE},
+    {"trim to 1 MiB", s_trim_some, VMM_OP_RELEASE, ANY},
+    {"realloc 24 -> 48 MiB", s_grow_big3, VMM_OP_CREATE, VMM_OP_COPY},
+    {"free protected large", s_free_b, VMM_OP_SET_ACCESS, ANY},
+    {"free owned", s_free_c, ANY, ANY},
+    {"free the rest", s_free_rest, ANY, ANY},
+    {"trim all", s_trim_all, VMM_OP_RELEASE, ANY},
+    {"malloc after trim", s_after_trim, VMM_OP_CREATE, ANY},
+    {"free it", s_free_t, ANY, ANY},
+};
+enum { NSTEPS = sizeof workload / sizeof workload[0] };
+
+/* ---- one run ---------------------------------------------------------------------- */
+
+static gpu_config_t fault_config(size_t threshold) {
+    gpu_config_t cfg = host_config(1 * GiB, G, 0);
+    cfg.release_threshold = threshold;
+    cfg.verbose = 0;
+    return cfg;
+}
+
+static bool error_is_clean(int e) {
+    return e == GPU_ERR_BACKEND || e == GPU_ERR_OUT_OF_MEMORY || e == GPU_ERR_OUT_OF_VA;
+}
+
+/* Runs the workload under r's plan. Returns false with r->why on a broken rule. */
+static bool run_workload(run *r) {
+    gpu_config_t cfg = fault_config(r->threshold);
+    r->fault_step = -1;
+    r->step = "open";
+    if (vmm_host_open(&cfg, &r->inner) != GPU_OK) return run_fail(r, "vmm_host_open: %s", vmm_open_error());
+    if (vmm_fault_open(r->inner, &r->rep, &r->outer) != GPU_OK) return run_fail(r, "vmm_fault_open failed");
+    vmm_fault_arm(r->outer, r->nth, r->persistent, r->error);
+    int rc = gh_heap_create_on(&cfg, r->outer, &r->h);
+    if (rc != GPU_OK) {
+        if (!r->rep.injected) return run_fail(r, "heap creation failed (%d) with no fault", rc);
+        if (!error_is_clean(rc) || gpu_last_error() != rc) return run_fail(r, "heap creation: unclean error %d", rc);
+        if (!r->rep.closed) return run_fail(r, "a failed heap creation did not close its backend");
+        vmm_host_counts z = r->rep.at_close;
+        if (z.handles || z.mappings || z.reservations || z.physical_bytes)
+            return run_fail(r, "a failed heap creation leaked: %zu handles, %zu mappings, %zu reservations",
+                            z.handles, z.mappings, z.reservations);
+        r->failed_steps++;
+        r->fault_step = 0;
+        return true;
+    }
+    if (r->rep.injected) r->fault_step = 0; /* a refused reserve that the heap retried smaller */
+    for (int i = 0; i < NSTEPS && !r->bad; i++) {
+        const step *s = &workload[i];
+        r->step = s->name;
+        uint64_t inj = r->rep.injected, calls = r->rep.calls;
+        uint64_t per_op[VMM_OP_COUNT];
+        memcpy(per_op, r->rep.per_op, sizeof per_op);
+        rc = s->run(r);
+        if (r->bad) break;
+        bool fired = r->rep.injected > inj;
+        if (fired && r->fault_step < 0) r->fault_step = i + 1;
+        if (r->fault_step >= 0 && i + 1 > r->fault_step) r->steps_after_fault++;
+        if (rc != GPU_OK) {
+            r->failed_steps++;
+            if (!fired) run_fail(r, "failed with %d (%s) although no fault fired in it", rc, gpu_strerror(rc));
+            else if (!error_is_clean(rc)) run_fail(r, "a refused backend call came back as %d (%s)", rc, gpu_strerror(rc));
+        }
+        if (!r->nth && !r->bad && r->threshold == SIZE_MAX) { /* the fault-free run takes the intended paths */
+            uint64_t made = r->rep.calls - calls;
+            if (s->must == NO_CALL && made)
+                run_fail(r, "the fault-free run made %llu backend calls, expected none", (unsigned long long)made);
+            if (s->must >= 0 && r->rep.per_op[s->must] == per_op[s->must])
+                run_fail(r, "the fault-free run made no %s call", vmm_op_name(s->must));
+            if (s->mustnt >= 0 && r->rep.per_op[s->mustnt] != per_op[s->mustnt])
+                run_fail(r, "the fault-free run made a %s call", vmm_op_name(s->mustnt));
+        }
+        check_books(r);
+        check_blocks(r);
+    }
+    if (r->bad) return false;
+    r->workload_calls = r->rep.calls;
+    /* Whatever happened, everything can be freed and given back, and nothing leaks. */
+    r->step = "cleanup";
+    vmm_fault_arm(r->outer, 0, false, 0);
+    for (int i = 0; i < NSLOTS; i++) {
+        if (r->blk[i].p && gpu_heap_free(r->h, r->blk[i].p) != GPU_OK)
+            return run_fail(r, "freeing block %d at cleanup: %d", i, gpu_last_error());
+        r->blk[i].p = NULL;
+    }
+    if (gpu_heap_trim(r->h, 0) != GPU_OK) return run_fail(r, "trim(0) at cleanup: %d", gpu_last_error());
+    check_books(r);
+    gpu_stats_t s;
+    if (!r->bad && gpu_heap_stats(r->h, &s) == GPU_OK && (s.mapped_bytes || s.extents || s.live_blocks))
+        run_fail(r, "after freeing everything and trim(0): %llu bytes mapped in %llu extents, %llu live blocks",
+                 (unsigned long long)s.mapped_bytes, (unsigned long long)s.extents, (unsigned long long)s.live_blocks);
+    if (gpu_heap_destroy(r->h) != GPU_OK) return run_fail(r, "gpu_heap_destroy: %d", gpu_last_error());
+    r->h = NULL;
+    r->step = "destroy";
+    vmm_host_counts z = r->rep.at_close;
+    if (!r->rep.closed) return run_fail(r, "destroy did not close the backend");
+    if (z.handles || z.mappings || z.reservations || z.physical_bytes)
+        return run_fail(r, "after destroy the backend still held %zu handles, %zu mappings, %zu reservations, %zu bytes",
+                        z.handles, z.mappings, z.reservations, z.physical_bytes);
+    return !r->bad;
+}
+
+/* Plans that broke a rule, reported together at the end of a sweep. */
+static int broken_plans;
+
+/* Runs one plan; a broken rule is printed with the plan and counted (the sweep
+ * goes on, so one run shows every N that breaks, then fails). */
+static run *run_plan(uint64_t nth, bool persistent, int error, size_t threshold) {
+    run *r = calloc(1, sizeof *r);
+    assert_non_null(r);
+    r->nth = nth;
+    r->persistent = persistent;
+    r->error = error;
+    r->threshold = threshold;
+    if (!run_workload(r)) {
+        int op = nth && nth <= VMM_FAULT_LOG && nth <= r->rep.calls ? r->rep.log[nth - 1] : -1;
+        print_error("fault at backend call %llu (%s, %s%s, threshold %s): step \"%s\": %s\n", (unsigned long long)nth,
+                    op >= 0 ? vmm_op_name(op) : "none", error ? gpu_strerror(error) : "natural error",
+                    persistent ? ", persistent" : "", threshold == SIZE_MAX ? "keep" : "low", r->step, r->why);
+        broken_plans++;
+        if (r->h) (void)gpu_heap_destroy(r->h); /* best effort: the run is already a failure */
+        if (!nth) fail_msg("the fault-free run broke a rule");
+    }
+    return r;
+}
+
+/* ---- the sweeps ---------------------------------------------------------------------- */
+
+/* Totals across the sweeps, printed at the end for README. */
+static struct {
+    uint64_t runs, faults, survived, per_op[VMM_OP_COUNT];
+} totals;
+
+static void count(const run *r) {
+    totals.runs++;
+    if (r->rep.injected) {
+        totals.faults += r->rep.injected;
+        totals.survived += r->rep.injected;
+        totals.per_op[r->rep.first_op]++;
+    }
+}
+
+/* Every N of a fault-free run's calls, one at a time, with error (0: natural). */
+static void sweep(size_t threshold, int error, bool only_natural) {
+    run *dry = run_plan(0, false, 0, threshold);
+    uint64_t calls = dry->workload_calls;
+    uint8_t log[VMM_FAULT_LOG];
+    memcpy(log, dry->rep.log, sizeof log);
+    assert_true(calls > 20 && calls <= VMM_FAULT_LOG);
+    assert_int_equal(dry->failed_steps, 0);
+    free(dry);
+    uint64_t fired = 0;
+    for (uint64_t n = 1; n <= calls; n++) {
+        if (only_natural && log[n - 1] != VMM_OP_CREATE && log[n - 1] != VMM_OP_RESERVE) continue;
+        run *r = run_plan(n, false, error, threshold);
+        /* The calls up to N are the same as in the fault-free run, so call N is
+         * the op the log says, and it fired. */
+        if (r->rep.injected != 1 || r->rep.first_op != log[n - 1])
+            fail_msg("fault at call %llu: %llu faults fired, first on %s, expected one on %s", (unsigned long long)n,
+                     (unsigned long long)r->rep.injected, vmm_op_name(r->rep.first_op), vmm_op_name(log[n - 1]));
+        if (!r->bad) count(r);
+        fired++;
+        free(r);
+    }
+    if (broken_plans) fail_msg("%d fault plans broke a rule (listed above)", broken_plans);
+    /* One past the end: nothing fires, nothing fails. */
+    run *r = run_plan(calls + 1, false, error, threshold);
+    assert_int_equal(r->rep.injected, 0);
+    assert_int_equal(r->failed_steps, 0);
+    free(r);
+    print_message("fault sweep (%s, threshold %s): %llu backend calls, %llu faults injected and survived\n",
+                  only_natural ? "natural errors on create/reserve" : gpu_strerror(error),
+                  threshold == SIZE_MAX ? "keep" : "256 KiB", (unsigned long long)calls, (unsigned long long)fired);
+}
+
+static int reset_broken(void **state) {
+    (void)state;
+    broken_plans = 0;
+    return 0;
+}
+
+static void test_fault_every_call(void **state) {
+    (void)state;
+    sweep(SIZE_MAX, GPU_ERR_BACKEND, false);
+}
+
+static void test_fault_natural_errors(void **state) {
+    (void)state;
+    sweep(SIZE_MAX, 0, true);
+}
+
+static void test_fault_with_release_threshold(void **state) {
+    (void)state;
+    sweep(256 * KiB, GPU_ERR_BACKEND, false);
+}
+
+/* From call N on, every call fails: each call still returns a clean error, the
+ * books stay sound, the contents stay intact, and once the backend works again
+ * everything can be freed and given back without a leak. */
+static void test_fault_persistent(void **state) {
+    (void)state;
+    run *dry = run_plan(0, false, 0, SIZE_MAX);
+    uint64_t calls = dry->workload_calls;
+    free(dry);
+    for (uint64_t n = 1; n <= calls; n++) {
+        run *r = run_plan(n, true, GPU_ERR_BACKEND, SIZE_MAX);
+        assert_true(r->rep.injected >= 1);
+        if (!r->bad) count(r);
+        free(r);
+    }
+    if (broken_plans) fail_msg("%d fault plans broke a rule (listed above)", broken_plans);
+    print_message("persistent faults from each of %llu calls on: survived\n", (unsigned long long)calls);
+}
+
+/* The wrapper itself: counts, logs and fails exactly the call it was told to. */
+static void test_fault_wrapper(void **state) {
+    (void)state;
+    gpu_config_t cfg = fault_config(SIZE_MAX);
+    vmm_backend *inner, *outer;
+    vmm_fault_report rep;
+    assert_int_equal(vmm_host_open(&cfg, &inner), GPU_OK);
+    assert_int_equal(vmm_fault_open(inner, &rep, &outer), GPU_OK);
+    assert_int_equal(outer->caps.granularity, G);
+    uintptr_t va;
+    assert_int_equal(outer->ops->reserve(outer, 16 * G, &va), GPU_OK);
+    vmm_fault_arm(outer, 2, false, 0);
+    vmm_handle hd;
+    assert_int_equal(outer->ops->create(outer, G, &hd), GPU_OK);
+    assert_int_equal(outer->ops->create(outer, G, &hd), GPU_ERR_OUT_OF_MEMORY); /* the natural error */
+    assert_non_null(strstr(outer->error, "injected"));
+    assert_int_equal(outer->ops->create(outer, G, &hd), GPU_OK);
+    vmm_host_counts c;
+    vmm_host_counts_get(inner, &c);
+    assert_int_equal(c.handles, 2); /* the refused call did nothing below */
+    vmm_fault_arm(outer, 1, false, GPU_ERR_BACKEND);
+    assert_int_equal(outer->ops->map(outer, va, G, hd), GPU_ERR_BACKEND);
+    /* A real refusal from below passes through with its message. */
+    assert_int_equal(outer->ops->map(outer, va + 1, G, hd), GPU_ERR_INVALID);
+    assert_non_null(strstr(outer->error, "granularity"));
+    assert_int_equal(rep.calls, 6);
+    assert_int_equal(rep.injected, 2);
+    assert_int_equal(rep.per_op[VMM_OP_CREATE], 3);
+    assert_int_equal(rep.log[0], VMM_OP_RESERVE);
+    assert_int_equal(rep.log[4], VMM_OP_MAP);
+    assert_int_equal(vmm_fault_calls(outer), 6);
+    outer->ops->close(outer);
+    assert_true(rep.closed);
+    assert_int_equal(rep.at_close.handles, 2);
+    assert_int_equal(rep.at_close.reservations, 1);
+}
+
+static int print_totals(void **state) {
+    (void)state;
+    print_message("fault injection totals: %llu runs, %llu faults injected, %llu survived (create %llu, map %llu, "
+                  "set_access %llu, unmap %llu, release %llu, fence %llu, memset %llu, copy %llu, reserve %llu)\n",
+                  (unsigned long long)totals.runs, (unsigned long long)totals.faults,
+                  (unsigned long long)totals.survived, (unsigned long long)totals.per_op[VMM_OP_CREATE],
+                  (unsigned long long)totals.per_op[VMM_OP_MAP], (unsigned long long)totals.per_op[VMM_OP_SET_ACCESS],
+                  (unsigned long long)totals.per_op[VMM_OP_UNMAP], (unsigned long long)totals.per_op[VMM_OP_RELEASE],
+                  (unsigned long long)totals.per_op[VMM_OP_FENCE], (unsigned long long)totals.per_op[VMM_OP_MEMSET],
+                  (unsigned long long)totals.per_op[VMM_OP_COPY], (unsigned long long)totals.per_op[VMM_OP_RESERVE]);
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fault_wrapper),
+        cmocka_unit_test_setup(test_fault_every_call, reset_broken),
+        cmocka_unit_test_setup(test_fault_natural_errors, reset_broken),
+        cmocka_unit_test_setup(test_fault_with_release_threshold, reset_broken),
+        cmocka_unit_test_setup(test_fault_persistent, reset_broken),
+    };
+    return cmocka_run_group_tests(tests, NULL, print_totals);
+}

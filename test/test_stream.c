@@ -1,0 +1,207 @@
+/*
+ * test_stream.c — stream-ordered allocation and graph-capture rules on the host
+ * backend.
+ *
+ * The host backend has no GPU work to wait for, so it lets a test decide when an
+ * event completes (after N queries) and which streams are "being captured". That
+ * is enough to check the rules the GPU suite checks with real kernels: a block
+ * freed on stream S is reused by S at once and by anyone else only after S's event
+ * completes; out of memory waits for the events; during a capture the heap never
+ * fences, refuses frees on the captured stream, and defers trimming.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "gpuheap.h"
+#include "internal.h"
+
+#define MiB ((size_t)1 << 20)
+#define S1 ((void *)0x1001)
+#define S2 ((void *)0x2002)
+
+static gpu_heap_t *open_heap(size_t budget) {
+    gpu_config_t cfg;
+    gpu_config_init(&cfg);
+    cfg.backend = GPU_BACKEND_HOST;
+    cfg.reserve_bytes = 64ull << 30;
+    cfg.host_budget = budget;
+    gpu_heap_t *h = NULL;
+    assert_int_equal(gpu_heap_create(&cfg, &h), GPU_OK);
+    return h;
+}
+
+static void check_ok(gpu_heap_t *h) {
+    char msg[256];
+    if (gpu_heap_check(h, msg, sizeof msg) != GPU_OK) fail_msg("heap check: %s", msg);
+}
+
+static gpu_stats_t stats_of(gpu_heap_t *h) {
+    gpu_stats_t s;
+    assert_int_equal(gpu_heap_stats(h, &s), GPU_OK);
+    return s;
+}
+
+/* The backend behind a heap: white-box, for the host backend's test knobs. */
+static vmm_backend *backend_of(gpu_heap_t *h) { return h->door.b; }
+
+static void test_same_stream_reuses_at_once(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(0);
+    vmm_host_set_event_delay(backend_of(h), 1000000); /* events never complete in this test */
+    void *p = gpu_heap_malloc_async(h, 4096, S1);
+    assert_non_null(p);
+    memset(p, 0x5a, 4096);
+    assert_int_equal(gpu_heap_free_async(h, p, S1), GPU_OK);
+    check_ok(h);
+    assert_int_equal(stats_of(h).stream_free_blocks, 1);
+    void *q = gpu_heap_malloc_async(h, 4096, S1);
+    assert_ptr_equal(q, p); /* stream order makes reuse on S1 safe */
+    assert_int_equal(stats_of(h).stream_events, 0); /* and it cost no driver call */
+    assert_int_equal(gpu_heap_free_async(h, q, S1), GPU_OK);
+    check_ok(h);
+    gpu_heap_destroy(h);
+}
+
+static void test_other_stream_waits_for_event(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(0);
+    vmm_host_set_event_delay(backend_of(h), 3);
+    /* Fill one shared extent exactly, so that the next block has to come from S1's pool or new memory. */
+    void *p = gpu_heap_malloc_async(h, 1 * MiB, S1);
+    assert_non_null(p);
+    assert_int_equal(gpu_heap_free_async(h, p, S1), GPU_OK);
+    /* S2 cannot have it while S1's event has not completed: it gets other memory. */
+    void *seen[16];
+    int hit = -1;
+    for (int i = 0; i < 16; i++) {
+        seen[i] = gpu_heap_malloc_async(h, 1 * MiB, S2);
+        assert_non_null(seen[i]);
+        check_ok(h);
+        if (seen[i] == p) {
+            hit = i;
+            break;
+        }
+    }
+    gpu_stats_t s = stats_of(h);
+    print_message("S2 got S1's block after %d allocations; %llu events recorded\n", hit, (unsigned long long)s.stream_events);
+    assert_true(hit > 0);                   /* never the first time: the event had not completed */
+    assert_true(s.stream_events >= 1);
+    for (int i = 0; i <= hit; i++) assert_int_equal(gpu_heap_free_async(h, seen[i], S2), GPU_OK);
+    check_ok(h);
+    gpu_heap_destroy(h);
+}
+
+static void test_plain_malloc_waits_too_and_mixing_works(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(0);
+    vmm_host_set_event_delay(backend_of(h), 1000000);
+    void *p = gpu_heap_malloc(h, 8192);             /* plain malloc, */
+    assert_int_equal(gpu_heap_free_async(h, p, S1), GPU_OK); /* freed on a stream */
+    void *q = gpu_heap_malloc(h, 8192);
+    assert_ptr_not_equal(q, p);                     /* gpu_malloc does not take S1's block */
+    void *r = gpu_heap_malloc_async(h, 8192, S2);   /* allocated on S2, */
+    assert_int_equal(gpu_heap_free_async(h, r, S1), GPU_OK); /* freed on S1: allowed */
+    void *t = gpu_heap_malloc_async(h, 8192, S1);
+    assert_true(t == p || t == r);                  /* S1 reuses what was freed on it */
+    assert_int_equal(gpu_heap_free(h, t), GPU_OK);  /* and a stream block may go with gpu_free */
+    assert_int_equal(gpu_heap_free(h, q), GPU_OK);
+    check_ok(h);
+    /* A fence (trim) makes every stream-freed block idle. */
+    assert_int_equal(gpu_heap_trim(h, SIZE_MAX), GPU_OK);
+    gpu_stats_t s = stats_of(h);
+    assert_int_equal(s.stream_free_blocks, 0);
+    assert_int_equal(s.live_blocks, 0);
+    check_ok(h);
+    gpu_heap_destroy(h);
+}
+
+static void test_bad_input(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(0);
+    void *p = gpu_heap_malloc_async(h, 512, S1);
+    assert_int_equal(gpu_heap_free_async(h, (char *)p + 256, S1), GPU_ERR_NOT_LIVE);
+    assert_int_equal(gpu_heap_free_async(h, p, S1), GPU_OK);
+    assert_int_equal(gpu_heap_free_async(h, p, S1), GPU_ERR_NOT_LIVE); /* double free */
+    int x;
+    assert_int_equal(gpu_heap_free_async(h, &x, S1), GPU_ERR_NOT_OWNED);
+    assert_int_equal(gpu_heap_free_async(h, NULL, S1), GPU_OK);
+    assert_null(gpu_heap_malloc_async(h, SIZE_MAX, S1));
+    assert_int_equal(gpu_last_error(), GPU_ERR_INVALID);
+    check_ok(h);
+    gpu_heap_destroy(h);
+}
+
+static void test_out_of_memory_waits_for_stream_events(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(64 * MiB);
+    vmm_host_set_event_delay(backend_of(h), 1000000); /* a query never sees them complete */
+    void *b[8];
+    int n = 0;
+    while (n < 8 && (b[n] = gpu_heap_malloc_async(h, 16 * MiB, S1)) != NULL) n++;
+    assert_true(n >= 3);
+    for (int i = 0; i < n; i++) assert_int_equal(gpu_heap_free_async(h, b[i], S1), GPU_OK);
+    /* S2 needs all of it: only waiting for S1's events can give it. */
+    void *big = gpu_heap_malloc_async(h, (size_t)n * 16 * MiB - 16 * MiB, S2);
+    if (!big) fail_msg("out of memory with stream-freed blocks waiting: %s", gpu_strerror(gpu_last_error()));
+    check_ok(h);
+    assert_int_equal(gpu_heap_free_async(h, big, S2), GPU_OK);
+    gpu_heap_destroy(h);
+}
+
+static void test_capture_rules(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(0);
+    vmm_backend *b = backend_of(h);
+    void *keep = gpu_heap_malloc_async(h, 4096, S1);
+    void *gone = gpu_heap_malloc(h, 4 * MiB);
+    assert_int_equal(gpu_heap_free(h, gone), GPU_OK); /* quarantined */
+
+    vmm_host_set_capturing(b, (uintptr_t)S1, true);
+    /* A free on the captured stream is refused and changes nothing. */
+    assert_int_equal(gpu_heap_free_async(h, keep, S1), GPU_ERR_CAPTURING);
+    assert_int_equal(gpu_heap_malloc_usable_size(h, keep), 4096);
+    /* Allocation during the capture works and never fences. */
+    uint64_t fences = stats_of(h).fences;
+    void *during = gpu_heap_malloc_async(h, 8 * MiB, S1);
+    assert_non_null(during);
+    vmm_host_set_capturing(b, 0, true); /* "a blocking stream is being captured" */
+    for (int i = 0; i < 4; i++) {
+        void *x = gpu_heap_malloc(h, 64 * MiB);
+        assert_non_null(x);
+        assert_int_equal(gpu_heap_free(h, x), GPU_OK);
+    }
+    assert_int_equal(stats_of(h).fences, fences);
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_ERR_CAPTURING);
+    check_ok(h);
+    vmm_host_set_capturing(b, 0, false);
+    vmm_host_set_capturing(b, (uintptr_t)S1, false);
+
+    /* gpu_capture_begin/end announce a capture the heap cannot see. */
+    gpu_capture_begin();
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_ERR_CAPTURING);
+    gpu_capture_end();
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_OK);
+    assert_true(stats_of(h).fences > fences);
+
+    assert_int_equal(gpu_heap_free_async(h, keep, S1), GPU_OK);
+    assert_int_equal(gpu_heap_free_async(h, during, S1), GPU_OK);
+    check_ok(h);
+    gpu_heap_destroy(h);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_same_stream_reuses_at_once),
+        cmocka_unit_test(test_other_stream_waits_for_event),
+        cmocka_unit_test(test_plain_malloc_waits_too_and_mixing_works),
+        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_out_of_memory_waits_for_stream_events),
+        cmocka_unit_test(test_capture_rules),
+    };
+    return cmocka_run_group_tests_name("stream", tests, NULL, NULL);
+}

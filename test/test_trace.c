@@ -1,0 +1,301 @@
+/*
+ * test_trace.c — the trace format, written, read back and replayed, on the host
+ * backend.
+ *
+ * A trace is only useful if it is complete and replays to the same heap: every
+ * call appears once with the arguments and results the caller saw, the backend
+ * events match the heap's own counts, and replaying the calls on a fresh heap of
+ * the same configuration leads it through the same states (same peaks, same
+ * maps). Threads record into their own buffers and a writer thread formats them,
+ * so a multi-threaded run must lose nothing either, including what a thread
+ * recorded just before it exited.
+ */
+#include <pthread.h>
+
+#include "util.h"
+
+#include "trace_replay.h"
+
+static char trace_path[64];
+
+static int setup(void **state) {
+    (void)state;
+    snprintf(trace_path, sizeof trace_path, "/tmp/gpuheap-trace-XXXXXX");
+    int fd = mkstemp(trace_path);
+    if (fd < 0) return -1;
+    close(fd);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    unlink(trace_path);
+    return 0;
+}
+
+static tr_trace load(void) {
+    tr_trace t;
+    char err[256];
+    if (tr_load(trace_path, &t, err, sizeof err) != 0) fail_msg("tr_load: %s", err);
+    assert_int_equal(t.bad_lines, 0);
+    return t;
+}
+
+/* gpuheap as a replay allocator, on a heap the test owns. */
+static void *heap_alloc(void *ctx, size_t size, size_t align, unsigned flags) {
+    if (flags) return gpu_heap_malloc_flags(ctx, size, flags);
+    if (align > GPU_MIN_ALIGNMENT) return gpu_heap_malloc_aligned(ctx, size, align);
+    return gpu_heap_malloc(ctx, size);
+}
+static int heap_free_fn(void *ctx, void *p) { return gpu_heap_free(ctx, p); }
+static void *heap_realloc_fn(void *ctx, void *p, size_t old, size_t size) {
+    (void)old;
+    return gpu_heap_realloc(ctx, p, size);
+}
+static int heap_trim_fn(void *ctx, size_t keep) { return gpu_heap_trim(ctx, keep); }
+
+static tr_allocator heap_allocator(gpu_heap_t *h) {
+    return (tr_allocator){.name = "gpuheap", .ctx = h, .alloc = heap_alloc, .free = heap_free_fn,
+                          .realloc = heap_realloc_fn, .trim = heap_trim_fn};
+}
+
+/* ---- the line format ------------------------------------------------------------- */
+
+static void test_parse_line(void **state) {
+    (void)state;
+    tr_event e;
+    assert_int_equal(tr_parse_line("# gpuheap trace 1\n", &e), 0);
+    assert_int_equal(tr_parse_line("\n", &e), 0);
+    assert_int_equal(tr_parse_line("1200 77 malloc 0x7f0000000000 0x0 0x0 1000 256 1 0x7f0000200000 0 85\n", &e), 1);
+    assert_int_equal(e.t_ns, 1200);
+    assert_int_equal(e.tid, 77);
+    assert_int_equal(e.op, TR_MALLOC);
+    assert_int_equal(e.heap, 0x7f0000000000ull);
+    assert_int_equal(e.size, 1000);
+    assert_int_equal(e.arg, 256);
+    assert_int_equal(e.flags, 1);
+    assert_int_equal(e.result, 0x7f0000200000ull);
+    assert_int_equal(e.rc, 0);
+    assert_int_equal(e.dur_ns, 85);
+    assert_int_equal(tr_parse_line("5 1 free 0x10 0x0 0x7f00 0 0 0 0x0 -3 9", &e), 1);
+    assert_int_equal(e.op, TR_FREE);
+    assert_int_equal(e.rc, -3);
+    /* A later version's op is kept, as unknown; a broken line is refused. */
+    assert_int_equal(tr_parse_line("5 1 commit 0x10 0x0 0x7f00 4096 0 0 0x0 0 9", &e), 1);
+    assert_int_equal(e.op, TR_UNKNOWN);
+    assert_int_equal(tr_parse_line("5 1 free 0x10 0x0", &e), -1);
+    assert_int_equal(tr_parse_line("5 1 free 0x10 0x0 0x7f00 0 0 0 0x0 0 9 extra", &e), -1);
+}
+
+static void test_start_stop_errors(void **state) {
+    (void)state;
+    assert_int_equal(gpu_trace_stop(), GPU_OK); /* none running */
+    assert_int_equal(gpu_trace_start(NULL), GPU_ERR_INVALID);
+    assert_int_equal(gpu_trace_start("/nonexistent-dir/x.trace"), GPU_ERR_INVALID);
+    assert_int_equal(gpu_trace_start(trace_path), GPU_OK);
+    assert_int_equal(gpu_trace_start(trace_path), GPU_ERR_INVALID);
+    assert_int_equal(gpu_trace_stop(), GPU_OK);
+    tr_trace t = load();
+    assert_int_equal(t.n, 0);
+    tr_free(&t);
+}
+
+/* ---- record, read, replay ---------------------------------------------------------------- */
+
+/* Every kind of call, failures included. Returns the number of application calls. */
+static size_t workload(gpu_heap_t *h, uint64_t seed) {
+    enum { SLOTS = 64 };
+    void *p[SLOTS] = {0};
+    size_t calls = 0;
+    uint64_t rng = seed;
+    for (int step = 0; step < 4000; step++) {
+        rng = mix64(rng);
+        size_t i = rng % SLOTS;
+        unsigned kind = (unsigned)(rng >> 8) % 16;
+        if (!p[i]) {
+            size_t size = kind < 8 ? (rng >> 16) % (40 * KiB) : kind < 13 ? (rng >> 16) % (5 * MiB) : 1 + (rng >> 16) % 1000;
+            if (kind == 13) p[i] = gpu_heap_malloc_aligned(h, size, 64 * KiB);
+            else if (kind == 14) p[i] = gpu_heap_calloc(h, 1, size);
+            else if (kind == 15) p[i] = gpu_heap_malloc_flags(h, size, GPU_ALLOC_OWNED);
+            else p[i] = gpu_heap_malloc(h, size);
+            assert_non_null(p[i]);
+            calls++;
+            if (kind == 15) {
+                assert_int_equal(gpu_heap_protect(h, p[i], gpu_heap_malloc_usable_size(h, p[i]), GPU_PROT_READ), GPU_OK);
+                calls++;
+            }
+        } else if (kind < 7) {
+            assert_int_equal(gpu_heap_free(h, p[i]), GPU_OK);
+            p[i] = NULL;
+            calls++;
+        } else if (kind < 12) {
+            void *q = gpu_heap_realloc(h, p[i], 1 + (rng >> 24) % (6 * MiB));
+            assert_non_null(q);
+            p[i] = q;
+            calls++;
+        } else if (kind == 12) {
+            assert_int_equal(gpu_heap_trim(h, (rng >> 24) % (8 * MiB)), GPU_OK);
+            calls++;
+        } else if (kind == 13) { /* failures are recorded too */
+            assert_int_equal(gpu_heap_free(h, (char *)p[i] + 1), GPU_ERR_NOT_LIVE);
+            calls++;
+        }
+    }
+    for (size_t k = 0; k < SLOTS; k++)
+        if (p[k]) assert_int_equal(gpu_heap_free(h, p[k]), GPU_OK), calls++;
+    return calls;
+}
+
+static void test_record_and_replay(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    assert_int_equal(gpu_trace_start(trace_path), GPU_OK);
+    size_t calls = workload(h, 7);
+    assert_int_equal(gpu_trace_stop(), GPU_OK);
+    gpu_stats_t rec = STATS(h);
+
+    tr_trace t = load();
+    tr_summary s;
+    tr_summarize(&t, &s);
+    /* Every application call once; backend events as the heap counted them. */
+    size_t app = 0, failed = 0;
+    uint64_t heap_id = t.n ? t.ev[0].heap : 0;
+    for (size_t i = 0; i < t.n; i++) {
+        const tr_event *e = &t.ev[i];
+        assert_int_equal(e->heap, heap_id); /* one heap: its reservation's base */
+        if (e->result) assert_true(e->result >= heap_id && e->result - heap_id < rec.reserved_bytes);
+        if (e->op <= TR_TRIM) {
+            app++;
+            failed += e->rc != 0;
+        }
+        if (i) assert_true(t.ev[i - 1].t_ns <= e->t_ns + e->dur_ns); /* sorted */
+    }
+    assert_int_equal(app, calls);
+    assert_true(failed > 0);
+    assert_int_equal(s.maps, rec.backend_map);
+    assert_int_equal(s.unmaps, rec.backend_unmap);
+    assert_int_equal(s.fences, rec.backend_fence);
+    assert_int_equal(s.peak_mapped, rec.peak_mapped_bytes);
+    assert_int_equal(s.threads, 1);
+
+    /* The replay on a fresh heap of the same configuration goes the same way. */
+    gpu_heap_t *h2 = HEAP_NEW(0);
+    tr_allocator a = heap_allocator(h2);
+    tr_result r;
+    assert_int_equal(tr_replay(&t, &a, &r), 0);
+    assert_int_equal(r.failed, 0);
+    assert_int_equal(r.conflicts, 0);
+    assert_int_equal(r.peak_live, s.peak_live);
+    gpu_stats_t rep = STATS(h2);
+    assert_int_equal(rep.peak_live_bytes, rec.peak_live_bytes);
+    assert_int_equal(rep.peak_mapped_bytes, rec.peak_mapped_bytes);
+    assert_int_equal(rep.backend_map, rec.backend_map);
+    assert_int_equal(rep.backend_copy, rec.backend_copy);
+    assert_int_equal(rep.copy_bytes, rec.copy_bytes);
+    assert_int_equal(rep.live_blocks, 0);
+    tr_free(&t);
+    HEAP_DESTROY(h2);
+    HEAP_DESTROY(h);
+}
+
+/* ---- threads --------------------------------------------------------------------------- */
+
+enum { THREADS = 4, PAIRS = 20000, SHORT_PAIRS = 100 };
+
+typedef struct worker {
+    gpu_heap_t *h;
+    size_t pairs;
+} worker;
+
+static void *pairs_thread(void *arg) {
+    worker *w = arg;
+    for (size_t i = 0; i < w->pairs; i++) {
+        void *p = gpu_heap_malloc(w->h, 256 + (i % 64) * 512);
+        if (!p || gpu_heap_free(w->h, p) != GPU_OK) return (void *)1;
+    }
+    return NULL;
+}
+
+/* 4 threads fill many buffers each; 2 more record a few events and exit before
+ * the trace stops. Nothing is lost, and the replay matches every free. */
+static void test_threads_lose_nothing(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    assert_int_equal(gpu_trace_start(trace_path), GPU_OK);
+    pthread_t th[THREADS + 2];
+    worker w[THREADS + 2];
+    for (int i = 0; i < THREADS + 2; i++) {
+        w[i] = (worker){h, i < THREADS ? PAIRS : SHORT_PAIRS};
+        assert_int_equal(pthread_create(&th[i], NULL, pairs_thread, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS + 2; i++) {
+        void *ret;
+        pthread_join(th[i], &ret);
+        assert_null(ret);
+    }
+    assert_int_equal(gpu_trace_stop(), GPU_OK);
+    tr_trace t = load();
+    tr_summary s;
+    tr_summarize(&t, &s);
+    assert_int_equal(s.mallocs, THREADS * PAIRS + 2 * SHORT_PAIRS);
+    assert_int_equal(s.frees, THREADS * PAIRS + 2 * SHORT_PAIRS);
+    assert_int_equal(s.threads, THREADS + 2);
+    gpu_heap_t *h2 = HEAP_NEW(0);
+    tr_allocator a = heap_allocator(h2);
+    tr_result r;
+    assert_int_equal(tr_replay(&t, &a, &r), 0);
+    assert_int_equal(r.failed, 0);
+    assert_int_equal(r.skipped, 0); /* every free found its malloc */
+    assert_int_equal(STATS(h2).live_blocks, 0);
+    tr_free(&t);
+    HEAP_DESTROY(h2);
+
+    /* A second session in the same process starts clean. */
+    assert_int_equal(gpu_trace_start(trace_path), GPU_OK);
+    void *p = gpu_heap_malloc(h, 10);
+    gpu_heap_free(h, p);
+    assert_int_equal(gpu_trace_stop(), GPU_OK);
+    t = load();
+    tr_summarize(&t, &s);
+    assert_int_equal(s.mallocs, 1);
+    assert_int_equal(s.frees, 1);
+    tr_free(&t);
+    HEAP_DESTROY(h);
+}
+
+/* A gzip-compressed trace reads the same. */
+static void test_gzip(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    assert_int_equal(gpu_trace_start(trace_path), GPU_OK);
+    workload(h, 11);
+    assert_int_equal(gpu_trace_stop(), GPU_OK);
+    HEAP_DESTROY(h);
+    tr_trace plain = load();
+    char cmd[256], gz[80];
+    snprintf(gz, sizeof gz, "%s.gz", trace_path);
+    snprintf(cmd, sizeof cmd, "gzip -c '%s' > '%s'", trace_path, gz);
+    if (system(cmd) != 0) skip();
+    tr_trace t;
+    char err[256];
+    assert_int_equal(tr_load(gz, &t, err, sizeof err), 0);
+    unlink(gz);
+    assert_int_equal(t.n, plain.n);
+    for (size_t i = 0; i < t.n; i++) {
+        assert_int_equal(t.ev[i].op, plain.ev[i].op);
+        assert_int_equal(t.ev[i].result, plain.ev[i].result);
+    }
+    tr_free(&t);
+    tr_free(&plain);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_line),
+        cmocka_unit_test_setup_teardown(test_start_stop_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_record_and_replay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_threads_lose_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gzip, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

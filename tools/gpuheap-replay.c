@@ -1,0 +1,137 @@
+/*
+ * gpuheap-replay — replays a recorded trace against gpuheap, cudaMalloc and
+ * cudaMallocAsync, one after the other in this process, and compares them.
+ *
+ * For each allocator it reports the time its calls took, the peak physical
+ * memory it held (replay_peers.h says how each is measured), and fragmentation =
+ * peak physical / peak live bytes (live bytes as the program asked for them). A
+ * trace is what GPUHEAP_TRACE=FILE wrote (plain or .gz). Without a GPU, or with
+ * --backend host, gpuheap alone runs on its host backend: the CI tests use that.
+ *
+ *   gpuheap-replay [--backend cuda|host] [--only NAME] [--json FILE] TRACE
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cudart_util.h"
+#include "gpuheap.h"
+#include "replay_peers.h"
+#include "trace_replay.h"
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: gpuheap-replay [--backend cuda|host] [--only gpuheap|cudaMalloc|cudaMallocAsync]\n"
+               "                      [--json FILE] TRACE[.gz]\n"
+               "  Replays TRACE's malloc/free/realloc/trim calls against each allocator and prints\n"
+               "  time, peak physical memory held and fragmentation (peak physical / peak live).\n");
+}
+
+static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
+
+int main(int argc, char **argv) {
+    const char *path = NULL, *json = NULL, *only = NULL;
+    bool host = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--backend") && i + 1 < argc) {
+            host = !strcmp(argv[++i], "host");
+        } else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
+            only = argv[++i];
+        } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
+            json = argv[++i];
+        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (argv[i][0] != '-' && !path) {
+            path = argv[i];
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!path) {
+        usage(stderr);
+        return 2;
+    }
+    char err[512];
+    tr_trace t;
+    if (tr_load(path, &t, err, sizeof err) != 0) {
+        fprintf(stderr, "gpuheap-replay: %s\n", err);
+        return 1;
+    }
+    tr_summary s;
+    tr_summarize(&t, &s);
+    printf("trace %s: %zu events (%zu malloc, %zu free, %zu realloc, %zu other; %zu failed calls), %zu threads,\n"
+           "  %.3f s long, peak live %.1f MiB; recorded heap mapped at most %.1f MiB in %zu maps\n",
+           path, s.events, s.mallocs, s.frees, s.reallocs, s.others, s.failed_calls, s.threads, (double)s.span_ns * 1e-9,
+           mib(s.peak_live), mib(s.peak_mapped), s.maps);
+    if (t.bad_lines || t.unknown_ops)
+        printf("  (%zu lines did not parse, %zu events of ops this reader does not know)\n", t.bad_lines, t.unknown_ops);
+
+    gpu_config_t cfg;
+    gpu_config_init(&cfg);
+    char device[256] = "host backend (not a GPU)";
+    if (!host) {
+        if (cudart_load(err, sizeof err) != 0 || cudart.cudaSetDevice(0) != CUDART_SUCCESS ||
+            cudart.cudaDeviceSynchronize() != CUDART_SUCCESS) {
+            printf("no GPU (%s): replaying on gpuheap's host backend alone\n", err);
+            host = true;
+        } else {
+            cudart_device_name(0, device, sizeof device);
+        }
+    }
+    if (host) cfg.backend = GPU_BACKEND_HOST;
+    printf("device: %s\n\n", device);
+
+    static const int kinds[] = {PEER_GPUHEAP, PEER_CUDA_MALLOC, PEER_CUDA_MALLOC_ASYNC};
+    FILE *jf = json ? fopen(json, "w") : NULL;
+    if (json && !jf) fprintf(stderr, "gpuheap-replay: cannot write %s\n", json);
+    if (jf)
+        fprintf(jf, "{\"trace\": \"%s\", \"device\": \"%s\", \"events\": %zu, \"peak_live\": %llu, \"results\": [", path,
+                device, s.events, (unsigned long long)s.peak_live);
+    printf("%-16s %10s %10s %12s %14s %8s %7s %9s\n", "allocator", "time ms", "calls", "peak live MiB",
+           "peak phys MiB", "frag", "failed", "conflicts");
+    int status = 0;
+    bool first = true;
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        if (host && kinds[k] != PEER_GPUHEAP) continue;
+        peer p;
+        if (peer_open(&p, kinds[k], &cfg, err, sizeof err) != 0) {
+            printf("%-16s %s\n", "?", err);
+            status = 1;
+            continue;
+        }
+        if (only && strcmp(only, p.name)) {
+            peer_close(&p);
+            continue;
+        }
+        tr_result r;
+        if (tr_replay(&t, &p.a, &r) != 0) {
+            printf("%-16s out of host memory\n", p.name);
+            peer_close(&p);
+            status = 1;
+            continue;
+        }
+        uint64_t phys = peer_peak_physical(&p);
+        double frag = r.peak_live ? (double)phys / (double)r.peak_live : 0;
+        printf("%-16s %10.3f %10zu %12.1f %14.1f %8.3f %7zu %9zu\n", p.name, r.seconds * 1e3, r.calls, mib(r.peak_live),
+               mib(phys), frag, r.failed, r.conflicts);
+        if (r.failed) printf("  first failure: %s\n", r.first_error);
+        if (jf)
+            fprintf(jf, "%s\n  {\"allocator\": \"%s\", \"seconds\": %.6f, \"calls\": %zu, \"failed\": %zu, "
+                        "\"skipped\": %zu, \"conflicts\": %zu, \"peak_live\": %llu, \"peak_physical\": %llu, "
+                        "\"fragmentation\": %.4f, \"copied_bytes\": %llu}",
+                    first ? "" : ",", p.name, r.seconds, r.calls, r.failed, r.skipped, r.conflicts,
+                    (unsigned long long)r.peak_live, (unsigned long long)phys, frag,
+                    (unsigned long long)r.copied_bytes);
+        first = false;
+        peer_close(&p);
+    }
+    if (jf) {
+        fprintf(jf, "\n]}\n");
+        fclose(jf);
+    }
+    printf("(time: the replayed calls only; peak physical: gpuheap peak_mapped_bytes, cudaMalloc device memory\n"
+           " used (cudaMemGetInfo) at each new live peak, cudaMallocAsync pool reserved high-water mark)\n");
+    tr_free(&t);
+    return status;
+}

@@ -1,0 +1,183 @@
+/*
+ * replay_peers.c — the three allocators behind tr_allocator (see replay_peers.h).
+ *
+ * Every function is a thin call into the allocator; whatever the replay times is
+ * the allocator's own cost plus one indirect call. gpuheap gets the alignment and
+ * flags a trace recorded; the CUDA peers get plain allocations (cudaMalloc's
+ * alignment already covers gpuheap's 256 bytes) and do realloc as the replay's
+ * alloc + copy + free, with the copied bytes counted.
+ */
+#include "replay_peers.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "cudart_util.h"
+
+/* ---- gpuheap ------------------------------------------------------------------- */
+
+static void *gh_alloc(void *ctx, size_t size, size_t align, unsigned flags) {
+    peer *p = ctx;
+    if (flags) return gpu_heap_malloc_flags(p->heap, size, flags);
+    if (align > GPU_MIN_ALIGNMENT) return gpu_heap_malloc_aligned(p->heap, size, align);
+    return gpu_heap_malloc(p->heap, size);
+}
+static int gh_free(void *ctx, void *ptr) { return gpu_heap_free(((peer *)ctx)->heap, ptr); }
+static void *gh_realloc(void *ctx, void *ptr, size_t old_size, size_t size) {
+    (void)old_size;
+    return gpu_heap_realloc(((peer *)ctx)->heap, ptr, size);
+}
+static int gh_trim(void *ctx, size_t keep) { return gpu_heap_trim(((peer *)ctx)->heap, keep); }
+
+/* ---- cudaMalloc ------------------------------------------------------------------- */
+
+static size_t device_used(void) {
+    size_t free_b = 0, total = 0;
+    if (cudart.cudaMemGetInfo(&free_b, &total) != CUDART_SUCCESS) return 0;
+    return total - free_b;
+}
+
+static void *cm_alloc(void *ctx, size_t size, size_t align, unsigned flags) {
+    (void)ctx, (void)align, (void)flags;
+    void *ptr = NULL;
+    return cudart.cudaMalloc(&ptr, size ? size : 1) == CUDART_SUCCESS ? ptr : NULL;
+}
+static int cm_free(void *ctx, void *ptr) {
+    (void)ctx;
+    return cudart.cudaFree(ptr) == CUDART_SUCCESS ? 0 : -1;
+}
+static int cm_copy(void *ctx, void *dst, const void *src, size_t n) {
+    (void)ctx;
+    return cudart.cudaMemcpy(dst, src, n, CUDART_MEMCPY_DEVICE_TO_DEVICE) == CUDART_SUCCESS ? 0 : -1;
+}
+static void cm_sample(void *ctx) {
+    peer *p = ctx;
+    size_t used = device_used();
+    uint64_t held = used > p->base_used ? used - p->base_used : 0;
+    if (held > p->peak_seen) p->peak_seen = held;
+}
+
+/* ---- cudaMallocAsync ------------------------------------------------------------------ */
+
+static void *cma_alloc(void *ctx, size_t size, size_t align, unsigned flags) {
+    (void)align, (void)flags;
+    void *ptr = NULL;
+    return cudart.cudaMallocAsync(&ptr, size ? size : 1, ((peer *)ctx)->stream) == CUDART_SUCCESS ? ptr : NULL;
+}
+static int cma_free(void *ctx, void *ptr) {
+    return cudart.cudaFreeAsync(ptr, ((peer *)ctx)->stream) == CUDART_SUCCESS ? 0 : -1;
+}
+static int cma_copy(void *ctx, void *dst, const void *src, size_t n) {
+    return cudart.cudaMemcpyAsync(dst, src, n, CUDART_MEMCPY_DEVICE_TO_DEVICE, ((peer *)ctx)->stream) ==
+                   CUDART_SUCCESS ? 0 : -1;
+}
+static int cma_finish(void *ctx) {
+    return cudart.cudaStreamSynchronize(((peer *)ctx)->stream) == CUDART_SUCCESS ? 0 : -1;
+}
+
+/* ---- opening, measuring, closing -------------------------------------------------------- */
+
+static gpu_config_t heap_cfg; /* the configuration peer_reset re-creates a heap with */
+
+int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_len) {
+    memset(p, 0, sizeof *p);
+    p->kind = kind;
+    p->a.ctx = p;
+    switch (kind) {
+    case PEER_GPUHEAP: {
+        if (cfg) heap_cfg = *cfg;
+        else gpu_config_init(&heap_cfg);
+        int rc = gpu_heap_create(&heap_cfg, &p->heap);
+        if (rc != GPU_OK) return snprintf(err, err_len, "gpu_heap_create: %s", gpu_strerror(rc)), -1;
+        snprintf(p->name, sizeof p->name, "gpuheap");
+        p->a.alloc = gh_alloc;
+        p->a.free = gh_free;
+        p->a.realloc = gh_realloc;
+        p->a.trim = gh_trim;
+        break;
+    }
+    case PEER_CUDA_MALLOC:
+        if (!cudart.cudaMalloc) return snprintf(err, err_len, "no CUDA runtime"), -1;
+        snprintf(p->name, sizeof p->name, "cudaMalloc");
+        p->a.alloc = cm_alloc;
+        p->a.free = cm_free;
+        p->a.copy = cm_copy;
+        p->a.sample = cm_sample;
+        cudart.cudaDeviceSynchronize();
+        p->base_used = device_used();
+        break;
+    case PEER_CUDA_MALLOC_ASYNC: {
+        if (!cudart.cudaMalloc) return snprintf(err, err_len, "no CUDA runtime"), -1;
+        snprintf(p->name, sizeof p->name, "cudaMallocAsync");
+        cudart_error e = cudart.cudaStreamCreate(&p->stream);
+        uint64_t keep_all = UINT64_MAX;
+        if (e == CUDART_SUCCESS) e = cudart.cudaDeviceGetDefaultMemPool(&p->pool, 0);
+        if (e == CUDART_SUCCESS) e = cudart.cudaMemPoolSetAttribute(p->pool, CUDART_MEMPOOL_RELEASE_THRESHOLD, &keep_all);
+        if (e != CUDART_SUCCESS) return snprintf(err, err_len, "cudaMallocAsync setup: %s", cudart_strerror(e)), -1;
+        p->a.alloc = cma_alloc;
+        p->a.free = cma_free;
+        p->a.copy = cma_copy;
+        p->a.finish = cma_finish;
+        if (peer_reset(p, err, err_len) != 0) return -1;
+        break;
+    }
+    default:
+        return snprintf(err, err_len, "unknown peer %d", kind), -1;
+    }
+    p->a.name = p->name;
+    return 0;
+}
+
+int peer_reset(peer *p, char *err, size_t err_len) {
+    switch (p->kind) {
+    case PEER_GPUHEAP: {
+        if (p->heap) gpu_heap_destroy(p->heap);
+        p->heap = NULL;
+        int rc = gpu_heap_create(&heap_cfg, &p->heap);
+        if (rc != GPU_OK) return snprintf(err, err_len, "gpu_heap_create: %s", gpu_strerror(rc)), -1;
+        return 0;
+    }
+    case PEER_CUDA_MALLOC:
+        cudart.cudaDeviceSynchronize();
+        p->base_used = device_used();
+        p->peak_seen = 0;
+        return 0;
+    case PEER_CUDA_MALLOC_ASYNC: {
+        uint64_t zero = 0;
+        cudart_error e = cudart.cudaStreamSynchronize(p->stream);
+        if (e == CUDART_SUCCESS) e = cudart.cudaMemPoolTrimTo(p->pool, 0);
+        if (e == CUDART_SUCCESS) e = cudart.cudaMemPoolSetAttribute(p->pool, CUDART_MEMPOOL_RESERVED_MEM_HIGH, &zero);
+        if (e != CUDART_SUCCESS) return snprintf(err, err_len, "resetting the pool: %s", cudart_strerror(e)), -1;
+        return 0;
+    }
+    }
+    return -1;
+}
+
+uint64_t peer_peak_physical(peer *p) {
+    switch (p->kind) {
+    case PEER_GPUHEAP: {
+        gpu_stats_t s;
+        return gpu_heap_stats(p->heap, &s) == GPU_OK ? s.peak_mapped_bytes : 0;
+    }
+    case PEER_CUDA_MALLOC:
+        cm_sample(p);
+        return p->peak_seen;
+    case PEER_CUDA_MALLOC_ASYNC: {
+        uint64_t high = 0;
+        cudart.cudaStreamSynchronize(p->stream);
+        cudart.cudaMemPoolGetAttribute(p->pool, CUDART_MEMPOOL_RESERVED_MEM_HIGH, &high);
+        return high;
+    }
+    }
+    return 0;
+}
+
+void peer_close(peer *p) {
+    if (p->kind == PEER_GPUHEAP && p->heap) gpu_heap_destroy(p->heap);
+    if (p->kind == PEER_CUDA_MALLOC_ASYNC && p->pool) {
+        cudart.cudaStreamSynchronize(p->stream);
+        cudart.cudaMemPoolTrimTo(p->pool, 0);
+    }
+    memset(p, 0, sizeof *p);
+}

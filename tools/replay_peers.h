@@ -1,0 +1,48 @@
+/*
+ * replay_peers.h — gpuheap and the allocators it is compared with, as
+ * tr_allocator tables (trace_replay.h), with the memory each one holds.
+ *
+ * Each peer answers the same two questions after a replay or a workload: how
+ * long its calls took (the replay times them) and how much physical memory it
+ * held at its peak. Each has its own honest way to say the second:
+ *  - gpuheap: its statistics, peak_mapped_bytes of a heap made for the run;
+ *  - cudaMalloc: nothing of its own, so the device's used memory (cudaMemGetInfo)
+ *    is read at every new peak of live bytes, less what was used before;
+ *  - cudaMallocAsync: the pool's reserved-memory high-water mark
+ *    (cudaMemPoolAttrReservedMemHigh), reset before the run, on the device's
+ *    default pool with its release threshold at its maximum.
+ * The CUDA runtime is the one bench/cudart_util.h loads at run time.
+ */
+#ifndef GPUHEAP_TOOLS_REPLAY_PEERS_H
+#define GPUHEAP_TOOLS_REPLAY_PEERS_H
+
+#include <stdint.h>
+
+#include "gpuheap.h"
+#include "trace_replay.h"
+
+typedef struct peer {
+    tr_allocator a;
+    int kind;                 /* PEER_* */
+    gpu_heap_t *heap;         /* gpuheap */
+    void *stream, *pool;      /* cudaMallocAsync */
+    size_t base_used;         /* cudaMalloc: device memory used before the run */
+    uint64_t peak_seen;       /* cudaMalloc: highest used - base_used sampled */
+    char name[64];
+} peer;
+
+enum { PEER_GPUHEAP, PEER_CUDA_MALLOC, PEER_CUDA_MALLOC_ASYNC };
+
+/* Opens a peer; cfg is gpuheap's configuration (NULL: gpu_config_init's). The
+ * CUDA peers need cudart_load and cudaSetDevice first. Returns 0, or -1 with the
+ * reason in err. */
+int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_len);
+/* The peak physical bytes the peer held since it was opened (or reset). */
+uint64_t peer_peak_physical(peer *p);
+/* Starts a new measurement: gpuheap makes a fresh heap, cudaMalloc reads the used
+ * memory again, cudaMallocAsync trims its pool and resets its high-water mark. */
+int peer_reset(peer *p, char *err, size_t err_len);
+/* Gives everything back (the heap destroyed, the pool trimmed). */
+void peer_close(peer *p);
+
+#endif /* GPUHEAP_TOOLS_REPLAY_PEERS_H */
