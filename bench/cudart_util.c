@@ -78,6 +78,7 @@ int cudart_load(char *why, size_t why_len) {
     CUDART_RESOLVE(cudaMemcpyAsync);
     CUDART_RESOLVE(cudaMemPoolGetAttribute);
     CUDART_RESOLVE(cudaMemPoolTrimTo);
+    CUDART_RESOLVE(cudaStreamDestroy);
 #undef CUDART_RESOLVE
     return 0;
 }

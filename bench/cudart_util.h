@@ -44,6 +44,7 @@ typedef struct cudart_fns {
     cudart_error (*cudaMemcpyAsync)(void *dst, const void *src, size_t n, int kind, cudart_stream stream);
     cudart_error (*cudaMemPoolGetAttribute)(cudart_mempool pool, int attr, void *value);
     cudart_error (*cudaMemPoolTrimTo)(cudart_mempool pool, size_t keep);
+    cudart_error (*cudaStreamDestroy)(cudart_stream stream);
 } cudart_fns;
 
 /* Filled by cudart_load; all NULL before and after a failed load. */

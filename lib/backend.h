@@ -136,6 +136,11 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out);
 /* The calling thread's current CUDA device (cuCtxGetDevice), 0 when no context is
  * current or no driver is loaded. */
 int vmm_cuda_current_device(void);
+/* The dlsym the CUDA loader (cuda_loader.h) looks libcuda's cuGetProcAddress up
+ * with; default dlsym. An interposer that replaces dlsym (lib/preload) hands the
+ * real one over before anything loads the driver, so that the loader's table
+ * holds the driver's own entry points, never the interposer's wrappers. */
+void cuda_loader_use_dlsym(void *(*real_dlsym)(void *handle, const char *name));
 
 /* Host-backend facts for tests: physical bytes created and not yet released,
  * live handles, live mappings and live reservations. */

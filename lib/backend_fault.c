@@ -34,6 +34,8 @@ typedef struct fault_backend {
     _Atomic uint64_t fail_at; /* 1-based call index to fail; 0 = none */
     _Atomic bool persistent;  /* fail fail_at and every call after it */
     _Atomic int error;        /* 0 = the op's natural error */
+    _Atomic int only_op;      /* -1: fail_at counts every call; else only calls of this vmm_op */
+    _Atomic uint64_t op_calls[VMM_OP_COUNT];
 } fault_backend;
 
 static const vmm_ops fault_ops;
@@ -63,11 +65,17 @@ const char *vmm_op_name(int op) { return op >= 0 && op < VMM_OP_COUNT && op_name
 /* Counts a call of op; returns GPU_OK when it may go through, else the injected error. */
 static int fault_enter(fault_backend *fb, vmm_op op) {
     uint64_t n = atomic_fetch_add(&fb->calls, 1) + 1, at = atomic_load(&fb->fail_at);
+    uint64_t k = atomic_fetch_add(&fb->op_calls[op], 1) + 1;
+    int only = atomic_load(&fb->only_op);
     vmm_fault_report *r = fb->report;
     if (r) {
         if (n <= VMM_FAULT_LOG) r->log[n - 1] = (uint8_t)op;
         r->calls = n;
         r->per_op[op]++;
+    }
+    if (only >= 0) { /* counting calls of one op only: the others always pass */
+        if ((int)op != only) return GPU_OK;
+        n = k;
     }
     bool fail = at && (n == at || (n > at && atomic_load(&fb->persistent)));
     if (!fail) return GPU_OK;
@@ -243,6 +251,7 @@ int vmm_fault_open(vmm_backend *inner, vmm_fault_report *report, vmm_backend **o
     fb->base.caps = inner->caps;
     fb->inner = inner;
     fb->report = report;
+    atomic_store(&fb->only_op, -1);
     if (report) memset(report, 0, sizeof *report);
     *out = &fb->base;
     return GPU_OK;
@@ -251,9 +260,21 @@ int vmm_fault_open(vmm_backend *inner, vmm_fault_report *report, vmm_backend **o
 void vmm_fault_arm(vmm_backend *b, uint64_t nth, bool persistent, int error) {
     if (!is_fault_backend(b)) return;
     fault_backend *fb = fault_of(b);
+    atomic_store(&fb->fail_at, 0);
+    atomic_store(&fb->only_op, -1);
     atomic_store(&fb->error, error);
     atomic_store(&fb->persistent, persistent);
     atomic_store(&fb->fail_at, nth ? atomic_load(&fb->calls) + nth : 0);
+}
+
+void vmm_fault_arm_op(vmm_backend *b, int op, uint64_t nth, int error) {
+    if (!is_fault_backend(b) || op < 0 || op >= VMM_OP_COUNT) return;
+    fault_backend *fb = fault_of(b);
+    atomic_store(&fb->fail_at, 0);
+    atomic_store(&fb->only_op, op);
+    atomic_store(&fb->error, error);
+    atomic_store(&fb->persistent, false);
+    atomic_store(&fb->fail_at, nth ? atomic_load(&fb->op_calls[op]) + nth : 0);
 }
 
 uint64_t vmm_fault_calls(vmm_backend *b) {

@@ -87,6 +87,8 @@ block *block_split(gpu_heap_t *h, block *b, size_t size) {
     gh_assert(size > 0 && size < b->size && size % GH_QUANTUM == 0, "split inside the block at a quantum");
     block *r = block_new(h, b->start + size, b->size - size, (block_state)b->state);
     if (!r) return NULL;
+    r->pool = b->pool; /* a stream-freed remainder stays in its stream's pool, */
+    r->epoch = b->epoch; /* waiting for the same event */
     b->size = size;
     r->prev_phys = b;
     r->next_phys = b->next_phys;

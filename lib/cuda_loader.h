@@ -113,12 +113,6 @@ void *cuda_loader_proc(const char *symbol);
 /* Why the load failed ("" when it did not). */
 const char *cuda_loader_error(void);
 
-/* The dlsym the loader looks libcuda's cuGetProcAddress up with (default:
- * dlsym). An interposer that replaces dlsym (lib/preload) hands the real one
- * over before anything loads the driver, so that the table and cuda_loader_proc
- * hold the driver's own entry points, never the interposer's wrappers. */
-void cuda_loader_use_dlsym(void *(*real_dlsym)(void *handle, const char *name));
-
 /* The driver's name for a result ("CUDA_ERROR_OUT_OF_MEMORY"), or
  * "unrecognised CUDA error" when the driver is not loaded or does not know it;
  * never NULL. */

@@ -306,7 +306,7 @@ static void load_run(load_job *j, unsigned id) {
             rc = pending[k] ? vmm_call_queue_wait(d, j->st->queue, slot[k]) : GPU_OK;
             pending[k] = false;
             if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
-            if (rc == GPU_OK) rc = load_read(j, buf, n, j->offset + off);
+            if (rc == GPU_OK) rc = load_read(j, buf, n, j->offset + off + (c == 1));
             if (rc == GPU_OK) {
                 rc = vmm_call_queue_upload(d, j->st->queue, slot[k], j->dst + off, buf, n);
                 if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
@@ -330,12 +330,11 @@ static void *load_thread(void *arg) {
     return NULL;
 }
 
-/* Fills [dst, dst+length) of device memory with the file's [offset, offset+length).
- * direct: read with cuFile (explicit: its absence is an error; else a preference
- * that falls back to read()). */
-static int load(gpu_heap_t *h, int fd, uint64_t offset, size_t length, uintptr_t dst, bool direct_wanted,
-                bool direct_required) {
-    file_tuning t = tuning_get();
+/* Fills [dst, dst+length) of device memory with the file's [offset, offset+length):
+ * with direct reads (cuFile) when direct is set, else read() and the copy queue. */
+static int load(gpu_heap_t *h, int fd, uint64_t offset, size_t length, uintptr_t dst, vmm_direct *direct,
+                const file_tuning *tp) {
+    file_tuning t = *tp;
     load_job j;
     memset(&j, 0, sizeof j);
     j.h = h;
@@ -349,16 +348,8 @@ static int load(gpu_heap_t *h, int fd, uint64_t offset, size_t length, uintptr_t
     atomic_init(&j.failed, false);
     pthread_mutex_init(&j.lock, NULL);
 
+    j.direct = direct;
     int rc = GPU_OK;
-    if (direct_wanted || t.cufile) {
-        rc = vmm_call_direct_open(&h->door, fd, &j.direct);
-        if (rc != GPU_OK && direct_required) {
-            pthread_mutex_destroy(&j.lock);
-            return gh_note(rc, "GPU_MAP_CUFILE: %s", h->door.b->error);
-        }
-        if (rc != GPU_OK) j.direct = NULL; /* a preference only: read() instead */
-        rc = GPU_OK;
-    }
     if (!j.direct) rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, &j.st);
     if (rc != GPU_OK) {
         pthread_mutex_destroy(&j.lock);
@@ -377,7 +368,6 @@ static int load(gpu_heap_t *h, int fd, uint64_t offset, size_t length, uintptr_t
         if (workers[i].started) pthread_join(workers[i].thread, NULL);
 
     if (j.st) staging_put(j.st);
-    if (j.direct) vmm_call_direct_close(&h->door, j.direct);
     rc = j.rc;
     if (rc != GPU_OK) gh_note(rc, "%s", j.msg);
     pthread_mutex_destroy(&j.lock);
@@ -501,13 +491,28 @@ static int open_range(const char *path, uint64_t offset, size_t length, bool wri
 }
 
 /* Loads the range into a new owned block of h; sets m's ptr and block_size. */
-static int map_loaded(gpu_heap_t *h, file_map *m, bool direct_required) {
+static int map_loaded(gpu_heap_t *h, file_map *m) {
+    /* cuFile first: asked for with the flag, its absence is an error before
+     * anything is allocated; asked for by GPUHEAP_CUFILE=1, it falls back to read(). */
+    file_tuning t = tuning_get();
+    vmm_direct *direct = NULL;
+    int rc;
+    if ((m->flags & GPU_MAP_CUFILE) || t.cufile) {
+        rc = vmm_call_direct_open(&h->door, m->fd, &direct);
+        if (rc != GPU_OK && (m->flags & GPU_MAP_CUFILE))
+            return gh_note(rc, "gpu_map_file(\"%s\", GPU_MAP_CUFILE): %s", m->path, h->door.b->error);
+        if (rc != GPU_OK) direct = NULL;
+    }
     void *p = NULL;
-    int rc = heap_malloc(h, m->length, GH_QUANTUM, GPU_ALLOC_OWNED, &p);
-    if (rc != GPU_OK) return rc; /* heap_malloc said why */
+    rc = heap_malloc(h, m->length, GH_QUANTUM, GPU_ALLOC_OWNED, &p);
+    if (rc != GPU_OK) {
+        vmm_call_direct_close(&h->door, direct);
+        return rc; /* heap_malloc said why */
+    }
     size_t usable = 0;
     (void)heap_usable_size(h, p, &usable);
-    rc = load(h, m->fd, m->offset, m->length, (uintptr_t)p, m->flags & GPU_MAP_CUFILE, direct_required);
+    rc = load(h, m->fd, m->offset, m->length, (uintptr_t)p, direct, &t);
+    vmm_call_direct_close(&h->door, direct);
     if (rc == GPU_OK && usable > m->length) {
         rc = vmm_call_memset(&h->door, (uintptr_t)p + m->length, 0, usable - m->length);
         if (rc != GPU_OK) gh_note(rc, "zeroing the block's tail: %s", h->door.b->error);
@@ -613,7 +618,7 @@ int gpu_heap_map_file(gpu_heap_t *heap, const char *path, uint64_t offset, size_
     m->flags = flags;
     m->fd = -1;
     int rc = open_range(path, offset, length, flags & GPU_MAP_WRITE, &m->fd, &m->length);
-    if (rc == GPU_OK) rc = flags & GPU_MAP_ZEROCOPY ? map_zerocopy(h, m) : map_loaded(h, m, flags & GPU_MAP_CUFILE);
+    if (rc == GPU_OK) rc = flags & GPU_MAP_ZEROCOPY ? map_zerocopy(h, m) : map_loaded(h, m);
     if (rc == GPU_OK && !(flags & (GPU_MAP_WRITE | GPU_MAP_ZEROCOPY))) {
         close(m->fd); /* a read-only copy needs the file no more */
         m->fd = -1;

@@ -319,6 +319,8 @@ int vmm_fault_open(vmm_backend *inner, vmm_fault_report *report, vmm_backend **o
  * natural error: create out of memory, reserve out of VA, else GPU_ERR_BACKEND);
  * persistent: that call and every later one. nth 0 disarms. */
 void vmm_fault_arm(vmm_backend *b, uint64_t nth, bool persistent, int error);
+/* Fails the nth call of one vmm_op from now, once (other ops pass). */
+void vmm_fault_arm_op(vmm_backend *b, int op, uint64_t nth, int error);
 /* Backend calls seen since open. */
 uint64_t vmm_fault_calls(vmm_backend *b);
 const char *vmm_op_name(int op);

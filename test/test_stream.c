@@ -67,6 +67,30 @@ static void test_same_stream_reuses_at_once(void **state) {
     gpu_heap_destroy(h);
 }
 
+/* A block taken from a stream's pool in part leaves the rest in that pool,
+ * waiting for the same event (a remainder once lost its pool and crashed a reap). */
+static void test_pool_split_keeps_the_rest(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(0);
+    vmm_host_set_event_delay(backend_of(h), 1);
+    void *big = gpu_heap_malloc_async(h, 8 * MiB, S1);
+    assert_int_equal(gpu_heap_free_async(h, big, S1), GPU_OK);
+    void *small = gpu_heap_malloc_async(h, 4096, S1);
+    assert_ptr_equal(small, big); /* from the pool, split */
+    check_ok(h);
+    /* Other streams now reap S1's events; the remainder must go idle cleanly. */
+    for (int i = 0; i < 8; i++) {
+        void *x = gpu_heap_malloc_async(h, 8 * MiB, S2);
+        assert_non_null(x);
+        check_ok(h);
+        assert_int_equal(gpu_heap_free(h, x), GPU_OK);
+    }
+    assert_int_equal(gpu_heap_free_async(h, small, S1), GPU_OK);
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_OK);
+    check_ok(h);
+    gpu_heap_destroy(h);
+}
+
 static void test_other_stream_waits_for_event(void **state) {
     (void)state;
     gpu_heap_t *h = open_heap(0);
@@ -197,6 +221,7 @@ static void test_capture_rules(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_stream_reuses_at_once),
+        cmocka_unit_test(test_pool_split_keeps_the_rest),
         cmocka_unit_test(test_other_stream_waits_for_event),
         cmocka_unit_test(test_plain_malloc_waits_too_and_mixing_works),
         cmocka_unit_test(test_bad_input),

@@ -53,10 +53,12 @@ static void *heap_realloc_fn(void *ctx, void *p, size_t old, size_t size) {
     return gpu_heap_realloc(ctx, p, size);
 }
 static int heap_trim_fn(void *ctx, size_t keep) { return gpu_heap_trim(ctx, keep); }
+static int heap_protect_fn(void *ctx, void *p, size_t size, int prot) { return gpu_heap_protect(ctx, p, size, prot); }
 
 static tr_allocator heap_allocator(gpu_heap_t *h) {
     return (tr_allocator){.name = "gpuheap", .ctx = h, .alloc = heap_alloc, .free = heap_free_fn,
-                          .realloc = heap_realloc_fn, .trim = heap_trim_fn};
+                          .realloc = heap_realloc_fn, .trim = heap_trim_fn,
+                          .protect = heap_protect_fn};
 }
 
 /* ---- the line format ------------------------------------------------------------- */

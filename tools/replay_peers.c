@@ -28,6 +28,9 @@ static void *gh_realloc(void *ctx, void *ptr, size_t old_size, size_t size) {
     return gpu_heap_realloc(((peer *)ctx)->heap, ptr, size);
 }
 static int gh_trim(void *ctx, size_t keep) { return gpu_heap_trim(((peer *)ctx)->heap, keep); }
+static int gh_protect(void *ctx, void *ptr, size_t size, int prot) {
+    return gpu_heap_protect(((peer *)ctx)->heap, ptr, size, prot);
+}
 
 /* ---- cudaMalloc ------------------------------------------------------------------- */
 
@@ -77,23 +80,22 @@ static int cma_finish(void *ctx) {
 
 /* ---- opening, measuring, closing -------------------------------------------------------- */
 
-static gpu_config_t heap_cfg; /* the configuration peer_reset re-creates a heap with */
-
 int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_len) {
     memset(p, 0, sizeof *p);
     p->kind = kind;
     p->a.ctx = p;
     switch (kind) {
     case PEER_GPUHEAP: {
-        if (cfg) heap_cfg = *cfg;
-        else gpu_config_init(&heap_cfg);
-        int rc = gpu_heap_create(&heap_cfg, &p->heap);
+        if (cfg) p->cfg = *cfg;
+        else gpu_config_init(&p->cfg);
+        int rc = gpu_heap_create(&p->cfg, &p->heap);
         if (rc != GPU_OK) return snprintf(err, err_len, "gpu_heap_create: %s", gpu_strerror(rc)), -1;
         snprintf(p->name, sizeof p->name, "gpuheap");
         p->a.alloc = gh_alloc;
         p->a.free = gh_free;
         p->a.realloc = gh_realloc;
         p->a.trim = gh_trim;
+        p->a.protect = gh_protect;
         break;
     }
     case PEER_CUDA_MALLOC:
@@ -133,7 +135,7 @@ int peer_reset(peer *p, char *err, size_t err_len) {
     case PEER_GPUHEAP: {
         if (p->heap) gpu_heap_destroy(p->heap);
         p->heap = NULL;
-        int rc = gpu_heap_create(&heap_cfg, &p->heap);
+        int rc = gpu_heap_create(&p->cfg, &p->heap);
         if (rc != GPU_OK) return snprintf(err, err_len, "gpu_heap_create: %s", gpu_strerror(rc)), -1;
         return 0;
     }

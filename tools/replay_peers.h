@@ -25,6 +25,7 @@ typedef struct peer {
     tr_allocator a;
     int kind;                 /* PEER_* */
     gpu_heap_t *heap;         /* gpuheap */
+    gpu_config_t cfg;         /* gpuheap: what peer_reset creates the heap with */
     void *stream, *pool;      /* cudaMallocAsync */
     size_t base_used;         /* cudaMalloc: device memory used before the run */
     uint64_t peak_seen;       /* cudaMalloc: highest used - base_used sampled */

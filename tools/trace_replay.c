@@ -308,7 +308,7 @@ int tr_replay(const tr_trace *t, const tr_allocator *a, tr_result *r) {
     for (size_t i = 0; i < t->n; i++) {
         const tr_event *e = &t->ev[i];
         if (e->op > TR_TRIM) continue; /* the heap's own backend events */
-        if (e->rc != 0 || e->op == TR_PROTECT) {
+        if (e->rc != 0) {
             r->skipped++;
             continue;
         }
@@ -384,6 +384,14 @@ int tr_replay(const tr_trace *t, const tr_allocator *a, tr_result *r) {
             live += e->size;
             break;
         }
+        case TR_PROTECT:
+            if (!a->protect || !(x = map_find(&m, e->addr))) {
+                r->skipped++;
+                break;
+            }
+            r->calls++;
+            if (a->protect(a->ctx, x->ptr, e->size, (int)e->arg) != 0) note_failure(r, a, "protect", e->size);
+            break;
         case TR_TRIM:
             if (!a->trim) {
                 r->skipped++;

@@ -88,6 +88,8 @@ typedef struct tr_allocator {
     void *(*realloc)(void *ctx, void *p, size_t old_size, size_t size);
     int (*copy)(void *ctx, void *dst, const void *src, size_t n);
     int (*trim)(void *ctx, size_t keep);
+    /* gpu_protect of [p, p+size); only calls on a block's start are replayed. */
+    int (*protect)(void *ctx, void *p, size_t size, int prot);
     /* Untimed: called each time the live bytes reach a new peak, to read how much
      * memory the allocator holds (cudaMalloc has no other way to say). */
     void (*sample)(void *ctx);
@@ -99,7 +101,7 @@ typedef struct tr_result {
     double seconds;          /* the replay's calls, sampling excluded */
     size_t calls;            /* allocator calls made */
     size_t failed;           /* calls that failed in the replay but not in the recording */
-    size_t skipped;          /* events not replayed: failed when recorded, protect, unknown, or a free of an address never seen */
+    size_t skipped;          /* events not replayed: failed when recorded, unknown, protect or trim the allocator lacks, or a free of an address never seen */
     size_t conflicts;        /* an address handed out again before its free's line: the stale block was freed first */
     uint64_t peak_live;      /* highest sum of requested bytes live */
     uint64_t copied_bytes;   /* bytes copied by a realloc done as alloc + copy + free */

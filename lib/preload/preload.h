@@ -109,10 +109,12 @@ bool pl_current_device(int *dev);
 /* The device of a context (peer access). */
 bool pl_context_device(pl_cu_ctx ctx, int *dev);
 
-/* ---- driver.c: the wrappers (exported under the driver's names too) ------------- */
-
+/* The wrapped resolvers (resolve.c). */
 pl_cu_result pl_get_proc_address_v2(const char *symbol, void **pfn, int version, uint64_t flags, int *status);
 pl_cu_result pl_get_proc_address_v1(const char *symbol, void **pfn, int version, uint64_t flags);
+
+/* ---- driver.c: the wrappers (exported under the driver's names too) ------------- */
+
 pl_cu_result cuMemAlloc_v2(pl_cu_ptr *dptr, size_t size);
 pl_cu_result cuMemFree_v2(pl_cu_ptr dptr);
 pl_cu_result cuMemFreeAsync(pl_cu_ptr dptr, pl_cu_stream stream);
@@ -124,6 +126,9 @@ pl_cu_result cuPointerGetAttributes(unsigned n, int *attributes, void **data, pl
 pl_cu_result cuCtxEnablePeerAccess(pl_cu_ctx peer, unsigned flags);
 pl_cu_result cuCtxDisablePeerAccess(pl_cu_ctx peer);
 pl_cu_result cuIpcGetMemHandle(void *handle, pl_cu_ptr dptr);
+/* Set by cuMemGetInfo_v2 when it counted idle heap memory as free on this
+ * thread, so that cudaMemGetInfo, which may call it, does not count it twice. */
+extern _Thread_local bool pl_info_adjusted;
 
 /* ---- serve.c: what gpuheap serves ------------------------------------------------ */
 

@@ -28,9 +28,8 @@
  *
  * Adding an op is one line in ops[] plus its function. Stream-ordered calls run
  * on three fake streams (the host backend completes their events at once unless
- * an op delays them). The sparse calls (gpu_heap_reserve, commit, decommit,
- * release) are declared weak: they run when the library defines them and are
- * skipped where it does not yet.
+ * an op delays them); sparse reservations are committed and decommitted a few
+ * granules at a time.
  *
  * Built with -Dfuzz=true (clang, -fsanitize=fuzzer,address,undefined) as
  * test/fuzz/fuzz_heap; built without libFuzzer (FUZZ_STANDALONE) it is a replay
@@ -46,12 +45,6 @@
 
 #include "gpuheap.h"
 #include "internal.h"
-
-/* Present when the library has them (weak: NULL otherwise). */
-extern __typeof__(gpu_heap_reserve) gpu_heap_reserve __attribute__((weak));
-extern __typeof__(gpu_heap_commit) gpu_heap_commit __attribute__((weak));
-extern __typeof__(gpu_heap_decommit) gpu_heap_decommit __attribute__((weak));
-extern __typeof__(gpu_heap_release) gpu_heap_release __attribute__((weak));
 
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
@@ -511,12 +504,12 @@ static void op_destroyed(fuzz *f, reader *r) {
     expect_error(gpu_heap_destroy(dead), GPU_ERR_DESTROYED, "destroy(destroyed heap)");
 }
 
-/* ---- sparse reservations (when the library has them) --------------------------------------- */
+/* ---- sparse reservations ---------------------------------------------------------------- */
 
 static void op_reserve(fuzz *f, reader *r) {
     resv *v = &f->res[u8(r) % NRES];
     size_t granules = 1 + u8(r) % RES_GRANULES;
-    if (!gpu_heap_reserve || v->p) return;
+    if (v->p) return;
     char *p = gpu_heap_reserve(f->h, granules * GRAN);
     if (!p) return allowed_failure(f, gpu_last_error(), "gpu_heap_reserve");
     if ((uintptr_t)p % GRAN) die("reservation %p is not granule-aligned", (void *)p);
@@ -528,7 +521,7 @@ static void op_commit(fuzz *f, reader *r) {
     resv *v = &f->res[u8(r) % NRES];
     uint8_t a = u8(r), b = u8(r);
     bool decommit = a & 0x80;
-    if (!gpu_heap_commit || !gpu_heap_decommit || !v->p) return;
+    if (!v->p) return;
     size_t first = a % v->granules, count = 1 + b % (v->granules - first);
     int rc = decommit ? gpu_heap_decommit(f->h, v->p + first * GRAN, count * GRAN)
                       : gpu_heap_commit(f->h, v->p + first * GRAN, count * GRAN);
@@ -552,7 +545,7 @@ static void op_commit(fuzz *f, reader *r) {
 
 static void op_release(fuzz *f, reader *r) {
     resv *v = &f->res[u8(r) % NRES];
-    if (!gpu_heap_release || !v->p) return;
+    if (!v->p) return;
     int rc = gpu_heap_release(f->h, v->p);
     if (rc != GPU_OK) return ok_or_fault(f, rc, "gpu_heap_release");
     memset(v, 0, sizeof *v);
@@ -561,7 +554,6 @@ static void op_release(fuzz *f, reader *r) {
 static void op_sparse_bad(fuzz *f, reader *r) {
     resv *v = &f->res[u8(r) % NRES];
     slot *s = live_arg(f, r);
-    if (!gpu_heap_commit) return;
     if (v->p) expect_error(gpu_heap_commit(f->h, v->p + GPU_MIN_ALIGNMENT, GRAN), GPU_ERR_INVALID, "commit(unaligned)");
     if (s) {
         int rc = gpu_heap_commit(f->h, s->p, GRAN);
@@ -628,9 +620,12 @@ static void fuzz_close(fuzz *f) {
     for (int i = 0; i < NSLOTS; i++) {
         slot *s = &f->s[i];
         if (s->p && gpu_heap_free(f->h, s->p) != GPU_OK) die("freeing a live block at the end: %d", gpu_last_error());
+        s->p = NULL;
     }
-    for (int i = 0; i < NRES; i++)
+    for (int i = 0; i < NRES; i++) {
         if (f->res[i].p && gpu_heap_release(f->h, f->res[i].p) != GPU_OK) die("releasing a reservation at the end");
+        f->res[i].p = NULL;
+    }
     if (gpu_heap_trim(f->h, 0) != GPU_OK) die("trim(0) at the end: %d", gpu_last_error());
     verify(f);
     gpu_stats_t st;
@@ -650,9 +645,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     current_op = "open";
     fuzz_open(&f);
     reader r = {data, size};
+    static int trace = -1; /* FUZZ_TRACE=1 prints each op: to find which one broke */
+    if (trace < 0) trace = getenv("FUZZ_TRACE") != NULL;
     while (r.n) {
         const fuzz_op *op = &ops[u8(&r) % NOPS];
         current_op = op->name;
+        if (trace) fprintf(stderr, "fuzz_heap: %s\n", op->name);
         f.injected = f.rep.injected;
         op->run(&f, &r);
         ops_run++;
@@ -673,22 +671,47 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 #ifdef FUZZ_STANDALONE
-/* Replays the inputs named on the command line (files; a directory's files are
- * not walked: pass them by name). */
+#include <dirent.h>
+#include <sys/stat.h>
+
+/* Runs one input file; false when it cannot be read. */
+static bool replay_file(const char *path) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return false;
+    static uint8_t buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf, fp);
+    fclose(fp);
+    fprintf(stderr, "fuzz_heap: %s (%zu bytes)\n", path, n);
+    LLVMFuzzerTestOneInput(buf, n);
+    return true;
+}
+
+/* Replays the inputs named on the command line: files, and the files in
+ * directories (not recursively). */
 int main(int argc, char **argv) {
     LLVMFuzzerInitialize(&argc, &argv);
+    int inputs = 0;
     for (int i = 1; i < argc; i++) {
-        FILE *fp = fopen(argv[i], "rb");
-        if (!fp) {
+        struct stat st;
+        if (stat(argv[i], &st) != 0) {
             fprintf(stderr, "fuzz_heap: cannot open %s\n", argv[i]);
             return 1;
         }
-        static uint8_t buf[1 << 20];
-        size_t n = fread(buf, 1, sizeof buf, fp);
-        fclose(fp);
-        LLVMFuzzerTestOneInput(buf, n);
+        if (!S_ISDIR(st.st_mode)) {
+            inputs += replay_file(argv[i]);
+            continue;
+        }
+        struct dirent **names;
+        int n = scandir(argv[i], &names, NULL, alphasort);
+        for (int k = 0; k < n; k++) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", argv[i], names[k]->d_name);
+            if (names[k]->d_name[0] != '.' && stat(path, &st) == 0 && S_ISREG(st.st_mode)) inputs += replay_file(path);
+            free(names[k]);
+        }
+        free(names);
     }
-    fprintf(stderr, "fuzz_heap: %d inputs replayed\n", argc - 1);
-    return 0;
+    fprintf(stderr, "fuzz_heap: %d inputs replayed\n", inputs);
+    return inputs ? 0 : 1;
 }
 #endif

@@ -1,0 +1,108 @@
+/*
+ * async_pairs.c — stream-ordered malloc+free pairs: gpuheap against
+ * cudaMallocAsync, side by side in one process on one stream.
+ *
+ * For each size from 256 B to 1 GiB: a warm loop of N pairs of
+ * gpu_malloc_async+gpu_free_async on a stream, then one stream sync, against the
+ * same loop of cudaMallocAsync+cudaFreeAsync on the device's default pool with its
+ * release threshold at the maximum (so the pool keeps its memory, as gpuheap does).
+ * The loop time over N is the figure: the cost to the calling thread, the sync
+ * included. Three rounds, alternating the allocators; the median round is kept.
+ * Goal (issue 3): gpuheap at least 5x faster at every size.
+ *
+ *   gpuheap-async-pairs [--json FILE]
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cudart_util.h"
+#include "gpuheap.h"
+
+static double now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* ns per pair of n gpuheap pairs on stream s, the final sync included. */
+static double heap_loop(size_t size, int n, cudart_stream s) {
+    double t0 = now_ns();
+    for (int i = 0; i < n; i++) {
+        void *p = gpu_malloc_async(size, s);
+        if (!p || gpu_free_async(p, s) != GPU_OK) {
+            fprintf(stderr, "gpuheap failed at %zu bytes: %s\n", size, gpu_strerror(gpu_last_error()));
+            exit(1);
+        }
+    }
+    cudart.cudaStreamSynchronize(s);
+    return (now_ns() - t0) / n;
+}
+
+static double cuda_loop(size_t size, int n, cudart_stream s) {
+    double t0 = now_ns();
+    for (int i = 0; i < n; i++) {
+        void *p = NULL;
+        if (cudart.cudaMallocAsync(&p, size, s) != CUDART_SUCCESS || cudart.cudaFreeAsync(p, s) != CUDART_SUCCESS) {
+            fprintf(stderr, "cudaMallocAsync failed at %zu bytes\n", size);
+            exit(1);
+        }
+    }
+    cudart.cudaStreamSynchronize(s);
+    return (now_ns() - t0) / n;
+}
+
+int main(int argc, char **argv) {
+    const char *json = argc > 2 && !strcmp(argv[1], "--json") ? argv[2] : NULL;
+    char why[256] = "cudaSetDevice(0) failed", name[128] = "?";
+    if (cudart_load(why, sizeof why) != 0 || cudart.cudaSetDevice(0) != CUDART_SUCCESS) {
+        printf("no GPU (%s): this benchmark compares against cudaMallocAsync and needs one\n", why);
+        return 0;
+    }
+    cudart_device_name(0, name, sizeof name);
+    cudart_mempool pool;
+    uint64_t max = UINT64_MAX;
+    cudart.cudaDeviceGetDefaultMemPool(&pool, 0);
+    cudart.cudaMemPoolSetAttribute(pool, CUDART_MEMPOOL_RELEASE_THRESHOLD, &max);
+    cudart_stream s;
+    cudart.cudaStreamCreate(&s);
+    static const size_t sizes[] = {256, 4096, 65536, 1 << 20, 16 << 20, 256 << 20, 1 << 30};
+    FILE *out = json ? fopen(json, "w") : NULL;
+    if (out) fprintf(out, "{\"benchmark\":\"async_pairs\",\"device\":\"%s\",\"unit\":\"ns per pair\",\"rows\":[", name);
+    printf("stream-ordered malloc+free pairs on %s, one stream, ns per pair (loop of N pairs + one sync, median of 3 rounds)\n", name);
+    printf("%10s %12s %16s %10s\n", "size", "gpuheap", "cudaMallocAsync", "speed-up");
+    double worst = 1e30;
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t size = sizes[k];
+        int n = 20000;
+        heap_loop(size, 1000, s); /* warm both */
+        cuda_loop(size, 1000, s);
+        double a[3], b[3];
+        for (int r = 0; r < 3; r++) {
+            a[r] = heap_loop(size, n, s);
+            b[r] = cuda_loop(size, n, s);
+        }
+        qsort(a, 3, sizeof a[0], cmp_d);
+        qsort(b, 3, sizeof b[0], cmp_d);
+        double ratio = b[1] / a[1];
+        if (ratio < worst) worst = ratio;
+        printf("%10zu %12.1f %16.1f %9.1fx\n", size, a[1], b[1], ratio);
+        if (out) fprintf(out, "%s{\"size\":%zu,\"gpuheap_ns\":%.1f,\"cudaMallocAsync_ns\":%.1f,\"speedup\":%.2f}", k ? "," : "", size, a[1], b[1], ratio);
+    }
+    gpu_stats_t st;
+    gpu_heap_stats(NULL, &st);
+    printf("slowest ratio %.1fx (goal: 5x at every size); gpuheap events %llu, fences %llu, extents %llu\n", worst,
+           (unsigned long long)st.stream_events, (unsigned long long)st.fences, (unsigned long long)st.extents);
+    if (out) {
+        fprintf(out, "],\"min_speedup\":%.2f}\n", worst);
+        fclose(out);
+    }
+    return 0;
+}

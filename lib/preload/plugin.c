@@ -1,0 +1,53 @@
+/*
+ * plugin.c — gpuheap as a framework's allocator, without LD_PRELOAD.
+ *
+ * Frameworks that take an allocator as a pair of C functions in a shared object
+ * can use libgpuheap-preload.so directly (loading it with dlopen interposes
+ * nothing: its cudaMalloc and dlsym stay out of the program's way):
+ *  - PyTorch's CUDAPluggableAllocator calls
+ *      void *alloc(ssize_t size, int device, cudaStream_t stream)
+ *      void free(void *ptr, ssize_t size, int device, cudaStream_t stream)
+ *    → gpu_torch_alloc / gpu_torch_free;
+ *  - CuPy's CFunctionAllocator(param, malloc_func, free_func, owner) calls
+ *      void *malloc_func(void *param, size_t size, int device_id)
+ *      void free_func(void *param, void *ptr, int device_id)
+ *    → gpu_cupy_malloc / gpu_cupy_free.
+ * Both allocate from the default heap of the device named (whatever backend the
+ * configuration chooses, as gpu_malloc does), at cudaMalloc's alignment so that
+ * results match a cudaMalloc run's bit for bit, and free through gpu_free, whose
+ * quarantine makes a free safe while the stream still uses the block. Errors
+ * are NULL returns and gpuheap's error path (GPUHEAP_VERBOSE=1 prints them).
+ */
+#include <sys/types.h>
+
+#include "preload.h"
+
+/* size bytes on device at cudaMalloc's alignment, or NULL. */
+static void *plugin_alloc(size_t size, int device) {
+    gpu_heap_t *h = gh_heap_default_of(device);
+    return h ? pl_alloc(h, size, PL_VIA_PLUGIN) : NULL;
+}
+
+PL_EXPORT void *gpu_torch_alloc(ssize_t size, int device, void *stream) {
+    (void)stream;
+    if (size < 0) {
+        gh_error(GPU_ERR_INVALID, "gpu_torch_alloc: negative size %zd", size);
+        return NULL;
+    }
+    return plugin_alloc((size_t)size, device);
+}
+
+PL_EXPORT void gpu_torch_free(void *ptr, ssize_t size, int device, void *stream) {
+    (void)size, (void)device, (void)stream;
+    (void)gpu_free(ptr);
+}
+
+PL_EXPORT void *gpu_cupy_malloc(void *param, size_t size, int device_id) {
+    (void)param;
+    return plugin_alloc(size, device_id);
+}
+
+PL_EXPORT void gpu_cupy_free(void *param, void *ptr, int device_id) {
+    (void)param, (void)device_id;
+    (void)gpu_free(ptr);
+}
