@@ -210,16 +210,16 @@ void heap_quarantine_locked(gpu_heap_t *h, block *b) {
 
 /* ---- the quarantine --------------------------------------------------------- */
 
-/* True when some pool holds stream-freed blocks. */
-static bool stream_blocks_waiting(const gpu_heap_t *h) {
-    for (size_t i = 0; i < h->npools; i++)
-        if (h->pools[i]->free.blocks) return true;
-    return false;
+/* Bytes freed on streams and not yet idle. */
+static size_t stream_bytes(const gpu_heap_t *h) {
+    size_t n = 0;
+    for (size_t i = 0; i < h->npools; i++) n += h->pools[i]->free.bytes;
+    return n;
 }
 
 int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
     block *batch = h->quarantine;
-    if (!batch && !stream_blocks_waiting(h)) return GPU_OK;
+    if (!batch && !stream_bytes(h)) return GPU_OK;
     size_t bytes = 0, n = 0;
     for (block *b = batch; b; b = b->next_free) bytes += b->size, n++;
     h->quarantine = NULL;
@@ -408,10 +408,12 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
             reaped = true;
             if (stream_reap_locked(h, false)) continue;
         }
-        /* A miss. Quarantined memory is reused after one fence; new memory costs a
-         * driver call. Fence once the quarantine outgrows its budget. */
-        if (!drained && h->quarantine && h->quarantine_bytes >= need &&
-            (h->quarantine_bytes + need > quarantine_budget(h) || h->quarantine_blocks >= QUARANTINE_MAX_BLOCKS)) {
+        /* Quarantined memory, and blocks freed on streams that no completed event
+         * released yet, are reused after one fence; new memory costs a driver
+         * call. Fence once what waits outgrows its budget. */
+        size_t waiting = h->quarantine_bytes + stream_bytes(h);
+        if (!drained && waiting >= need &&
+            (waiting + need > quarantine_budget(h) || h->quarantine_blocks >= QUARANTINE_MAX_BLOCKS)) {
             drained = true;
             int rc = heap_drain_locked(h, stream);
             if (rc == GPU_OK) continue;
@@ -543,9 +545,10 @@ int heap_free_async(gpu_heap_t *h, void *ptr, uintptr_t stream) {
     int rc = unmap_live(h, ptr, &b);
     if (rc == GPU_OK) {
         stream_pool *pool = stream_pool_of(h, stream, true);
-        if (pool)
+        if (pool) {
             stream_put(h, pool, b);
-        else
+            stream_cover_locked(h, pool);
+        } else
             heap_quarantine_locked(h, b); /* too many streams: the device fence keeps it safe */
     }
     heap_unlock(h);

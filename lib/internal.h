@@ -126,10 +126,13 @@ stream_pool *stream_pool_of(struct gpu_heap *h, uintptr_t stream, bool create);
 block *stream_take(struct gpu_heap *h, stream_pool *pool, size_t need);
 /* Puts a LIVE block (out of the address map) into pool. */
 void stream_put(struct gpu_heap *h, stream_pool *pool, block *b);
+/* After a free on pool's stream (alive: the caller just named it): records an
+ * event covering every block freed there so far, unless one is in flight. Lock
+ * held; dropped around the driver call. */
+void stream_cover_locked(struct gpu_heap *h, stream_pool *pool);
 /* Queries pending events (dropping the lock) and makes the blocks they cover
- * idle; records events for pools whose freed blocks no event covers yet. When
- * wait is set, blocks until every stream-freed block is idle (out of memory).
- * Returns true when blocks became idle. */
+ * idle; with wait set, waits for them instead (out of memory). Returns true when
+ * blocks became idle. Blocks no event covers wait for the device fence. */
 bool stream_reap_locked(struct gpu_heap *h, bool wait);
 /* After a device fence every stream-freed block is safe: all become idle. */
 void stream_release_all_locked(struct gpu_heap *h);

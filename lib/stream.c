@@ -7,15 +7,18 @@
  * actually reached the free. Each stream gets a pool: its own segregated-fit index
  * of the blocks freed on it, merged with each other as usual.
  *
- * Waiting is done with events, and lazily. Blocks freed on S carry S's current
- * epoch. Only when another stream (or the heap) misses and needs memory does the
- * heap record one event on S; that event covers every block freed on S before it,
- * and S's epoch moves on. A later miss queries the event (never blocks) and, once
- * it has completed, moves the blocks it covers to the idle index, where anyone can
- * take them. So a stream that allocates and frees on itself never touches the
- * driver, and the cost of an event is shared by a whole batch of frees. Out of
- * memory is the one case that waits: every pending event is synchronized before
- * the heap gives up.
+ * Waiting is done with events, one per batch of frees. Blocks freed on S carry
+ * S's current epoch. A free on S that finds no event of S in flight records one:
+ * it covers every block freed on S so far, and S's epoch moves on. Events are
+ * recorded only inside gpu_free_async, while the caller vouches that S is alive
+ * (a program may destroy a stream right after freeing on it; recording on it later
+ * would touch a dead handle). A miss elsewhere queries the events (never blocks)
+ * and moves the blocks of completed ones to the idle index, where anyone can take
+ * them; the next free on S then records the next event. So a stream that
+ * allocates and frees on itself records one event and then touches the driver no
+ * more, and the cost of an event is shared by a whole batch of frees. Blocks that
+ * no event covers yet wait for the heap's device fence, like gpu_free's; out of
+ * memory also waits for the pending events before the heap gives up.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -104,9 +107,8 @@ static bool reap_pool(gpu_heap_t *h, stream_pool *pool, bool wait) {
     return any;
 }
 
-/* Records an event on pool's stream covering every block freed there so far. */
-static void cover_pool(gpu_heap_t *h, stream_pool *pool) {
-    if (!pool->free.blocks || pool->npending == STREAM_PENDING_MAX) return;
+void stream_cover_locked(gpu_heap_t *h, stream_pool *pool) {
+    if (pool->busy || pool->npending || !pool->free.blocks) return;
     uint32_t epoch = pool->epoch++;
     pool->busy = true;
     heap_unlock(h);
@@ -125,8 +127,7 @@ bool stream_reap_locked(gpu_heap_t *h, bool wait) {
     bool any = false;
     for (size_t i = 0; i < h->npools; i++) {
         stream_pool *pool = h->pools[i];
-        if (pool->busy) continue; /* another thread is at it */
-        if (wait || !pool->npending) cover_pool(h, pool);
+        if (pool->busy || !pool->npending) continue; /* another thread is at it, or nothing to ask */
         any |= reap_pool(h, pool, wait);
     }
     return any;

@@ -127,6 +127,8 @@ static void calibrate(void) {
     while ((n = mono_ns()) - ns0 < CALIBRATE_NS) {}
     uint64_t t = trace_tick();
     tick_ns = t > tick0 ? (double)(n - ns0) / (double)(t - tick0) : 1.0;
+    tick0 = t; /* the trace starts now */
+    ns0 = n;
 #endif
 }
 

@@ -71,8 +71,11 @@ int main(int argc, char **argv) {
     gpu_config_init(&cfg);
     char device[256] = "host backend (not a GPU)";
     if (!host) {
-        if (cudart_load(err, sizeof err) != 0 || cudart.cudaSetDevice(0) != CUDART_SUCCESS ||
-            cudart.cudaDeviceSynchronize() != CUDART_SUCCESS) {
+        cudart_error e = 0;
+        if (cudart_load(err, sizeof err) == 0 && ((e = cudart.cudaSetDevice(0)) != CUDART_SUCCESS ||
+                                                  (e = cudart.cudaDeviceSynchronize()) != CUDART_SUCCESS))
+            snprintf(err, sizeof err, "CUDA device 0: %s", cudart_strerror(e));
+        if (!cudart.cudaMalloc || e != CUDART_SUCCESS) {
             printf("no GPU (%s): replaying on gpuheap's host backend alone\n", err);
             host = true;
         } else {

@@ -46,16 +46,27 @@
 
 typedef void *(*dlsym_fn)(void *, const char *);
 
+/* This file's dlsym under a name that binds here, whoever else defines dlsym. */
+extern __typeof__(dlsym) pl_dlsym_self __attribute__((alias("dlsym"), copy(dlsym), visibility("hidden")));
+
 static _Atomic(dlsym_fn) real_dlsym;
 
 dlsym_fn pl_real_dlsym_get(void) {
     dlsym_fn f = atomic_load_explicit(&real_dlsym, memory_order_acquire);
     if (f) return f;
     /* dlvsym is not replaced, so it finds the next dlsym after this object:
-     * glibc's, under the version it has on this platform. */
+     * glibc's, under the version it has on this platform. Loaded with dlopen
+     * (a framework's allocator) rather than preloaded, the same lookup through
+     * libc's (or, before glibc 2.34, libdl's) own handle is the sure one. */
     static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17"};
+    static const char *const libs[] = {"libc.so.6", "libdl.so.2"};
     void *p = NULL;
     for (size_t i = 0; i < sizeof versions / sizeof versions[0] && !p; i++) p = dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+    for (size_t l = 0; l < sizeof libs / sizeof libs[0] && !p; l++) {
+        void *h = dlopen(libs[l], RTLD_LAZY | RTLD_NOLOAD);
+        for (size_t i = 0; h && i < sizeof versions / sizeof versions[0] && !p; i++) p = dlvsym(h, "dlsym", versions[i]);
+    }
+    if (p == (void *)pl_dlsym_self) p = NULL; /* never ourselves */
     if (!p) {
         static const char msg[] = "gpuheap-preload: glibc's dlsym not found; this C library is not supported\n";
         (void)!write(2, msg, sizeof msg - 1);

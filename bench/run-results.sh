@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# bench/run-results.sh OUT — the GPU run behind bench/RESULTS.md, in one command.
+#
+# Builds a fresh tree, runs the stats and trace tests, then torch_bench.py (PyTorch's
+# allocator, and gpuheap under PyTorch, which records the real trace), then
+# gpuheap-bench with every scenario (replaying that trace) and gpuheap-replay on it.
+# Leaves in OUT (at most 7 files): run.log, torch.log, torch.json, bench.log,
+# bench.json, replay.json, torch-train.trace.gz. QUICK=1 passes --quick everywhere.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: bench/run-results.sh OUT}
+build=${BUILD_DIR:-build-gpu}
+quick=${QUICK:+--quick}
+mkdir -p "$out"
+log="$out/run.log"
+{
+  echo "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+  nproc
+} >"$log"
+[ -f "$build/build.ninja" ] || meson setup "$build" >>"$log" 2>&1
+if ! ninja -C "$build" >>"$log" 2>&1; then
+  tail -40 "$log"
+  exit 1
+fi
+meson test -C "$build" stats trace --print-errorlogs >>"$log" 2>&1 || echo "stats/trace tests FAILED" | tee -a "$log"
+tmp=$(mktemp -d)
+python3 bench/torch_bench.py --out "$tmp/torch" --plugin "$build/bench/libtorch_gpuheap.so" \
+  --trace "$tmp/torch-train.trace" $quick >"$out/torch.log" 2>&1
+cp "$tmp/torch/torch.json" "$out/" 2>/dev/null
+trace=""
+if [ -s "$tmp/torch-train.trace" ]; then
+  gzip -9 -c "$tmp/torch-train.trace" >"$out/torch-train.trace.gz"
+  trace="--trace $out/torch-train.trace.gz"
+fi
+"$build/bench/gpuheap-bench" $quick $trace --json "$out/bench.json" >"$out/bench.log" 2>&1
+if [ -n "$trace" ]; then
+  "$build/tools/gpuheap-replay" "$out/torch-train.trace.gz" --json "$out/replay.json" >>"$out/bench.log" 2>&1
+fi
+tail -c 6000 "$out/bench.log"
+rm -rf "$tmp"
