@@ -185,12 +185,23 @@ static void scenario_pairs(void) {
     enum { N = sizeof sizes / sizeof sizes[0], BATCH = 32 };
     size_t samples = quick ? 300 : 2000;
     double budget = quick ? 0.15 : 0.4;
-    lat gh[N], gh1[N], cma[N], cma1[N], cm[N];
+    lat gh[N], gh1[N], cma[N], cma1[N], cm[N], ghx[N], ghh[N];
     memset(cma, 0, sizeof cma), memset(cma1, 0, sizeof cma1), memset(cm, 0, sizeof cm);
+    memset(ghx, 0, sizeof ghx), memset(ghh, 0, sizeof ghh);
+    /* Where the time goes: the same loop on an explicit heap (no default-heap
+     * lookup) and on a host-backend heap (bookkeeping alone, no driver). */
+    gpu_heap_t *explicit_heap = NULL, *host_heap = NULL;
+    gpu_config_t cfg;
+    gpu_config_init(&cfg);
+    if (gpu) gpu_heap_create(&cfg, &explicit_heap);
+    cfg.backend = GPU_BACKEND_HOST;
+    gpu_heap_create(&cfg, &host_heap);
     for (size_t i = 0; i < N; i++) {
         size_t s = sizes[i];
         time_pairs(heap_pair, NULL, s, BATCH, 200, samples, budget, &gh[i]);
         time_pairs(heap_pair, NULL, s, 1, 50, samples * 4, budget / 2, &gh1[i]);
+        if (explicit_heap) time_pairs(heap_pair, explicit_heap, s, BATCH, 200, samples, budget / 2, &ghx[i]);
+        if (host_heap && s <= 1 * GiB) time_pairs(heap_pair, host_heap, s, BATCH, 200, samples, budget / 2, &ghh[i]);
         if (!gpu) continue;
         time_pairs(cma_pair, main_stream, s, BATCH, 200, samples, budget, &cma[i]);
         sync_stream();
@@ -199,6 +210,8 @@ static void scenario_pairs(void) {
         time_pairs(cm_pair, NULL, s, 1, 2, s >= 256 * MiB ? 30 : 300, budget, &cm[i]);
     }
     gpu_heap_trim(NULL, 0);
+    if (explicit_heap) gpu_heap_destroy(explicit_heap);
+    if (host_heap) gpu_heap_destroy(host_heap);
     fprintf(tables, "\n== pairs: warm malloc+free, ns per pair (%s) ==\n", device);
     fprintf(tables, "loop = median (p99) over batches of %d pairs timed together; alone = each pair timed by itself\n",
             BATCH);
@@ -217,13 +230,21 @@ static void scenario_pairs(void) {
             json_lat("gpuheap_alone", &gh1[i]), fprintf(json, ", ");
             json_lat("cudaMallocAsync_loop", &cma[i]), fprintf(json, ", ");
             json_lat("cudaMallocAsync_alone", &cma1[i]), fprintf(json, ", ");
-            json_lat("cudaMalloc_alone", &cm[i]);
+            json_lat("cudaMalloc_alone", &cm[i]), fprintf(json, ", ");
+            json_lat("gpuheap_explicit_heap_loop", &ghx[i]), fprintf(json, ", ");
+            json_lat("gpuheap_host_backend_loop", &ghh[i]);
             fprintf(json, ", \"ratio_cudaMallocAsync\": %.3f, \"ratio_cudaMalloc\": %.3f}",
                     ratio(cma[i].median, gh[i].median), ratio(cm[i].median, gh[i].median));
         }
     }
     if (json) fprintf(json, "]");
     fprintf(tables, "(vs X = X's loop median / gpuheap's loop median; cudaMalloc: alone)\n");
+    fprintf(tables, "gpuheap loop median on an explicit CUDA heap / on a host-backend heap (same machine):\n");
+    for (size_t i = 0; i < N; i++) {
+        char lab[32];
+        fprintf(tables, "  %s: %.0f / %.0f ns", size_label(sizes[i], lab, sizeof lab), ghx[i].median, ghh[i].median);
+    }
+    fprintf(tables, "\n");
 }
 
 /* ---- trace overhead ------------------------------------------------------------------- */
@@ -236,7 +257,10 @@ static void scenario_trace(void) {
     if (fd < 0) return;
     close(fd);
     fprintf(tables, "\n== trace: what recording costs, ns per warm pair, same run (%s) ==\n", device);
-    fprintf(tables, "%8s | %10s %10s %10s | %9s\n", "size", "off", "on", "off again", "overhead");
+    fprintf(tables, "sustained = back-to-back pairs (the writer thread formats beside them); bursts = rounds of\n"
+                    "1000 pairs with 3 ms between them (the writer catches up in between, as in a program that computes)\n");
+    fprintf(tables, "%8s | %10s %10s %10s %9s | %10s %10s %9s\n", "size", "off", "on", "off again", "overhead",
+            "burst off", "burst on", "overhead");
     if (json) fprintf(json, ",\n\"trace_overhead\": [");
     for (size_t i = 0; i < N; i++) {
         lat off, on, off2;
@@ -247,12 +271,28 @@ static void scenario_trace(void) {
         gpu_trace_stop();
         time_pairs(heap_pair, NULL, sizes[i], 32, 200, samples, 0.2, &off2);
         double base = (off.median + off2.median) / 2;
+        /* Bursts: the median round, off and on. */
+        enum { ROUNDS = 30, PAIRS = 1000 };
+        double b_off[ROUNDS], b_on[ROUNDS], m_off, m_on, unused;
+        for (int tr = 0; tr < 2; tr++) {
+            if (tr && gpu_trace_start(path) != GPU_OK) return;
+            for (int r = 0; r < ROUNDS; r++) {
+                usleep(3000);
+                uint64_t t0 = now_ns();
+                for (int k = 0; k < PAIRS; k++) heap_pair(NULL, sizes[i]);
+                (tr ? b_on : b_off)[r] = (double)(now_ns() - t0) / PAIRS;
+            }
+            if (tr) gpu_trace_stop();
+        }
+        quantiles(b_off, ROUNDS, &m_off, &unused);
+        quantiles(b_on, ROUNDS, &m_on, &unused);
         char lab[32];
-        fprintf(tables, "%8s | %10.1f %10.1f %10.1f | %+8.1f\n", size_label(sizes[i], lab, sizeof lab), off.median,
-                on.median, off2.median, on.median - base);
+        fprintf(tables, "%8s | %10.1f %10.1f %10.1f %+8.1f | %10.1f %10.1f %+8.1f\n", size_label(sizes[i], lab, sizeof lab),
+                off.median, on.median, off2.median, on.median - base, m_off, m_on, m_on - m_off);
         if (json)
-            fprintf(json, "%s\n {\"size\": %zu, \"off_ns\": %.1f, \"on_ns\": %.1f, \"off_again_ns\": %.1f, \"overhead_ns\": %.1f}",
-                    i ? "," : "", sizes[i], off.median, on.median, off2.median, on.median - base);
+            fprintf(json, "%s\n {\"size\": %zu, \"off_ns\": %.1f, \"on_ns\": %.1f, \"off_again_ns\": %.1f, \"overhead_ns\": %.1f, "
+                          "\"burst_off_ns\": %.1f, \"burst_on_ns\": %.1f, \"burst_overhead_ns\": %.1f}",
+                    i ? "," : "", sizes[i], off.median, on.median, off2.median, on.median - base, m_off, m_on, m_on - m_off);
     }
     if (json) fprintf(json, "]");
     unlink(path);

@@ -14,7 +14,7 @@ quick=${QUICK:+--quick}
 mkdir -p "$out"
 log="$out/run.log"
 {
-  echo "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "== $(date -u +%FT%TZ) commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
   nproc
 } >"$log"
@@ -37,5 +37,22 @@ fi
 if [ -n "$trace" ]; then
   "$build/tools/gpuheap-replay" "$out/torch-train.trace.gz" --json "$out/replay.json" >>"$out/bench.log" 2>&1
 fi
+# Where a cold allocation's time goes: the cold scenario again under GPUHEAP_TRACE,
+# then the median duration of each backend call per size.
+GPUHEAP_TRACE="$tmp/cold.trace" "$build/bench/gpuheap-bench" --quick --only cold >/dev/null 2>&1
+python3 - "$tmp/cold.trace" >>"$out/bench.log" 2>&1 <<'PY'
+import sys, statistics
+rows = {}
+for line in open(sys.argv[1]):
+    if line.startswith("#"):
+        continue
+    c = line.split()
+    op, size, dur = c[2], int(c[6]), int(c[11])
+    if op in ("malloc", "create", "map", "access", "reserve") and size >= (2 << 20):
+        rows.setdefault((size if op != "reserve" else 0, op), []).append(dur)
+print("\n== cold, traced: median duration of each call, us (reserve: the heap's VA, before the first malloc) ==")
+for (size, op), d in sorted(rows.items()):
+    print(f"{size >> 20:>8} MiB {op:8s} {statistics.median(d) / 1e3:10.1f}  (n={len(d)})")
+PY
 tail -c 6000 "$out/bench.log"
 rm -rf "$tmp"

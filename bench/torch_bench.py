@@ -204,6 +204,9 @@ def child_random(shim):
 
 def child_train(quick, plugin):
     import torch
+    if not plugin:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(d_model=512, nhead=8, dim_feedforward=2048, batch_first=True)
     model = torch.nn.TransformerEncoder(layer, num_layers=6).cuda()
@@ -240,12 +243,12 @@ def child_train(quick, plugin):
 
 def child(mode, args):
     import torch
-    torch.cuda.init()
     plugin = None
-    if mode.startswith("gpuheap"):
+    if mode.startswith("gpuheap"):  # before anything touches CUDA's allocator
         plugin = os.path.abspath(args.plugin)
         alloc = torch.cuda.memory.CUDAPluggableAllocator(plugin, "gpuheap_torch_alloc", "gpuheap_torch_free")
         torch.cuda.memory.change_current_allocator(alloc)
+    torch.cuda.init()
     out = {"mode": mode, "torch": torch.__version__, "device": torch.cuda.get_device_name(0),
            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")}
     if not plugin:

@@ -179,7 +179,10 @@ size_t gpu_heap_malloc_usable_size(gpu_heap_t *heap, const void *ptr);
  * mix with gpu_malloc/gpu_free on the same heap; a block may be freed on another
  * stream than it was allocated on, or with gpu_free (and a gpu_malloc block with
  * gpu_free_async): the rule that applies is the one of the free. The caller
- * orders the free after the work that uses the block, as with cudaFreeAsync.
+ * orders the free after the work that uses the block, as with cudaFreeAsync. A
+ * stream may be destroyed right after a free on it; synchronize it first if a new
+ * stream could get the same handle while the old one's work still runs (the pool
+ * of freed blocks is keyed by the handle).
  */
 void *gpu_malloc_async(size_t size, void *stream);
 void *gpu_heap_malloc_async(gpu_heap_t *heap, size_t size, void *stream);

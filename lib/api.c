@@ -400,6 +400,20 @@ void *gpu_heap_realloc(gpu_heap_t *heap, void *ptr, size_t size) {
 }
 void *gpu_realloc(void *ptr, size_t size) { return gpu_heap_realloc(NULL, ptr, size); }
 
+/* ---- graph capture -------------------------------------------------------------------- */
+
+/* Captures announced by gpu_capture_begin, process-wide. */
+static _Atomic int announced_captures;
+
+void gpu_capture_begin(void) { atomic_fetch_add(&announced_captures, 1); }
+
+void gpu_capture_end(void) {
+    int n = atomic_load(&announced_captures);
+    while (n > 0 && !atomic_compare_exchange_weak(&announced_captures, &n, n - 1)) {}
+}
+
+bool gh_capture_announced(void) { return atomic_load_explicit(&announced_captures, memory_order_relaxed) > 0; }
+
 /* ---- sparse address spaces ------------------------------------------------------------ */
 
 void *gpu_heap_reserve(gpu_heap_t *heap, size_t size) {

@@ -51,11 +51,17 @@ int vmm_call_unreserve(vmm_door *d, uintptr_t va, size_t size) {
 
 int vmm_call_create(vmm_door *d, size_t size, vmm_handle *out) {
     gh_assert(size && granular(d, size), "physical memory comes in granularity multiples");
-    return done(d, VMM_OP_CREATE, d->b->ops->create(d->b, size, out));
+    uint64_t t0 = trace_begin();
+    int rc = done(d, VMM_OP_CREATE, d->b->ops->create(d->b, size, out));
+    if (t0) door_trace(d, t0, &(trace_event){.op = TRACE_CREATE, .size = size, .result = rc ? 0 : *out, .rc = (int8_t)rc});
+    return rc;
 }
 
 int vmm_call_release(vmm_door *d, vmm_handle h) {
-    return done(d, VMM_OP_RELEASE, d->b->ops->release(d->b, h));
+    uint64_t t0 = trace_begin();
+    int rc = done(d, VMM_OP_RELEASE, d->b->ops->release(d->b, h));
+    if (t0) door_trace(d, t0, &(trace_event){.op = TRACE_RELEASE, .result = h, .rc = (int8_t)rc});
+    return rc;
 }
 
 int vmm_call_map(vmm_door *d, uintptr_t va, size_t size, vmm_handle h) {
@@ -76,7 +82,9 @@ int vmm_call_unmap(vmm_door *d, uintptr_t va, size_t size) {
 
 int vmm_call_set_access(vmm_door *d, uintptr_t va, size_t size, gpu_prot_t prot) {
     gh_assert(granular(d, va) && granular(d, size), "set access on whole mappings");
+    uint64_t t0 = trace_begin();
     int rc = done(d, VMM_OP_SET_ACCESS, d->b->ops->set_access(d->b, va, size, prot));
+    if (t0) door_trace(d, t0, &(trace_event){.op = TRACE_ACCESS, .addr = va, .size = size, .arg = (uint64_t)prot, .rc = (int8_t)rc});
     uint64_t peers = atomic_load_explicit(&d->peers, memory_order_acquire);
     if (rc == GPU_OK && peers) rc = vmm_call_grant_peers(d, va, size, peers, prot); /* peer.c */
     return rc;
@@ -134,18 +142,8 @@ int vmm_call_event_wait(vmm_door *d, vmm_event ev) { return done(d, VMM_OP_EVENT
 
 void vmm_call_event_release(vmm_door *d, vmm_event ev) { d->b->ops->event_release(d->b, ev); }
 
-/* Captures announced by gpu_capture_begin, process-wide. */
-static _Atomic int announced_captures;
-
-void gpu_capture_begin(void) { atomic_fetch_add(&announced_captures, 1); }
-
-void gpu_capture_end(void) {
-    int n = atomic_load(&announced_captures);
-    while (n > 0 && !atomic_compare_exchange_weak(&announced_captures, &n, n - 1)) {}
-}
-
 bool vmm_call_capturing(vmm_door *d, uintptr_t stream) {
-    if (atomic_load_explicit(&announced_captures, memory_order_relaxed) > 0) return true;
+    if (gh_capture_announced()) return true;
     if (stream && d->b->ops->capturing(d->b, stream)) return true;
     return d->b->ops->capturing(d->b, 0) != 0;
 }

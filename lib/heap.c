@@ -576,8 +576,10 @@ int heap_usable_size(gpu_heap_t *h, const void *ptr, size_t *out) {
     heap_lock(h);
     block *b = blockmap_find(&h->live, (uintptr_t)ptr);
     size_t size = b ? b->size : 0;
+    bool sparse = b && b->state == BLOCK_SPARSE;
     heap_unlock(h);
     if (!b) return gh_note(GPU_ERR_NOT_LIVE, "%p is not a live block of this heap", ptr);
+    if (sparse) return gh_note(GPU_ERR_INVALID, "%p is a gpu_reserve range, not a block", ptr);
     *out = size;
     return GPU_OK;
 }

@@ -426,6 +426,8 @@ int gh_report(int err);
 /* gh_note + gh_report. */
 int gh_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void gh_ok(void);
+/* True between gpu_capture_begin and gpu_capture_end (of any thread). */
+bool gh_capture_announced(void);
 /* The heap whose reservation holds p, or NULL. */
 gpu_heap_t *registry_find_ptr(uintptr_t p);
 int registry_add(gpu_heap_t *h);
@@ -476,6 +478,7 @@ typedef enum trace_op {
     TRACE_MALLOC, TRACE_FREE, TRACE_REALLOC, TRACE_PROTECT, TRACE_TRIM,
     TRACE_RESERVE, TRACE_UNRESERVE, TRACE_MAP, TRACE_UNMAP, TRACE_FENCE, TRACE_COPY, TRACE_MEMSET,
     TRACE_MAP_FILE, TRACE_SYNC_FILE, TRACE_UNMAP_FILE, /* file.c: addr = mapping, size = length, arg = file offset */
+    TRACE_CREATE, TRACE_RELEASE, TRACE_ACCESS, /* backend_call.c: physical memory made, given back; access set */
     TRACE_OP_COUNT
 } trace_op;
 

@@ -19,19 +19,22 @@
  *
  *   t_ns     nanoseconds from the trace's start to the call's start
  *   tid      the calling thread's Linux thread id
- *   op       malloc free realloc protect trim reserve unreserve map unmap fence
- *            copy memset (later issues add more names; readers skip names they
- *            do not know)
+ *   op       calls: malloc free realloc protect trim (map_file sync_file
+ *            unmap_file: file.c); backend calls behind them: reserve unreserve
+ *            create release map unmap access fence copy memset (later issues add
+ *            more names; readers skip names they do not know)
  *   heap     the heap's reservation base, 0x-hex (identifies the heap)
  *   stream   the CUDA stream of a stream-ordered call, 0x-hex; 0x0 for none
  *   addr     the block or range the call takes, 0x-hex (0x0 when none)
  *   size     bytes: requested size (malloc, new size for realloc), range size
- *            (protect, map, unmap, copy, memset, reserve), keep_bytes (trim)
- *   arg      malloc: alignment; protect: gpu_prot_t; reserve: granularity;
- *            memset: the byte; otherwise 0
+ *            (protect, map, unmap, access, copy, memset, reserve, create),
+ *            keep_bytes (trim)
+ *   arg      malloc: alignment; protect, access: gpu_prot_t; reserve:
+ *            granularity; memset: the byte; otherwise 0
  *   flags    malloc: GPU_ALLOC_* bits; otherwise 0
  *   result   the pointer returned (malloc, realloc), the range reserved
- *            (reserve), the destination (copy), 0x-hex; 0x0 otherwise
+ *            (reserve), the destination (copy), the physical handle (create,
+ *            release), 0x-hex; 0x0 otherwise
  *   rc       0 or the negative gpu_error_t the call returned
  *   dur_ns   how long the call took, nanoseconds
  *
@@ -67,6 +70,7 @@ static const char *const op_names[TRACE_OP_COUNT] = {
     [TRACE_UNRESERVE] = "unreserve", [TRACE_MAP] = "map",     [TRACE_UNMAP] = "unmap",
     [TRACE_FENCE] = "fence",     [TRACE_COPY] = "copy",       [TRACE_MEMSET] = "memset",
     [TRACE_MAP_FILE] = "map_file", [TRACE_SYNC_FILE] = "sync_file", [TRACE_UNMAP_FILE] = "unmap_file",
+    [TRACE_CREATE] = "create",   [TRACE_RELEASE] = "release", [TRACE_ACCESS] = "access",
 };
 
 /* A buffer of records: a thread's current one, queued for the writer, or free. */

@@ -31,6 +31,7 @@
  * must stay sound. The totals are printed for README's reliability section.
  */
 #include <stdbool.h>
+#include <sys/mman.h>
 
 #include "util.h"
 
@@ -54,6 +55,10 @@ typedef struct run {
     vmm_backend *inner, *outer;
     gpu_heap_t *h;
     tblk blk[NSLOTS];
+    char *res;                  /* a gpu_reserve range of RES_GRANULES granules, or NULL */
+    uint8_t committed[16];      /* per granule of res: 1 when committed (and patterned) */
+    const struct step *steps;   /* the workload */
+    int nsteps;
     /* the plan */
     uint64_t nth;
     bool persistent;
@@ -101,6 +106,10 @@ static void check_blocks(run *r) {
         if (!readable(b->prot)) continue;
         size_t bad = block_mismatch(b->p, b->size, b->size, b->seed);
         if (bad != SIZE_MAX) run_fail(r, "block %d at %p (%zu bytes): pattern wrong at offset %zu", i, (void *)b->p, b->size, bad);
+    }
+    for (int g = 0; r->res && g < 16 && !r->bad; g++) {
+        size_t bad = r->committed[g] ? pattern_mismatch(r->res + g * G, 0, 256, 7000u + (unsigned)g + r->nth) : SIZE_MAX;
+        if (bad != SIZE_MAX) run_fail(r, "reservation granule %d: pattern wrong at offset %zu", g, bad);
     }
     gpu_stats_t s;
     if (!r->bad && gpu_heap_stats(r->h, &s) == GPU_OK && s.live_blocks != n)
@@ -225,6 +234,63 @@ static int op_trim(run *r, size_t keep) {
     return rc;
 }
 
+/* Sparse calls: a failed one leaves the committed ranges as they were. */
+static int op_reserve(run *r) {
+    if (r->res) return run_fail(r, "a reservation is live"), GPU_OK;
+    char *p = gpu_heap_reserve(r->h, 16 * G);
+    int rc = outcome_ptr(r, p, "gpu_heap_reserve");
+    if (rc == GPU_OK) r->res = p, memset(r->committed, 0, sizeof r->committed);
+    return rc;
+}
+
+static int op_commit(run *r, int first, int count, bool decommit) {
+    if (!r->res) return GPU_OK;
+    int rc = decommit ? gpu_heap_decommit(r->h, r->res + first * G, (size_t)count * G)
+                      : gpu_heap_commit(r->h, r->res + first * G, (size_t)count * G);
+    if (rc != gpu_last_error()) run_fail(r, "gpu_heap_(de)commit returned %d, last error %d", rc, gpu_last_error());
+    if (rc != GPU_OK) return rc;
+    for (int g = first; g < first + count; g++) {
+        if (decommit) {
+            r->committed[g] = 0;
+        } else if (!r->committed[g]) {
+            r->committed[g] = 1;
+            pattern_fill(r->res + g * G, 0, 256, 7000u + (unsigned)g + r->nth);
+        }
+    }
+    return GPU_OK;
+}
+
+static int op_release(run *r) {
+    if (!r->res) return GPU_OK;
+    int rc = gpu_heap_release(r->h, r->res);
+    if (rc != gpu_last_error()) run_fail(r, "gpu_heap_release returned %d, last error %d", rc, gpu_last_error());
+    if (rc == GPU_OK) r->res = NULL;
+    return rc;
+}
+
+#define S1 ((void *)0x1001)
+#define S2 ((void *)0x2002)
+
+static int op_alloc_async(run *r, int slot, size_t size, void *stream) {
+    tblk *b = &r->blk[slot];
+    if (b->p) return run_fail(r, "slot %d is in use", slot), GPU_OK;
+    char *p = gpu_heap_malloc_async(r->h, size, stream);
+    int rc = outcome_ptr(r, p, "gpu_heap_malloc_async");
+    if (rc != GPU_OK) return rc;
+    *b = (tblk){.p = p, .size = size, .seed = 1000u * (unsigned)slot + r->nth, .prot = GPU_PROT_READ_WRITE};
+    block_fill(p, size, b->seed);
+    return GPU_OK;
+}
+
+static int op_free_async(run *r, int slot, void *stream) {
+    tblk *b = &r->blk[slot];
+    if (!b->p) return GPU_OK;
+    int rc = gpu_heap_free_async(r->h, b->p, stream);
+    if (rc != gpu_last_error()) run_fail(r, "gpu_heap_free_async returned %d, last error %d", rc, gpu_last_error());
+    if (rc == GPU_OK) b->p = NULL;
+    return rc;
+}
+
 /* ---- the workload ------------------------------------------------------------------ */
 
 #define NO_CALL (-2) /* the step must make no backend call at all (fault-free run) */
@@ -308,7 +374,65 @@ static const step workload[] = {
     {"malloc after trim", s_after_trim, VMM_OP_CREATE, ANY},
     {"free it", s_free_t, ANY, ANY},
 };
-enum { NSTEPS = sizeof workload / sizeof workload[0] };
+
+/* Sparse reservations: commits over gaps, decommits that cut a commit (its outer
+ * parts are copied into extents of their own), release. */
+static int s_reserve(run *r) { return op_reserve(r); }
+static int s_commit_0_4(run *r) { return op_commit(r, 0, 4, false); }
+static int s_commit_2_8(run *r) { return op_commit(r, 2, 6, false); }
+static int s_decommit_1(run *r) { return op_commit(r, 1, 1, true); }
+static int s_decommit_6_8(run *r) { return op_commit(r, 6, 2, true); }
+static int s_commit_all(run *r) { return op_commit(r, 0, 16, false); }
+static int s_decommit_all(run *r) { return op_commit(r, 0, 16, true); }
+static int s_release(run *r) { return op_release(r); }
+
+static const step sparse_workload[] = {
+    {"malloc small", s_small, VMM_OP_CREATE, ANY},
+    {"reserve 16 granules", s_reserve, NO_CALL, ANY},
+    {"commit granules 0-3", s_commit_0_4, VMM_OP_CREATE, ANY},
+    {"commit granules 2-7 (partly committed)", s_commit_2_8, VMM_OP_CREATE, ANY},
+    {"decommit granule 1 (cuts a commit)", s_decommit_1, VMM_OP_COPY, ANY},
+    {"decommit granules 6-7", s_decommit_6_8, VMM_OP_RELEASE, ANY},
+    {"commit all", s_commit_all, VMM_OP_CREATE, ANY},
+    {"decommit all", s_decommit_all, VMM_OP_RELEASE, ANY},
+    {"commit granules 0-3 again", s_commit_0_4, VMM_OP_CREATE, ANY},
+    {"release the reservation", s_release, VMM_OP_RELEASE, ANY},
+    {"free small", s_free_a, ANY, ANY},
+    {"trim all", s_trim_all, VMM_OP_RELEASE, ANY},
+};
+
+/* Stream-ordered: a stream reuses its own frees at once, another stream only
+ * after an event; trim and out-of-memory wait for the events. */
+static int s_async1(run *r) { return op_alloc_async(r, SLOT_A, 100 * KiB, S1); }
+static int s_afree1(run *r) { return op_free_async(r, SLOT_A, S1); }
+static int s_async1_again(run *r) { return op_alloc_async(r, SLOT_B, 100 * KiB, S1); }
+static int s_afree1_again(run *r) { return op_free_async(r, SLOT_B, S1); }
+static int s_async2(run *r) { return op_alloc_async(r, SLOT_C, 100 * KiB, S2); }
+static int s_async2_big(run *r) { return op_alloc_async(r, SLOT_D, 3 * G, S2); }
+static int s_afree2_big(run *r) { return op_free_async(r, SLOT_D, S2); }
+static int s_plain_after_async(run *r) { return op_alloc(r, SLOT_E, HOW_MALLOC, 3 * G, 0); }
+static int s_afree2(run *r) { return op_free_async(r, SLOT_C, S2); }
+static int s_async_legacy(run *r) { return op_alloc_async(r, SLOT_Z, 5000, NULL); }
+static int s_afree_legacy(run *r) { return op_free_async(r, SLOT_Z, NULL); }
+
+static const step stream_workload[] = {
+    {"malloc_async on S1", s_async1, VMM_OP_CREATE, ANY},
+    {"free_async on S1 (records an event)", s_afree1, VMM_OP_EVENT_RECORD, ANY},
+    {"malloc_async on S1 again (reuse at once)", s_async1_again, NO_CALL, ANY},
+    {"free_async on S1 again", s_afree1_again, ANY, ANY},
+    {"malloc_async on S2 (S1's event)", s_async2, ANY, ANY},
+    {"malloc_async 3 granules on S2", s_async2_big, VMM_OP_CREATE, ANY},
+    {"free_async 3 granules on S2", s_afree2_big, ANY, ANY},
+    {"malloc 3 granules (S2's event)", s_plain_after_async, ANY, ANY},
+    {"free_async on S2", s_afree2, ANY, ANY},
+    {"malloc_async on the legacy stream", s_async_legacy, ANY, ANY},
+    {"free_async on the legacy stream", s_afree_legacy, ANY, ANY},
+    {"trim all (waits for the events)", s_trim_all, VMM_OP_RELEASE, ANY},
+    {"free the rest", s_free_rest, ANY, ANY},
+    {"trim all again", s_trim_all, ANY, ANY},
+};
+
+#define WORKLOAD(w) (w), (int)(sizeof(w) / sizeof((w)[0]))
 
 /* ---- one run ---------------------------------------------------------------------- */
 
@@ -345,8 +469,8 @@ static bool run_workload(run *r) {
         return true;
     }
     if (r->rep.injected) r->fault_step = 0; /* a refused reserve that the heap retried smaller */
-    for (int i = 0; i < NSTEPS && !r->bad; i++) {
-        const step *s = &workload[i];
+    for (int i = 0; i < r->nsteps && !r->bad; i++) {
+        const step *s = &r->steps[i];
         r->step = s->name;
         uint64_t inj = r->rep.injected, calls = r->rep.calls;
         uint64_t per_op[VMM_OP_COUNT];
@@ -364,7 +488,8 @@ static bool run_workload(run *r) {
         if (!r->nth && !r->bad && r->threshold == SIZE_MAX) { /* the fault-free run takes the intended paths */
             uint64_t made = r->rep.calls - calls;
             if (s->must == NO_CALL && made)
-                run_fail(r, "the fault-free run made %llu backend calls, expected none", (unsigned long long)made);
+                run_fail(r, "the fault-free run made %llu backend calls (the first: %s), expected none",
+                         (unsigned long long)made, calls < VMM_FAULT_LOG ? vmm_op_name(r->rep.log[calls]) : "?");
             if (s->must >= 0 && r->rep.per_op[s->must] == per_op[s->must])
                 run_fail(r, "the fault-free run made no %s call", vmm_op_name(s->must));
             if (s->mustnt >= 0 && r->rep.per_op[s->mustnt] != per_op[s->mustnt])
@@ -383,6 +508,9 @@ static bool run_workload(run *r) {
             return run_fail(r, "freeing block %d at cleanup: %d", i, gpu_last_error());
         r->blk[i].p = NULL;
     }
+    if (r->res && gpu_heap_release(r->h, r->res) != GPU_OK)
+        return run_fail(r, "releasing the reservation at cleanup: %d", gpu_last_error());
+    r->res = NULL;
     int trc = gpu_heap_trim(r->h, 0);
     /* A handle whose second mapping a refused unmap leaked cannot be released
      * (the backend says it is still mapped): after persistent faults trim may
@@ -414,23 +542,52 @@ static int broken_plans;
 
 /* Runs one plan; a broken rule is printed with the plan and counted (the sweep
  * goes on, so one run shows every N that breaks, then fails). */
-static run *run_plan(uint64_t nth, bool persistent, int error, size_t threshold) {
-    run *r = calloc(1, sizeof *r);
-    assert_non_null(r);
+/* The child's side of a plan: runs it, leaves the outcome in the shared run. */
+static int run_child(void *arg) {
+    run *r = arg;
+    bool ok = run_workload(r);
+    if (!ok && r->h) (void)gpu_heap_destroy(r->h); /* best effort: the run is already a failure */
+    return ok ? 0 : 1;
+}
+
+/* Runs one plan in a child process, so that a crash is a finding about its N,
+ * not the end of the sweep; the run record is shared memory. A broken rule is
+ * printed with the plan and counted (the sweep goes on, so one run shows every N
+ * that breaks, then fails). */
+static run *run_plan_on(const step *steps, int nsteps, uint64_t nth, bool persistent, int error, size_t threshold) {
+    run *r = mmap(NULL, sizeof *r, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(r != MAP_FAILED);
+    r->steps = steps;
+    r->nsteps = nsteps;
     r->nth = nth;
     r->persistent = persistent;
     r->error = error;
     r->threshold = threshold;
-    if (!run_workload(r)) {
+    r->step = "start";
+    int status = run_in_child(run_child, r);
+    if (WIFSIGNALED(status)) {
+        r->bad = true;
+        snprintf(r->why, sizeof r->why, "the process died of signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+    } else if (!WIFEXITED(status) || (WEXITSTATUS(status) != 0) != r->bad) {
+        r->bad = true;
+        snprintf(r->why, sizeof r->why, "the child ended with status %#x", status);
+    }
+    if (r->bad) {
         int op = nth && nth <= VMM_FAULT_LOG && nth <= r->rep.calls ? r->rep.log[nth - 1] : -1;
         print_error("fault at backend call %llu (%s, %s%s, threshold %s): step \"%s\": %s\n", (unsigned long long)nth,
                     op >= 0 ? vmm_op_name(op) : "none", error ? gpu_strerror(error) : "natural error",
                     persistent ? ", persistent" : "", threshold == SIZE_MAX ? "keep" : "low", r->step, r->why);
         broken_plans++;
-        if (r->h) (void)gpu_heap_destroy(r->h); /* best effort: the run is already a failure */
         if (!nth) fail_msg("the fault-free run broke a rule");
     }
     return r;
+}
+
+static void run_free(run *r) { munmap(r, sizeof *r); }
+
+/* The main workload. */
+static run *run_plan(uint64_t nth, bool persistent, int error, size_t threshold) {
+    return run_plan_on(WORKLOAD(workload), nth, persistent, error, threshold);
 }
 
 /* ---- the sweeps ---------------------------------------------------------------------- */
@@ -450,18 +607,18 @@ static void count(const run *r) {
 }
 
 /* Every N of a fault-free run's calls, one at a time, with error (0: natural). */
-static void sweep(size_t threshold, int error, bool only_natural) {
-    run *dry = run_plan(0, false, 0, threshold);
+static void sweep_on(const step *steps, int nsteps, const char *what, size_t threshold, int error, bool only_natural) {
+    run *dry = run_plan_on(steps, nsteps, 0, false, 0, threshold);
     uint64_t calls = dry->workload_calls;
     uint8_t log[VMM_FAULT_LOG];
     memcpy(log, dry->rep.log, sizeof log);
     assert_true(calls > 20 && calls <= VMM_FAULT_LOG);
     assert_int_equal(dry->failed_steps, 0);
-    free(dry);
+    run_free(dry);
     uint64_t fired = 0;
     for (uint64_t n = 1; n <= calls; n++) {
         if (only_natural && log[n - 1] != VMM_OP_CREATE && log[n - 1] != VMM_OP_RESERVE) continue;
-        run *r = run_plan(n, false, error, threshold);
+        run *r = run_plan_on(steps, nsteps, n, false, error, threshold);
         /* The calls up to N are the same as in the fault-free run, so call N is
          * the op the log says, and it fired. */
         if (r->rep.injected != 1 || r->rep.first_op != log[n - 1])
@@ -469,17 +626,21 @@ static void sweep(size_t threshold, int error, bool only_natural) {
                      (unsigned long long)r->rep.injected, vmm_op_name(r->rep.first_op), vmm_op_name(log[n - 1]));
         if (!r->bad) count(r);
         fired++;
-        free(r);
+        run_free(r);
     }
     if (broken_plans) fail_msg("%d fault plans broke a rule (listed above)", broken_plans);
     /* One past the end: nothing fires, nothing fails. */
-    run *r = run_plan(calls + 1, false, error, threshold);
+    run *r = run_plan_on(steps, nsteps, calls + 1, false, error, threshold);
     assert_int_equal(r->rep.injected, 0);
     assert_int_equal(r->failed_steps, 0);
-    free(r);
-    print_message("fault sweep (%s, threshold %s): %llu backend calls, %llu faults injected and survived\n",
-                  only_natural ? "natural errors on create/reserve" : gpu_strerror(error),
+    run_free(r);
+    print_message("fault sweep of the %s workload (%s, threshold %s): %llu backend calls, %llu faults injected and survived\n",
+                  what, only_natural ? "natural errors on create/reserve" : gpu_strerror(error),
                   threshold == SIZE_MAX ? "keep" : "256 KiB", (unsigned long long)calls, (unsigned long long)fired);
+}
+
+static void sweep(size_t threshold, int error, bool only_natural) {
+    sweep_on(WORKLOAD(workload), "main", threshold, error, only_natural);
 }
 
 static int reset_broken(void **state) {
@@ -503,6 +664,16 @@ static void test_fault_with_release_threshold(void **state) {
     sweep(256 * KiB, GPU_ERR_BACKEND, false);
 }
 
+static void test_fault_sparse(void **state) {
+    (void)state;
+    sweep_on(WORKLOAD(sparse_workload), "sparse", SIZE_MAX, GPU_ERR_BACKEND, false);
+}
+
+static void test_fault_stream(void **state) {
+    (void)state;
+    sweep_on(WORKLOAD(stream_workload), "stream", SIZE_MAX, GPU_ERR_BACKEND, false);
+}
+
 /* From call N on, every call fails: each call still returns a clean error, the
  * books stay sound, the contents stay intact, and once the backend works again
  * everything can be freed and given back without a leak. */
@@ -510,7 +681,7 @@ static void test_fault_persistent(void **state) {
     (void)state;
     run *dry = run_plan(0, false, 0, SIZE_MAX);
     uint64_t calls = dry->workload_calls;
-    free(dry);
+    run_free(dry);
     size_t leaks = 0, leaky_runs = 0;
     for (uint64_t n = 1; n <= calls; n++) {
         run *r = run_plan(n, true, GPU_ERR_BACKEND, SIZE_MAX);
@@ -518,7 +689,7 @@ static void test_fault_persistent(void **state) {
         if (!r->bad) count(r);
         leaks += r->leaked_handles;
         leaky_runs += r->leaked_handles != 0;
-        free(r);
+        run_free(r);
     }
     if (broken_plans) fail_msg("%d fault plans broke a rule (listed above)", broken_plans);
     print_message("persistent faults from each of %llu calls on: survived; %zu of those runs left %zu handles behind "
@@ -707,7 +878,7 @@ static int print_totals(void **state) {
     return 0;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fault_wrapper),
         cmocka_unit_test(test_regress_remap_unmap_refused),
@@ -717,6 +888,14 @@ int main(void) {
         cmocka_unit_test_setup(test_fault_natural_errors, reset_broken),
         cmocka_unit_test_setup(test_fault_with_release_threshold, reset_broken),
         cmocka_unit_test_setup(test_fault_persistent, reset_broken),
+        cmocka_unit_test_setup(test_fault_stream, reset_broken),
     };
+    /* Known broken (see README, Reliability): sparse.c does not yet survive a
+     * refused call in decommit and release. Run on its own ("test_fault sparse"),
+     * so meson can mark it as expected to fail until it is fixed. */
+    const struct CMUnitTest sparse[] = {
+        cmocka_unit_test_setup(test_fault_sparse, reset_broken),
+    };
+    if (argc > 1 && !strcmp(argv[1], "sparse")) return cmocka_run_group_tests(sparse, NULL, print_totals);
     return cmocka_run_group_tests(tests, NULL, print_totals);
 }

@@ -18,6 +18,8 @@ static const char *const names[] = {
     [TR_MALLOC] = "malloc", [TR_FREE] = "free", [TR_REALLOC] = "realloc", [TR_PROTECT] = "protect",
     [TR_TRIM] = "trim", [TR_RESERVE] = "reserve", [TR_UNRESERVE] = "unreserve", [TR_MAP] = "map",
     [TR_UNMAP] = "unmap", [TR_FENCE] = "fence", [TR_COPY] = "copy", [TR_MEMSET] = "memset",
+    [TR_CREATE] = "create", [TR_RELEASE] = "release", [TR_ACCESS] = "access", [TR_MAP_FILE] = "map_file",
+    [TR_SYNC_FILE] = "sync_file", [TR_UNMAP_FILE] = "unmap_file",
     [TR_UNKNOWN] = "unknown",
 };
 

@@ -28,7 +28,8 @@
  * know (a later version's op), kept and skipped. */
 typedef enum tr_op {
     TR_MALLOC, TR_FREE, TR_REALLOC, TR_PROTECT, TR_TRIM, TR_RESERVE, TR_UNRESERVE,
-    TR_MAP, TR_UNMAP, TR_FENCE, TR_COPY, TR_MEMSET, TR_UNKNOWN
+    TR_MAP, TR_UNMAP, TR_FENCE, TR_COPY, TR_MEMSET, TR_CREATE, TR_RELEASE, TR_ACCESS,
+    TR_MAP_FILE, TR_SYNC_FILE, TR_UNMAP_FILE, TR_UNKNOWN
 } tr_op;
 
 typedef struct tr_event {
