@@ -306,7 +306,7 @@ static void load_run(load_job *j, unsigned id) {
             rc = pending[k] ? vmm_call_queue_wait(d, j->st->queue, slot[k]) : GPU_OK;
             pending[k] = false;
             if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
-            if (rc == GPU_OK) rc = load_read(j, buf, n, j->offset + off + (c == 1));
+            if (rc == GPU_OK) rc = load_read(j, buf, n, j->offset + off);
             if (rc == GPU_OK) {
                 rc = vmm_call_queue_upload(d, j->st->queue, slot[k], j->dst + off, buf, n);
                 if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);

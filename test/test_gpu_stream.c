@@ -73,8 +73,9 @@ static void test_stream_reuse_with_running_kernel(void **state) {
     CU_OK(cu.cuStreamCreate(&s2, CU_STREAM_NON_BLOCKING));
     void *a = gpu_heap_malloc_async(h, size, s1);
     assert_non_null(a);
-    /* ~200 ms of spinning, then the kernel writes a with seed 11. */
-    CU_OK(cu_spin_fill(dptr(a), words, 11, 200 * cu_util_cycles_per_ms(), 4, s1));
+    /* ~600 ms of spinning, then the kernel writes a with seed 11: stream 2's
+     * work below is done long before. */
+    CU_OK(cu_spin_fill(dptr(a), words, 11, 600 * cu_util_cycles_per_ms(), 4, s1));
     assert_int_equal(gpu_heap_free_async(h, a, s1), GPU_OK);
     /* S1 may have it back at once: its next work runs after the kernel. */
     void *again = gpu_heap_malloc_async(h, size, s1);
@@ -91,6 +92,7 @@ static void test_stream_reuse_with_running_kernel(void **state) {
     CU_OK(cu.cuStreamSynchronize(s2));
     bool running = cu.cuStreamQuery(s1) == CUDA_ERROR_NOT_READY;
     print_message("stream 2 finished its fills %s stream 1's kernel ended\n", running ? "before" : "after");
+    assert_true(running); /* else the test proves nothing */
     CU_OK(cu.cuCtxSynchronize());
     for (int i = 0; i < 6; i++) {
         uint64_t bad = cu_check(dptr(b[i]), words, 100 + i, s2);
