@@ -20,12 +20,12 @@ fi
 if ! ninja -C build-gpu test/test_gpu_file bench/gpuheap-file-load test/test_gpu > "$out/build.log" 2>&1; then
   tail -40 "$out/build.log"; exit 1
 fi
-GPUHEAP_VERBOSE=1 timeout 120 build-gpu/test/test_gpu_file > "$out/test_gpu_file.log" 2>&1
+GPUHEAP_VERBOSE=1 timeout 60 build-gpu/test/test_gpu_file > "$out/test_gpu_file.log" 2>&1
 echo "test_gpu_file rc=$?" | tee "$out/summary.txt"
-CUFILE_ALLOW_COMPAT_MODE=true timeout ${FILE_LOAD_TIMEOUT:-200} build-gpu/bench/gpuheap-file-load \
+CUFILE_ALLOW_COMPAT_MODE=true timeout ${FILE_LOAD_TIMEOUT:-170} build-gpu/bench/gpuheap-file-load \
   --json "$out/file_load.json" ${FILE_LOAD_ARGS:-} > "$out/file_load.log" 2>&1
 echo "file_load rc=$?" | tee -a "$out/summary.txt"
-timeout ${GPU_TEST_TIMEOUT:-60} build-gpu/test/test_gpu > "$out/test_gpu.log" 2>&1
+timeout ${GPU_TEST_TIMEOUT:-45} build-gpu/test/test_gpu > "$out/test_gpu.log" 2>&1
 echo "test_gpu rc=$?" | tee -a "$out/summary.txt"
 cp cufile.log "$out/" 2>/dev/null
 grep -E "^\[ *(OK|FAILED|PASSED|  FAILED) *\]|^#" "$out/test_gpu_file.log" | tail -20

@@ -223,10 +223,14 @@ int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
     size_t bytes = 0, n = 0;
     for (block *b = batch; b; b = b->next_free) bytes += b->size, n++;
     h->quarantine = NULL;
+    h->draining_bytes += bytes; /* off the list but still quarantined: the checker counts them */
+    h->draining_blocks += n;
     heap_unlock(h);
     bool capturing = vmm_call_capturing(&h->door, stream);
     int rc = capturing ? GPU_ERR_CAPTURING : vmm_call_fence(&h->door);
     heap_lock(h);
+    h->draining_bytes -= bytes;
+    h->draining_blocks -= n;
     if (rc != GPU_OK) { /* nothing is released: put the batch back */
         if (batch) {
             block *last = batch;

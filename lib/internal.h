@@ -354,6 +354,7 @@ struct gpu_heap {
     size_t live_bytes, live_blocks, peak_live_bytes;
     size_t mapped_bytes, peak_mapped_bytes;
     size_t quarantine_bytes, quarantine_blocks;
+    size_t draining_bytes, draining_blocks; /* quarantined blocks a drain took off the list while it fences (lock dropped) */
     size_t nextents;
     size_t protected_extents; /* extents whose access is not read-write */
     stream_pool *pools[STREAM_POOLS_MAX];

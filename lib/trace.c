@@ -50,6 +50,7 @@
  * that forks keeps recording only in the parent.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,7 +100,8 @@ static trace_thread *threads;           /* every thread that ever recorded and h
 static trace_batch *queue, **queue_tail = &queue; /* full batches for the writer, oldest first */
 static trace_batch *spare;              /* empty batches */
 static _Atomic uint64_t gen;            /* trace session; 0 before the first */
-static FILE *out;
+static int out = -1;         /* the trace file: plain write(2), no stdio buffer a fork could duplicate */
+static bool write_failed;    /* a write failed: gpu_trace_stop reports it */
 static bool writer_running, writer_stop;
 static pthread_t writer;
 static pthread_key_t thread_key;
@@ -163,6 +165,20 @@ static char *put_hex(char *p, uint64_t v) {
     return p;
 }
 
+/* Writes len bytes to the trace file, whatever write(2) takes at a time. */
+static void put_out(const char *p, size_t len) {
+    while (len && out >= 0) {
+        ssize_t n = write(out, p, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            write_failed = true;
+            return;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
 /* Writes n records as text, a chunk at a time. Called by the writer, or by the
  * thread that stops the trace once the writer is gone: one thread at a time. */
 static void format_batch(const trace_event *ev, size_t n) {
@@ -172,7 +188,7 @@ static void format_batch(const trace_event *ev, size_t n) {
     for (size_t i = 0; i < n; i++) {
         const trace_event *e = &ev[i];
         if (p > chunk + sizeof chunk - 320) {
-            fwrite(chunk, 1, (size_t)(p - chunk), out);
+            put_out(chunk, (size_t)(p - chunk));
             p = chunk;
         }
         uint64_t rel = e->tick > tick0 ? e->tick - tick0 : 0;
@@ -205,7 +221,7 @@ static void format_batch(const trace_event *ev, size_t n) {
         p = put_dec(p, (uint64_t)((double)e->dur * scale));
         *p++ = '\n';
     }
-    fwrite(chunk, 1, (size_t)(p - chunk), out);
+    put_out(chunk, (size_t)(p - chunk));
 }
 
 /* The writer: formats full batches as they come, until told to stop with the
@@ -343,27 +359,54 @@ void trace_record(uint64_t t0, const trace_event *e) {
     atomic_store_explicit(&t->count, n + 1, memory_order_release);
 }
 
+/* ---- fork ----------------------------------------------------------------------- */
+
+/* A child of fork has no writer thread and shares the parent's file (written
+ * with write(2), so no buffered bytes are duplicated): the child stops recording
+ * and forgets the file. The lock is held across fork so that the child sees
+ * consistent state. */
+static void fork_prepare(void) { pthread_mutex_lock(&lock); }
+static void fork_parent(void) { pthread_mutex_unlock(&lock); }
+static void fork_child(void) {
+    atomic_store(&trace_on, 0);
+    out = -1; /* the parent's file: the child leaves it alone (a close would be harmless too) */
+    writer_running = false;
+    while (queue) { /* the parent writes these; the child keeps the memory as spares */
+        trace_batch *b = queue;
+        queue = b->next;
+        b->next = spare;
+        spare = b;
+    }
+    queue_tail = &queue;
+    atomic_fetch_add(&gen, 1);
+    pthread_mutex_unlock(&lock);
+}
+static void atfork_register(void) { (void)pthread_atfork(fork_prepare, fork_parent, fork_child); }
+
 /* ---- starting and stopping -------------------------------------------------- */
 
 int gpu_trace_start(const char *path) {
     if (!path || !*path) return gh_error(GPU_ERR_INVALID, "gpu_trace_start: no file name");
+    static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+    pthread_once(&atfork_once, atfork_register);
     pthread_mutex_lock(&lock);
-    if (out) {
+    if (out >= 0) {
         pthread_mutex_unlock(&lock);
         return gh_error(GPU_ERR_INVALID, "gpu_trace_start(%s): a trace is already being recorded", path);
     }
-    FILE *f = fopen(path, "w");
-    if (!f) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
         int e = errno;
         pthread_mutex_unlock(&lock);
         return gh_error(GPU_ERR_INVALID, "gpu_trace_start: cannot write %s: %s", path, strerror(e));
     }
-    (void)setvbuf(f, NULL, _IOFBF, 1 << 20);
-    out = f;
+    out = fd;
+    write_failed = false;
     calibrate();
     struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);
-    fprintf(out, "# gpuheap trace 1\n"
+    char head[256];
+    int hn = snprintf(head, sizeof head, "# gpuheap trace 1\n"
                  "# t_ns tid op heap stream addr size arg flags result rc dur_ns\n"
                  "# start %lld.%09ld (unix time), clock %s, pid %d\n",
             (long long)wall.tv_sec, wall.tv_nsec,
@@ -373,6 +416,7 @@ int gpu_trace_start(const char *path) {
             "monotonic",
 #endif
             (int)getpid());
+    put_out(head, hn > 0 ? (size_t)hn : 0);
     /* A few empty batches, touched now, so that the first swaps of a busy
      * thread find memory already faulted in. */
     int have = 0;
@@ -394,7 +438,7 @@ int gpu_trace_start(const char *path) {
 
 int gpu_trace_stop(void) {
     pthread_mutex_lock(&lock);
-    if (!out) {
+    if (out < 0) {
         pthread_mutex_unlock(&lock);
         gh_ok();
         return GPU_OK;
@@ -416,9 +460,9 @@ int gpu_trace_stop(void) {
         size_t n = atomic_load_explicit(&t->count, memory_order_acquire);
         format_batch(t->batch->ev, n);
     }
-    int rc = fclose(out) == 0 ? GPU_OK : GPU_ERR_INVALID;
+    int rc = close(out) == 0 && !write_failed ? GPU_OK : GPU_ERR_INVALID;
     int e = errno;
-    out = NULL;
+    out = -1;
     atomic_fetch_add(&gen, 1); /* what threads still buffer belongs to no session */
     pthread_mutex_unlock(&lock);
     if (rc != GPU_OK) return gh_error(rc, "gpu_trace_stop: writing the trace failed: %s", strerror(e));

@@ -215,6 +215,23 @@ static void test_load_pipelined(void **state) {
             ASSERT_OK(gpu_heap_unmap_file(h, p, 0));
         }
     }
+    /* Lengths around the pieces' edges: the first small pieces (8 x 8 KiB with a
+     * 64 KiB chunk), the switch to whole chunks (8 x 56 KiB), the shared-out tail. */
+    setenv("GPUHEAP_FILE_CHUNK", "64K", 1);
+    setenv("GPUHEAP_FILE_THREADS", "8", 1);
+    const size_t lengths[] = {1, 511, 8191, 8193, 64 * KiB - 1, 8 * 56 * KiB, 8 * 56 * KiB + 1, MiB + 4097, 3 * MiB};
+    for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
+        void *q = NULL;
+        ASSERT_OK(gpu_heap_map_file(h, path, 3, lengths[i], 0, &q));
+        expect_file_bytes(q, path, 3, lengths[i]);
+        ASSERT_OK(gpu_heap_unmap_file(h, q, 0));
+    }
+    setenv("GPUHEAP_FILE_CHUNK", "4K", 1); /* the smallest chunk: 512-byte first pieces */
+    void *q = NULL;
+    ASSERT_OK(gpu_heap_map_file(h, path, 1, 0, 0, &q));
+    expect_file_bytes(q, path, 1, size - 1);
+    ASSERT_OK(gpu_heap_unmap_file(h, q, 0));
+
     setenv("GPUHEAP_FILE_CHUNK", "not-a-size", 1); /* ignored: the default applies */
     void *p = NULL;
     ASSERT_OK(gpu_heap_map_file(h, path, 0, 0, 0, &p));

@@ -270,6 +270,33 @@ static void test_threads_lose_nothing(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* A child of fork records nothing and leaves the parent's file intact. */
+static void test_fork(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    assert_int_equal(gpu_trace_start(trace_path), GPU_OK);
+    for (int i = 0; i < 3000; i++) gpu_heap_free(h, gpu_heap_malloc(h, 512)); /* some buffered, some written */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        for (int i = 0; i < 5000; i++) gpu_heap_free(h, gpu_heap_malloc(h, 512));
+        exit(gpu_trace_stop() == GPU_OK ? 0 : 1); /* at exit too: nothing to write */
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    for (int i = 0; i < 1000; i++) gpu_heap_free(h, gpu_heap_malloc(h, 512));
+    assert_int_equal(gpu_trace_stop(), GPU_OK);
+    tr_trace t = load();
+    tr_summary s;
+    tr_summarize(&t, &s);
+    assert_int_equal(s.mallocs, 4000);
+    assert_int_equal(s.frees, 4000);
+    assert_int_equal(s.threads, 1);
+    tr_free(&t);
+    HEAP_DESTROY(h);
+}
+
 /* A gzip-compressed trace reads the same. */
 static void test_gzip(void **state) {
     (void)state;
@@ -302,6 +329,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_start_stop_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_record_and_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads_lose_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gzip, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -136,6 +136,9 @@ static void defs_fill(void) {
 }
 #undef DEF
 
+/* The driver's function for e, as far as the table knows it. */
+static void *real_of(pl_entry e) { return real_proc[e] ? real_proc[e] : real_export[e]; }
+
 /* Resolves base at version/flags through the real resolver; NULL if absent. */
 static void *proc_lookup(const char *base, int version, uint64_t flags) {
     void *p = NULL;
@@ -162,18 +165,29 @@ static void table_load(void) {
     ctx_get_device = (pl_cu_result(*)(int *))proc_lookup("cuCtxGetDevice", 12000, PL_CU_GET_PROC_ADDRESS_LEGACY_STREAM);
     ctx_push = (pl_cu_result(*)(pl_cu_ctx))proc_lookup("cuCtxPushCurrent", 12000, PL_CU_GET_PROC_ADDRESS_LEGACY_STREAM);
     ctx_pop = (pl_cu_result(*)(pl_cu_ctx *))proc_lookup("cuCtxPopCurrent", 12000, PL_CU_GET_PROC_ADDRESS_LEGACY_STREAM);
-    table_ready = pl_real(PL_GET_PROC_ADDRESS_V2) || pl_real(PL_GET_PROC_ADDRESS_V1);
+    table_ready = real_of(PL_GET_PROC_ADDRESS_V2) || real_of(PL_GET_PROC_ADDRESS_V1);
     table_ready = table_ready && ctx_get_current && ctx_get_device && ctx_push && ctx_pop;
 }
 
+/* Set while this thread fills the table: a driver (or stub) whose resolver
+ * calls dlsym must not wait for the table it is filling. */
+static _Thread_local bool loading;
+
+static void table_load_once(void) {
+    loading = true;
+    table_load();
+    loading = false;
+}
+
 bool pl_driver_ready(void) {
-    pthread_once(&table_once, table_load);
+    if (loading) return false;
+    pthread_once(&table_once, table_load_once);
     return table_ready;
 }
 
 void *pl_real(pl_entry e) {
-    pthread_once(&table_once, table_load);
-    return real_proc[e] ? real_proc[e] : real_export[e];
+    if (!loading) pthread_once(&table_once, table_load_once);
+    return real_of(e);
 }
 
 void *pl_wrap(void *p) {

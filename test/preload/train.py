@@ -1,0 +1,120 @@
+"""train.py — a short, deterministic PyTorch training loop for the interposer's proofs.
+
+A real model (a pre-norm transformer encoder language model: embedding, N layers,
+output head; cross-entropy on synthetic tokens, AdamW) trained for a few steps
+with fixed seeds. Everything that could make two runs differ is pinned, so that
+two runs differ only in where their memory comes from:
+
+  - torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG, so no
+    kernel sums in a run-dependent order;
+  - scaled-dot-product attention on the math backend (the fused backends'
+    backward passes are not deterministic);
+  - the same data, the same initial weights, the same dropout stream.
+
+The losses are written as exact hexadecimal floats, so runs can be compared bit
+for bit; the time of every step (host clock around a synchronized step) is
+written too. The allocator is chosen from outside:
+
+  python3 train.py --out A.json                                      # PyTorch's caching allocator
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 python3 train.py --out B.json     # plain cudaMalloc/cudaFree
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 gpuheap-run python3 train.py ...  # cudaMalloc served by gpuheap
+  python3 train.py --pluggable libgpuheap-preload.so --out D.json    # CUDAPluggableAllocator
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--pluggable", metavar="SO", help="use gpu_torch_alloc/gpu_torch_free from SO")
+    ap.add_argument("--label", default="")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+
+    if a.pluggable:  # before anything touches CUDA memory
+        alloc = torch.cuda.memory.CUDAPluggableAllocator(a.pluggable, "gpu_torch_alloc", "gpu_torch_free")
+        torch.cuda.memory.change_current_allocator(alloc)
+
+    torch.use_deterministic_algorithms(True, warn_only=True)  # a warning, not a lost run, if an op has no deterministic form
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.enable_flash_sdp(False)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.backends.cuda.enable_math_sdp(True)
+
+    dev = torch.device("cuda", 0)
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(a.d, a.heads, dim_feedforward=4 * a.d, dropout=0.1,
+                                       batch_first=True, norm_first=True)
+    model = nn.ModuleDict({
+        "embed": nn.Embedding(a.vocab, a.d),
+        "body": nn.TransformerEncoder(layer, a.layers, enable_nested_tensor=False),
+        "norm": nn.LayerNorm(a.d),
+        "head": nn.Linear(a.d, a.vocab),
+    }).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, foreach=True)
+    g = torch.Generator(device=dev)
+    g.manual_seed(1)
+    data = torch.randint(a.vocab, (a.steps, a.batch, a.seq + 1), generator=g, device=dev)
+    mask = nn.Transformer.generate_square_subsequent_mask(a.seq, device=dev)
+
+    losses, times = [], []
+    for step in range(a.steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        x, y = data[step, :, :-1], data[step, :, 1:]
+        h = model["body"](model["embed"](x), mask=mask, is_causal=True)
+        logits = model["head"](model["norm"](h))
+        loss = F.cross_entropy(logits.reshape(-1, a.vocab), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lv = loss.item()  # synchronizes
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        losses.append(lv)
+
+    timed = times[a.warmup:]
+    out = {
+        "label": a.label,
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "caching_disabled": os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING", "") not in ("", "0"),
+        "interposer": "libgpuheap-preload.so" in os.environ.get("LD_PRELOAD", ""),
+        "pluggable": bool(a.pluggable),
+        "model": {k: getattr(a, k) for k in ("layers", "d", "heads", "batch", "seq", "vocab", "steps", "warmup")},
+        "losses_hex": [float(v).hex() for v in losses],
+        "losses": losses,
+        "step_ms": [1e3 * t for t in times],
+        "median_step_ms": 1e3 * statistics.median(timed),
+        "mean_step_ms": 1e3 * statistics.fmean(timed),
+        "max_memory_allocated": torch.cuda.max_memory_allocated(0) if not a.pluggable else None,
+    }
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"{a.label or 'run'}: {out['device']}, median step {out['median_step_ms']:.2f} ms, "
+          f"first loss {losses[0]:.6f}, last loss {losses[-1]:.6f}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
