@@ -167,8 +167,12 @@ release:
 
 int vmm_call_unback(vmm_door *d, uintptr_t va, size_t size, vmm_handle h) {
     int rc = vmm_call_unmap(d, va, size);
-    if (rc != GPU_OK) return rc;
-    return vmm_call_release(d, h);
+    if (rc != GPU_OK) return rc; /* nothing changed: the extent is still mapped */
+    /* The mapping is gone, so the caller must forget the extent whatever happens
+     * next: a refused release is tried once more, and a handle that still will
+     * not go is counted in backend_errors, not reported as "still mapped". */
+    if (vmm_call_release(d, h) != GPU_OK) (void)vmm_call_release(d, h);
+    return GPU_OK;
 }
 
 /* ---- file-backed memory (file.c) ---------------------------------------------- */

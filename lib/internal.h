@@ -281,7 +281,9 @@ int vmm_call_grant(vmm_door *d, uintptr_t va, size_t size, int device, gpu_prot_
 int vmm_call_grant_peers(vmm_door *d, uintptr_t va, size_t size, uint64_t devices, gpu_prot_t prot);
 /* create + map + set_access(read-write), undoing what succeeded on failure. */
 int vmm_call_back(vmm_door *d, uintptr_t va, size_t size, vmm_handle *out);
-/* unmap + release. */
+/* unmap + release. GPU_OK once the mapping is gone (a release the backend keeps
+ * refusing leaks the handle, counted as a backend error); an error only when the
+ * unmap was refused and nothing changed. */
 int vmm_call_unback(vmm_door *d, uintptr_t va, size_t size, vmm_handle h);
 /* File-backed memory (file.c): staging memory, the copy queue, zero-copy
  * registration, direct reads. An op the backend does not offer (a NULL entry) is

@@ -76,10 +76,14 @@ static uintptr_t gap_end(gpu_heap_t *h, uintptr_t va, uintptr_t end) {
     return va;
 }
 
-/* Unmaps and forgets extents [lo, hi) of reservation r (whole, all inside).
- * Lock held; dropped around the driver calls. */
+/* Unmaps and forgets the extents of reservation r inside [lo, hi) (whole, all
+ * inside), all or none: every mapping goes first, and if the driver refuses one
+ * the others are mapped back with their handles — contents intact — and nothing
+ * changes. Only then are the handles released. Lock held; dropped around the
+ * driver calls (r is busy meanwhile). */
 static int drop_extents(gpu_heap_t *h, block *r, uintptr_t lo, uintptr_t hi) {
-    int rc = GPU_OK;
+    size_t n = 0, cap = 0;
+    extent **v = NULL;
     for (uintptr_t va = lo; va < hi;) {
         extent *e = extmap_find(&h->extents, va);
         if (!e) {
@@ -87,19 +91,40 @@ static int drop_extents(gpu_heap_t *h, block *r, uintptr_t lo, uintptr_t hi) {
             continue;
         }
         gh_assert(e->owner == r && e->va >= lo && e->va + e->size <= hi, "dropped extents lie inside the range");
-        uintptr_t eva = e->va;
-        size_t esize = e->size;
-        heap_unlock(h);
-        int x = vmm_call_unback(&h->door, eva, esize, e->handle);
-        heap_lock(h);
-        if (x != GPU_OK) {
-            rc = gh_note(x, "unmapping a decommitted extent: %s", h->door.b->error);
-        } else {
-            h->sparse_committed -= esize;
-            heap_extent_drop_locked(h, e);
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            extent **nv = realloc(v, cap * sizeof *nv);
+            if (!nv) {
+                free(v);
+                return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory to decommit");
+            }
+            v = nv;
         }
-        va = eva + esize;
+        v[n++] = e;
+        va = e->va + e->size;
     }
+    heap_unlock(h);
+    int rc = GPU_OK;
+    size_t done = 0;
+    for (; done < n; done++)
+        if ((rc = vmm_call_unmap(&h->door, v[done]->va, v[done]->size)) != GPU_OK) break;
+    if (rc != GPU_OK) /* put back what went: the handles still hold the bytes */
+        for (size_t k = 0; k < done; k++)
+            if (vmm_call_map(&h->door, v[k]->va, v[k]->size, v[k]->handle) == GPU_OK)
+                (void)vmm_call_set_access(&h->door, v[k]->va, v[k]->size, (gpu_prot_t)v[k]->prot);
+    if (rc == GPU_OK)
+        for (size_t k = 0; k < n; k++)
+            if (vmm_call_release(&h->door, v[k]->handle) != GPU_OK) (void)vmm_call_release(&h->door, v[k]->handle);
+    heap_lock(h);
+    if (rc == GPU_OK) {
+        for (size_t k = 0; k < n; k++) {
+            h->sparse_committed -= v[k]->size;
+            heap_extent_drop_locked(h, v[k]);
+        }
+    } else {
+        rc = gh_note(rc, "unmapping committed memory: %s", h->door.b->error);
+    }
+    free(v);
     return rc;
 }
 
@@ -222,12 +247,27 @@ static int keep_outside(gpu_heap_t *h, block *r, extent *e, uintptr_t p, uintptr
     vmm_handle oh = e->handle;
     uint8_t prot = e->prot;
     heap_unlock(h);
+    int mapped = 0;
     rc = vmm_call_unmap(&h->door, eva, esize);
-    for (int i = 0; i < n && rc == GPU_OK; i++) {
-        rc = vmm_call_map(&h->door, parts[i].lo, parts[i].hi - parts[i].lo, parts[i].nh);
-        if (rc == GPU_OK) rc = vmm_call_set_access(&h->door, parts[i].lo, parts[i].hi - parts[i].lo, (gpu_prot_t)prot);
+    bool unmapped = rc == GPU_OK;
+    for (; mapped < n && rc == GPU_OK; mapped++) {
+        struct part *k = &parts[mapped];
+        rc = vmm_call_map(&h->door, k->lo, k->hi - k->lo, k->nh);
+        if (rc != GPU_OK) break;
+        rc = vmm_call_set_access(&h->door, k->lo, k->hi - k->lo, (gpu_prot_t)prot);
+        if (rc != GPU_OK) {
+            (void)vmm_call_unmap(&h->door, k->lo, k->hi - k->lo);
+            break;
+        }
     }
-    if (rc == GPU_OK) (void)vmm_call_release(&h->door, oh);
+    if (rc != GPU_OK) { /* put e back as it was and drop the copies */
+        for (int i = 0; i < mapped; i++) (void)vmm_call_unmap(&h->door, parts[i].lo, parts[i].hi - parts[i].lo);
+        if (unmapped && vmm_call_map(&h->door, eva, esize, oh) == GPU_OK)
+            (void)vmm_call_set_access(&h->door, eva, esize, (gpu_prot_t)prot);
+        for (int i = 0; i < n; i++) (void)vmm_call_release(&h->door, parts[i].nh);
+    } else if (vmm_call_release(&h->door, oh) != GPU_OK) {
+        (void)vmm_call_release(&h->door, oh); /* once more; a handle that still will not go is counted, not fatal */
+    }
     heap_lock(h);
     if (rc != GPU_OK) return gh_note(rc, "gpu_decommit: remapping the kept parts: %s", h->door.b->error);
     h->sparse_committed -= esize;
