@@ -18,10 +18,12 @@
  * the next piece of the file, waits until its older buffer's copy has finished,
  * pread()s into it, and queues an asynchronous copy to the device on the
  * backend's copy queue — so reads on many cores overlap with each other and with
- * the copies. Pieces start small and end small (load_take), because a pipeline
- * loses a whole piece's read time while it fills and while its last reader
- * finishes alone: on an H200 that was 65% of the copy bandwidth for 256 MiB with
- * fixed 8 MiB pieces, against 94% for 8 GiB. Pinned memory is slow to allocate
+ * the copies. Pieces start small and end small (load_take), so that the pipeline
+ * does not wait a whole piece's read while it fills or while its last reader
+ * finishes alone. On an H200 that measured the same as fixed 8 MiB pieces (62%
+ * against 65% of the copy bandwidth at 256 MiB, 94% at 8 GiB, one run each):
+ * what small loads lose, a fixed ~2.5 ms per load, lies elsewhere and is not yet
+ * found (bench/RESULTS.md, "File loading"). Pinned memory is slow to allocate
  * (58 ms for the default 128 MiB there), so a heap keeps its staging set for the
  * next load until gpu_heap_trim or the heap's end. Where the backend can
  * read files straight into device memory (cuFile, GPU_MAP_CUFILE or

@@ -400,7 +400,7 @@ static block *take_idle_owned(gpu_heap_t *h, size_t need, size_t align) {
 }
 
 int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, uintptr_t stream, block **out) {
-    bool owned = flags & GPU_ALLOC_OWNED, drained = false, reclaimed = false, reaped = false;
+    bool owned = flags & GPU_ALLOC_OWNED, drained = false, reclaimed = false, reaped = false, recycled = false;
     for (;;) {
         block *b = owned ? take_idle_owned(h, need, align) : take_idle(h, need, align);
         if (b) {
@@ -425,6 +425,10 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
         }
         bool own = owned || need >= h->gran;
         size_t size = own ? gh_align_up(need, h->gran) : shared_extent_size(h, need);
+        if (own && !recycled) { /* idle memory that could not serve this request is traded for it */
+            recycled = true;
+            (void)heap_recycle_locked(h, size);
+        }
         int rc = heap_back_locked(h, size, align, own ? heap_headroom_for(h, size) : 0, &b);
         if (rc == GPU_OK) {
             if (!own && b->size > need) block_release_free(h, block_split(h, b, need), BLOCK_IDLE);

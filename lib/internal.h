@@ -405,6 +405,11 @@ static inline bool heap_owns(const gpu_heap_t *h, uintptr_t p) { return p - h->b
 int heap_drain_locked(gpu_heap_t *h, uintptr_t stream);
 int heap_trim_locked(gpu_heap_t *h, size_t keep);     /* drain, then release whole idle extents */
 int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the same, inside [lo, hi) */
+/* Before mapping `bytes` of new memory: when at least that much sits idle (in
+ * pieces too small or in the wrong place for the request), gives that much back
+ * first, so that physical memory follows live memory instead of growing. No fence
+ * (idle memory is safe); refused while a capture is in progress. */
+int heap_recycle_locked(gpu_heap_t *h, size_t bytes);
 int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
 int heap_back_at_locked(gpu_heap_t *h, block *range); /* maps one new extent over a BUSY range */
 int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);

@@ -151,6 +151,15 @@ int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi) {
     return release_idle(h, 0, lo, hi);
 }
 
+int heap_recycle_locked(gpu_heap_t *h, size_t bytes) {
+    if (h->idle.bytes < bytes) return GPU_OK;
+    heap_unlock(h);
+    bool capturing = vmm_call_capturing(&h->door, 0);
+    heap_lock(h);
+    if (capturing) return GPU_ERR_CAPTURING;
+    return release_idle(h, h->idle.bytes > bytes ? h->idle.bytes - bytes : 0, h->base, h->base + h->reserved);
+}
+
 int heap_trim(gpu_heap_t *h, size_t keep) {
     heap_lock(h);
     int rc = heap_trim_locked(h, keep);
