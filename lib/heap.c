@@ -21,6 +21,7 @@
  * thread that needs the driver marks the range it works on BUSY, drops the lock,
  * calls, and retakes it.
  */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,20 @@
 
 /* Records one operation may need; taken before any change so splits cannot fail. */
 #define RECORDS_PER_OP 8
+
+void heap_lock_wait(gpu_heap_t *h) {
+    for (unsigned spins = 0;; spins++) {
+        if (!atomic_load_explicit(&h->lock, memory_order_relaxed) &&
+            !atomic_exchange_explicit(&h->lock, 1, memory_order_acquire))
+            return;
+        if (spins < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else
+            sched_yield(); /* the holder may have been preempted: let it run */
+    }
+}
 
 int heap_reserve_records(gpu_heap_t *h) {
     if (!pool_reserve(&h->block_pool, RECORDS_PER_OP) || !pool_reserve(&h->extent_pool, 2) ||
@@ -88,7 +103,7 @@ int heap_open_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out
         return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for a heap");
     }
     h->cfg = *cfg;
-    pthread_mutex_init(&h->lock, NULL);
+    atomic_init(&h->lock, 0);
     pool_init(&h->block_pool, sizeof(block));
     pool_init(&h->extent_pool, sizeof(extent));
     tlsf_init(&h->idle);
@@ -143,7 +158,6 @@ void heap_close(gpu_heap_t *h) {
     pool_destroy(&h->block_pool);
     pool_destroy(&h->extent_pool);
     h->magic = 0;
-    pthread_mutex_destroy(&h->lock);
     free(h);
 }
 

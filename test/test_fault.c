@@ -23,12 +23,16 @@
  * At the end everything is freed and trimmed, the heap destroyed, and the host
  * backend's counts just before it closed must all be zero.
  *
- * Three sweeps: every N with GPU_ERR_BACKEND; every N that lands on a create or
+ * The sweeps: every N with GPU_ERR_BACKEND; every N that lands on a create or
  * reserve with its natural error (out of memory / out of VA), which sends the
  * heap through its reclaim-and-retry path; every N with a release threshold, so
- * frees trim as they go. A fourth sweep fails call N and every call after it (a
- * lost context): each call must still come back with a clean error and the books
- * must stay sound. The totals are printed for README's reliability section.
+ * frees trim as they go; every N of a stream-ordered workload (events) and of a
+ * sparse one (commit, decommit cutting a commit, release). One more fails call N
+ * and every call after it (a lost context): each call must still come back with a
+ * clean error and the books must stay sound; what the refused give-backs held
+ * leaks, and is counted. Each plan runs in a child process, so a crash is
+ * reported with its N and the sweep goes on. The totals are printed for README's
+ * reliability section. The bugs the sweeps found are regression tests below.
  */
 #include <stdbool.h>
 #include <sys/mman.h>
@@ -890,9 +894,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup(test_fault_persistent, reset_broken),
         cmocka_unit_test_setup(test_fault_stream, reset_broken),
     };
-    /* Known broken (see README, Reliability): sparse.c does not yet survive a
-     * refused call in decommit and release. Run on its own ("test_fault sparse"),
-     * so meson can mark it as expected to fail until it is fixed. */
+    /* The sparse sweep runs on its own ("test_fault sparse", meson's fault-sparse):
+     * it found sparse.c's decommit and release bugs, fixed in a8138e1. */
     const struct CMUnitTest sparse[] = {
         cmocka_unit_test_setup(test_fault_sparse, reset_broken),
     };

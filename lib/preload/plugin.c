@@ -16,7 +16,8 @@
  * configuration chooses, as gpu_malloc does), at cudaMalloc's alignment so that
  * results match a cudaMalloc run's bit for bit, and free through gpu_free, whose
  * quarantine makes a free safe while the stream still uses the block. Errors
- * are NULL returns and gpuheap's error path (GPUHEAP_VERBOSE=1 prints them).
+ * are NULL returns and gpuheap's error path (GPUHEAP_VERBOSE=1 prints them); a
+ * pointer no heap owns is reported, never passed anywhere.
  */
 #include <sys/types.h>
 
@@ -37,9 +38,15 @@ PL_EXPORT void *gpu_torch_alloc(ssize_t size, int device, void *stream) {
     return plugin_alloc((size_t)size, device);
 }
 
+/* Frees a block the entry points handed out; anything else is an error. */
+static void plugin_free(void *ptr, const char *call) {
+    if (ptr && pl_free((uintptr_t)ptr) == PL_FREE_FOREIGN)
+        gh_error(GPU_ERR_NOT_OWNED, "%s(%p): the pointer is not in any gpuheap heap", call, ptr);
+}
+
 PL_EXPORT void gpu_torch_free(void *ptr, ssize_t size, int device, void *stream) {
     (void)size, (void)device, (void)stream;
-    (void)gpu_free(ptr);
+    plugin_free(ptr, "gpu_torch_free");
 }
 
 PL_EXPORT void *gpu_cupy_malloc(void *param, size_t size, int device_id) {
@@ -49,5 +56,5 @@ PL_EXPORT void *gpu_cupy_malloc(void *param, size_t size, int device_id) {
 
 PL_EXPORT void gpu_cupy_free(void *param, void *ptr, int device_id) {
     (void)param, (void)device_id;
-    (void)gpu_free(ptr);
+    plugin_free(ptr, "gpu_cupy_free");
 }

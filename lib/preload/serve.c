@@ -53,8 +53,9 @@ static void report_at_exit(void) {
     if (!total && !forwarded_allocs && !freed_foreign && !freed_invalid && !ipc_refused) return;
     fprintf(stderr,
             "gpuheap-preload: %llu allocations served by gpuheap (cudaMalloc %llu, cuMemAlloc %llu, framework entry points "
-            "%llu), %llu passed to the driver; %llu frees by gpuheap, %llu passed to the driver, %llu refused (not a live "
-            "block); %llu IPC exports refused; %llu peer-access enables applied\n",
+            "%llu), %llu passed on (size 0, no device or context, or the heap failed); %llu frees by gpuheap, %llu passed "
+            "on (not heap memory), %llu refused (not a live block); %llu IPC exports refused; %llu peer-access "
+            "enables applied\n",
             (unsigned long long)total, (unsigned long long)served[PL_VIA_RUNTIME],
             (unsigned long long)served[PL_VIA_DRIVER], (unsigned long long)served[PL_VIA_PLUGIN],
             (unsigned long long)forwarded_allocs, (unsigned long long)freed, (unsigned long long)freed_foreign,

@@ -528,23 +528,12 @@ static void op_destroyed(fuzz *f, reader *r) {
     expect_error(gpu_heap_destroy(dead), GPU_ERR_DESTROYED, "destroy(destroyed heap)");
 }
 
-/* lib/sparse.c does not yet survive a refused backend call in decommit and
- * release (test_fault's sparse sweep, expected to fail, lists them): until it
- * does, a pending fault is dropped before a sparse call, so that the fuzzer keeps
- * looking elsewhere instead of finding that again. Set to 0 once fixed. */
-#define SPARSE_FAULTS_KNOWN_BROKEN 1
-
-static void sparse_fault_guard(fuzz *f) {
-    if (SPARSE_FAULTS_KNOWN_BROKEN) vmm_fault_arm(f->outer, 0, false, 0);
-}
-
 /* ---- sparse reservations ---------------------------------------------------------------- */
 
 static void op_reserve(fuzz *f, reader *r) {
     resv *v = &f->res[u8(r) % NRES];
     size_t granules = 1 + u8(r) % RES_GRANULES;
     if (v->p) return;
-    sparse_fault_guard(f);
     char *p = gpu_heap_reserve(f->h, granules * GRAN);
     if (!p) return allowed_failure(f, gpu_last_error(), "gpu_heap_reserve");
     if ((uintptr_t)p % GRAN) die("reservation %p is not granule-aligned", (void *)p);
@@ -557,7 +546,6 @@ static void op_commit(fuzz *f, reader *r) {
     uint8_t a = u8(r), b = u8(r);
     bool decommit = a & 0x80;
     if (!v->p) return;
-    sparse_fault_guard(f);
     size_t first = a % v->granules, count = 1 + b % (v->granules - first);
     int rc = decommit ? gpu_heap_decommit(f->h, v->p + first * GRAN, count * GRAN)
                       : gpu_heap_commit(f->h, v->p + first * GRAN, count * GRAN);
@@ -582,7 +570,6 @@ static void op_commit(fuzz *f, reader *r) {
 static void op_release(fuzz *f, reader *r) {
     resv *v = &f->res[u8(r) % NRES];
     if (!v->p) return;
-    sparse_fault_guard(f);
     int rc = gpu_heap_release(f->h, v->p);
     if (rc != GPU_OK) return ok_or_fault(f, rc, "gpu_heap_release");
     memset(v, 0, sizeof *v);

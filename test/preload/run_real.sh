@@ -63,9 +63,11 @@ train() { # LABEL [ENV...] -- [PREFIX...]
 train cached
 train cudaMalloc PYTORCH_NO_CUDA_MEMORY_CACHING=1
 step "PyTorch: gpuheap-run"
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 $T "$run" --stats python3 "$here/train.py" --label gpuheap-run --out "$W/train-gpuheap-run.json"
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 $T "$run" --stats python3 "$here/train.py" --label gpuheap-run --out "$W/train-gpuheap-run.json" 2>&1 |
+    tee "$W/train-gpuheap-run.log"
 step "PyTorch: pluggable"
-GPUHEAP_STATS=1 $T python3 "$here/train.py" --label pluggable --pluggable "$so" --out "$W/train-pluggable.json"
+GPUHEAP_STATS=1 $T python3 "$here/train.py" --label pluggable --pluggable "$so" --out "$W/train-pluggable.json" 2>&1 |
+    tee "$W/train-pluggable.log"
 # Second samples of the two timings the goal compares, and of the baseline's losses.
 train cached-2
 step "PyTorch: gpuheap-run-2"
@@ -126,6 +128,14 @@ res = {
             "cached vs cudaMalloc": maxdiff("cached", "cudaMalloc"),
         },
         "losses_cudaMalloc": runs.get("cudaMalloc", {}).get("losses"),
+        "memory": {
+            "caching: max_memory_allocated / max_memory_reserved": [runs.get("cached", {}).get("max_memory_allocated"),
+                                                                   runs.get("cached", {}).get("max_memory_reserved")],
+            "gpuheap-run: heap at exit": grab(os.path.join(W, "train-gpuheap-run.log"), r"gpuheap: heap .* at exit: .*"),
+            "gpuheap-run: interposer": grab(os.path.join(W, "train-gpuheap-run.log"), r"gpuheap-preload: .*"),
+            "pluggable: heap at exit": grab(os.path.join(W, "train-pluggable.log"), r"gpuheap: heap .* at exit: .*"),
+            "pluggable: interposer": grab(os.path.join(W, "train-pluggable.log"), r"gpuheap-preload: .*"),
+        },
     },
     "alloc_loop": {
         "static_cudart": static == "true",

@@ -109,6 +109,7 @@ def main():
         "median_step_ms": 1e3 * statistics.median(timed),
         "mean_step_ms": 1e3 * statistics.fmean(timed),
         "max_memory_allocated": torch.cuda.max_memory_allocated(0) if not a.pluggable else None,
+        "max_memory_reserved": torch.cuda.max_memory_reserved(0) if not a.pluggable else None,
     }
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
