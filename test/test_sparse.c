@@ -22,30 +22,14 @@
 
 #include "gpuheap.h"
 #include "internal.h"
+#include "util.h"
 
-#define MiB ((size_t)1 << 20)
-
+/* A test heap on the host backend: 64 GiB of VA, 2 MiB granularity, the given budget. */
 static gpu_heap_t *open_heap(size_t budget) {
-    gpu_config_t cfg;
-    gpu_config_init(&cfg);
-    cfg.backend = GPU_BACKEND_HOST;
-    cfg.reserve_bytes = 64ull << 30;
-    cfg.host_budget = budget;
-    gpu_heap_t *h = NULL;
-    assert_int_equal(gpu_heap_create(&cfg, &h), GPU_OK);
-    return h;
+    gpu_config_t cfg = host_config(64 * GiB, 0, budget);
+    return HEAP_CREATE(&cfg);
 }
 
-static void check_ok(gpu_heap_t *h) {
-    char msg[256];
-    if (gpu_heap_check(h, msg, sizeof msg) != GPU_OK) fail_msg("heap check: %s", msg);
-}
-
-static gpu_stats_t stats_of(gpu_heap_t *h) {
-    gpu_stats_t s;
-    assert_int_equal(gpu_heap_stats(h, &s), GPU_OK);
-    return s;
-}
 
 /* A byte that depends on the offset, so moved or lost data shows. */
 static inline unsigned char pat(size_t off, unsigned seed) { return (unsigned char)((off >> 12) * 31 + seed); }
@@ -79,7 +63,7 @@ static void test_commit_decommit_keeps_data(void **state) {
     char *r = gpu_heap_reserve(h, 1ull << 30);
     assert_non_null(r);
     assert_int_equal((uintptr_t)r % (2 * MiB), 0);
-    gpu_stats_t s = stats_of(h);
+    gpu_stats_t s = STATS(h);
     assert_int_equal(s.sparse_reserved_bytes, 1ull << 30);
     assert_int_equal(s.sparse_committed_bytes, 0);
     assert_int_equal(s.mapped_bytes, 0);
@@ -87,37 +71,37 @@ static void test_commit_decommit_keeps_data(void **state) {
     assert_int_equal(gpu_heap_commit(h, r, 8 * MiB), GPU_OK);
     fill(r, 0, 8 * MiB, 1);
     assert_int_equal(gpu_heap_commit(h, r + 4 * MiB, 12 * MiB), GPU_OK); /* partly committed: commits the rest */
-    check_ok(h);
+    CHECK_HEAP(h);
     expect(r, 0, 8 * MiB, 1);
     fill(r, 8 * MiB, 16 * MiB, 2);
-    assert_int_equal(stats_of(h).sparse_committed_bytes, 16 * MiB);
+    assert_int_equal(STATS(h).sparse_committed_bytes, 16 * MiB);
 
     /* Cut out the middle of the first commit: both sides survive. */
     assert_int_equal(gpu_heap_decommit(h, r + 2 * MiB, 4 * MiB), GPU_OK);
-    check_ok(h);
+    CHECK_HEAP(h);
     expect(r, 0, 2 * MiB, 1);
     expect(r, 6 * MiB, 8 * MiB, 1);
     expect(r, 8 * MiB, 16 * MiB, 2);
-    assert_int_equal(stats_of(h).sparse_committed_bytes, 12 * MiB);
+    assert_int_equal(STATS(h).sparse_committed_bytes, 12 * MiB);
     assert_true(write_faults(r + 3 * MiB)); /* the hole is really gone */
 
     /* Decommitting an uncommitted range does nothing. */
     assert_int_equal(gpu_heap_decommit(h, r + 64 * MiB, 8 * MiB), GPU_OK);
-    assert_int_equal(stats_of(h).sparse_committed_bytes, 12 * MiB);
+    assert_int_equal(STATS(h).sparse_committed_bytes, 12 * MiB);
 
     /* Commit the hole again: new memory there, the rest untouched. */
     assert_int_equal(gpu_heap_commit(h, r, 16 * MiB), GPU_OK);
     expect(r, 0, 2 * MiB, 1);
     expect(r, 6 * MiB, 8 * MiB, 1);
     expect(r, 8 * MiB, 16 * MiB, 2);
-    check_ok(h);
+    CHECK_HEAP(h);
 
     assert_int_equal(gpu_heap_release(h, r), GPU_OK);
-    s = stats_of(h);
+    s = STATS(h);
     assert_int_equal(s.sparse_reserved_bytes, 0);
     assert_int_equal(s.sparse_committed_bytes, 0);
     assert_int_equal(s.mapped_bytes, 0);
-    check_ok(h);
+    CHECK_HEAP(h);
     gpu_heap_destroy(h);
 }
 
@@ -142,12 +126,12 @@ static void test_bad_input(void **state) {
     assert_null(gpu_heap_reserve(h, SIZE_MAX));
     assert_int_equal(gpu_last_error(), GPU_ERR_INVALID);
     expect(r, 0, 4 * MiB, 7); /* nothing changed */
-    assert_int_equal(stats_of(h).sparse_committed_bytes, 4 * MiB);
-    check_ok(h);
+    assert_int_equal(STATS(h).sparse_committed_bytes, 4 * MiB);
+    CHECK_HEAP(h);
     assert_int_equal(gpu_heap_release(h, r), GPU_OK);
     assert_int_equal(gpu_heap_release(h, r), GPU_ERR_NOT_RESERVATION);            /* twice */
     assert_int_equal(gpu_heap_free(h, blk), GPU_OK);
-    check_ok(h);
+    CHECK_HEAP(h);
     gpu_heap_destroy(h);
 }
 
@@ -161,8 +145,8 @@ static void test_out_of_memory_keeps_commits(void **state) {
     assert_int_equal(gpu_heap_commit(h, r + 32 * MiB, 8 * MiB), GPU_OK);
     assert_int_equal(gpu_heap_decommit(h, r + 32 * MiB, 8 * MiB), GPU_OK);
     assert_int_equal(gpu_heap_commit(h, r, 64 * MiB), GPU_ERR_OUT_OF_MEMORY);
-    check_ok(h);
-    assert_int_equal(stats_of(h).sparse_committed_bytes, 16 * MiB);
+    CHECK_HEAP(h);
+    assert_int_equal(STATS(h).sparse_committed_bytes, 16 * MiB);
     expect(r, 0, 16 * MiB, 3);
     assert_int_equal(gpu_heap_commit(h, r + 16 * MiB, 8 * MiB), GPU_OK); /* what fits still works */
     assert_int_equal(gpu_heap_release(h, r), GPU_OK);
@@ -180,11 +164,11 @@ static void test_protect_committed_range(void **state) {
     expect(r, 8 * MiB, 12 * MiB, 5); /* still readable */
     assert_int_equal(gpu_heap_protect(h, r, 4 * MiB, GPU_PROT_READ), GPU_ERR_NOT_WHOLE_EXTENT);     /* not committed */
     assert_int_equal(gpu_heap_protect(h, r + 8 * MiB, 8 * MiB, GPU_PROT_READ), GPU_ERR_NOT_WHOLE_EXTENT); /* runs into a gap */
-    check_ok(h);
+    CHECK_HEAP(h);
     assert_int_equal(gpu_heap_protect(h, r + 8 * MiB, 4 * MiB, GPU_PROT_READ_WRITE), GPU_OK);
     assert_false(write_faults(r + 9 * MiB));
     assert_int_equal(gpu_heap_release(h, r), GPU_OK);
-    check_ok(h);
+    CHECK_HEAP(h);
     gpu_heap_destroy(h);
 }
 
@@ -204,8 +188,8 @@ static void test_growable_array_commits_in_place(void **state) {
     for (size_t want = 2 * MiB; want <= 256 * MiB; want *= 2)
         assert_int_equal((unsigned char)a[want - 1], (unsigned char)(want >> 20));
     assert_int_equal(h->door.counts.calls[VMM_OP_COPY], 0);
-    assert_int_equal(stats_of(h).sparse_committed_bytes, 256 * MiB);
-    check_ok(h);
+    assert_int_equal(STATS(h).sparse_committed_bytes, 256 * MiB);
+    CHECK_HEAP(h);
     assert_int_equal(gpu_heap_release(h, a), GPU_OK);
     gpu_heap_destroy(h);
 }

@@ -19,32 +19,16 @@
 
 #include "gpuheap.h"
 #include "internal.h"
+#include "util.h"
 
-#define MiB ((size_t)1 << 20)
+/* A test heap on the host backend: 64 GiB of VA, 2 MiB granularity, the given budget. */
+static gpu_heap_t *open_heap(size_t budget) {
+    gpu_config_t cfg = host_config(64 * GiB, 0, budget);
+    return HEAP_CREATE(&cfg);
+}
+
 #define S1 ((void *)0x1001)
 #define S2 ((void *)0x2002)
-
-static gpu_heap_t *open_heap(size_t budget) {
-    gpu_config_t cfg;
-    gpu_config_init(&cfg);
-    cfg.backend = GPU_BACKEND_HOST;
-    cfg.reserve_bytes = 64ull << 30;
-    cfg.host_budget = budget;
-    gpu_heap_t *h = NULL;
-    assert_int_equal(gpu_heap_create(&cfg, &h), GPU_OK);
-    return h;
-}
-
-static void check_ok(gpu_heap_t *h) {
-    char msg[256];
-    if (gpu_heap_check(h, msg, sizeof msg) != GPU_OK) fail_msg("heap check: %s", msg);
-}
-
-static gpu_stats_t stats_of(gpu_heap_t *h) {
-    gpu_stats_t s;
-    assert_int_equal(gpu_heap_stats(h, &s), GPU_OK);
-    return s;
-}
 
 /* The backend behind a heap: white-box, for the host backend's test knobs. */
 static vmm_backend *backend_of(gpu_heap_t *h) { return h->door.b; }
@@ -57,8 +41,8 @@ static void test_same_stream_reuses_at_once(void **state) {
     assert_non_null(p);
     memset(p, 0x5a, 4096);
     assert_int_equal(gpu_heap_free_async(h, p, S1), GPU_OK);
-    check_ok(h);
-    assert_int_equal(stats_of(h).stream_free_blocks, 1);
+    CHECK_HEAP(h);
+    assert_int_equal(STATS(h).stream_free_blocks, 1);
     void *q = gpu_heap_malloc_async(h, 4096, S1);
     assert_ptr_equal(q, p); /* stream order makes reuse on S1 safe */
     assert_int_equal(gpu_heap_free_async(h, q, S1), GPU_OK);
@@ -68,8 +52,8 @@ static void test_same_stream_reuses_at_once(void **state) {
         assert_int_equal(gpu_heap_free_async(h, q, S1), GPU_OK);
     }
     /* One event covers the first batch; while it is in flight no more are recorded. */
-    assert_int_equal(stats_of(h).stream_events, 1);
-    check_ok(h);
+    assert_int_equal(STATS(h).stream_events, 1);
+    CHECK_HEAP(h);
     gpu_heap_destroy(h);
 }
 
@@ -83,17 +67,17 @@ static void test_pool_split_keeps_the_rest(void **state) {
     assert_int_equal(gpu_heap_free_async(h, big, S1), GPU_OK);
     void *small = gpu_heap_malloc_async(h, 4096, S1);
     assert_ptr_equal(small, big); /* from the pool, split */
-    check_ok(h);
+    CHECK_HEAP(h);
     /* Other streams now reap S1's events; the remainder must go idle cleanly. */
     for (int i = 0; i < 8; i++) {
         void *x = gpu_heap_malloc_async(h, 8 * MiB, S2);
         assert_non_null(x);
-        check_ok(h);
+        CHECK_HEAP(h);
         assert_int_equal(gpu_heap_free(h, x), GPU_OK);
     }
     assert_int_equal(gpu_heap_free_async(h, small, S1), GPU_OK);
     assert_int_equal(gpu_heap_trim(h, 0), GPU_OK);
-    check_ok(h);
+    CHECK_HEAP(h);
     gpu_heap_destroy(h);
 }
 
@@ -111,18 +95,18 @@ static void test_other_stream_waits_for_event(void **state) {
     for (int i = 0; i < 16; i++) {
         seen[i] = gpu_heap_malloc_async(h, 1 * MiB, S2);
         assert_non_null(seen[i]);
-        check_ok(h);
+        CHECK_HEAP(h);
         if (seen[i] == p) {
             hit = i;
             break;
         }
     }
-    gpu_stats_t s = stats_of(h);
+    gpu_stats_t s = STATS(h);
     print_message("S2 got S1's block after %d allocations; %llu events recorded\n", hit, (unsigned long long)s.stream_events);
     assert_true(hit > 0);                   /* never the first time: the event had not completed */
     assert_true(s.stream_events >= 1);
     for (int i = 0; i <= hit; i++) assert_int_equal(gpu_heap_free_async(h, seen[i], S2), GPU_OK);
-    check_ok(h);
+    CHECK_HEAP(h);
     gpu_heap_destroy(h);
 }
 
@@ -140,13 +124,13 @@ static void test_plain_malloc_waits_too_and_mixing_works(void **state) {
     assert_true(t == p || t == r);                  /* S1 reuses what was freed on it */
     assert_int_equal(gpu_heap_free(h, t), GPU_OK);  /* and a stream block may go with gpu_free */
     assert_int_equal(gpu_heap_free(h, q), GPU_OK);
-    check_ok(h);
+    CHECK_HEAP(h);
     /* A fence (trim) makes every stream-freed block idle. */
     assert_int_equal(gpu_heap_trim(h, SIZE_MAX), GPU_OK);
-    gpu_stats_t s = stats_of(h);
+    gpu_stats_t s = STATS(h);
     assert_int_equal(s.stream_free_blocks, 0);
     assert_int_equal(s.live_blocks, 0);
-    check_ok(h);
+    CHECK_HEAP(h);
     gpu_heap_destroy(h);
 }
 
@@ -162,7 +146,7 @@ static void test_bad_input(void **state) {
     assert_int_equal(gpu_heap_free_async(h, NULL, S1), GPU_OK);
     assert_null(gpu_heap_malloc_async(h, SIZE_MAX, S1));
     assert_int_equal(gpu_last_error(), GPU_ERR_INVALID);
-    check_ok(h);
+    CHECK_HEAP(h);
     gpu_heap_destroy(h);
 }
 
@@ -178,7 +162,7 @@ static void test_out_of_memory_waits_for_stream_events(void **state) {
     /* S2 needs all of it: only waiting for S1's events can give it. */
     void *big = gpu_heap_malloc_async(h, (size_t)n * 16 * MiB - 16 * MiB, S2);
     if (!big) fail_msg("out of memory with stream-freed blocks waiting: %s", gpu_strerror(gpu_last_error()));
-    check_ok(h);
+    CHECK_HEAP(h);
     assert_int_equal(gpu_heap_free_async(h, big, S2), GPU_OK);
     gpu_heap_destroy(h);
 }
@@ -196,7 +180,7 @@ static void test_capture_rules(void **state) {
     assert_int_equal(gpu_heap_free_async(h, keep, S1), GPU_ERR_CAPTURING);
     assert_int_equal(gpu_heap_malloc_usable_size(h, keep), 4096);
     /* Allocation during the capture works and never fences. */
-    uint64_t fences = stats_of(h).fences;
+    uint64_t fences = STATS(h).fences;
     void *during = gpu_heap_malloc_async(h, 8 * MiB, S1);
     assert_non_null(during);
     vmm_host_set_capturing(b, 0, true); /* "a blocking stream is being captured" */
@@ -205,9 +189,9 @@ static void test_capture_rules(void **state) {
         assert_non_null(x);
         assert_int_equal(gpu_heap_free(h, x), GPU_OK);
     }
-    assert_int_equal(stats_of(h).fences, fences);
+    assert_int_equal(STATS(h).fences, fences);
     assert_int_equal(gpu_heap_trim(h, 0), GPU_ERR_CAPTURING);
-    check_ok(h);
+    CHECK_HEAP(h);
     vmm_host_set_capturing(b, 0, false);
     vmm_host_set_capturing(b, (uintptr_t)S1, false);
 
@@ -216,11 +200,11 @@ static void test_capture_rules(void **state) {
     assert_int_equal(gpu_heap_trim(h, 0), GPU_ERR_CAPTURING);
     gpu_capture_end();
     assert_int_equal(gpu_heap_trim(h, 0), GPU_OK);
-    assert_true(stats_of(h).fences > fences);
+    assert_true(STATS(h).fences > fences);
 
     assert_int_equal(gpu_heap_free_async(h, keep, S1), GPU_OK);
     assert_int_equal(gpu_heap_free_async(h, during, S1), GPU_OK);
-    check_ok(h);
+    CHECK_HEAP(h);
     gpu_heap_destroy(h);
 }
 
@@ -284,14 +268,14 @@ static void test_threads_on_streams(void **state) {
         errors += w[i].errors;
     }
     assert_int_equal(errors, 0);
-    check_ok(h);
+    CHECK_HEAP(h);
     assert_int_equal(gpu_heap_trim(h, 0), GPU_OK);
-    gpu_stats_t s = stats_of(h);
+    gpu_stats_t s = STATS(h);
     assert_int_equal(s.live_blocks, 0);
     assert_int_equal(s.stream_free_blocks, 0);
     print_message("4 threads on streams: %llu events, %llu fences\n", (unsigned long long)s.stream_events,
                   (unsigned long long)s.fences);
-    check_ok(h);
+    CHECK_HEAP(h);
     gpu_heap_destroy(h);
 }
 
