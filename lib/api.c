@@ -288,6 +288,24 @@ static void debug_check(gpu_heap_t *h) {
 static inline void debug_check(gpu_heap_t *h) { (void)h; }
 #endif
 
+/* The end of every call that returns a pointer: the debug check, then the
+ * pointer and a clear last error, or NULL with the error reported. */
+static void *pointer_result(gpu_heap_t *h, int rc, void *p) {
+    debug_check(h);
+    if (rc != GPU_OK) {
+        gh_report(rc);
+        return NULL;
+    }
+    last_error = GPU_OK;
+    return p;
+}
+
+/* The same for calls that return a code. */
+static int code_result(gpu_heap_t *h, int rc) {
+    debug_check(h);
+    return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
+}
+
 /* The one allocation path: every malloc form ends here. */
 static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flags) {
     gpu_heap_t *h = resolve(heap);
@@ -306,13 +324,7 @@ static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flag
     int rc = heap_malloc(h, size, align, flags, &p);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_MALLOC, .heap = h->base, .size = size, .arg = align,
                                              .flags = (uint8_t)flags, .result = (uintptr_t)p, .rc = (int8_t)rc});
-    debug_check(h);
-    if (rc != GPU_OK) {
-        gh_report(rc);
-        return NULL;
-    }
-    last_error = GPU_OK;
-    return p;
+    return pointer_result(h, rc, p);
 }
 
 void *gpu_heap_malloc(gpu_heap_t *heap, size_t size) { return allocate(heap, size, GH_QUANTUM, 0); }
@@ -368,8 +380,7 @@ int gpu_heap_free(gpu_heap_t *heap, void *ptr) {
     uint64_t t0 = trace_begin();
     int rc = heap_free(h, ptr);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_FREE, .heap = h->base, .addr = (uintptr_t)ptr, .rc = (int8_t)rc});
-    debug_check(h);
-    return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
+    return code_result(h, rc);
 }
 int gpu_free(void *ptr) { return gpu_heap_free(NULL, ptr); }
 
@@ -390,13 +401,7 @@ void *gpu_heap_realloc(gpu_heap_t *heap, void *ptr, size_t size) {
     int rc = heap_realloc(h, ptr, size, &out);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_REALLOC, .heap = h->base, .addr = (uintptr_t)ptr, .size = size,
                                              .result = (uintptr_t)out, .rc = (int8_t)rc});
-    debug_check(h);
-    if (rc != GPU_OK) {
-        gh_report(rc);
-        return NULL;
-    }
-    last_error = GPU_OK;
-    return out;
+    return pointer_result(h, rc, out);
 }
 void *gpu_realloc(void *ptr, size_t size) { return gpu_heap_realloc(NULL, ptr, size); }
 
@@ -421,13 +426,7 @@ void *gpu_heap_reserve(gpu_heap_t *heap, size_t size) {
     if (!h) return NULL;
     void *p = NULL;
     int rc = heap_reserve(h, size, &p);
-    debug_check(h);
-    if (rc != GPU_OK) {
-        gh_report(rc);
-        return NULL;
-    }
-    last_error = GPU_OK;
-    return p;
+    return pointer_result(h, rc, p);
 }
 void *gpu_reserve(size_t size) { return gpu_heap_reserve(NULL, size); }
 
@@ -438,8 +437,7 @@ static int sparse_call(gpu_heap_t *heap, void *ptr, size_t len, const char *call
     gpu_heap_t *h = heap_of(heap, ptr, call);
     if (!h) return last_error;
     int rc = fn(h, ptr, len);
-    debug_check(h);
-    return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
+    return code_result(h, rc);
 }
 
 static int release_fn(gpu_heap_t *h, void *ptr, size_t len) {
@@ -463,13 +461,7 @@ void *gpu_heap_malloc_async(gpu_heap_t *heap, size_t size, void *stream) {
     if (!h) return NULL;
     void *p = NULL;
     int rc = heap_malloc_async(h, size, (uintptr_t)stream, &p);
-    debug_check(h);
-    if (rc != GPU_OK) {
-        gh_report(rc);
-        return NULL;
-    }
-    last_error = GPU_OK;
-    return p;
+    return pointer_result(h, rc, p);
 }
 void *gpu_malloc_async(size_t size, void *stream) { return gpu_heap_malloc_async(NULL, size, stream); }
 
@@ -479,8 +471,7 @@ int gpu_heap_free_async(gpu_heap_t *heap, void *ptr, void *stream) {
     if (!h) return last_error;
     if (file_is_mapping(ptr)) return refuse_file_mapping(ptr, "gpu_free_async");
     int rc = heap_free_async(h, ptr, (uintptr_t)stream);
-    debug_check(h);
-    return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
+    return code_result(h, rc);
 }
 int gpu_free_async(void *ptr, void *stream) { return gpu_heap_free_async(NULL, ptr, stream); }
 
@@ -512,8 +503,7 @@ int gpu_heap_protect(gpu_heap_t *heap, void *ptr, size_t size, int prot) {
     int rc = heap_protect(h, ptr, size, (gpu_prot_t)prot);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_PROTECT, .heap = h->base, .addr = (uintptr_t)ptr, .size = size,
                                              .arg = (uint64_t)prot, .rc = (int8_t)rc});
-    debug_check(h);
-    return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
+    return code_result(h, rc);
 }
 int gpu_protect(void *ptr, size_t size, int prot) { return gpu_heap_protect(NULL, ptr, size, prot); }
 
@@ -534,8 +524,7 @@ int gpu_heap_trim(gpu_heap_t *heap, size_t keep_bytes) {
     uint64_t t0 = trace_begin();
     int rc = heap_trim(h, keep_bytes);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_TRIM, .heap = h->base, .size = keep_bytes, .rc = (int8_t)rc});
-    debug_check(h);
-    return rc == GPU_OK ? (last_error = GPU_OK) : gh_report(rc);
+    return code_result(h, rc);
 }
 
 int gpu_heap_check(gpu_heap_t *heap, char *msg, size_t msg_len) {
