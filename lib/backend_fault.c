@@ -17,6 +17,11 @@
  * test knows which kind of call it broke, and, when the heap closes it, the host
  * backend's counts just before the host backend goes: a leak of a handle, a
  * mapping or a reservation shows there even though the backend itself is gone.
+ * A test may instead fail the Nth call of one op (vmm_fault_arm_op), and may hook
+ * every call that goes through (vmm_fault_hook: the heap calls the backend with its
+ * lock dropped, so a hook can call into the heap in the middle of an operation).
+ * The calls the door does not count (event release, capture state, file-backed
+ * transfers) pass straight through.
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -35,6 +40,8 @@ typedef struct fault_backend {
     _Atomic bool persistent;  /* fail fail_at and every call after it */
     _Atomic int error;        /* 0 = the op's natural error */
     _Atomic int only_op;      /* -1: fail_at counts every call; else only calls of this vmm_op */
+    void (*hook)(int op, void *arg); /* called before each forwarded call (tests) */
+    void *hook_arg;
     _Atomic uint64_t op_calls[VMM_OP_COUNT];
 } fault_backend;
 
@@ -73,12 +80,12 @@ static int fault_enter(fault_backend *fb, vmm_op op) {
         r->calls = n;
         r->per_op[op]++;
     }
-    if (only >= 0) { /* counting calls of one op only: the others always pass */
-        if ((int)op != only) return GPU_OK;
-        n = k;
+    if (only >= 0) n = (int)op == only ? k : 0; /* counting calls of one op only: the others always pass */
+    bool fail = at && n && (n == at || (n > at && atomic_load(&fb->persistent)));
+    if (!fail) {
+        if (fb->hook) fb->hook((int)op, fb->hook_arg);
+        return GPU_OK;
     }
-    bool fail = at && (n == at || (n > at && atomic_load(&fb->persistent)));
-    if (!fail) return GPU_OK;
     int err = atomic_load(&fb->error);
     if (!err) err = natural_error(op);
     if (r) {
@@ -275,6 +282,12 @@ void vmm_fault_arm_op(vmm_backend *b, int op, uint64_t nth, int error) {
     atomic_store(&fb->error, error);
     atomic_store(&fb->persistent, false);
     atomic_store(&fb->fail_at, nth ? atomic_load(&fb->op_calls[op]) + nth : 0);
+}
+
+void vmm_fault_hook(vmm_backend *b, void (*fn)(int op, void *arg), void *arg) {
+    if (!is_fault_backend(b)) return;
+    fault_of(b)->hook_arg = arg;
+    fault_of(b)->hook = fn;
 }
 
 uint64_t vmm_fault_calls(vmm_backend *b) {

@@ -326,6 +326,9 @@ int vmm_fault_open(vmm_backend *inner, vmm_fault_report *report, vmm_backend **o
 void vmm_fault_arm(vmm_backend *b, uint64_t nth, bool persistent, int error);
 /* Fails the nth call of one vmm_op from now, once (other ops pass). */
 void vmm_fault_arm_op(vmm_backend *b, int op, uint64_t nth, int error);
+/* Calls fn(op, arg) before each call the wrapper lets through (NULL: none); the
+ * heap calls the backend with its lock dropped, so fn may call into the heap. */
+void vmm_fault_hook(vmm_backend *b, void (*fn)(int op, void *arg), void *arg);
 /* Backend calls seen since open. */
 uint64_t vmm_fault_calls(vmm_backend *b);
 const char *vmm_op_name(int op);

@@ -743,6 +743,9 @@ typedef struct fheap {
     vmm_fault_report rep;
     vmm_backend *inner, *outer;
     gpu_heap_t *h;
+    int hook_calls;     /* check_in_fence's findings */
+    bool hook_failed;
+    char hook_msg[512];
 } fheap;
 
 static fheap *fheap_open(void) {
@@ -869,6 +872,40 @@ static void test_regress_trim_release_refused(void **state) {
     fheap_close(f);
 }
 
+/* Found by the stress test under ASan (a worker's heap check): a drain takes its
+ * batch off the quarantine list and fences with the lock dropped, and a check
+ * made meanwhile by another thread counted the batch as lost ("quarantine: list
+ * ... walk ..."). The checker now counts batches being fenced. Made deterministic
+ * here: the check runs inside the fence. */
+static void check_in_fence(int op, void *arg) {
+    fheap *f = arg;
+    if (op != VMM_OP_FENCE) return;
+    char msg[512] = "";
+    if (gpu_heap_check(f->h, msg, sizeof msg) != GPU_OK) {
+        snprintf(f->hook_msg, sizeof f->hook_msg, "%s", msg);
+        f->hook_failed = true;
+    }
+    f->hook_calls++;
+}
+
+static void test_regress_check_during_drain(void **state) {
+    (void)state;
+    fheap *f = fheap_open();
+    char *p[8];
+    for (int i = 0; i < 8; i++) {
+        p[i] = gpu_heap_malloc(f->h, 10000);
+        BLOCK_VALID(f->h, p[i], 10000);
+    }
+    for (int i = 0; i < 8; i++) ASSERT_OK(gpu_heap_free(f->h, p[i]));
+    vmm_fault_hook(f->outer, check_in_fence, f);
+    ASSERT_OK(gpu_heap_trim(f->h, SIZE_MAX)); /* drains: one fence, with 8 blocks off the list */
+    vmm_fault_hook(f->outer, NULL, NULL);
+    assert_true(f->hook_calls >= 1);
+    if (f->hook_failed) fail_msg("gpu_heap_check during the drain's fence: %s", f->hook_msg);
+    FHEAP_AGREE(f);
+    fheap_close(f);
+}
+
 static int print_totals(void **state) {
     (void)state;
     print_message("fault injection totals: %llu runs, %llu faults injected, %llu survived (create %llu, map %llu, "
@@ -888,6 +925,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_regress_remap_unmap_refused),
         cmocka_unit_test(test_regress_shrink_release_refused),
         cmocka_unit_test(test_regress_trim_release_refused),
+        cmocka_unit_test(test_regress_check_during_drain),
         cmocka_unit_test_setup(test_fault_every_call, reset_broken),
         cmocka_unit_test_setup(test_fault_natural_errors, reset_broken),
         cmocka_unit_test_setup(test_fault_with_release_threshold, reset_broken),
