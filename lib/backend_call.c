@@ -138,6 +138,11 @@ int vmm_call_event_query(vmm_door *d, vmm_event ev) {
                               : done(d, VMM_OP_EVENT_QUERY, rc);
 }
 
+int vmm_call_fence_record(vmm_door *d, vmm_event *out) {
+    if (!d->b->ops->fence_record) return vmm_fail(d->b, GPU_ERR_BACKEND, "fence_record: not offered by this backend");
+    return done(d, VMM_OP_EVENT_RECORD, d->b->ops->fence_record(d->b, out));
+}
+
 int vmm_call_event_wait(vmm_door *d, vmm_event ev) { return done(d, VMM_OP_EVENT_WAIT, d->b->ops->event_wait(d->b, ev)); }
 
 void vmm_call_event_release(vmm_door *d, vmm_event ev) { d->b->ops->event_release(d->b, ev); }

@@ -217,6 +217,7 @@ typedef struct cuda_backend {
     CUdevice dev;
     CUcontext ctx; /* the device's primary context, retained while open */
     CUstream quiet; /* a non-blocking stream of our own: a memset there neither waits for nor joins a capture */
+    CUresult (*ctx_record_event)(CUcontext, CUevent); /* cuCtxRecordEvent (CUDA 12.5+), or NULL */
 } cuda_backend;
 
 /* The CUDA backend behind a vmm_backend. */
@@ -447,6 +448,25 @@ static int cuda_copy(vmm_backend *b, uintptr_t dst, uintptr_t src, size_t size) 
 /* ---- stream order ------------------------------------------------------------ */
 
 /* Records a new event on stream after the work issued there so far. */
+/* An event after all work of the context (cuCtxRecordEvent): a fence that does
+ * not block. */
+static int cuda_fence_record(vmm_backend *b, vmm_event *out) {
+    cuda_backend *cb = cuda_of(b);
+    if (!cb->ctx_record_event) return vmm_fail(b, GPU_ERR_BACKEND, "cuCtxRecordEvent: not in this driver");
+    int err = cuda_enter(cb, "fence_record");
+    if (err) return err;
+    CUevent ev = NULL;
+    CUresult r = cb->f->EventCreate(&ev, CU_EVENT_DISABLE_TIMING);
+    if (r == CUDA_SUCCESS) {
+        r = cb->ctx_record_event(cb->ctx, ev);
+        if (r != CUDA_SUCCESS) cb->f->EventDestroy(ev);
+    }
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuCtxRecordEvent");
+    *out = (vmm_event)(uintptr_t)ev;
+    return GPU_OK;
+}
+
 static int cuda_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
     cuda_backend *cb = cuda_of(b);
     int err = cuda_enter(cb, "event_record");
@@ -711,6 +731,7 @@ static const vmm_ops cuda_ops = {
     .event_query = cuda_event_query,
     .event_wait = cuda_event_wait,
     .event_release = cuda_event_release,
+    .fence_record = cuda_fence_record,
     .capturing = cuda_capturing,
     .staging_alloc = cuda_staging_alloc,
     .staging_free = cuda_staging_free,
@@ -807,6 +828,7 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
         free(cb);
         return vmm_open_fail(cuda_code(r), "cuDevicePrimaryCtxRetain(device=%d): %s", ordinal, cuda_loader_error_name(r));
     }
+    cb->ctx_record_event = (CUresult(*)(CUcontext, CUevent))cuda_loader_proc("cuCtxRecordEvent");
     if (cuda_enter(cb, "open") == GPU_OK) {
         r = f->StreamCreate(&cb->quiet, CU_STREAM_NON_BLOCKING);
         cuda_leave(cb);

@@ -144,6 +144,10 @@ static int fault_copy(vmm_backend *b, uintptr_t dst, uintptr_t src, size_t size)
 static int fault_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
     FORWARD(b, VMM_OP_EVENT_RECORD, event_record(fault_of(b)->inner, stream, out));
 }
+
+static int fault_fence_record(vmm_backend *b, vmm_event *out) {
+    FORWARD(b, VMM_OP_EVENT_RECORD, fence_record(fault_of(b)->inner, out));
+}
 static int fault_event_query(vmm_backend *b, vmm_event ev) {
     FORWARD(b, VMM_OP_EVENT_QUERY, event_query(fault_of(b)->inner, ev));
 }
@@ -213,6 +217,7 @@ static const vmm_ops fault_ops = {
     .memset = fault_memset,
     .copy = fault_copy,
     .event_record = fault_event_record,
+    .fence_record = fault_fence_record,
     .event_query = fault_event_query,
     .event_wait = fault_event_wait,
     .event_release = fault_event_release,

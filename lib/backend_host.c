@@ -595,6 +595,9 @@ static void host_event_release(vmm_backend *b, vmm_event ev) {
     pthread_mutex_unlock(&hb->lock);
 }
 
+/* The host has no queue: a context-wide event is an event like any other. */
+static int host_fence_record(vmm_backend *b, vmm_event *out) { return host_event_record(b, 0, out); }
+
 static int host_capturing(vmm_backend *b, uintptr_t stream) {
     host_backend *hb = (host_backend *)b;
     pthread_mutex_lock(&hb->lock);
@@ -745,6 +748,7 @@ static const vmm_ops host_ops = {
     .event_query = host_event_query,
     .event_wait = host_event_wait,
     .event_release = host_event_release,
+    .fence_record = host_fence_record,
     .capturing = host_capturing,
     .staging_alloc = host_staging_alloc,
     .staging_free = host_staging_free,

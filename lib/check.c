@@ -155,6 +155,12 @@ static int check_locked(gpu_heap_t *h, checker *c) {
     /* A drain fencing outside the lock holds its batch off the list. */
     q += h->draining_bytes;
     qn += h->draining_blocks;
+    for (unsigned i = 0; i < h->nsealed; i++) /* sealed batches wait for their event */
+        for (const block *b = h->sealed[i].batch; b; b = b->next_free) {
+            q += b->size;
+            qn++;
+            CHECK(c, b->state == BLOCK_QUARANTINE, "a block in a sealed batch has state %d", b->state);
+        }
     CHECK(c, q == quar && qn == quar_n && q == h->quarantine_bytes && qn == h->quarantine_blocks,
           "quarantine: list (and batches being fenced) %zu bytes/%zu blocks, walk %zu/%zu, counters %zu/%zu", q, qn, quar, quar_n,
           h->quarantine_bytes, h->quarantine_blocks);

@@ -142,6 +142,7 @@ void heap_close(gpu_heap_t *h) {
     file_heap_closing(h); /* gpu_map_file's mappings and staging, while the backend is open */
     (void)vmm_call_fence(&h->door); /* no extent goes while GPU work may touch it */
     stream_pools_close(h);
+    quarantine_close(h);
     for (size_t l = 0; l < h->extents.nleaves; l++) {
         extent **leaf = h->extents.leaves[l];
         if (!leaf) continue;
@@ -233,12 +234,15 @@ static size_t stream_bytes(const gpu_heap_t *h) {
 
 int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
     block *batch = h->quarantine;
-    if (!batch && !stream_bytes(h)) return GPU_OK;
+    if (!batch && !stream_bytes(h) && !h->nsealed) return GPU_OK;
     size_t bytes = 0, n = 0;
     for (block *b = batch; b; b = b->next_free) bytes += b->size, n++;
     h->quarantine = NULL;
     h->draining_bytes += bytes; /* off the list but still quarantined: the checker counts them */
     h->draining_blocks += n;
+    uint32_t epochs[STREAM_POOLS_MAX];
+    size_t npools = stream_fence_begin_locked(h, epochs);
+    uint64_t seq = h->seal_seq;
     heap_unlock(h);
     bool capturing = vmm_call_capturing(&h->door, stream);
     int rc = capturing ? GPU_ERR_CAPTURING : vmm_call_fence(&h->door);
@@ -262,7 +266,8 @@ int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
         next = b->next_free;
         block_release_free(h, b, BLOCK_IDLE);
     }
-    stream_release_all_locked(h);
+    stream_fence_end_locked(h, epochs, npools);
+    quarantine_release_sealed_locked(h, seq);
     return GPU_OK;
 }
 
@@ -350,16 +355,18 @@ size_t heap_headroom_for(const gpu_heap_t *h, size_t size) {
 }
 
 /* How many bytes may wait in quarantine while new memory is mapped instead of
- * fencing: an eighth of what is mapped, at least QUARANTINE_MIN_BUDGET. A fence
+ * fencing: a quarter of the live bytes, at least QUARANTINE_MIN_BUDGET. A fence
  * then releases a batch of many blocks, so a warm malloc/free loop of small and
  * medium blocks fences rarely; a block larger than the budget is fenced for at
- * once. Out of memory always fences first (trim drains), so the budget never
- * makes an allocation fail. */
+ * once. The budget follows live memory, not mapped memory: tied to what is
+ * mapped, every new mapping raised it and physical memory fed on itself (1.9x
+ * the live peak under PyTorch). Out of memory always fences first (trim
+ * drains), so the budget never makes an allocation fail. */
 #define QUARANTINE_MIN_BUDGET ((size_t)64 << 20)
 #define QUARANTINE_MAX_BLOCKS 1024 /* and at most this many blocks, so small blocks fence every ~1000 frees */
 
 static size_t quarantine_budget(const gpu_heap_t *h) {
-    size_t b = h->mapped_bytes / 8;
+    size_t b = h->live_bytes / 4;
     return b > QUARANTINE_MIN_BUDGET ? b : QUARANTINE_MIN_BUDGET;
 }
 
@@ -415,16 +422,20 @@ static block *take_idle_owned(gpu_heap_t *h, size_t need, size_t align) {
 
 int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, uintptr_t stream, block **out) {
     bool owned = flags & GPU_ALLOC_OWNED, drained = false, reclaimed = false, reaped = false, recycled = false;
+    bool sealed = false;
     for (;;) {
         block *b = owned ? take_idle_owned(h, need, align) : take_idle(h, need, align);
         if (b) {
             *out = b;
             return GPU_OK;
         }
-        /* A miss. Blocks freed on streams whose events completed cost a query. */
-        if (!reaped && h->npools) {
+        /* A miss. Blocks whose events completed — freed on streams, or sealed in
+         * the quarantine — cost a query. */
+        if (!reaped && (h->npools || h->nsealed)) {
             reaped = true;
-            if (stream_reap_locked(h, false)) continue;
+            bool any = h->npools && stream_reap_locked(h, false);
+            if (h->nsealed) any |= quarantine_reap_locked(h);
+            if (any) continue;
         }
         /* Quarantined memory, and blocks freed on streams that no completed event
          * released yet, are reused after one fence; new memory costs a driver
@@ -436,6 +447,11 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
             int rc = heap_drain_locked(h, stream);
             if (rc == GPU_OK) continue;
             if (rc != GPU_ERR_CAPTURING) return rc; /* capturing: map new memory instead */
+        } else if (!sealed && h->quarantine) {
+            /* Under budget: map new memory now, and hang the quarantine on one
+             * context-wide event so that a later miss finds it idle — no wait. */
+            sealed = true;
+            (void)quarantine_seal_locked(h, stream);
         }
         bool own = owned || need >= h->gran;
         size_t size = own ? gh_align_up(need, h->gran) : shared_extent_size(h, need);

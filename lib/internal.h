@@ -134,8 +134,12 @@ void stream_cover_locked(struct gpu_heap *h, stream_pool *pool);
  * idle; with wait set, waits for them instead (out of memory). Returns true when
  * blocks became idle. Blocks no event covers wait for the device fence. */
 bool stream_reap_locked(struct gpu_heap *h, bool wait);
-/* After a device fence every stream-freed block is safe: all become idle. */
-void stream_release_all_locked(struct gpu_heap *h);
+/* A device fence makes every block freed on a stream before it safe. Before the
+ * fence (lock held): notes each pool's epoch and moves it on, returning how many
+ * pools there are; after it: makes the noted epochs' blocks idle. Blocks freed
+ * while the fence ran (lock dropped) wait for their own event. */
+size_t stream_fence_begin_locked(struct gpu_heap *h, uint32_t *epochs);
+void stream_fence_end_locked(struct gpu_heap *h, const uint32_t *epochs, size_t n);
 void stream_pools_close(struct gpu_heap *h);
 
 /* ---- blockmap.c: live block by start address, O(1) ------------------------ */
@@ -270,6 +274,9 @@ int vmm_call_copy(vmm_door *d, uintptr_t dst, uintptr_t src, size_t size);
 int vmm_call_event_record(vmm_door *d, uintptr_t stream, vmm_event *out);
 int vmm_call_event_query(vmm_door *d, vmm_event ev); /* GPU_ERR_BUSY: not yet, and not an error */
 int vmm_call_event_wait(vmm_door *d, vmm_event ev);
+/* An event after all work issued so far on the device's context (the backend's
+ * fence_record); GPU_ERR_BACKEND when the backend has none. */
+int vmm_call_fence_record(vmm_door *d, vmm_event *out);
 void vmm_call_event_release(vmm_door *d, vmm_event ev);
 /* True when a capture is in progress that a fence would break: stream's (if not
  * 0), a blocking stream's, or one announced with gpu_capture_begin. */
@@ -364,6 +371,18 @@ struct gpu_heap {
     size_t mapped_bytes, peak_mapped_bytes;
     size_t quarantine_bytes, quarantine_blocks;
     size_t draining_bytes, draining_blocks; /* quarantined blocks a drain took off the list while it fences (lock dropped) */
+    /* Quarantine batches sealed by one context-wide event each, oldest first
+     * (quarantine.c): released when a query finds the event complete. */
+    struct sealed_batch {
+        block *batch;
+        size_t bytes, blocks;
+        vmm_event ev;
+        uint64_t seq;
+    } sealed[8];
+    unsigned nsealed;
+    uint64_t seal_seq;     /* sequence number of the next sealed batch */
+    bool seal_busy;        /* a thread records or queries seal events with the lock dropped */
+    uint64_t seal_events;
     size_t nextents;
     size_t protected_extents; /* extents whose access is not read-write */
     stream_pool *pools[STREAM_POOLS_MAX];
@@ -414,6 +433,15 @@ static inline bool heap_owns(const gpu_heap_t *h, uintptr_t p) { return p - h->b
 /* One fence releases the quarantine (and every stream-freed block). Refused with
  * GPU_ERR_CAPTURING while a capture is in progress (stream: the caller's, or 0). */
 int heap_drain_locked(gpu_heap_t *h, uintptr_t stream);
+/* quarantine.c: non-blocking release of the quarantine. Sealing records one
+ * context-wide event after all work issued so far and hangs the quarantine on it;
+ * reaping queries the sealed events (never blocks) and makes the batches of
+ * completed ones idle. Lock held; dropped around the driver calls. */
+int quarantine_seal_locked(gpu_heap_t *h, uintptr_t stream);
+bool quarantine_reap_locked(gpu_heap_t *h);
+/* After a device fence: batches sealed before it (seq below the one noted) go idle. */
+void quarantine_release_sealed_locked(gpu_heap_t *h, uint64_t before_seq);
+void quarantine_close(gpu_heap_t *h);
 int heap_trim_locked(gpu_heap_t *h, size_t keep);     /* drain, then release whole idle extents */
 int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the same, inside [lo, hi) */
 /* Before mapping `bytes` of new memory: when at least that much sits idle (in

@@ -82,8 +82,13 @@ static bool release_upto(gpu_heap_t *h, stream_pool *pool, uint32_t upto) {
     return c.any;
 }
 
-void stream_release_all_locked(gpu_heap_t *h) {
-    for (size_t i = 0; i < h->npools; i++) (void)release_upto(h, h->pools[i], UINT32_MAX);
+size_t stream_fence_begin_locked(gpu_heap_t *h, uint32_t *epochs) {
+    for (size_t i = 0; i < h->npools; i++) epochs[i] = h->pools[i]->epoch++; /* later frees: a later epoch */
+    return h->npools;
+}
+
+void stream_fence_end_locked(gpu_heap_t *h, const uint32_t *epochs, size_t n) {
+    for (size_t i = 0; i < n; i++) (void)release_upto(h, h->pools[i], epochs[i]);
 }
 
 /* Drops the pending events of pool that completed, releasing what they cover.

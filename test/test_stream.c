@@ -208,6 +208,40 @@ static void test_capture_rules(void **state) {
     gpu_heap_destroy(h);
 }
 
+/* gpu_free's quarantine is sealed with one context-wide event instead of a
+ * device sync when memory is under budget: the blocks stay out of reach until the
+ * event completes, and then come back without any thread waiting. */
+static void test_quarantine_sealed_by_event(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(0);
+    vmm_host_set_event_delay(backend_of(h), 2);
+    void *a = gpu_heap_malloc(h, 4 * MiB); /* its own extent */
+    assert_int_equal(gpu_heap_free(h, a), GPU_OK);
+    uint64_t fences = STATS(h).fences;
+    void *b = gpu_heap_malloc(h, 4 * MiB); /* a miss: seals the quarantine, maps new memory */
+    assert_non_null(b);
+    assert_ptr_not_equal(b, a);
+    assert_int_equal(h->nsealed, 1);
+    CHECK_HEAP(h);
+    void *seen[4];
+    int hit = -1;
+    for (int i = 0; i < 4 && hit < 0; i++) {
+        seen[i] = gpu_heap_malloc(h, 4 * MiB);
+        assert_non_null(seen[i]);
+        if (seen[i] == a) hit = i;
+        CHECK_HEAP(h);
+    }
+    assert_true(hit > 0);                          /* not before the event completed, */
+    assert_int_equal(STATS(h).fences, fences);     /* and no device sync on the way */
+    for (int i = 0; i <= hit; i++) assert_int_equal(gpu_heap_free(h, seen[i]), GPU_OK);
+    assert_int_equal(gpu_heap_free(h, b), GPU_OK);
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_OK); /* a fence releases sealed batches too */
+    assert_int_equal(h->nsealed, 0);
+    assert_int_equal(STATS(h).quarantine_blocks, 0);
+    CHECK_HEAP(h);
+    gpu_heap_destroy(h);
+}
+
 /* Four threads, each on its own stream, allocate and free with patterns
  * checked; a quarter of the frees go through another thread's stream or through
  * gpu_free, and plain gpu_malloc mixes in. Events complete after two queries. */
@@ -288,6 +322,7 @@ int main(void) {
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_out_of_memory_waits_for_stream_events),
         cmocka_unit_test(test_capture_rules),
+        cmocka_unit_test(test_quarantine_sealed_by_event),
         cmocka_unit_test(test_threads_on_streams),
     };
     return cmocka_run_group_tests_name("stream", tests, NULL, NULL);
