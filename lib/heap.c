@@ -437,10 +437,12 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
             if (h->nsealed) any |= quarantine_reap_locked(h);
             if (any) continue;
         }
-        /* Quarantined memory, and blocks freed on streams that no completed event
-         * released yet, are reused after one fence; new memory costs a driver
-         * call. Fence once what waits outgrows its budget. */
-        size_t waiting = h->quarantine_bytes + stream_bytes(h);
+        /* Quarantined memory is reused after one fence; new memory costs a driver
+         * call. Fence once the quarantine outgrows its budget. Blocks freed on
+         * streams do not count: their events release them without anyone waiting
+         * (a device sync here would make one stream wait for another's kernels),
+         * and out of memory waits for them below. */
+        size_t waiting = h->quarantine_bytes;
         if (!drained && waiting >= need &&
             (waiting + need > quarantine_budget(h) || h->quarantine_blocks >= QUARANTINE_MAX_BLOCKS)) {
             drained = true;
