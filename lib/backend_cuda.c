@@ -100,7 +100,7 @@ static void cuda_load_fail(const char *fmt, ...) {
 /* Resolves one entry point by its base name ("cuMemcpyDtoD") at
  * CUDA_LOADER_VERSION, legacy default stream. Returns it, or NULL with *res saying
  * what the driver answered. Needs cuda_getproc2 or cuda_getproc1 set. */
-static void *cuda_resolve(const char *name, CUresult *res) {
+static void *cuda_resolve_at(const char *name, int version, CUresult *res) {
     void *p = NULL;
     CUresult r;
     /* LEGACY_STREAM: the stream-0 calls (memset, copy, stream sync) must use
@@ -108,14 +108,17 @@ static void *cuda_resolve(const char *name, CUresult *res) {
      * blocking streams. */
     if (cuda_getproc2) {
         CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-        r = cuda_getproc2(name, &p, CUDA_LOADER_VERSION, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &found);
+        r = cuda_getproc2(name, &p, version, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &found);
         if (found != CU_GET_PROC_ADDRESS_SUCCESS) p = NULL;
     } else {
-        r = cuda_getproc1(name, &p, CUDA_LOADER_VERSION, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
+        r = cuda_getproc1(name, &p, version, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
     }
     if (res) *res = r;
     return r == CUDA_SUCCESS ? p : NULL;
 }
+
+/* The table's entries, at the ABI they were written for. */
+static void *cuda_resolve(const char *name, CUresult *res) { return cuda_resolve_at(name, CUDA_LOADER_VERSION, res); }
 
 /* The dlsym that finds libcuda's resolver: dlsym itself, or the real one that an
  * interposer which replaces dlsym hands over (cuda_loader_use_dlsym), so that the
@@ -195,6 +198,15 @@ void *cuda_loader_proc(const char *symbol) {
     pthread_once(&cuda_once, cuda_load);
     if (cuda_status != GPU_OK || !symbol) return NULL;
     return cuda_resolve(symbol, NULL);
+}
+
+void *cuda_loader_proc_newest(const char *symbol) {
+    pthread_once(&cuda_once, cuda_load);
+    if (cuda_status != GPU_OK || !symbol) return NULL;
+    int version = 0;
+    CUresult (*get)(int *) = (CUresult(*)(int *))cuda_resolve("cuDriverGetVersion", NULL);
+    if (!get || get(&version) != CUDA_SUCCESS) return NULL;
+    return cuda_resolve_at(symbol, version, NULL);
 }
 
 const char *cuda_loader_error(void) {
@@ -828,7 +840,8 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
         free(cb);
         return vmm_open_fail(cuda_code(r), "cuDevicePrimaryCtxRetain(device=%d): %s", ordinal, cuda_loader_error_name(r));
     }
-    cb->ctx_record_event = (CUresult(*)(CUcontext, CUevent))cuda_loader_proc("cuCtxRecordEvent");
+    /* Newer than the table's 12.0 ABI: asked at the driver's own version. */
+    cb->ctx_record_event = (CUresult(*)(CUcontext, CUevent))cuda_loader_proc_newest("cuCtxRecordEvent");
     if (cuda_enter(cb, "open") == GPU_OK) {
         r = f->StreamCreate(&cb->quiet, CU_STREAM_NON_BLOCKING);
         cuda_leave(cb);

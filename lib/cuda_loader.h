@@ -110,6 +110,10 @@ int cuda_loader_get(const struct cuda_fns **out);
  * cuda.h gives for that version (the _v2 one where cuda.h renames the name). */
 void *cuda_loader_proc(const char *symbol);
 
+/* cuda_loader_proc for an entry point newer than the table's ABI, asked at the
+ * driver's own version (cuDriverGetVersion); NULL when this driver lacks it. */
+void *cuda_loader_proc_newest(const char *symbol);
+
 /* Why the load failed ("" when it did not). */
 const char *cuda_loader_error(void);
 
