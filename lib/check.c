@@ -64,6 +64,28 @@ static bool check_unbacked(gpu_heap_t *h, checker *c, const block *b) {
     return true;
 }
 
+/* Counts the extents and checks each one's owner and protection. */
+typedef struct extent_tally {
+    checker *c;
+    size_t mapped, n, prot;
+} extent_tally;
+
+static bool tally_extent(extent *e, void *arg) {
+    extent_tally *t = arg;
+    checker *c = t->c;
+    t->mapped += e->size;
+    t->n++;
+    if (e->prot != GPU_PROT_READ_WRITE) {
+        t->prot++;
+        CHECK(c, e->owner, "protected extent %#lx has no owning block", (unsigned long)e->va);
+    }
+    if (e->owner)
+        CHECK(c, (e->owner->state == BLOCK_LIVE || e->owner->state == BLOCK_BUSY || e->owner->state == BLOCK_SPARSE) &&
+                     e->owner->start <= e->va && e->va + e->size <= block_end(e->owner),
+              "extent %#lx+%zu has an owner that does not hold it", (unsigned long)e->va, e->size);
+    return c->rc == GPU_OK;
+}
+
 static int check_locked(gpu_heap_t *h, checker *c) {
     size_t live = 0, live_n = 0, idle = 0, idle_n = 0, vac = 0, vac_n = 0, quar = 0, quar_n = 0, total = 0;
     size_t strm = 0, strm_n = 0, sparse = 0, sparse_n = 0, committed = 0;
@@ -165,26 +187,9 @@ static int check_locked(gpu_heap_t *h, checker *c) {
           "quarantine: list (and batches being fenced) %zu bytes/%zu blocks, walk %zu/%zu, counters %zu/%zu", q, qn, quar, quar_n,
           h->quarantine_bytes, h->quarantine_blocks);
     /* Extents: each distinct one counted once, owners sound, protection owned. */
-    size_t mapped = 0, n = 0, prot = 0;
-    for (size_t l = 0; l < h->extents.nleaves && c->rc == GPU_OK; l++) {
-        extent **leaf = h->extents.leaves[l];
-        if (!leaf) continue;
-        for (size_t i = 0; i < ((size_t)1 << EXTMAP_LEAF_LOG2); i++) {
-            extent *e = leaf[i];
-            uintptr_t va = h->base + ((l << EXTMAP_LEAF_LOG2) + i) * h->gran;
-            if (!e || e->va != va) continue;
-            mapped += e->size;
-            n++;
-            if (e->prot != GPU_PROT_READ_WRITE) {
-                prot++;
-                CHECK(c, e->owner, "protected extent %#lx has no owning block", (unsigned long)e->va);
-            }
-            if (e->owner)
-                CHECK(c, (e->owner->state == BLOCK_LIVE || e->owner->state == BLOCK_BUSY || e->owner->state == BLOCK_SPARSE) &&
-                             e->owner->start <= e->va && e->va + e->size <= block_end(e->owner),
-                      "extent %#lx+%zu has an owner that does not hold it", (unsigned long)e->va, e->size);
-        }
-    }
+    extent_tally t = {.c = c};
+    extmap_walk(&h->extents, tally_extent, &t);
+    size_t mapped = t.mapped, n = t.n, prot = t.prot;
     CHECK(c, mapped == h->mapped_bytes && n == h->nextents, "extents: %zu bytes in %zu found, counters %zu in %zu", mapped,
           n, h->mapped_bytes, h->nextents);
     CHECK(c, prot == h->protected_extents, "%zu protected extents found, %zu counted", prot, h->protected_extents);

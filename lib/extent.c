@@ -36,6 +36,18 @@ static inline size_t granule_of(const extmap *m, uintptr_t va) {
     return off < (uintptr_t)m->granules * m->granularity ? off / m->granularity : SIZE_MAX;
 }
 
+void extmap_walk(const extmap *m, bool (*fn)(extent *e, void *arg), void *arg) {
+    for (size_t l = 0; l < m->nleaves; l++) {
+        extent **leaf = m->leaves[l];
+        if (!leaf) continue;
+        for (size_t i = 0; i < LEAF_SLOTS; i++) {
+            extent *e = leaf[i];
+            /* an extent fills several slots: visit it at its first granule only */
+            if (e && e->va == m->base + ((l << EXTMAP_LEAF_LOG2) + i) * m->granularity && !fn(e, arg)) return;
+        }
+    }
+}
+
 extent *extmap_find(const extmap *m, uintptr_t va) {
     size_t g = granule_of(m, va);
     if (g == SIZE_MAX) return NULL;

@@ -138,20 +138,19 @@ fail_backend:
     return rc;
 }
 
+/* heap_close: gives one extent back (the map is freed after the walk). */
+static bool unback_one(extent *e, void *arg) {
+    gpu_heap_t *h = arg;
+    (void)vmm_call_unback(&h->door, e->va, e->size, e->handle);
+    return true;
+}
+
 void heap_close(gpu_heap_t *h) {
     file_heap_closing(h); /* gpu_map_file's mappings and staging, while the backend is open */
     (void)vmm_call_fence(&h->door); /* no extent goes while GPU work may touch it */
     stream_pools_close(h);
     quarantine_close(h);
-    for (size_t l = 0; l < h->extents.nleaves; l++) {
-        extent **leaf = h->extents.leaves[l];
-        if (!leaf) continue;
-        for (size_t i = 0; i < ((size_t)1 << EXTMAP_LEAF_LOG2); i++) {
-            extent *e = leaf[i];
-            uintptr_t va = h->base + ((l << EXTMAP_LEAF_LOG2) + i) * h->gran;
-            if (e && e->va == va) (void)vmm_call_unback(&h->door, e->va, e->size, e->handle);
-        }
-    }
+    extmap_walk(&h->extents, unback_one, h);
     (void)vmm_call_unreserve(&h->door, h->base, h->reserved);
     h->door.b->ops->close(h->door.b);
     extmap_free(&h->extents);

@@ -185,6 +185,9 @@ typedef struct extmap {
 
 int extmap_init(extmap *m, uintptr_t base, size_t size, size_t granularity);
 void extmap_free(extmap *m);
+/* Calls fn on every extent once, in address order, until it returns false. fn
+ * may not change the map. */
+void extmap_walk(const extmap *m, bool (*fn)(extent *e, void *arg), void *arg);
 /* The extent mapped at address va, or NULL. */
 extent *extmap_find(const extmap *m, uintptr_t va);
 /* Points every granule of e at e (or at NULL when clearing). */

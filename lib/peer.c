@@ -34,23 +34,26 @@ typedef struct peer_grant {
     gpu_prot_t prot;
 } peer_grant;
 
+struct lister {
+    peer_grant *list;
+    size_t n, cap;
+};
+
+static bool list_one(extent *e, void *arg) {
+    struct lister *ls = arg;
+    if (ls->n == ls->cap) return false;
+    ls->list[ls->n++] = (peer_grant){.va = e->va, .size = e->size, .prot = (gpu_prot_t)e->prot};
+    return true;
+}
+
 /* Lists every extent of h into a malloc'd array (*out, *n). Lock held. */
 static int extents_list_locked(gpu_heap_t *h, peer_grant **out, size_t *n) {
     peer_grant *list = malloc((h->nextents ? h->nextents : 1) * sizeof *list);
     if (!list) return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory listing %zu extents", h->nextents);
-    size_t k = 0;
-    for (size_t l = 0; l < h->extents.nleaves; l++) {
-        extent **leaf = h->extents.leaves[l];
-        if (!leaf) continue;
-        for (size_t i = 0; i < ((size_t)1 << EXTMAP_LEAF_LOG2); i++) {
-            extent *e = leaf[i];
-            uintptr_t va = h->base + ((l << EXTMAP_LEAF_LOG2) + i) * h->gran;
-            if (!e || e->va != va || k == h->nextents) continue;
-            list[k++] = (peer_grant){.va = e->va, .size = e->size, .prot = (gpu_prot_t)e->prot};
-        }
-    }
+    struct lister ls = {.list = list, .cap = h->nextents};
+    extmap_walk(&h->extents, list_one, &ls);
     *out = list;
-    *n = k;
+    *n = ls.n;
     return GPU_OK;
 }
 
