@@ -18,14 +18,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "cudart_util.h"
 #include "gpuheap.h"
-
-static double now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
-}
 
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -34,7 +29,7 @@ static int cmp_d(const void *a, const void *b) {
 
 /* ns per pair of n gpuheap pairs on stream s, the final sync included. */
 static double heap_loop(size_t size, int n, cudart_stream s) {
-    double t0 = now_ns();
+    double t0 = (double)now_ns();
     for (int i = 0; i < n; i++) {
         void *p = gpu_malloc_async(size, s);
         if (!p || gpu_free_async(p, s) != GPU_OK) {
@@ -43,11 +38,11 @@ static double heap_loop(size_t size, int n, cudart_stream s) {
         }
     }
     cudart.cudaStreamSynchronize(s);
-    return (now_ns() - t0) / n;
+    return ((double)now_ns() - t0) / n;
 }
 
 static double cuda_loop(size_t size, int n, cudart_stream s) {
-    double t0 = now_ns();
+    double t0 = (double)now_ns();
     for (int i = 0; i < n; i++) {
         void *p = NULL;
         if (cudart.cudaMallocAsync(&p, size, s) != CUDART_SUCCESS || cudart.cudaFreeAsync(p, s) != CUDART_SUCCESS) {
@@ -56,7 +51,7 @@ static double cuda_loop(size_t size, int n, cudart_stream s) {
         }
     }
     cudart.cudaStreamSynchronize(s);
-    return (now_ns() - t0) / n;
+    return ((double)now_ns() - t0) / n;
 }
 
 int main(int argc, char **argv) {

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "cudart_util.h"
 #include "gpuheap.h"
 
@@ -60,12 +61,6 @@ typedef struct row {
 } row;
 
 /* ---- timing ------------------------------------------------------------------- */
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -179,14 +174,6 @@ static int empty_pair(void *ctx, size_t size, char *err, size_t err_len) {
 }
 
 /* ---- output --------------------------------------------------------------------- */
-
-static const char *size_label(size_t size, char *buf, size_t len) {
-    if (size >= GiB && size % GiB == 0) snprintf(buf, len, "%zu GiB", size / GiB);
-    else if (size >= MiB && size % MiB == 0) snprintf(buf, len, "%zu MiB", size / MiB);
-    else if (size >= KiB && size % KiB == 0) snprintf(buf, len, "%zu KiB", size / KiB);
-    else snprintf(buf, len, "%zu B", size);
-    return buf;
-}
 
 /* "   12345" or "     n/a" / "  failed" in a field of `width`. */
 static void put_ns(FILE *f, const cell *c, double v, int width) {

@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "cudart_util.h"
 #include "gpuheap.h"
 #include "replay_peers.h"
@@ -56,26 +57,12 @@ static char *tables_text;
 static size_t tables_len;
 static const char *only;
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static bool wanted(const char *name) {
     if (!only) return true;
     size_t n = strlen(name);
     for (const char *p = only; (p = strstr(p, name)); p += n)
         if ((p == only || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) return true;
     return false;
-}
-
-static const char *size_label(size_t size, char *buf, size_t len) {
-    if (size >= GiB && size % GiB == 0) snprintf(buf, len, "%zu GiB", size / GiB);
-    else if (size >= MiB && size % MiB == 0) snprintf(buf, len, "%zu MiB", size / MiB);
-    else if (size >= KiB && size % KiB == 0) snprintf(buf, len, "%zu KiB", size / KiB);
-    else snprintf(buf, len, "%zu B", size);
-    return buf;
 }
 
 static int cmp_double(const void *a, const void *b) {
