@@ -180,7 +180,12 @@ int cuda_loader_get(const struct cuda_fns **out) {
  * thread-local read in the driver, while cuCtxGetDevice without a current context
  * takes the driver's slow error path (~1.5 µs). The device of the last context
  * seen is cached per thread. */
+/* How many devices the driver showed when a CUDA backend first opened (0 before):
+ * with one device the current device needs no question at all. */
+static _Atomic int cuda_device_count;
+
 int vmm_cuda_current_device(void) {
+    if (atomic_load_explicit(&cuda_device_count, memory_order_relaxed) == 1) return 0;
     static _Thread_local CUcontext seen_ctx;
     static _Thread_local int seen_dev;
     const struct cuda_fns *f;
@@ -817,6 +822,7 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
     if (r != CUDA_SUCCESS) return vmm_open_fail(GPU_ERR_BACKEND, "cuDeviceGetCount: %s", cuda_loader_error_name(r));
     if (ordinal < 0 || ordinal >= count)
         return vmm_open_fail(GPU_ERR_NO_DEVICE, "CUDA device %d does not exist: the driver sees %d device(s)", ordinal, count);
+    atomic_store_explicit(&cuda_device_count, count, memory_order_relaxed); /* fixed for the process's life */
     CUdevice dev;
     r = f->DeviceGet(&dev, ordinal);
     if (r != CUDA_SUCCESS) return vmm_open_fail(cuda_init_code(r), "cuDeviceGet(%d): %s", ordinal, cuda_loader_error_name(r));
