@@ -157,8 +157,10 @@ void *gpu_realloc(void *ptr, size_t size);
 void *gpu_heap_realloc(gpu_heap_t *heap, void *ptr, size_t size);
 
 /* Frees a block. NULL does nothing. Errors: GPU_ERR_NOT_OWNED (foreign
- * pointer), GPU_ERR_NOT_LIVE (double free or interior pointer); the heap is left
- * unchanged. The block is reused only once GPU work issued before this call has
+ * pointer), GPU_ERR_NOT_LIVE (double free or interior pointer), GPU_ERR_INVALID
+ * (a gpu_reserve range or a gpu_map_file mapping: gpu_release / gpu_unmap_file
+ * give those back), GPU_ERR_BUSY (another thread is changing the block); the heap
+ * is left unchanged. The block is reused only once GPU work issued before this call has
  * finished. The plain form finds the heap from the pointer, whatever the current
  * device. */
 int gpu_free(void *ptr);
