@@ -272,10 +272,6 @@ static gpu_heap_t *resolve(gpu_heap_t *heap) {
 gpu_heap_t *api_heap(gpu_heap_t *heap) { return resolve(heap); }
 
 /* A loaded gpu_map_file mapping is a live block, but only gpu_unmap_file ends it. */
-static int refuse_file_mapping(const void *ptr, const char *call) {
-    return gh_error(GPU_ERR_INVALID, "%s(%p): a gpu_map_file mapping; end it with gpu_unmap_file", call, ptr);
-}
-
 /* ---- allocation -------------------------------------------------------------------- */
 
 #if GPUHEAP_DEBUG_CHECKS
@@ -376,7 +372,6 @@ int gpu_heap_free(gpu_heap_t *heap, void *ptr) {
     }
     gpu_heap_t *h = heap_of(heap, ptr, "gpu_free");
     if (!h) return last_error;
-    if (file_is_mapping(ptr)) return refuse_file_mapping(ptr, "gpu_free");
     uint64_t t0 = trace_begin();
     int rc = heap_free(h, ptr);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_FREE, .heap = h->base, .addr = (uintptr_t)ptr, .rc = (int8_t)rc});
@@ -388,10 +383,6 @@ void *gpu_heap_realloc(gpu_heap_t *heap, void *ptr, size_t size) {
     if (!ptr) return allocate(heap, size, GH_QUANTUM, 0);
     gpu_heap_t *h = heap_of(heap, ptr, "gpu_realloc");
     if (!h) return NULL;
-    if (file_is_mapping(ptr)) {
-        refuse_file_mapping(ptr, "gpu_realloc");
-        return NULL;
-    }
     if (!size) {
         gpu_heap_free(h, ptr);
         return NULL;
@@ -469,7 +460,6 @@ int gpu_heap_free_async(gpu_heap_t *heap, void *ptr, void *stream) {
     if (!ptr) return last_error = GPU_OK;
     gpu_heap_t *h = heap_of(heap, ptr, "gpu_free_async");
     if (!h) return last_error;
-    if (file_is_mapping(ptr)) return refuse_file_mapping(ptr, "gpu_free_async");
     int rc = heap_free_async(h, ptr, (uintptr_t)stream);
     return code_result(h, rc);
 }

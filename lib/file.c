@@ -77,7 +77,7 @@ typedef struct file_map {
     void *host;         /* zero-copy: the mmap'ed pages, host_len bytes */
     size_t host_len;
     bool busy;          /* a sync or unmap works on it outside the lock */
-    bool freeing;       /* unmap is freeing its block: gpu_free's guard ignores it */
+    bool freeing;       /* unmap is freeing its block: lookups skip it */
     char path[];        /* for messages */
 } file_map;
 
@@ -96,7 +96,6 @@ typedef struct staging {
 static pthread_mutex_t file_lock = PTHREAD_MUTEX_INITIALIZER;
 static file_map *file_maps;         /* under file_lock */
 static staging *file_stagings;      /* under file_lock */
-static _Atomic size_t file_loaded;  /* loaded mappings alive: gpu_free's guard skips the lock at 0 */
 
 /* ---- tuning -------------------------------------------------------------------- */
 
@@ -559,6 +558,7 @@ static int map_loaded(gpu_heap_t *h, file_map *m) {
         (void)heap_free(h, p); /* keeps the message noted above */
         return rc;
     }
+    (void)heap_mark_file(h, p, true); /* gpu_free and gpu_realloc refuse it from now on */
     m->ptr = (uintptr_t)p;
     m->block_size = usable;
     return GPU_OK;
@@ -624,7 +624,6 @@ static void mapping_unlink(file_map *m) {
             break;
         }
     pthread_mutex_unlock(&file_lock);
-    if (m->block_size) atomic_fetch_sub(&file_loaded, 1);
 }
 
 /* Records a map/sync/unmap call in the trace (trace.c): addr the mapping, size
@@ -669,7 +668,6 @@ int gpu_heap_map_file(gpu_heap_t *heap, const char *path, uint64_t offset, size_
     m->next = file_maps;
     file_maps = m;
     pthread_mutex_unlock(&file_lock);
-    if (m->block_size) atomic_fetch_add(&file_loaded, 1);
     if (t0) trace_file(t0, TRACE_MAP_FILE, h, m->ptr, m->length, offset, flags, GPU_OK);
     *out = (void *)m->ptr;
     gh_ok();
@@ -713,6 +711,7 @@ static int unmap_file(gpu_heap_t *heap, bool any, void *ptr, unsigned flags) {
         pthread_mutex_lock(&file_lock);
         m->freeing = true;
         pthread_mutex_unlock(&file_lock);
+        (void)heap_mark_file(h, (void *)m->ptr, false);
         rc = heap_free(h, (void *)m->ptr);
         if (rc == GPU_ERR_NOT_LIVE) {
             /* Someone freed the block with gpu_free during the unmap: it is gone. */
@@ -722,6 +721,7 @@ static int unmap_file(gpu_heap_t *heap, bool any, void *ptr, unsigned flags) {
             return gh_report(rc);
         }
         if (rc != GPU_OK) {
+            (void)heap_mark_file(h, (void *)m->ptr, true);
             pthread_mutex_lock(&file_lock);
             m->freeing = false;
             pthread_mutex_unlock(&file_lock);
@@ -747,15 +747,6 @@ int gpu_heap_unmap_file(gpu_heap_t *heap, void *ptr, unsigned flags) { return un
 int gpu_unmap_file(void *ptr, unsigned flags) { return unmap_file(NULL, true, ptr, flags); }
 
 /* ---- hooks for the rest of the library ------------------------------------------------------ */
-
-bool file_is_mapping(const void *ptr) {
-    if (atomic_load_explicit(&file_loaded, memory_order_relaxed) == 0 || ((uintptr_t)ptr & 4095)) return false;
-    bool found = false;
-    pthread_mutex_lock(&file_lock);
-    for (file_map *m = file_maps; m && !found; m = m->next) found = m->ptr == (uintptr_t)ptr && m->block_size && !m->freeing;
-    pthread_mutex_unlock(&file_lock);
-    return found;
-}
 
 void file_stats(gpu_heap_t *h, gpu_stats_t *s) {
     uint64_t loaded = 0, zerocopy = 0, n = 0;
@@ -789,7 +780,6 @@ void file_heap_closing(gpu_heap_t *h) {
     bool fenced = false;
     while (gone) {
         file_map *next = gone->next;
-        if (gone->block_size) atomic_fetch_sub(&file_loaded, 1);
         if (gone->host) {
             if (!fenced) (void)vmm_call_fence(&h->door);
             fenced = true;

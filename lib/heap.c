@@ -547,6 +547,7 @@ static int unmap_live(gpu_heap_t *h, void *ptr, block **out) {
     if (b->state == BLOCK_SPARSE)
         return gh_note(GPU_ERR_INVALID, "%p is a gpu_reserve range: give it back with gpu_release", ptr);
     if (b->state == BLOCK_BUSY) return gh_note(GPU_ERR_BUSY, "%p is being changed by another thread", ptr);
+    if (b->file) return gh_note(GPU_ERR_INVALID, "%p is a gpu_map_file mapping; end it with gpu_unmap_file", ptr);
     if (h->protected_extents && b->size >= h->gran) {
         b->state = BLOCK_BUSY;
         heap_unlock(h);
@@ -609,6 +610,14 @@ int heap_malloc_async(gpu_heap_t *h, size_t size, uintptr_t stream, void **out) 
     if (rc == GPU_OK) *out = (void *)b->start;
     heap_unlock(h);
     return rc;
+}
+
+int heap_mark_file(gpu_heap_t *h, void *ptr, bool on) {
+    heap_lock(h);
+    block *b = blockmap_find(&h->live, (uintptr_t)ptr);
+    if (b) b->file = on;
+    heap_unlock(h);
+    return b ? GPU_OK : gh_note(GPU_ERR_NOT_LIVE, "%p is not a live block of this heap", ptr);
 }
 
 int heap_usable_size(gpu_heap_t *h, const void *ptr, size_t *out) {

@@ -72,6 +72,7 @@ struct block {
     block *prev_free, *next_free; /* links in a free list or the quarantine list */
     uint8_t state;                /* block_state */
     uint8_t owned;                /* asked for with GPU_ALLOC_OWNED: keep granule-aligned on shrink */
+    uint8_t file;                 /* holds a gpu_map_file mapping: gpu_free and gpu_realloc refuse it */
     uint8_t busy;                 /* BLOCK_SPARSE: a thread is committing or decommitting in it */
     uint32_t epoch;               /* BLOCK_STREAM: its pool's epoch when it was freed */
     struct stream_pool *pool;     /* BLOCK_STREAM: the stream it was freed on */
@@ -424,6 +425,9 @@ int heap_malloc_async(gpu_heap_t *h, size_t size, uintptr_t stream, void **out);
 int heap_free_async(gpu_heap_t *h, void *ptr, uintptr_t stream);
 int heap_realloc(gpu_heap_t *h, void *ptr, size_t size, void **out);
 int heap_usable_size(gpu_heap_t *h, const void *ptr, size_t *out);
+/* Marks the live block at ptr as holding a gpu_map_file mapping (or clears the
+ * mark before file.c frees it). */
+int heap_mark_file(gpu_heap_t *h, void *ptr, bool on);
 int heap_protect(gpu_heap_t *h, void *ptr, size_t size, gpu_prot_t prot);
 int heap_trim(gpu_heap_t *h, size_t keep);
 void heap_stats(gpu_heap_t *h, gpu_stats_t *out);
@@ -570,9 +574,6 @@ const char *trace_op_name(trace_op op);
 
 /* ---- file.c: file-backed memory -------------------------------------------- */
 
-/* True when ptr is the address of a loaded gpu_map_file mapping (gpu_free and
- * gpu_realloc refuse those); a relaxed counter makes it free when none exist. */
-bool file_is_mapping(const void *ptr);
 /* Adds the heap's file mappings to its statistics. */
 void file_stats(gpu_heap_t *h, gpu_stats_t *s);
 /* Gives back the pinned staging buffers cached for h (gpu_heap_trim). */

@@ -246,6 +246,8 @@ int heap_realloc(gpu_heap_t *h, void *ptr, size_t size, void **out) {
         rc = gh_note(GPU_ERR_NOT_LIVE, "gpu_realloc(%p): not a live block of this heap", ptr);
     } else if (b->state == BLOCK_BUSY) {
         rc = gh_note(GPU_ERR_BUSY, "gpu_realloc(%p): the block is being changed by another thread", ptr);
+    } else if (b->file) {
+        rc = gh_note(GPU_ERR_INVALID, "gpu_realloc(%p): a gpu_map_file mapping; end it with gpu_unmap_file", ptr);
     } else if (b->state == BLOCK_SPARSE) { /* in the address map too, but not a block to resize */
         rc = gh_note(GPU_ERR_INVALID, "gpu_realloc(%p): a gpu_reserve range: resize it with gpu_commit/gpu_decommit", ptr);
     } else {
