@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend.h"
 #include "cuda_loader.h"
@@ -551,7 +552,12 @@ static int cuda_capturing(vmm_backend *b, uintptr_t stream) {
  * A queue is a non-blocking stream of the primary context with one event per
  * slot; a copy is cuMemcpyHtoDAsync/DtoHAsync on it followed by a record of the
  * slot's event, and waiting is cuEventSynchronize. The events block (they do not
- * spin) because several loader threads wait at once while others read the file. */
+ * spin) because several loader threads wait at once while others read the file.
+ * A blocking wait, though, wakes on the device's interrupt, tens of microseconds
+ * or more after the copy ended (more in a virtual machine), and a load's last
+ * wait adds that to every load; so a wait polls the event first, for up to
+ * GPUHEAP_QUEUE_SPIN_US microseconds (default 200, 0: block at once), and only
+ * then blocks. */
 
 typedef struct cuda_queue {
     CUstream stream;
@@ -648,13 +654,48 @@ static int cuda_queue_download(vmm_backend *b, vmm_queue *vq, unsigned slot, voi
     return GPU_OK;
 }
 
+/* GPUHEAP_QUEUE_SPIN_US, read once: how long a queue wait polls before it blocks. */
+static uint64_t cuda_queue_spin_ns(void) {
+    static _Atomic int64_t spin = -1;
+    int64_t v = atomic_load_explicit(&spin, memory_order_relaxed);
+    if (v < 0) {
+        v = 200;
+        const char *s = getenv("GPUHEAP_QUEUE_SPIN_US");
+        if (s && *s) {
+            char *end = NULL;
+            long long x = strtoll(s, &end, 10);
+            if (end && !*end && x >= 0 && x <= 1000000) v = x;
+        }
+        v *= 1000;
+        atomic_store_explicit(&spin, v, memory_order_relaxed);
+    }
+    return (uint64_t)v;
+}
+
+static uint64_t cuda_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static int cuda_queue_wait(vmm_backend *b, vmm_queue *vq, unsigned slot) {
     cuda_backend *cb = cuda_of(b);
     cuda_queue *q = (cuda_queue *)vq;
     if (slot >= q->slots) return vmm_fail(b, GPU_ERR_INVALID, "queue_wait: slot %u of %u", slot, q->slots);
     int err = cuda_enter(cb, "queue_wait");
     if (err) return err;
-    CUresult r = cb->f->EventSynchronize(q->ev[slot]);
+    uint64_t spin = cuda_queue_spin_ns();
+    CUresult r = spin ? cb->f->EventQuery(q->ev[slot]) : CUDA_ERROR_NOT_READY;
+    if (r == CUDA_ERROR_NOT_READY && spin) {
+        uint64_t until = cuda_now_ns() + spin;
+        do {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+            r = cb->f->EventQuery(q->ev[slot]);
+        } while (r == CUDA_ERROR_NOT_READY && cuda_now_ns() < until);
+    }
+    if (r == CUDA_ERROR_NOT_READY) r = cb->f->EventSynchronize(q->ev[slot]);
     cuda_leave(cb);
     if (r != CUDA_SUCCESS) return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuEventSynchronize (copy queue slot %u)", slot);
     return GPU_OK;

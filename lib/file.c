@@ -22,11 +22,15 @@
  * does not wait a whole piece's read while it fills or while its last reader
  * finishes alone. On an H200 that measured the same as fixed 8 MiB pieces (62%
  * against 65% of the copy bandwidth at 256 MiB, 94% at 8 GiB, one run each):
- * what small loads lose, a fixed ~2.5 ms per load, lies elsewhere and is not yet
- * found (bench/RESULTS.md, "File loading"). Pinned memory is slow to allocate
- * (58 ms for the default 128 MiB there), so a heap keeps its staging set for the
- * next load until gpu_heap_trim or the heap's end. Where the backend can
- * read files straight into device memory (cuFile, GPU_MAP_CUFILE or
+ * what small loads lose, a fixed ~2.5 ms per load, lay elsewhere (bench/RESULTS.md,
+ * "File loading"); GPUHEAP_FILE_TIMING=1 prints where each load's time goes
+ * (file_timing.c). Pinned memory is slow to allocate (58 ms for the default
+ * 128 MiB there), so a heap keeps its staging set for the next load until
+ * gpu_heap_trim or the heap's end, and with it the loader threads (a crew,
+ * crew.c) and the copy queue: a load wakes threads instead of creating them.
+ * The threads start reading before the heap block exists, so that the heap's
+ * allocation overlaps the first reads (load_start, load_finish). Where the
+ * backend can read files straight into device memory (cuFile, GPU_MAP_CUFILE or
  * GPUHEAP_CUFILE=1), the same threads call that instead, one piece per call.
  *
  * Write-back (GPU_MAP_WRITE) runs the other way on one thread: device-to-host
@@ -53,6 +57,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "crew.h"
+#include "file_timing.h"
 #include "internal.h"
 
 #define FILE_CHUNK_DEFAULT ((size_t)8 << 20)
@@ -90,6 +96,7 @@ typedef struct staging {
     unsigned nslots;
     size_t slot_size;
     bool busy;           /* a load or write-back is using it */
+    crew crew;           /* the loader threads, kept with the buffers (crew.c) */
     void *buf[];         /* nslots pointers into base */
 } staging;
 
@@ -109,7 +116,12 @@ typedef struct file_tuning {
  * them between loads. A malformed value is ignored. */
 static file_tuning tuning_get(void) {
     file_tuning t = {FILE_THREADS_DEFAULT, FILE_CHUNK_DEFAULT, false};
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    static _Atomic long online; /* sysconf reads /sys: once per process */
+    long cpus = atomic_load_explicit(&online, memory_order_relaxed);
+    if (cpus == 0) {
+        cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        atomic_store_explicit(&online, cpus > 0 ? cpus : -1, memory_order_relaxed);
+    }
     if (cpus > 0 && (unsigned long)cpus < t.threads) t.threads = (unsigned)cpus;
     const char *s = getenv("GPUHEAP_FILE_THREADS");
     if (s && *s) {
@@ -140,6 +152,7 @@ static void staging_unlink(staging *s) {
 /* Frees a set no copy is using any more (its slots were waited for). */
 static void staging_destroy(staging *s) {
     vmm_door *d = &s->heap->door;
+    crew_destroy(&s->crew); /* idle: its last job ended before the set was put back */
     vmm_call_queue_close(d, s->queue);
     vmm_call_staging_free(d, s->base, (size_t)s->nslots * s->slot_size);
     free(s);
@@ -148,7 +161,7 @@ static void staging_destroy(staging *s) {
 /* A set of at least nslots buffers of slot_size bytes for h, marked busy: the
  * heap's idle one when it fits, else a new one (an idle one that does not fit is
  * freed first, so a heap keeps one set). */
-static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, staging **out) {
+static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, staging **out, bool *pinned) {
     staging *stale = NULL, *s;
     pthread_mutex_lock(&file_lock);
     for (s = file_stagings; s; s = s->next) {
@@ -159,6 +172,7 @@ static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, stagin
     if (s) s->busy = true;
     else if (stale) staging_unlink(stale);
     pthread_mutex_unlock(&file_lock);
+    if (pinned) *pinned = !s;
     if (s) {
         *out = s;
         return GPU_OK;
@@ -185,6 +199,7 @@ static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, stagin
         return rc;
     }
     for (unsigned i = 0; i < nslots; i++) s->buf[i] = (char *)s->base + (size_t)i * slot_size;
+    crew_init(&s->crew); /* threads start with the first load that uses the set */
     s->busy = true;
     pthread_mutex_lock(&file_lock);
     s->next = file_stagings;
@@ -232,30 +247,33 @@ void file_release_staging(gpu_heap_t *h) { staging_release(h, false); }
 
 /* ---- the loader -------------------------------------------------------------------- */
 
+/* A load's destination: not yet known while the heap allocates it (the threads
+ * read their first pieces meanwhile), then ready, or cancelled when the
+ * allocation failed. */
+enum { DST_WAITING, DST_READY, DST_CANCELLED };
+
 /* One load, shared by its threads. */
 typedef struct load_job {
     gpu_heap_t *h;
     int fd;
     uint64_t offset;   /* file offset of the first byte */
     size_t length;
-    uintptr_t dst;     /* device address of the first byte */
+    uintptr_t dst;     /* device address of the first byte, once dst_state is DST_READY */
     size_t chunk;      /* the largest piece (a staging slot's size) */
     unsigned threads;
     staging *st;       /* POSIX path */
     vmm_direct *direct; /* cuFile path */
+    crew *crew;        /* the threads: the staging set's, or own (cuFile) */
+    crew own;          /* cuFile: a crew for this load only */
+    load_timing *tm;   /* GPUHEAP_FILE_TIMING=1, else NULL */
     _Atomic size_t next;   /* offset (in the range) of the next piece to take */
     _Atomic bool failed;
-    pthread_mutex_t lock;  /* guards rc and msg */
+    _Atomic int dst_state; /* DST_*; changes under lock */
+    pthread_mutex_t lock;  /* guards rc, msg and the change of dst_state */
+    pthread_cond_t dst_known;
     int rc;
     char msg[300];
 } load_job;
-
-typedef struct load_worker {
-    load_job *job;
-    unsigned id;
-    pthread_t thread;
-    bool started;
-} load_worker;
 
 /* Records the first failure of a load and stops its threads. Returns err. */
 static int load_fail(load_job *j, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -271,6 +289,32 @@ static int load_fail(load_job *j, int err, const char *fmt, ...) {
     pthread_mutex_unlock(&j->lock);
     atomic_store(&j->failed, true);
     return err;
+}
+
+/* The destination, waited for while the heap allocates it; false when the load
+ * was cancelled. */
+static bool load_dst(load_job *j, uintptr_t *dst) {
+    int s = atomic_load_explicit(&j->dst_state, memory_order_acquire);
+    if (s == DST_WAITING) {
+        uint64_t t0 = j->tm ? file_timing_now() : 0;
+        pthread_mutex_lock(&j->lock);
+        while ((s = atomic_load_explicit(&j->dst_state, memory_order_relaxed)) == DST_WAITING)
+            pthread_cond_wait(&j->dst_known, &j->lock);
+        pthread_mutex_unlock(&j->lock);
+        if (t0) atomic_fetch_add_explicit(&j->tm->dst_wait_ns, file_timing_now() - t0, memory_order_relaxed);
+    }
+    *dst = j->dst;
+    return s == DST_READY;
+}
+
+/* Publishes the destination (dst != 0) or cancels the load (dst == 0). */
+static void load_set_dst(load_job *j, uintptr_t dst) {
+    pthread_mutex_lock(&j->lock);
+    j->dst = dst;
+    if (!dst) atomic_store(&j->failed, true);
+    atomic_store_explicit(&j->dst_state, dst ? DST_READY : DST_CANCELLED, memory_order_release);
+    pthread_cond_broadcast(&j->dst_known);
+    pthread_mutex_unlock(&j->lock);
 }
 
 /* pread()s exactly n bytes at file offset at into buf. */
@@ -290,23 +334,33 @@ static int load_read(load_job *j, void *buf, size_t n, uint64_t at) {
     return GPU_OK;
 }
 
-/* The next piece of the range for a thread. Pieces start small (an eighth, a
- * quarter, half a chunk for each thread in turn) so that the first copies start
- * after a short read instead of a full chunk's; the middle goes in whole chunks;
- * and once less than a chunk per thread is left, the rest is shared out evenly
- * (down to an eighth of a chunk), so that no thread reads alone at the end while
- * the others wait. Offsets stay multiples of 4 KiB from the range's start. */
+/* The next piece of the range for a thread. Pieces start small and double (a
+ * 32nd of a chunk for each thread in turn, then a 16th, ... half), so that the
+ * first copies start after a short read instead of a full chunk's; the middle
+ * goes in whole chunks; and once less than a chunk per thread is left, each
+ * piece is the remainder's share per thread (down to a 32nd of a chunk), so
+ * that the last reads end together and the copies queued after them are short.
+ * Offsets stay multiples of 4 KiB from the range's start. */
+/* The unit pieces are cut in (4 KiB, or an eighth of a tiny chunk) and the
+ * smallest piece (a 32nd of the chunk, at least a unit). */
+static size_t load_unit(size_t chunk) { return chunk >= 32768 ? 4096 : chunk / 8; }
+static size_t load_smallest(size_t chunk) { return chunk / 32 > load_unit(chunk) ? chunk / 32 : load_unit(chunk); }
+
 static bool load_take(load_job *j, size_t *off, size_t *len) {
-    size_t c = j->chunk, eighth = c / 8, unit = c >= 32768 ? 4096 : eighth, th = j->threads;
+    size_t c = j->chunk, unit = load_unit(c), small = load_smallest(c), th = j->threads;
     size_t cur = atomic_load_explicit(&j->next, memory_order_relaxed);
     for (;;) {
         if (cur >= j->length || atomic_load_explicit(&j->failed, memory_order_relaxed)) return false;
-        size_t remaining = j->length - cur, n = c;
-        if (cur < th * eighth) n = eighth;
-        else if (cur < th * 3 * eighth) n = 2 * eighth;
-        else if (cur < th * 7 * eighth) n = 4 * eighth;
+        size_t remaining = j->length - cur, n = c, mark = 0;
+        for (size_t s = small; s < c; s *= 2) {
+            mark += th * s;
+            if (cur < mark) {
+                n = s;
+                break;
+            }
+        }
         if (remaining / th < n) n = remaining / th;
-        if (n < eighth) n = eighth;
+        if (n < small) n = small;
         n -= n % unit;
         if (n > remaining) n = remaining;
         if (atomic_compare_exchange_weak_explicit(&j->next, &cur, cur + n, memory_order_relaxed, memory_order_relaxed)) {
@@ -318,27 +372,57 @@ static bool load_take(load_job *j, size_t *off, size_t *len) {
 }
 
 /* One thread's share of a load: pieces taken in turn, two staging slots of its
- * own, each waited for before it is refilled. */
+ * own, each waited for before it is refilled. The first piece is read before
+ * the destination is known (the heap may still be allocating it). */
 static void load_run(load_job *j, unsigned id) {
     vmm_door *d = &j->h->door;
+    load_timing *tm = j->tm;
+    if (tm) file_timing_max(&tm->last_worker, file_timing_now());
     unsigned slot[FILE_SLOTS_PER_THREAD];
     bool pending[FILE_SLOTS_PER_THREAD] = {false};
     for (unsigned k = 0; k < FILE_SLOTS_PER_THREAD; k++) slot[k] = id * FILE_SLOTS_PER_THREAD + k;
     unsigned k = 0;
     size_t off, n;
+    uintptr_t dst = 0;
+    uint64_t t0 = 0, t1 = 0;
     while (load_take(j, &off, &n)) {
-        int rc;
+        int rc = GPU_OK;
+        if (tm) atomic_fetch_add_explicit(&tm->pieces, 1, memory_order_relaxed);
         if (j->direct) {
-            rc = vmm_call_direct_read(d, j->direct, j->offset + off, n, j->dst + off);
+            if (!load_dst(j, &dst)) break;
+            if (tm) t0 = file_timing_now();
+            rc = vmm_call_direct_read(d, j->direct, j->offset + off, n, dst + off);
             if (rc != GPU_OK) load_fail(j, rc, "%s", d->b->error);
+            if (tm) {
+                t1 = file_timing_now();
+                atomic_fetch_add_explicit(&tm->read_ns, t1 - t0, memory_order_relaxed);
+                file_timing_first(&tm->first_issue, t0);
+                file_timing_max(&tm->last_read, t1);
+            }
         } else {
             void *buf = j->st->buf[slot[k]];
-            rc = pending[k] ? vmm_call_queue_wait(d, j->st->queue, slot[k]) : GPU_OK;
+            if (pending[k]) {
+                if (tm) t0 = file_timing_now();
+                rc = vmm_call_queue_wait(d, j->st->queue, slot[k]);
+                if (tm) atomic_fetch_add_explicit(&tm->wait_ns, file_timing_now() - t0, memory_order_relaxed);
+                if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
+            }
             pending[k] = false;
-            if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
+            if (tm) t0 = file_timing_now();
             if (rc == GPU_OK) rc = load_read(j, buf, n, j->offset + off);
+            if (tm) {
+                t1 = file_timing_now();
+                atomic_fetch_add_explicit(&tm->read_ns, t1 - t0, memory_order_relaxed);
+                file_timing_max(&tm->last_read, t1);
+            }
+            if (rc == GPU_OK && !dst && !load_dst(j, &dst)) break; /* cancelled: nothing was queued */
             if (rc == GPU_OK) {
-                rc = vmm_call_queue_upload(d, j->st->queue, slot[k], j->dst + off, buf, n);
+                if (tm) t0 = file_timing_now();
+                rc = vmm_call_queue_upload(d, j->st->queue, slot[k], dst + off, buf, n);
+                if (tm) {
+                    atomic_fetch_add_explicit(&tm->issue_ns, file_timing_now() - t0, memory_order_relaxed);
+                    file_timing_first(&tm->first_issue, t0);
+                }
                 if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
                 pending[k] = rc == GPU_OK;
             }
@@ -349,60 +433,75 @@ static void load_run(load_job *j, unsigned id) {
     /* Every copy this thread queued ends before the load does. */
     for (unsigned i = 0; i < FILE_SLOTS_PER_THREAD; i++) {
         if (!pending[i]) continue;
+        if (tm) t0 = file_timing_now();
         int rc = vmm_call_queue_wait(d, j->st->queue, slot[i]);
+        if (tm) atomic_fetch_add_explicit(&tm->wait_ns, file_timing_now() - t0, memory_order_relaxed);
         if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
     }
 }
 
-static void *load_thread(void *arg) {
-    load_worker *w = arg;
-    load_run(w->job, w->id);
-    return NULL;
+static void load_crew_fn(void *arg, unsigned id) { load_run(arg, id); }
+
+/* Starts a load of the file's [offset, offset+length) whose destination is not
+ * known yet: takes the heap's staging set (POSIX path) and sets its threads
+ * reading. Every started load ends with load_finish. */
+static int load_start(load_job *j, gpu_heap_t *h, int fd, uint64_t offset, size_t length, vmm_direct *direct,
+                      const file_tuning *t, load_timing *tm) {
+    memset(j, 0, sizeof *j);
+    j->h = h;
+    j->fd = fd;
+    j->offset = offset;
+    j->length = length;
+    j->chunk = t->chunk;
+    j->tm = tm;
+    /* No more threads than the smallest pieces: small files use few. */
+    size_t most = length / load_smallest(t->chunk) + 1;
+    j->threads = t->threads < most ? t->threads : (unsigned)most;
+    atomic_init(&j->next, 0);
+    atomic_init(&j->failed, false);
+    atomic_init(&j->dst_state, DST_WAITING);
+    j->direct = direct;
+    int rc = GPU_OK;
+    bool pinned = false;
+    if (!direct) rc = staging_take(h, t->threads * FILE_SLOTS_PER_THREAD, t->chunk, &j->st, &pinned);
+    if (rc != GPU_OK) return rc;
+    pthread_mutex_init(&j->lock, NULL);
+    pthread_cond_init(&j->dst_known, NULL);
+    if (tm) {
+        tm->staged = file_timing_now();
+        tm->pinned = pinned;
+        tm->direct = direct != NULL;
+    }
+    if (direct) {
+        crew_init(&j->own);
+        j->crew = &j->own;
+    } else {
+        j->crew = &j->st->crew;
+    }
+    unsigned before = crew_size(j->crew);
+    /* A thread that cannot start leaves its pieces to the others. */
+    unsigned helpers = crew_start(j->crew, j->threads, load_crew_fn, j);
+    if (tm) {
+        tm->started = file_timing_now();
+        tm->threads = helpers + 1;
+        tm->new_threads = crew_size(j->crew) - before;
+    }
+    return GPU_OK;
 }
 
-/* Fills [dst, dst+length) of device memory with the file's [offset, offset+length):
- * with direct reads (cuFile) when direct is set, else read() and the copy queue. */
-static int load(gpu_heap_t *h, int fd, uint64_t offset, size_t length, uintptr_t dst, vmm_direct *direct,
-                const file_tuning *tp) {
-    file_tuning t = *tp;
-    load_job j;
-    memset(&j, 0, sizeof j);
-    j.h = h;
-    j.fd = fd;
-    j.offset = offset;
-    j.length = length;
-    j.dst = dst;
-    j.chunk = t.chunk;
-    /* No more threads than pieces of an eighth of a chunk: small files use few. */
-    size_t most = length / (t.chunk / 8) + 1;
-    j.threads = t.threads < most ? t.threads : (unsigned)most;
-    atomic_init(&j.next, 0);
-    atomic_init(&j.failed, false);
-    pthread_mutex_init(&j.lock, NULL);
-
-    j.direct = direct;
-    int rc = GPU_OK;
-    if (!j.direct) rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, &j.st);
-    if (rc != GPU_OK) {
-        pthread_mutex_destroy(&j.lock);
-        return rc;
-    }
-
-    unsigned threads = j.threads;
-    load_worker workers[FILE_THREADS_MAX];
-    for (unsigned i = 1; i < threads; i++) {
-        workers[i] = (load_worker){.job = &j, .id = i};
-        /* A thread that cannot start leaves its chunks to the others. */
-        workers[i].started = pthread_create(&workers[i].thread, NULL, load_thread, &workers[i]) == 0;
-    }
-    load_run(&j, 0);
-    for (unsigned i = 1; i < threads; i++)
-        if (workers[i].started) pthread_join(workers[i].thread, NULL);
-
-    if (j.st) staging_put(j.st);
-    rc = j.rc;
-    if (rc != GPU_OK) gh_note(rc, "%s", j.msg);
-    pthread_mutex_destroy(&j.lock);
+/* Gives the load its destination (dst, or 0 when the allocation failed and the
+ * load is cancelled), runs the caller's share, waits for the threads and every
+ * copy, and gives the staging set back. Returns the load's result. */
+static int load_finish(load_job *j, uintptr_t dst) {
+    load_set_dst(j, dst);
+    if (dst) load_run(j, 0);
+    crew_wait(j->crew);
+    if (j->direct) crew_destroy(&j->own);
+    if (j->st) staging_put(j->st);
+    int rc = dst ? j->rc : GPU_OK;
+    if (rc != GPU_OK) gh_note(rc, "%s", j->msg);
+    pthread_cond_destroy(&j->dst_known);
+    pthread_mutex_destroy(&j->lock);
     return rc;
 }
 
@@ -429,7 +528,7 @@ static int write_back(file_map *m) {
     vmm_door *d = &h->door;
     file_tuning t = tuning_get();
     staging *st;
-    int rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, &st);
+    int rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, &st, NULL);
     if (rc != GPU_OK) return rc;
     unsigned nslots = st->nslots < FILE_WRITEBACK_SLOTS ? st->nslots : FILE_WRITEBACK_SLOTS;
     size_t chunk = st->slot_size, nchunks = m->length / chunk + (m->length % chunk != 0);
@@ -526,8 +625,11 @@ static int open_range(const char *path, uint64_t offset, size_t length, bool wri
     return GPU_OK;
 }
 
-/* Loads the range into a new owned block of h; sets m's ptr and block_size. */
-static int map_loaded(gpu_heap_t *h, file_map *m) {
+/* Loads the range into a new owned block of h; sets m's ptr and block_size. The
+ * loader threads start reading before the block is allocated, so that the
+ * allocation's driver calls overlap the first reads; a failed allocation
+ * cancels them with nothing copied. tm: the phase clock, or NULL. */
+static int map_loaded(gpu_heap_t *h, file_map *m, load_timing *tm) {
     /* cuFile first: asked for with the flag, its absence is an error before
      * anything is allocated; asked for by GPUHEAP_CUFILE=1, it falls back to read(). */
     file_tuning t = tuning_get();
@@ -539,21 +641,28 @@ static int map_loaded(gpu_heap_t *h, file_map *m) {
             return gh_note(rc, "gpu_map_file(\"%s\", GPU_MAP_CUFILE): %s", m->path, h->door.b->error);
         if (rc != GPU_OK) direct = NULL;
     }
-    void *p = NULL;
-    rc = heap_malloc(h, m->length, GH_QUANTUM, GPU_ALLOC_OWNED, &p);
+    load_job j;
+    rc = load_start(&j, h, m->fd, m->offset, m->length, direct, &t, tm);
     if (rc != GPU_OK) {
         vmm_call_direct_close(&h->door, direct);
-        return rc; /* heap_malloc said why */
+        return rc; /* staging_take said why */
     }
+    void *p = NULL;
+    int arc = heap_malloc(h, m->length, GH_QUANTUM, GPU_ALLOC_OWNED, &p);
     size_t usable = 0;
-    (void)heap_usable_size(h, p, &usable);
-    rc = load(h, m->fd, m->offset, m->length, (uintptr_t)p, direct, &t);
+    if (arc == GPU_OK) (void)heap_usable_size(h, p, &usable);
+    if (tm) tm->allocated = file_timing_now();
+    rc = load_finish(&j, arc == GPU_OK ? (uintptr_t)p : 0);
+    if (tm) tm->copied = file_timing_now();
     vmm_call_direct_close(&h->door, direct);
+    if (arc != GPU_OK) return arc; /* heap_malloc said why; nothing was copied */
     if (rc == GPU_OK && usable > m->length) {
         rc = vmm_call_memset(&h->door, (uintptr_t)p + m->length, 0, usable - m->length);
         if (rc != GPU_OK) gh_note(rc, "zeroing the block's tail: %s", h->door.b->error);
     }
+    if (tm) tm->tail = file_timing_now();
     if (rc == GPU_OK && !(m->flags & GPU_MAP_WRITE)) rc = heap_protect(h, p, usable, GPU_PROT_READ);
+    if (tm) tm->protected_ = file_timing_now();
     if (rc != GPU_OK) {
         (void)heap_free(h, p); /* keeps the message noted above */
         return rc;
@@ -653,8 +762,19 @@ int gpu_heap_map_file(gpu_heap_t *heap, const char *path, uint64_t offset, size_
     m->offset = offset;
     m->flags = flags;
     m->fd = -1;
+    load_timing timing, *tm = NULL; /* GPUHEAP_FILE_TIMING=1: the phase breakdown (file_timing.c) */
+    if (!(flags & GPU_MAP_ZEROCOPY) && file_timing_enabled()) {
+        memset(&timing, 0, sizeof timing);
+        tm = &timing;
+        tm->on = true;
+        tm->begin = file_timing_now();
+    }
     int rc = open_range(path, offset, length, flags & GPU_MAP_WRITE, &m->fd, &m->length);
-    if (rc == GPU_OK) rc = flags & GPU_MAP_ZEROCOPY ? map_zerocopy(h, m) : map_loaded(h, m);
+    if (tm) {
+        tm->opened = file_timing_now();
+        tm->bytes = m->length;
+    }
+    if (rc == GPU_OK) rc = flags & GPU_MAP_ZEROCOPY ? map_zerocopy(h, m) : map_loaded(h, m, tm);
     if (rc == GPU_OK && !(flags & (GPU_MAP_WRITE | GPU_MAP_ZEROCOPY))) {
         close(m->fd); /* a read-only copy needs the file no more */
         m->fd = -1;
@@ -668,6 +788,10 @@ int gpu_heap_map_file(gpu_heap_t *heap, const char *path, uint64_t offset, size_
     m->next = file_maps;
     file_maps = m;
     pthread_mutex_unlock(&file_lock);
+    if (tm) {
+        tm->end = file_timing_now();
+        file_timing_print(tm, path);
+    }
     if (t0) trace_file(t0, TRACE_MAP_FILE, h, m->ptr, m->length, offset, flags, GPU_OK);
     *out = (void *)m->ptr;
     gh_ok();

@@ -19,6 +19,7 @@
  * Loads here use small chunks (GPUHEAP_FILE_CHUNK) where a test wants the
  * multi-threaded pipeline to run over files of a few MiB.
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/stat.h>
@@ -109,6 +110,16 @@ static snapshot snap(gpu_heap_t *h) {
                      (unsigned long long)now_.file_mappings, (unsigned long long)(before).file_mappings); \
         CHECK_HEAP(h);                                                                                \
     } while (0)
+
+/* Threads of this process (the loader's kept threads among them). */
+static int thread_count(void) {
+    DIR *d = opendir("/proc/self/task");
+    if (!d) return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
 
 /* ---- fixtures ----------------------------------------------------------------------- */
 
@@ -204,6 +215,7 @@ static void test_load_pipelined(void **state) {
     char path[128];
     size_t size = 3 * MiB + 5;
     make_file("pipelined", size, 3, path, sizeof path);
+    int threads_before = thread_count();
     const char *threads[] = {"1", "3", "8"};
     for (size_t t = 0; t < 3; t++) {
         setenv("GPUHEAP_FILE_CHUNK", "64K", 1);
@@ -215,11 +227,14 @@ static void test_load_pipelined(void **state) {
             ASSERT_OK(gpu_heap_unmap_file(h, p, 0));
         }
     }
-    /* Lengths around the pieces' edges: the first small pieces (8 x 8 KiB with a
-     * 64 KiB chunk), the switch to whole chunks (8 x 56 KiB), the shared-out tail. */
+    /* Lengths around the pieces' edges: the first small pieces (8 x 4 KiB with a
+     * 64 KiB chunk), the switch to whole chunks (8 x 60 KiB: 4 + 8 + 16 + 32),
+     * the shared-out tail. */
     setenv("GPUHEAP_FILE_CHUNK", "64K", 1);
     setenv("GPUHEAP_FILE_THREADS", "8", 1);
-    const size_t lengths[] = {1, 511, 8191, 8193, 64 * KiB - 1, 8 * 56 * KiB, 8 * 56 * KiB + 1, MiB + 4097, 3 * MiB};
+    const size_t lengths[] = {1,           511,         4095,         4097,         8191,           8193,
+                              32 * KiB,    32 * KiB + 1, 64 * KiB - 1, 8 * 60 * KiB, 8 * 60 * KiB + 1, MiB + 4097,
+                              3 * MiB};
     for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
         void *q = NULL;
         ASSERT_OK(gpu_heap_map_file(h, path, 3, lengths[i], 0, &q));
@@ -237,7 +252,9 @@ static void test_load_pipelined(void **state) {
     ASSERT_OK(gpu_heap_map_file(h, path, 0, 0, 0, &p));
     expect_file_bytes(p, path, 0, size);
     ASSERT_OK(gpu_heap_unmap_file(h, p, 0));
-    ASSERT_OK(gpu_heap_trim(h, 0)); /* gives the staging buffers back too */
+    assert_true(thread_count() > threads_before); /* the loader's threads are kept between loads */
+    ASSERT_OK(gpu_heap_trim(h, 0)); /* gives the staging buffers back too, and ends their threads */
+    assert_int_equal(thread_count(), threads_before);
     CHECK_ALL(h);
 }
 
@@ -525,10 +542,17 @@ static void test_out_of_memory(void **state) {
     void *p = NULL;
     ASSERT_ERROR(gpu_heap_map_file(h, path, 0, 0, 0, &p), GPU_ERR_OUT_OF_MEMORY);
     EXPECT_UNCHANGED(h, before);
+    /* Many threads already reading when the allocation fails: cancelled, nothing copied. */
+    setenv("GPUHEAP_FILE_CHUNK", "64K", 1);
+    setenv("GPUHEAP_FILE_THREADS", "8", 1);
+    for (int i = 0; i < 4; i++) ASSERT_ERROR(gpu_heap_map_file(h, path, 0, 0, 0, &p), GPU_ERR_OUT_OF_MEMORY);
+    EXPECT_UNCHANGED(h, before);
     ASSERT_OK(gpu_heap_map_file(h, path, MiB, 3 * MiB, 0, &p)); /* what fits still loads */
     expect_file_bytes(p, path, MiB, 3 * MiB);
     ASSERT_OK(gpu_unmap_file(p, 0));
     HEAP_DESTROY(h);
+    unsetenv("GPUHEAP_FILE_CHUNK");
+    unsetenv("GPUHEAP_FILE_THREADS");
 }
 
 /* Destroying a heap ends its mappings (no write-back); their addresses are then unknown. */
