@@ -97,6 +97,7 @@ typedef struct gpu_config_t {
     size_t host_budget;          /* host backend: physical bytes it may create; 0 = unlimited */
     size_t host_granularity;     /* host backend: mapping granularity; 0 = 2 MiB like the GPU */
     int verbose;                 /* 0 quiet, 1 errors to stderr, 2 also slow-path events */
+    size_t thread_cache;         /* bytes of small free blocks each thread may keep for itself; 0 = no thread caches */
 } gpu_config_t;
 
 /* Fills *cfg with the defaults, then applies the GPUHEAP_* environment variables
@@ -336,8 +337,8 @@ int gpu_heap_unmap_file(gpu_heap_t *heap, void *ptr, unsigned flags);
 #define GPU_STATS_FIELDS(X)                                                          \
     X(live_bytes, "usable bytes of live blocks")                                     \
     X(live_blocks, "live blocks")                                                    \
-    X(peak_live_bytes, "highest live_bytes seen")                                    \
-    X(mapped_bytes, "physical bytes mapped (live, idle and quarantined)")            \
+    X(peak_live_bytes, "highest live bytes seen, thread caches' blocks included")   \
+    X(mapped_bytes, "physical bytes mapped (live, idle, quarantined, cached)")      \
     X(peak_mapped_bytes, "highest mapped_bytes seen")                                \
     X(idle_bytes, "mapped bytes in no block: reusable without driver calls")         \
     X(quarantine_bytes, "bytes freed but waiting for GPU work to finish")            \
@@ -365,9 +366,11 @@ int gpu_heap_unmap_file(gpu_heap_t *heap, void *ptr, unsigned flags);
     X(backend_fence, "backend calls: fence (a device sync)")                         \
     X(backend_memset, "backend calls: memset (calloc, GPU_ALLOC_ZERO)")              \
     X(backend_copy, "backend calls: device-to-device copy")                          \
-    X(copy_bytes, "device bytes copied by the backend (realloc of shared blocks)")
+    X(copy_bytes, "device bytes copied by the backend (realloc of shared blocks)")   \
+    X(cached_bytes, "freed bytes thread caches hold for reuse (not in live_bytes)") \
+    X(cached_blocks, "free blocks held by thread caches")
 
-#define GPU_STATS_VERSION 2
+#define GPU_STATS_VERSION 3
 
 typedef struct gpu_stats_t {
     uint32_t version; /* GPU_STATS_VERSION */

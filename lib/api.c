@@ -145,6 +145,16 @@ void registry_each(void (*fn)(gpu_heap_t *h, void *arg), void *arg) {
     pthread_mutex_unlock(&registry_lock);
 }
 
+bool registry_call(gpu_heap_t *h, uint64_t serial, void (*fn)(gpu_heap_t *h, void *arg), void *arg) {
+    bool found = false;
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < REGISTRY_MAX && !found; i++)
+        found = atomic_load(&registry[i]) == h && h->serial == serial;
+    if (found) fn(h, arg);
+    pthread_mutex_unlock(&registry_lock);
+    return found;
+}
+
 static bool registry_has(const gpu_heap_t *h) {
     size_t top = atomic_load_explicit(&registry_top, memory_order_acquire);
     for (size_t i = 0; i < top; i++)

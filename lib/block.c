@@ -12,6 +12,7 @@
  * Records come from slab pools, never from the memory they describe: device memory
  * cannot hold headers (jemalloc's out-of-band extent records are the model).
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +22,7 @@
 
 void pool_init(record_pool *p, size_t record_size) {
     memset(p, 0, sizeof *p);
-    p->size = record_size < sizeof(void *) ? sizeof(void *) : record_size;
+    p->size = gh_align_up(record_size < sizeof(void *) ? sizeof(void *) : record_size, 64);
 }
 
 /* Adds a slab of records to the free list. */
@@ -33,7 +34,10 @@ static bool pool_grow(record_pool *p) {
         p->slabs = slabs;
         p->cap_slabs = cap;
     }
-    char *slab = malloc(p->size * POOL_SLAB_RECORDS);
+    /* Aligned as the records ask (block's two cache lines), and zeroed: a block's
+     * tc generation starts at 0. */
+    char *slab = aligned_alloc(64, p->size * POOL_SLAB_RECORDS);
+    if (slab) memset(slab, 0, p->size * POOL_SLAB_RECORDS);
     if (!slab) return false;
     p->slabs[p->nslabs++] = slab;
     for (size_t i = POOL_SLAB_RECORDS; i-- > 0;) {
@@ -76,7 +80,10 @@ void pool_destroy(record_pool *p) {
 block *block_new(gpu_heap_t *h, uintptr_t start, size_t size, block_state state) {
     block *b = pool_get(&h->block_pool);
     if (!b) return NULL;
-    memset(b, 0, sizeof *b);
+    /* Everything but tc: a thread cache may still hold this record's old address
+     * with its generation, which must not come round again. */
+    memset(b, 0, offsetof(block, tc));
+    atomic_store_explicit(&b->tc, atomic_load_explicit(&b->tc, memory_order_relaxed) & ~(uint64_t)3, memory_order_relaxed);
     b->start = start;
     b->size = size;
     b->state = (uint8_t)state;

@@ -99,6 +99,9 @@ static int check_locked(gpu_heap_t *h, checker *c) {
         CHECK(c, !prev || !(prev->state == b->state && (b->state == BLOCK_IDLE || b->state == BLOCK_VACANT)),
               "adjacent free blocks of state %d at %#lx were not merged", b->state, (unsigned long)b->start);
         total += b->size;
+        unsigned tc = tc_state(atomic_load_explicit(&((block *)b)->tc, memory_order_relaxed));
+        CHECK(c, tc != 3 && (tc == TC_NONE || b->state == BLOCK_LIVE), "block %#lx of state %d has thread-cache state %u",
+              (unsigned long)b->start, b->state, tc);
         switch (b->state) {
         case BLOCK_LIVE:
         case BLOCK_BUSY:
@@ -234,6 +237,12 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *s) {
     s->sparse_reserved_bytes = h->sparse_reserved;
     s->sparse_committed_bytes = h->sparse_committed;
     s->protected_extents = h->protected_extents;
+    size_t cached, cached_n;
+    tcache_stats_locked(h, &cached, &cached_n);
+    s->cached_bytes = cached;
+    s->cached_blocks = cached_n;
+    s->live_bytes -= cached < s->live_bytes ? cached : s->live_bytes; /* held free by caches, not by callers */
+    s->live_blocks -= cached_n < s->live_blocks ? cached_n : s->live_blocks;
     heap_unlock(h);
     file_stats(h, s); /* gpu_map_file's mappings: their own lock */
     const vmm_counts *k = &h->door.counts;

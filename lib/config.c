@@ -71,6 +71,7 @@ int gpu_config_init(gpu_config_t *cfg) {
     memset(cfg, 0, sizeof *cfg);
     cfg->backend = GPU_BACKEND_AUTO;
     cfg->release_threshold = SIZE_MAX;
+    cfg->thread_cache = (size_t)32 << 20;
     int bad = GPU_OK;
     const char *b = getenv("GPUHEAP_BACKEND");
     if (b) {
@@ -88,6 +89,7 @@ int gpu_config_init(gpu_config_t *cfg) {
     env_size("GPUHEAP_HOST_BUDGET", &cfg->host_budget, &bad);
     env_size("GPUHEAP_HOST_GRANULARITY", &cfg->host_granularity, &bad);
     env_int("GPUHEAP_VERBOSE", &cfg->verbose, &bad);
+    env_size("GPUHEAP_THREAD_CACHE", &cfg->thread_cache, &bad);
     if (bad == GPU_OK) gh_ok();
     return bad;
 }

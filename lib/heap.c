@@ -102,8 +102,13 @@ int heap_open_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out
         backend->ops->close(backend);
         return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for a heap");
     }
+    static _Atomic uint64_t serials;
     h->cfg = *cfg;
     atomic_init(&h->lock, 0);
+    h->serial = atomic_fetch_add(&serials, 1) + 1;
+    h->tcache_bytes = cfg->thread_cache;
+    atomic_init(&h->cover_seq, 1);
+    atomic_init(&h->cover_done, 1); /* tag 0 (blocks fresh from the heap) is always covered */
     pool_init(&h->block_pool, sizeof(block));
     pool_init(&h->extent_pool, sizeof(extent));
     tlsf_init(&h->idle);
@@ -146,6 +151,7 @@ static bool unback_one(extent *e, void *arg) {
 }
 
 void heap_close(gpu_heap_t *h) {
+    tcache_heap_closing(h);
     file_heap_closing(h); /* gpu_map_file's mappings and staging, while the backend is open */
     (void)vmm_call_fence(&h->door); /* no extent goes while GPU work may touch it */
     stream_pools_close(h);
@@ -222,6 +228,17 @@ void heap_quarantine_locked(gpu_heap_t *h, block *b) {
     h->quarantine_blocks++;
 }
 
+void heap_retire_locked(gpu_heap_t *h, block *b, bool safe) {
+    atomic_store_explicit(&b->tc, atomic_load_explicit(&b->tc, memory_order_relaxed) & ~(uint64_t)3, memory_order_relaxed);
+    heap_quarantine_locked(h, b);
+    if (!safe) return;
+    /* straight out of the quarantine list it was just put at the head of */
+    h->quarantine = b->next_free;
+    h->quarantine_bytes -= b->size;
+    h->quarantine_blocks--;
+    block_release_free(h, b, BLOCK_IDLE);
+}
+
 /* ---- the quarantine --------------------------------------------------------- */
 
 /* Bytes freed on streams and not yet idle. */
@@ -241,7 +258,7 @@ int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
     h->draining_blocks += n;
     uint32_t epochs[STREAM_POOLS_MAX];
     size_t npools = stream_fence_begin_locked(h, epochs);
-    uint64_t seq = h->seal_seq;
+    uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* the fence covers every block freed before this */
     heap_unlock(h);
     bool capturing = vmm_call_capturing(&h->door, stream);
     int rc = capturing ? GPU_ERR_CAPTURING : vmm_call_fence(&h->door);
@@ -267,6 +284,7 @@ int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
     }
     stream_fence_end_locked(h, epochs, npools);
     quarantine_release_sealed_locked(h, seq);
+    quarantine_cover_done(h, seq + 1);
     return GPU_OK;
 }
 
@@ -473,6 +491,7 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
             reclaimed = drained = true;
             char why[256];
             snprintf(why, sizeof why, "%s", h->door.b->error);
+            tcache_flush_locked(h);
             if (h->npools) (void)stream_reap_locked(h, true);
             int trc = heap_trim_locked(h, 0);
             if (trc == GPU_OK || trc == GPU_ERR_CAPTURING) continue;
@@ -490,6 +509,10 @@ int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void *
     if (flags & GPU_ALLOC_OWNED && align < h->gran) align = h->gran;
     if (!need || need > h->reserved)
         return gh_note(GPU_ERR_INVALID, "size %zu is larger than the heap's reservation (%zu bytes)", size, h->reserved);
+    if (!flags && align == GH_QUANTUM && h->tcache_bytes) {
+        int rc = tcache_malloc(h, need, out);
+        if (rc != GPU_ERR_BUSY) return rc;
+    }
     heap_lock(h);
     int rc = heap_reserve_records(h);
     block *b = NULL;
@@ -538,11 +561,24 @@ int heap_restore_access(gpu_heap_t *h, block *b) {
     return rc;
 }
 
+block *heap_find_live(gpu_heap_t *h, uintptr_t p, bool take) {
+    block *b = blockmap_find(&h->live, p);
+    if (!b || b->state != BLOCK_LIVE) return b;
+    uint64_t w = atomic_load_explicit(&b->tc, memory_order_acquire);
+    while (tc_state(w) != TC_NONE) {
+        if (tc_state(w) == TC_FREE) return NULL; /* a thread cache holds it free */
+        if (!take) return b;
+        if (atomic_compare_exchange_weak_explicit(&b->tc, &w, w & ~(uint64_t)3, memory_order_acq_rel, memory_order_acquire))
+            return b;
+    }
+    return b;
+}
+
 /* Takes the live block at ptr out of the address map, with read-write access
  * restored, ready to be freed. Lock held on entry and exit. */
 static int unmap_live(gpu_heap_t *h, void *ptr, block **out) {
     uintptr_t p = (uintptr_t)ptr;
-    block *b = blockmap_find(&h->live, p);
+    block *b = heap_find_live(h, p, true);
     if (!b) return gh_note(GPU_ERR_NOT_LIVE, "%p is not a live block of this heap (double free or interior pointer)", ptr);
     if (b->state == BLOCK_SPARSE)
         return gh_note(GPU_ERR_INVALID, "%p is a gpu_reserve range: give it back with gpu_release", ptr);
@@ -562,6 +598,7 @@ static int unmap_live(gpu_heap_t *h, void *ptr, block **out) {
 }
 
 int heap_free(gpu_heap_t *h, void *ptr) {
+    if (h->tcache_bytes && tcache_free(h, (uintptr_t)ptr) == GPU_OK) return GPU_OK;
     heap_lock(h);
     block *b;
     int rc = unmap_live(h, ptr, &b);
@@ -614,7 +651,7 @@ int heap_malloc_async(gpu_heap_t *h, size_t size, uintptr_t stream, void **out) 
 
 int heap_mark_file(gpu_heap_t *h, void *ptr, bool on) {
     heap_lock(h);
-    block *b = blockmap_find(&h->live, (uintptr_t)ptr);
+    block *b = heap_find_live(h, (uintptr_t)ptr, true);
     if (b) b->file = on;
     heap_unlock(h);
     return b ? GPU_OK : gh_note(GPU_ERR_NOT_LIVE, "%p is not a live block of this heap", ptr);
@@ -622,7 +659,7 @@ int heap_mark_file(gpu_heap_t *h, void *ptr, bool on) {
 
 int heap_usable_size(gpu_heap_t *h, const void *ptr, size_t *out) {
     heap_lock(h);
-    block *b = blockmap_find(&h->live, (uintptr_t)ptr);
+    block *b = heap_find_live(h, (uintptr_t)ptr, false);
     size_t size = b ? b->size : 0;
     bool sparse = b && b->state == BLOCK_SPARSE;
     heap_unlock(h);

@@ -65,7 +65,10 @@ typedef enum block_state {
 struct stream_pool;
 
 typedef struct block block;
-struct block {
+/* 64-byte aligned (two cache lines a record): a thread cache writes tc on every
+ * malloc and free, and records of blocks that different threads use must not
+ * share a line. */
+struct __attribute__((aligned(64))) block {
     uintptr_t start;
     size_t size;
     block *prev_phys, *next_phys; /* neighbours in address order */
@@ -76,7 +79,15 @@ struct block {
     uint8_t busy;                 /* BLOCK_SPARSE: a thread is committing or decommitting in it */
     uint32_t epoch;               /* BLOCK_STREAM: its pool's epoch when it was freed */
     struct stream_pool *pool;     /* BLOCK_STREAM: the stream it was freed on */
+    /* Thread caches (tcache.c): (generation << 2) | tc_state. Last, so that
+     * block_new keeps it: the generation outlives the record's reuse. */
+    _Atomic uint64_t tc;
 };
+
+/* Where a LIVE block stands with the thread caches (tcache.c). The heap changes
+ * a live block only while it is TC_NONE; it takes a TC_USER block back first. */
+enum { TC_NONE = 0, TC_USER = 1, TC_FREE = 2 };
+static inline unsigned tc_state(uint64_t w) { return (unsigned)(w & 3); }
 
 /* ---- tlsf.c: segregated-fit index of free blocks by size ----------------- */
 
@@ -384,7 +395,6 @@ struct gpu_heap {
         uint64_t seq;
     } sealed[8];
     unsigned nsealed;
-    uint64_t seal_seq;     /* sequence number of the next sealed batch */
     bool seal_busy;        /* a thread records or queries seal events with the lock dropped */
     uint64_t seal_events;
     size_t nextents;
@@ -395,6 +405,16 @@ struct gpu_heap {
     size_t sparse_reserved, sparse_committed;
     block *sparse_list;    /* BLOCK_SPARSE blocks, linked through prev_free/next_free */
     uint64_t fences;
+
+    /* Cover numbers (quarantine.c): every seal event and fence takes the next
+     * cover_seq before its driver call, and once it is known complete raises
+     * cover_done past its number. A block freed when cover_seq read t is safe to
+     * reuse once cover_done > t — lock-free, for the thread caches. */
+    _Atomic uint64_t cover_seq, cover_done;
+    uint64_t serial;                 /* unique per heap opened in this process (thread caches' key) */
+    size_t tcache_bytes;             /* per-thread cache limit (cfg.thread_cache), 0 = off */
+    struct tcache *caches;           /* the thread caches of this heap (under the lock) */
+    _Atomic uint64_t cache_flush_gen; /* raised to ask every thread cache to give its blocks back */
 };
 
 /* Waits for a held heap lock: spins briefly, then gives the core away. */
@@ -446,6 +466,15 @@ int heap_drain_locked(gpu_heap_t *h, uintptr_t stream);
  * completed ones idle. Lock held; dropped around the driver calls. */
 int quarantine_seal_locked(gpu_heap_t *h, uintptr_t stream);
 bool quarantine_reap_locked(gpu_heap_t *h);
+/* Blocks freed when cover_seq read tag: true once reusable. Otherwise queries the
+ * sealed events, or seals a new one (with whatever the quarantine holds) when
+ * none was recorded since tag; never waits. Lock held; dropped around driver calls. */
+bool quarantine_cover_locked(gpu_heap_t *h, uint64_t tag);
+static inline bool quarantine_covered(gpu_heap_t *h, uint64_t tag) {
+    return tag < atomic_load_explicit(&h->cover_done, memory_order_acquire);
+}
+/* cover_done = max(cover_done, v). */
+void quarantine_cover_done(gpu_heap_t *h, uint64_t v);
 /* After a device fence: batches sealed before it (seq below the one noted) go idle. */
 void quarantine_release_sealed_locked(gpu_heap_t *h, uint64_t before_seq);
 void quarantine_close(gpu_heap_t *h);
@@ -468,6 +497,34 @@ extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_han
 void heap_extent_drop_locked(gpu_heap_t *h, extent *e);
 void heap_mapped_add(gpu_heap_t *h, size_t bytes);
 int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, uintptr_t stream, block **out);
+/* The block at p that a caller may treat as live (in the address map and not
+ * held free by a thread cache), or NULL. With take set, a block a thread cache
+ * handed out becomes the heap's alone (TC_NONE), so that the caller may change
+ * it. Lock held. */
+block *heap_find_live(gpu_heap_t *h, uintptr_t p, bool take);
+/* A LIVE block out of the address map goes back to the heap: idle at once when
+ * safe is set (no GPU work can still use it), else into the quarantine. */
+void heap_retire_locked(gpu_heap_t *h, block *b, bool safe);
+
+/* ---- tcache.c: per-thread caches of small blocks ---------------------------- */
+
+/* The calling thread's cache of h (created on first use), or NULL when caching
+ * is off for h or out of host memory. */
+struct tcache *tcache_of(gpu_heap_t *h);
+/* gpu_malloc of need bytes (a quantum multiple) from the thread's cache: GPU_OK
+ * with *out, or GPU_ERR_BUSY when the cache cannot serve it (the caller goes to
+ * the heap); other errors are the heap's. */
+int tcache_malloc(gpu_heap_t *h, size_t need, void **out);
+/* gpu_free through the thread's cache: GPU_OK when the cache took p,
+ * GPU_ERR_BUSY when p is not one of its blocks (the caller goes to the heap). */
+int tcache_free(gpu_heap_t *h, uintptr_t p);
+/* Every block the calling thread's cache holds goes back to h (lock held), and
+ * the other threads' caches are asked to do the same at their next call. */
+void tcache_flush_locked(gpu_heap_t *h);
+/* Blocks held free by h's caches (lock held; a racing owner may move them). */
+void tcache_stats_locked(gpu_heap_t *h, size_t *bytes, size_t *blocks);
+/* h is closing: its caches are dropped (their blocks go with the heap). */
+void tcache_heap_closing(gpu_heap_t *h);
 
 /* ---- api.c: errors and the registry of heaps -------------------------------- */
 
@@ -488,6 +545,9 @@ int registry_add(gpu_heap_t *h);
 /* gpu_heap_create over a backend the caller opened (tests: fault injection). */
 int gh_heap_create_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out);
 void registry_remove(gpu_heap_t *h);
+/* Calls fn(h, arg) with the registry locked when h is a live heap of that serial
+ * (so it cannot be destroyed meanwhile); false when it is not. */
+bool registry_call(gpu_heap_t *h, uint64_t serial, void (*fn)(gpu_heap_t *h, void *arg), void *arg);
 /* Calls fn on every live heap, with the registry locked (fn must not create or
  * destroy heaps). */
 void registry_each(void (*fn)(gpu_heap_t *h, void *arg), void *arg);

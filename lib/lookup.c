@@ -48,6 +48,7 @@ int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *
             }
         }
         block *b = blockmap_find(&h->live, a);
+        if (b && !heap_find_live(h, a, false)) break; /* held free by a thread cache */
         if (b) {
             if (block_holds(b, p)) found = b;
             break;

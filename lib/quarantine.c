@@ -23,8 +23,17 @@
 
 #define SEALED_MAX (sizeof ((gpu_heap_t *)0)->sealed / sizeof ((gpu_heap_t *)0)->sealed[0])
 
-int quarantine_seal_locked(gpu_heap_t *h, uintptr_t stream) {
-    if (!h->quarantine || h->nsealed == SEALED_MAX || h->seal_busy || !h->door.b->ops->fence_record) return GPU_OK;
+void quarantine_cover_done(gpu_heap_t *h, uint64_t v) {
+    uint64_t d = atomic_load_explicit(&h->cover_done, memory_order_relaxed);
+    while (d < v && !atomic_compare_exchange_weak_explicit(&h->cover_done, &d, v, memory_order_release, memory_order_relaxed)) {}
+}
+
+/* Records one context-wide event and hangs the quarantine on it; with empty_ok
+ * also when the quarantine is empty (the event then covers thread caches' frees
+ * alone). */
+static int seal(gpu_heap_t *h, uintptr_t stream, bool empty_ok) {
+    if ((!h->quarantine && !empty_ok) || h->nsealed == SEALED_MAX || h->seal_busy || !h->door.b->ops->fence_record)
+        return GPU_OK;
     block *batch = h->quarantine;
     size_t bytes = 0, n = 0;
     for (block *b = batch; b; b = b->next_free) bytes += b->size, n++;
@@ -32,6 +41,7 @@ int quarantine_seal_locked(gpu_heap_t *h, uintptr_t stream) {
     h->draining_bytes += bytes; /* still quarantined while the lock is dropped */
     h->draining_blocks += n;
     h->seal_busy = true;
+    uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* covers every block freed before this */
     heap_unlock(h);
     vmm_event ev = 0;
     bool capturing = vmm_call_capturing(&h->door, stream);
@@ -41,15 +51,27 @@ int quarantine_seal_locked(gpu_heap_t *h, uintptr_t stream) {
     h->draining_bytes -= bytes;
     h->draining_blocks -= n;
     if (rc != GPU_OK) { /* put the batch back in front of what was freed meanwhile */
-        block *last = batch;
-        while (last->next_free) last = last->next_free;
-        last->next_free = h->quarantine;
-        h->quarantine = batch;
+        if (batch) {
+            block *last = batch;
+            while (last->next_free) last = last->next_free;
+            last->next_free = h->quarantine;
+            h->quarantine = batch;
+        }
         return rc;
     }
-    h->sealed[h->nsealed++] = (struct sealed_batch){.batch = batch, .bytes = bytes, .blocks = n, .ev = ev, .seq = h->seal_seq++};
+    h->sealed[h->nsealed++] = (struct sealed_batch){.batch = batch, .bytes = bytes, .blocks = n, .ev = ev, .seq = seq};
     h->seal_events++;
     return GPU_OK;
+}
+
+int quarantine_seal_locked(gpu_heap_t *h, uintptr_t stream) { return seal(h, stream, false); }
+
+bool quarantine_cover_locked(gpu_heap_t *h, uint64_t tag) {
+    if (quarantine_covered(h, tag)) return true;
+    if (h->nsealed) (void)quarantine_reap_locked(h);
+    if (quarantine_covered(h, tag)) return true;
+    if (atomic_load(&h->cover_seq) <= tag) (void)seal(h, 0, true); /* nothing recorded since those frees yet */
+    return quarantine_covered(h, tag);
 }
 
 /* Makes sealed batch i idle and drops it from the list. */
@@ -59,6 +81,7 @@ static void release_batch(gpu_heap_t *h, unsigned i) {
     h->nsealed--;
     h->quarantine_bytes -= s.bytes;
     h->quarantine_blocks -= s.blocks;
+    quarantine_cover_done(h, s.seq + 1);
     for (block *b = s.batch, *next; b; b = next) {
         next = b->next_free;
         block_release_free(h, b, BLOCK_IDLE);

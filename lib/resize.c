@@ -240,7 +240,7 @@ int heap_realloc(gpu_heap_t *h, void *ptr, size_t size, void **out) {
     uintptr_t p = (uintptr_t)ptr;
     heap_lock(h);
     int rc = heap_reserve_records(h);
-    block *b = rc == GPU_OK ? blockmap_find(&h->live, p) : NULL;
+    block *b = rc == GPU_OK ? heap_find_live(h, p, true) : NULL;
     if (rc != GPU_OK) {
     } else if (!b) {
         rc = gh_note(GPU_ERR_NOT_LIVE, "gpu_realloc(%p): not a live block of this heap", ptr);

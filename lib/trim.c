@@ -162,6 +162,7 @@ int heap_recycle_locked(gpu_heap_t *h, size_t bytes) {
 
 int heap_trim(gpu_heap_t *h, size_t keep) {
     heap_lock(h);
+    tcache_flush_locked(h); /* this thread's cache now; the others' at their next allocation */
     int rc = heap_trim_locked(h, keep);
     heap_unlock(h);
     return rc;

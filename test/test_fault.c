@@ -920,6 +920,7 @@ static int print_totals(void **state) {
 }
 
 int main(int argc, char **argv) {
+    test_thread_cache = 0; /* each step's backend calls are the heap core's; tcache faults are test_tcache.c's */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fault_wrapper),
         cmocka_unit_test(test_regress_remap_unmap_refused),

@@ -796,6 +796,7 @@ static void test_protect_free_reuse(void **state) {
 }
 
 int main(void) {
+    test_thread_cache = 0; /* the heap core's placement and merging, without thread caches in front */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_coalesce_three),
         cmocka_unit_test(test_coalesce_many),

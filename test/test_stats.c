@@ -6,7 +6,7 @@
  * physical memory it created, the handles and the mappings it holds. After every
  * step of a mixed workload (small, large and owned blocks, realloc in place, by
  * remap and by copy, protect, trim) the two must agree exactly, and the heap's
- * byte counts must add up: mapped = live + idle + quarantined. gpu_heap_stats_json
+ * byte counts must add up: mapped = live + idle + quarantined + held by thread caches. gpu_heap_stats_json
  * must carry every field with the struct's value, and GPUHEAP_STATS_JSON must
  * write every live heap at exit (checked in a child process started with it).
  */
@@ -23,15 +23,15 @@ static void books_agree_at(gpu_heap_t *h, const char *file, int line) {
     vmm_host_counts_get(h->door.b, &c);
     if (s.mapped_bytes != c.physical_bytes || s.extents != c.handles || s.extents != c.mappings ||
         s.backend_create - s.backend_release != c.handles || s.backend_map - s.backend_unmap != c.mappings ||
-        c.reservations != 1 || s.mapped_bytes != s.live_bytes + s.idle_bytes + s.quarantine_bytes ||
+        c.reservations != 1 || s.mapped_bytes != s.live_bytes + s.idle_bytes + s.quarantine_bytes + s.cached_bytes ||
         s.backend_reserve != 1)
         fail_at(file, line,
                 "stats vs backend: mapped %llu / physical %zu, extents %llu / handles %zu / mappings %zu, "
-                "create-release %llu, map-unmap %llu, reservations %zu, live+idle+quarantine %llu",
+                "create-release %llu, map-unmap %llu, reservations %zu, live+idle+quarantine+cached %llu",
                 (unsigned long long)s.mapped_bytes, c.physical_bytes, (unsigned long long)s.extents, c.handles,
                 c.mappings, (unsigned long long)(s.backend_create - s.backend_release),
                 (unsigned long long)(s.backend_map - s.backend_unmap), c.reservations,
-                (unsigned long long)(s.live_bytes + s.idle_bytes + s.quarantine_bytes));
+                (unsigned long long)(s.live_bytes + s.idle_bytes + s.quarantine_bytes + s.cached_bytes));
 }
 #define BOOKS_AGREE(h) books_agree_at((h), __FILE__, __LINE__)
 

@@ -41,6 +41,11 @@
 
 /* ---- heaps ---------------------------------------------------------------- */
 
+/* Per-thread caches for the heaps tests make: SIZE_MAX keeps the library's
+ * default; suites that check the heap core's own placement and backend calls
+ * set 0 before they run. */
+static size_t test_thread_cache = SIZE_MAX;
+
 /* A host-backend configuration with the library's defaults for the rest. */
 static inline gpu_config_t host_config(size_t reserve, size_t granularity, size_t budget) {
     gpu_config_t cfg;
@@ -52,6 +57,7 @@ static inline gpu_config_t host_config(size_t reserve, size_t granularity, size_
     cfg.reserve_bytes = reserve;
     cfg.host_granularity = granularity;
     cfg.host_budget = budget;
+    if (test_thread_cache != SIZE_MAX) cfg.thread_cache = test_thread_cache;
     return cfg;
 }
 
@@ -114,7 +120,8 @@ static inline const char *stats_broken(const gpu_stats_t *sp) {
     STATS_REQUIRE(s.live_bytes % GPU_MIN_ALIGNMENT == 0);
     STATS_REQUIRE(s.mapped_bytes % s.granularity == 0);
     STATS_REQUIRE(s.mapped_bytes >= s.live_bytes);
-    STATS_REQUIRE(s.idle_bytes + s.live_bytes + s.quarantine_bytes <= s.mapped_bytes);
+    STATS_REQUIRE(s.idle_bytes + s.live_bytes + s.quarantine_bytes + s.cached_bytes <= s.mapped_bytes);
+    STATS_REQUIRE((s.cached_blocks == 0) == (s.cached_bytes == 0));
     STATS_REQUIRE(s.peak_live_bytes >= s.live_bytes);
     STATS_REQUIRE(s.peak_mapped_bytes >= s.mapped_bytes);
     STATS_REQUIRE((s.mapped_bytes == 0) == (s.extents == 0));

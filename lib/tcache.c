@@ -1,0 +1,347 @@
+/*
+ * tcache.c — per-thread caches of small blocks: gpu_malloc and gpu_free without
+ * the heap lock.
+ *
+ * One heap lock serializes every call; with many threads it is the whole cost.
+ * So each thread keeps, per heap, rings of free blocks by size class (up to
+ * 64 KiB), filled from the heap in batches under the lock and emptied back to
+ * it the same way. A warm malloc pops a ring and a warm free pushes one; neither
+ * touches a line another thread writes (glibc's tcache and mimalloc's
+ * thread-local pages are the models).
+ *
+ * A cached block stays LIVE in the heap's books the whole time — in the address
+ * map, counted live — and its record's tc word says where it stands: TC_FREE
+ * while a cache holds it, TC_USER once a cache handed it out. The heap changes a
+ * live block only while it is TC_NONE and takes a TC_USER block back with one
+ * compare-and-swap (heap_find_live), so a block freed by another thread, resized
+ * or protected simply leaves the caches. A cache remembers the blocks it handed
+ * out in a small direct-mapped table (address, record, tc word); gpu_free finds
+ * its block there and claims it with a compare-and-swap of that word, whose
+ * generation changes at every hand-out, so a stale entry can never claim a block
+ * that moved on. A miss goes to the heap, which finds every block.
+ *
+ * Freed blocks keep gpu_free's promise: they are not reused before GPU work
+ * issued before the free has finished. Each is tagged with the heap's cover
+ * number when it was freed and becomes reusable once a seal event or fence
+ * numbered at least that has completed (quarantine.c) — a lock-free comparison.
+ * A cache that runs out of reusable blocks queries the heap's events, seals a
+ * new one when half its ring waits, and meanwhile takes fresh blocks.
+ *
+ * What a cache holds is bounded (cfg.thread_cache bytes per thread and heap;
+ * GPUHEAP_THREAD_CACHE=0 turns caching off). gpu_heap_trim and out-of-memory
+ * empty the calling thread's cache and ask the others to empty theirs at their
+ * next allocation; a thread's caches go back to their heaps when it exits.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define TC_MAX_SIZE ((size_t)64 << 10) /* larger blocks go to the heap */
+#define TC_CLASSES 48                  /* 256 B..2 KiB by quantum, then 8 classes per power of two */
+#define TC_CLASS_BYTES ((size_t)8 << 20) /* a class's ring holds about this many bytes */
+#define TC_RING_MIN 16u
+#define TC_RING_MAX 1024u
+#define TC_REFILL_BYTES ((size_t)1 << 20) /* fresh blocks taken from the heap at once */
+#define TC_SLOTS 1024u                 /* handed-out blocks remembered, direct-mapped */
+#define TC_HEAPS 4                     /* heaps a thread keeps a cache for at once */
+
+typedef struct tc_entry {
+    block *b;
+    uint64_t tag; /* cover number when freed; 0: fresh from the heap */
+} tc_entry;
+
+/* A ring of free blocks of one class, oldest first: fresh blocks go in front,
+ * freed ones at the back, so tags rise from head to tail. */
+typedef struct tc_class {
+    tc_entry *ring;
+    uint32_t cap, head, n;
+} tc_class;
+
+typedef struct tc_slot {
+    uintptr_t p;
+    block *b;
+    uint64_t w; /* the tc word the block was handed out with */
+    uint32_t k; /* its class */
+} tc_slot;
+
+typedef struct tcache {
+    gpu_heap_t *heap;
+    struct tcache *next, *prev; /* the heap's list, under its lock */
+    uint64_t flush_seen;
+    size_t bytes, blocks;       /* held in the rings (owner only) */
+    _Atomic size_t stat_bytes, stat_blocks; /* the same, for gpu_heap_stats */
+    tc_class cls[TC_CLASSES];
+    tc_slot slots[TC_SLOTS];
+} tcache;
+
+static _Thread_local struct {
+    gpu_heap_t *h;
+    uint64_t serial;
+    tcache *c;
+} mine[TC_HEAPS];
+
+/* ---- size classes ------------------------------------------------------------ */
+
+static unsigned class_of(size_t need) {
+    if (need <= 2048) return (unsigned)(need / GH_QUANTUM) - 1;
+    unsigned fl = 63u - (unsigned)__builtin_clzll((unsigned long long)(need - 1)); /* 2^fl < need <= 2^(fl+1) */
+    size_t step = ((size_t)1 << fl) / 8;
+    unsigned sub = (unsigned)((need - ((size_t)1 << fl) + step - 1) / step) - 1;
+    return 8 + (fl - 11) * 8 + sub;
+}
+
+static size_t class_size(unsigned k) {
+    if (k < 8) return (size_t)(k + 1) * GH_QUANTUM;
+    unsigned fl = 11 + (k - 8) / 8, sub = (k - 8) % 8;
+    return ((size_t)1 << fl) + (sub + 1) * (((size_t)1 << fl) / 8);
+}
+
+static inline tc_slot *slot_of(tcache *c, uintptr_t p) {
+    return &c->slots[(uint32_t)(((uint64_t)p >> 8) * 0x9E3779B97F4A7C15ull >> 54) & (TC_SLOTS - 1)];
+}
+
+static void count(tcache *c, size_t bytes, size_t blocks) {
+    c->bytes = bytes;
+    c->blocks = blocks;
+    atomic_store_explicit(&c->stat_bytes, bytes, memory_order_relaxed);
+    atomic_store_explicit(&c->stat_blocks, blocks, memory_order_relaxed);
+}
+
+/* ---- giving blocks back --------------------------------------------------------- */
+
+/* One cached block goes back to the heap: idle when its free is covered (or it
+ * was never handed out), else into the quarantine. Lock held. */
+static void give_back_locked(gpu_heap_t *h, tc_entry e) {
+    blockmap_remove(&h->live, e.b->start);
+    heap_retire_locked(h, e.b, quarantine_covered(h, e.tag));
+}
+
+/* The oldest n entries of class k go back to the heap. Lock held. */
+static void drop_oldest_locked(gpu_heap_t *h, tcache *c, unsigned k, uint32_t n) {
+    tc_class *q = &c->cls[k];
+    size_t size = class_size(k);
+    for (uint32_t i = 0; i < n; i++) {
+        give_back_locked(h, q->ring[q->head]);
+        q->head = (q->head + 1) & (q->cap - 1);
+        q->n--;
+    }
+    count(c, c->bytes - n * size, c->blocks - n);
+}
+
+static void flush_cache_locked(gpu_heap_t *h, tcache *c) {
+    for (unsigned k = 0; k < TC_CLASSES; k++)
+        if (c->cls[k].n) drop_oldest_locked(h, c, k, c->cls[k].n);
+}
+
+/* The calling thread's cache of h if it has one; never creates. */
+static tcache *find_mine(gpu_heap_t *h) {
+    for (int i = 0; i < TC_HEAPS; i++)
+        if (mine[i].h == h && mine[i].serial == h->serial) return mine[i].c;
+    return NULL;
+}
+
+void tcache_flush_locked(gpu_heap_t *h) {
+    uint64_t gen = atomic_fetch_add(&h->cache_flush_gen, 1) + 1;
+    tcache *c = find_mine(h);
+    if (!c) return;
+    flush_cache_locked(h, c);
+    c->flush_seen = gen;
+}
+
+/* Unlinks c from its heap and frees it. Lock held. */
+static void drop_cache_locked(gpu_heap_t *h, tcache *c) {
+    flush_cache_locked(h, c);
+    if (c->prev) c->prev->next = c->next; else h->caches = c->next;
+    if (c->next) c->next->prev = c->prev;
+    for (unsigned k = 0; k < TC_CLASSES; k++) free(c->cls[k].ring);
+    free(c);
+}
+
+/* registry_call's callback: the heap is alive and cannot go meanwhile. */
+static void drop_cache_cb(gpu_heap_t *h, void *arg) {
+    heap_lock(h);
+    drop_cache_locked(h, arg);
+    heap_unlock(h);
+}
+
+/* Thread exit: every cache goes back to its heap, if the heap still lives (a
+ * destroyed heap freed its caches itself). */
+static pthread_key_t exit_key;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+static bool exit_armed_ok;
+
+static void at_thread_exit(void *unused) {
+    (void)unused;
+    for (int i = 0; i < TC_HEAPS; i++) {
+        if (mine[i].c) (void)registry_call(mine[i].h, mine[i].serial, drop_cache_cb, mine[i].c);
+        mine[i].h = NULL;
+        mine[i].c = NULL;
+    }
+}
+
+static void exit_key_make(void) { exit_armed_ok = pthread_key_create(&exit_key, at_thread_exit) == 0; }
+
+void tcache_heap_closing(gpu_heap_t *h) {
+    for (tcache *c = h->caches, *next; c; c = next) {
+        next = c->next;
+        for (unsigned k = 0; k < TC_CLASSES; k++) free(c->cls[k].ring);
+        free(c);
+    }
+    h->caches = NULL;
+}
+
+void tcache_stats_locked(gpu_heap_t *h, size_t *bytes, size_t *blocks) {
+    *bytes = *blocks = 0;
+    for (tcache *c = h->caches; c; c = c->next) {
+        *bytes += atomic_load_explicit(&c->stat_bytes, memory_order_relaxed);
+        *blocks += atomic_load_explicit(&c->stat_blocks, memory_order_relaxed);
+    }
+}
+
+/* ---- finding the thread's cache -------------------------------------------------- */
+
+tcache *tcache_of(gpu_heap_t *h) {
+    if (mine[0].h == h && mine[0].serial == h->serial) return mine[0].c;
+    for (int i = 1; i < TC_HEAPS; i++) {
+        if (mine[i].h == h && mine[i].serial == h->serial) { /* to the front: the next lookup is one compare */
+            tcache *c = mine[i].c;
+            mine[i] = mine[0];
+            mine[0].h = h, mine[0].serial = h->serial, mine[0].c = c;
+            return c;
+        }
+    }
+    if (!h->tcache_bytes) return NULL;
+    pthread_once(&exit_once, exit_key_make);
+    if (!exit_armed_ok || pthread_setspecific(exit_key, (void *)1) != 0) return NULL; /* no way to give it back at exit */
+    tcache *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->heap = h;
+    /* The last slot makes room: its cache goes back to its heap if that lives. */
+    if (mine[TC_HEAPS - 1].c)
+        (void)registry_call(mine[TC_HEAPS - 1].h, mine[TC_HEAPS - 1].serial, drop_cache_cb, mine[TC_HEAPS - 1].c);
+    memmove(&mine[1], &mine[0], (TC_HEAPS - 1) * sizeof mine[0]);
+    mine[0].h = h, mine[0].serial = h->serial, mine[0].c = c;
+    heap_lock(h);
+    c->flush_seen = atomic_load(&h->cache_flush_gen);
+    c->next = h->caches;
+    if (h->caches) h->caches->prev = c;
+    h->caches = c;
+    heap_unlock(h);
+    return c;
+}
+
+/* ---- the slow paths ------------------------------------------------------------- */
+
+static bool ring_ready(tc_class *q, unsigned k) {
+    if (q->ring) return true;
+    uint32_t cap = TC_RING_MAX;
+    while (cap > TC_RING_MIN && (size_t)cap * class_size(k) > TC_CLASS_BYTES) cap /= 2;
+    q->ring = malloc(cap * sizeof *q->ring);
+    if (!q->ring) return false;
+    q->cap = cap;
+    q->head = q->n = 0;
+    return true;
+}
+
+/* Makes the head of class k reusable: the oldest freed block once its cover
+ * completed, else fresh blocks from the heap put in front. GPU_ERR_BUSY: the
+ * cache cannot help (the caller asks the heap). */
+static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
+    tc_class *q = &c->cls[k];
+    if (!ring_ready(q, k)) return GPU_ERR_BUSY;
+    size_t size = class_size(k);
+    heap_lock(h);
+    if (q->n) {
+        uint64_t tag = q->ring[q->head].tag;
+        /* Ask for a cover only once enough waits to make an event worth it;
+         * until then the heap's own seals and fences may cover them for free. */
+        bool ask = q->n >= q->cap / 2 || atomic_load(&h->cover_seq) > tag;
+        if (ask ? quarantine_cover_locked(h, tag) : quarantine_covered(h, tag)) {
+            heap_unlock(h);
+            return GPU_OK;
+        }
+    }
+    if (q->n == q->cap) drop_oldest_locked(h, c, k, q->cap / 2); /* all waiting: the heap's quarantine takes the older half */
+    size_t room = h->tcache_bytes > c->bytes ? (h->tcache_bytes - c->bytes) / size : 0;
+    size_t want = TC_REFILL_BYTES / size;
+    if (want > q->cap - q->n) want = q->cap - q->n;
+    if (want > room) want = room;
+    if (!want) {
+        heap_unlock(h);
+        return GPU_ERR_BUSY;
+    }
+    /* Taken in address order and handed out in that order, as the heap would. */
+    block *fresh[TC_RING_MAX];
+    size_t got = 0;
+    while (got < want) {
+        if (heap_reserve_records(h) != GPU_OK || heap_alloc_locked(h, size, GH_QUANTUM, 0, 0, &fresh[got]) != GPU_OK)
+            break; /* a failure is the heap's to report: the caller asks it for the exact size */
+        got++;
+    }
+    gh_assert(got <= q->cap - q->n, "a flush inside the heap only empties the ring");
+    for (size_t i = got; i-- > 0;) {
+        block *b = fresh[i];
+        atomic_store_explicit(&b->tc, (atomic_load_explicit(&b->tc, memory_order_relaxed) & ~(uint64_t)3) | TC_FREE,
+                              memory_order_relaxed);
+        q->head = (q->head + q->cap - 1) & (q->cap - 1);
+        q->ring[q->head] = (tc_entry){b, 0};
+        q->n++;
+    }
+    count(c, c->bytes + got * size, c->blocks + got);
+    heap_unlock(h);
+    return q->n ? GPU_OK : GPU_ERR_BUSY;
+}
+
+/* ---- the fast paths ---------------------------------------------------------------- */
+
+int tcache_malloc(gpu_heap_t *h, size_t need, void **out) {
+    if (need > TC_MAX_SIZE) return GPU_ERR_BUSY;
+    tcache *c = tcache_of(h);
+    if (!c) return GPU_ERR_BUSY;
+    if (atomic_load_explicit(&h->cache_flush_gen, memory_order_relaxed) != c->flush_seen) {
+        heap_lock(h); /* someone trimmed or ran out of memory: give everything back */
+        flush_cache_locked(h, c);
+        c->flush_seen = atomic_load(&h->cache_flush_gen);
+        heap_unlock(h);
+    }
+    unsigned k = class_of(need);
+    tc_class *q = &c->cls[k];
+    if ((!q->n || !quarantine_covered(h, q->ring[q->head].tag)) && refill(h, c, k) != GPU_OK) return GPU_ERR_BUSY;
+    block *b = q->ring[q->head].b;
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->n--;
+    count(c, c->bytes - class_size(k), c->blocks - 1);
+    uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
+    atomic_store_explicit(&b->tc, w, memory_order_release);
+    tc_slot *s = slot_of(c, b->start);
+    *s = (tc_slot){b->start, b, w, k};
+    *out = (void *)b->start;
+    return GPU_OK;
+}
+
+int tcache_free(gpu_heap_t *h, uintptr_t p) {
+    tcache *c = find_mine(h);
+    if (!c) return GPU_ERR_BUSY;
+    tc_slot *s = slot_of(c, p);
+    if (s->p != p) return GPU_ERR_BUSY;
+    s->p = 0;
+    tc_class *q = &c->cls[s->k];
+    size_t size = class_size(s->k);
+    if (q->n == q->cap || c->bytes + size > h->tcache_bytes) {
+        heap_lock(h); /* full: the older half goes back to the heap */
+        drop_oldest_locked(h, c, s->k, q->n - q->n / 2);
+        heap_unlock(h);
+        if (c->bytes + size > h->tcache_bytes) return GPU_ERR_BUSY;
+    }
+    uint64_t w = s->w;
+    if (!atomic_compare_exchange_strong_explicit(&s->b->tc, &w, (w & ~(uint64_t)3) | TC_FREE, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return GPU_ERR_BUSY; /* the heap took it back, or it moved on: the heap decides */
+    uint64_t tag = atomic_load(&h->cover_seq);
+    q->ring[(q->head + q->n) & (q->cap - 1)] = (tc_entry){s->b, tag};
+    q->n++;
+    count(c, c->bytes + size, c->blocks + 1);
+    return GPU_OK;
+}

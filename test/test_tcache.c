@@ -1,0 +1,309 @@
+/*
+ * test_tcache.c — per-thread caches (lib/tcache.c) keep gpu_free's promise and
+ * the heap's books.
+ *
+ * A cached free must not be reused before a cover (seal event or fence) after
+ * it completes; a block freed by another thread, freed twice, resized or looked
+ * up behaves as without caches; the statistics add up with what caches hold;
+ * trim, thread exit and heap destruction give cached blocks back or drop them
+ * safely. Host backend, white-box for its event knob (lib/internal.h).
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "gpuheap.h"
+#include "internal.h"
+#include "util.h"
+
+static gpu_heap_t *open_heap(size_t cache) {
+    gpu_config_t cfg = host_config(64 * GiB, 0, 0);
+    cfg.thread_cache = cache;
+    return HEAP_CREATE(&cfg);
+}
+
+/* mapped = live + idle + quarantined + cached, with nothing on streams. */
+static void books_add_up(gpu_heap_t *h) {
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.mapped_bytes, s.live_bytes + s.idle_bytes + s.quarantine_bytes + s.cached_bytes);
+}
+
+/* A freed block comes back only after an event recorded after its free has
+ * completed, or a device fence: with events held incomplete, it stays away
+ * until the heap fences (its quarantine over budget). */
+static void test_reuse_waits_for_cover(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    vmm_host_set_event_delay(h->door.b, 1000000);
+    char *p = gpu_heap_malloc(h, 4096);
+    assert_non_null(p);
+    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    int before_fence = 0;
+    for (int i = 0; i < 5000; i++) {
+        char *q = gpu_heap_malloc(h, 4096);
+        assert_non_null(q);
+        if (STATS(h).fences) {
+            assert_int_equal(gpu_heap_free(h, q), GPU_OK);
+            break;
+        }
+        assert_ptr_not_equal(q, p);
+        before_fence++;
+        assert_int_equal(gpu_heap_free(h, q), GPU_OK);
+    }
+    assert_true(before_fence >= 1000); /* a ring's worth of pairs, at least, without a fence */
+    CHECK_HEAP(h);
+    books_add_up(h);
+    /* Events complete again: the cache reuses its own blocks, with no new memory
+     * and no fence. */
+    vmm_host_set_event_delay(h->door.b, 0);
+    gpu_stats_t s0 = STATS(h);
+    for (int i = 0; i < 20000; i++) assert_int_equal(gpu_heap_free(h, gpu_heap_malloc(h, 4096)), GPU_OK);
+    gpu_stats_t s1 = STATS(h);
+    assert_true(s1.mapped_bytes <= s0.mapped_bytes);
+    assert_int_equal(s1.fences, s0.fences);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
+/* Contents survive, sizes are honest, and a double free through the cache is
+ * refused with the heap unchanged. */
+static void test_blocks_and_double_free(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    enum { N = 300 };
+    char *p[N];
+    for (int i = 0; i < N; i++) {
+        size_t size = 1 + (size_t)(i * 977) % (64 * KiB);
+        p[i] = gpu_heap_malloc(h, size);
+        assert_true(BLOCK_VALID(h, p[i], size) >= size);
+        pattern_fill(p[i], 0, size, (uint64_t)i);
+    }
+    for (int i = 0; i < N; i++) PATTERN_CHECK(p[i], 0, 1 + (size_t)(i * 977) % (64 * KiB), (uint64_t)i);
+    for (int i = 0; i < N; i += 2) assert_int_equal(gpu_heap_free(h, p[i]), GPU_OK);
+    gpu_stats_t before = STATS(h);
+    assert_true(before.cached_blocks > 0);
+    assert_int_equal(gpu_heap_free(h, p[0]), GPU_ERR_NOT_LIVE);
+    assert_int_equal(gpu_heap_free(h, p[2] + 256), GPU_ERR_NOT_LIVE); /* interior of a cached free block */
+    assert_int_equal(gpu_heap_malloc_usable_size(h, p[4]), 0); /* freed: not a live block */
+    gpu_stats_t after = STATS(h);
+    assert_int_equal(after.live_bytes, before.live_bytes);
+    assert_int_equal(after.cached_bytes, before.cached_bytes);
+    CHECK_HEAP(h);
+    books_add_up(h);
+    for (int i = 1; i < N; i += 2) assert_int_equal(gpu_heap_free(h, p[i]), GPU_OK);
+    assert_int_equal(STATS(h).live_bytes, 0);
+    HEAP_DESTROY(h);
+}
+
+/* A cached block can be resized, keeps its contents, and is freed after. */
+static void test_realloc_of_cached_block(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    char *p = gpu_heap_malloc(h, 1000);
+    pattern_fill(p, 0, 1000, 7);
+    char *q = gpu_heap_realloc(h, p, 3 * MiB);
+    assert_non_null(q);
+    PATTERN_CHECK(q, 0, 1000, 7);
+    char *r = gpu_heap_realloc(h, q, 512);
+    assert_non_null(r);
+    PATTERN_CHECK(r, 0, 512, 7);
+    assert_int_equal(gpu_heap_free(h, r), GPU_OK);
+    assert_int_equal(gpu_heap_free(h, r), GPU_ERR_NOT_LIVE);
+    CHECK_HEAP(h);
+    books_add_up(h);
+    HEAP_DESTROY(h);
+}
+
+/* trim empties the calling thread's cache: its blocks become idle and go. */
+static void test_trim_empties_cache(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    void *p[64];
+    for (int i = 0; i < 64; i++) p[i] = gpu_heap_malloc(h, 8192);
+    for (int i = 0; i < 64; i++) assert_int_equal(gpu_heap_free(h, p[i]), GPU_OK);
+    assert_true(STATS(h).cached_bytes > 0);
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_OK);
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.cached_bytes, 0);
+    assert_int_equal(s.live_bytes, 0);
+    assert_int_equal(s.mapped_bytes, 0);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
+/* thread_cache 0: nothing is ever cached. */
+static void test_cache_off(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(0);
+    for (int i = 0; i < 1000; i++) assert_int_equal(gpu_heap_free(h, gpu_heap_malloc(h, 4096)), GPU_OK);
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.cached_bytes, 0);
+    assert_int_equal(s.cached_blocks, 0);
+    HEAP_DESTROY(h);
+}
+
+/* ---- threads ------------------------------------------------------------------------ */
+
+typedef struct xarg {
+    gpu_heap_t *h;
+    void **ptrs;
+    int n;
+    int seed;
+    int bad;
+} xarg;
+
+static void *alloc_many(void *arg) {
+    xarg *a = arg;
+    for (int i = 0; i < a->n; i++) {
+        size_t size = 1 + (size_t)(i * 7919 + a->seed) % (32 * KiB);
+        a->ptrs[i] = gpu_heap_malloc(a->h, size);
+        if (!a->ptrs[i]) a->bad++;
+        else pattern_fill(a->ptrs[i], 0, size, (uint64_t)i);
+    }
+    return NULL;
+}
+
+static void *free_many(void *arg) {
+    xarg *a = arg;
+    for (int i = 0; i < a->n; i++) {
+        size_t size = 1 + (size_t)(i * 7919 + a->seed) % (32 * KiB);
+        if (pattern_mismatch(a->ptrs[i], 0, size, (uint64_t)i) != SIZE_MAX) a->bad++;
+        if (gpu_heap_free(a->h, a->ptrs[i]) != GPU_OK) a->bad++;
+    }
+    return NULL;
+}
+
+/* Blocks one thread's cache handed out are freed by another; a thread that
+ * exits gives its cache back. */
+static void test_cross_thread_and_exit(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    enum { N = 2000 };
+    void **ptrs = calloc(N, sizeof *ptrs);
+    xarg a = {h, ptrs, N, 3, 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, alloc_many, &a), 0);
+    assert_int_equal(pthread_join(t, NULL), 0); /* the allocating thread is gone: its cache went back */
+    assert_int_equal(a.bad, 0);
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.cached_bytes, 0);
+    assert_int_equal(s.live_blocks, N);
+    assert_int_equal(pthread_create(&t, NULL, free_many, &a), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(a.bad, 0);
+    s = STATS(h);
+    assert_int_equal(s.live_bytes, 0);
+    assert_int_equal(s.cached_bytes, 0);
+    for (int i = 0; i < 10; i++) assert_int_equal(gpu_heap_free(h, ptrs[i]), GPU_ERR_NOT_LIVE);
+    CHECK_HEAP(h);
+    books_add_up(h);
+    free(ptrs);
+    HEAP_DESTROY(h);
+}
+
+typedef struct churn_arg {
+    gpu_heap_t *h;
+    void *_Atomic *shared; /* slots any thread may take a block from and free */
+    int slots, iters, seed, bad;
+} churn_arg;
+
+static void *churn(void *arg) {
+    churn_arg *a = arg;
+    uint64_t rng = (uint64_t)a->seed * 0x9E3779B97F4A7C15ull + 1;
+    for (int i = 0; i < a->iters; i++) {
+        rng = mix64(rng);
+        int k = (int)(rng % (uint64_t)a->slots);
+        void *mine = gpu_heap_malloc(a->h, 1 + (rng >> 20) % (70 * KiB));
+        if (!mine) {
+            a->bad++;
+            continue;
+        }
+        void *old = atomic_exchange(&a->shared[k], mine);
+        if (old && gpu_heap_free(a->h, old) != GPU_OK) a->bad++;
+    }
+    return NULL;
+}
+
+/* Many threads hand blocks to each other through shared slots: every free
+ * lands, and the heap checks out at the end. */
+static void test_threads_exchange_blocks(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(4 * MiB);
+    enum { T = 8, SLOTS = 256 };
+    void *_Atomic shared[SLOTS];
+    for (int i = 0; i < SLOTS; i++) atomic_init(&shared[i], NULL);
+    churn_arg a[T];
+    pthread_t th[T];
+    for (int i = 0; i < T; i++) {
+        a[i] = (churn_arg){h, shared, SLOTS, 4000, i + 1, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, churn, &a[i]), 0);
+    }
+    for (int i = 0; i < T; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(a[i].bad, 0);
+    }
+    CHECK_HEAP(h);
+    books_add_up(h);
+    for (int i = 0; i < SLOTS; i++) {
+        void *p = atomic_load(&shared[i]);
+        if (p) assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    }
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.live_bytes, 0);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
+typedef struct keep_arg {
+    pthread_barrier_t *b;
+    gpu_heap_t *h;
+    int bad;
+} keep_arg;
+
+static void *cache_then_wait(void *arg) {
+    keep_arg *a = arg;
+    for (int i = 0; i < 100; i++) (void)gpu_heap_free(a->h, gpu_heap_malloc(a->h, 4096));
+    pthread_barrier_wait(a->b); /* the main thread destroys the heap */
+    pthread_barrier_wait(a->b);
+    gpu_heap_t *h2 = open_heap(32 * MiB); /* may land where the old one was: the serial tells them apart */
+    for (int i = 0; i < 100; i++)
+        if (gpu_heap_free(h2, gpu_heap_malloc(h2, 4096)) != GPU_OK) a->bad++;
+    if (gpu_heap_destroy(h2) != GPU_OK) a->bad++;
+    return NULL; /* exits with caches of two destroyed heaps: nothing to give back */
+}
+
+/* A heap destroyed while another thread holds a cache of it: the cache goes
+ * with the heap, and the thread neither uses nor frees it twice. */
+static void test_destroy_with_caches(void **state) {
+    (void)state;
+    pthread_barrier_t b;
+    pthread_barrier_init(&b, NULL, 2);
+    keep_arg a = {&b, open_heap(32 * MiB), 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, cache_then_wait, &a), 0);
+    pthread_barrier_wait(&b);
+    HEAP_DESTROY(a.h);
+    pthread_barrier_wait(&b);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(a.bad, 0);
+    pthread_barrier_destroy(&b);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reuse_waits_for_cover),
+        cmocka_unit_test(test_blocks_and_double_free),
+        cmocka_unit_test(test_realloc_of_cached_block),
+        cmocka_unit_test(test_trim_empties_cache),
+        cmocka_unit_test(test_cache_off),
+        cmocka_unit_test(test_cross_thread_and_exit),
+        cmocka_unit_test(test_threads_exchange_blocks),
+        cmocka_unit_test(test_destroy_with_caches),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
