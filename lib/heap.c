@@ -97,7 +97,8 @@ int heap_open(const gpu_config_t *cfg, gpu_heap_t **out) {
 }
 
 int heap_open_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out) {
-    gpu_heap_t *h = calloc(1, sizeof *h);
+    gpu_heap_t *h = aligned_alloc(_Alignof(gpu_heap_t), gh_align_up(sizeof *h, _Alignof(gpu_heap_t)));
+    if (h) memset(h, 0, sizeof *h);
     if (!h) {
         backend->ops->close(backend);
         return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for a heap");

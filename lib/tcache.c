@@ -43,7 +43,10 @@
 #define TC_CLASS_BYTES ((size_t)8 << 20) /* a class's ring holds about this many bytes */
 #define TC_RING_MIN 16u
 #define TC_RING_MAX 1024u
-#define TC_REFILL_BYTES ((size_t)1 << 20) /* fresh blocks taken from the heap at once */
+#define TC_REFILL_BYTES ((size_t)256 << 10) /* fresh blocks taken from the heap at once: this many bytes, */
+#define TC_REFILL_MAX 64u                       /* or this many blocks */
+#define TC_SEAL_EVERY 64u  /* frees between a cache's looks at the covers */
+#define TC_COVER_GAP 10000u /* time-stamp ticks (about 3-5 us) between two looks in the process */
 #define TC_SLOTS 1024u                 /* handed-out blocks remembered, direct-mapped */
 #define TC_HEAPS 4                     /* heaps a thread keeps a cache for at once */
 
@@ -70,6 +73,7 @@ typedef struct tcache {
     gpu_heap_t *heap;
     struct tcache *next, *prev; /* the heap's list, under its lock */
     uint64_t flush_seen;
+    uint64_t frees;             /* frees taken, for TC_SEAL_EVERY */
     size_t bytes, blocks;       /* held in the rings (owner only) */
     _Atomic size_t stat_bytes, stat_blocks; /* the same, for gpu_heap_stats */
     tc_class cls[TC_CLASSES];
@@ -122,6 +126,7 @@ static void give_back_locked(gpu_heap_t *h, tc_entry e) {
 static void drop_oldest_locked(gpu_heap_t *h, tcache *c, unsigned k, uint32_t n) {
     tc_class *q = &c->cls[k];
     size_t size = class_size(k);
+    h->tc_dropped += n;
     for (uint32_t i = 0; i < n; i++) {
         give_back_locked(h, q->ring[q->head]);
         q->head = (q->head + 1) & (q->cap - 1);
@@ -245,6 +250,27 @@ static bool ring_ready(tc_class *q, unsigned k) {
     return true;
 }
 
+/* True once the head of q is reusable: its free was covered. Asks for a cover
+ * when none was recorded since that free (a seal), else looks whether one
+ * completed (a query) — one thread at a time; the others watch cover_done for
+ * a moment instead of taking new blocks. Lock held; dropped around driver calls
+ * and while watching. */
+static bool head_covered_locked(gpu_heap_t *h, tc_class *q) {
+    uint64_t tag = q->ring[q->head].tag;
+    for (int round = 0; round < 2; round++) {
+        if (quarantine_covered(h, tag)) return true;
+        if (!h->seal_busy) return quarantine_cover_locked(h, tag);
+        heap_unlock(h); /* another thread is recording or querying: its answer serves all */
+        for (int i = 0; i < 256 && !quarantine_covered(h, tag); i++) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+        heap_lock(h);
+    }
+    return quarantine_covered(h, tag);
+}
+
 /* Makes the head of class k reusable: the oldest freed block once its cover
  * completed, else fresh blocks from the heap put in front. GPU_ERR_BUSY: the
  * cache cannot help (the caller asks the heap). */
@@ -253,19 +279,15 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
     if (!ring_ready(q, k)) return GPU_ERR_BUSY;
     size_t size = class_size(k);
     heap_lock(h);
-    if (q->n) {
-        uint64_t tag = q->ring[q->head].tag;
-        /* Ask for a cover only once enough waits to make an event worth it;
-         * until then the heap's own seals and fences may cover them for free. */
-        bool ask = q->n >= q->cap / 2 || atomic_load(&h->cover_seq) > tag;
-        if (ask ? quarantine_cover_locked(h, tag) : quarantine_covered(h, tag)) {
-            heap_unlock(h);
-            return GPU_OK;
-        }
+    h->tc_refills++;
+    if (q->n && head_covered_locked(h, q)) {
+        heap_unlock(h);
+        return GPU_OK;
     }
     if (q->n == q->cap) drop_oldest_locked(h, c, k, q->cap / 2); /* all waiting: the heap's quarantine takes the older half */
     size_t room = h->tcache_bytes > c->bytes ? (h->tcache_bytes - c->bytes) / size : 0;
     size_t want = TC_REFILL_BYTES / size;
+    if (want > TC_REFILL_MAX) want = TC_REFILL_MAX;
     if (want > q->cap - q->n) want = q->cap - q->n;
     if (want > room) want = room;
     if (!want) {
@@ -273,7 +295,7 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
         return GPU_ERR_BUSY;
     }
     /* Taken in address order and handed out in that order, as the heap would. */
-    block *fresh[TC_RING_MAX];
+    block *fresh[TC_REFILL_MAX];
     size_t got = 0;
     while (got < want) {
         if (heap_reserve_records(h) != GPU_OK || heap_alloc_locked(h, size, GH_QUANTUM, 0, 0, &fresh[got]) != GPU_OK)
@@ -289,9 +311,24 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
         q->ring[q->head] = (tc_entry){b, 0};
         q->n++;
     }
+    h->tc_fresh += got;
     count(c, c->bytes + got * size, c->blocks + got);
     heap_unlock(h);
     return q->n ? GPU_OK : GPU_ERR_BUSY;
+}
+
+/* Every TC_SEAL_EVERY frees a cache asks for covers ahead of need, so that by
+ * the time its ring gets round to these blocks an event recorded after them has
+ * completed and been seen: queries what was sealed, and seals what was freed
+ * since. One thread in the process at a time, at most once per
+ * TC_COVER_GAP ticks, and never waiting for the lock: the covers serve every
+ * thread's blocks alike. */
+static void cover_tick(gpu_heap_t *h, uint64_t tag) {
+    uint64_t now = trace_tick(), last = atomic_load_explicit(&h->cover_tick, memory_order_relaxed);
+    if (now - last < TC_COVER_GAP || !atomic_compare_exchange_strong(&h->cover_tick, &last, now)) return;
+    if (!heap_trylock(h)) return;
+    if (!h->seal_busy) (void)quarantine_cover_locked(h, tag);
+    heap_unlock(h);
 }
 
 /* ---- the fast paths ---------------------------------------------------------------- */
@@ -343,5 +380,6 @@ int tcache_free(gpu_heap_t *h, uintptr_t p) {
     q->ring[(q->head + q->n) & (q->cap - 1)] = (tc_entry){s->b, tag};
     q->n++;
     count(c, c->bytes + size, c->blocks + 1);
+    if (++c->frees % TC_SEAL_EVERY == 0) cover_tick(h, tag);
     return GPU_OK;
 }
