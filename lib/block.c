@@ -34,17 +34,25 @@ static bool pool_grow(record_pool *p) {
         p->slabs = slabs;
         p->cap_slabs = cap;
     }
-    /* Aligned as the records ask (block's two cache lines), and zeroed: a block's
-     * tc generation starts at 0. */
-    char *slab = aligned_alloc(64, p->size * POOL_SLAB_RECORDS);
-    if (slab) memset(slab, 0, p->size * POOL_SLAB_RECORDS);
-    if (!slab) return false;
-    p->slabs[p->nslabs++] = slab;
-    for (size_t i = POOL_SLAB_RECORDS; i-- > 0;) {
-        void *r = slab + i * p->size;
-        *(void **)r = p->free_list;
-        p->free_list = r;
+    /* Zeroed (a block's tc generation starts at 0) by calloc, which gets fresh
+     * pages from the system without touching them, then aligned as the records
+     * ask (a block is two cache lines). The slab list keeps calloc's pointer. */
+    char *raw = calloc(1, p->size * POOL_SLAB_RECORDS + 64);
+    if (!raw) return false;
+    char *slab = (char *)gh_align_up((uintptr_t)raw, 64);
+    p->slabs[p->nslabs++] = raw;
+    /* Records are carved from the slab as they are needed, so that its pages
+     * are touched one by one rather than all at once (a cold heap's first
+     * allocation paid for 32 page faults). A slab left uncarved is dropped
+     * into the free list first. */
+    while (p->bump_left) {
+        *(void **)p->bump = p->free_list;
+        p->free_list = p->bump;
+        p->bump += p->size;
+        p->bump_left--;
     }
+    p->bump = slab;
+    p->bump_left = POOL_SLAB_RECORDS;
     p->nfree += POOL_SLAB_RECORDS;
     return true;
 }
@@ -56,9 +64,16 @@ bool pool_reserve(record_pool *p, size_t n) {
 }
 
 void *pool_get(record_pool *p) {
-    if (!p->free_list && !pool_grow(p)) return NULL;
-    void *r = p->free_list;
-    p->free_list = *(void **)r;
+    if (!p->free_list && !p->bump_left && !pool_grow(p)) return NULL;
+    void *r;
+    if (p->free_list) {
+        r = p->free_list;
+        p->free_list = *(void **)r;
+    } else {
+        r = p->bump;
+        p->bump += p->size;
+        p->bump_left--;
+    }
     p->in_use++;
     p->nfree--;
     return r;

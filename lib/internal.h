@@ -218,7 +218,9 @@ typedef struct record_pool {
     void **slabs;
     size_t nslabs, cap_slabs;
     size_t in_use;
-    size_t nfree;      /* records on the free list */
+    size_t nfree;      /* records on the free list or not yet carved */
+    char *bump;        /* the newest slab's records not yet carved (untouched memory) */
+    size_t bump_left;
 } record_pool;
 
 void pool_init(record_pool *p, size_t record_size);
