@@ -45,7 +45,6 @@
 #define TC_RING_MAX 1024u
 #define TC_REFILL_BYTES ((size_t)256 << 10) /* fresh blocks taken from the heap at once: this many bytes, */
 #define TC_REFILL_MAX 64u                       /* or this many blocks */
-#define TC_SEAL_EVERY 64u  /* frees between a cache's looks at the covers */
 #define TC_COVER_GAP 10000u /* time-stamp ticks (about 3-5 us) between two looks in the process */
 #define TC_SLOTS 1024u                 /* handed-out blocks remembered, direct-mapped */
 #define TC_HEAPS 4                     /* heaps a thread keeps a cache for at once */
@@ -60,6 +59,7 @@ typedef struct tc_entry {
 typedef struct tc_class {
     tc_entry *ring;
     uint32_t cap, head, n;
+    uint32_t frees; /* frees taken, for the looks at the covers (cover_tick) */
 } tc_class;
 
 typedef struct tc_slot {
@@ -73,7 +73,6 @@ typedef struct tcache {
     gpu_heap_t *heap;
     struct tcache *next, *prev; /* the heap's list, under its lock */
     uint64_t flush_seen;
-    uint64_t frees;             /* frees taken, for TC_SEAL_EVERY */
     size_t bytes, blocks;       /* held in the rings (owner only) */
     _Atomic size_t stat_bytes, stat_blocks; /* the same, for gpu_heap_stats */
     tc_class cls[TC_CLASSES];
@@ -280,7 +279,9 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
     size_t size = class_size(k);
     heap_lock(h);
     h->tc_refills++;
-    if (q->n && head_covered_locked(h, q)) {
+    /* A ring shallower than half its capacity also grows, so that the looks
+     * every quarter ring (cover_tick) find its head covered in time. */
+    if (q->n && head_covered_locked(h, q) && q->n >= q->cap / 2) {
         heap_unlock(h);
         return GPU_OK;
     }
@@ -292,7 +293,7 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
     if (want > room) want = room;
     if (!want) {
         heap_unlock(h);
-        return GPU_ERR_BUSY;
+        return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GPU_ERR_BUSY;
     }
     /* Taken in address order and handed out in that order, as the heap would. */
     block *fresh[TC_REFILL_MAX];
@@ -314,10 +315,10 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
     h->tc_fresh += got;
     count(c, c->bytes + got * size, c->blocks + got);
     heap_unlock(h);
-    return q->n ? GPU_OK : GPU_ERR_BUSY;
+    return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GPU_ERR_BUSY;
 }
 
-/* Every TC_SEAL_EVERY frees a cache asks for covers ahead of need, so that by
+/* Every quarter ring of frees a cache asks for covers ahead of need, so that by
  * the time its ring gets round to these blocks an event recorded after them has
  * completed and been seen: queries what was sealed, and seals what was freed
  * since. One thread in the process at a time, at most once per
@@ -380,6 +381,6 @@ int tcache_free(gpu_heap_t *h, uintptr_t p) {
     q->ring[(q->head + q->n) & (q->cap - 1)] = (tc_entry){s->b, tag};
     q->n++;
     count(c, c->bytes + size, c->blocks + 1);
-    if (++c->frees % TC_SEAL_EVERY == 0) cover_tick(h, tag);
+    if (++q->frees % (q->cap / 4) == 0) cover_tick(h, tag); /* a cover sealed and seen well before the ring comes round */
     return GPU_OK;
 }
