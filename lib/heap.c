@@ -73,10 +73,17 @@ static int open_backend(const gpu_config_t *cfg, vmm_backend **out) {
 /* Reserves the heap's VA: the size asked for, or as much as granted up to the
  * backend's maximum, halving on refusal. */
 static int reserve_va(gpu_heap_t *h) {
+    /* A backend's largest reservation refused once in this process (the CUDA
+     * driver refuses 64 TiB and takes ~2.5 ms to say so on an H200): later
+     * heaps start at half of it. Only that first size is remembered — a
+     * refusal further down may be a passing shortage. */
+    static _Atomic size_t refused_at = SIZE_MAX;
     const vmm_caps *caps = &h->door.b->caps;
     bool exact = h->cfg.reserve_bytes != 0;
     size_t size = exact ? gh_align_up(h->cfg.reserve_bytes, h->gran) : caps->max_reserve;
     if (!size) return gh_note(GPU_ERR_INVALID, "reserve_bytes %zu is too large", h->cfg.reserve_bytes);
+    size_t hint = atomic_load_explicit(&refused_at, memory_order_relaxed);
+    if (!exact && size == hint && size / 2 >= 64 * h->gran) size /= 2; /* the same backend's largest */
     for (;;) {
         int rc = vmm_call_reserve(&h->door, size, &h->base);
         if (rc == GPU_OK) {
@@ -85,6 +92,7 @@ static int reserve_va(gpu_heap_t *h) {
         }
         if (rc != GPU_ERR_OUT_OF_VA || exact || size / 2 < 64 * h->gran)
             return gh_note(rc, "reserving %zu bytes of VA: %s", size, h->door.b->error);
+        if (size == caps->max_reserve) atomic_store(&refused_at, size);
         size /= 2;
     }
 }
