@@ -45,7 +45,6 @@
 #define TC_RING_MAX 1024u
 #define TC_REFILL_BYTES ((size_t)256 << 10) /* fresh blocks taken from the heap at once: this many bytes, */
 #define TC_REFILL_MAX 64u                       /* or this many blocks */
-#define TC_COVER_GAP 10000u /* time-stamp ticks (about 3-5 us) between two looks in the process */
 #define TC_SLOTS 1024u                 /* handed-out blocks remembered, direct-mapped */
 #define TC_HEAPS 4                     /* heaps a thread keeps a cache for at once */
 
@@ -73,6 +72,7 @@ typedef struct tcache {
     gpu_heap_t *heap;
     struct tcache *next, *prev; /* the heap's list, under its lock */
     uint64_t flush_seen;
+    uint64_t looked_at;         /* cover_seq after this cache's last look (cover_tick) */
     size_t bytes, blocks;       /* held in the rings (owner only) */
     _Atomic size_t stat_bytes, stat_blocks; /* the same, for gpu_heap_stats */
     tc_class cls[TC_CLASSES];
@@ -101,8 +101,10 @@ static size_t class_size(unsigned k) {
     return ((size_t)1 << fl) + (sub + 1) * (((size_t)1 << fl) / 8);
 }
 
+/* By offset in the heap, not address: two heaps given the same calls collide
+ * the same way (a trace replayed on a fresh heap goes as recorded). */
 static inline tc_slot *slot_of(tcache *c, uintptr_t p) {
-    return &c->slots[(uint32_t)(((uint64_t)p >> 8) * 0x9E3779B97F4A7C15ull >> 54) & (TC_SLOTS - 1)];
+    return &c->slots[(uint32_t)(((uint64_t)(p - c->heap->base) >> 8) * 0x9E3779B97F4A7C15ull >> 54) & (TC_SLOTS - 1)];
 }
 
 static void count(tcache *c, size_t bytes, size_t blocks) {
@@ -320,15 +322,21 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
 
 /* Every quarter ring of frees a cache asks for covers ahead of need, so that by
  * the time its ring gets round to these blocks an event recorded after them has
- * completed and been seen: queries what was sealed, and seals what was freed
- * since. One thread in the process at a time, at most once per
- * TC_COVER_GAP ticks, and never waiting for the lock: the covers serve every
- * thread's blocks alike. */
-static void cover_tick(gpu_heap_t *h, uint64_t tag) {
-    uint64_t now = trace_tick(), last = atomic_load_explicit(&h->cover_tick, memory_order_relaxed);
-    if (now - last < TC_COVER_GAP || !atomic_compare_exchange_strong(&h->cover_tick, &last, now)) return;
+ * completed and been seen: it queries what was sealed and, unless another
+ * thread sealed since this cache last looked, seals what was freed since. With
+ * many threads the seals of one serve all, so seals stay about as frequent as
+ * with one. Never waits for the lock; counts, not clocks, decide, so that one
+ * thread's calls always go the same way (trace replays rely on it). */
+static void cover_tick(gpu_heap_t *h, tcache *c, uint64_t tag) {
+    uint64_t seq = atomic_load_explicit(&h->cover_seq, memory_order_relaxed);
+    bool sealed_since = seq > c->looked_at;
+    c->looked_at = seq;
     if (!heap_trylock(h)) return;
-    if (!h->seal_busy) (void)quarantine_cover_locked(h, tag);
+    if (!h->seal_busy) {
+        if (h->nsealed) (void)quarantine_reap_locked(h);
+        if (!sealed_since) (void)quarantine_cover_locked(h, tag);
+    }
+    c->looked_at = atomic_load(&h->cover_seq);
     heap_unlock(h);
 }
 
@@ -381,6 +389,6 @@ int tcache_free(gpu_heap_t *h, uintptr_t p) {
     q->ring[(q->head + q->n) & (q->cap - 1)] = (tc_entry){s->b, tag};
     q->n++;
     count(c, c->bytes + size, c->blocks + 1);
-    if (++q->frees % (q->cap / 4) == 0) cover_tick(h, tag); /* a cover sealed and seen well before the ring comes round */
+    if (++q->frees % (q->cap / 4) == 0) cover_tick(h, c, tag); /* a cover sealed and seen well before the ring comes round */
     return GPU_OK;
 }
