@@ -98,7 +98,11 @@ typedef struct vmm_ops {
     void (*staging_free)(vmm_backend *b, void *p, size_t size);
     /* A queue of copies that run in order, asynchronously to the caller (CUDA: a
      * non-blocking stream the backend owns), with `slots` completion markers.
-     * Several threads may use one queue at once, each with slots of its own. */
+     * Several threads may use one queue at once, each with slots of its own.
+     * Queues are independent of each other: copies on two queues may run at
+     * the same time, and nothing issued or waited for on one waits for the
+     * other (CUDA: one stream each), so a caller whose threads should not
+     * serialize on one queue opens a queue per thread (file.c). */
     int (*queue_open)(vmm_backend *b, unsigned slots, vmm_queue **out);
     void (*queue_close)(vmm_backend *b, vmm_queue *q);
     /* Enqueues a copy of size bytes from host src to device dst (which must be

@@ -16,9 +16,29 @@
  * runs on several threads (GPUHEAP_FILE_THREADS, 8), each with two staging
  * buffers of GPUHEAP_FILE_CHUNK bytes (8 MiB) in pinned memory: a thread takes
  * the next piece of the file, waits until its older buffer's copy has finished,
- * pread()s into it, and queues an asynchronous copy to the device on the
- * backend's copy queue — so reads on many cores overlap with each other and with
- * the copies. Pieces start small and end small (load_take), so that the pipeline
+ * pread()s into it, and queues an asynchronous copy to the device on its copy
+ * queue — so reads on many cores overlap with each other and with the copies.
+ * Each thread has a copy queue of its own by default (GPUHEAP_FILE_STREAMS=
+ * thread; CUDA: a stream per thread): with one queue for all of them (=shared,
+ * the earlier layout, kept for A/B runs) every thread's copy and event record
+ * took the one stream's lock in turn (~27 us per piece from 8 threads on an
+ * H200), and a thread waiting for its older buffer waited, in stream order, for
+ * every copy other threads had queued before it. Separate queues have neither
+ * cost; the copies still share the bus, so a load of 1 GiB and more, whose
+ * copies keep the bus busy, should move its bytes in the same time either way.
+ *
+ * Size-aware defaults: a load of at most twice its staging set (length <=
+ * threads x 2 buffers x chunk x 2: 256 MiB with the defaults) reads each buffer
+ * about twice, and its time is mostly the pipeline's filling and draining; it
+ * runs on 12 threads (at most the CPUs) with 4 MiB chunks, which measured
+ * 71-76% of the H200's copy bandwidth at 256 MiB against 62% for 8 x 8 MiB. A
+ * knob set in the environment (GPUHEAP_FILE_THREADS, GPUHEAP_FILE_CHUNK) is
+ * kept as it is; the other one still follows the rule (computed with the set
+ * value). cuFile loads keep the plain defaults. 12 x 2 x 4 MiB = 96 MiB fits in
+ * the default 128 MiB staging set, so loads of either kind keep one allocation
+ * of pinned memory: a set is sliced anew by each load that takes it.
+ *
+ * Pieces start small and end small (load_take), so that the pipeline
  * does not wait a whole piece's read while it fills or while its last reader
  * finishes alone. On an H200 that measured the same as fixed 8 MiB pieces (62%
  * against 65% of the copy bandwidth at 256 MiB, 94% at 8 GiB, one run each):
@@ -27,7 +47,7 @@
  * (file_timing.c). Pinned memory is slow to allocate (58 ms for the default
  * 128 MiB there), so a heap keeps its staging set for the next load until
  * gpu_heap_trim or the heap's end, and with it the loader threads (a crew,
- * crew.c) and the copy queue: a load wakes threads instead of creating them.
+ * crew.c) and the copy queues: a load wakes threads instead of creating them.
  * The threads start reading before the heap block exists, so that the heap's
  * allocation overlaps the first reads (load_start, load_finish). Where the
  * backend can read files straight into device memory (cuFile, GPU_MAP_CUFILE or
@@ -66,7 +86,10 @@
 #define FILE_CHUNK_MAX ((size_t)1 << 30)
 #define FILE_THREADS_DEFAULT 8u
 #define FILE_THREADS_MAX 64u
+#define FILE_SMALL_THREADS 12u             /* a small load's threads (size-aware defaults) */
+#define FILE_SMALL_CHUNK ((size_t)4 << 20) /* and its chunk */
 #define FILE_SLOTS_PER_THREAD 2u
+#define FILE_SLOTS_MAX (FILE_THREADS_MAX * FILE_SLOTS_PER_THREAD)
 #define FILE_WRITEBACK_SLOTS 4u
 #define FILE_ALL_FLAGS (GPU_MAP_WRITE | GPU_MAP_ZEROCOPY | GPU_MAP_CUFILE)
 
@@ -87,17 +110,32 @@ typedef struct file_map {
     char path[];        /* for messages */
 } file_map;
 
-/* A set of pinned staging buffers with the copy queue that drains them. */
+/* How the copy queues of a staging set are laid out (GPUHEAP_FILE_STREAMS). */
+enum {
+    STREAMS_THREAD, /* one queue (CUDA: one stream) per loader thread, two slots each */
+    STREAMS_SHARED, /* one queue for every thread, two slots per thread */
+};
+
+/* A set of pinned staging buffers with the copy queues that drain them. The
+ * pinned memory is one allocation, sliced into slots anew by every load that
+ * takes the set (a small load's 24 x 4 MiB fit in a large load's 16 x 8 MiB),
+ * so that loads of different sizes keep one allocation. Slot i's copies go to
+ * queue 0, marker i (STREAMS_SHARED) or to queue i / 2, marker i % 2
+ * (STREAMS_THREAD: the queue of the thread that owns slots i and i ^ 1). */
 typedef struct staging {
     struct staging *next;
     gpu_heap_t *heap;
-    vmm_queue *queue;
-    void *base;          /* one staging allocation, sliced into the slots */
-    unsigned nslots;
+    void *base;          /* one staging allocation of `bytes`, sliced into the slots */
+    size_t bytes;
+    unsigned nslots;     /* the current load's slicing: nslots slots of slot_size bytes */
     size_t slot_size;
+    int streams;         /* STREAMS_*: how the queues below were opened */
+    unsigned nqueues;    /* queues opened (STREAMS_SHARED: 0 or 1) */
+    unsigned qslots;     /* STREAMS_SHARED: the one queue's slots */
     bool busy;           /* a load or write-back is using it */
     crew crew;           /* the loader threads, kept with the buffers (crew.c) */
-    void *buf[];         /* nslots pointers into base */
+    vmm_queue *queue[FILE_THREADS_MAX];
+    void *buf[FILE_SLOTS_MAX]; /* nslots pointers into base */
 } staging;
 
 static pthread_mutex_t file_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -109,36 +147,73 @@ static staging *file_stagings;      /* under file_lock */
 typedef struct file_tuning {
     unsigned threads;
     size_t chunk;
-    bool cufile; /* GPUHEAP_CUFILE=1: try cuFile on every load */
+    bool cufile;      /* GPUHEAP_CUFILE=1: try cuFile on every load */
+    bool threads_set; /* GPUHEAP_FILE_THREADS given (and valid): the size-aware */
+    bool chunk_set;   /* defaults leave threads (chunk_set: chunk) alone */
+    bool small;       /* tuning_for found a small load and changed a default */
+    unsigned cpus;    /* online CPUs, 0 when unknown */
+    int streams;      /* STREAMS_*, GPUHEAP_FILE_STREAMS */
 } file_tuning;
 
 /* Read on every load (cheap next to one), so a program or benchmark may change
  * them between loads. A malformed value is ignored. */
 static file_tuning tuning_get(void) {
-    file_tuning t = {FILE_THREADS_DEFAULT, FILE_CHUNK_DEFAULT, false};
+    file_tuning t = {.threads = FILE_THREADS_DEFAULT, .chunk = FILE_CHUNK_DEFAULT, .streams = STREAMS_THREAD};
     static _Atomic long online; /* sysconf reads /sys: once per process */
     long cpus = atomic_load_explicit(&online, memory_order_relaxed);
     if (cpus == 0) {
         cpus = sysconf(_SC_NPROCESSORS_ONLN);
         atomic_store_explicit(&online, cpus > 0 ? cpus : -1, memory_order_relaxed);
     }
-    if (cpus > 0 && (unsigned long)cpus < t.threads) t.threads = (unsigned)cpus;
+    t.cpus = cpus > 0 && cpus < (long)FILE_THREADS_MAX ? (unsigned)cpus : cpus > 0 ? FILE_THREADS_MAX : 0;
+    if (t.cpus && t.cpus < t.threads) t.threads = t.cpus;
     const char *s = getenv("GPUHEAP_FILE_THREADS");
     if (s && *s) {
         char *end = NULL;
         long v = strtol(s, &end, 10);
-        if (end && !*end && v >= 1 && v <= (long)FILE_THREADS_MAX) t.threads = (unsigned)v;
+        if (end && !*end && v >= 1 && v <= (long)FILE_THREADS_MAX) {
+            t.threads = (unsigned)v;
+            t.threads_set = true;
+        }
     }
     size_t chunk;
     s = getenv("GPUHEAP_FILE_CHUNK");
-    if (s && *s && config_parse_size(s, &chunk) && gh_is_pow2(chunk) && chunk >= FILE_CHUNK_MIN && chunk <= FILE_CHUNK_MAX)
+    if (s && *s && config_parse_size(s, &chunk) && gh_is_pow2(chunk) && chunk >= FILE_CHUNK_MIN && chunk <= FILE_CHUNK_MAX) {
         t.chunk = chunk;
+        t.chunk_set = true;
+    }
     s = getenv("GPUHEAP_CUFILE");
     t.cufile = s && strcmp(s, "1") == 0;
+    s = getenv("GPUHEAP_FILE_STREAMS");
+    if (s && strcmp(s, "shared") == 0) t.streams = STREAMS_SHARED;
+    else if (s && strcmp(s, "thread") == 0) t.streams = STREAMS_THREAD;
     return t;
 }
 
+/* The size-aware defaults (the opening comment): a load of at most twice the
+ * staging set (threads x 2 slots x chunk x 2) takes FILE_SMALL_THREADS threads
+ * (at most the CPUs) and FILE_SMALL_CHUNK pieces, each only where the
+ * environment did not set it. */
+static file_tuning tuning_for(file_tuning t, size_t length) {
+    size_t set;
+    if (gh_mul_overflow((size_t)t.threads * FILE_SLOTS_PER_THREAD * 2, t.chunk, &set) || length > set) return t;
+    if (!t.threads_set) {
+        unsigned n = t.cpus && t.cpus < FILE_SMALL_THREADS ? t.cpus : FILE_SMALL_THREADS;
+        t.small |= n != t.threads;
+        t.threads = n;
+    }
+    if (!t.chunk_set && t.chunk > FILE_SMALL_CHUNK) {
+        t.chunk = FILE_SMALL_CHUNK;
+        t.small = true;
+    }
+    return t;
+}
+
+static const char *streams_name(int streams) { return streams == STREAMS_SHARED ? "shared" : "thread"; }
+
 /* ---- staging sets ---------------------------------------------------------------- */
+
+static void staging_put(staging *s);
 
 /* Unlinks s from the list; file_lock held. */
 static void staging_unlink(staging *s) {
@@ -149,62 +224,96 @@ static void staging_unlink(staging *s) {
         }
 }
 
+/* Closes every queue of s (no copy in flight). */
+static void staging_close_queues(staging *s) {
+    for (unsigned i = 0; i < s->nqueues; i++) vmm_call_queue_close(&s->heap->door, s->queue[i]);
+    s->nqueues = 0;
+    s->qslots = 0;
+}
+
 /* Frees a set no copy is using any more (its slots were waited for). */
 static void staging_destroy(staging *s) {
     vmm_door *d = &s->heap->door;
     crew_destroy(&s->crew); /* idle: its last job ended before the set was put back */
-    vmm_call_queue_close(d, s->queue);
-    vmm_call_staging_free(d, s->base, (size_t)s->nslots * s->slot_size);
+    staging_close_queues(s);
+    vmm_call_staging_free(d, s->base, s->bytes);
     free(s);
 }
 
-/* A set of at least nslots buffers of slot_size bytes for h, marked busy: the
- * heap's idle one when it fits, else a new one (an idle one that does not fit is
- * freed first, so a heap keeps one set). */
-static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, staging **out, bool *pinned) {
+/* The queue slot i's copies go to, and the slot's marker in it. */
+static vmm_queue *slot_queue(const staging *s, unsigned i, unsigned *marker) {
+    if (s->streams == STREAMS_SHARED) {
+        *marker = i;
+        return s->queue[0];
+    }
+    *marker = i % FILE_SLOTS_PER_THREAD;
+    return s->queue[i / FILE_SLOTS_PER_THREAD];
+}
+
+/* Makes s's queues serve its nslots slots the `streams` way: opens what is
+ * missing (a queue per slot pair, or one queue with a marker per slot) and
+ * closes queues of the other layout. A set is idle here, so nothing is in flight. */
+static int staging_queues(staging *s, int streams) {
+    vmm_door *d = &s->heap->door;
+    if (s->streams != streams || (streams == STREAMS_SHARED && s->nqueues && s->qslots < s->nslots)) staging_close_queues(s);
+    s->streams = streams;
+    unsigned want = streams == STREAMS_SHARED ? 1 : (s->nslots + FILE_SLOTS_PER_THREAD - 1) / FILE_SLOTS_PER_THREAD;
+    unsigned slots = streams == STREAMS_SHARED ? s->nslots : FILE_SLOTS_PER_THREAD;
+    while (s->nqueues < want) {
+        int rc = vmm_call_queue_open(d, slots, &s->queue[s->nqueues]);
+        if (rc != GPU_OK) return gh_note(rc, "opening a copy queue: %s", d->b->error);
+        s->nqueues++;
+        s->qslots = slots;
+    }
+    return GPU_OK;
+}
+
+/* A set of at least nslots buffers of slot_size bytes for h, its queues laid
+ * out the `streams` way, marked busy: the heap's idle one when its memory is
+ * large enough but not more than twice that (sliced anew), else a new one (an
+ * idle one that does not fit is freed first, so a heap keeps one set). */
+static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, int streams, staging **out, bool *pinned) {
+    size_t total;
+    if (nslots > FILE_SLOTS_MAX) nslots = FILE_SLOTS_MAX;
+    if (gh_mul_overflow(nslots, slot_size, &total)) return gh_note(GPU_ERR_INVALID, "staging: %u x %zu bytes overflows", nslots, slot_size);
     staging *stale = NULL, *s;
     pthread_mutex_lock(&file_lock);
     for (s = file_stagings; s; s = s->next) {
         if (s->heap != h || s->busy) continue;
-        if (s->nslots >= nslots && s->slot_size == slot_size) break;
+        if (s->bytes >= total && s->bytes / 2 <= total) break; /* not a much larger set kept for a small load */
         stale = s;
     }
     if (s) s->busy = true;
     else if (stale) staging_unlink(stale);
     pthread_mutex_unlock(&file_lock);
     if (pinned) *pinned = !s;
-    if (s) {
-        *out = s;
-        return GPU_OK;
+    if (stale && !s) staging_destroy(stale);
+    int rc;
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s) return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for a staging record");
+        s->heap = h;
+        s->bytes = total;
+        rc = vmm_call_staging_alloc(&h->door, total, &s->base);
+        if (rc != GPU_OK) {
+            free(s);
+            return gh_note(rc, "allocating %zu bytes of pinned staging memory: %s", total, h->door.b->error);
+        }
+        crew_init(&s->crew); /* threads start with the first load that uses the set */
+        s->busy = true;
+        pthread_mutex_lock(&file_lock);
+        s->next = file_stagings;
+        file_stagings = s;
+        pthread_mutex_unlock(&file_lock);
     }
-    if (stale) staging_destroy(stale);
-
-    size_t total;
-    if (gh_mul_overflow(nslots, slot_size, &total)) return gh_note(GPU_ERR_INVALID, "staging: %u x %zu bytes overflows", nslots, slot_size);
-    s = calloc(1, sizeof *s + nslots * sizeof s->buf[0]);
-    if (!s) return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for a staging record");
-    s->heap = h;
     s->nslots = nslots;
     s->slot_size = slot_size;
-    int rc = vmm_call_staging_alloc(&h->door, total, &s->base);
+    for (unsigned i = 0; i < nslots; i++) s->buf[i] = (char *)s->base + (size_t)i * slot_size;
+    rc = staging_queues(s, streams);
     if (rc != GPU_OK) {
-        free(s);
-        return gh_note(rc, "allocating %zu bytes of pinned staging memory: %s", total, h->door.b->error);
-    }
-    rc = vmm_call_queue_open(&h->door, nslots, &s->queue);
-    if (rc != GPU_OK) {
-        gh_note(rc, "opening a copy queue: %s", h->door.b->error);
-        vmm_call_staging_free(&h->door, s->base, total);
-        free(s);
+        staging_put(s); /* kept (the memory is good); the queues are tried again next time */
         return rc;
     }
-    for (unsigned i = 0; i < nslots; i++) s->buf[i] = (char *)s->base + (size_t)i * slot_size;
-    crew_init(&s->crew); /* threads start with the first load that uses the set */
-    s->busy = true;
-    pthread_mutex_lock(&file_lock);
-    s->next = file_stagings;
-    file_stagings = s;
-    pthread_mutex_unlock(&file_lock);
     *out = s;
     return GPU_OK;
 }
@@ -378,9 +487,13 @@ static void load_run(load_job *j, unsigned id) {
     vmm_door *d = &j->h->door;
     load_timing *tm = j->tm;
     if (tm) file_timing_max(&tm->last_worker, file_timing_now());
-    unsigned slot[FILE_SLOTS_PER_THREAD];
+    unsigned slot[FILE_SLOTS_PER_THREAD], marker[FILE_SLOTS_PER_THREAD];
+    vmm_queue *queue[FILE_SLOTS_PER_THREAD] = {NULL};
     bool pending[FILE_SLOTS_PER_THREAD] = {false};
-    for (unsigned k = 0; k < FILE_SLOTS_PER_THREAD; k++) slot[k] = id * FILE_SLOTS_PER_THREAD + k;
+    for (unsigned k = 0; k < FILE_SLOTS_PER_THREAD; k++) {
+        slot[k] = id * FILE_SLOTS_PER_THREAD + k;
+        if (j->st) queue[k] = slot_queue(j->st, slot[k], &marker[k]);
+    }
     unsigned k = 0;
     size_t off, n;
     uintptr_t dst = 0;
@@ -403,7 +516,7 @@ static void load_run(load_job *j, unsigned id) {
             void *buf = j->st->buf[slot[k]];
             if (pending[k]) {
                 if (tm) t0 = file_timing_now();
-                rc = vmm_call_queue_wait(d, j->st->queue, slot[k]);
+                rc = vmm_call_queue_wait(d, queue[k], marker[k]);
                 if (tm) atomic_fetch_add_explicit(&tm->wait_ns, file_timing_now() - t0, memory_order_relaxed);
                 if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
             }
@@ -418,7 +531,7 @@ static void load_run(load_job *j, unsigned id) {
             if (rc == GPU_OK && !dst && !load_dst(j, &dst)) break; /* cancelled: nothing was queued */
             if (rc == GPU_OK) {
                 if (tm) t0 = file_timing_now();
-                rc = vmm_call_queue_upload(d, j->st->queue, slot[k], dst + off, buf, n);
+                rc = vmm_call_queue_upload(d, queue[k], marker[k], dst + off, buf, n);
                 if (tm) {
                     atomic_fetch_add_explicit(&tm->issue_ns, file_timing_now() - t0, memory_order_relaxed);
                     file_timing_first(&tm->first_issue, t0);
@@ -434,7 +547,7 @@ static void load_run(load_job *j, unsigned id) {
     for (unsigned i = 0; i < FILE_SLOTS_PER_THREAD; i++) {
         if (!pending[i]) continue;
         if (tm) t0 = file_timing_now();
-        int rc = vmm_call_queue_wait(d, j->st->queue, slot[i]);
+        int rc = vmm_call_queue_wait(d, queue[i], marker[i]);
         if (tm) atomic_fetch_add_explicit(&tm->wait_ns, file_timing_now() - t0, memory_order_relaxed);
         if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
     }
@@ -463,7 +576,7 @@ static int load_start(load_job *j, gpu_heap_t *h, int fd, uint64_t offset, size_
     j->direct = direct;
     int rc = GPU_OK;
     bool pinned = false;
-    if (!direct) rc = staging_take(h, t->threads * FILE_SLOTS_PER_THREAD, t->chunk, &j->st, &pinned);
+    if (!direct) rc = staging_take(h, t->threads * FILE_SLOTS_PER_THREAD, t->chunk, t->streams, &j->st, &pinned);
     if (rc != GPU_OK) return rc;
     pthread_mutex_init(&j->lock, NULL);
     pthread_cond_init(&j->dst_known, NULL);
@@ -528,20 +641,23 @@ static int write_back(file_map *m) {
     vmm_door *d = &h->door;
     file_tuning t = tuning_get();
     staging *st;
-    int rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, &st, NULL);
+    int rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, t.streams, &st, NULL);
     if (rc != GPU_OK) return rc;
     unsigned nslots = st->nslots < FILE_WRITEBACK_SLOTS ? st->nslots : FILE_WRITEBACK_SLOTS;
     size_t chunk = st->slot_size, nchunks = m->length / chunk + (m->length % chunk != 0);
     bool pending[FILE_WRITEBACK_SLOTS] = {false};
+    vmm_queue *q[FILE_WRITEBACK_SLOTS];
+    unsigned mk[FILE_WRITEBACK_SLOTS];
+    for (unsigned s = 0; s < nslots; s++) q[s] = slot_queue(st, s, &mk[s]);
 #define CHUNK_LEN(i) (m->length - (i) * chunk < chunk ? m->length - (i) * chunk : chunk)
     for (size_t i = 0; i < nslots && i < nchunks && rc == GPU_OK; i++) {
-        rc = vmm_call_queue_download(d, st->queue, (unsigned)i, st->buf[i], m->ptr + i * chunk, CHUNK_LEN(i));
+        rc = vmm_call_queue_download(d, q[i], mk[i], st->buf[i], m->ptr + i * chunk, CHUNK_LEN(i));
         if (rc != GPU_OK) gh_note(rc, "copying to the host: %s", d->b->error);
         pending[i] = rc == GPU_OK;
     }
     for (size_t i = 0; i < nchunks && rc == GPU_OK; i++) {
         unsigned s = (unsigned)(i % nslots);
-        rc = vmm_call_queue_wait(d, st->queue, s);
+        rc = vmm_call_queue_wait(d, q[s], mk[s]);
         pending[s] = false;
         if (rc != GPU_OK) {
             gh_note(rc, "copying to the host: %s", d->b->error);
@@ -550,7 +666,7 @@ static int write_back(file_map *m) {
         rc = write_all(m->fd, st->buf[s], CHUNK_LEN(i), m->offset + i * chunk);
         size_t next = i + nslots;
         if (rc == GPU_OK && next < nchunks) {
-            rc = vmm_call_queue_download(d, st->queue, s, st->buf[s], m->ptr + next * chunk, CHUNK_LEN(next));
+            rc = vmm_call_queue_download(d, q[s], mk[s], st->buf[s], m->ptr + next * chunk, CHUNK_LEN(next));
             if (rc != GPU_OK) gh_note(rc, "copying to the host: %s", d->b->error);
             pending[s] = rc == GPU_OK;
         }
@@ -558,7 +674,7 @@ static int write_back(file_map *m) {
 #undef CHUNK_LEN
     /* The set goes back only once no copy into it is in flight. */
     for (unsigned s = 0; s < nslots; s++)
-        if (pending[s]) (void)vmm_call_queue_wait(d, st->queue, s);
+        if (pending[s]) (void)vmm_call_queue_wait(d, q[s], mk[s]);
     staging_put(st);
     return rc;
 }
@@ -640,6 +756,12 @@ static int map_loaded(gpu_heap_t *h, file_map *m, load_timing *tm) {
         if (rc != GPU_OK && (m->flags & GPU_MAP_CUFILE))
             return gh_note(rc, "gpu_map_file(\"%s\", GPU_MAP_CUFILE): %s", m->path, h->door.b->error);
         if (rc != GPU_OK) direct = NULL;
+    }
+    if (!direct) t = tuning_for(t, m->length); /* measured for the staging pipeline only */
+    if (tm) {
+        tm->chunk = t.chunk;
+        tm->small = t.small;
+        tm->streams = streams_name(t.streams);
     }
     load_job j;
     rc = load_start(&j, h, m->fd, m->offset, m->length, direct, &t, tm);

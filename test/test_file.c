@@ -17,7 +17,9 @@
  * directly (copying into a read-only mapping is refused, as on a GPU).
  *
  * Loads here use small chunks (GPUHEAP_FILE_CHUNK) where a test wants the
- * multi-threaded pipeline to run over files of a few MiB.
+ * multi-threaded pipeline to run over files of a few MiB. Both copy-queue
+ * layouts (GPUHEAP_FILE_STREAMS) load and write back the same bytes, and the
+ * size-aware defaults pick their thread counts.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -130,6 +132,7 @@ static int group_setup(void **state) {
     unsetenv("GPUHEAP_FILE_CHUNK");
     unsetenv("GPUHEAP_FILE_THREADS");
     unsetenv("GPUHEAP_CUFILE");
+    unsetenv("GPUHEAP_FILE_STREAMS");
     return 0;
 }
 
@@ -332,6 +335,85 @@ static void test_load_concurrent(void **state) {
     for (int i = 0; i < 4; i++) pthread_join(t[i], NULL); /* all of them before any assert */
     for (int i = 0; i < 4; i++) assert_int_equal(a[i].failures, 0);
     assert_int_equal(STATS(h).file_mappings, 0);
+    CHECK_ALL(h);
+}
+
+/* GPUHEAP_FILE_STREAMS: a copy queue per thread (the default) or one for all of
+ * them, switched between loads on one heap; the staging memory is kept across
+ * the switch (only the queues are opened again), and write-back works either way. */
+static void test_load_streams(void **state) {
+    gpu_heap_t *h = *state;
+    char path[128];
+    size_t size = 3 * MiB + 5;
+    make_file("streams", size, 13, path, sizeof path);
+    setenv("GPUHEAP_FILE_CHUNK", "64K", 1);
+    const char *modes[] = {"shared", "thread", "shared", "bogus", "thread", NULL};
+    const char *threads[] = {"1", "3", "8"};
+    uint64_t staged = 0;
+    for (size_t t = 0; t < 3; t++) {
+        setenv("GPUHEAP_FILE_THREADS", threads[t], 1);
+        for (size_t m = 0; m < 6; m++) {
+            if (modes[m]) setenv("GPUHEAP_FILE_STREAMS", modes[m], 1);
+            else unsetenv("GPUHEAP_FILE_STREAMS");
+            void *p = NULL;
+            ASSERT_OK(gpu_heap_map_file(h, path, m * 4097, 0, 0, &p));
+            expect_file_bytes(p, path, m * 4097, size - m * 4097);
+            ASSERT_OK(gpu_heap_unmap_file(h, p, 0));
+            if (m == 0) staged = h->door.counts.calls[VMM_OP_STAGING];
+            else assert_int_equal(h->door.counts.calls[VMM_OP_STAGING], staged); /* the same pinned set */
+        }
+    }
+    /* Write-back through the first four slots' queues, both ways. */
+    for (size_t m = 0; m < 2; m++) {
+        setenv("GPUHEAP_FILE_STREAMS", modes[m], 1);
+        unsigned char *p = NULL;
+        ASSERT_OK(gpu_heap_map_file(h, path, 0, 0, GPU_MAP_WRITE, (void **)&p));
+        pattern_fill(p, 0, size, 70 + m);
+        ASSERT_OK(gpu_sync_file(p));
+        size_t fsize;
+        unsigned char *data = read_file(path, &fsize);
+        assert_int_equal(fsize, size);
+        PATTERN_CHECK(data, 0, size, 70 + m);
+        free(data);
+        ASSERT_OK(gpu_heap_unmap_file(h, p, 0));
+    }
+    unsetenv("GPUHEAP_FILE_STREAMS");
+    CHECK_ALL(h);
+}
+
+/* The size-aware defaults: a load of at most twice the staging set (threads x 2
+ * x chunk x 2) runs on 12 threads (at most the CPUs), a larger one on 8; a
+ * thread count set in the environment stays. The loader's kept threads tell. */
+static void test_load_size_aware(void **state) {
+    gpu_heap_t *h = *state;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned large = cpus > 0 && cpus < 8 ? (unsigned)cpus : 8, small = cpus > 0 && cpus < 12 ? (unsigned)cpus : 12;
+    size_t limit = (size_t)large * 2 * 64 * KiB * 2; /* with a 64 KiB chunk set */
+    char path[128];
+    make_file("sizeaware", limit + 4096, 14, path, sizeof path);
+    setenv("GPUHEAP_FILE_CHUNK", "64K", 1);
+    unsetenv("GPUHEAP_FILE_THREADS");
+    int before = thread_count();
+    void *p = NULL;
+    ASSERT_OK(gpu_heap_map_file(h, path, 0, limit + 1, 0, &p)); /* larger: the plain default */
+    expect_file_bytes(p, path, 0, limit + 1);
+    ASSERT_OK(gpu_heap_unmap_file(h, p, 0));
+    assert_int_equal(thread_count(), before + (int)large - 1);
+    ASSERT_OK(gpu_heap_map_file(h, path, 7, limit, 0, &p)); /* at most twice the set: more threads */
+    expect_file_bytes(p, path, 7, limit);
+    ASSERT_OK(gpu_heap_unmap_file(h, p, 0));
+    assert_int_equal(thread_count(), before + (int)small - 1);
+    ASSERT_OK(gpu_heap_trim(h, 0));
+    assert_int_equal(thread_count(), before);
+
+    /* Threads set, chunk left to the rule: the set count stays. */
+    setenv("GPUHEAP_FILE_THREADS", "3", 1);
+    unsetenv("GPUHEAP_FILE_CHUNK");
+    ASSERT_OK(gpu_heap_map_file(h, path, 0, 0, 0, &p));
+    expect_file_bytes(p, path, 0, limit + 4096);
+    ASSERT_OK(gpu_heap_unmap_file(h, p, 0));
+    assert_int_equal(thread_count(), before + 2);
+    ASSERT_OK(gpu_heap_trim(h, 0));
     CHECK_ALL(h);
 }
 
@@ -638,6 +720,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_load_pipelined, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_load_is_read_only, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_load_concurrent, heap_setup, heap_teardown),
+        cmocka_unit_test_setup_teardown(test_load_streams, heap_setup, heap_teardown),
+        cmocka_unit_test_setup_teardown(test_load_size_aware, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_write_back, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_write_back_after_truncate, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_zerocopy, heap_setup, heap_teardown),
