@@ -417,7 +417,6 @@ struct gpu_heap {
      * cover_done past its number. A block freed when cover_seq read t is safe to
      * reuse once cover_done > t — lock-free, for the thread caches. */
     _Alignas(64) _Atomic uint64_t cover_seq, cover_done;
-    _Atomic uint64_t cover_tick;     /* trace_tick of the last look at the covers a thread cache took (tcache.c) */
     _Atomic uint64_t cache_flush_gen; /* raised to ask every thread cache to give its blocks back */
     struct tcache *caches;           /* the thread caches of this heap (under the lock) */
     uint64_t tc_refills, tc_fresh, tc_dropped; /* thread caches' trips to the heap, blocks taken, given back */
