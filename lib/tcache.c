@@ -40,7 +40,7 @@
 
 #define TC_MAX_SIZE ((size_t)64 << 10) /* larger blocks go to the heap */
 #define TC_CLASSES 48                  /* 256 B..2 KiB by quantum, then 8 classes per power of two */
-#define TC_CLASS_BYTES ((size_t)8 << 20) /* a class's ring holds about this many bytes */
+#define TC_CLASS_BYTES ((size_t)16 << 20) /* a class's ring holds about this many bytes */
 #define TC_RING_MIN 16u
 #define TC_RING_MAX 1024u
 #define TC_REFILL_BYTES ((size_t)256 << 10) /* fresh blocks taken from the heap at once: this many bytes, */
@@ -282,7 +282,7 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
     heap_lock(h);
     h->tc_refills++;
     /* A ring shallower than half its capacity also grows, so that the looks
-     * every quarter ring (cover_tick) find its head covered in time. */
+     * every half ring (cover_tick) find its head covered in time. */
     if (q->n && head_covered_locked(h, q) && q->n >= q->cap / 2) {
         heap_unlock(h);
         return GPU_OK;
@@ -320,7 +320,7 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
     return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GPU_ERR_BUSY;
 }
 
-/* Every quarter ring of frees a cache asks for covers ahead of need, so that by
+/* Every half ring of frees a cache asks for covers ahead of need, so that by
  * the time its ring gets round to these blocks an event recorded after them has
  * completed and been seen: it queries what was sealed and, unless another
  * thread sealed since this cache last looked, seals what was freed since. With
@@ -389,6 +389,6 @@ int tcache_free(gpu_heap_t *h, uintptr_t p) {
     q->ring[(q->head + q->n) & (q->cap - 1)] = (tc_entry){s->b, tag};
     q->n++;
     count(c, c->bytes + size, c->blocks + 1);
-    if (++q->frees % (q->cap / 4) == 0) cover_tick(h, c, tag); /* a cover sealed and seen well before the ring comes round */
+    if (++q->frees % (q->cap / 2) == 0) cover_tick(h, c, tag); /* sealed, then seen, before the ring comes round */
     return GPU_OK;
 }
