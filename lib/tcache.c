@@ -343,7 +343,9 @@ static void cover_tick(gpu_heap_t *h, tcache *c, uint64_t tag) {
 /* ---- the fast paths ---------------------------------------------------------------- */
 
 int tcache_malloc(gpu_heap_t *h, size_t need, void **out) {
-    if (need > TC_MAX_SIZE) return GPU_ERR_BUSY;
+    /* Only blocks smaller than a granule: they never own an extent, so
+     * gpu_protect refuses them and a cached free never hides a protection. */
+    if (need > TC_MAX_SIZE || class_size(class_of(need)) >= h->gran) return GPU_ERR_BUSY;
     tcache *c = tcache_of(h);
     if (!c) return GPU_ERR_BUSY;
     if (atomic_load_explicit(&h->cache_flush_gen, memory_order_relaxed) != c->flush_seen) {

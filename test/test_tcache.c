@@ -136,6 +136,31 @@ static void test_trim_empties_cache(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* With a small granularity, a block of a granule or more owns its extent and
+ * may be protected: such blocks never go through a cache, so a protected block
+ * freed and allocated again comes back writable (the fuzzer's find). */
+static void test_protected_blocks_bypass_cache(void **state) {
+    (void)state;
+    gpu_config_t cfg = host_config(64 * GiB, 64 * KiB, 0);
+    cfg.thread_cache = 32 * MiB;
+    gpu_heap_t *h = HEAP_CREATE(&cfg);
+    char *small = gpu_heap_malloc(h, 4096);
+    assert_int_equal(gpu_heap_protect(h, small, 4096, GPU_PROT_READ), GPU_ERR_NOT_WHOLE_EXTENT);
+    for (int i = 0; i < 50; i++) {
+        char *p = gpu_heap_malloc(h, 64 * KiB);
+        assert_non_null(p);
+        memset(p, 0x11, 64 * KiB); /* writable: a protection never survives a free */
+        assert_int_equal(gpu_heap_protect(h, p, 64 * KiB, GPU_PROT_READ), GPU_OK);
+        assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    }
+    assert_int_equal(gpu_heap_free(h, small), GPU_OK);
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_OK);
+    CHECK_HEAP(h);
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.protected_extents, 0);
+    HEAP_DESTROY(h);
+}
+
 /* thread_cache 0: nothing is ever cached. */
 static void test_cache_off(void **state) {
     (void)state;
@@ -300,6 +325,7 @@ int main(void) {
         cmocka_unit_test(test_blocks_and_double_free),
         cmocka_unit_test(test_realloc_of_cached_block),
         cmocka_unit_test(test_trim_empties_cache),
+        cmocka_unit_test(test_protected_blocks_bypass_cache),
         cmocka_unit_test(test_cache_off),
         cmocka_unit_test(test_cross_thread_and_exit),
         cmocka_unit_test(test_threads_exchange_blocks),
