@@ -97,7 +97,7 @@ typedef struct gpu_config_t {
     size_t host_budget;          /* host backend: physical bytes it may create; 0 = unlimited */
     size_t host_granularity;     /* host backend: mapping granularity; 0 = 2 MiB like the GPU */
     int verbose;                 /* 0 quiet, 1 errors to stderr, 2 also slow-path events */
-    size_t thread_cache;         /* bytes of small free blocks each thread may keep for itself; 0 = no thread caches */
+    size_t thread_cache;         /* bytes of small free blocks each thread may keep for itself (at most release_threshold); 0 = no thread caches */
 } gpu_config_t;
 
 /* Fills *cfg with the defaults, then applies the GPUHEAP_* environment variables

@@ -115,7 +115,8 @@ int heap_open_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out
     h->cfg = *cfg;
     atomic_init(&h->lock, 0);
     h->serial = atomic_fetch_add(&serials, 1) + 1;
-    h->tcache_bytes = cfg->thread_cache;
+    /* Cached blocks are idle memory kept mapped: a release threshold bounds them too. */
+    h->tcache_bytes = cfg->thread_cache < cfg->release_threshold ? cfg->thread_cache : cfg->release_threshold;
     atomic_init(&h->cover_seq, 1);
     atomic_init(&h->cover_done, 1); /* tag 0 (blocks fresh from the heap) is always covered */
     pool_init(&h->block_pool, sizeof(block));
