@@ -501,7 +501,6 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
             reclaimed = drained = true;
             char why[256];
             snprintf(why, sizeof why, "%s", h->door.b->error);
-            tcache_flush_locked(h);
             if (h->npools) (void)stream_reap_locked(h, true);
             int trc = heap_trim_locked(h, 0);
             if (trc == GPU_OK || trc == GPU_ERR_CAPTURING) continue;

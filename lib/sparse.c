@@ -222,20 +222,30 @@ static int keep_outside(gpu_heap_t *h, block *r, extent *e, uintptr_t p, uintptr
     if (e->va < p) parts[n++] = (struct part){.lo = e->va, .hi = p};
     if (e->va + e->size > end) parts[n++] = (struct part){.lo = end, .hi = e->va + e->size};
     int made = 0;
+    bool reclaimed = false;
     for (; made < n && rc == GPU_OK; made++) {
         struct part *k = &parts[made];
         rc = heap_carve_vacant_locked(h, k->hi - k->lo, h->gran, 0, &k->scratch);
         if (rc != GPU_OK) break;
         k->tmp = k->scratch->start;
         heap_unlock(h);
-        rc = vmm_call_back(&h->door, k->tmp, k->hi - k->lo, &k->nh);
-        if (rc == GPU_OK) {
+        bool backed = (rc = vmm_call_back(&h->door, k->tmp, k->hi - k->lo, &k->nh)) == GPU_OK;
+        if (backed) {
             rc = vmm_call_copy(&h->door, k->tmp, k->lo, k->hi - k->lo);
             if (rc == GPU_OK) rc = vmm_call_unmap(&h->door, k->tmp, k->hi - k->lo);
             if (rc != GPU_OK) (void)vmm_call_unback(&h->door, k->tmp, k->hi - k->lo, k->nh);
         }
         heap_lock(h);
         block_release_free(h, k->scratch, BLOCK_VACANT);
+        if (!backed && rc == GPU_ERR_OUT_OF_MEMORY && !reclaimed) { /* give idle memory back, try this part once more */
+            reclaimed = true;
+            int trc = heap_trim_locked(h, 0);
+            if (trc == GPU_OK || trc == GPU_ERR_CAPTURING) {
+                rc = GPU_OK;
+                made--;
+                continue;
+            }
+        }
         if (rc != GPU_OK) break;
     }
     if (rc != GPU_OK) { /* e is untouched: give back the copies made so far */

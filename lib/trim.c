@@ -140,6 +140,7 @@ static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi) 
 }
 
 int heap_trim_locked(gpu_heap_t *h, size_t keep) {
+    tcache_flush_locked(h); /* this thread's cached blocks first; the others' at their next allocation */
     int rc = heap_drain_locked(h, 0);
     if (rc != GPU_OK) return rc;
     return release_idle(h, keep, h->base, h->base + h->reserved);
@@ -162,7 +163,6 @@ int heap_recycle_locked(gpu_heap_t *h, size_t bytes) {
 
 int heap_trim(gpu_heap_t *h, size_t keep) {
     heap_lock(h);
-    tcache_flush_locked(h); /* this thread's cache now; the others' at their next allocation */
     int rc = heap_trim_locked(h, keep);
     heap_unlock(h);
     return rc;
