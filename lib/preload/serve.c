@@ -139,7 +139,7 @@ size_t pl_idle_bytes(int dev) {
     gpu_heap_t *h = dev >= 0 && dev < PL_MAX_DEVICES ? atomic_load(&heaps[dev]) : NULL;
     gpu_stats_t s;
     if (!h || gpu_heap_stats(h, &s) != GPU_OK) return 0;
-    return (size_t)(s.idle_bytes + s.quarantine_bytes);
+    return (size_t)(s.idle_bytes + s.quarantine_bytes + s.cached_bytes);
 }
 
 bool pl_ipc_refused(uintptr_t p) {
