@@ -331,6 +331,11 @@ static void op_owned(fuzz *f, reader *r) {
 static bool unprotect(fuzz *f, slot *s) {
     if (s->prot == GPU_PROT_READ_WRITE) return true;
     int rc = gpu_heap_protect(f->h, s->p, s->usable, GPU_PROT_READ_WRITE);
+    /* A block that got extents of its own and was shrunk to a size that is not
+     * a granule multiple owns only the whole extents at its head: those are
+     * what op_protect could close, and all there is to open. */
+    if (rc == GPU_ERR_NOT_WHOLE_EXTENT && !s->owned && s->usable > GRAN)
+        rc = gpu_heap_protect(f->h, s->p, s->usable & ~(size_t)(GRAN - 1), GPU_PROT_READ_WRITE);
     if (rc == GPU_OK) s->prot = GPU_PROT_READ_WRITE;
     else ok_or_fault(f, rc, "gpu_heap_protect(READ_WRITE)");
     return rc == GPU_OK;
