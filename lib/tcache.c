@@ -3,9 +3,11 @@
  * the heap lock.
  *
  * One heap lock serializes every call; with many threads it is the whole cost.
- * So each thread keeps, per heap, rings of free blocks by size class (up to
- * 64 KiB), filled from the heap in batches under the lock and emptied back to
- * it the same way. A warm malloc pops a ring and a warm free pushes one; neither
+ * So each thread keeps, per heap, rings of free blocks by size class (256 B to
+ * 4 KiB, one class per quantum), filled from the heap in batches under the lock
+ * and emptied back to it the same way. Larger sizes stay with the heap: caching
+ * 4-64 KiB blocks took a recorded PyTorch trace from 1.32x to 1.42x its live
+ * peak in physical memory (freed blocks kept per class, away from coalescing). A warm malloc pops a ring and a warm free pushes one; neither
  * touches a line another thread writes (glibc's tcache and mimalloc's
  * thread-local pages are the models).
  *
@@ -38,8 +40,8 @@
 
 #include "internal.h"
 
-#define TC_MAX_SIZE ((size_t)64 << 10) /* larger blocks go to the heap */
-#define TC_CLASSES 48                  /* 256 B..2 KiB by quantum, then 8 classes per power of two */
+#define TC_MAX_SIZE ((size_t)4 << 10) /* larger blocks go to the heap */
+#define TC_CLASSES 16                  /* 256 B..4 KiB: every class a quantum multiple, so nothing is rounded up */
 #define TC_CLASS_BYTES ((size_t)16 << 20) /* a class's ring holds about this many bytes */
 #define TC_RING_MIN 16u
 #define TC_RING_MAX 1024u

@@ -124,7 +124,7 @@ static void test_trim_empties_cache(void **state) {
     (void)state;
     gpu_heap_t *h = open_heap(32 * MiB);
     void *p[64];
-    for (int i = 0; i < 64; i++) p[i] = gpu_heap_malloc(h, 8192);
+    for (int i = 0; i < 64; i++) p[i] = gpu_heap_malloc(h, 4096);
     for (int i = 0; i < 64; i++) assert_int_equal(gpu_heap_free(h, p[i]), GPU_OK);
     assert_true(STATS(h).cached_bytes > 0);
     assert_int_equal(gpu_heap_trim(h, 0), GPU_OK);
