@@ -391,9 +391,11 @@ int gpu_heap_stats(gpu_heap_t *heap, gpu_stats_t *out);
  * GPUHEAP_STATS_JSON=FILE writes {"heaps": [ … ]} to FILE at exit. */
 int gpu_heap_stats_json(gpu_heap_t *heap, char *buf, size_t len);
 
-/* Waits for GPU work on quarantined blocks (one device sync), then gives idle
- * physical memory back to the driver until at most keep_bytes stay idle. Only
- * whole idle extents are released. */
+/* Empties the calling thread's cache of small freed blocks into the heap (other
+ * threads empty theirs at their next allocation), waits for GPU work on
+ * quarantined blocks (one device sync), then gives idle physical memory back to
+ * the driver until at most keep_bytes stay idle. Only whole idle extents are
+ * released. */
 int gpu_heap_trim(gpu_heap_t *heap, size_t keep_bytes);
 
 /* Checks every invariant of the heap: every byte of the reservation in exactly
