@@ -46,6 +46,8 @@ void heap_lock_wait(gpu_heap_t *h) {
 }
 
 int heap_reserve_records(gpu_heap_t *h) {
+    if (h->block_pool.nfree >= RECORDS_PER_OP && h->extent_pool.nfree >= 2 && (h->live.used + 2) * 2 <= h->live.cap)
+        return GPU_OK; /* the usual case, without three calls */
     if (!pool_reserve(&h->block_pool, RECORDS_PER_OP) || !pool_reserve(&h->extent_pool, 2) ||
         blockmap_reserve(&h->live, 2) != GPU_OK)
         return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for heap records");
@@ -518,7 +520,7 @@ int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void *
     if (flags & GPU_ALLOC_OWNED && align < h->gran) align = h->gran;
     if (!need || need > h->reserved)
         return gh_note(GPU_ERR_INVALID, "size %zu is larger than the heap's reservation (%zu bytes)", size, h->reserved);
-    if (!flags && align == GH_QUANTUM && h->tcache_bytes) {
+    if (!flags && align == GH_QUANTUM && need <= TC_MAX_BYTES && h->tcache_bytes) {
         int rc = tcache_malloc(h, need, out);
         if (rc != GPU_ERR_BUSY) return rc;
     }

@@ -518,6 +518,8 @@ void heap_retire_locked(gpu_heap_t *h, block *b, bool safe);
 
 /* ---- tcache.c: per-thread caches of small blocks ---------------------------- */
 
+/* Blocks larger than this never go through a thread cache. */
+#define TC_MAX_BYTES ((size_t)4 << 10)
 /* The calling thread's cache of h (created on first use), or NULL when caching
  * is off for h or out of host memory. */
 struct tcache *tcache_of(gpu_heap_t *h);

@@ -40,7 +40,6 @@
 
 #include "internal.h"
 
-#define TC_MAX_SIZE ((size_t)4 << 10) /* larger blocks go to the heap */
 #define TC_CLASSES 16                  /* 256 B..4 KiB: every class a quantum multiple, so nothing is rounded up */
 #define TC_CLASS_BYTES ((size_t)16 << 20) /* a class's ring holds about this many bytes */
 #define TC_RING_MIN 16u
@@ -76,6 +75,7 @@ typedef struct tcache {
     uint64_t flush_seen;
     uint64_t looked_at;         /* cover_seq after this cache's last look (cover_tick) */
     size_t bytes, blocks;       /* held in the rings (owner only) */
+    size_t slots_used;          /* slots that remember a handed-out block */
     _Atomic size_t stat_bytes, stat_blocks; /* the same, for gpu_heap_stats */
     tc_class cls[TC_CLASSES];
     tc_slot slots[TC_SLOTS];
@@ -347,7 +347,7 @@ static void cover_tick(gpu_heap_t *h, tcache *c, uint64_t tag) {
 int tcache_malloc(gpu_heap_t *h, size_t need, void **out) {
     /* Only blocks smaller than a granule: they never own an extent, so
      * gpu_protect refuses them and a cached free never hides a protection. */
-    if (need > TC_MAX_SIZE || class_size(class_of(need)) >= h->gran) return GPU_ERR_BUSY;
+    if (need > TC_MAX_BYTES || class_size(class_of(need)) >= h->gran) return GPU_ERR_BUSY;
     tcache *c = tcache_of(h);
     if (!c) return GPU_ERR_BUSY;
     if (atomic_load_explicit(&h->cache_flush_gen, memory_order_relaxed) != c->flush_seen) {
@@ -366,6 +366,7 @@ int tcache_malloc(gpu_heap_t *h, size_t need, void **out) {
     uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
     atomic_store_explicit(&b->tc, w, memory_order_release);
     tc_slot *s = slot_of(c, b->start);
+    c->slots_used += !s->p;
     *s = (tc_slot){b->start, b, w, k};
     *out = (void *)b->start;
     return GPU_OK;
@@ -373,10 +374,11 @@ int tcache_malloc(gpu_heap_t *h, size_t need, void **out) {
 
 int tcache_free(gpu_heap_t *h, uintptr_t p) {
     tcache *c = find_mine(h);
-    if (!c) return GPU_ERR_BUSY;
+    if (!c || !c->slots_used) return GPU_ERR_BUSY; /* nothing handed out: spare the table a cache miss */
     tc_slot *s = slot_of(c, p);
     if (s->p != p) return GPU_ERR_BUSY;
     s->p = 0;
+    c->slots_used--;
     tc_class *q = &c->cls[s->k];
     size_t size = class_size(s->k);
     if (q->n == q->cap || c->bytes + size > h->tcache_bytes) {
