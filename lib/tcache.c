@@ -5,11 +5,12 @@
  * One heap lock serializes every call; with many threads it is the whole cost.
  * So each thread keeps, per heap, rings of free blocks by size class (256 B to
  * 4 KiB, one class per quantum), filled from the heap in batches under the lock
- * and emptied back to it the same way. Larger sizes stay with the heap: caching
- * 4-64 KiB blocks took a recorded PyTorch trace from 1.32x to 1.42x its live
- * peak in physical memory (freed blocks kept per class, away from coalescing). A warm malloc pops a ring and a warm free pushes one; neither
- * touches a line another thread writes (glibc's tcache and mimalloc's
- * thread-local pages are the models).
+ * and emptied back to it the same way. A warm malloc pops a ring and a warm free
+ * pushes one; neither touches a line another thread writes (glibc's tcache and
+ * mimalloc's thread-local pages are the models). Larger sizes stay with the
+ * heap: caching 4-64 KiB blocks took a recorded PyTorch trace from 1.32x to
+ * 1.42x its live peak in physical memory (freed blocks kept per class, away
+ * from coalescing).
  *
  * A cached block stays LIVE in the heap's books the whole time — in the address
  * map, counted live — and its record's tc word says where it stands: TC_FREE
@@ -26,8 +27,9 @@
  * issued before the free has finished. Each is tagged with the heap's cover
  * number when it was freed and becomes reusable once a seal event or fence
  * numbered at least that has completed (quarantine.c) — a lock-free comparison.
- * A cache that runs out of reusable blocks queries the heap's events, seals a
- * new one when half its ring waits, and meanwhile takes fresh blocks.
+ * Every half ring of frees a cache looks at the covers ahead of need (queries
+ * the sealed events, seals what was freed since); one whose oldest block is
+ * still waiting asks again and meanwhile takes fresh blocks from the heap.
  *
  * What a cache holds is bounded (cfg.thread_cache bytes per thread and heap;
  * GPUHEAP_THREAD_CACHE=0 turns caching off). gpu_heap_trim and out-of-memory
