@@ -226,13 +226,18 @@ void heap_headroom_release_locked(gpu_heap_t *h, block *b) {
     if (n && n->state == BLOCK_HEADROOM) block_release_free(h, n, BLOCK_VACANT);
 }
 
-void heap_quarantine_locked(gpu_heap_t *h, block *b) {
+void heap_unlive_locked(gpu_heap_t *h, block *b) {
     h->live_bytes -= b->size;
     h->live_blocks--;
     block_unclaim_extents(h, b);
     heap_headroom_release_locked(h, b);
-    b->state = BLOCK_QUARANTINE;
     b->owned = 0;
+    atomic_store_explicit(&b->tc, atomic_load_explicit(&b->tc, memory_order_relaxed) & ~(uint64_t)3, memory_order_relaxed);
+}
+
+void heap_quarantine_locked(gpu_heap_t *h, block *b) {
+    heap_unlive_locked(h, b);
+    b->state = BLOCK_QUARANTINE;
     b->prev_free = NULL;
     b->next_free = h->quarantine;
     h->quarantine = b;
@@ -241,13 +246,11 @@ void heap_quarantine_locked(gpu_heap_t *h, block *b) {
 }
 
 void heap_retire_locked(gpu_heap_t *h, block *b, bool safe) {
-    atomic_store_explicit(&b->tc, atomic_load_explicit(&b->tc, memory_order_relaxed) & ~(uint64_t)3, memory_order_relaxed);
-    heap_quarantine_locked(h, b);
-    if (!safe) return;
-    /* straight out of the quarantine list it was just put at the head of */
-    h->quarantine = b->next_free;
-    h->quarantine_bytes -= b->size;
-    h->quarantine_blocks--;
+    if (!safe) {
+        heap_quarantine_locked(h, b);
+        return;
+    }
+    heap_unlive_locked(h, b);
     block_release_free(h, b, BLOCK_IDLE);
 }
 

@@ -502,6 +502,9 @@ void heap_headroom_release_locked(gpu_heap_t *h, block *b);
 size_t heap_headroom_for(const gpu_heap_t *h, size_t size);
 int heap_restore_access(gpu_heap_t *h, block *b);      /* b BUSY, lock not held */
 void heap_make_live_locked(gpu_heap_t *h, block *b);   /* b (in no index) becomes LIVE and counted */
+/* A LIVE block, already out of the map, stops counting as live: the inverse of
+ * heap_make_live_locked (extents unclaimed, headroom given back, cache state cleared). */
+void heap_unlive_locked(gpu_heap_t *h, block *b);
 void heap_quarantine_locked(gpu_heap_t *h, block *b);  /* a LIVE block, already out of the map */
 extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle handle);
 void heap_extent_drop_locked(gpu_heap_t *h, extent *e);

@@ -48,10 +48,7 @@ block *stream_take(gpu_heap_t *h, stream_pool *pool, size_t need) {
 }
 
 void stream_put(gpu_heap_t *h, stream_pool *pool, block *b) {
-    h->live_bytes -= b->size;
-    h->live_blocks--;
-    block_unclaim_extents(h, b);
-    heap_headroom_release_locked(h, b);
+    heap_unlive_locked(h, b);
     b->pool = pool;
     b->epoch = pool->epoch;
     block_release_free(h, b, BLOCK_STREAM);
