@@ -129,6 +129,9 @@ int heap_open_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out
     int rc;
     h->door.verbose = cfg->verbose;
     h->gran = h->door.b->caps.granularity;
+    /* Only blocks smaller than a granule are cached: they never own an extent,
+     * so gpu_protect refuses them and a cached free never hides a protection. */
+    h->tcache_max = !h->tcache_bytes ? 0 : TC_MAX_BYTES < h->gran ? TC_MAX_BYTES : h->gran - GH_QUANTUM;
     gh_assert(gh_is_pow2(h->gran) && h->gran % GH_QUANTUM == 0, "granularity is a power of two and a quantum multiple");
     rc = reserve_va(h);
     if (rc != GPU_OK) goto fail_backend;
@@ -523,7 +526,7 @@ int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void *
     if (flags & GPU_ALLOC_OWNED && align < h->gran) align = h->gran;
     if (!need || need > h->reserved)
         return gh_note(GPU_ERR_INVALID, "size %zu is larger than the heap's reservation (%zu bytes)", size, h->reserved);
-    if (!flags && align == GH_QUANTUM && need <= TC_MAX_BYTES && h->tcache_bytes) {
+    if (!flags && align == GH_QUANTUM && need <= h->tcache_max) {
         int rc = tcache_malloc(h, need, out);
         if (rc != GPU_ERR_BUSY) return rc;
     }

@@ -370,6 +370,7 @@ struct gpu_heap {
     size_t gran;
     uint64_t serial;       /* unique per heap opened in this process (thread caches' key) */
     size_t tcache_bytes;   /* per-thread cache limit (cfg.thread_cache), 0 = off */
+    size_t tcache_max;     /* the largest need a thread cache takes (below a granule); 0 = off */
     bool is_default;
     /* The heap's lock: held only for bookkeeping, never across a driver call, so an
      * exchange to take it and a store to give it back beat a pthread mutex (an
@@ -526,7 +527,7 @@ void heap_retire_locked(gpu_heap_t *h, block *b, bool safe);
 /* The calling thread's cache of h (created on first use), or NULL when caching
  * is off for h or out of host memory. */
 struct tcache *tcache_of(gpu_heap_t *h);
-/* gpu_malloc of need bytes (a quantum multiple) from the thread's cache: GPU_OK
+/* gpu_malloc of need bytes (a quantum multiple, at most h->tcache_max) from the thread's cache: GPU_OK
  * with *out, or GPU_ERR_BUSY when the cache cannot serve it (the caller goes to
  * the heap); other errors are the heap's. */
 int tcache_malloc(gpu_heap_t *h, size_t need, void **out);

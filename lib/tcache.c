@@ -42,7 +42,7 @@
 
 #include "internal.h"
 
-#define TC_CLASSES 16                  /* 256 B..4 KiB: every class a quantum multiple, so nothing is rounded up */
+#define TC_CLASSES (TC_MAX_BYTES / GH_QUANTUM) /* 256 B..4 KiB, one per quantum: nothing is rounded up */
 #define TC_CLASS_BYTES ((size_t)16 << 20) /* a class's ring holds about this many bytes */
 #define TC_RING_MIN 16u
 #define TC_RING_MAX 1024u
@@ -91,19 +91,9 @@ static _Thread_local struct {
 
 /* ---- size classes ------------------------------------------------------------ */
 
-static unsigned class_of(size_t need) {
-    if (need <= 2048) return (unsigned)(need / GH_QUANTUM) - 1;
-    unsigned fl = 63u - (unsigned)__builtin_clzll((unsigned long long)(need - 1)); /* 2^fl < need <= 2^(fl+1) */
-    size_t step = ((size_t)1 << fl) / 8;
-    unsigned sub = (unsigned)((need - ((size_t)1 << fl) + step - 1) / step) - 1;
-    return 8 + (fl - 11) * 8 + sub;
-}
-
-static size_t class_size(unsigned k) {
-    if (k < 8) return (size_t)(k + 1) * GH_QUANTUM;
-    unsigned fl = 11 + (k - 8) / 8, sub = (k - 8) % 8;
-    return ((size_t)1 << fl) + (sub + 1) * (((size_t)1 << fl) / 8);
-}
+/* One class per quantum: a class's blocks are exactly the size asked for. */
+static unsigned class_of(size_t need) { return (unsigned)(need / GH_QUANTUM) - 1; }
+static size_t class_size(unsigned k) { return (size_t)(k + 1) * GH_QUANTUM; }
 
 /* By offset in the heap, not address: two heaps given the same calls collide
  * the same way (a trace replayed on a fresh heap goes as recorded). */
@@ -160,13 +150,17 @@ void tcache_flush_locked(gpu_heap_t *h) {
     c->flush_seen = gen;
 }
 
+static void cache_free(tcache *c) {
+    for (unsigned k = 0; k < TC_CLASSES; k++) free(c->cls[k].ring);
+    free(c);
+}
+
 /* Unlinks c from its heap and frees it. Lock held. */
 static void drop_cache_locked(gpu_heap_t *h, tcache *c) {
     flush_cache_locked(h, c);
     if (c->prev) c->prev->next = c->next; else h->caches = c->next;
     if (c->next) c->next->prev = c->prev;
-    for (unsigned k = 0; k < TC_CLASSES; k++) free(c->cls[k].ring);
-    free(c);
+    cache_free(c);
 }
 
 /* registry_call's callback: the heap is alive and cannot go meanwhile. */
@@ -196,8 +190,7 @@ static void exit_key_make(void) { exit_armed_ok = pthread_key_create(&exit_key, 
 void tcache_heap_closing(gpu_heap_t *h) {
     for (tcache *c = h->caches, *next; c; c = next) {
         next = c->next;
-        for (unsigned k = 0; k < TC_CLASSES; k++) free(c->cls[k].ring);
-        free(c);
+        cache_free(c);
     }
     h->caches = NULL;
 }
@@ -347,9 +340,6 @@ static void cover_tick(gpu_heap_t *h, tcache *c, uint64_t tag) {
 /* ---- the fast paths ---------------------------------------------------------------- */
 
 int tcache_malloc(gpu_heap_t *h, size_t need, void **out) {
-    /* Only blocks smaller than a granule: they never own an extent, so
-     * gpu_protect refuses them and a cached free never hides a protection. */
-    if (need > TC_MAX_BYTES || class_size(class_of(need)) >= h->gran) return GPU_ERR_BUSY;
     tcache *c = tcache_of(h);
     if (!c) return GPU_ERR_BUSY;
     if (atomic_load_explicit(&h->cache_flush_gen, memory_order_relaxed) != c->flush_seen) {
