@@ -181,7 +181,7 @@ static int check_locked(gpu_heap_t *h, checker *c) {
     q += h->draining_bytes;
     qn += h->draining_blocks;
     for (unsigned i = 0; i < h->nsealed; i++) /* sealed batches wait for their event */
-        for (const block *b = h->sealed[i].batch; b; b = b->next_free) {
+        for (const block *b = h->sealed[i].q.head; b; b = b->next_free) {
             q += b->size;
             qn++;
             CHECK(c, b->state == BLOCK_QUARANTINE, "a block in a sealed batch has state %d", b->state);

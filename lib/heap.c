@@ -267,13 +267,8 @@ static size_t stream_bytes(const gpu_heap_t *h) {
 }
 
 int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
-    block *batch = h->quarantine;
-    if (!batch && !stream_bytes(h) && !h->nsealed) return GPU_OK;
-    size_t bytes = 0, n = 0;
-    for (block *b = batch; b; b = b->next_free) bytes += b->size, n++;
-    h->quarantine = NULL;
-    h->draining_bytes += bytes; /* off the list but still quarantined: the checker counts them */
-    h->draining_blocks += n;
+    if (!h->quarantine && !stream_bytes(h) && !h->nsealed) return GPU_OK;
+    quarantine_batch q = quarantine_take_locked(h);
     uint32_t epochs[STREAM_POOLS_MAX];
     size_t npools = stream_fence_begin_locked(h, epochs);
     uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* the fence covers every block freed before this */
@@ -281,25 +276,12 @@ int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
     bool capturing = vmm_call_capturing(&h->door, stream);
     int rc = capturing ? GPU_ERR_CAPTURING : vmm_call_fence(&h->door);
     heap_lock(h);
-    h->draining_bytes -= bytes;
-    h->draining_blocks -= n;
-    if (rc != GPU_OK) { /* nothing is released: put the batch back */
-        if (batch) {
-            block *last = batch;
-            while (last->next_free) last = last->next_free;
-            last->next_free = h->quarantine;
-            h->quarantine = batch;
-        }
+    quarantine_untake_locked(h, &q, rc != GPU_OK); /* failed: nothing is released, the batch goes back */
+    if (rc != GPU_OK)
         return capturing ? gh_note(rc, "a stream capture is in progress: the device fence waits for it to end")
                          : gh_note(rc, "device fence failed: %s", h->door.b->error);
-    }
     h->fences++;
-    h->quarantine_bytes -= bytes;
-    h->quarantine_blocks -= n;
-    for (block *b = batch, *next; b; b = next) {
-        next = b->next_free;
-        block_release_free(h, b, BLOCK_IDLE);
-    }
+    quarantine_free_locked(h, &q);
     stream_fence_end_locked(h, epochs, npools);
     quarantine_release_sealed_locked(h, seq);
     quarantine_cover_done(h, seq + 1);

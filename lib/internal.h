@@ -359,6 +359,12 @@ const char *vmm_op_name(int op);
 
 /* ---- heap.c: the heap ------------------------------------------------------ */
 
+/* Quarantined blocks taken off the list together, and what they add up to. */
+typedef struct quarantine_batch {
+    block *head; /* linked through next_free */
+    size_t bytes, blocks;
+} quarantine_batch;
+
 #define GH_HEAP_MAGIC 0x67707568656170ull /* "gpuheap" */
 
 struct gpu_heap {
@@ -396,8 +402,7 @@ struct gpu_heap {
     /* Quarantine batches sealed by one context-wide event each, oldest first
      * (quarantine.c): released when a query finds the event complete. */
     struct sealed_batch {
-        block *batch;
-        size_t bytes, blocks;
+        quarantine_batch q;
         vmm_event ev;
         uint64_t seq;
     } sealed[8];
@@ -488,6 +493,14 @@ static inline bool quarantine_covered(gpu_heap_t *h, uint64_t tag) {
 void quarantine_cover_done(gpu_heap_t *h, uint64_t v);
 /* After a device fence: batches sealed before it (seq below the one noted) go idle. */
 void quarantine_release_sealed_locked(gpu_heap_t *h, uint64_t before_seq);
+/* The unsealed quarantine, taken off its list for a driver call made with the
+ * lock dropped: its blocks count as draining meanwhile (the checker sees them). */
+quarantine_batch quarantine_take_locked(gpu_heap_t *h);
+/* After that call: the batch stops draining; when the call failed it goes back
+ * in front of what was freed meanwhile. */
+void quarantine_untake_locked(gpu_heap_t *h, const quarantine_batch *q, bool failed);
+/* A batch whose GPU work is known finished: its blocks become idle. */
+void quarantine_free_locked(gpu_heap_t *h, const quarantine_batch *q);
 void quarantine_close(gpu_heap_t *h);
 int heap_trim_locked(gpu_heap_t *h, size_t keep);     /* drain, then release whole idle extents */
 int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the same, inside [lo, hi) */

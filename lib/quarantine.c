@@ -28,18 +28,41 @@ void quarantine_cover_done(gpu_heap_t *h, uint64_t v) {
     while (d < v && !atomic_compare_exchange_weak_explicit(&h->cover_done, &d, v, memory_order_release, memory_order_relaxed)) {}
 }
 
+quarantine_batch quarantine_take_locked(gpu_heap_t *h) {
+    quarantine_batch q = {.head = h->quarantine};
+    for (block *b = q.head; b; b = b->next_free) q.bytes += b->size, q.blocks++;
+    h->quarantine = NULL;
+    h->draining_bytes += q.bytes;
+    h->draining_blocks += q.blocks;
+    return q;
+}
+
+void quarantine_untake_locked(gpu_heap_t *h, const quarantine_batch *q, bool failed) {
+    h->draining_bytes -= q->bytes;
+    h->draining_blocks -= q->blocks;
+    if (!failed || !q->head) return;
+    block *last = q->head;
+    while (last->next_free) last = last->next_free;
+    last->next_free = h->quarantine;
+    h->quarantine = q->head;
+}
+
+void quarantine_free_locked(gpu_heap_t *h, const quarantine_batch *q) {
+    h->quarantine_bytes -= q->bytes;
+    h->quarantine_blocks -= q->blocks;
+    for (block *b = q->head, *next; b; b = next) {
+        next = b->next_free;
+        block_release_free(h, b, BLOCK_IDLE);
+    }
+}
+
 /* Records one context-wide event and hangs the quarantine on it; with empty_ok
  * also when the quarantine is empty (the event then covers thread caches' frees
  * alone). */
 static int seal(gpu_heap_t *h, uintptr_t stream, bool empty_ok) {
     if ((!h->quarantine && !empty_ok) || h->nsealed == SEALED_MAX || h->seal_busy || !h->door.b->ops->fence_record)
         return GPU_OK;
-    block *batch = h->quarantine;
-    size_t bytes = 0, n = 0;
-    for (block *b = batch; b; b = b->next_free) bytes += b->size, n++;
-    h->quarantine = NULL;
-    h->draining_bytes += bytes; /* still quarantined while the lock is dropped */
-    h->draining_blocks += n;
+    quarantine_batch q = quarantine_take_locked(h);
     h->seal_busy = true;
     uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* covers every block freed before this */
     heap_unlock(h);
@@ -48,18 +71,9 @@ static int seal(gpu_heap_t *h, uintptr_t stream, bool empty_ok) {
     int rc = capturing ? GPU_ERR_CAPTURING : vmm_call_fence_record(&h->door, &ev);
     heap_lock(h);
     h->seal_busy = false;
-    h->draining_bytes -= bytes;
-    h->draining_blocks -= n;
-    if (rc != GPU_OK) { /* put the batch back in front of what was freed meanwhile */
-        if (batch) {
-            block *last = batch;
-            while (last->next_free) last = last->next_free;
-            last->next_free = h->quarantine;
-            h->quarantine = batch;
-        }
-        return rc;
-    }
-    h->sealed[h->nsealed++] = (struct sealed_batch){.batch = batch, .bytes = bytes, .blocks = n, .ev = ev, .seq = seq};
+    quarantine_untake_locked(h, &q, rc != GPU_OK);
+    if (rc != GPU_OK) return rc;
+    h->sealed[h->nsealed++] = (struct sealed_batch){.q = q, .ev = ev, .seq = seq};
     h->seal_events++;
     return GPU_OK;
 }
@@ -79,13 +93,8 @@ static void release_batch(gpu_heap_t *h, unsigned i) {
     struct sealed_batch s = h->sealed[i];
     memmove(&h->sealed[i], &h->sealed[i + 1], (h->nsealed - i - 1) * sizeof h->sealed[0]);
     h->nsealed--;
-    h->quarantine_bytes -= s.bytes;
-    h->quarantine_blocks -= s.blocks;
     quarantine_cover_done(h, s.seq + 1);
-    for (block *b = s.batch, *next; b; b = next) {
-        next = b->next_free;
-        block_release_free(h, b, BLOCK_IDLE);
-    }
+    quarantine_free_locked(h, &s.q);
 }
 
 bool quarantine_reap_locked(gpu_heap_t *h) {
