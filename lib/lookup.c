@@ -33,7 +33,6 @@ static bool block_holds(const block *b, uintptr_t p) {
 
 int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *size) {
     if (!heap_owns(h, p)) return gh_note(GPU_ERR_NOT_OWNED, "%#lx is not in this heap", (unsigned long)p);
-    int rc = gh_note(GPU_ERR_NOT_LIVE, "%#lx is not inside a live block", (unsigned long)p);
     heap_lock(h);
     extent *e = extmap_find(&h->extents, p);
     const block *found = NULL;
@@ -48,9 +47,9 @@ int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *
             }
         }
         block *b = blockmap_find(&h->live, a);
-        if (b && !heap_find_live(h, a, false)) break; /* held free by a thread cache */
         if (b) {
-            if (block_holds(b, p)) found = b;
+            if (block_holds(b, p) && tc_state(atomic_load_explicit(&b->tc, memory_order_acquire)) != TC_FREE)
+                found = b; /* a block a thread cache holds free is not live */
             break;
         }
         if (a == h->base) break;
@@ -58,8 +57,7 @@ int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *
     if (found) {
         *start = found->start;
         *size = found->size;
-        rc = GPU_OK;
     }
     heap_unlock(h);
-    return rc;
+    return found ? GPU_OK : gh_note(GPU_ERR_NOT_LIVE, "%#lx is not inside a live block", (unsigned long)p);
 }
