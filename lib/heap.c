@@ -487,17 +487,20 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
             return GPU_OK;
         }
         if ((rc == GPU_ERR_OUT_OF_MEMORY || rc == GPU_ERR_OUT_OF_VA) && !reclaimed) {
-            /* Give every idle extent back and try once more before failing. */
             reclaimed = drained = true;
             char why[256];
             snprintf(why, sizeof why, "%s", h->door.b->error);
-            if (h->npools) (void)stream_reap_locked(h, true);
-            int trc = heap_trim_locked(h, 0);
-            if (trc == GPU_OK || trc == GPU_ERR_CAPTURING) continue;
+            if (heap_reclaim_locked(h)) continue;
             return gh_note(rc, "%s", why);
         }
         return rc;
     }
+}
+
+bool heap_reclaim_locked(gpu_heap_t *h) {
+    if (h->npools) (void)stream_reap_locked(h, true);
+    int rc = heap_trim_locked(h, 0);
+    return rc == GPU_OK || rc == GPU_ERR_CAPTURING;
 }
 
 /* ---- the calls ---------------------------------------------------------------- */

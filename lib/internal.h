@@ -503,6 +503,9 @@ void quarantine_untake_locked(gpu_heap_t *h, const quarantine_batch *q, bool fai
 void quarantine_free_locked(gpu_heap_t *h, const quarantine_batch *q);
 void quarantine_close(gpu_heap_t *h);
 int heap_trim_locked(gpu_heap_t *h, size_t keep);     /* drain, then release whole idle extents */
+/* Out of memory: waits for stream-freed blocks and gives every idle extent back
+ * (heap_trim_locked(0)); true when the caller should try once more. */
+bool heap_reclaim_locked(gpu_heap_t *h);
 int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the same, inside [lo, hi) */
 /* Before mapping `bytes` of new memory: when at least that much sits idle (in
  * pieces too small or in the wrong place for the request), gives that much back

@@ -182,8 +182,7 @@ int heap_commit(gpu_heap_t *h, void *ptr, size_t len) {
             made.n--;
             if (rc == GPU_ERR_OUT_OF_MEMORY && !reclaimed) { /* give idle memory back, try once more */
                 reclaimed = true;
-                int trc = heap_trim_locked(h, 0);
-                if (trc == GPU_OK || trc == GPU_ERR_CAPTURING) {
+                if (heap_reclaim_locked(h)) {
                     rc = GPU_OK;
                     continue;
                 }
@@ -239,8 +238,7 @@ static int keep_outside(gpu_heap_t *h, block *r, extent *e, uintptr_t p, uintptr
         block_release_free(h, k->scratch, BLOCK_VACANT);
         if (!backed && rc == GPU_ERR_OUT_OF_MEMORY && !reclaimed) { /* give idle memory back, try this part once more */
             reclaimed = true;
-            int trc = heap_trim_locked(h, 0);
-            if (trc == GPU_OK || trc == GPU_ERR_CAPTURING) {
+            if (heap_reclaim_locked(h)) {
                 rc = GPU_OK;
                 made--;
                 continue;
