@@ -85,7 +85,7 @@
 #define FILE_CHUNK_MIN ((size_t)4 << 10)
 #define FILE_CHUNK_MAX ((size_t)1 << 30)
 #define FILE_THREADS_DEFAULT 8u
-#define FILE_THREADS_MAX 64u
+#define FILE_THREADS_MAX CREW_MAX /* a crew's seats bound the loader's threads */
 #define FILE_SMALL_THREADS 12u             /* a small load's threads (size-aware defaults) */
 #define FILE_SMALL_CHUNK ((size_t)4 << 20) /* and its chunk */
 #define FILE_SLOTS_PER_THREAD 2u
@@ -135,8 +135,10 @@ typedef struct staging {
     bool busy;           /* a load or write-back is using it */
     crew crew;           /* the loader threads, kept with the buffers (crew.c) */
     vmm_queue *queue[FILE_THREADS_MAX];
-    void *buf[FILE_SLOTS_MAX]; /* nslots pointers into base */
 } staging;
+
+/* Slot i's buffer: the slots are slot_size bytes each, back to back in base. */
+static inline void *slot_buf(const staging *s, unsigned i) { return (char *)s->base + (size_t)i * s->slot_size; }
 
 static pthread_mutex_t file_lock = PTHREAD_MUTEX_INITIALIZER;
 static file_map *file_maps;         /* under file_lock */
@@ -308,7 +310,6 @@ static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, int st
     }
     s->nslots = nslots;
     s->slot_size = slot_size;
-    for (unsigned i = 0; i < nslots; i++) s->buf[i] = (char *)s->base + (size_t)i * slot_size;
     rc = staging_queues(s, streams);
     if (rc != GPU_OK) {
         staging_put(s); /* kept (the memory is good); the queues are tried again next time */
@@ -513,7 +514,7 @@ static void load_run(load_job *j, unsigned id) {
                 file_timing_max(&tm->last_read, t1);
             }
         } else {
-            void *buf = j->st->buf[slot[k]];
+            void *buf = slot_buf(j->st, slot[k]);
             if (pending[k]) {
                 if (tm) t0 = file_timing_now();
                 rc = vmm_call_queue_wait(d, queue[k], marker[k]);
@@ -639,7 +640,7 @@ static int write_all(int fd, const void *buf, size_t n, uint64_t at) {
 static int write_back(file_map *m) {
     gpu_heap_t *h = m->heap;
     vmm_door *d = &h->door;
-    file_tuning t = tuning_get();
+    file_tuning t = tuning_for(tuning_get(), m->length); /* as the load did: its kept staging set fits */
     staging *st;
     int rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, t.streams, &st, NULL);
     if (rc != GPU_OK) return rc;
@@ -651,7 +652,7 @@ static int write_back(file_map *m) {
     for (unsigned s = 0; s < nslots; s++) q[s] = slot_queue(st, s, &mk[s]);
 #define CHUNK_LEN(i) (m->length - (i) * chunk < chunk ? m->length - (i) * chunk : chunk)
     for (size_t i = 0; i < nslots && i < nchunks && rc == GPU_OK; i++) {
-        rc = vmm_call_queue_download(d, q[i], mk[i], st->buf[i], m->ptr + i * chunk, CHUNK_LEN(i));
+        rc = vmm_call_queue_download(d, q[i], mk[i], slot_buf(st, i), m->ptr + i * chunk, CHUNK_LEN(i));
         if (rc != GPU_OK) gh_note(rc, "copying to the host: %s", d->b->error);
         pending[i] = rc == GPU_OK;
     }
@@ -663,10 +664,10 @@ static int write_back(file_map *m) {
             gh_note(rc, "copying to the host: %s", d->b->error);
             break;
         }
-        rc = write_all(m->fd, st->buf[s], CHUNK_LEN(i), m->offset + i * chunk);
+        rc = write_all(m->fd, slot_buf(st, s), CHUNK_LEN(i), m->offset + i * chunk);
         size_t next = i + nslots;
         if (rc == GPU_OK && next < nchunks) {
-            rc = vmm_call_queue_download(d, q[s], mk[s], st->buf[s], m->ptr + next * chunk, CHUNK_LEN(next));
+            rc = vmm_call_queue_download(d, q[s], mk[s], slot_buf(st, s), m->ptr + next * chunk, CHUNK_LEN(next));
             if (rc != GPU_OK) gh_note(rc, "copying to the host: %s", d->b->error);
             pending[s] = rc == GPU_OK;
         }
@@ -888,7 +889,6 @@ int gpu_heap_map_file(gpu_heap_t *heap, const char *path, uint64_t offset, size_
     if (!(flags & GPU_MAP_ZEROCOPY) && file_timing_enabled()) {
         memset(&timing, 0, sizeof timing);
         tm = &timing;
-        tm->on = true;
         tm->begin = file_timing_now();
     }
     int rc = open_range(path, offset, length, flags & GPU_MAP_WRITE, &m->fd, &m->length);

@@ -19,7 +19,6 @@
 #include <stdint.h>
 
 typedef struct load_timing {
-    bool on;
     /* Marks on the calling thread, ns since the monotonic epoch; 0 = not reached. */
     uint64_t begin, opened, staged, started, allocated, copied, tail, protected_, end;
     bool pinned;         /* staging was allocated (pinned) by this load */

@@ -446,6 +446,16 @@ static void test_write_back(void **state) {
     for (size_t i = 5; i < 1005; i++) assert_int_equal(data[off + i], 0xab);
     free(data);
 
+    /* With the default pieces, a write-back stages through the set its load kept
+     * (the small-load tuning sizes both alike) instead of pinning a new one. */
+    unsetenv("GPUHEAP_FILE_CHUNK");
+    ASSERT_OK(gpu_heap_map_file(h, path, 0, 0, GPU_MAP_WRITE, (void **)&p));
+    uint64_t staged = h->door.counts.calls[VMM_OP_STAGING];
+    ASSERT_OK(gpu_sync_file(p));
+    assert_int_equal(h->door.counts.calls[VMM_OP_STAGING], staged);
+    ASSERT_OK(gpu_unmap_file(p, 0));
+    setenv("GPUHEAP_FILE_CHUNK", "64K", 1);
+
     /* ...unless told to discard. */
     ASSERT_OK(gpu_heap_map_file(h, path, 0, 0, GPU_MAP_WRITE, (void **)&p));
     unsigned char *before = read_file(path, &fsize);
