@@ -18,14 +18,11 @@
  * the next piece of the file, waits until its older buffer's copy has finished,
  * pread()s into it, and queues an asynchronous copy to the device on its copy
  * queue — so reads on many cores overlap with each other and with the copies.
- * Each thread has a copy queue of its own by default (GPUHEAP_FILE_STREAMS=
- * thread; CUDA: a stream per thread): with one queue for all of them (=shared,
- * the earlier layout, kept for A/B runs) every thread's copy and event record
- * took the one stream's lock in turn (~27 us per piece from 8 threads on an
- * H200), and a thread waiting for its older buffer waited, in stream order, for
- * every copy other threads had queued before it. Separate queues have neither
- * cost; the copies still share the bus, so a load of 1 GiB and more, whose
- * copies keep the bus busy, should move its bytes in the same time either way.
+ * Each thread has a copy queue of its own (CUDA: a stream per thread): with one
+ * queue for all of them (the earlier layout) every thread's copy and event
+ * record took the one stream's lock in turn (~27 us per piece from 8 threads on
+ * an H200), and a thread waiting for its older buffer waited, in stream order,
+ * for every copy other threads had queued before it.
  *
  * Size-aware defaults: a load of at most twice its staging set (length <=
  * threads x 2 buffers x chunk x 2: 256 MiB with the defaults) reads each buffer
@@ -110,18 +107,11 @@ typedef struct file_map {
     char path[];        /* for messages */
 } file_map;
 
-/* How the copy queues of a staging set are laid out (GPUHEAP_FILE_STREAMS). */
-enum {
-    STREAMS_THREAD, /* one queue (CUDA: one stream) per loader thread, two slots each */
-    STREAMS_SHARED, /* one queue for every thread, two slots per thread */
-};
-
 /* A set of pinned staging buffers with the copy queues that drain them. The
  * pinned memory is one allocation, sliced into slots anew by every load that
  * takes the set (a small load's 24 x 4 MiB fit in a large load's 16 x 8 MiB),
  * so that loads of different sizes keep one allocation. Slot i's copies go to
- * queue 0, marker i (STREAMS_SHARED) or to queue i / 2, marker i % 2
- * (STREAMS_THREAD: the queue of the thread that owns slots i and i ^ 1). */
+ * queue i / 2, marker i % 2: the queue of the thread that owns slots i and i ^ 1. */
 typedef struct staging {
     struct staging *next;
     gpu_heap_t *heap;
@@ -129,9 +119,7 @@ typedef struct staging {
     size_t bytes;
     unsigned nslots;     /* the current load's slicing: nslots slots of slot_size bytes */
     size_t slot_size;
-    int streams;         /* STREAMS_*: how the queues below were opened */
-    unsigned nqueues;    /* queues opened (STREAMS_SHARED: 0 or 1) */
-    unsigned qslots;     /* STREAMS_SHARED: the one queue's slots */
+    unsigned nqueues;    /* queues opened, one per slot pair */
     bool busy;           /* a load or write-back is using it */
     crew crew;           /* the loader threads, kept with the buffers (crew.c) */
     vmm_queue *queue[FILE_THREADS_MAX];
@@ -154,13 +142,12 @@ typedef struct file_tuning {
     bool chunk_set;   /* defaults leave threads (chunk_set: chunk) alone */
     bool small;       /* tuning_for found a small load and changed a default */
     unsigned cpus;    /* online CPUs, 0 when unknown */
-    int streams;      /* STREAMS_*, GPUHEAP_FILE_STREAMS */
 } file_tuning;
 
 /* Read on every load (cheap next to one), so a program or benchmark may change
  * them between loads. A malformed value is ignored. */
 static file_tuning tuning_get(void) {
-    file_tuning t = {.threads = FILE_THREADS_DEFAULT, .chunk = FILE_CHUNK_DEFAULT, .streams = STREAMS_THREAD};
+    file_tuning t = {.threads = FILE_THREADS_DEFAULT, .chunk = FILE_CHUNK_DEFAULT};
     static _Atomic long online; /* sysconf reads /sys: once per process */
     long cpus = atomic_load_explicit(&online, memory_order_relaxed);
     if (cpus == 0) {
@@ -186,9 +173,6 @@ static file_tuning tuning_get(void) {
     }
     s = getenv("GPUHEAP_CUFILE");
     t.cufile = s && strcmp(s, "1") == 0;
-    s = getenv("GPUHEAP_FILE_STREAMS");
-    if (s && strcmp(s, "shared") == 0) t.streams = STREAMS_SHARED;
-    else if (s && strcmp(s, "thread") == 0) t.streams = STREAMS_THREAD;
     return t;
 }
 
@@ -211,7 +195,6 @@ static file_tuning tuning_for(file_tuning t, size_t length) {
     return t;
 }
 
-static const char *streams_name(int streams) { return streams == STREAMS_SHARED ? "shared" : "thread"; }
 
 /* ---- staging sets ---------------------------------------------------------------- */
 
@@ -230,7 +213,6 @@ static void staging_unlink(staging *s) {
 static void staging_close_queues(staging *s) {
     for (unsigned i = 0; i < s->nqueues; i++) vmm_call_queue_close(&s->heap->door, s->queue[i]);
     s->nqueues = 0;
-    s->qslots = 0;
 }
 
 /* Frees a set no copy is using any more (its slots were waited for). */
@@ -244,37 +226,26 @@ static void staging_destroy(staging *s) {
 
 /* The queue slot i's copies go to, and the slot's marker in it. */
 static vmm_queue *slot_queue(const staging *s, unsigned i, unsigned *marker) {
-    if (s->streams == STREAMS_SHARED) {
-        *marker = i;
-        return s->queue[0];
-    }
     *marker = i % FILE_SLOTS_PER_THREAD;
     return s->queue[i / FILE_SLOTS_PER_THREAD];
 }
 
-/* Makes s's queues serve its nslots slots the `streams` way: opens what is
- * missing (a queue per slot pair, or one queue with a marker per slot) and
- * closes queues of the other layout. A set is idle here, so nothing is in flight. */
-static int staging_queues(staging *s, int streams) {
+/* Opens the queues s's nslots slots still lack, one per slot pair. */
+static int staging_queues(staging *s) {
     vmm_door *d = &s->heap->door;
-    if (s->streams != streams || (streams == STREAMS_SHARED && s->nqueues && s->qslots < s->nslots)) staging_close_queues(s);
-    s->streams = streams;
-    unsigned want = streams == STREAMS_SHARED ? 1 : (s->nslots + FILE_SLOTS_PER_THREAD - 1) / FILE_SLOTS_PER_THREAD;
-    unsigned slots = streams == STREAMS_SHARED ? s->nslots : FILE_SLOTS_PER_THREAD;
-    while (s->nqueues < want) {
-        int rc = vmm_call_queue_open(d, slots, &s->queue[s->nqueues]);
+    unsigned want = (s->nslots + FILE_SLOTS_PER_THREAD - 1) / FILE_SLOTS_PER_THREAD;
+    for (; s->nqueues < want; s->nqueues++) {
+        int rc = vmm_call_queue_open(d, FILE_SLOTS_PER_THREAD, &s->queue[s->nqueues]);
         if (rc != GPU_OK) return gh_note(rc, "opening a copy queue: %s", d->b->error);
-        s->nqueues++;
-        s->qslots = slots;
     }
     return GPU_OK;
 }
 
 /* A set of at least nslots buffers of slot_size bytes for h, its queues laid
- * out the `streams` way, marked busy: the heap's idle one when its memory is
+ * open, marked busy: the heap's idle one when its memory is
  * large enough but not more than twice that (sliced anew), else a new one (an
  * idle one that does not fit is freed first, so a heap keeps one set). */
-static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, int streams, staging **out, bool *pinned) {
+static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, staging **out, bool *pinned) {
     size_t total;
     if (nslots > FILE_SLOTS_MAX) nslots = FILE_SLOTS_MAX;
     if (gh_mul_overflow(nslots, slot_size, &total)) return gh_note(GPU_ERR_INVALID, "staging: %u x %zu bytes overflows", nslots, slot_size);
@@ -310,7 +281,7 @@ static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, int st
     }
     s->nslots = nslots;
     s->slot_size = slot_size;
-    rc = staging_queues(s, streams);
+    rc = staging_queues(s);
     if (rc != GPU_OK) {
         staging_put(s); /* kept (the memory is good); the queues are tried again next time */
         return rc;
@@ -577,7 +548,7 @@ static int load_start(load_job *j, gpu_heap_t *h, int fd, uint64_t offset, size_
     j->direct = direct;
     int rc = GPU_OK;
     bool pinned = false;
-    if (!direct) rc = staging_take(h, t->threads * FILE_SLOTS_PER_THREAD, t->chunk, t->streams, &j->st, &pinned);
+    if (!direct) rc = staging_take(h, t->threads * FILE_SLOTS_PER_THREAD, t->chunk, &j->st, &pinned);
     if (rc != GPU_OK) return rc;
     pthread_mutex_init(&j->lock, NULL);
     pthread_cond_init(&j->dst_known, NULL);
@@ -642,7 +613,7 @@ static int write_back(file_map *m) {
     vmm_door *d = &h->door;
     file_tuning t = tuning_for(tuning_get(), m->length); /* as the load did: its kept staging set fits */
     staging *st;
-    int rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, t.streams, &st, NULL);
+    int rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, &st, NULL);
     if (rc != GPU_OK) return rc;
     unsigned nslots = st->nslots < FILE_WRITEBACK_SLOTS ? st->nslots : FILE_WRITEBACK_SLOTS;
     size_t chunk = st->slot_size, nchunks = m->length / chunk + (m->length % chunk != 0);
@@ -762,7 +733,6 @@ static int map_loaded(gpu_heap_t *h, file_map *m, load_timing *tm) {
     if (tm) {
         tm->chunk = t.chunk;
         tm->small = t.small;
-        tm->streams = streams_name(t.streams);
     }
     load_job j;
     rc = load_start(&j, h, m->fd, m->offset, m->length, direct, &t, tm);

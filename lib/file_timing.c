@@ -2,14 +2,14 @@
  * file_timing.c — the phase breakdown of a gpu_map_file load (see file_timing.h).
  *
  * A load of a file from the page cache should cost what its copies to the device
- * cost; bench/RESULTS.md ("File loading") found a fixed ~2.5 ms beyond that on an
- * H200 and nothing said where it went. This prints, per load, the calling
+ * cost; bench/RESULTS.md ("File loading") found ~2.5 ms beyond that on an H200 (at
+ * 256 MiB) and nothing said where it went. This prints, per load, the calling
  * thread's phases in order and the pipeline's marks, all as milliseconds from
  * the call's start, so that one GPU run shows the split:
  *
  *   gpuheap: map_file 256.0 MiB 7.800 ms 34.4 GB/s | open 0.010 staging 0.002 (kept)
- *   start 0.015 (12 threads, 0 new; 4096 KiB pieces, small-load defaults; thread
- *   streams; last running at 0.040) alloc 0.060 | first copy
+ *   start 0.015 (12 threads, 0 new; 4096 KiB pieces, small-load defaults; last
+ *   running at 0.040) alloc 0.060 | first copy
  *   at 0.210, last read at 7.100, copies done at 7.450 | tail 0.000 protect 0.030
  *   end 0.005 | thread sums: read 50.1 wait 3.2 issue 0.4 dst-wait 0.1 ms, 40 pieces
  *
@@ -63,11 +63,11 @@ void file_timing_print(const load_timing *t, const char *path) {
     uint64_t last_worker = atomic_load(&t->last_worker);
     fprintf(stderr,
             "gpuheap: map_file %.1f MiB %.3f ms %.1f GB/s | open %.3f staging %.3f (%s) start %.3f (%u threads, %u new; "
-            "%zu KiB pieces%s; %s streams; last running at %.3f) alloc %.3f | first copy at %.3f, last read at %.3f, copies done at %.3f (final wait %.3f) | "
+            "%zu KiB pieces%s%s; last running at %.3f) alloc %.3f | first copy at %.3f, last read at %.3f, copies done at %.3f (final wait %.3f) | "
             "tail %.3f protect %.3f end %.3f | thread sums: read %.3f wait %.3f issue %.3f dst-wait %.3f ms, %u pieces%s | %s\n",
             (double)t->bytes / (1 << 20), total, gbps, ms(b, t->opened), ms(t->opened, t->staged),
             t->direct ? "cuFile" : t->pinned ? "pinned now" : "kept", ms(t->staged, t->started), t->threads, t->new_threads,
-            t->chunk >> 10, t->small ? ", small-load defaults" : "", t->direct ? "no" : t->streams ? t->streams : "?", ms(b, last_worker), ms(t->started, t->allocated), ms(b, first), ms(b, last_read), ms(b, t->copied),
+            t->chunk >> 10, t->small ? ", small-load defaults" : "", t->direct ? ", cuFile" : "", ms(b, last_worker), ms(t->started, t->allocated), ms(b, first), ms(b, last_read), ms(b, t->copied),
             ms(last_read, t->copied), ms(t->copied, t->tail), ms(t->tail, t->protected_), ms(t->protected_, t->end),
             (double)atomic_load(&t->read_ns) / 1e6, (double)atomic_load(&t->wait_ns) / 1e6,
             (double)atomic_load(&t->issue_ns) / 1e6, (double)atomic_load(&t->dst_wait_ns) / 1e6, atomic_load(&t->pieces),

@@ -5,7 +5,7 @@
  * loaded mapping prints one line to stderr: the milliseconds of each phase of
  * the call, on the calling thread (open/stat, staging, worker start, heap
  * allocation, the tail's zeroing, protection), the load's shape (threads, piece
- * size, copy streams), and the pipeline's marks seen by
+ * size), and the pipeline's marks seen by
  * the loader threads (first copy issued, last read done, all copies done), with
  * the threads' summed time in read(), in waits for copies and in issuing them.
  * Unset, a load pays one relaxed load of a flag; nothing else is timed.
@@ -27,7 +27,6 @@ typedef struct load_timing {
     bool direct;         /* cuFile */
     size_t chunk;        /* the largest piece (GPUHEAP_FILE_CHUNK or the size-aware default) */
     bool small;          /* the size-aware defaults changed threads or chunk (file.c) */
-    const char *streams; /* the copy queues: "thread" or "shared" (GPUHEAP_FILE_STREAMS) */
     size_t bytes;
     /* Marks and sums from the loader threads. */
     _Atomic uint64_t first_issue; /* the first copy queued */

@@ -17,9 +17,9 @@
  * directly (copying into a read-only mapping is refused, as on a GPU).
  *
  * Loads here use small chunks (GPUHEAP_FILE_CHUNK) where a test wants the
- * multi-threaded pipeline to run over files of a few MiB. Both copy-queue
- * layouts (GPUHEAP_FILE_STREAMS) load and write back the same bytes, and the
- * size-aware defaults pick their thread counts.
+ * multi-threaded pipeline to run over files of a few MiB. Loads of different
+ * shapes share one pinned staging set, and the size-aware defaults pick their
+ * thread counts.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -132,7 +132,6 @@ static int group_setup(void **state) {
     unsetenv("GPUHEAP_FILE_CHUNK");
     unsetenv("GPUHEAP_FILE_THREADS");
     unsetenv("GPUHEAP_CUFILE");
-    unsetenv("GPUHEAP_FILE_STREAMS");
     return 0;
 }
 
@@ -338,23 +337,20 @@ static void test_load_concurrent(void **state) {
     CHECK_ALL(h);
 }
 
-/* GPUHEAP_FILE_STREAMS: a copy queue per thread (the default) or one for all of
- * them, switched between loads on one heap; the staging memory is kept across
- * the switch (only the queues are opened again), and write-back works either way. */
+/* Loads at six offsets with the same thread count share one pinned staging set,
+ * re-sliced and given the copy queues (one per thread) it lacks; write-back
+ * goes through the same queues. */
 static void test_load_streams(void **state) {
     gpu_heap_t *h = *state;
     char path[128];
     size_t size = 3 * MiB + 5;
     make_file("streams", size, 13, path, sizeof path);
     setenv("GPUHEAP_FILE_CHUNK", "64K", 1);
-    const char *modes[] = {"shared", "thread", "shared", "bogus", "thread", NULL};
     const char *threads[] = {"1", "3", "8"};
     uint64_t staged = 0;
     for (size_t t = 0; t < 3; t++) {
         setenv("GPUHEAP_FILE_THREADS", threads[t], 1);
         for (size_t m = 0; m < 6; m++) {
-            if (modes[m]) setenv("GPUHEAP_FILE_STREAMS", modes[m], 1);
-            else unsetenv("GPUHEAP_FILE_STREAMS");
             void *p = NULL;
             ASSERT_OK(gpu_heap_map_file(h, path, m * 4097, 0, 0, &p));
             expect_file_bytes(p, path, m * 4097, size - m * 4097);
@@ -363,9 +359,7 @@ static void test_load_streams(void **state) {
             else assert_int_equal(h->door.counts.calls[VMM_OP_STAGING], staged); /* the same pinned set */
         }
     }
-    /* Write-back through the first four slots' queues, both ways. */
     for (size_t m = 0; m < 2; m++) {
-        setenv("GPUHEAP_FILE_STREAMS", modes[m], 1);
         unsigned char *p = NULL;
         ASSERT_OK(gpu_heap_map_file(h, path, 0, 0, GPU_MAP_WRITE, (void **)&p));
         pattern_fill(p, 0, size, 70 + m);
@@ -377,7 +371,6 @@ static void test_load_streams(void **state) {
         free(data);
         ASSERT_OK(gpu_heap_unmap_file(h, p, 0));
     }
-    unsetenv("GPUHEAP_FILE_STREAMS");
     CHECK_ALL(h);
 }
 
