@@ -102,6 +102,7 @@ static trace_batch *spare;              /* empty batches */
 static _Atomic uint64_t gen;            /* trace session; 0 before the first */
 static int out = -1;         /* the trace file: plain write(2), no stdio buffer a fork could duplicate */
 static bool write_failed;    /* a write failed: gpu_trace_stop reports it */
+static int write_errno;       /* its errno */
 static bool writer_running, writer_stop;
 static pthread_t writer;
 static pthread_key_t thread_key;
@@ -172,6 +173,7 @@ static void put_out(const char *p, size_t len) {
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
             write_failed = true;
+            write_errno = n < 0 ? errno : ENOSPC;
             return;
         }
         p += n;
@@ -196,7 +198,7 @@ static void format_batch(const trace_event *ev, size_t n) {
         *p++ = ' ';
         p = put_dec(p, e->tid);
         *p++ = ' ';
-        const char *name = e->op < TRACE_OP_COUNT && op_names[e->op] ? op_names[e->op] : "unknown";
+        const char *name = trace_op_name((trace_op)e->op);
         size_t len = strlen(name);
         memcpy(p, name, len);
         p += len;
@@ -460,8 +462,9 @@ int gpu_trace_stop(void) {
         size_t n = atomic_load_explicit(&t->count, memory_order_acquire);
         format_batch(t->batch->ev, n);
     }
-    int rc = close(out) == 0 && !write_failed ? GPU_OK : GPU_ERR_INVALID;
-    int e = errno;
+    bool closed = close(out) == 0;
+    int e = write_failed ? write_errno : errno; /* the write's own error, not a later call's */
+    int rc = closed && !write_failed ? GPU_OK : GPU_ERR_INVALID;
     out = -1;
     atomic_fetch_add(&gen, 1); /* what threads still buffer belongs to no session */
     pthread_mutex_unlock(&lock);
@@ -484,4 +487,4 @@ void trace_env_init(void) {
     pthread_once(&once, env_init);
 }
 
-const char *trace_op_name(trace_op op) { return op < TRACE_OP_COUNT ? op_names[op] : "unknown"; }
+const char *trace_op_name(trace_op op) { return op < TRACE_OP_COUNT && op_names[op] ? op_names[op] : "unknown"; }
