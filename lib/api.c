@@ -25,7 +25,7 @@ static _Atomic(gpu_error_handler_t) error_handler;
 static void *_Atomic error_arg;
 
 /* GPUHEAP_VERBOSE, read once: errors go to stderr at 1 and above. */
-static int verbosity(void) {
+int gh_verbosity(void) {
     static _Atomic int level = -1;
     int v = atomic_load_explicit(&level, memory_order_relaxed);
     if (v < 0) {
@@ -53,7 +53,7 @@ int gh_report(int err) {
     last_error = err;
     if (err == GPU_OK) return err;
     if (!last_message[0]) snprintf(last_message, sizeof last_message, "%s", gpu_strerror(err));
-    if (verbosity() >= 1) fprintf(stderr, "gpuheap: %s: %s\n", gpu_strerror(err), last_message);
+    if (gh_verbosity() >= 1) fprintf(stderr, "gpuheap: %s: %s\n", gpu_strerror(err), last_message);
     gpu_error_handler_t fn = atomic_load(&error_handler);
     if (fn) fn(err, last_message, atomic_load(&error_arg));
     last_message[0] = '\0';
@@ -228,6 +228,11 @@ static int current_device(const gpu_config_t *cfg) {
 static gpu_config_t default_config;
 static pthread_once_t default_config_once = PTHREAD_ONCE_INIT;
 static void default_config_load(void) { (void)gpu_config_init(&default_config); }
+
+const gpu_config_t *gh_default_config(void) {
+    pthread_once(&default_config_once, default_config_load);
+    return &default_config;
+}
 
 gpu_heap_t *gpu_heap_default(void) {
     pthread_once(&default_config_once, default_config_load);

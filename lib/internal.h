@@ -589,6 +589,10 @@ void registry_each(void (*fn)(gpu_heap_t *h, void *arg), void *arg);
 gpu_heap_t *gh_heap_default_of(int dev);
 /* The default heap of dev if it exists, without creating it. */
 gpu_heap_t *gh_heap_default_peek(int dev);
+/* The configuration default heaps are made from (gpu_config_init, read once). */
+const gpu_config_t *gh_default_config(void);
+/* GPUHEAP_VERBOSE, read once. */
+int gh_verbosity(void);
 
 /* ---- lookup.c: the live block containing an address ------------------------ */
 

@@ -63,13 +63,11 @@ static void report_at_exit(void) {
 }
 
 __attribute__((constructor)) static void serve_start(void) {
-    if (env_on("GPUHEAP_STATS") || (getenv("GPUHEAP_VERBOSE") && atoi(getenv("GPUHEAP_VERBOSE")) >= 1))
-        atexit(report_at_exit);
+    if (env_on("GPUHEAP_STATS") || gh_verbosity() >= 1) atexit(report_at_exit);
 }
 
 /* ---- heaps ----------------------------------------------------------------------- */
 
-static gpu_heap_t *_Atomic heaps[PL_MAX_DEVICES];
 static _Atomic bool passing[PL_MAX_DEVICES]; /* opening failed once: this device passes through */
 static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
 static bool host_configured;
@@ -79,29 +77,25 @@ static void setup(void) {
 #if GPUHEAP_HAVE_CUDA
     cuda_loader_use_dlsym(pl_real_dlsym_get());
 #endif
-    gpu_config_t cfg;
-    (void)gpu_config_init(&cfg); /* a malformed variable is reported (verbose) and left at its default */
-    host_configured = cfg.backend == GPU_BACKEND_HOST;
-    if (host_configured && cfg.verbose)
+    const gpu_config_t *cfg = gh_default_config(); /* the default heaps' own, read once */
+    host_configured = cfg->backend == GPU_BACKEND_HOST;
+    if (host_configured && cfg->verbose)
         fprintf(stderr, "gpuheap-preload: GPUHEAP_BACKEND=host: device allocations pass through to the driver\n");
 }
 
-gpu_heap_t *pl_heap(int dev) {
+/* dev's default heap if it exists and serves device memory (not a host-backend
+ * heap); never creates one. */
+static gpu_heap_t *served_heap(int dev) {
     if (dev < 0 || dev >= PL_MAX_DEVICES) return NULL;
-    gpu_heap_t *h = atomic_load_explicit(&heaps[dev], memory_order_acquire);
-    if (h) return h;
-    if (atomic_load_explicit(&passing[dev], memory_order_relaxed)) return NULL;
     pthread_once(&setup_once, setup);
-    if (host_configured || !pl_driver_ready()) {
+    return host_configured ? NULL : gh_heap_default_peek(dev);
+}
+
+gpu_heap_t *pl_heap(int dev) {
+    gpu_heap_t *h = served_heap(dev);
+    if (h || dev < 0 || dev >= PL_MAX_DEVICES || atomic_load_explicit(&passing[dev], memory_order_relaxed)) return h;
+    if (host_configured || !pl_driver_ready() || !(h = gh_heap_default_of(dev))) /* reports why when verbose */
         atomic_store(&passing[dev], true);
-        return NULL;
-    }
-    h = gh_heap_default_of(dev); /* reports why it failed when GPUHEAP_VERBOSE is set */
-    if (!h) {
-        atomic_store(&passing[dev], true);
-        return NULL;
-    }
-    atomic_store_explicit(&heaps[dev], h, memory_order_release);
     return h;
 }
 
@@ -136,7 +130,7 @@ pl_free_result pl_free(uintptr_t p) {
 }
 
 size_t pl_idle_bytes(int dev) {
-    gpu_heap_t *h = dev >= 0 && dev < PL_MAX_DEVICES ? atomic_load(&heaps[dev]) : NULL;
+    gpu_heap_t *h = served_heap(dev);
     gpu_stats_t s;
     if (!h || gpu_heap_stats(h, &s) != GPU_OK) return 0;
     return (size_t)(s.idle_bytes + s.quarantine_bytes + s.cached_bytes);
@@ -163,6 +157,6 @@ void pl_peer_enable(int owner, int accessor) {
 }
 
 void pl_peer_disable(int owner, int accessor) {
-    gpu_heap_t *h = owner >= 0 && owner < PL_MAX_DEVICES ? atomic_load(&heaps[owner]) : NULL;
+    gpu_heap_t *h = served_heap(owner);
     if (h) (void)heap_peer_remove(h, accessor);
 }
