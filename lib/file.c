@@ -723,11 +723,12 @@ static int map_loaded(gpu_heap_t *h, file_map *m, load_timing *tm) {
     file_tuning t = tuning_get();
     vmm_direct *direct = NULL;
     int rc;
-    if ((m->flags & GPU_MAP_CUFILE) || t.cufile) {
+    /* GPUHEAP_CUFILE=1 is a preference: a backend without direct reads is not
+     * asked (nor counted as failing) on every load. */
+    if ((m->flags & GPU_MAP_CUFILE) || (t.cufile && vmm_call_has_direct(&h->door))) {
         rc = vmm_call_direct_open(&h->door, m->fd, &direct);
         if (rc != GPU_OK && (m->flags & GPU_MAP_CUFILE))
             return gh_note(rc, "gpu_map_file(\"%s\", GPU_MAP_CUFILE): %s", m->path, h->door.b->error);
-        if (rc != GPU_OK) direct = NULL;
     }
     if (!direct) t = tuning_for(t, m->length); /* measured for the staging pipeline only */
     if (tm) {
