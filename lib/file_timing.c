@@ -17,6 +17,7 @@
  * steps on the calling thread; "at" values are times since the call began.
  */
 #include "file_timing.h"
+#include "internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,11 +36,7 @@ bool file_timing_enabled(void) {
     return v;
 }
 
-uint64_t file_timing_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+uint64_t file_timing_now(void) { return gh_mono_ns(); }
 
 void file_timing_max(_Atomic uint64_t *a, uint64_t t) {
     uint64_t cur = atomic_load_explicit(a, memory_order_relaxed);

@@ -36,6 +36,13 @@
     ((cond) ? (void)0 : gh_assert_fail(#cond, msg, __FILE__, __LINE__))
 _Noreturn void gh_assert_fail(const char *cond, const char *msg, const char *file, int line);
 
+/* CLOCK_MONOTONIC in nanoseconds. */
+static inline uint64_t gh_mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* Round x up to a multiple of a (a power of two); 0 on overflow. */
 static inline size_t gh_align_up(size_t x, size_t a) {
     if (x > SIZE_MAX - (a - 1)) return 0;
@@ -652,9 +659,7 @@ static inline uint64_t trace_tick(void) {
 #if defined(__x86_64__) || defined(__i386__)
     return __builtin_ia32_rdtsc();
 #else
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return gh_mono_ns();
 #endif
 }
 /* The start of a traced call: its tick, or 0 when no trace runs (then skip

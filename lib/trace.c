@@ -115,23 +115,17 @@ static _Thread_local trace_thread *self;
 static uint64_t tick0, ns0;
 static double tick_ns = 1.0;
 
-static uint64_t mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Nanoseconds per tick, measured against CLOCK_MONOTONIC over CALIBRATE_NS at
  * the trace's start: a rate error of ~1e-5, so event order is exact and times
  * drift by ~10 µs a second at most. */
 #define CALIBRATE_NS 10000000u
 
 static void calibrate(void) {
-    ns0 = mono_ns();
+    ns0 = gh_mono_ns();
     tick0 = trace_tick();
 #if defined(__x86_64__) || defined(__i386__)
     uint64_t n;
-    while ((n = mono_ns()) - ns0 < CALIBRATE_NS) {}
+    while ((n = gh_mono_ns()) - ns0 < CALIBRATE_NS) {}
     uint64_t t = trace_tick();
     tick_ns = t > tick0 ? (double)(n - ns0) / (double)(t - tick0) : 1.0;
     tick0 = t; /* the trace starts now */
