@@ -20,7 +20,14 @@ int extmap_init(extmap *m, uintptr_t base, size_t size, size_t granularity) {
     m->granules = size / granularity;
     m->nleaves = (m->granules + LEAF_SLOTS - 1) / LEAF_SLOTS;
     m->leaves = calloc(m->nleaves ? m->nleaves : 1, sizeof *m->leaves);
-    return m->leaves ? GPU_OK : GPU_ERR_OUT_OF_MEMORY;
+    /* The first leaf now: a heap's first extents go at its base, and a leaf
+     * made inside the first allocation cost it ~8 µs (calloc clearing 32 KiB
+     * that malloc had to grow its heap for). */
+    if (m->leaves && m->nleaves) m->leaves[0] = calloc(LEAF_SLOTS, sizeof(extent *));
+    if (m->leaves && (!m->nleaves || m->leaves[0])) return GPU_OK;
+    free(m->leaves);
+    m->leaves = NULL;
+    return GPU_ERR_OUT_OF_MEMORY;
 }
 
 void extmap_free(extmap *m) {
