@@ -10,12 +10,14 @@
  *     (the driver charges per mapping, not per byte: DESIGN.md §2), with unmapped
  *     headroom after it so that realloc can usually grow it in place;
  *   - smaller blocks share extents whose size grows with the heap.
+ * A block of two granules or more takes idle memory only where it fills whole
+ * extents, unless the heap holds more than its physical budget (take_idle_fit).
  *
  * Freed blocks go to a quarantine, not back to the index: GPU work issued before
  * the free may still use them (cudaFree syncs the device; gpuheap does not sync per
- * free). When an allocation would otherwise need new memory and enough is
- * quarantined, one device fence releases the whole batch. No extent is ever
- * unmapped while quarantined.
+ * free). A miss seals the quarantine on a context-wide event (quarantine.c); past
+ * the quarantine's budget, one device fence releases the whole batch. No extent
+ * is ever unmapped while quarantined.
  *
  * One mutex guards the heap's books. It is never held across a backend call: the
  * thread that needs the driver marks the range it works on BUSY, drops the lock,
@@ -387,6 +389,14 @@ static size_t quarantine_budget(const gpu_heap_t *h) {
     return b > QUARANTINE_MIN_BUDGET ? b : QUARANTINE_MIN_BUDGET;
 }
 
+/* Physical memory the heap lets itself hold before it reuses idle memory that
+ * fits badly or gives idle extents back for new ones: the live bytes, with this
+ * request, and an eighth more. */
+static size_t physical_budget(const gpu_heap_t *h, size_t need) {
+    size_t want = h->live_bytes + need;
+    return want + want / 8;
+}
+
 /* ---- taking idle memory ----------------------------------------------------- */
 
 /* An idle block of need bytes at the given alignment, made LIVE; NULL on a miss. */
@@ -399,6 +409,65 @@ static block *take_idle(gpu_heap_t *h, size_t need, size_t align) {
     if (start != b->start) {
         block *a = block_split(h, b, start - b->start);
         tlsf_insert(&h->idle, b); /* the gap's other neighbour is not idle: no merge */
+        b = a;
+    }
+    if (b->size > need) tlsf_insert(&h->idle, block_split(h, b, need));
+    heap_make_live_locked(h, b);
+    return b;
+}
+
+/* Blocks of two granules and more take idle memory only where they fill whole
+ * extents, to within a granule or an eighth of their size: a block cut from the
+ * middle of a larger idle extent would pin the rest of it, since an extent goes
+ * back to the driver only whole. Candidates are looked for from the size's class
+ * upward, a bounded number of idle blocks. A miss maps an extent of the block's
+ * own while the heap is within its physical budget; past it, heap_alloc_locked
+ * cuts the block from any idle block, or trades idle extents for new memory. */
+#define FIT_SCAN 64
+
+typedef struct fit_search {
+    gpu_heap_t *h;
+    size_t need, slack, align;
+    unsigned seen;
+    block *b;
+    uintptr_t at;
+} fit_search;
+
+static bool fit_one(block *b, void *arg) {
+    fit_search *f = arg;
+    if (++f->seen > FIT_SCAN) return false;
+    if (b->size < f->need) return true;
+    uintptr_t end = block_end(b);
+    extent *e = extmap_find(&f->h->extents, b->start);
+    for (uintptr_t s = e->va == b->start ? b->start : e->va + e->size; s < end && end - s >= f->need;) {
+        extent *first = extmap_find(&f->h->extents, s);
+        if (first->va + first->size > end) break; /* the block ends inside this extent */
+        uintptr_t x = s;
+        while (x < end && x - s < f->need) {
+            extent *n = extmap_find(&f->h->extents, x);
+            if (n->va + n->size > end) break;
+            x = n->va + n->size;
+        }
+        if (x - s < f->need) break; /* no later start reaches further */
+        if (x - s - f->need <= f->slack && s % f->align == 0) {
+            f->b = b;
+            f->at = s;
+            return false;
+        }
+        s = first->va + first->size;
+    }
+    return true;
+}
+
+static block *take_idle_fit(gpu_heap_t *h, size_t need, size_t align) {
+    fit_search f = {.h = h, .need = need, .slack = need / 8 > h->gran ? need / 8 : h->gran, .align = align};
+    tlsf_walk_from(&h->idle, need, fit_one, &f);
+    block *b = f.b;
+    if (!b) return NULL;
+    tlsf_remove(&h->idle, b);
+    if (f.at != b->start) {
+        block *a = block_split(h, b, f.at - b->start);
+        tlsf_insert(&h->idle, b);
         b = a;
     }
     if (b->size > need) tlsf_insert(&h->idle, block_split(h, b, need));
@@ -439,9 +508,10 @@ static block *take_idle_owned(gpu_heap_t *h, size_t need, size_t align) {
 
 int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, uintptr_t stream, block **out) {
     bool owned = flags & GPU_ALLOC_OWNED, drained = false, reclaimed = false, reaped = false, recycled = false;
-    bool sealed = false;
+    bool sealed = false, carved = false;
+    bool fitted = !owned && need >= 2 * h->gran && align <= h->gran;
     for (;;) {
-        block *b = owned ? take_idle_owned(h, need, align) : take_idle(h, need, align);
+        block *b = owned ? take_idle_owned(h, need, align) : fitted ? take_idle_fit(h, need, align) : take_idle(h, need, align);
         if (b) {
             *out = b;
             return GPU_OK;
@@ -454,27 +524,41 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
             if (h->nsealed) any |= quarantine_reap_locked(h);
             if (any) continue;
         }
-        /* Quarantined memory is reused after one fence; new memory costs a driver
-         * call. Fence once the quarantine outgrows its budget. Blocks freed on
-         * streams do not count: their events release them without anyone waiting
-         * (a device sync here would make one stream wait for another's kernels),
-         * and out of memory waits for them below. */
-        size_t waiting = h->quarantine_bytes;
-        if (!drained && waiting >= need &&
+        bool own = owned || need >= h->gran;
+        size_t size = own ? gh_align_up(need, h->gran) : shared_extent_size(h, need);
+        bool tight = own && h->mapped_bytes + size > physical_budget(h, need);
+        /* Hang the quarantine on one context-wide event, and look once: an idle
+         * device finishes it before a mapping would, and a busy one leaves it
+         * for a later miss — no one waits. */
+        if (!sealed && h->quarantine) {
+            sealed = true;
+            if (quarantine_seal_locked(h, stream) == GPU_OK && quarantine_reap_locked(h)) continue;
+        }
+        /* Over the physical budget, a large block takes any idle block that holds
+         * it rather than new memory. */
+        if (tight && fitted && !carved) {
+            carved = true;
+            b = take_idle(h, need, align);
+            if (b) {
+                *out = b;
+                return GPU_OK;
+            }
+        }
+        /* Quarantined memory is reused after one fence (a device sync); new memory
+         * costs a driver call. Fence once the quarantine outgrows its budget — a
+         * large block only when new memory would pass the physical budget too.
+         * Blocks freed on streams do not count: their events release them without
+         * anyone waiting (a device sync here would make one stream wait for
+         * another's kernels), and out of memory waits for them below. */
+        size_t waiting = h->quarantine_bytes; /* sealed batches included */
+        if (!drained && waiting >= need && (tight || !fitted) &&
             (waiting + need > quarantine_budget(h) || h->quarantine_blocks >= QUARANTINE_MAX_BLOCKS)) {
             drained = true;
             int rc = heap_drain_locked(h, stream);
             if (rc == GPU_OK) continue;
             if (rc != GPU_ERR_CAPTURING) return rc; /* capturing: map new memory instead */
-        } else if (!sealed && h->quarantine) {
-            /* Under budget: map new memory now, and hang the quarantine on one
-             * context-wide event so that a later miss finds it idle — no wait. */
-            sealed = true;
-            (void)quarantine_seal_locked(h, stream);
         }
-        bool own = owned || need >= h->gran;
-        size_t size = own ? gh_align_up(need, h->gran) : shared_extent_size(h, need);
-        if (own && !recycled) { /* idle memory that could not serve this request is traded for it */
+        if (tight && !recycled) { /* idle memory that could not serve this request is traded for it */
             recycled = true;
             (void)heap_recycle_locked(h, size);
         }

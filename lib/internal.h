@@ -118,6 +118,8 @@ void tlsf_remove(tlsf_index *t, block *b);
 block *tlsf_find(tlsf_index *t, size_t size);
 /* Calls fn on every indexed block until it returns false. */
 void tlsf_walk(tlsf_index *t, bool (*fn)(block *b, void *arg), void *arg);
+/* The same, from the class that holds blocks of size bytes upward: smallest first. */
+void tlsf_walk_from(tlsf_index *t, size_t size, bool (*fn)(block *b, void *arg), void *arg);
 /* True when b is linked in t's list for its size. */
 bool tlsf_contains(const tlsf_index *t, const block *b);
 

@@ -103,10 +103,14 @@ block *tlsf_find(tlsf_index *t, size_t size) {
     return NULL;
 }
 
-void tlsf_walk(tlsf_index *t, bool (*fn)(block *b, void *arg), void *arg) {
-    for (unsigned fl = 0; fl < TLSF_FL_COUNT; fl++) {
+void tlsf_walk(tlsf_index *t, bool (*fn)(block *b, void *arg), void *arg) { tlsf_walk_from(t, 0, fn, arg); }
+
+void tlsf_walk_from(tlsf_index *t, size_t size, bool (*fn)(block *b, void *arg), void *arg) {
+    unsigned fl0 = 0, sl0 = 0;
+    if (size) mapping_insert(size, &fl0, &sl0);
+    for (unsigned fl = fl0; fl < TLSF_FL_COUNT; fl++) {
         if (!(t->fl_bitmap & (1ull << fl))) continue;
-        for (unsigned sl = 0; sl < TLSF_SL_COUNT; sl++) {
+        for (unsigned sl = fl == fl0 ? sl0 : 0; sl < TLSF_SL_COUNT; sl++) {
             block *b = t->heads[fl][sl];
             while (b) {
                 block *next = b->next_free; /* fn may remove b */

@@ -170,6 +170,52 @@ static void test_placement(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* Blocks of two granules and more reuse idle memory only where they fill whole
+ * extents while the heap is within its physical budget (live bytes and an
+ * eighth): a 16 MiB block takes a freed 16 MiB extent, not the front of a freed
+ * 64 MiB one, and a 32 MiB block maps an extent of its own rather than pin the
+ * rest of the 64 MiB. Past the budget, a block is cut from any idle block that
+ * holds it, and nothing is mapped. */
+static void test_placement_whole_extents(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    void *big = gpu_heap_malloc(h, 512 * MiB); /* keeps the heap within budget below */
+    void *a = gpu_heap_malloc(h, 64 * MiB), *b = gpu_heap_malloc(h, 16 * MiB);
+    assert_non_null(big);
+    assert_non_null(a);
+    assert_non_null(b);
+    ASSERT_OK(gpu_heap_free(h, a));
+    ASSERT_OK(gpu_heap_free(h, b));
+    ASSERT_OK(gpu_heap_trim(h, SIZE_MAX)); /* the quarantine becomes idle, nothing goes back */
+    uint64_t creates = STATS(h).backend_create;
+
+    void *c = gpu_heap_malloc(h, 16 * MiB);
+    assert_ptr_equal(c, b); /* the 16 MiB extent, whole */
+    assert_int_equal(STATS(h).backend_create, creates);
+
+    void *d = gpu_heap_malloc(h, 32 * MiB); /* 576 MiB mapped + 32 within (560 MiB live) x 1.125 */
+    assert_non_null(d);
+    assert_int_equal(STATS(h).backend_create, creates + 1);
+    if ((char *)d >= (char *)a && (char *)d < (char *)a + 64 * MiB) fail_msg("32 MiB block %p cut from the idle 64 MiB extent at %p", d, a);
+    CHECK_ALL(h);
+
+    /* Past the budget: with the 512 MiB block freed, 48 MiB more would hold far
+     * more than the live bytes; it is cut from the idle 64 MiB extent instead. */
+    ASSERT_OK(gpu_heap_free(h, big));
+    ASSERT_OK(gpu_heap_trim(h, SIZE_MAX));
+    creates = STATS(h).backend_create;
+    void *e = gpu_heap_malloc(h, 48 * MiB);
+    assert_non_null(e);
+    assert_int_equal(STATS(h).backend_create, creates);
+    if ((char *)e < (char *)a || (char *)e + 48 * MiB > (char *)a + 64 * MiB) fail_msg("48 MiB block %p not inside the idle 64 MiB extent at %p", e, a);
+    CHECK_ALL(h);
+    ASSERT_OK(gpu_heap_free(h, c));
+    ASSERT_OK(gpu_heap_free(h, d));
+    ASSERT_OK(gpu_heap_free(h, e));
+    CHECK_ALL(h);
+    HEAP_DESTROY(h);
+}
+
 /* ---- realloc ------------------------------------------------------------- */
 
 /* A block with free addresses after it grows in place, keeping its pointer. */
@@ -801,6 +847,7 @@ int main(void) {
         cmocka_unit_test(test_coalesce_three),
         cmocka_unit_test(test_coalesce_many),
         cmocka_unit_test(test_placement),
+        cmocka_unit_test(test_placement_whole_extents),
         cmocka_unit_test(test_realloc_in_place),
         cmocka_unit_test(test_realloc_remap),
         cmocka_unit_test(test_realloc_owned_stays_owned),
