@@ -37,22 +37,27 @@ fi
 if [ -n "$trace" ]; then
   "$build/tools/gpuheap-replay" "$out/torch-train.trace.gz" --json "$out/replay.json" >>"$out/bench.log" 2>&1
 fi
-# Where a cold allocation's time goes: the cold scenario again under GPUHEAP_TRACE,
-# then the median duration of each backend call per size.
-GPUHEAP_TRACE="$tmp/cold.trace" "$build/bench/gpuheap-bench" --quick --only cold >/dev/null 2>&1
-python3 - "$tmp/cold.trace" >>"$out/bench.log" 2>&1 <<'PY'
+# Where a cold allocation's time goes: the cold scenario again under GPUHEAP_TRACE
+# (one file per process: its rounds run in fresh processes), then the median
+# duration of each backend call per size, in the fresh processes and beside the
+# benchmark's default heap.
+GPUHEAP_TRACE="$tmp/cold.%p.trace" "$build/bench/gpuheap-bench" --quick --only cold >/dev/null 2>&1
+python3 - "$tmp"/cold.*.trace >>"$out/bench.log" 2>&1 <<'PY'
 import sys, statistics
 rows = {}
-for line in open(sys.argv[1]):
-    if line.startswith("#"):
-        continue
-    c = line.split()
-    op, size, dur = c[2], int(c[6]), int(c[11])
-    if op in ("malloc", "create", "map", "access", "reserve") and size >= (2 << 20):
-        rows.setdefault((size if op != "reserve" else 0, op), []).append(dur)
+files = sorted(sys.argv[1:], key=lambda f: int(f.split(".")[-2]))
+for i, f in enumerate(files):
+    where = "second heap" if i == 0 else "fresh process"  # the benchmark itself started first
+    for line in open(f):
+        if line.startswith("#"):
+            continue
+        c = line.split()
+        op, size, dur = c[2], int(c[6]), int(c[11])
+        if op in ("malloc", "create", "map", "access", "reserve") and size >= (2 << 20):
+            rows.setdefault((where, size if op != "reserve" else 0, op), []).append(dur)
 print("\n== cold, traced: median duration of each call, us (reserve: the heap's VA, before the first malloc) ==")
-for (size, op), d in sorted(rows.items()):
-    print(f"{size >> 20:>8} MiB {op:8s} {statistics.median(d) / 1e3:10.1f}  (n={len(d)})")
+for (where, size, op), d in sorted(rows.items()):
+    print(f"{where:14s} {size >> 20:>8} MiB {op:8s} {statistics.median(d) / 1e3:10.1f}  (n={len(d)})")
 PY
 tail -c 6000 "$out/bench.log"
 rm -rf "$tmp"

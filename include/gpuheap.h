@@ -412,7 +412,7 @@ int gpu_heap_check(gpu_heap_t *heap, char *msg, size_t msg_len);
  * per event in the format README.md ("Trace format") describes. A call pays two
  * reads of the time-stamp counter and a store into its thread's buffer; a writer
  * thread formats full buffers. GPUHEAP_TRACE=FILE starts a trace when the first
- * heap is created and stops it at exit. Errors: GPU_ERR_INVALID (path NULL or
+ * heap is created and stops it at exit; there, %p in FILE becomes the process id. Errors: GPU_ERR_INVALID (path NULL or
  * empty, a trace already running, the file cannot be written). */
 int gpu_trace_start(const char *path);
 

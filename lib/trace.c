@@ -469,11 +469,26 @@ int gpu_trace_stop(void) {
 
 static void trace_at_exit(void) { (void)gpu_trace_stop(); }
 
+/* GPUHEAP_TRACE with each %p replaced by the process id, so that a program's
+ * child processes (dataloader workers, a benchmark's fresh processes) each write
+ * their own file instead of truncating one another's. */
+static bool trace_env_path(const char *spec, char *out, size_t len) {
+    size_t n = 0;
+    for (const char *c = spec; *c; c++) {
+        int w = c[0] == '%' && c[1] == 'p' ? snprintf(out + n, len - n, "%d", (int)getpid()) : snprintf(out + n, len - n, "%c", *c);
+        if (w < 0 || (size_t)w >= len - n) return false;
+        n += (size_t)w;
+        if (c[0] == '%' && c[1] == 'p') c++;
+    }
+    return true;
+}
+
 static void env_init(void) {
-    const char *path = getenv("GPUHEAP_TRACE");
-    if (!path || !*path) return;
-    if (gpu_trace_start(path) == GPU_OK) atexit(trace_at_exit);
-    else fprintf(stderr, "gpuheap: GPUHEAP_TRACE=%s: cannot write the trace\n", path);
+    const char *spec = getenv("GPUHEAP_TRACE");
+    char path[4096];
+    if (!spec || !*spec) return;
+    if (trace_env_path(spec, path, sizeof path) && gpu_trace_start(path) == GPU_OK) atexit(trace_at_exit);
+    else fprintf(stderr, "gpuheap: GPUHEAP_TRACE=%s: cannot write the trace\n", spec);
 }
 
 void trace_env_init(void) {

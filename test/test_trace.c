@@ -297,6 +297,44 @@ static void test_fork(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* GPUHEAP_TRACE's %p becomes the process id: a fresh process (this program again,
+ * as env_child below) writes its own file under the expanded name. */
+static void test_env_pid(void **state) {
+    (void)state;
+    char spec[96], path[96];
+    snprintf(spec, sizeof spec, "%s.%%p", trace_path);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setenv("GPUHEAP_TRACE", spec, 1);
+        execl("/proc/self/exe", "test_trace", "--env-child", (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    snprintf(path, sizeof path, "%s.%d", trace_path, (int)pid);
+    tr_trace t;
+    char err[256];
+    if (tr_load(path, &t, err, sizeof err) != 0) fail_msg("%s: %s", path, err);
+    unlink(path);
+    tr_summary sum;
+    tr_summarize(&t, &sum);
+    assert_int_equal(sum.mallocs, 3);
+    assert_int_equal(sum.frees, 3);
+    tr_free(&t);
+}
+
+/* The child of test_env_pid: a heap's first calls, traced by GPUHEAP_TRACE alone. */
+static int env_child(void) {
+    gpu_config_t cfg = host_config(1 * GiB, 0, 0);
+    gpu_heap_t *h;
+    if (gpu_heap_create(&cfg, &h) != GPU_OK) return 1;
+    for (int i = 0; i < 3; i++)
+        if (gpu_heap_free(h, gpu_heap_malloc(h, 4096)) != GPU_OK) return 1;
+    return gpu_heap_destroy(h) == GPU_OK ? 0 : 1;
+}
+
 /* A gzip-compressed trace reads the same. */
 static void test_gzip(void **state) {
     (void)state;
@@ -323,7 +361,8 @@ static void test_gzip(void **state) {
     tr_free(&plain);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--env-child")) return env_child();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_line),
         cmocka_unit_test_setup_teardown(test_start_stop_errors, setup, teardown),
@@ -331,6 +370,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_threads_lose_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gzip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_env_pid, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
