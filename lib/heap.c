@@ -390,11 +390,16 @@ static size_t quarantine_budget(const gpu_heap_t *h) {
 }
 
 /* Physical memory the heap lets itself hold before it reuses idle memory that
- * fits badly or gives idle extents back for new ones: the live bytes, with this
- * request, and an eighth more. */
+ * fits badly, waits for its quarantine or gives idle extents back for new ones:
+ * the live bytes with this request, an eighth more, and PHYSICAL_SLACK — room
+ * for a few freed blocks to wait on their event while new ones are mapped, so
+ * that a loop freeing and allocating large blocks does not query an event at
+ * every turn. */
+#define PHYSICAL_SLACK ((size_t)64 << 20)
+
 static size_t physical_budget(const gpu_heap_t *h, size_t need) {
     size_t want = h->live_bytes + need;
-    return want + want / 8;
+    return want + want / 8 + PHYSICAL_SLACK;
 }
 
 /* ---- taking idle memory ----------------------------------------------------- */
@@ -527,12 +532,12 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
         bool own = owned || need >= h->gran;
         size_t size = own ? gh_align_up(need, h->gran) : shared_extent_size(h, need);
         bool tight = own && h->mapped_bytes + size > physical_budget(h, need);
-        /* Hang the quarantine on one context-wide event, and look once: an idle
-         * device finishes it before a mapping would, and a busy one leaves it
-         * for a later miss — no one waits. */
+        /* Hang the quarantine on one context-wide event for a later miss to
+         * find complete — no one waits. Past the physical budget, look at once
+         * too: an idle device has finished it before a mapping would. */
         if (!sealed && h->quarantine) {
             sealed = true;
-            if (quarantine_seal_locked(h, stream) == GPU_OK && quarantine_reap_locked(h)) continue;
+            if (quarantine_seal_locked(h, stream) == GPU_OK && tight && quarantine_reap_locked(h)) continue;
         }
         /* Over the physical budget, a large block takes any idle block that holds
          * it rather than new memory. */

@@ -366,7 +366,7 @@ static const step workload[] = {
     {"malloc 24 MiB, second", s_big2, VMM_OP_CREATE, ANY},
     {"free 24 MiB", s_free_big1, ANY, ANY},
     {"free 24 MiB, second", s_free_big2, ANY, ANY},
-    {"malloc 24 MiB reusing the quarantine (sealed, event found complete)", s_big3, VMM_OP_EVENT_QUERY, VMM_OP_CREATE},
+    {"malloc 24 MiB beside the quarantine, sealed (within the physical budget)", s_big3, VMM_OP_EVENT_RECORD, VMM_OP_FENCE},
     {"free moved small block", s_free_a, ANY, ANY},
     {"trim keeping all (drain)", s_drain, VMM_OP_FENCE, VMM_OP_RELEASE},
     {"trim to 1 MiB", s_trim_some, VMM_OP_RELEASE, ANY},

@@ -193,7 +193,7 @@ static void test_placement_whole_extents(void **state) {
     assert_ptr_equal(c, b); /* the 16 MiB extent, whole */
     assert_int_equal(STATS(h).backend_create, creates);
 
-    void *d = gpu_heap_malloc(h, 32 * MiB); /* 576 MiB mapped + 32 within (560 MiB live) x 1.125 */
+    void *d = gpu_heap_malloc(h, 32 * MiB); /* 576 MiB mapped + 32 within 560 MiB live x 1.125 + 64 MiB */
     assert_non_null(d);
     assert_int_equal(STATS(h).backend_create, creates + 1);
     if ((char *)d >= (char *)a && (char *)d < (char *)a + 64 * MiB) fail_msg("32 MiB block %p cut from the idle 64 MiB extent at %p", d, a);
@@ -208,6 +208,18 @@ static void test_placement_whole_extents(void **state) {
     assert_non_null(e);
     assert_int_equal(STATS(h).backend_create, creates);
     if ((char *)e < (char *)a || (char *)e + 48 * MiB > (char *)a + 64 * MiB) fail_msg("48 MiB block %p not inside the idle 64 MiB extent at %p", e, a);
+    CHECK_ALL(h);
+
+    /* Still past the budget, a block freed without a stream is sealed on an
+     * event that the miss queries at once (the host backend's complete at
+     * once): reused with neither a fence nor a new mapping. */
+    void *old_e = e;
+    ASSERT_OK(gpu_heap_free(h, e));
+    gpu_stats_t before = STATS(h);
+    e = gpu_heap_malloc(h, 48 * MiB);
+    assert_ptr_equal(e, old_e); /* not cut from the idle 512 MiB extent */
+    assert_int_equal(STATS(h).backend_create, before.backend_create);
+    assert_int_equal(STATS(h).fences, before.fences);
     CHECK_ALL(h);
     ASSERT_OK(gpu_heap_free(h, c));
     ASSERT_OK(gpu_heap_free(h, d));
