@@ -428,38 +428,46 @@ static block *take_idle(gpu_heap_t *h, size_t need, size_t align) {
  * upward, a bounded number of idle blocks. A miss maps an extent of the block's
  * own while the heap is within its physical budget; past it, heap_alloc_locked
  * cuts the block from any idle block, or trades idle extents for new memory. */
-#define FIT_SCAN 64
+#define FIT_SCAN 64        /* idle blocks looked at */
+#define FIT_STEPS 1024     /* and extents stepped over, in all */
 
 typedef struct fit_search {
     gpu_heap_t *h;
     size_t need, slack, align;
-    unsigned seen;
+    unsigned seen, steps;
     block *b;
     uintptr_t at;
 } fit_search;
 
+/* The next extent boundary after va inside the idle block ending at end, or 0
+ * where the extent there runs past the block (it is not wholly idle). */
+static uintptr_t fit_step(fit_search *f, uintptr_t va, uintptr_t end) {
+    f->steps++;
+    extent *e = extmap_find(&f->h->extents, va);
+    return e->va + e->size <= end ? e->va + e->size : 0;
+}
+
+/* Slides a window of whole extents [s, x) along the block: x is the first
+ * boundary at least need past s, so each extent is stepped over at most twice. */
 static bool fit_one(block *b, void *arg) {
     fit_search *f = arg;
-    if (++f->seen > FIT_SCAN) return false;
+    if (++f->seen > FIT_SCAN || f->steps > FIT_STEPS) return false;
     if (b->size < f->need) return true;
     uintptr_t end = block_end(b);
     extent *e = extmap_find(&f->h->extents, b->start);
-    for (uintptr_t s = e->va == b->start ? b->start : e->va + e->size; s < end && end - s >= f->need;) {
-        extent *first = extmap_find(&f->h->extents, s);
-        if (first->va + first->size > end) break; /* the block ends inside this extent */
-        uintptr_t x = s;
-        while (x < end && x - s < f->need) {
-            extent *n = extmap_find(&f->h->extents, x);
-            if (n->va + n->size > end) break;
-            x = n->va + n->size;
+    uintptr_t s = e->va == b->start ? b->start : e->va + e->size, x = s;
+    while (s < end && end - s >= f->need && f->steps <= FIT_STEPS) {
+        while (x - s < f->need) {
+            x = fit_step(f, x, end);
+            if (!x) return true; /* the block ends inside an extent: no later start fits */
         }
-        if (x - s < f->need) break; /* no later start reaches further */
         if (x - s - f->need <= f->slack && s % f->align == 0) {
             f->b = b;
             f->at = s;
             return false;
         }
-        s = first->va + first->size;
+        s = fit_step(f, s, end);
+        if (!s) return true;
     }
     return true;
 }
