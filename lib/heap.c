@@ -391,14 +391,18 @@ static size_t quarantine_budget(const gpu_heap_t *h) {
 
 /* Physical memory the heap lets itself hold before it reuses idle memory that
  * fits badly, waits for its quarantine or gives idle extents back for new ones:
- * the live bytes with this request, an eighth more, and PHYSICAL_SLACK — room
- * for a few freed blocks to wait on their event while new ones are mapped, so
- * that a loop freeing and allocating large blocks does not query an event at
- * every turn. */
+ * the live peak (or the live bytes with this request, when more), an eighth
+ * more, and PHYSICAL_SLACK — room for a few freed blocks to wait on their event
+ * while new ones are mapped, so that a loop freeing and allocating large blocks
+ * does not query an event at every turn. The peak, not the live bytes of the
+ * moment: a training step frees most of its memory between peaks, and a budget
+ * that followed it gave extents back and fenced at every step (PyTorch through
+ * gpuheap on an H200: 63 fences and 63 unmaps in 18 steps, 5% slower). */
 #define PHYSICAL_SLACK ((size_t)64 << 20)
 
 static size_t physical_budget(const gpu_heap_t *h, size_t need) {
     size_t want = h->live_bytes + need;
+    if (want < h->peak_live_bytes) want = h->peak_live_bytes;
     return want + want / 8 + PHYSICAL_SLACK;
 }
 

@@ -174,6 +174,7 @@ typedef struct slot {
     size_t usable;
     uint64_t seed;
     int prot;      /* the most restrictive protection any part of the block has */
+    size_t closed; /* the longest head a protect call closed (0: none) */
     bool owned;
 } slot;
 
@@ -336,7 +337,11 @@ static bool unprotect(fuzz *f, slot *s) {
      * what op_protect could close, and all there is to open. */
     if (rc == GPU_ERR_NOT_WHOLE_EXTENT && !s->owned && s->usable > GRAN)
         rc = gpu_heap_protect(f->h, s->p, s->usable & ~(size_t)(GRAN - 1), GPU_PROT_READ_WRITE);
-    if (rc == GPU_OK) s->prot = GPU_PROT_READ_WRITE;
+    /* A block placed at the start of an extent run whose last extent it fills
+     * only in part owns the extents before it: reopen what was closed. */
+    if (rc == GPU_ERR_NOT_WHOLE_EXTENT && s->closed && s->closed < s->usable)
+        rc = gpu_heap_protect(f->h, s->p, s->closed, GPU_PROT_READ_WRITE);
+    if (rc == GPU_OK) s->prot = GPU_PROT_READ_WRITE, s->closed = 0;
     else ok_or_fault(f, rc, "gpu_heap_protect(READ_WRITE)");
     return rc == GPU_OK;
 }
@@ -421,6 +426,7 @@ static void op_protect(fuzz *f, reader *r) {
     if (rc == GPU_OK) {
         if (whole) s->prot = prot;
         else if (prot < s->prot) s->prot = prot; /* part of it: the block is as closed as its most closed part */
+        if (prot != GPU_PROT_READ_WRITE && len > s->closed) s->closed = len;
         return;
     }
     if (rc == GPU_ERR_NOT_WHOLE_EXTENT && (!s->owned || !whole)) return;
