@@ -368,9 +368,11 @@ int gpu_heap_unmap_file(gpu_heap_t *heap, void *ptr, unsigned flags);
     X(backend_copy, "backend calls: device-to-device copy")                          \
     X(copy_bytes, "device bytes copied by the backend (realloc of shared blocks)")   \
     X(cached_bytes, "freed bytes thread caches hold for reuse (not in live_bytes)") \
-    X(cached_blocks, "free blocks held by thread caches")
+    X(cached_blocks, "free blocks held by thread caches")                             \
+    X(seal_events, "context-wide events the heap recorded to release its quarantine") \
+    X(backend_event_record, "backend calls: record an event (stream frees and seals)")
 
-#define GPU_STATS_VERSION 3
+#define GPU_STATS_VERSION 4
 
 typedef struct gpu_stats_t {
     uint32_t version; /* GPU_STATS_VERSION */

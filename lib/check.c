@@ -234,6 +234,7 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *s) {
         s->stream_free_blocks += h->pools[i]->free.blocks;
     }
     s->stream_events = h->stream_events;
+    s->seal_events = h->seal_events;
     s->sparse_reserved_bytes = h->sparse_reserved;
     s->sparse_committed_bytes = h->sparse_committed;
     s->protected_extents = h->protected_extents;
@@ -254,6 +255,7 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *s) {
     s->backend_set_access = k->calls[VMM_OP_SET_ACCESS];
     s->backend_errors = k->errors;
     s->backend_fence = k->calls[VMM_OP_FENCE];
+    s->backend_event_record = k->calls[VMM_OP_EVENT_RECORD];
     s->backend_memset = k->calls[VMM_OP_MEMSET];
     s->backend_copy = k->calls[VMM_OP_COPY];
     s->copy_bytes = k->copy_bytes;

@@ -82,6 +82,8 @@ static void test_stats_match_backend(void **state) {
     assert_int_equal(s.mapped_bytes, 0);
     assert_int_equal(s.live_blocks, 0);
     assert_true(s.backend_fence >= s.fences);
+    assert_true(s.seal_events > 0); /* misses sealed the quarantine */
+    assert_int_equal(s.backend_event_record, s.stream_events + s.seal_events);
     HEAP_DESTROY(h);
 }
 
