@@ -401,6 +401,7 @@ static size_t quarantine_budget(const gpu_heap_t *h) {
  * needed whole (4 GiB cases 1.74x their live peak in physical memory, 1.57x
  * with the peak). */
 #define PHYSICAL_SLACK ((size_t)64 << 20)
+#define LOOK_BATCH 32
 
 static size_t physical_budget(const gpu_heap_t *h, size_t need) {
     size_t want = h->live_bytes + need;
@@ -547,11 +548,17 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
         size_t size = own ? gh_align_up(need, h->gran) : shared_extent_size(h, need);
         bool tight = own && h->mapped_bytes + size > physical_budget(h, need);
         /* Hang the quarantine on one context-wide event for a later miss to
-         * find complete — no one waits. Past the physical budget, look at once
-         * too: an idle device has finished it before a mapping would. */
+         * find complete — no one waits. Past the physical budget, or with a
+         * batch of LOOK_BATCH blocks waiting, look at once too: an idle device
+         * has finished it before a mapping would. (Looking at every miss keeps
+         * a warm loop's pool at the one block freed since the last look, and
+         * seals at every turn.) */
         if (!sealed && h->quarantine) {
             sealed = true;
-            if (quarantine_seal_locked(h, stream) == GPU_OK && tight && quarantine_reap_locked(h)) continue;
+            unsigned before = h->nsealed;
+            bool look = quarantine_seal_locked(h, stream) == GPU_OK && h->nsealed > before &&
+                        (tight || h->sealed[h->nsealed - 1].q.blocks >= LOOK_BATCH);
+            if (look && quarantine_reap_locked(h)) continue;
         }
         /* Over the physical budget, a large block takes any idle block that holds
          * it rather than new memory. */

@@ -227,6 +227,29 @@ static void test_placement_whole_extents(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* A miss that finds a batch of freed blocks waiting (LOOK_BATCH, 32, or more)
+ * seals them and looks at once: on an idle device (the host backend's events
+ * complete at once) they come back without a fence or a new mapping. A miss
+ * with fewer maps new memory instead, so that a warm loop's pool grows and it
+ * does not seal at every turn. */
+static void test_quarantine_batch_reused(void **state) {
+    (void)state;
+    enum { N = 64 };
+    gpu_heap_t *h = HEAP_NEW(0);
+    void *p[N];
+    for (int i = 0; i < N; i++) assert_non_null(p[i] = gpu_heap_malloc(h, 64 * KiB));
+    for (int i = 0; i < N; i++) ASSERT_OK(gpu_heap_free(h, p[i]));
+    gpu_stats_t before = STATS(h);
+    for (int i = 0; i < N; i++) assert_non_null(p[i] = gpu_heap_malloc(h, 64 * KiB));
+    gpu_stats_t after = STATS(h);
+    assert_int_equal(after.backend_create, before.backend_create);
+    assert_int_equal(after.fences, before.fences);
+    assert_true(after.seal_events > before.seal_events);
+    CHECK_ALL(h);
+    for (int i = 0; i < N; i++) ASSERT_OK(gpu_heap_free(h, p[i]));
+    HEAP_DESTROY(h);
+}
+
 /* ---- realloc ------------------------------------------------------------- */
 
 /* A block with free addresses after it grows in place, keeping its pointer. */
@@ -859,6 +882,7 @@ int main(void) {
         cmocka_unit_test(test_coalesce_many),
         cmocka_unit_test(test_placement),
         cmocka_unit_test(test_placement_whole_extents),
+        cmocka_unit_test(test_quarantine_batch_reused),
         cmocka_unit_test(test_realloc_in_place),
         cmocka_unit_test(test_realloc_remap),
         cmocka_unit_test(test_realloc_owned_stays_owned),
