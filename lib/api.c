@@ -49,6 +49,24 @@ int gh_note(int err, const char *fmt, ...) {
     return err;
 }
 
+int gh_note_context(int err, const char *fmt, ...) {
+    char head[256], rest[sizeof last_message];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(head, sizeof head, fmt, ap);
+    va_end(ap);
+    memcpy(rest, last_message, sizeof rest);
+    size_t n = strlen(head);
+    if (n + 2 >= sizeof last_message) n = sizeof last_message - 3;
+    memcpy(last_message, head, n);
+    memcpy(last_message + n, ": ", 2);
+    size_t room = sizeof last_message - n - 3;
+    size_t m = strnlen(rest, room);
+    memcpy(last_message + n + 2, rest, m);
+    last_message[n + 2 + m] = '\0';
+    return err;
+}
+
 int gh_report(int err) {
     last_error = err;
     if (err == GPU_OK) return err;

@@ -268,8 +268,7 @@ static size_t stream_bytes(const gpu_heap_t *h) {
     return n;
 }
 
-int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
-    if (!h->quarantine && !stream_bytes(h) && !h->nsealed) return GPU_OK;
+int heap_fence_locked(gpu_heap_t *h, uintptr_t stream) {
     quarantine_batch q = quarantine_take_locked(h);
     uint32_t epochs[STREAM_POOLS_MAX];
     size_t npools = stream_fence_begin_locked(h, epochs);
@@ -288,6 +287,11 @@ int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
     quarantine_release_sealed_locked(h, seq);
     quarantine_cover_done(h, seq + 1);
     return GPU_OK;
+}
+
+int heap_drain_locked(gpu_heap_t *h, uintptr_t stream) {
+    if (!h->quarantine && !stream_bytes(h) && !h->nsealed) return GPU_OK;
+    return heap_fence_locked(h, stream);
 }
 
 /* ---- backing new memory ----------------------------------------------------- */

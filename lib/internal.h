@@ -482,8 +482,13 @@ static inline bool heap_owns(const gpu_heap_t *h, uintptr_t p) { return p - h->b
 /* ---- heap internals shared by heap.c, resize.c, trim.c, protect.c, check.c -- */
 
 /* Called with the lock held; each may drop and retake it around driver calls. */
-/* One fence releases the quarantine (and every stream-freed block). Refused with
- * GPU_ERR_CAPTURING while a capture is in progress (stream: the caller's, or 0). */
+/* One device fence, and what it makes safe: the quarantine, its sealed batches
+ * and every stream-freed block become idle, and the cover number moves on. For
+ * callers that need the fence for their own sake (a decommit, a move) too.
+ * Refused with GPU_ERR_CAPTURING while a capture is in progress (stream: the
+ * caller's, or 0); a failed fence releases nothing. */
+int heap_fence_locked(gpu_heap_t *h, uintptr_t stream);
+/* The same, only when something waits to be released. */
 int heap_drain_locked(gpu_heap_t *h, uintptr_t stream);
 /* quarantine.c: non-blocking release of the quarantine. Sealing records one
  * context-wide event after all work issued so far and hangs the quarantine on it;
@@ -572,6 +577,9 @@ void tcache_heap_closing(gpu_heap_t *h);
 /* Records a message for err on the calling thread without reporting it: for code
  * that holds a lock. Returns err. */
 int gh_note(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Puts fmt's text and ": " before the message noted last (the caller's context
+ * for a note made further down). Returns err. */
+int gh_note_context(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Reports err with the message noted last (sets the last error, calls the
  * handler, prints when verbose). Call with no lock held. Returns err. */
 int gh_report(int err);

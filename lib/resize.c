@@ -138,7 +138,11 @@ static int move_by_remap(gpu_heap_t *h, block *b, size_t need, block **out) {
         }
     }
     if (rc == GPU_OK && total > old_size) rc = vmm_call_back(&h->door, dst + old_size, total - old_size, &tail);
-    if (rc == GPU_OK) rc = vmm_call_capturing(&h->door, 0) ? GPU_ERR_CAPTURING : vmm_call_fence(&h->door);
+    if (rc == GPU_OK) { /* the fence releases what waits for one, too */
+        heap_lock(h);
+        rc = heap_fence_locked(h, 0);
+        heap_unlock(h);
+    }
     /* The old addresses go only if all of them can: a refused unmap maps the
      * parts already unmapped back, and the move fails with nothing changed. */
     size_t unmapped = 0;

@@ -306,14 +306,10 @@ int heap_decommit(gpu_heap_t *h, void *ptr, size_t len) {
     }
     r->busy = 1;
     /* Like a free: GPU work issued before may still use the range. */
-    heap_unlock(h);
-    rc = vmm_call_capturing(&h->door, 0) ? GPU_ERR_CAPTURING : vmm_call_fence(&h->door);
-    heap_lock(h);
+    rc = heap_fence_locked(h, 0);
     if (rc != GPU_OK) {
-        rc = gh_note(rc, rc == GPU_ERR_CAPTURING ? "gpu_decommit: a stream capture is in progress"
-                                                   : "gpu_decommit: device fence failed");
+        rc = gh_note_context(rc, "gpu_decommit");
     } else {
-        h->fences++;
         /* Extents that straddle an end keep their outer parts in extents of their own. */
         extent *first = extmap_find(&h->extents, p);
         if (first && (first->va < p || first->va + first->size > end)) rc = keep_outside(h, r, first, p, end);
@@ -340,15 +336,9 @@ int heap_release_reservation(gpu_heap_t *h, void *ptr) {
         return rc;
     }
     r->busy = 1;
-    heap_unlock(h);
-    rc = vmm_call_capturing(&h->door, 0) ? GPU_ERR_CAPTURING : vmm_call_fence(&h->door);
-    heap_lock(h);
-    if (rc == GPU_OK) {
-        h->fences++;
-        rc = drop_extents(h, r, r->start, block_end(r));
-    } else {
-        rc = gh_note(rc, "gpu_release(%p): %s", ptr, rc == GPU_ERR_CAPTURING ? "a stream capture is in progress" : "device fence failed");
-    }
+    rc = heap_fence_locked(h, 0);
+    if (rc == GPU_OK) rc = drop_extents(h, r, r->start, block_end(r));
+    else rc = gh_note_context(rc, "gpu_release(%p)", ptr);
     if (rc == GPU_OK) {
         blockmap_remove(&h->live, p);
         if (r->prev_free) r->prev_free->next_free = r->next_free;

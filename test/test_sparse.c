@@ -105,6 +105,35 @@ static void test_commit_decommit_keeps_data(void **state) {
     gpu_heap_destroy(h);
 }
 
+/* A decommit's fence (and a release's) covers every block freed before it: the
+ * quarantine becomes idle there and then, with no fence of its own. */
+static void test_decommit_fence_releases_quarantine(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(0);
+    char *r = gpu_heap_reserve(h, 64 * MiB);
+    assert_non_null(r);
+    assert_int_equal(gpu_heap_commit(h, r, 8 * MiB), GPU_OK);
+    void *b = gpu_heap_malloc(h, 16 * MiB);
+    assert_non_null(b);
+    assert_int_equal(gpu_heap_free(h, b), GPU_OK);
+    gpu_stats_t before = STATS(h);
+    assert_true(before.quarantine_bytes >= 16 * MiB);
+    assert_int_equal(gpu_heap_decommit(h, r, 4 * MiB), GPU_OK);
+    gpu_stats_t after = STATS(h);
+    assert_int_equal(after.fences, before.fences + 1);
+    assert_int_equal(after.quarantine_bytes, 0);
+    assert_true(after.idle_bytes >= before.idle_bytes + 16 * MiB);
+
+    b = gpu_heap_malloc(h, 16 * MiB);
+    assert_non_null(b);
+    assert_int_equal(gpu_heap_free(h, b), GPU_OK);
+    assert_true(STATS(h).quarantine_bytes >= 16 * MiB);
+    assert_int_equal(gpu_heap_release(h, r), GPU_OK);
+    assert_int_equal(STATS(h).quarantine_bytes, 0);
+    CHECK_HEAP(h);
+    gpu_heap_destroy(h);
+}
+
 static void test_bad_input(void **state) {
     (void)state;
     gpu_heap_t *h = open_heap(0);
@@ -197,6 +226,7 @@ static void test_growable_array_commits_in_place(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_commit_decommit_keeps_data),
+        cmocka_unit_test(test_decommit_fence_releases_quarantine),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_out_of_memory_keeps_commits),
         cmocka_unit_test(test_protect_committed_range),
