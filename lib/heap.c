@@ -405,13 +405,15 @@ static size_t quarantine_budget(const gpu_heap_t *h) {
  * needed whole (4 GiB cases 1.74x their live peak in physical memory, 1.57x
  * with the peak). */
 #define PHYSICAL_SLACK ((size_t)64 << 20)
-#define LOOK_BATCH 32
 
 static size_t physical_budget(const gpu_heap_t *h, size_t need) {
     size_t want = h->live_bytes + need;
     if (want < h->peak_live_bytes) want = h->peak_live_bytes;
     return want + want / 8 + PHYSICAL_SLACK;
 }
+
+/* Blocks in a just-sealed batch that make a miss query its event at once. */
+#define LOOK_BATCH 32
 
 /* ---- taking idle memory ----------------------------------------------------- */
 
