@@ -96,15 +96,11 @@ int main(int argc, char **argv) {
     int status = 0;
     bool first = true;
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
-        if (host && kinds[k] != PEER_GPUHEAP) continue;
+        if ((host && kinds[k] != PEER_GPUHEAP) || (only && strcmp(only, peer_kind_name(kinds[k])))) continue;
         peer p;
         if (peer_open(&p, kinds[k], &cfg, err, sizeof err) != 0) {
-            printf("%-16s %s\n", "?", err);
+            printf("%-16s %s\n", peer_kind_name(kinds[k]), err);
             status = 1;
-            continue;
-        }
-        if (only && strcmp(only, p.name)) {
-            peer_close(&p);
             continue;
         }
         tr_result r;
@@ -119,13 +115,23 @@ int main(int argc, char **argv) {
         printf("%-16s %10.3f %10zu %12.1f %14.1f %8.3f %7zu %9zu\n", p.name, r.seconds * 1e3, r.calls, mib(r.peak_live),
                mib(phys), frag, r.failed, r.conflicts);
         if (r.failed) printf("  first failure: %s\n", r.first_error);
+        gpu_stats_t st = {0};
+        bool counted = p.kind == PEER_GPUHEAP && gpu_heap_stats(p.heap, &st) == GPU_OK;
+        if (counted) /* what the replay cost the heap in driver work */
+            printf("  %llu mappings, %llu unmaps, %llu fences, %llu seals\n", (unsigned long long)st.backend_map,
+                   (unsigned long long)st.backend_unmap, (unsigned long long)st.fences, (unsigned long long)st.seal_events);
         if (jf)
             fprintf(jf, "%s\n  {\"allocator\": \"%s\", \"seconds\": %.6f, \"calls\": %zu, \"failed\": %zu, "
                         "\"skipped\": %zu, \"conflicts\": %zu, \"peak_live\": %llu, \"peak_physical\": %llu, "
-                        "\"fragmentation\": %.4f, \"copied_bytes\": %llu}",
+                        "\"fragmentation\": %.4f, \"copied_bytes\": %llu",
                     first ? "" : ",", p.name, r.seconds, r.calls, r.failed, r.skipped, r.conflicts,
                     (unsigned long long)r.peak_live, (unsigned long long)phys, frag,
                     (unsigned long long)r.copied_bytes);
+        if (jf && counted)
+            fprintf(jf, ", \"maps\": %llu, \"unmaps\": %llu, \"fences\": %llu, \"seals\": %llu",
+                    (unsigned long long)st.backend_map, (unsigned long long)st.backend_unmap, (unsigned long long)st.fences,
+                    (unsigned long long)st.seal_events);
+        if (jf) fputc('}', jf);
         first = false;
         peer_close(&p);
     }

@@ -80,6 +80,15 @@ static int cma_finish(void *ctx) {
 
 /* ---- opening, measuring, closing -------------------------------------------------------- */
 
+const char *peer_kind_name(int kind) {
+    switch (kind) {
+    case PEER_GPUHEAP: return "gpuheap";
+    case PEER_CUDA_MALLOC: return "cudaMalloc";
+    case PEER_CUDA_MALLOC_ASYNC: return "cudaMallocAsync";
+    }
+    return NULL;
+}
+
 int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_len) {
     memset(p, 0, sizeof *p);
     p->kind = kind;
@@ -90,7 +99,7 @@ int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_
         else gpu_config_init(&p->cfg);
         int rc = gpu_heap_create(&p->cfg, &p->heap);
         if (rc != GPU_OK) return snprintf(err, err_len, "gpu_heap_create: %s", gpu_strerror(rc)), -1;
-        snprintf(p->name, sizeof p->name, "gpuheap");
+        snprintf(p->name, sizeof p->name, "%s", peer_kind_name(PEER_GPUHEAP));
         p->a.alloc = gh_alloc;
         p->a.free = gh_free;
         p->a.realloc = gh_realloc;
@@ -100,7 +109,7 @@ int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_
     }
     case PEER_CUDA_MALLOC:
         if (!cudart.cudaMalloc) return snprintf(err, err_len, "no CUDA runtime"), -1;
-        snprintf(p->name, sizeof p->name, "cudaMalloc");
+        snprintf(p->name, sizeof p->name, "%s", peer_kind_name(PEER_CUDA_MALLOC));
         p->a.alloc = cm_alloc;
         p->a.free = cm_free;
         p->a.copy = cm_copy;
@@ -110,7 +119,7 @@ int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_
         break;
     case PEER_CUDA_MALLOC_ASYNC: {
         if (!cudart.cudaMalloc) return snprintf(err, err_len, "no CUDA runtime"), -1;
-        snprintf(p->name, sizeof p->name, "cudaMallocAsync");
+        snprintf(p->name, sizeof p->name, "%s", peer_kind_name(PEER_CUDA_MALLOC_ASYNC));
         cudart_error e = cudart.cudaStreamCreate(&p->stream);
         uint64_t keep_all = UINT64_MAX;
         if (e == CUDART_SUCCESS) e = cudart.cudaDeviceGetDefaultMemPool(&p->pool, 0);

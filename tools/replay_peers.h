@@ -34,6 +34,10 @@ typedef struct peer {
 
 enum { PEER_GPUHEAP, PEER_CUDA_MALLOC, PEER_CUDA_MALLOC_ASYNC };
 
+/* A kind's name, as peer_open names the peer ("gpuheap", "cudaMalloc",
+ * "cudaMallocAsync"); NULL for an unknown kind. */
+const char *peer_kind_name(int kind);
+
 /* Opens a peer; cfg is gpuheap's configuration (NULL: gpu_config_init's). The
  * CUDA peers need cudart_load and cudaSetDevice first. Returns 0, or -1 with the
  * reason in err. */
