@@ -82,10 +82,8 @@ PL_EXPORT pl_cu_result cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) 
     pl_cu_result r = REAL(PL_MEM_GET_INFO, mem_get_info_fn, free_bytes, total_bytes);
     int dev;
     if (r == PL_CU_SUCCESS && free_bytes && pl_current_device(&dev)) {
-        size_t idle = pl_idle_bytes(dev);
         pl_info_adjusted = true;
-        *free_bytes += idle;
-        if (total_bytes && *free_bytes > *total_bytes) *free_bytes = *total_bytes;
+        pl_add_idle(dev, free_bytes, total_bytes);
     }
     return r;
 }

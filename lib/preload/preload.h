@@ -104,6 +104,8 @@ void *pl_wrap(void *p);
 /* The real function name of the CUDA runtime that the program loaded
  * (libcudart.so.*), or NULL when none is loaded. */
 void *pl_cudart(const char *name);
+/* pl_cudart(name), cached in *slot once found (a static of the caller's). */
+void *pl_cudart_cached(void *_Atomic *slot, const char *name);
 /* The real current context and its device: false when no context is current. */
 bool pl_current_device(int *dev);
 /* The device of a context (peer access). */
@@ -153,6 +155,8 @@ pl_free_result pl_free(uintptr_t p);
 
 /* Bytes the heap of dev holds idle or in quarantine: free to the program. */
 size_t pl_idle_bytes(int dev);
+/* Adds dev's idle heap bytes to *free_bytes, at most up to *total_bytes. */
+void pl_add_idle(int dev, size_t *free_bytes, const size_t *total_bytes);
 /* The heap that owns p, or NULL. */
 gpu_heap_t *pl_owner(uintptr_t p);
 /* True (and the error reported) when p is heap memory, which legacy IPC cannot export. */

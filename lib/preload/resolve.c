@@ -282,8 +282,7 @@ void *pl_cudart(const char *name) {
 typedef pl_cuda_error (*entry_point_fn)(const char *, void **, unsigned long long, int *);
 typedef pl_cuda_error (*entry_point_by_version_fn)(const char *, void **, unsigned, unsigned long long, int *);
 
-/* The runtime's function `name`, cached in *slot once found. */
-static void *cudart_cached(void *_Atomic *slot, const char *name) {
+void *pl_cudart_cached(void *_Atomic *slot, const char *name) {
     void *p = atomic_load_explicit(slot, memory_order_acquire);
     if (!p && (p = pl_cudart(name)) != NULL) atomic_store_explicit(slot, p, memory_order_release);
     return p;
@@ -292,7 +291,7 @@ static void *cudart_cached(void *_Atomic *slot, const char *name) {
 #define ENTRY_POINT_HOOK(fname)                                                                         \
     PL_EXPORT pl_cuda_error fname(const char *symbol, void **fn, unsigned long long flags, int *status) { \
         static void *_Atomic slot;                                                                      \
-        entry_point_fn real = (entry_point_fn)cudart_cached(&slot, #fname);                             \
+        entry_point_fn real = (entry_point_fn)pl_cudart_cached(&slot, #fname);                             \
         if (!real) return PL_CUDA_ERROR_INITIALIZATION;                                                 \
         pl_cuda_error r = real(symbol, fn, flags, status);                                              \
         if (r == PL_CUDA_SUCCESS && fn) *fn = pl_wrap(*fn);                                             \
@@ -303,7 +302,7 @@ static void *cudart_cached(void *_Atomic *slot, const char *name) {
     PL_EXPORT pl_cuda_error fname(const char *symbol, void **fn, unsigned version, unsigned long long flags, \
                                   int *status) {                                                         \
         static void *_Atomic slot;                                                                       \
-        entry_point_by_version_fn real = (entry_point_by_version_fn)cudart_cached(&slot, #fname);        \
+        entry_point_by_version_fn real = (entry_point_by_version_fn)pl_cudart_cached(&slot, #fname);        \
         if (!real) return PL_CUDA_ERROR_INITIALIZATION;                                                  \
         pl_cuda_error r = real(symbol, fn, version, flags, status);                                      \
         if (r == PL_CUDA_SUCCESS && fn) *fn = pl_wrap(*fn);                                              \

@@ -36,9 +36,7 @@ typedef pl_cuda_error (*get_device_fn)(int *);
 #define CUDART(type, name)                                                            \
     ({                                                                                \
         static void *_Atomic slot_;                                                   \
-        void *p_ = atomic_load_explicit(&slot_, memory_order_acquire);                \
-        if (!p_ && (p_ = pl_cudart(name)) != NULL) atomic_store_explicit(&slot_, p_, memory_order_release); \
-        (type) p_;                                                                    \
+        (type) pl_cudart_cached(&slot_, name);                                        \
     })
 
 /* The runtime's current device; false when the runtime cannot say. */
@@ -100,10 +98,8 @@ PL_EXPORT pl_cuda_error cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) 
     pl_info_adjusted = false;
     pl_cuda_error r = real(free_bytes, total_bytes);
     int dev;
-    if (r == PL_CUDA_SUCCESS && free_bytes && !pl_info_adjusted && runtime_device(&dev)) {
-        *free_bytes += pl_idle_bytes(dev);
-        if (total_bytes && *free_bytes > *total_bytes) *free_bytes = *total_bytes;
-    }
+    if (r == PL_CUDA_SUCCESS && free_bytes && !pl_info_adjusted && runtime_device(&dev))
+        pl_add_idle(dev, free_bytes, total_bytes);
     return r;
 }
 

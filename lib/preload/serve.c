@@ -136,6 +136,11 @@ size_t pl_idle_bytes(int dev) {
     return (size_t)(s.idle_bytes + s.quarantine_bytes + s.cached_bytes);
 }
 
+void pl_add_idle(int dev, size_t *free_bytes, const size_t *total_bytes) {
+    *free_bytes += pl_idle_bytes(dev);
+    if (total_bytes && *free_bytes > *total_bytes) *free_bytes = *total_bytes;
+}
+
 bool pl_ipc_refused(uintptr_t p) {
     if (!pl_owner(p)) return false;
     atomic_fetch_add_explicit(&ipc_refused, 1, memory_order_relaxed);
