@@ -97,8 +97,7 @@ int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_
     case PEER_GPUHEAP: {
         if (cfg) p->cfg = *cfg;
         else gpu_config_init(&p->cfg);
-        int rc = gpu_heap_create(&p->cfg, &p->heap);
-        if (rc != GPU_OK) return snprintf(err, err_len, "gpu_heap_create: %s", gpu_strerror(rc)), -1;
+        if (peer_reset(p, err, err_len) != 0) return -1;
         snprintf(p->name, sizeof p->name, "%s", peer_kind_name(PEER_GPUHEAP));
         p->a.alloc = gh_alloc;
         p->a.free = gh_free;
@@ -114,8 +113,7 @@ int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_
         p->a.free = cm_free;
         p->a.copy = cm_copy;
         p->a.sample = cm_sample;
-        cudart.cudaDeviceSynchronize();
-        p->base_used = device_used();
+        (void)peer_reset(p, err, err_len);
         break;
     case PEER_CUDA_MALLOC_ASYNC: {
         if (!cudart.cudaMalloc) return snprintf(err, err_len, "no CUDA runtime"), -1;
