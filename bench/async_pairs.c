@@ -22,11 +22,6 @@
 #include "cudart_util.h"
 #include "gpuheap.h"
 
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* ns per pair of n gpuheap pairs on stream s, the final sync included. */
 static double heap_loop(size_t size, int n, cudart_stream s) {
     double t0 = (double)now_ns();
@@ -63,11 +58,12 @@ int main(int argc, char **argv) {
     }
     cudart_device_name(0, name, sizeof name);
     cudart_mempool pool;
-    uint64_t max = UINT64_MAX;
-    cudart.cudaDeviceGetDefaultMemPool(&pool, 0);
-    cudart.cudaMemPoolSetAttribute(pool, CUDART_MEMPOOL_RELEASE_THRESHOLD, &max);
     cudart_stream s;
-    cudart.cudaStreamCreate(&s);
+    cudart_error e = cudart_keep_all_pool(&s, &pool);
+    if (e != CUDART_SUCCESS) {
+        printf("cudaMallocAsync setup: %s\n", cudart_strerror(e));
+        return 1;
+    }
     static const size_t sizes[] = {256, 4096, 65536, 1 << 20, 16 << 20, 256 << 20, 1 << 30};
     FILE *out = json ? fopen(json, "w") : NULL;
     if (out) fprintf(out, "{\"benchmark\":\"async_pairs\",\"device\":\"%s\",\"unit\":\"ns per pair\",\"rows\":[", name);
@@ -84,12 +80,11 @@ int main(int argc, char **argv) {
             a[r] = heap_loop(size, n, s);
             b[r] = cuda_loop(size, n, s);
         }
-        qsort(a, 5, sizeof a[0], cmp_d);
-        qsort(b, 5, sizeof b[0], cmp_d);
-        double ratio = b[2] / a[2];
+        double ma = bench_quantiles(a, 5, NULL), mb = bench_quantiles(b, 5, NULL);
+        double ratio = mb / ma;
         if (ratio < worst) worst = ratio;
-        printf("%10zu %12.1f %16.1f %9.1fx\n", size, a[2], b[2], ratio);
-        if (out) fprintf(out, "%s{\"size\":%zu,\"gpuheap_ns\":%.1f,\"cudaMallocAsync_ns\":%.1f,\"speedup\":%.2f}", k ? "," : "", size, a[2], b[2], ratio);
+        printf("%10zu %12.1f %16.1f %9.1fx\n", size, ma, mb, ratio);
+        if (out) fprintf(out, "%s{\"size\":%zu,\"gpuheap_ns\":%.1f,\"cudaMallocAsync_ns\":%.1f,\"speedup\":%.2f}", k ? "," : "", size, ma, mb, ratio);
     }
     gpu_stats_t st;
     gpu_heap_stats(NULL, &st);

@@ -1,13 +1,19 @@
 /*
- * bench_util.h — the two small things every benchmark here needs: a monotonic
- * clock in nanoseconds and a size written the way the tables write it.
+ * bench_util.h — the small things every benchmark here needs: size units, a
+ * monotonic clock in nanoseconds, a size written the way the tables write it,
+ * and the median and 99th percentile of a set of timings.
  */
 #ifndef GPUHEAP_BENCH_UTIL_H
 #define GPUHEAP_BENCH_UTIL_H
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
+
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
+#define GiB ((size_t)1 << 30)
 
 /* Nanoseconds on the monotonic clock. */
 static inline uint64_t now_ns(void) {
@@ -18,12 +24,27 @@ static inline uint64_t now_ns(void) {
 
 /* "256 B", "4 KiB", "16 MiB", "1 GiB": the largest unit that divides size. */
 static inline const char *size_label(size_t size, char *buf, size_t len) {
-    const size_t KiB_ = (size_t)1 << 10, MiB_ = KiB_ << 10, GiB_ = MiB_ << 10;
-    if (size >= GiB_ && size % GiB_ == 0) snprintf(buf, len, "%zu GiB", size / GiB_);
-    else if (size >= MiB_ && size % MiB_ == 0) snprintf(buf, len, "%zu MiB", size / MiB_);
-    else if (size >= KiB_ && size % KiB_ == 0) snprintf(buf, len, "%zu KiB", size / KiB_);
+    if (size >= GiB && size % GiB == 0) snprintf(buf, len, "%zu GiB", size / GiB);
+    else if (size >= MiB && size % MiB == 0) snprintf(buf, len, "%zu MiB", size / MiB);
+    else if (size >= KiB && size % KiB == 0) snprintf(buf, len, "%zu KiB", size / KiB);
     else snprintf(buf, len, "%zu B", size);
     return buf;
+}
+
+static inline int bench_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median and 99th percentile (nearest rank) of v[0..n), sorting v; p99 may be
+ * NULL. Both 0 when n is 0. */
+static inline double bench_quantiles(double *v, size_t n, double *p99) {
+    if (p99) *p99 = 0;
+    if (!n) return 0;
+    qsort(v, n, sizeof *v, bench_cmp_double);
+    size_t rank = (size_t)((double)n * 0.99 + 0.999999);
+    if (p99) *p99 = v[(rank < 1 ? 1 : rank > n ? n : rank) - 1];
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 #endif /* GPUHEAP_BENCH_UTIL_H */

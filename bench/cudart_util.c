@@ -11,6 +11,7 @@
 #include "cudart_util.h"
 
 #include <dlfcn.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -86,6 +87,14 @@ int cudart_load(char *why, size_t why_len) {
 const char *cudart_strerror(cudart_error err) {
     const char *s = cudart.cudaGetErrorString ? cudart.cudaGetErrorString(err) : NULL;
     return s ? s : "unknown CUDA runtime error";
+}
+
+cudart_error cudart_keep_all_pool(cudart_stream *stream, cudart_mempool *pool) {
+    uint64_t keep_all = UINT64_MAX;
+    cudart_error e = stream ? cudart.cudaStreamCreate(stream) : CUDART_SUCCESS;
+    if (e == CUDART_SUCCESS) e = cudart.cudaDeviceGetDefaultMemPool(pool, 0);
+    if (e == CUDART_SUCCESS) e = cudart.cudaMemPoolSetAttribute(*pool, CUDART_MEMPOOL_RELEASE_THRESHOLD, &keep_all);
+    return e;
 }
 
 int cudart_device_name(int device, char *buf, size_t len) {

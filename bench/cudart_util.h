@@ -60,6 +60,12 @@ int cudart_load(char *why, size_t why_len);
  * "CUDA device N". */
 int cudart_device_name(int device, char *buf, size_t len);
 
+/* What every cudaMallocAsync peer here runs on: a new stream (when stream is not
+ * NULL) and device 0's default pool with its release threshold at its maximum,
+ * so that the pool keeps all it has (the comparison the issues ask for). Returns
+ * CUDART_SUCCESS or the first error. */
+cudart_error cudart_keep_all_pool(cudart_stream *stream, cudart_mempool *pool);
+
 /* A message for a runtime error code, safe before a successful load. */
 const char *cudart_strerror(cudart_error err);
 

@@ -28,9 +28,6 @@
 #include "cudart_util.h"
 #include "gpuheap.h"
 
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
-#define GiB ((size_t)1 << 30)
 
 static const size_t sizes[] = {256, 4 * KiB, 64 * KiB, 1 * MiB, 16 * MiB, 256 * MiB, 1 * GiB};
 enum { NSIZES = sizeof sizes / sizeof sizes[0] };
@@ -377,11 +374,8 @@ int main(int argc, char **argv) {
                     info.device, gpu_strerror(gpu_last_error()));
             return 1;
         }
-        cudart_error e = cudart.cudaStreamCreate(&stream);
         cudart_mempool pool = NULL;
-        uint64_t keep_all = UINT64_MAX;
-        if (e == CUDART_SUCCESS) e = cudart.cudaDeviceGetDefaultMemPool(&pool, 0);
-        if (e == CUDART_SUCCESS) e = cudart.cudaMemPoolSetAttribute(pool, CUDART_MEMPOOL_RELEASE_THRESHOLD, &keep_all);
+        cudart_error e = cudart_keep_all_pool(&stream, &pool);
         if (e != CUDART_SUCCESS) {
             fprintf(stderr, "gpuheap-demo: setting up cudaMallocAsync: %s\n", cudart_strerror(e));
             return 1;

@@ -40,12 +40,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "cuda_loader.h"
 #include "cuda_util.h"
 #include "gpuheap.h"
 
-#define MiB ((size_t)1 << 20)
-#define GiB ((size_t)1 << 30)
 #define MAX_SIZES 8
 #define MAX_REPS 16
 
@@ -55,16 +54,7 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    if (n <= 0) return 0;
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
+static double median(double *v, int n) { return n > 0 ? bench_quantiles(v, (size_t)n, NULL) : 0; }
 
 static double gbps(size_t bytes, double s) { return s > 0 ? (double)bytes / s / 1e9 : 0; }
 

@@ -45,9 +45,6 @@
 #include "replay_peers.h"
 #include "trace_replay.h"
 
-#define KiB ((size_t)1 << 10)
-#define MiB ((size_t)1 << 20)
-#define GiB ((size_t)1 << 30)
 
 static bool gpu, quick;
 static char device[256] = "host backend (no GPU)";
@@ -67,20 +64,8 @@ static bool wanted(const char *name) {
     return false;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Median and 99th percentile (nearest rank) of v[0..n), sorting v. */
-static void quantiles(double *v, size_t n, double *median, double *p99) {
-    *median = *p99 = 0;
-    if (!n) return;
-    qsort(v, n, sizeof *v, cmp_double);
-    *median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-    size_t rank = (size_t)((double)n * 0.99 + 0.999999);
-    *p99 = v[(rank < 1 ? 1 : rank > n ? n : rank) - 1];
-}
+static void quantiles(double *v, size_t n, double *median, double *p99) { *median = bench_quantiles(v, n, p99); }
 
 static double ratio(double peer, double heap) { return heap > 0 && peer > 0 ? peer / heap : 0; }
 
@@ -781,10 +766,7 @@ static bool find_gpu(char *why, size_t len) {
         return false;
     }
     cudart_device_name(0, device, sizeof device);
-    uint64_t keep_all = UINT64_MAX;
-    e = cudart.cudaStreamCreate(&main_stream);
-    if (e == CUDART_SUCCESS) e = cudart.cudaDeviceGetDefaultMemPool(&pool, 0);
-    if (e == CUDART_SUCCESS) e = cudart.cudaMemPoolSetAttribute(pool, CUDART_MEMPOOL_RELEASE_THRESHOLD, &keep_all);
+    e = cudart_keep_all_pool(&main_stream, &pool);
     if (e != CUDART_SUCCESS) {
         snprintf(why, len, "cudaMallocAsync setup: %s", cudart_strerror(e));
         return false;

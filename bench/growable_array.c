@@ -18,11 +18,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "cudart_util.h"
 #include "gpuheap.h"
 
-#define MiB ((size_t)1 << 20)
-#define GiB ((size_t)1 << 30)
 
 static double now_ms(void) {
     struct timespec t;

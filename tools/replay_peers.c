@@ -118,10 +118,7 @@ int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_
     case PEER_CUDA_MALLOC_ASYNC: {
         if (!cudart.cudaMalloc) return snprintf(err, err_len, "no CUDA runtime"), -1;
         snprintf(p->name, sizeof p->name, "%s", peer_kind_name(PEER_CUDA_MALLOC_ASYNC));
-        cudart_error e = cudart.cudaStreamCreate(&p->stream);
-        uint64_t keep_all = UINT64_MAX;
-        if (e == CUDART_SUCCESS) e = cudart.cudaDeviceGetDefaultMemPool(&p->pool, 0);
-        if (e == CUDART_SUCCESS) e = cudart.cudaMemPoolSetAttribute(p->pool, CUDART_MEMPOOL_RELEASE_THRESHOLD, &keep_all);
+        cudart_error e = cudart_keep_all_pool(&p->stream, &p->pool);
         if (e != CUDART_SUCCESS) return snprintf(err, err_len, "cudaMallocAsync setup: %s", cudart_strerror(e)), -1;
         p->a.alloc = cma_alloc;
         p->a.free = cma_free;
