@@ -153,6 +153,11 @@ bool vmm_call_capturing(vmm_door *d, uintptr_t stream) {
     return d->b->ops->capturing(d->b, 0) != 0;
 }
 
+int vmm_call_unmap_undo(vmm_door *d, uintptr_t va, size_t size) {
+    int rc = vmm_call_unmap(d, va, size);
+    return rc == GPU_OK ? rc : vmm_call_unmap(d, va, size);
+}
+
 int vmm_call_back(vmm_door *d, uintptr_t va, size_t size, vmm_handle *out) {
     vmm_handle h;
     int rc = vmm_call_create(d, size, &h);
@@ -164,14 +169,14 @@ int vmm_call_back(vmm_door *d, uintptr_t va, size_t size, vmm_handle *out) {
     *out = h;
     return GPU_OK;
 unmap:
-    (void)vmm_call_unmap(d, va, size);
+    (void)vmm_call_unmap_undo(d, va, size);
 release:
     (void)vmm_call_release(d, h);
     return rc;
 }
 
 int vmm_call_unback(vmm_door *d, uintptr_t va, size_t size, vmm_handle h) {
-    int rc = vmm_call_unmap(d, va, size);
+    int rc = vmm_call_unmap_undo(d, va, size);
     if (rc != GPU_OK) return rc; /* nothing changed: the extent is still mapped */
     /* The mapping is gone, so the caller must forget the extent whatever happens
      * next: a refused release is tried once more, and a handle that still will

@@ -293,6 +293,10 @@ int vmm_call_create(vmm_door *d, size_t size, vmm_handle *out);
 int vmm_call_release(vmm_door *d, vmm_handle h);
 int vmm_call_map(vmm_door *d, uintptr_t va, size_t size, vmm_handle h);
 int vmm_call_unmap(vmm_door *d, uintptr_t va, size_t size);
+/* An unmap that undoes a mapping the caller just made, asked twice: nothing can
+ * stand in for it when it is refused (the mapping would stay under addresses the
+ * heap then calls vacant). */
+int vmm_call_unmap_undo(vmm_door *d, uintptr_t va, size_t size);
 int vmm_call_set_access(vmm_door *d, uintptr_t va, size_t size, gpu_prot_t prot);
 int vmm_call_fence(vmm_door *d);
 int vmm_call_memset(vmm_door *d, uintptr_t va, int byte, size_t size);

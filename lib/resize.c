@@ -133,7 +133,7 @@ static int move_by_remap(gpu_heap_t *h, block *b, size_t need, block **out) {
         if (rc != GPU_OK) break;
         rc = vmm_call_set_access(&h->door, at, e->size, (gpu_prot_t)e->prot);
         if (rc != GPU_OK) {
-            (void)vmm_call_unmap(&h->door, at, e->size);
+            (void)vmm_call_unmap_undo(&h->door, at, e->size);
             break;
         }
     }
@@ -155,7 +155,7 @@ static int move_by_remap(gpu_heap_t *h, block *b, size_t need, block **out) {
             if (vmm_call_map(&h->door, ext[i]->va, ext[i]->size, ext[i]->handle) == GPU_OK)
                 (void)vmm_call_set_access(&h->door, ext[i]->va, ext[i]->size, (gpu_prot_t)ext[i]->prot);
         if (tail) (void)vmm_call_unback(&h->door, dst + old_size, total - old_size, tail);
-        for (size_t i = 0; i < mapped; i++) (void)vmm_call_unmap(&h->door, dst + (ext[i]->va - old), ext[i]->size);
+        for (size_t i = 0; i < mapped; i++) (void)vmm_call_unmap_undo(&h->door, dst + (ext[i]->va - old), ext[i]->size);
         heap_lock(h);
         b->state = BLOCK_LIVE;
         heap_headroom_release_locked(h, nb);

@@ -264,12 +264,12 @@ static int keep_outside(gpu_heap_t *h, block *r, extent *e, uintptr_t p, uintptr
         if (rc != GPU_OK) break;
         rc = vmm_call_set_access(&h->door, k->lo, k->hi - k->lo, (gpu_prot_t)prot);
         if (rc != GPU_OK) {
-            (void)vmm_call_unmap(&h->door, k->lo, k->hi - k->lo);
+            (void)vmm_call_unmap_undo(&h->door, k->lo, k->hi - k->lo);
             break;
         }
     }
     if (rc != GPU_OK) { /* put e back as it was and drop the copies */
-        for (int i = 0; i < mapped; i++) (void)vmm_call_unmap(&h->door, parts[i].lo, parts[i].hi - parts[i].lo);
+        for (int i = 0; i < mapped; i++) (void)vmm_call_unmap_undo(&h->door, parts[i].lo, parts[i].hi - parts[i].lo);
         if (unmapped && vmm_call_map(&h->door, eva, esize, oh) == GPU_OK)
             (void)vmm_call_set_access(&h->door, eva, esize, (gpu_prot_t)prot);
         for (int i = 0; i < n; i++) (void)vmm_call_release(&h->door, parts[i].nh);
