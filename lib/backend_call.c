@@ -158,6 +158,16 @@ int vmm_call_unmap_undo(vmm_door *d, uintptr_t va, size_t size) {
     return rc == GPU_OK ? rc : vmm_call_unmap(d, va, size);
 }
 
+int vmm_call_remap_undo(vmm_door *d, uintptr_t va, size_t size, vmm_handle h, gpu_prot_t prot) {
+    int rc = vmm_call_map(d, va, size, h);
+    if (rc != GPU_OK) rc = vmm_call_map(d, va, size, h);
+    if (rc != GPU_OK) return rc;
+    rc = vmm_call_set_access(d, va, size, prot);
+    if (rc != GPU_OK) rc = vmm_call_set_access(d, va, size, prot);
+    if (rc != GPU_OK) (void)vmm_call_unmap_undo(d, va, size);
+    return rc;
+}
+
 int vmm_call_back(vmm_door *d, uintptr_t va, size_t size, vmm_handle *out) {
     vmm_handle h;
     int rc = vmm_call_create(d, size, &h);

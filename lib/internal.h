@@ -297,6 +297,10 @@ int vmm_call_unmap(vmm_door *d, uintptr_t va, size_t size);
  * stand in for it when it is refused (the mapping would stay under addresses the
  * heap then calls vacant). */
 int vmm_call_unmap_undo(vmm_door *d, uintptr_t va, size_t size);
+/* Maps a handle back where the caller had just unmapped it, with its access:
+ * each call asked twice, for the same reason (the books say "mapped" there). On
+ * failure nothing stays mapped. */
+int vmm_call_remap_undo(vmm_door *d, uintptr_t va, size_t size, vmm_handle h, gpu_prot_t prot);
 int vmm_call_set_access(vmm_door *d, uintptr_t va, size_t size, gpu_prot_t prot);
 int vmm_call_fence(vmm_door *d);
 int vmm_call_memset(vmm_door *d, uintptr_t va, int byte, size_t size);

@@ -152,8 +152,7 @@ static int move_by_remap(gpu_heap_t *h, block *b, size_t need, block **out) {
         char why[256];
         snprintf(why, sizeof why, "%s", h->door.b->error);
         for (size_t i = 0; i < unmapped; i++)
-            if (vmm_call_map(&h->door, ext[i]->va, ext[i]->size, ext[i]->handle) == GPU_OK)
-                (void)vmm_call_set_access(&h->door, ext[i]->va, ext[i]->size, (gpu_prot_t)ext[i]->prot);
+            (void)vmm_call_remap_undo(&h->door, ext[i]->va, ext[i]->size, ext[i]->handle, (gpu_prot_t)ext[i]->prot);
         if (tail) (void)vmm_call_unback(&h->door, dst + old_size, total - old_size, tail);
         for (size_t i = 0; i < mapped; i++) (void)vmm_call_unmap_undo(&h->door, dst + (ext[i]->va - old), ext[i]->size);
         heap_lock(h);

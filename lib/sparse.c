@@ -110,8 +110,7 @@ static int drop_extents(gpu_heap_t *h, block *r, uintptr_t lo, uintptr_t hi) {
         if ((rc = vmm_call_unmap(&h->door, v[done]->va, v[done]->size)) != GPU_OK) break;
     if (rc != GPU_OK) /* put back what went: the handles still hold the bytes */
         for (size_t k = 0; k < done; k++)
-            if (vmm_call_map(&h->door, v[k]->va, v[k]->size, v[k]->handle) == GPU_OK)
-                (void)vmm_call_set_access(&h->door, v[k]->va, v[k]->size, (gpu_prot_t)v[k]->prot);
+            (void)vmm_call_remap_undo(&h->door, v[k]->va, v[k]->size, v[k]->handle, (gpu_prot_t)v[k]->prot);
     if (rc == GPU_OK)
         for (size_t k = 0; k < n; k++)
             if (vmm_call_release(&h->door, v[k]->handle) != GPU_OK) (void)vmm_call_release(&h->door, v[k]->handle);
@@ -270,8 +269,7 @@ static int keep_outside(gpu_heap_t *h, block *r, extent *e, uintptr_t p, uintptr
     }
     if (rc != GPU_OK) { /* put e back as it was and drop the copies */
         for (int i = 0; i < mapped; i++) (void)vmm_call_unmap_undo(&h->door, parts[i].lo, parts[i].hi - parts[i].lo);
-        if (unmapped && vmm_call_map(&h->door, eva, esize, oh) == GPU_OK)
-            (void)vmm_call_set_access(&h->door, eva, esize, (gpu_prot_t)prot);
+        if (unmapped) (void)vmm_call_remap_undo(&h->door, eva, esize, oh, (gpu_prot_t)prot);
         for (int i = 0; i < n; i++) (void)vmm_call_release(&h->door, parts[i].nh);
     } else if (vmm_call_release(&h->door, oh) != GPU_OK) {
         (void)vmm_call_release(&h->door, oh); /* once more; a handle that still will not go is counted, not fatal */

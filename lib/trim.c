@@ -73,10 +73,7 @@ static int unback_idle(gpu_heap_t *h, const extent *e, bool *gone) {
         *gone = true;
         return GPU_OK;
     }
-    if (vmm_call_map(&h->door, e->va, e->size, e->handle) == GPU_OK) {
-        if (vmm_call_set_access(&h->door, e->va, e->size, GPU_PROT_READ_WRITE) == GPU_OK) return rc;
-        (void)vmm_call_unmap_undo(&h->door, e->va, e->size);
-    }
+    if (vmm_call_remap_undo(&h->door, e->va, e->size, e->handle, GPU_PROT_READ_WRITE) == GPU_OK) return rc;
     *gone = true;
     return rc;
 }
