@@ -103,7 +103,7 @@ block *block_new(gpu_heap_t *h, uintptr_t start, size_t size, block_state state)
     /* Everything but tc: a thread cache may still hold this record's old address
      * with its generation, which must not come round again. */
     memset(b, 0, offsetof(block, tc));
-    atomic_store_explicit(&b->tc, atomic_load_explicit(&b->tc, memory_order_relaxed) & ~(uint64_t)3, memory_order_relaxed);
+    tc_set(b, TC_NONE);
     b->start = start;
     b->size = size;
     b->state = (uint8_t)state;

@@ -237,7 +237,7 @@ void heap_unlive_locked(gpu_heap_t *h, block *b) {
     block_unclaim_extents(h, b);
     heap_headroom_release_locked(h, b);
     b->owned = 0;
-    atomic_store_explicit(&b->tc, atomic_load_explicit(&b->tc, memory_order_relaxed) & ~(uint64_t)3, memory_order_relaxed);
+    tc_set(b, TC_NONE);
 }
 
 void heap_quarantine_locked(gpu_heap_t *h, block *b) {
@@ -686,7 +686,7 @@ block *heap_find_live(gpu_heap_t *h, uintptr_t p, bool take) {
     while (tc_state(w) != TC_NONE) {
         if (tc_state(w) == TC_FREE) return NULL; /* a thread cache holds it free */
         if (!take) return b;
-        if (atomic_compare_exchange_weak_explicit(&b->tc, &w, w & ~(uint64_t)3, memory_order_acq_rel, memory_order_acquire))
+        if (atomic_compare_exchange_weak_explicit(&b->tc, &w, tc_with(w, TC_NONE), memory_order_acq_rel, memory_order_acquire))
             return b;
     }
     return b;

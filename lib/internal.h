@@ -95,6 +95,13 @@ struct __attribute__((aligned(64))) block {
  * a live block only while it is TC_NONE; it takes a TC_USER block back first. */
 enum { TC_NONE = 0, TC_USER = 1, TC_FREE = 2 };
 static inline unsigned tc_state(uint64_t w) { return (unsigned)(w & 3); }
+/* w with its state replaced, the generation kept. */
+static inline uint64_t tc_with(uint64_t w, unsigned state) { return (w & ~(uint64_t)3) | state; }
+/* Sets b's state, generation kept, where no cache can race (the heap's lock
+ * held and the block not handed out, or a record not yet in use). */
+static inline void tc_set(block *b, unsigned state) {
+    atomic_store_explicit(&b->tc, tc_with(atomic_load_explicit(&b->tc, memory_order_relaxed), state), memory_order_relaxed);
+}
 
 /* ---- tlsf.c: segregated-fit index of free blocks by size ----------------- */
 
