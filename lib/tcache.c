@@ -76,9 +76,8 @@ typedef struct tcache {
     struct tcache *next, *prev; /* the heap's list, under its lock */
     uint64_t flush_seen;
     uint64_t looked_at;         /* cover_seq after this cache's last look (cover_tick) */
-    size_t bytes, blocks;       /* held in the rings (owner only) */
     size_t slots_used;          /* slots that remember a handed-out block */
-    _Atomic size_t stat_bytes, stat_blocks; /* the same, for gpu_heap_stats */
+    _Atomic size_t bytes, blocks; /* held in the rings: the owner writes, gpu_heap_stats reads */
     tc_class cls[TC_CLASSES];
     tc_slot slots[TC_SLOTS];
 } tcache;
@@ -101,11 +100,12 @@ static inline tc_slot *slot_of(tcache *c, uintptr_t p) {
     return &c->slots[(uint32_t)(((uint64_t)(p - c->heap->base) >> 8) * 0x9E3779B97F4A7C15ull >> 54) & (TC_SLOTS - 1)];
 }
 
+/* A count the owner alone writes (a load and a store, no read-modify-write). */
+static inline size_t held(const _Atomic size_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
+
 static void count(tcache *c, size_t bytes, size_t blocks) {
-    c->bytes = bytes;
-    c->blocks = blocks;
-    atomic_store_explicit(&c->stat_bytes, bytes, memory_order_relaxed);
-    atomic_store_explicit(&c->stat_blocks, blocks, memory_order_relaxed);
+    atomic_store_explicit(&c->bytes, bytes, memory_order_relaxed);
+    atomic_store_explicit(&c->blocks, blocks, memory_order_relaxed);
 }
 
 /* ---- giving blocks back --------------------------------------------------------- */
@@ -127,7 +127,7 @@ static void drop_oldest_locked(gpu_heap_t *h, tcache *c, unsigned k, uint32_t n)
         q->head = (q->head + 1) & (q->cap - 1);
         q->n--;
     }
-    count(c, c->bytes - n * size, c->blocks - n);
+    count(c, held(&c->bytes) - n * size, held(&c->blocks) - n);
 }
 
 static void flush_cache_locked(gpu_heap_t *h, tcache *c) {
@@ -135,11 +135,17 @@ static void flush_cache_locked(gpu_heap_t *h, tcache *c) {
         if (c->cls[k].n) drop_oldest_locked(h, c, k, c->cls[k].n);
 }
 
+/* Where the calling thread keeps its cache of h in mine[], or -1. */
+static int mine_index(const gpu_heap_t *h) {
+    for (int i = 0; i < TC_HEAPS; i++)
+        if (mine[i].h == h && mine[i].serial == h->serial) return i;
+    return -1;
+}
+
 /* The calling thread's cache of h if it has one; never creates. */
 static tcache *find_mine(gpu_heap_t *h) {
-    for (int i = 0; i < TC_HEAPS; i++)
-        if (mine[i].h == h && mine[i].serial == h->serial) return mine[i].c;
-    return NULL;
+    int i = mine_index(h);
+    return i < 0 ? NULL : mine[i].c;
 }
 
 void tcache_flush_locked(gpu_heap_t *h) {
@@ -198,23 +204,21 @@ void tcache_heap_closing(gpu_heap_t *h) {
 void tcache_stats_locked(gpu_heap_t *h, size_t *bytes, size_t *blocks) {
     *bytes = *blocks = 0;
     for (tcache *c = h->caches; c; c = c->next) {
-        *bytes += atomic_load_explicit(&c->stat_bytes, memory_order_relaxed);
-        *blocks += atomic_load_explicit(&c->stat_blocks, memory_order_relaxed);
+        *bytes += held(&c->bytes);
+        *blocks += held(&c->blocks);
     }
 }
 
 /* ---- finding the thread's cache -------------------------------------------------- */
 
 tcache *tcache_of(gpu_heap_t *h) {
-    if (mine[0].h == h && mine[0].serial == h->serial) return mine[0].c;
-    for (int i = 1; i < TC_HEAPS; i++) {
-        if (mine[i].h == h && mine[i].serial == h->serial) { /* to the front: the next lookup is one compare */
-            tcache *c = mine[i].c;
-            mine[i] = mine[0];
-            mine[0].h = h, mine[0].serial = h->serial, mine[0].c = c;
-            return c;
-        }
+    int i = mine_index(h);
+    if (i > 0) { /* to the front: the next lookup is one compare */
+        tcache *c = mine[i].c;
+        mine[i] = mine[0];
+        mine[0].h = h, mine[0].serial = h->serial, mine[0].c = c;
     }
+    if (i >= 0) return mine[0].c;
     if (!h->tcache_bytes) return NULL;
     pthread_once(&exit_once, exit_key_make);
     if (!exit_armed_ok || pthread_setspecific(exit_key, (void *)1) != 0) return NULL; /* no way to give it back at exit */
@@ -285,7 +289,7 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
         return GPU_OK;
     }
     if (q->n == q->cap) drop_oldest_locked(h, c, k, q->cap / 2); /* all waiting: the heap's quarantine takes the older half */
-    size_t room = h->tcache_bytes > c->bytes ? (h->tcache_bytes - c->bytes) / size : 0;
+    size_t mine_bytes = held(&c->bytes), room = h->tcache_bytes > mine_bytes ? (h->tcache_bytes - mine_bytes) / size : 0;
     size_t want = TC_REFILL_BYTES / size;
     if (want > TC_REFILL_MAX) want = TC_REFILL_MAX;
     if (want > q->cap - q->n) want = q->cap - q->n;
@@ -305,14 +309,13 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
     gh_assert(got <= q->cap - q->n, "a flush inside the heap only empties the ring");
     for (size_t i = got; i-- > 0;) {
         block *b = fresh[i];
-        atomic_store_explicit(&b->tc, (atomic_load_explicit(&b->tc, memory_order_relaxed) & ~(uint64_t)3) | TC_FREE,
-                              memory_order_relaxed);
+        tc_set(b, TC_FREE);
         q->head = (q->head + q->cap - 1) & (q->cap - 1);
         q->ring[q->head] = (tc_entry){b, 0};
         q->n++;
     }
     h->tc_fresh += got;
-    count(c, c->bytes + got * size, c->blocks + got);
+    count(c, held(&c->bytes) + got * size, held(&c->blocks) + got);
     heap_unlock(h);
     return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GPU_ERR_BUSY;
 }
@@ -354,7 +357,7 @@ int tcache_malloc(gpu_heap_t *h, size_t need, void **out) {
     block *b = q->ring[q->head].b;
     q->head = (q->head + 1) & (q->cap - 1);
     q->n--;
-    count(c, c->bytes - class_size(k), c->blocks - 1);
+    count(c, held(&c->bytes) - class_size(k), held(&c->blocks) - 1);
     uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
     atomic_store_explicit(&b->tc, w, memory_order_release);
     tc_slot *s = slot_of(c, b->start);
@@ -373,20 +376,20 @@ int tcache_free(gpu_heap_t *h, uintptr_t p) {
     c->slots_used--;
     tc_class *q = &c->cls[s->k];
     size_t size = class_size(s->k);
-    if (q->n == q->cap || c->bytes + size > h->tcache_bytes) {
+    if (q->n == q->cap || held(&c->bytes) + size > h->tcache_bytes) {
         heap_lock(h); /* full: the older half goes back to the heap */
         drop_oldest_locked(h, c, s->k, q->n - q->n / 2);
         heap_unlock(h);
-        if (c->bytes + size > h->tcache_bytes) return GPU_ERR_BUSY;
+        if (held(&c->bytes) + size > h->tcache_bytes) return GPU_ERR_BUSY;
     }
     uint64_t w = s->w;
-    if (!atomic_compare_exchange_strong_explicit(&s->b->tc, &w, (w & ~(uint64_t)3) | TC_FREE, memory_order_acq_rel,
+    if (!atomic_compare_exchange_strong_explicit(&s->b->tc, &w, tc_with(w, TC_FREE), memory_order_acq_rel,
                                                  memory_order_relaxed))
         return GPU_ERR_BUSY; /* the heap took it back, or it moved on: the heap decides */
     uint64_t tag = atomic_load(&h->cover_seq);
     q->ring[(q->head + q->n) & (q->cap - 1)] = (tc_entry){s->b, tag};
     q->n++;
-    count(c, c->bytes + size, c->blocks + 1);
+    count(c, held(&c->bytes) + size, held(&c->blocks) + 1);
     if (++q->frees % (q->cap / 2) == 0) cover_tick(h, c, tag); /* sealed, then seen, before the ring comes round */
     return GPU_OK;
 }
