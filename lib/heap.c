@@ -417,21 +417,25 @@ static size_t physical_budget(const gpu_heap_t *h, size_t need) {
 
 /* ---- taking idle memory ----------------------------------------------------- */
 
+/* Makes [at, at+size) of the idle block b LIVE; what is left before and after
+ * it stays idle (its other neighbours are not idle: no merge). */
+static block *claim_idle(gpu_heap_t *h, block *b, uintptr_t at, size_t size) {
+    tlsf_remove(&h->idle, b);
+    if (at != b->start) {
+        block *a = block_split(h, b, at - b->start);
+        tlsf_insert(&h->idle, b);
+        b = a;
+    }
+    if (b->size > size) tlsf_insert(&h->idle, block_split(h, b, size));
+    heap_make_live_locked(h, b);
+    return b;
+}
+
 /* An idle block of need bytes at the given alignment, made LIVE; NULL on a miss. */
 static block *take_idle(gpu_heap_t *h, size_t need, size_t align) {
     size_t want = align > GH_QUANTUM ? need + align - GH_QUANTUM : need;
     block *b = tlsf_find(&h->idle, want);
-    if (!b) return NULL;
-    tlsf_remove(&h->idle, b);
-    uintptr_t start = gh_align_up(b->start, align);
-    if (start != b->start) {
-        block *a = block_split(h, b, start - b->start);
-        tlsf_insert(&h->idle, b); /* the gap's other neighbour is not idle: no merge */
-        b = a;
-    }
-    if (b->size > need) tlsf_insert(&h->idle, block_split(h, b, need));
-    heap_make_live_locked(h, b);
-    return b;
+    return b ? claim_idle(h, b, gh_align_up(b->start, align), need) : NULL;
 }
 
 /* Blocks of two granules and more take idle memory only where they fill whole
@@ -488,17 +492,7 @@ static bool fit_one(block *b, void *arg) {
 static block *take_idle_fit(gpu_heap_t *h, size_t need, size_t align) {
     fit_search f = {.h = h, .need = need, .slack = need / 8 > h->gran ? need / 8 : h->gran, .align = align};
     tlsf_walk_from(&h->idle, need, fit_one, &f);
-    block *b = f.b;
-    if (!b) return NULL;
-    tlsf_remove(&h->idle, b);
-    if (f.at != b->start) {
-        block *a = block_split(h, b, f.at - b->start);
-        tlsf_insert(&h->idle, b);
-        b = a;
-    }
-    if (b->size > need) tlsf_insert(&h->idle, block_split(h, b, need));
-    heap_make_live_locked(h, b);
-    return b;
+    return f.b ? claim_idle(h, f.b, f.at, need) : NULL;
 }
 
 /* An idle run of whole extents of at least need bytes, starting at an extent
@@ -520,14 +514,7 @@ static block *take_idle_owned(gpu_heap_t *h, size_t need, size_t align) {
         x = e->va + e->size;
     }
     if (s >= end || x > end || x - s < need) return NULL;
-    tlsf_remove(&h->idle, b);
-    if (s != b->start) {
-        block *a = block_split(h, b, s - b->start);
-        tlsf_insert(&h->idle, b);
-        b = a;
-    }
-    if (block_end(b) > x) tlsf_insert(&h->idle, block_split(h, b, x - b->start));
-    heap_make_live_locked(h, b);
+    b = claim_idle(h, b, s, x - s);
     b->owned = 1;
     return b;
 }
