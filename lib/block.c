@@ -25,6 +25,16 @@ void pool_init(record_pool *p, size_t record_size) {
     p->size = gh_align_up(record_size < sizeof(void *) ? sizeof(void *) : record_size, 64);
 }
 
+/* The next record of the slab being carved, zeroed (a block's tc generation
+ * starts at 0; a record's later lives keep theirs). */
+static void *bump_take(record_pool *p) {
+    void *r = p->bump;
+    memset(r, 0, p->size);
+    p->bump += p->size;
+    p->bump_left--;
+    return r;
+}
+
 /* Adds a slab of records to the free list. */
 static bool pool_grow(record_pool *p) {
     if (p->nslabs == p->cap_slabs) {
@@ -49,11 +59,9 @@ static bool pool_grow(record_pool *p) {
      * allocation paid for 32 page faults). A slab left uncarved is dropped
      * into the free list first. */
     while (p->bump_left) {
-        memset(p->bump, 0, p->size);
-        *(void **)p->bump = p->free_list;
-        p->free_list = p->bump;
-        p->bump += p->size;
-        p->bump_left--;
+        void *r = bump_take(p);
+        *(void **)r = p->free_list;
+        p->free_list = r;
     }
     p->bump = slab;
     p->bump_left = POOL_SLAB_RECORDS;
@@ -69,16 +77,9 @@ bool pool_reserve(record_pool *p, size_t n) {
 
 void *pool_get(record_pool *p) {
     if (!p->free_list && !p->bump_left && !pool_grow(p)) return NULL;
-    void *r;
-    if (p->free_list) {
-        r = p->free_list;
-        p->free_list = *(void **)r;
-    } else {
-        r = p->bump;
-        memset(r, 0, p->size);
-        p->bump += p->size;
-        p->bump_left--;
-    }
+    void *r = p->free_list;
+    if (r) p->free_list = *(void **)r;
+    else r = bump_take(p);
     p->in_use++;
     p->nfree--;
     return r;
