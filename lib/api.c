@@ -56,14 +56,7 @@ int gh_note_context(int err, const char *fmt, ...) {
     vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
     memcpy(rest, last_message, sizeof rest);
-    size_t n = strlen(head);
-    if (n + 2 >= sizeof last_message) n = sizeof last_message - 3;
-    memcpy(last_message, head, n);
-    memcpy(last_message + n, ": ", 2);
-    size_t room = sizeof last_message - n - 3;
-    size_t m = strnlen(rest, room);
-    memcpy(last_message + n + 2, rest, m);
-    last_message[n + 2 + m] = '\0';
+    if (snprintf(last_message, sizeof last_message, "%s: %s", head, rest) < 0) last_message[0] = '\0';
     return err;
 }
 

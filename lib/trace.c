@@ -475,10 +475,11 @@ static void trace_at_exit(void) { (void)gpu_trace_stop(); }
 static bool trace_env_path(const char *spec, char *out, size_t len) {
     size_t n = 0;
     for (const char *c = spec; *c; c++) {
-        int w = c[0] == '%' && c[1] == 'p' ? snprintf(out + n, len - n, "%d", (int)getpid()) : snprintf(out + n, len - n, "%c", *c);
+        bool pid = c[0] == '%' && c[1] == 'p';
+        int w = pid ? snprintf(out + n, len - n, "%d", (int)getpid()) : snprintf(out + n, len - n, "%c", *c);
         if (w < 0 || (size_t)w >= len - n) return false;
         n += (size_t)w;
-        if (c[0] == '%' && c[1] == 'p') c++;
+        c += pid;
     }
     return true;
 }
