@@ -377,12 +377,12 @@ static int load_fail(load_job *j, int err, const char *fmt, ...) {
 static bool load_dst(load_job *j, uintptr_t *dst) {
     int s = atomic_load_explicit(&j->dst_state, memory_order_acquire);
     if (s == DST_WAITING) {
-        uint64_t t0 = j->tm ? file_timing_now() : 0;
+        uint64_t t0 = j->tm ? gh_mono_ns() : 0;
         pthread_mutex_lock(&j->lock);
         while ((s = atomic_load_explicit(&j->dst_state, memory_order_relaxed)) == DST_WAITING)
             pthread_cond_wait(&j->dst_known, &j->lock);
         pthread_mutex_unlock(&j->lock);
-        if (t0) atomic_fetch_add_explicit(&j->tm->dst_wait_ns, file_timing_now() - t0, memory_order_relaxed);
+        if (j->tm) file_timing_add(&j->tm->dst_wait_ns, t0);
     }
     *dst = j->dst;
     return s == DST_READY;
@@ -452,77 +452,84 @@ static bool load_take(load_job *j, size_t *off, size_t *len) {
     }
 }
 
-/* One thread's share of a load: pieces taken in turn, two staging slots of its
- * own, each waited for before it is refilled. The first piece is read before
- * the destination is known (the heap may still be allocating it). */
-static void load_run(load_job *j, unsigned id) {
+/* One thread's share of a cuFile load: pieces read straight into the device,
+ * once the destination is known. */
+static void load_run_direct(load_job *j) {
     vmm_door *d = &j->h->door;
     load_timing *tm = j->tm;
-    if (tm) file_timing_max(&tm->last_worker, file_timing_now());
+    size_t off, n;
+    uintptr_t dst = 0;
+    while (load_take(j, &off, &n)) {
+        if (tm) atomic_fetch_add_explicit(&tm->pieces, 1, memory_order_relaxed);
+        if (!load_dst(j, &dst)) break;
+        uint64_t t0 = tm ? gh_mono_ns() : 0;
+        int rc = vmm_call_direct_read(d, j->direct, j->offset + off, n, dst + off);
+        if (rc != GPU_OK) load_fail(j, rc, "%s", d->b->error);
+        if (tm) {
+            file_timing_first(&tm->first_issue, t0);
+            file_timing_max(&tm->last_read, file_timing_add(&tm->read_ns, t0));
+        }
+        if (rc != GPU_OK) break;
+    }
+}
+
+/* Waits for the copy queued from one of the thread's staging slots. */
+static int load_wait(load_job *j, vmm_queue *queue, unsigned marker) {
+    uint64_t t0 = j->tm ? gh_mono_ns() : 0;
+    int rc = vmm_call_queue_wait(&j->h->door, queue, marker);
+    if (j->tm) file_timing_add(&j->tm->wait_ns, t0);
+    if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", j->h->door.b->error);
+    return rc;
+}
+
+/* One thread's share of a staged load: pieces taken in turn, two staging slots
+ * of its own, each waited for before it is refilled. The first piece is read
+ * before the destination is known (the heap may still be allocating it). */
+static void load_run_staged(load_job *j, unsigned id) {
+    vmm_door *d = &j->h->door;
+    load_timing *tm = j->tm;
     unsigned slot[FILE_SLOTS_PER_THREAD], marker[FILE_SLOTS_PER_THREAD];
-    vmm_queue *queue[FILE_SLOTS_PER_THREAD] = {NULL};
+    vmm_queue *queue[FILE_SLOTS_PER_THREAD];
     bool pending[FILE_SLOTS_PER_THREAD] = {false};
     for (unsigned k = 0; k < FILE_SLOTS_PER_THREAD; k++) {
         slot[k] = id * FILE_SLOTS_PER_THREAD + k;
-        if (j->st) queue[k] = slot_queue(j->st, slot[k], &marker[k]);
+        queue[k] = slot_queue(j->st, slot[k], &marker[k]);
     }
     unsigned k = 0;
     size_t off, n;
     uintptr_t dst = 0;
-    uint64_t t0 = 0, t1 = 0;
     while (load_take(j, &off, &n)) {
         int rc = GPU_OK;
         if (tm) atomic_fetch_add_explicit(&tm->pieces, 1, memory_order_relaxed);
-        if (j->direct) {
-            if (!load_dst(j, &dst)) break;
-            if (tm) t0 = file_timing_now();
-            rc = vmm_call_direct_read(d, j->direct, j->offset + off, n, dst + off);
-            if (rc != GPU_OK) load_fail(j, rc, "%s", d->b->error);
+        void *buf = slot_buf(j->st, slot[k]);
+        if (pending[k]) rc = load_wait(j, queue[k], marker[k]);
+        pending[k] = false;
+        uint64_t t0 = tm ? gh_mono_ns() : 0;
+        if (rc == GPU_OK) rc = load_read(j, buf, n, j->offset + off);
+        if (tm) file_timing_max(&tm->last_read, file_timing_add(&tm->read_ns, t0));
+        if (rc == GPU_OK && !dst && !load_dst(j, &dst)) break; /* cancelled: nothing was queued */
+        if (rc == GPU_OK) {
+            t0 = tm ? gh_mono_ns() : 0;
+            rc = vmm_call_queue_upload(d, queue[k], marker[k], dst + off, buf, n);
             if (tm) {
-                t1 = file_timing_now();
-                atomic_fetch_add_explicit(&tm->read_ns, t1 - t0, memory_order_relaxed);
+                file_timing_add(&tm->issue_ns, t0);
                 file_timing_first(&tm->first_issue, t0);
-                file_timing_max(&tm->last_read, t1);
             }
-        } else {
-            void *buf = slot_buf(j->st, slot[k]);
-            if (pending[k]) {
-                if (tm) t0 = file_timing_now();
-                rc = vmm_call_queue_wait(d, queue[k], marker[k]);
-                if (tm) atomic_fetch_add_explicit(&tm->wait_ns, file_timing_now() - t0, memory_order_relaxed);
-                if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
-            }
-            pending[k] = false;
-            if (tm) t0 = file_timing_now();
-            if (rc == GPU_OK) rc = load_read(j, buf, n, j->offset + off);
-            if (tm) {
-                t1 = file_timing_now();
-                atomic_fetch_add_explicit(&tm->read_ns, t1 - t0, memory_order_relaxed);
-                file_timing_max(&tm->last_read, t1);
-            }
-            if (rc == GPU_OK && !dst && !load_dst(j, &dst)) break; /* cancelled: nothing was queued */
-            if (rc == GPU_OK) {
-                if (tm) t0 = file_timing_now();
-                rc = vmm_call_queue_upload(d, queue[k], marker[k], dst + off, buf, n);
-                if (tm) {
-                    atomic_fetch_add_explicit(&tm->issue_ns, file_timing_now() - t0, memory_order_relaxed);
-                    file_timing_first(&tm->first_issue, t0);
-                }
-                if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
-                pending[k] = rc == GPU_OK;
-            }
-            k = (k + 1) % FILE_SLOTS_PER_THREAD;
+            if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
+            pending[k] = rc == GPU_OK;
         }
+        k = (k + 1) % FILE_SLOTS_PER_THREAD;
         if (rc != GPU_OK) break;
     }
     /* Every copy this thread queued ends before the load does. */
-    for (unsigned i = 0; i < FILE_SLOTS_PER_THREAD; i++) {
-        if (!pending[i]) continue;
-        if (tm) t0 = file_timing_now();
-        int rc = vmm_call_queue_wait(d, queue[i], marker[i]);
-        if (tm) atomic_fetch_add_explicit(&tm->wait_ns, file_timing_now() - t0, memory_order_relaxed);
-        if (rc != GPU_OK) load_fail(j, rc, "copying to the device: %s", d->b->error);
-    }
+    for (unsigned i = 0; i < FILE_SLOTS_PER_THREAD; i++)
+        if (pending[i]) (void)load_wait(j, queue[i], marker[i]);
+}
+
+static void load_run(load_job *j, unsigned id) {
+    if (j->tm) file_timing_max(&j->tm->last_worker, gh_mono_ns());
+    if (j->direct) load_run_direct(j);
+    else load_run_staged(j, id);
 }
 
 static void load_crew_fn(void *arg, unsigned id) { load_run(arg, id); }
@@ -553,7 +560,7 @@ static int load_start(load_job *j, gpu_heap_t *h, int fd, uint64_t offset, size_
     pthread_mutex_init(&j->lock, NULL);
     pthread_cond_init(&j->dst_known, NULL);
     if (tm) {
-        tm->staged = file_timing_now();
+        tm->staged = gh_mono_ns();
         tm->pinned = pinned;
         tm->direct = direct != NULL;
     }
@@ -567,7 +574,7 @@ static int load_start(load_job *j, gpu_heap_t *h, int fd, uint64_t offset, size_
     /* A thread that cannot start leaves its pieces to the others. */
     unsigned helpers = crew_start(j->crew, j->threads, load_crew_fn, j);
     if (tm) {
-        tm->started = file_timing_now();
+        tm->started = gh_mono_ns();
         tm->threads = helpers + 1;
         tm->new_threads = crew_size(j->crew) - before;
     }
@@ -745,18 +752,18 @@ static int map_loaded(gpu_heap_t *h, file_map *m, load_timing *tm) {
     int arc = heap_malloc(h, m->length, GH_QUANTUM, GPU_ALLOC_OWNED, &p);
     size_t usable = 0;
     if (arc == GPU_OK) (void)heap_usable_size(h, p, &usable);
-    if (tm) tm->allocated = file_timing_now();
+    if (tm) tm->allocated = gh_mono_ns();
     rc = load_finish(&j, arc == GPU_OK ? (uintptr_t)p : 0);
-    if (tm) tm->copied = file_timing_now();
+    if (tm) tm->copied = gh_mono_ns();
     vmm_call_direct_close(&h->door, direct);
     if (arc != GPU_OK) return arc; /* heap_malloc said why; nothing was copied */
     if (rc == GPU_OK && usable > m->length) {
         rc = vmm_call_memset(&h->door, (uintptr_t)p + m->length, 0, usable - m->length);
         if (rc != GPU_OK) gh_note(rc, "zeroing the block's tail: %s", h->door.b->error);
     }
-    if (tm) tm->tail = file_timing_now();
+    if (tm) tm->tail = gh_mono_ns();
     if (rc == GPU_OK && !(m->flags & GPU_MAP_WRITE)) rc = heap_protect(h, p, usable, GPU_PROT_READ);
-    if (tm) tm->protected_ = file_timing_now();
+    if (tm) tm->protected_ = gh_mono_ns();
     if (rc != GPU_OK) {
         (void)heap_free(h, p); /* keeps the message noted above */
         return rc;
@@ -860,11 +867,11 @@ int gpu_heap_map_file(gpu_heap_t *heap, const char *path, uint64_t offset, size_
     if (!(flags & GPU_MAP_ZEROCOPY) && file_timing_enabled()) {
         memset(&timing, 0, sizeof timing);
         tm = &timing;
-        tm->begin = file_timing_now();
+        tm->begin = gh_mono_ns();
     }
     int rc = open_range(path, offset, length, flags & GPU_MAP_WRITE, &m->fd, &m->length);
     if (tm) {
-        tm->opened = file_timing_now();
+        tm->opened = gh_mono_ns();
         tm->bytes = m->length;
     }
     if (rc == GPU_OK) rc = flags & GPU_MAP_ZEROCOPY ? map_zerocopy(h, m) : map_loaded(h, m, tm);
@@ -882,7 +889,7 @@ int gpu_heap_map_file(gpu_heap_t *heap, const char *path, uint64_t offset, size_
     file_maps = m;
     pthread_mutex_unlock(&file_lock);
     if (tm) {
-        tm->end = file_timing_now();
+        tm->end = gh_mono_ns();
         file_timing_print(tm, path);
     }
     if (t0) trace_file(t0, TRACE_MAP_FILE, h, m->ptr, m->length, offset, flags, GPU_OK);

@@ -36,7 +36,11 @@ bool file_timing_enabled(void) {
     return v;
 }
 
-uint64_t file_timing_now(void) { return gh_mono_ns(); }
+uint64_t file_timing_add(_Atomic uint64_t *sum, uint64_t t0) {
+    uint64_t t = gh_mono_ns();
+    atomic_fetch_add_explicit(sum, t - t0, memory_order_relaxed);
+    return t;
+}
 
 void file_timing_max(_Atomic uint64_t *a, uint64_t t) {
     uint64_t cur = atomic_load_explicit(a, memory_order_relaxed);

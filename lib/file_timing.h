@@ -38,8 +38,9 @@ typedef struct load_timing {
 
 /* Whether GPUHEAP_FILE_TIMING=1 (read once). */
 bool file_timing_enabled(void);
-/* Monotonic nanoseconds. */
-uint64_t file_timing_now(void);
+/* Adds the nanoseconds since t0 (gh_mono_ns) to *sum, a sum over threads;
+ * returns the time it took as now. */
+uint64_t file_timing_add(_Atomic uint64_t *sum, uint64_t t0);
 /* Sets *a to t when t is later (a is a mark written by several threads). */
 void file_timing_max(_Atomic uint64_t *a, uint64_t t);
 /* Sets *a to t when *a is still 0. */
