@@ -449,7 +449,6 @@ struct gpu_heap {
     _Alignas(64) _Atomic uint64_t cover_seq, cover_done;
     _Atomic uint64_t cache_flush_gen; /* raised to ask every thread cache to give its blocks back */
     struct tcache *caches;           /* the thread caches of this heap (under the lock) */
-    uint64_t tc_refills, tc_fresh, tc_dropped; /* thread caches' trips to the heap, blocks taken, given back */
 };
 
 /* Waits for a held heap lock: spins briefly, then gives the core away. */
@@ -569,9 +568,6 @@ void heap_retire_locked(gpu_heap_t *h, block *b, bool safe);
 
 /* Blocks larger than this never go through a thread cache. */
 #define TC_MAX_BYTES ((size_t)4 << 10)
-/* The calling thread's cache of h (created on first use), or NULL when caching
- * is off for h or out of host memory. */
-struct tcache *tcache_of(gpu_heap_t *h);
 /* gpu_malloc of need bytes (a quantum multiple, at most h->tcache_max) from the thread's cache: GPU_OK
  * with *out, or GPU_ERR_BUSY when the cache cannot serve it (the caller goes to
  * the heap); other errors are the heap's. */

@@ -121,7 +121,6 @@ static void give_back_locked(gpu_heap_t *h, tc_entry e) {
 static void drop_oldest_locked(gpu_heap_t *h, tcache *c, unsigned k, uint32_t n) {
     tc_class *q = &c->cls[k];
     size_t size = class_size(k);
-    h->tc_dropped += n;
     for (uint32_t i = 0; i < n; i++) {
         give_back_locked(h, q->ring[q->head]);
         q->head = (q->head + 1) & (q->cap - 1);
@@ -211,7 +210,9 @@ void tcache_stats_locked(gpu_heap_t *h, size_t *bytes, size_t *blocks) {
 
 /* ---- finding the thread's cache -------------------------------------------------- */
 
-tcache *tcache_of(gpu_heap_t *h) {
+/* The calling thread's cache of h (created on first use), or NULL when caching
+ * is off for h or out of host memory. */
+static tcache *tcache_of(gpu_heap_t *h) {
     int i = mine_index(h);
     if (i > 0) { /* to the front: the next lookup is one compare */
         tcache *c = mine[i].c;
@@ -281,7 +282,6 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
     if (!ring_ready(q, k)) return GPU_ERR_BUSY;
     size_t size = class_size(k);
     heap_lock(h);
-    h->tc_refills++;
     /* A ring shallower than half its capacity also grows, so that the looks
      * every half ring (cover_tick) find its head covered in time. */
     if (q->n && head_covered_locked(h, q) && q->n >= q->cap / 2) {
@@ -314,7 +314,6 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
         q->ring[q->head] = (tc_entry){b, 0};
         q->n++;
     }
-    h->tc_fresh += got;
     count(c, held(&c->bytes) + got * size, held(&c->blocks) + got);
     heap_unlock(h);
     return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GPU_ERR_BUSY;
