@@ -54,7 +54,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static double median(double *v, int n) { return n > 0 ? bench_quantiles(v, (size_t)n, NULL) : 0; }
 
 static double gbps(size_t bytes, double s) { return s > 0 ? (double)bytes / s / 1e9 : 0; }
 
@@ -177,7 +176,7 @@ typedef struct result {
 static void finish(result *r) {
     double tmp[MAX_REPS];
     memcpy(tmp, r->s, sizeof tmp);
-    r->med_s = median(tmp, r->n);
+    r->med_s = bench_quantiles(tmp, (size_t)(r->n), NULL);
 }
 
 /* Checks a device range against the file's pattern; notes a mismatch. */
@@ -215,7 +214,7 @@ static void run_map_file(result *r, gpu_heap_t *h, const char *path, size_t size
         r->s[r->n++] = t1 - t0;
     }
     finish(r);
-    r->extra_med_s = median(unmap_s, r->n);
+    r->extra_med_s = bench_quantiles(unmap_s, (size_t)(r->n), NULL);
 }
 
 static void run_zerocopy(result *r, gpu_heap_t *h, const char *path, size_t size, uint32_t seed, int reps) {
@@ -239,7 +238,7 @@ static void run_zerocopy(result *r, gpu_heap_t *h, const char *path, size_t size
         r->s[r->n++] = t2 - t0;
     }
     finish(r);
-    r->extra_med_s = median(kernel_s, r->n);
+    r->extra_med_s = bench_quantiles(kernel_s, (size_t)(r->n), NULL);
 }
 
 static void run_naive(result *r, const char *path, size_t size, uint32_t seed, int reps) {
@@ -303,7 +302,7 @@ static double h2d_pinned_gbps(void) {
     }
     cu.cuMemFree(dev);
     free_host(pinned);
-    return gbps(n, median(t, 7));
+    return gbps(n, bench_quantiles(t, 7, NULL));
 }
 
 /* ---- output ------------------------------------------------------------------------------ */

@@ -64,8 +64,6 @@ static bool wanted(const char *name) {
     return false;
 }
 
-/* Median and 99th percentile (nearest rank) of v[0..n), sorting v. */
-static void quantiles(double *v, size_t n, double *median, double *p99) { *median = bench_quantiles(v, n, p99); }
 
 static double ratio(double peer, double heap) { return heap > 0 && peer > 0 ? peer / heap : 0; }
 
@@ -134,7 +132,7 @@ static void time_pairs(pair_fn fn, void *ctx, size_t size, size_t batch, size_t 
         if (n >= 5 && t1 > deadline) break;
     }
     out->samples = n;
-    quantiles(v, n, &out->median, &out->p99);
+    out->median = bench_quantiles(v, n, &out->p99);
     free(v);
 }
 
@@ -247,7 +245,7 @@ static void scenario_trace(void) {
         double base = (off.median + off2.median) / 2;
         /* Bursts: the median round, off and on. */
         enum { ROUNDS = 30, PAIRS = 1000 };
-        double b_off[ROUNDS], b_on[ROUNDS], m_off, m_on, unused;
+        double b_off[ROUNDS], b_on[ROUNDS], m_off, m_on;
         for (int tr = 0; tr < 2; tr++) {
             if (tr && gpu_trace_start(path) != GPU_OK) return;
             for (int r = 0; r < ROUNDS; r++) {
@@ -258,8 +256,8 @@ static void scenario_trace(void) {
             }
             if (tr) gpu_trace_stop();
         }
-        quantiles(b_off, ROUNDS, &m_off, &unused);
-        quantiles(b_on, ROUNDS, &m_on, &unused);
+        m_off = bench_quantiles(b_off, ROUNDS, NULL);
+        m_on = bench_quantiles(b_on, ROUNDS, NULL);
         char lab[32];
         fprintf(tables, "%8s | %10.1f %10.1f %10.1f %+8.1f | %10.1f %10.1f %+8.1f\n", size_label(sizes[i], lab, sizeof lab),
                 off.median, on.median, off2.median, on.median - base, m_off, m_on, m_on - m_off);
@@ -532,7 +530,7 @@ static void scenario_cold(void) {
     gpu_config_init(&cfg);
     if (!gpu) cfg.backend = GPU_BACKEND_HOST;
     for (size_t i = 0; i < N; i++) {
-        double a[REPS], b[REPS], c[REPS], d[REPS], dummy;
+        double a[REPS], b[REPS], c[REPS], d[REPS];
         size_t reps = quick ? 3 : REPS;
         for (size_t r = 0; r < reps; r++) {
             double t[3];
@@ -540,10 +538,10 @@ static void scenario_cold(void) {
             a[r] = t[0], b[r] = t[1], c[r] = t[2];
             d[r] = cold_gpuheap(&cfg, sizes[i]); /* beside this process's default heap */
         }
-        quantiles(a, reps, &gh[i], &dummy);
-        quantiles(b, reps, &cm[i], &dummy);
-        quantiles(c, reps, &cma[i], &dummy);
-        quantiles(d, reps, &gh2[i], &dummy);
+        gh[i] = bench_quantiles(a, reps, NULL);
+        cm[i] = bench_quantiles(b, reps, NULL);
+        cma[i] = bench_quantiles(c, reps, NULL);
+        gh2[i] = bench_quantiles(d, reps, NULL);
     }
     fprintf(tables, "\n== cold: first allocation on an empty heap / trimmed pool, in a fresh process, median us (%s) ==\n",
             device);
