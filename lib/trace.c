@@ -99,6 +99,7 @@ static pthread_cond_t queue_cond = PTHREAD_COND_INITIALIZER;
 static trace_thread *threads;           /* every thread that ever recorded and has not exited */
 static trace_batch *queue, **queue_tail = &queue; /* full batches for the writer, oldest first */
 static trace_batch *spare;              /* empty batches */
+static trace_batch *writing;            /* the batches the writer formats now, outside the lock */
 static _Atomic uint64_t gen;            /* trace session; 0 before the first */
 static int out = -1;         /* the trace file: plain write(2), no stdio buffer a fork could duplicate */
 static bool write_failed;    /* a write failed: gpu_trace_stop reports it */
@@ -228,24 +229,17 @@ static void *writer_main(void *arg) {
     for (;;) {
         while (!queue && !writer_stop) pthread_cond_wait(&queue_cond, &lock);
         if (!queue) break;
-        trace_batch *b = queue;
+        writing = queue;
         queue = NULL;
         queue_tail = &queue;
         pthread_mutex_unlock(&lock);
-        trace_batch *done = NULL;
-        while (b) {
-            trace_batch *next = b->next;
-            format_batch(b->ev, b->n);
-            b->next = done;
-            done = b;
-            b = next;
-        }
+        for (trace_batch *b = writing; b; b = b->next) format_batch(b->ev, b->n);
         pthread_mutex_lock(&lock);
-        while (done) {
-            trace_batch *next = done->next;
-            done->next = spare;
-            spare = done;
-            done = next;
+        while (writing) {
+            trace_batch *b = writing;
+            writing = b->next;
+            b->next = spare;
+            spare = b;
         }
     }
     pthread_mutex_unlock(&lock);
@@ -367,12 +361,16 @@ static void fork_child(void) {
     atomic_store(&trace_on, 0);
     out = -1; /* the parent's file: the child leaves it alone (a close would be harmless too) */
     writer_running = false;
-    while (queue) { /* the parent writes these; the child keeps the memory as spares */
-        trace_batch *b = queue;
-        queue = b->next;
-        b->next = spare;
-        spare = b;
-    }
+    /* The parent writes these; the child keeps the memory as spares (the batches
+     * the parent's writer was formatting included: no thread of the child holds them). */
+    trace_batch **lists[] = {&queue, &writing};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
+        while (*lists[i]) {
+            trace_batch *b = *lists[i];
+            *lists[i] = b->next;
+            b->next = spare;
+            spare = b;
+        }
     queue_tail = &queue;
     atomic_fetch_add(&gen, 1);
     pthread_mutex_unlock(&lock);

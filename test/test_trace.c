@@ -29,6 +29,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
+    (void)gpu_trace_stop(); /* a failed test may leave its trace running */
     unlink(trace_path);
     return 0;
 }
