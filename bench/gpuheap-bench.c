@@ -615,9 +615,10 @@ static int random_trace(size_t max_size, size_t ops, uint64_t cap, uint64_t seed
 }
 
 typedef struct peer_run {
-    bool ran;
+    bool ran, counted; /* counted: a gpuheap peer, with the driver work the replay cost it */
     tr_result r;
     uint64_t peak_phys;
+    uint64_t maps, unmaps, fences;
 } peer_run;
 
 /* Replays t on every peer; a fresh heap / a trimmed pool for each. */
@@ -626,9 +627,17 @@ static void run_peers(peer *peers, size_t npeers, const tr_trace *t, peer_run *o
         char err[256];
         memset(&out[k], 0, sizeof out[k]);
         if (!peers[k].a.alloc || peer_reset(&peers[k], err, sizeof err) != 0) continue;
+        gpu_stats_t s0 = {0}, s1 = {0};
+        bool counted = peers[k].kind == PEER_GPUHEAP && gpu_heap_stats(peers[k].heap, &s0) == GPU_OK;
         if (tr_replay(t, &peers[k].a, &out[k].r) != 0) continue;
         out[k].ran = true;
         out[k].peak_phys = peer_peak_physical(&peers[k]);
+        if (counted && gpu_heap_stats(peers[k].heap, &s1) == GPU_OK) {
+            out[k].counted = true;
+            out[k].maps = s1.backend_map - s0.backend_map;
+            out[k].unmaps = s1.backend_unmap - s0.backend_unmap;
+            out[k].fences = s1.fences - s0.fences;
+        }
         if (peers[k].kind == PEER_GPUHEAP) gpu_heap_trim(peers[k].heap, 0);
     }
 }
@@ -665,20 +674,28 @@ static void print_peer_rows(const char *label, const peer *peers, const peer_run
         double us = x->r.calls ? x->r.seconds * 1e6 / (double)x->r.calls : 0;
         double gh_us = gh->ran && gh->r.calls ? gh->r.seconds * 1e6 / (double)gh->r.calls : 0;
         char r1[16], r2[16];
-        fprintf(tables, "%-18s %-16s | %9.3f %8s | %9.1f %9.1f %7.3f %8s | %s%s\n", k == 0 ? label : "", peers[k].name, us,
+        char work[64] = "";
+        if (x->counted)
+            snprintf(work, sizeof work, " (%llu maps, %llu unmaps, %llu fences)", (unsigned long long)x->maps,
+                     (unsigned long long)x->unmaps, (unsigned long long)x->fences);
+        fprintf(tables, "%-18s %-16s | %9.3f %8s | %9.1f %9.1f %7.3f %8s | %s%s%s\n", k == 0 ? label : "", peers[k].name, us,
                 k == 0 ? "" : fmt_ratio(ratio(us, gh_us), r1, sizeof r1), (double)x->r.peak_live / (double)MiB,
                 (double)x->peak_phys / (double)MiB,
                 x->r.peak_live ? (double)x->peak_phys / (double)x->r.peak_live : 0,
                 k == 0 ? "" : fmt_ratio(ratio((double)x->peak_phys, (double)gh->peak_phys), r2, sizeof r2),
-                x->r.failed ? "FAILED: " : "ok", x->r.failed ? x->r.first_error : "");
+                x->r.failed ? "FAILED: " : "ok", x->r.failed ? x->r.first_error : "", work);
         if (json)
             fprintf(json, "%s\n  {\"allocator\": \"%s\", \"seconds\": %.6f, \"calls\": %zu, \"us_per_call\": %.4f, "
                           "\"peak_live\": %llu, \"peak_physical\": %llu, \"fragmentation\": %.4f, \"failed\": %zu, "
-                          "\"conflicts\": %zu, \"copied_bytes\": %llu}",
+                          "\"conflicts\": %zu, \"copied_bytes\": %llu",
                     first ? "" : ",", peers[k].name, x->r.seconds, x->r.calls, us, (unsigned long long)x->r.peak_live,
                     (unsigned long long)x->peak_phys,
                     x->r.peak_live ? (double)x->peak_phys / (double)x->r.peak_live : 0, x->r.failed, x->r.conflicts,
                     (unsigned long long)x->r.copied_bytes);
+        if (json && x->counted)
+            fprintf(json, ", \"maps\": %llu, \"unmaps\": %llu, \"fences\": %llu", (unsigned long long)x->maps,
+                    (unsigned long long)x->unmaps, (unsigned long long)x->fences);
+        if (json) fputc('}', json);
         first = false;
     }
 }

@@ -35,18 +35,19 @@ def main():
           "| vs cudaMallocAsync | vs PyTorch | vs expandable | vs cudaMalloc |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in b.get("pairs", []):
-        g, a, m = r["gpuheap_loop"], r["cudaMallocAsync_loop"], r["cudaMalloc_alone"]
-        c, e = tp["caching"].get(r["size"]), tp["expandable"].get(r["size"])
-        cm, em = (c or {}).get("median_ns", 0), (e or {}).get("median_ns", 0)
-        print(f"| {label(r['size'])} | {g['median_ns']:.0f} ({g['p99_ns']:.0f}) | {a['median_ns']:.0f} ({a['p99_ns']:.0f}) "
-              f"| {cm:.0f} ({(c or {}).get('p99_ns', 0):.0f}) | {em:.0f} ({(e or {}).get('p99_ns', 0):.0f}) "
-              f"| {m['median_ns']:,.0f} | {x(a['median_ns'], g['median_ns'])} | {x(cm, g['median_ns'])} "
-              f"| {x(em, g['median_ns'])} | {x(m['median_ns'], g['median_ns'])} |")
+        g, a, m = r["gpuheap_loop"], r["cudaMallocAsync_loop"] or {}, r["cudaMalloc_alone"] or {}
+        c, e = tp["caching"].get(r["size"]) or {}, tp["expandable"].get(r["size"]) or {}
+        med = lambda q: q.get("median_ns", 0)  # a run without a GPU has gpuheap alone: its peers are "—"
+        lat = lambda q: f"{q['median_ns']:.0f} ({q['p99_ns']:.0f})" if q else "—"
+        print(f"| {label(r['size'])} | {lat(g)} | {lat(a)} | {lat(c)} | {lat(e)} "
+              f"| {f'{med(m):,.0f}' if m else '—'} | {x(med(a), med(g))} | {x(med(c), med(g))} "
+              f"| {x(med(e), med(g))} | {x(med(m), med(g))} |")
     print()
     print("Where gpuheap's time goes (same run): loop median on an explicit CUDA heap / on a host-backend heap "
           "(bookkeeping alone, no driver):",
           ", ".join(f"{label(r['size'])} {r['gpuheap_explicit_heap_loop']['median_ns']:.0f} / "
-                    f"{(r['gpuheap_host_backend_loop'] or {}).get('median_ns', 0):.0f}" for r in b.get("pairs", [])))
+                    f"{(r['gpuheap_host_backend_loop'] or {}).get('median_ns', 0):.0f}" for r in b.get("pairs", [])
+                    if r.get("gpuheap_explicit_heap_loop")))
     print()
 
     if "trace_overhead" in b:
@@ -104,9 +105,10 @@ def main():
             r = by.get(name)
             if not r:
                 continue
+            work = f"{r['maps']:,} / {r['unmaps']:,} / {r['fences']:,}" if "maps" in r else ""
             out.append((name, r["us_per_call"], r["peak_physical"], r["peak_live"], r["fragmentation"],
                         x(r["us_per_call"], g.get("us_per_call")) if name != "gpuheap" else "",
-                        x(r["peak_physical"], g.get("peak_physical")) if name != "gpuheap" else "", r["failed"]))
+                        x(r["peak_physical"], g.get("peak_physical")) if name != "gpuheap" else "", r["failed"], work))
         if extra:
             out.append(extra)
         return out
@@ -117,10 +119,11 @@ def main():
         te = {(r["max_size"], r["ops"]): r for r in t.get("expandable", {}).get("random", [])}
         print("### Random (RMM random_allocations: p(alloc) 0.73, sizes 1 B..max, live <= 16 GiB)\n")
         print("µs per call; peak physical held and peak physical / peak live; 'vs gpuheap' = the row's figure / "
-              "gpuheap's (above 1: gpuheap is faster or holds less). gpuheap-rt0 = GPUHEAP_RELEASE_THRESHOLD=0.\n")
+              "gpuheap's (above 1: gpuheap is faster or holds less). gpuheap-rt0 = GPUHEAP_RELEASE_THRESHOLD=0. "
+              "Driver work: gpuheap's mappings / unmaps / fences in the case.\n")
         print("| max size, ops | allocator | µs/call | time vs gpuheap | peak physical MiB | phys / live "
-              "| phys vs gpuheap |")
-        print("|---|---|---|---|---|---|---|")
+              "| phys vs gpuheap | driver work |")
+        print("|---|---|---|---|---|---|---|---|")
         for case in b["random"]:
             key = (case["max_size"], case["ops"])
             rows = peer_table(case["results"])
@@ -131,10 +134,10 @@ def main():
                     rows.append((lab, r["us_per_call"], r["peak_reserved"], r["peak_live"],
                                  r["peak_reserved"] / r["peak_live"] if r["peak_live"] else 0,
                                  x(r["us_per_call"], g.get("us_per_call")), x(r["peak_reserved"], g.get("peak_physical")),
-                                 r["failed"]))
-            for i, (name, us, phys, live, frag, tv, pv, failed) in enumerate(rows):
+                                 r["failed"], ""))
+            for i, (name, us, phys, live, frag, tv, pv, failed, work) in enumerate(rows):
                 head = f"{label(case['max_size'])}, {case['ops'] // 1000}k" if i == 0 else ""
-                print(f"| {head} | {name} | {us:.3f} | {tv} | {phys / 2**20:,.0f} | {frag:.3f} | {pv} |"
+                print(f"| {head} | {name} | {us:.3f} | {tv} | {phys / 2**20:,.0f} | {frag:.3f} | {pv} | {work} |"
                       + (" FAILED" if failed else ""))
         print()
 
@@ -142,10 +145,11 @@ def main():
         rp = b["replay"]
         print(f"### Replay of a recorded trace ({rp['trace']}, {rp['events']} events)\n")
         print("| allocator | µs/call | time vs gpuheap | peak physical MiB | fragmentation (phys / live) "
-              "| phys vs gpuheap |")
-        print("|---|---|---|---|---|---|")
-        for name, us, phys, live, frag, tv, pv, failed in peer_table(rp["results"]):
-            print(f"| {name} | {us:.3f} | {tv} | {phys / 2**20:,.0f} | {frag:.3f} | {pv} |" + (" FAILED" if failed else ""))
+              "| phys vs gpuheap | maps / unmaps / fences |")
+        print("|---|---|---|---|---|---|---|")
+        for name, us, phys, live, frag, tv, pv, failed, work in peer_table(rp["results"]):
+            print(f"| {name} | {us:.3f} | {tv} | {phys / 2**20:,.0f} | {frag:.3f} | {pv} | {work} |"
+                  + (" FAILED" if failed else ""))
         print()
 
     modes = [m for m in ("caching", "expandable", "gpuheap", "gpuheap-trace") if "train" in t.get(m, {})]
