@@ -93,10 +93,46 @@ static void test_peer_on_empty_and_trimmed_heap(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* A block that owns its extents and moves by remapping (realloc past a block
+ * that takes its next addresses) is mapped at new addresses: the peer is granted
+ * each of them, the moved extents and the growth alike. */
+static void test_peer_follows_a_remapped_block(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    char *a = gpu_heap_malloc_flags(h, 8 * MiB, GPU_ALLOC_OWNED);
+    char *b = gpu_heap_malloc_flags(h, 8 * MiB, GPU_ALLOC_OWNED);
+    assert_non_null(a), assert_non_null(b);
+    char *lo = a < b ? a : b, *hi = a < b ? b : a;
+    ASSERT_OK(heap_peer_add(h, 3));
+    size_t before = counts(h).grants;
+    gpu_stats_t s0 = STATS(h);
+    char *m = gpu_heap_realloc(h, lo, (size_t)(hi - lo) + 8 * MiB); /* cannot grow in place */
+    assert_non_null(m);
+    assert_ptr_not_equal(m, lo);
+    gpu_stats_t s1 = STATS(h);
+    assert_int_equal(s1.copy_bytes, s0.copy_bytes); /* moved by remapping, not copied */
+    /* Every extent of the moved block, at its new address. */
+    size_t moved = 0;
+    for (uintptr_t va = (uintptr_t)m; va < (uintptr_t)m + (hi - lo) + 8 * MiB;) {
+        extent *e = extmap_find(&h->extents, va);
+        assert_non_null(e);
+        moved++;
+        va = e->va + e->size;
+    }
+    if (counts(h).grants < before + moved)
+        fail_msg("a block moved by remapping: %zu grants for its %zu extents at their new addresses",
+                 counts(h).grants - before, moved);
+    ASSERT_OK(gpu_heap_free(h, m));
+    ASSERT_OK(gpu_heap_free(h, hi));
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_peer_grants_present_and_future_extents),
         cmocka_unit_test(test_peer_on_empty_and_trimmed_heap),
+        cmocka_unit_test(test_peer_follows_a_remapped_block),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
