@@ -45,7 +45,6 @@
 #include "replay_peers.h"
 #include "trace_replay.h"
 
-
 static bool gpu, quick;
 static char device[256] = "host backend (no GPU)";
 static cudart_stream main_stream;
@@ -63,7 +62,6 @@ static bool wanted(const char *name) {
         if ((p == only || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) return true;
     return false;
 }
-
 
 static double ratio(double peer, double heap) { return heap > 0 && peer > 0 ? peer / heap : 0; }
 
@@ -484,9 +482,10 @@ static double cold_async(size_t size) {
  * whoever follows a trimmed pool or a freed allocation may pay for the driver's
  * deferred work. */
 static void cold_round(const gpu_config_t *cfg, size_t size, size_t round, double out[3]) {
+    size_t n = gpu ? 3 : 1; /* without a GPU, gpuheap alone */
     out[0] = out[1] = out[2] = 0;
-    for (size_t k = 0; k < (gpu ? 3 : 1); k++) {
-        switch ((k + round) % (gpu ? 3 : 1)) {
+    for (size_t k = 0; k < n; k++) {
+        switch ((k + round) % n) {
         case 0: out[0] = cold_gpuheap(cfg, size); break;
         case 1: out[1] = cold_cudamalloc(size); break;
         default: out[2] = cold_async(size); break;
@@ -618,7 +617,7 @@ typedef struct peer_run {
     bool ran, counted; /* counted: a gpuheap peer, with the driver work the replay cost it */
     tr_result r;
     uint64_t peak_phys;
-    uint64_t maps, unmaps, fences;
+    peer_work work;
 } peer_run;
 
 /* Replays t on every peer; a fresh heap / a trimmed pool for each. */
@@ -627,17 +626,10 @@ static void run_peers(peer *peers, size_t npeers, const tr_trace *t, peer_run *o
         char err[256];
         memset(&out[k], 0, sizeof out[k]);
         if (!peers[k].a.alloc || peer_reset(&peers[k], err, sizeof err) != 0) continue;
-        gpu_stats_t s0 = {0}, s1 = {0};
-        bool counted = peers[k].kind == PEER_GPUHEAP && gpu_heap_stats(peers[k].heap, &s0) == GPU_OK;
         if (tr_replay(t, &peers[k].a, &out[k].r) != 0) continue;
         out[k].ran = true;
         out[k].peak_phys = peer_peak_physical(&peers[k]);
-        if (counted && gpu_heap_stats(peers[k].heap, &s1) == GPU_OK) {
-            out[k].counted = true;
-            out[k].maps = s1.backend_map - s0.backend_map;
-            out[k].unmaps = s1.backend_unmap - s0.backend_unmap;
-            out[k].fences = s1.fences - s0.fences;
-        }
+        out[k].counted = peer_driver_work(&peers[k], &out[k].work); /* the reset made a fresh heap */
         if (peers[k].kind == PEER_GPUHEAP) gpu_heap_trim(peers[k].heap, 0);
     }
 }
@@ -676,8 +668,8 @@ static void print_peer_rows(const char *label, const peer *peers, const peer_run
         char r1[16], r2[16];
         char work[64] = "";
         if (x->counted)
-            snprintf(work, sizeof work, " (%llu maps, %llu unmaps, %llu fences)", (unsigned long long)x->maps,
-                     (unsigned long long)x->unmaps, (unsigned long long)x->fences);
+            snprintf(work, sizeof work, " (%llu maps, %llu unmaps, %llu fences)", (unsigned long long)x->work.maps,
+                     (unsigned long long)x->work.unmaps, (unsigned long long)x->work.fences);
         fprintf(tables, "%-18s %-16s | %9.3f %8s | %9.1f %9.1f %7.3f %8s | %s%s%s\n", k == 0 ? label : "", peers[k].name, us,
                 k == 0 ? "" : fmt_ratio(ratio(us, gh_us), r1, sizeof r1), (double)x->r.peak_live / (double)MiB,
                 (double)x->peak_phys / (double)MiB,
@@ -692,9 +684,7 @@ static void print_peer_rows(const char *label, const peer *peers, const peer_run
                     (unsigned long long)x->peak_phys,
                     x->r.peak_live ? (double)x->peak_phys / (double)x->r.peak_live : 0, x->r.failed, x->r.conflicts,
                     (unsigned long long)x->r.copied_bytes);
-        if (json && x->counted)
-            fprintf(json, ", \"maps\": %llu, \"unmaps\": %llu, \"fences\": %llu", (unsigned long long)x->maps,
-                    (unsigned long long)x->unmaps, (unsigned long long)x->fences);
+        if (json && x->counted) peer_work_json(json, &x->work);
         if (json) fputc('}', json);
         first = false;
     }

@@ -195,7 +195,6 @@ static file_tuning tuning_for(file_tuning t, size_t length) {
     return t;
 }
 
-
 /* ---- staging sets ---------------------------------------------------------------- */
 
 static void staging_put(staging *s);

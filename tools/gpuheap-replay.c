@@ -115,11 +115,11 @@ int main(int argc, char **argv) {
         printf("%-16s %10.3f %10zu %12.1f %14.1f %8.3f %7zu %9zu\n", p.name, r.seconds * 1e3, r.calls, mib(r.peak_live),
                mib(phys), frag, r.failed, r.conflicts);
         if (r.failed) printf("  first failure: %s\n", r.first_error);
-        gpu_stats_t st = {0};
-        bool counted = p.kind == PEER_GPUHEAP && gpu_heap_stats(p.heap, &st) == GPU_OK;
+        peer_work w;
+        bool counted = peer_driver_work(&p, &w);
         if (counted) /* what the replay cost the heap in driver work */
-            printf("  %llu mappings, %llu unmaps, %llu fences, %llu seals\n", (unsigned long long)st.backend_map,
-                   (unsigned long long)st.backend_unmap, (unsigned long long)st.fences, (unsigned long long)st.seal_events);
+            printf("  %llu mappings, %llu unmaps, %llu fences, %llu seals\n", (unsigned long long)w.maps,
+                   (unsigned long long)w.unmaps, (unsigned long long)w.fences, (unsigned long long)w.seals);
         if (jf)
             fprintf(jf, "%s\n  {\"allocator\": \"%s\", \"seconds\": %.6f, \"calls\": %zu, \"failed\": %zu, "
                         "\"skipped\": %zu, \"conflicts\": %zu, \"peak_live\": %llu, \"peak_physical\": %llu, "
@@ -127,10 +127,7 @@ int main(int argc, char **argv) {
                     first ? "" : ",", p.name, r.seconds, r.calls, r.failed, r.skipped, r.conflicts,
                     (unsigned long long)r.peak_live, (unsigned long long)phys, frag,
                     (unsigned long long)r.copied_bytes);
-        if (jf && counted)
-            fprintf(jf, ", \"maps\": %llu, \"unmaps\": %llu, \"fences\": %llu, \"seals\": %llu",
-                    (unsigned long long)st.backend_map, (unsigned long long)st.backend_unmap, (unsigned long long)st.fences,
-                    (unsigned long long)st.seal_events);
+        if (jf && counted) peer_work_json(jf, &w);
         if (jf) fputc('}', jf);
         first = false;
         peer_close(&p);

@@ -16,7 +16,9 @@
 #ifndef GPUHEAP_TOOLS_REPLAY_PEERS_H
 #define GPUHEAP_TOOLS_REPLAY_PEERS_H
 
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "gpuheap.h"
 #include "trace_replay.h"
@@ -47,6 +49,15 @@ uint64_t peer_peak_physical(peer *p);
 /* Starts a new measurement: gpuheap makes a fresh heap, cudaMalloc reads the used
  * memory again, cudaMallocAsync trims its pool and resets its high-water mark. */
 int peer_reset(peer *p, char *err, size_t err_len);
+/* The driver work gpuheap did since the peer was opened or reset (its heap is
+ * made then, so its counters are the run's). */
+typedef struct peer_work {
+    uint64_t maps, unmaps, fences, seals;
+} peer_work;
+/* False for the CUDA peers, which do not count theirs. */
+bool peer_driver_work(const peer *p, peer_work *out);
+/* Writes the JSON members `, "maps": …, "unmaps": …, "fences": …, "seals": …`. */
+void peer_work_json(FILE *f, const peer_work *w);
 /* Gives everything back (the heap destroyed, the pool trimmed). */
 void peer_close(peer *p);
 
