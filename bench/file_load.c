@@ -41,7 +41,7 @@
 #include <unistd.h>
 
 #include "bench_util.h"
-#include "cuda_loader.h"
+#include "backend/cuda/loader.h"
 #include "cuda_util.h"
 #include "gpuheap.h"
 

@@ -21,7 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cuda_loader.h"
+#include "backend/cuda/loader.h"
 #include "gpuheap.h"
 
 cu_util_fns cu;

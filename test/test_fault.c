@@ -39,7 +39,9 @@
 
 #include "util.h"
 
-#include "internal.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 
 #define G (64 * KiB) /* the test heap's granularity */
 
@@ -456,7 +458,7 @@ static bool run_workload(run *r) {
     gpu_config_t cfg = fault_config(r->threshold);
     r->fault_step = -1;
     r->step = "open";
-    if (vmm_host_open(&cfg, &r->inner) != GPU_OK) return run_fail(r, "vmm_host_open: %s", vmm_open_error());
+    if (vmm_host_open(&cfg, &r->inner) != GPU_OK) return run_fail(r, "vmm_host_open: %s", vmm_error());
     if (vmm_fault_open(r->inner, &r->rep, &r->outer) != GPU_OK) return run_fail(r, "vmm_fault_open failed");
     vmm_fault_arm(r->outer, r->nth, r->persistent, r->error);
     int rc = gh_heap_create_on(&cfg, r->outer, &r->h);
@@ -715,7 +717,7 @@ static void test_fault_wrapper(void **state) {
     vmm_handle hd;
     assert_int_equal(outer->ops->create(outer, G, &hd), GPU_OK);
     assert_int_equal(outer->ops->create(outer, G, &hd), GPU_ERR_OUT_OF_MEMORY); /* the natural error */
-    assert_non_null(strstr(outer->error, "injected"));
+    assert_non_null(strstr(vmm_error(), "injected"));
     assert_int_equal(outer->ops->create(outer, G, &hd), GPU_OK);
     vmm_host_counts c;
     vmm_host_counts_get(inner, &c);
@@ -724,7 +726,7 @@ static void test_fault_wrapper(void **state) {
     assert_int_equal(outer->ops->map(outer, va, G, hd), GPU_ERR_BACKEND);
     /* A real refusal from below passes through with its message. */
     assert_int_equal(outer->ops->map(outer, va + 1, G, hd), GPU_ERR_INVALID);
-    assert_non_null(strstr(outer->error, "granularity"));
+    assert_non_null(strstr(vmm_error(), "granularity"));
     assert_int_equal(rep.calls, 6);
     assert_int_equal(rep.injected, 2);
     assert_int_equal(rep.per_op[VMM_OP_CREATE], 3);

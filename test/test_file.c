@@ -27,7 +27,9 @@
 #include <sys/stat.h>
 
 #include "util.h"
-#include "internal.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 
 static char dir[64]; /* the test's scratch directory */
 

@@ -19,8 +19,10 @@
 
 #include <cmocka.h>
 
-#include "cuda_loader.h"
-#include "internal.h"
+#include "backend/cuda/loader.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 
 #define MiB ((size_t)1 << 20)
 

@@ -22,7 +22,7 @@
 
 #include <cmocka.h>
 
-#include "cuda_loader.h"
+#include "backend/cuda/loader.h"
 #include "cuda_util.h"
 #include "gpuheap.h"
 

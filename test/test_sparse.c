@@ -21,7 +21,9 @@
 #include <cmocka.h>
 
 #include "gpuheap.h"
-#include "internal.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 #include "util.h"
 
 /* A test heap on the host backend: 64 GiB of VA, 2 MiB granularity, the given budget. */

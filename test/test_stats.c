@@ -14,7 +14,9 @@
 
 #include "util.h"
 
-#include "internal.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 
 /* The backend's own counts against the heap's statistics. */
 static void books_agree_at(gpu_heap_t *h, const char *file, int line) {

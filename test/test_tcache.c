@@ -18,7 +18,9 @@
 #include <cmocka.h>
 
 #include "gpuheap.h"
-#include "internal.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 #include "util.h"
 
 static gpu_heap_t *open_heap(size_t cache) {

@@ -25,11 +25,14 @@
 #ifndef GPUHEAP_PRELOAD_H
 #define GPUHEAP_PRELOAD_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "internal.h"
+#include "api/api.h"
+#include "core/heap.h"
+#include "error.h"
 
 #define PL_EXPORT __attribute__((visibility("default")))
 

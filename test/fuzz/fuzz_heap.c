@@ -44,7 +44,9 @@
 #include <string.h>
 
 #include "gpuheap.h"
-#include "internal.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
@@ -649,8 +651,8 @@ static void fuzz_open(fuzz *f) {
     cfg.host_granularity = GRAN;
     cfg.host_budget = BUDGET;
     cfg.verbose = 0;
-    if (vmm_host_open(&cfg, &f->inner) != GPU_OK) die("vmm_host_open: %s", vmm_open_error());
-    if (vmm_fault_open(f->inner, &f->rep, &f->outer) != GPU_OK) die("vmm_fault_open: %s", vmm_open_error());
+    if (vmm_host_open(&cfg, &f->inner) != GPU_OK) die("vmm_host_open: %s", vmm_error());
+    if (vmm_fault_open(f->inner, &f->rep, &f->outer) != GPU_OK) die("vmm_fault_open: %s", vmm_error());
     if (gh_heap_create_on(&cfg, f->outer, &f->h) != GPU_OK) die("heap creation failed: %d", gpu_last_error());
 }
 

@@ -12,7 +12,9 @@
  */
 #include "util.h"
 
-#include "internal.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 
 /* Expects the block [p, p+usable) for every probe inside it. */
 static void expect_block(gpu_heap_t *h, void *p) {

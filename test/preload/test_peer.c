@@ -11,7 +11,9 @@
  */
 #include "util.h"
 
-#include "internal.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 
 static vmm_host_counts counts(gpu_heap_t *h) {
     vmm_host_counts c;

@@ -1,0 +1,96 @@
+/*
+ * config.c — the heap's settings: defaults, then GPUHEAP_* environment variables.
+ *
+ * Programs that cannot be changed (the interposer's users) are configured only
+ * through the environment, so every setting of gpu_config_t has a variable, and
+ * README.md lists them. A malformed value is reported and ignored, never fatal.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api/api.h"
+#include "error.h"
+
+bool config_parse_size(const char *s, size_t *out) {
+    if (!s || !*s) return false;
+    if (!strcasecmp(s, "max") || !strcasecmp(s, "unlimited")) {
+        *out = SIZE_MAX;
+        return true;
+    }
+    if (!isdigit((unsigned char)*s)) return false;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno) return false;
+    unsigned shift = 0;
+    switch (toupper((unsigned char)*end)) {
+    case '\0': break;
+    case 'K': shift = 10; break;
+    case 'M': shift = 20; break;
+    case 'G': shift = 30; break;
+    case 'T': shift = 40; break;
+    default: return false;
+    }
+    if (*end) {
+        end++;
+        if (toupper((unsigned char)*end) == 'I') end++; /* KiB, MiB… */
+        if (toupper((unsigned char)*end) == 'B') end++;
+        if (*end) return false;
+    }
+    if (shift && v > (SIZE_MAX >> shift)) return false;
+    *out = (size_t)(v << shift);
+    return true;
+}
+
+/* Applies one size variable, if set; counts malformed ones in *bad. */
+static void env_size(const char *name, size_t *field, int *bad) {
+    const char *v = getenv(name);
+    if (!v) return;
+    size_t x;
+    if (config_parse_size(v, &x))
+        *field = x;
+    else
+        *bad = gh_error(GPU_ERR_INVALID, "%s=%s is not a size (examples: 4096, 64M, 2G, 64T, max)", name, v);
+}
+
+static void env_int(const char *name, int *field, int *bad) {
+    const char *v = getenv(name);
+    if (!v) return;
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (*v && !*end && x >= 0 && x < 1 << 20)
+        *field = (int)x;
+    else
+        *bad = gh_error(GPU_ERR_INVALID, "%s=%s is not a non-negative integer", name, v);
+}
+
+int gpu_config_init(gpu_config_t *cfg) {
+    if (!cfg) return gh_error(GPU_ERR_INVALID, "gpu_config_init: cfg is NULL");
+    memset(cfg, 0, sizeof *cfg);
+    cfg->backend = GPU_BACKEND_AUTO;
+    cfg->release_threshold = SIZE_MAX;
+    cfg->thread_cache = (size_t)32 << 20;
+    int bad = GPU_OK;
+    const char *b = getenv("GPUHEAP_BACKEND");
+    if (b) {
+        if (!strcasecmp(b, "cuda"))
+            cfg->backend = GPU_BACKEND_CUDA;
+        else if (!strcasecmp(b, "host"))
+            cfg->backend = GPU_BACKEND_HOST;
+        else if (!strcasecmp(b, "auto"))
+            cfg->backend = GPU_BACKEND_AUTO;
+        else
+            bad = gh_error(GPU_ERR_INVALID, "GPUHEAP_BACKEND=%s: expected cuda, host or auto", b);
+    }
+    env_size("GPUHEAP_RESERVE", &cfg->reserve_bytes, &bad);
+    env_size("GPUHEAP_RELEASE_THRESHOLD", &cfg->release_threshold, &bad);
+    env_size("GPUHEAP_HOST_BUDGET", &cfg->host_budget, &bad);
+    env_size("GPUHEAP_HOST_GRANULARITY", &cfg->host_granularity, &bad);
+    env_int("GPUHEAP_VERBOSE", &cfg->verbose, &bad);
+    env_size("GPUHEAP_THREAD_CACHE", &cfg->thread_cache, &bad);
+    if (bad == GPU_OK) gh_ok();
+    return bad;
+}

@@ -1,0 +1,418 @@
+/*
+ * tcache.c — per-thread caches of small blocks: gpu_malloc and gpu_free without
+ * the heap lock.
+ *
+ * One heap lock serializes every call; with many threads it is the whole cost.
+ * So each thread keeps, per heap, rings of free blocks by size class (256 B to
+ * 4 KiB, one class per quantum), filled from the heap in batches under the lock
+ * and emptied back to it the same way. A warm malloc pops a ring and a warm free
+ * pushes one; neither touches a line another thread writes (glibc's tcache and
+ * mimalloc's thread-local pages are the models). Larger sizes stay with the
+ * heap: caching 4-64 KiB blocks took a recorded PyTorch trace from 1.32x to
+ * 1.42x its live peak in physical memory (freed blocks kept per class, away
+ * from coalescing).
+ *
+ * A cached block stays LIVE in the heap's books the whole time — in the address
+ * map, counted live — and its record's tc word says where it stands: TC_FREE
+ * while a cache holds it, TC_USER once a cache handed it out. The heap changes a
+ * live block only while it is TC_NONE and takes a TC_USER block back with one
+ * compare-and-swap (heap_find_live), so a block freed by another thread, resized
+ * or protected simply leaves the caches. A cache remembers the blocks it handed
+ * out in a small direct-mapped table (address, record, tc word); gpu_free finds
+ * its block there and claims it with a compare-and-swap of that word, whose
+ * generation changes at every hand-out, so a stale entry can never claim a block
+ * that moved on. A miss goes to the heap, which finds every block.
+ *
+ * Freed blocks keep gpu_free's promise: they are not reused before GPU work
+ * issued before the free has finished. Each is tagged with the heap's cover
+ * number when it was freed and becomes reusable once a seal event or fence
+ * numbered at least that has completed (quarantine.c) — a lock-free comparison.
+ * Every half ring of frees a cache looks at the covers ahead of need (queries
+ * the sealed events, seals what was freed since); one whose oldest block is
+ * still waiting asks again and meanwhile takes fresh blocks from the heap.
+ *
+ * What a cache holds is bounded (cfg.thread_cache bytes per thread and heap;
+ * GPUHEAP_THREAD_CACHE=0 turns caching off). gpu_heap_trim and out-of-memory
+ * empty the calling thread's cache and ask the others to empty theirs at their
+ * next allocation; a thread's caches go back to their heaps when it exits.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/tcache.h"
+#include "core/internal.h"
+
+#define TC_CLASSES (TC_MAX_BYTES / GH_QUANTUM) /* 256 B..4 KiB, one per quantum: nothing is rounded up */
+#define TC_CLASS_BYTES ((size_t)16 << 20) /* a class's ring holds about this many bytes */
+#define TC_RING_MIN 16u
+#define TC_RING_MAX 1024u
+#define TC_REFILL_BYTES ((size_t)256 << 10) /* fresh blocks taken from the heap at once: this many bytes, */
+#define TC_REFILL_MAX 64u                       /* or this many blocks */
+#define TC_SLOTS 1024u                 /* handed-out blocks remembered, direct-mapped */
+#define TC_HEAPS 4                     /* heaps a thread keeps a cache for at once */
+
+typedef struct tc_entry {
+    block *b;
+    uint64_t tag; /* cover number when freed; 0: fresh from the heap */
+} tc_entry;
+
+/* A ring of free blocks of one class, oldest first: fresh blocks go in front,
+ * freed ones at the back, so tags rise from head to tail. */
+typedef struct tc_class {
+    tc_entry *ring;
+    uint32_t cap, head, n;
+    uint32_t frees; /* frees taken, for the looks at the covers (cover_tick) */
+} tc_class;
+
+typedef struct tc_slot {
+    uintptr_t p;
+    block *b;
+    uint64_t w; /* the tc word the block was handed out with */
+    uint32_t k; /* its class */
+} tc_slot;
+
+typedef struct tcache {
+    gpu_heap_t *heap;
+    struct tcache *next, *prev; /* the heap's list, under its lock */
+    uint64_t flush_seen;
+    uint64_t looked_at;         /* cover_seq after this cache's last look (cover_tick) */
+    size_t slots_used;          /* slots that remember a handed-out block */
+    _Atomic size_t bytes, blocks; /* held in the rings: the owner writes, gpu_heap_stats reads */
+    tc_class cls[TC_CLASSES];
+    tc_slot slots[TC_SLOTS];
+} tcache;
+
+static _Thread_local struct {
+    gpu_heap_t *h;
+    uint64_t serial;
+    tcache *c;
+} mine[TC_HEAPS];
+
+/* ---- size classes ------------------------------------------------------------ */
+
+/* One class per quantum: a class's blocks are exactly the size asked for. */
+static unsigned class_of(size_t need) { return (unsigned)(need / GH_QUANTUM) - 1; }
+static size_t class_size(unsigned k) { return (size_t)(k + 1) * GH_QUANTUM; }
+
+/* By offset in the heap, not address: two heaps given the same calls collide
+ * the same way (a trace replayed on a fresh heap goes as recorded). */
+static inline tc_slot *slot_of(tcache *c, uintptr_t p) {
+    return &c->slots[(uint32_t)(((uint64_t)(p - c->heap->base) >> 8) * 0x9E3779B97F4A7C15ull >> 54) & (TC_SLOTS - 1)];
+}
+
+/* A count the owner alone writes (a load and a store, no read-modify-write). */
+static inline size_t held(const _Atomic size_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
+
+static void count(tcache *c, size_t bytes, size_t blocks) {
+    atomic_store_explicit(&c->bytes, bytes, memory_order_relaxed);
+    atomic_store_explicit(&c->blocks, blocks, memory_order_relaxed);
+}
+
+/* ---- giving blocks back --------------------------------------------------------- */
+
+/* One cached block goes back to the heap: idle when its free is covered (or it
+ * was never handed out), else into the quarantine. Lock held. */
+static void give_back_locked(gpu_heap_t *h, tc_entry e) {
+    blockmap_remove(&h->live, e.b->start);
+    heap_retire_locked(h, e.b, quarantine_covered(h, e.tag));
+}
+
+/* The oldest n entries of class k go back to the heap. Lock held. */
+static void drop_oldest_locked(gpu_heap_t *h, tcache *c, unsigned k, uint32_t n) {
+    tc_class *q = &c->cls[k];
+    size_t size = class_size(k);
+    for (uint32_t i = 0; i < n; i++) {
+        give_back_locked(h, q->ring[q->head]);
+        q->head = (q->head + 1) & (q->cap - 1);
+        q->n--;
+    }
+    count(c, held(&c->bytes) - n * size, held(&c->blocks) - n);
+}
+
+static void flush_cache_locked(gpu_heap_t *h, tcache *c) {
+    for (unsigned k = 0; k < TC_CLASSES; k++)
+        if (c->cls[k].n) drop_oldest_locked(h, c, k, c->cls[k].n);
+}
+
+/* Where the calling thread keeps its cache of h in mine[], or -1. */
+static int mine_index(const gpu_heap_t *h) {
+    for (int i = 0; i < TC_HEAPS; i++)
+        if (mine[i].h == h && mine[i].serial == h->serial) return i;
+    return -1;
+}
+
+/* The calling thread's cache of h if it has one; never creates. */
+static tcache *find_mine(gpu_heap_t *h) {
+    int i = mine_index(h);
+    return i < 0 ? NULL : mine[i].c;
+}
+
+/* gpu_heap_trim (a hook, lock held): this thread's cache goes back to h, and the
+ * other threads' caches are asked to do the same at their next call. */
+static void tcache_flush_locked(gpu_heap_t *h) {
+    uint64_t gen = atomic_fetch_add(&h->cache_flush_gen, 1) + 1;
+    tcache *c = find_mine(h);
+    if (!c) return;
+    flush_cache_locked(h, c);
+    c->flush_seen = gen;
+}
+
+static void cache_free(tcache *c) {
+    for (unsigned k = 0; k < TC_CLASSES; k++) free(c->cls[k].ring);
+    free(c);
+}
+
+/* Unlinks c from its heap and frees it. Lock held. */
+static void drop_cache_locked(gpu_heap_t *h, tcache *c) {
+    flush_cache_locked(h, c);
+    if (c->prev) c->prev->next = c->next; else h->caches = c->next;
+    if (c->next) c->next->prev = c->prev;
+    cache_free(c);
+}
+
+/* registry_call's callback: the heap is alive and cannot go meanwhile. */
+static void drop_cache_cb(gpu_heap_t *h, void *arg) {
+    heap_lock(h);
+    drop_cache_locked(h, arg);
+    heap_unlock(h);
+}
+
+/* Thread exit: every cache goes back to its heap, if the heap still lives (a
+ * destroyed heap freed its caches itself). */
+static pthread_key_t exit_key;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+static bool exit_armed_ok;
+
+static void at_thread_exit(void *unused) {
+    (void)unused;
+    for (int i = 0; i < TC_HEAPS; i++) {
+        if (mine[i].c) (void)registry_call(mine[i].h, mine[i].serial, drop_cache_cb, mine[i].c);
+        mine[i].h = NULL;
+        mine[i].c = NULL;
+    }
+}
+
+static const heap_hooks cache_hooks;
+
+/* Once per process, before the first cache: the thread-exit key, and the hooks
+ * through which the heap asks the caches for their blocks. */
+static void exit_key_make(void) {
+    exit_armed_ok = pthread_key_create(&exit_key, at_thread_exit) == 0 && heap_hooks_add(&cache_hooks) == GPU_OK;
+}
+
+/* h is closing (a hook): its caches are dropped (their blocks go with the heap). */
+static void tcache_heap_closing(gpu_heap_t *h) {
+    for (tcache *c = h->caches, *next; c; c = next) {
+        next = c->next;
+        cache_free(c);
+    }
+    h->caches = NULL;
+}
+
+/* gpu_heap_stats (a hook, lock held): blocks held free by h's caches are counted
+ * as cached, not live (a racing owner may move them meanwhile). */
+static void tcache_stats_locked(gpu_heap_t *h, gpu_stats_t *s) {
+    size_t bytes = 0, blocks = 0;
+    for (tcache *c = h->caches; c; c = c->next) {
+        bytes += held(&c->bytes);
+        blocks += held(&c->blocks);
+    }
+    s->cached_bytes = bytes;
+    s->cached_blocks = blocks;
+    s->live_bytes -= bytes < s->live_bytes ? bytes : s->live_bytes;
+    s->live_blocks -= blocks < s->live_blocks ? blocks : s->live_blocks;
+}
+
+static const heap_hooks cache_hooks = {
+    .closing = tcache_heap_closing,
+    .stats_locked = tcache_stats_locked,
+    .flush_locked = tcache_flush_locked,
+};
+
+/* ---- finding the thread's cache -------------------------------------------------- */
+
+/* The calling thread's cache of h (created on first use), or NULL when caching
+ * is off for h or out of host memory. */
+static tcache *tcache_of(gpu_heap_t *h) {
+    int i = mine_index(h);
+    if (i > 0) { /* to the front: the next lookup is one compare */
+        tcache *c = mine[i].c;
+        mine[i] = mine[0];
+        mine[0].h = h, mine[0].serial = h->serial, mine[0].c = c;
+    }
+    if (i >= 0) return mine[0].c;
+    if (!h->tcache_bytes) return NULL;
+    pthread_once(&exit_once, exit_key_make);
+    if (!exit_armed_ok || pthread_setspecific(exit_key, (void *)1) != 0) return NULL; /* no way to give it back at exit */
+    tcache *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->heap = h;
+    /* The last slot makes room: its cache goes back to its heap if that lives. */
+    if (mine[TC_HEAPS - 1].c)
+        (void)registry_call(mine[TC_HEAPS - 1].h, mine[TC_HEAPS - 1].serial, drop_cache_cb, mine[TC_HEAPS - 1].c);
+    memmove(&mine[1], &mine[0], (TC_HEAPS - 1) * sizeof mine[0]);
+    mine[0].h = h, mine[0].serial = h->serial, mine[0].c = c;
+    heap_lock(h);
+    c->flush_seen = atomic_load(&h->cache_flush_gen);
+    c->next = h->caches;
+    if (h->caches) h->caches->prev = c;
+    h->caches = c;
+    heap_unlock(h);
+    return c;
+}
+
+/* ---- the slow paths ------------------------------------------------------------- */
+
+static bool ring_ready(tc_class *q, unsigned k) {
+    if (q->ring) return true;
+    uint32_t cap = TC_RING_MAX;
+    while (cap > TC_RING_MIN && (size_t)cap * class_size(k) > TC_CLASS_BYTES) cap /= 2;
+    q->ring = malloc(cap * sizeof *q->ring);
+    if (!q->ring) return false;
+    q->cap = cap;
+    q->head = q->n = 0;
+    return true;
+}
+
+/* True once the head of q is reusable: its free was covered. Asks for a cover
+ * when none was recorded since that free (a seal), else looks whether one
+ * completed (a query) — one thread at a time; the others watch cover_done for
+ * a moment instead of taking new blocks. Lock held; dropped around driver calls
+ * and while watching. */
+static bool head_covered_locked(gpu_heap_t *h, tc_class *q) {
+    uint64_t tag = q->ring[q->head].tag;
+    for (int round = 0; round < 2; round++) {
+        if (quarantine_covered(h, tag)) return true;
+        if (!h->seal_busy) return quarantine_cover_locked(h, tag);
+        heap_unlock(h); /* another thread is recording or querying: its answer serves all */
+        for (int i = 0; i < 256 && !quarantine_covered(h, tag); i++) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+        heap_lock(h);
+    }
+    return quarantine_covered(h, tag);
+}
+
+/* Makes the head of class k reusable: the oldest freed block once its cover
+ * completed, else fresh blocks from the heap put in front. GH_MISS: the
+ * cache cannot help (the caller asks the heap). */
+static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
+    tc_class *q = &c->cls[k];
+    if (!ring_ready(q, k)) return GH_MISS;
+    size_t size = class_size(k);
+    heap_lock(h);
+    /* A ring shallower than half its capacity also grows, so that the looks
+     * every half ring (cover_tick) find its head covered in time. */
+    if (q->n && head_covered_locked(h, q) && q->n >= q->cap / 2) {
+        heap_unlock(h);
+        return GPU_OK;
+    }
+    if (q->n == q->cap) drop_oldest_locked(h, c, k, q->cap / 2); /* all waiting: the heap's quarantine takes the older half */
+    size_t mine_bytes = held(&c->bytes), room = h->tcache_bytes > mine_bytes ? (h->tcache_bytes - mine_bytes) / size : 0;
+    size_t want = TC_REFILL_BYTES / size;
+    if (want > TC_REFILL_MAX) want = TC_REFILL_MAX;
+    if (want > q->cap - q->n) want = q->cap - q->n;
+    if (want > room) want = room;
+    if (!want) {
+        heap_unlock(h);
+        return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GH_MISS;
+    }
+    /* Taken in address order and handed out in that order, as the heap would. */
+    block *fresh[TC_REFILL_MAX];
+    size_t got = 0;
+    while (got < want) {
+        if (heap_reserve_records(h) != GPU_OK || heap_alloc_locked(h, size, GH_QUANTUM, 0, 0, &fresh[got]) != GPU_OK)
+            break; /* a failure is the heap's to report: the caller asks it for the exact size */
+        got++;
+    }
+    gh_assert(got <= q->cap - q->n, "a flush inside the heap only empties the ring");
+    for (size_t i = got; i-- > 0;) {
+        block *b = fresh[i];
+        tc_set(b, TC_FREE);
+        q->head = (q->head + q->cap - 1) & (q->cap - 1);
+        q->ring[q->head] = (tc_entry){b, 0};
+        q->n++;
+    }
+    count(c, held(&c->bytes) + got * size, held(&c->blocks) + got);
+    heap_unlock(h);
+    return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GH_MISS;
+}
+
+/* Every half ring of frees a cache asks for covers ahead of need, so that by
+ * the time its ring gets round to these blocks an event recorded after them has
+ * completed and been seen: it queries what was sealed and, unless another
+ * thread sealed since this cache last looked, seals what was freed since. With
+ * many threads the seals of one serve all, so seals stay about as frequent as
+ * with one. Never waits for the lock; counts, not clocks, decide, so that one
+ * thread's calls always go the same way (trace replays rely on it). */
+static void cover_tick(gpu_heap_t *h, tcache *c, uint64_t tag) {
+    uint64_t seq = atomic_load_explicit(&h->cover_seq, memory_order_relaxed);
+    bool sealed_since = seq > c->looked_at;
+    c->looked_at = seq;
+    if (!heap_trylock(h)) return;
+    if (!h->seal_busy) {
+        if (h->nsealed) (void)quarantine_reap_locked(h);
+        if (!sealed_since) (void)quarantine_cover_locked(h, tag);
+    }
+    c->looked_at = atomic_load(&h->cover_seq);
+    heap_unlock(h);
+}
+
+/* ---- the fast paths ---------------------------------------------------------------- */
+
+int tcache_malloc(gpu_heap_t *h, size_t size, void **out) {
+    size_t need = gh_align_up(size ? size : 1, GH_QUANTUM);
+    if (!need || need > h->tcache_max) return GH_MISS;
+    tcache *c = tcache_of(h);
+    if (!c) return GH_MISS;
+    if (atomic_load_explicit(&h->cache_flush_gen, memory_order_relaxed) != c->flush_seen) {
+        heap_lock(h); /* someone trimmed or ran out of memory: give everything back */
+        flush_cache_locked(h, c);
+        c->flush_seen = atomic_load(&h->cache_flush_gen);
+        heap_unlock(h);
+    }
+    unsigned k = class_of(need);
+    tc_class *q = &c->cls[k];
+    if ((!q->n || !quarantine_covered(h, q->ring[q->head].tag)) && refill(h, c, k) != GPU_OK) return GH_MISS;
+    block *b = q->ring[q->head].b;
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->n--;
+    count(c, held(&c->bytes) - class_size(k), held(&c->blocks) - 1);
+    uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
+    atomic_store_explicit(&b->tc, w, memory_order_release);
+    tc_slot *s = slot_of(c, b->start);
+    c->slots_used += !s->p;
+    *s = (tc_slot){b->start, b, w, k};
+    *out = (void *)b->start;
+    return GPU_OK;
+}
+
+int tcache_free(gpu_heap_t *h, uintptr_t p) {
+    tcache *c = find_mine(h);
+    if (!c || !c->slots_used) return GH_MISS; /* nothing handed out: spare the table a cache miss */
+    tc_slot *s = slot_of(c, p);
+    if (s->p != p) return GH_MISS;
+    s->p = 0;
+    c->slots_used--;
+    tc_class *q = &c->cls[s->k];
+    size_t size = class_size(s->k);
+    if (q->n == q->cap || held(&c->bytes) + size > h->tcache_bytes) {
+        heap_lock(h); /* full: the older half goes back to the heap */
+        drop_oldest_locked(h, c, s->k, q->n - q->n / 2);
+        heap_unlock(h);
+        if (held(&c->bytes) + size > h->tcache_bytes) return GH_MISS;
+    }
+    uint64_t w = s->w;
+    if (!atomic_compare_exchange_strong_explicit(&s->b->tc, &w, tc_with(w, TC_FREE), memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return GH_MISS; /* the heap took it back, or it moved on: the heap decides */
+    uint64_t tag = atomic_load(&h->cover_seq);
+    q->ring[(q->head + q->n) & (q->cap - 1)] = (tc_entry){s->b, tag};
+    q->n++;
+    count(c, held(&c->bytes) + size, held(&c->blocks) + 1);
+    if (++q->frees % (q->cap / 2) == 0) cover_tick(h, c, tag); /* sealed, then seen, before the ring comes round */
+    return GPU_OK;
+}

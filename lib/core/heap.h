@@ -1,0 +1,117 @@
+/*
+ * heap.h — the heap core as the layers above it see it: open and close a heap,
+ * allocate, free, resize, protect, trim, check, take its statistics; find a heap
+ * from a pointer (the registry); and the hooks through which the core tells the
+ * layers above that a heap closes or is being measured.
+ *
+ * The API (lib/api), the thread caches (lib/cache), file mappings (lib/file),
+ * the interposer (lib/preload) and the statistics output (lib/obs) call these;
+ * the core never calls them back except through a registered hook.
+ */
+#ifndef GPUHEAP_CORE_HEAP_H
+#define GPUHEAP_CORE_HEAP_H
+
+#include "core/types.h"
+
+/* ---- the lock (heap.c) ------------------------------------------------------- */
+/* Waits for a held heap lock: spins briefly, then gives the core away. */
+void heap_lock_wait(gpu_heap_t *h);
+static inline void heap_lock(gpu_heap_t *h) {
+    if (atomic_exchange_explicit(&h->lock, 1, memory_order_acquire)) heap_lock_wait(h);
+}
+/* Takes the lock if it is free; false (and nothing taken) if another thread holds it. */
+static inline bool heap_trylock(gpu_heap_t *h) {
+    return !atomic_load_explicit(&h->lock, memory_order_relaxed) &&
+           !atomic_exchange_explicit(&h->lock, 1, memory_order_acquire);
+}
+static inline void heap_unlock(gpu_heap_t *h) { atomic_store_explicit(&h->lock, 0, memory_order_release); }
+/* Makes sure the next operation can take records and a map slot without failing. */
+int heap_reserve_records(gpu_heap_t *h);
+
+/* ---- the calls (heap.c, resize.c, protect.c, sparse.c, trim.c, check.c) -------- */
+
+int heap_open(const gpu_config_t *cfg, gpu_heap_t **out);
+/* Opens a heap over a backend the caller opened (a wrapper that records calls or
+ * fails on demand, in tests). The heap closes the backend when it is closed, or
+ * at once when opening fails. */
+int heap_open_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out);
+void heap_close(gpu_heap_t *h);
+/* Each returns GPU_OK or an error, with the message noted (error.h) for the
+ * caller to report. */
+int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void **out);
+int heap_free(gpu_heap_t *h, void *ptr);
+/* sparse.c: gpu_reserve ranges */
+int heap_reserve(gpu_heap_t *h, size_t size, void **out);
+int heap_commit(gpu_heap_t *h, void *ptr, size_t len);
+int heap_decommit(gpu_heap_t *h, void *ptr, size_t len);
+int heap_release_reservation(gpu_heap_t *h, void *ptr);
+/* stream-ordered forms (stream.c's pools); the stream is a CUstream as an integer */
+int heap_malloc_async(gpu_heap_t *h, size_t size, uintptr_t stream, void **out);
+int heap_free_async(gpu_heap_t *h, void *ptr, uintptr_t stream);
+int heap_realloc(gpu_heap_t *h, void *ptr, size_t size, void **out);
+int heap_usable_size(gpu_heap_t *h, const void *ptr, size_t *out);
+/* Marks the live block at ptr as holding a gpu_map_file mapping (or clears the
+ * mark before lib/file frees it). */
+int heap_mark_file(gpu_heap_t *h, void *ptr, bool on);
+int heap_protect(gpu_heap_t *h, void *ptr, size_t size, gpu_prot_t prot);
+int heap_trim(gpu_heap_t *h, size_t keep);
+void heap_stats(gpu_heap_t *h, gpu_stats_t *out);
+int heap_check(gpu_heap_t *h, char *msg, size_t len);
+static inline bool heap_owns(const gpu_heap_t *h, uintptr_t p) { return p - h->base < h->reserved; }
+
+/* ---- lookup.c: the live block containing an address ------------------------ */
+
+/* The bounds of the live block that contains p (any byte of it). GPU_ERR_NOT_OWNED
+ * outside h, GPU_ERR_NOT_LIVE when no live block holds p. Takes the lock. */
+int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *size);
+
+/* ---- peer.c: other devices' access to the heap's memory -------------------- */
+
+/* Grants device access to every extent now and to every later one (idempotent;
+ * the owner itself is a no-op). Lock not held; driver calls outside the lock. */
+int heap_peer_add(gpu_heap_t *h, int device);
+/* Later extents are no longer granted to device; earlier ones keep its access. */
+int heap_peer_remove(gpu_heap_t *h, int device);
+uint64_t heap_peers(const gpu_heap_t *h);
+
+/* ---- registry.c: the live heaps of the process ------------------------------ */
+
+int registry_add(gpu_heap_t *h);
+void registry_remove(gpu_heap_t *h);
+/* True when h is a live heap (listed and not yet removed). */
+bool registry_has(const gpu_heap_t *h);
+/* The heap whose reservation holds p, or NULL. Takes no lock. */
+gpu_heap_t *registry_find_ptr(uintptr_t p);
+/* Calls fn(h, arg) with the registry locked when h is a live heap of that serial
+ * (so it cannot be destroyed meanwhile); false when it is not. */
+bool registry_call(gpu_heap_t *h, uint64_t serial, void (*fn)(gpu_heap_t *h, void *arg), void *arg);
+/* Calls fn on every live heap, with the registry locked (fn must not create or
+ * destroy heaps). */
+void registry_each(void (*fn)(gpu_heap_t *h, void *arg), void *arg);
+
+/* ---- hooks.c: what the layers above hear of a heap ------------------------- */
+
+/* The core calls no layer above it. A layer that keeps something per heap (the
+ * thread caches, file mappings) registers hooks once, before it first keeps
+ * anything; the core calls every registered hook, in the order registered. Any
+ * member may be NULL. */
+typedef struct heap_hooks {
+    /* The heap is closing, its backend still open; lock not held. The layer
+     * drops what it keeps for h (h's memory goes with the heap). */
+    void (*closing)(gpu_heap_t *h);
+    /* gpu_heap_stats, lock held: the layer corrects the snapshot (blocks a
+     * thread cache holds free are not live). */
+    void (*stats_locked)(gpu_heap_t *h, gpu_stats_t *s);
+    /* gpu_heap_stats, lock not held: the layer adds its own figures. */
+    void (*stats)(gpu_heap_t *h, gpu_stats_t *s);
+    /* gpu_heap_trim, lock held: the layer gives back the free blocks it holds
+     * for h on this thread, and asks other threads to do the same. */
+    void (*flush_locked)(gpu_heap_t *h);
+} heap_hooks;
+
+#define HEAP_HOOKS_MAX 4
+/* Registers hooks (kept by pointer: static storage). GPU_ERR_INVALID past
+ * HEAP_HOOKS_MAX. Thread-safe; registering the same hooks twice is a no-op. */
+int heap_hooks_add(const heap_hooks *hooks);
+
+#endif /* GPUHEAP_CORE_HEAP_H */

@@ -1,0 +1,130 @@
+/*
+ * internal.h — the heap core's own names, shared between its files and called by
+ * nothing outside lib/core: the operations that run with the heap's lock held
+ * (each may drop and retake it around a driver call), the quarantine, the stream
+ * pools, backing and giving back memory, peers catching up.
+ */
+#ifndef GPUHEAP_CORE_INTERNAL_H
+#define GPUHEAP_CORE_INTERNAL_H
+
+#include "core/block.h"
+#include "core/blockmap.h"
+#include "core/extent.h"
+#include "core/heap.h"
+#include "core/tlsf.h"
+#include "error.h"
+
+/* Makes sure the next operation can take records and a map slot without failing. */
+int heap_reserve_records(gpu_heap_t *h);
+
+/* ---- stream.c: blocks freed on streams ------------------------------------- */
+
+/* The pool of stream (created when create is set), or NULL. Lock held. */
+stream_pool *stream_pool_of(struct gpu_heap *h, uintptr_t stream, bool create);
+/* Takes a block of need bytes from pool's own freed blocks, made LIVE; NULL on a miss. */
+block *stream_take(struct gpu_heap *h, stream_pool *pool, size_t need);
+/* Puts a LIVE block (out of the address map) into pool. */
+void stream_put(struct gpu_heap *h, stream_pool *pool, block *b);
+/* After a free on pool's stream (alive: the caller just named it): records an
+ * event covering every block freed there so far, unless one is in flight. Lock
+ * held; dropped around the driver call. */
+void stream_cover_locked(struct gpu_heap *h, stream_pool *pool);
+/* Queries pending events (dropping the lock) and makes the blocks they cover
+ * idle; with wait set, waits for them instead (out of memory). Returns true when
+ * blocks became idle. Blocks no event covers wait for the device fence. */
+bool stream_reap_locked(struct gpu_heap *h, bool wait);
+/* A device fence makes every block freed on a stream before it safe. Before the
+ * fence (lock held): notes each pool's epoch and moves it on, returning how many
+ * pools there are; after it: makes the noted epochs' blocks idle. Blocks freed
+ * while the fence ran (lock dropped) wait for their own event. */
+size_t stream_fence_begin_locked(struct gpu_heap *h, uint32_t *epochs);
+void stream_fence_end_locked(struct gpu_heap *h, const uint32_t *epochs, size_t n);
+void stream_pools_close(struct gpu_heap *h);
+
+/* ---- peer.c ------------------------------------------------------------------ */
+
+/* After a new extent [va, va+size) entered the map: grants the peers added since
+ * `seen` (read under the lock before the extent was backed). Lock held; dropped
+ * around the grant. */
+void heap_peer_catch_up_locked(gpu_heap_t *h, uintptr_t va, size_t size, uint64_t seen);
+
+/* ---- hooks.c ----------------------------------------------------------------- */
+
+/* Calls every registered hook of that member (heap.h's heap_hooks). */
+void hooks_closing(gpu_heap_t *h);
+void hooks_stats_locked(gpu_heap_t *h, gpu_stats_t *s);
+void hooks_stats(gpu_heap_t *h, gpu_stats_t *s);
+void hooks_flush_locked(gpu_heap_t *h);
+
+/* ---- heap internals shared by heap.c, resize.c, trim.c, protect.c, check.c -- */
+
+/* Called with the lock held; each may drop and retake it around driver calls. */
+/* One device fence, and what it makes safe: the quarantine, its sealed batches
+ * and every stream-freed block become idle, and the cover number moves on. For
+ * callers that need the fence for their own sake (a decommit, a move) too.
+ * Refused with GPU_ERR_CAPTURING while a capture is in progress (stream: the
+ * caller's, or 0); a failed fence releases nothing. */
+int heap_fence_locked(gpu_heap_t *h, uintptr_t stream);
+/* The same, only when something waits to be released. */
+int heap_drain_locked(gpu_heap_t *h, uintptr_t stream);
+/* quarantine.c: non-blocking release of the quarantine. Sealing records one
+ * context-wide event after all work issued so far and hangs the quarantine on it;
+ * reaping queries the sealed events (never blocks) and makes the batches of
+ * completed ones idle. Lock held; dropped around the driver calls. */
+int quarantine_seal_locked(gpu_heap_t *h, uintptr_t stream);
+bool quarantine_reap_locked(gpu_heap_t *h);
+/* Blocks freed when cover_seq read tag: true once reusable. Otherwise queries the
+ * sealed events, or seals a new one (with whatever the quarantine holds) when
+ * none was recorded since tag; never waits. Lock held; dropped around driver calls. */
+bool quarantine_cover_locked(gpu_heap_t *h, uint64_t tag);
+static inline bool quarantine_covered(gpu_heap_t *h, uint64_t tag) {
+    return tag < atomic_load_explicit(&h->cover_done, memory_order_acquire);
+}
+/* cover_done = max(cover_done, v). */
+void quarantine_cover_done(gpu_heap_t *h, uint64_t v);
+/* After a device fence: batches sealed before it (seq below the one noted) go idle. */
+void quarantine_release_sealed_locked(gpu_heap_t *h, uint64_t before_seq);
+/* The unsealed quarantine, taken off its list for a driver call made with the
+ * lock dropped: its blocks count as draining meanwhile (the checker sees them). */
+quarantine_batch quarantine_take_locked(gpu_heap_t *h);
+/* After that call: the batch stops draining; when the call failed it goes back
+ * in front of what was freed meanwhile. */
+void quarantine_untake_locked(gpu_heap_t *h, const quarantine_batch *q, bool failed);
+/* A batch whose GPU work is known finished: its blocks become idle. */
+void quarantine_free_locked(gpu_heap_t *h, const quarantine_batch *q);
+void quarantine_close(gpu_heap_t *h);
+int heap_trim_locked(gpu_heap_t *h, size_t keep);     /* drain, then release whole idle extents */
+/* Out of memory: waits for stream-freed blocks and gives every idle extent back
+ * (heap_trim_locked(0)); true when the caller should try once more. */
+bool heap_reclaim_locked(gpu_heap_t *h);
+int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the same, inside [lo, hi) */
+/* Before mapping `bytes` of new memory: when at least that much sits idle (in
+ * pieces too small or in the wrong place for the request), gives that much back
+ * first, so that physical memory follows live memory instead of growing. No fence
+ * (idle memory is safe); refused while a capture is in progress. */
+int heap_recycle_locked(gpu_heap_t *h, size_t bytes);
+int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
+int heap_back_at_locked(gpu_heap_t *h, block *range); /* maps one new extent over a BUSY range */
+int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
+void heap_headroom_release_locked(gpu_heap_t *h, block *b);
+size_t heap_headroom_for(const gpu_heap_t *h, size_t size);
+int heap_restore_access(gpu_heap_t *h, block *b);      /* b BUSY, lock not held */
+void heap_make_live_locked(gpu_heap_t *h, block *b);   /* b (in no index) becomes LIVE and counted */
+/* A LIVE block, already out of the map, stops counting as live: the inverse of
+ * heap_make_live_locked (extents unclaimed, headroom given back, cache state cleared). */
+void heap_unlive_locked(gpu_heap_t *h, block *b);
+void heap_quarantine_locked(gpu_heap_t *h, block *b);  /* a LIVE block, already out of the map */
+extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle handle);
+void heap_extent_drop_locked(gpu_heap_t *h, extent *e);
+void heap_mapped_add(gpu_heap_t *h, size_t bytes);
+int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, uintptr_t stream, block **out);
+/* The block at p that a caller may treat as live (in the address map and not
+ * held free by a thread cache), or NULL. With take set, a block a thread cache
+ * handed out becomes the heap's alone (TC_NONE), so that the caller may change
+ * it. Lock held. */
+block *heap_find_live(gpu_heap_t *h, uintptr_t p, bool take);
+/* A LIVE block out of the address map goes back to the heap: idle at once when
+ * safe is set (no GPU work can still use it), else into the quarantine. */
+void heap_retire_locked(gpu_heap_t *h, block *b, bool safe);
+
+#endif /* GPUHEAP_CORE_INTERNAL_H */

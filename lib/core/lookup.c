@@ -1,0 +1,63 @@
+/*
+ * lookup.c — the live block that contains an address, for interior pointers.
+ *
+ * The address map (blockmap.c) finds a block only from its first byte, which is
+ * all gpu_free needs. The driver's range queries need more: the interposer must
+ * answer cuMemGetAddressRange and the RANGE_START_ADDR / RANGE_SIZE pointer
+ * attributes for any address inside an allocation, with the bounds of the block
+ * the program asked for — not of the extent behind it, which is what the driver
+ * itself would report for memory mapped through the virtual memory API.
+ *
+ * Two facts make this cheap without a second index:
+ *  - an extent wholly inside a live block records that block as its owner, so
+ *    an address in a large block (which owns most of its extents) is answered
+ *    from the extent map in O(1);
+ *  - blocks tile the reservation, so the nearest live block start at or below
+ *    the address is the only candidate: scanning down one quantum at a time,
+ *    the first start the address map knows either contains the address or
+ *    proves that no live block does. Crossing into an extent with an owner
+ *    answers at once; an unmapped granule ends the search (live blocks are
+ *    mapped). The scan is bounded by the distance to the block's start inside
+ *    shared extents, which hold blocks smaller than one granule, or by the
+ *    extent's size when the address lies in free memory.
+ *
+ * The heap lock is held throughout; no driver call is made.
+ */
+#include "core/internal.h"
+
+/* True when b is a block the caller owns (live, being changed for its owner, or
+ * a reserved sparse range) and p lies inside it. */
+static bool block_holds(const block *b, uintptr_t p) {
+    return b && b->start <= p && p < block_end(b) && b->state != BLOCK_QUARANTINE;
+}
+
+int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *size) {
+    if (!heap_owns(h, p)) return gh_note(GPU_ERR_NOT_OWNED, "%#lx is not in this heap", (unsigned long)p);
+    heap_lock(h);
+    extent *e = extmap_find(&h->extents, p);
+    const block *found = NULL;
+    if (e && e->owner && block_holds(e->owner, p)) found = e->owner;
+    for (uintptr_t a = gh_align_down(p, GH_QUANTUM); !found && e && a >= h->base; a -= GH_QUANTUM) {
+        if (a < e->va) { /* crossed into the extent below */
+            e = extmap_find(&h->extents, a);
+            if (!e) break;
+            if (e->owner) {
+                if (block_holds(e->owner, p)) found = e->owner;
+                break;
+            }
+        }
+        block *b = blockmap_find(&h->live, a);
+        if (b) {
+            if (block_holds(b, p) && tc_state(atomic_load_explicit(&b->tc, memory_order_acquire)) != TC_FREE)
+                found = b; /* a block a thread cache holds free is not live */
+            break;
+        }
+        if (a == h->base) break;
+    }
+    if (found) {
+        *start = found->start;
+        *size = found->size;
+    }
+    heap_unlock(h);
+    return found ? GPU_OK : gh_note(GPU_ERR_NOT_LIVE, "%#lx is not inside a live block", (unsigned long)p);
+}

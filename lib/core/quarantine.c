@@ -1,0 +1,132 @@
+/*
+ * quarantine.c — giving freed blocks back without stopping the CPU.
+ *
+ * gpu_free quarantines a block until GPU work issued before the free has
+ * finished. The blunt way to know is a device sync (heap_drain_locked), which
+ * also waits for everything issued after the free — in a training loop, the
+ * whole queue the CPU has run ahead. Sealing is the gentle way: one context-wide
+ * event (cuCtxRecordEvent) recorded after all work issued so far covers every
+ * block in the quarantine at that moment, and the batch hangs on it. A later miss
+ * queries the events, oldest first, and the batches of completed ones become idle
+ * memory for everyone; no thread waits. The heap still fences when memory would
+ * otherwise grow past its budget, and a fence releases the batches sealed before
+ * it too.
+ *
+ * Like a fence, recording a context-wide event during a stream capture would
+ * invalidate the capture, so sealing asks first and leaves the quarantine alone
+ * while a capture is in progress. A backend without context events (an older
+ * driver) simply never seals.
+ */
+#include <string.h>
+
+#include "core/internal.h"
+
+#define SEALED_MAX (sizeof ((gpu_heap_t *)0)->sealed / sizeof ((gpu_heap_t *)0)->sealed[0])
+
+void quarantine_cover_done(gpu_heap_t *h, uint64_t v) {
+    uint64_t d = atomic_load_explicit(&h->cover_done, memory_order_relaxed);
+    while (d < v && !atomic_compare_exchange_weak_explicit(&h->cover_done, &d, v, memory_order_release, memory_order_relaxed)) {}
+}
+
+quarantine_batch quarantine_take_locked(gpu_heap_t *h) {
+    quarantine_batch q = {.head = h->quarantine};
+    for (block *b = q.head; b; b = b->next_free) q.bytes += b->size, q.blocks++;
+    h->quarantine = NULL;
+    h->draining_bytes += q.bytes;
+    h->draining_blocks += q.blocks;
+    return q;
+}
+
+void quarantine_untake_locked(gpu_heap_t *h, const quarantine_batch *q, bool failed) {
+    h->draining_bytes -= q->bytes;
+    h->draining_blocks -= q->blocks;
+    if (!failed || !q->head) return;
+    block *last = q->head;
+    while (last->next_free) last = last->next_free;
+    last->next_free = h->quarantine;
+    h->quarantine = q->head;
+}
+
+void quarantine_free_locked(gpu_heap_t *h, const quarantine_batch *q) {
+    h->quarantine_bytes -= q->bytes;
+    h->quarantine_blocks -= q->blocks;
+    for (block *b = q->head, *next; b; b = next) {
+        next = b->next_free;
+        block_release_free(h, b, BLOCK_IDLE);
+    }
+}
+
+/* Records one context-wide event and hangs the quarantine on it; with empty_ok
+ * also when the quarantine is empty (the event then covers thread caches' frees
+ * alone). */
+static int seal(gpu_heap_t *h, uintptr_t stream, bool empty_ok) {
+    if ((!h->quarantine && !empty_ok) || h->nsealed == SEALED_MAX || h->seal_busy || !vmm_call_has_fence_record(&h->door))
+        return GPU_OK;
+    quarantine_batch q = quarantine_take_locked(h);
+    h->seal_busy = true;
+    uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* covers every block freed before this */
+    heap_unlock(h);
+    vmm_event ev = 0;
+    bool capturing = vmm_call_capturing(&h->door, stream);
+    int rc = capturing ? GPU_ERR_CAPTURING : vmm_call_fence_record(&h->door, &ev);
+    heap_lock(h);
+    h->seal_busy = false;
+    quarantine_untake_locked(h, &q, rc != GPU_OK);
+    if (rc != GPU_OK) return rc;
+    h->sealed[h->nsealed++] = (struct sealed_batch){.q = q, .ev = ev, .seq = seq};
+    h->seal_events++;
+    return GPU_OK;
+}
+
+int quarantine_seal_locked(gpu_heap_t *h, uintptr_t stream) { return seal(h, stream, false); }
+
+bool quarantine_cover_locked(gpu_heap_t *h, uint64_t tag) {
+    if (quarantine_covered(h, tag)) return true;
+    if (h->nsealed) (void)quarantine_reap_locked(h);
+    if (quarantine_covered(h, tag)) return true;
+    if (atomic_load(&h->cover_seq) <= tag) (void)seal(h, 0, true); /* nothing recorded since those frees yet */
+    return quarantine_covered(h, tag);
+}
+
+/* Makes sealed batch i idle and drops it from the list. */
+static void release_batch(gpu_heap_t *h, unsigned i) {
+    struct sealed_batch s = h->sealed[i];
+    memmove(&h->sealed[i], &h->sealed[i + 1], (h->nsealed - i - 1) * sizeof h->sealed[0]);
+    h->nsealed--;
+    quarantine_cover_done(h, s.seq + 1);
+    quarantine_free_locked(h, &s.q);
+}
+
+bool quarantine_reap_locked(gpu_heap_t *h) {
+    bool any = false;
+    if (h->seal_busy) return false; /* another thread is at it */
+    h->seal_busy = true;
+    while (h->nsealed) {
+        vmm_event ev = h->sealed[0].ev;
+        heap_unlock(h);
+        int rc = vmm_call_event_query(&h->door, ev);
+        if (rc == GPU_OK) vmm_call_event_release(&h->door, ev);
+        heap_lock(h);
+        if (rc != GPU_OK) break; /* not yet: the next miss asks again (and a fence covers it) */
+        release_batch(h, 0);
+        any = true;
+    }
+    h->seal_busy = false;
+    return any;
+}
+
+void quarantine_release_sealed_locked(gpu_heap_t *h, uint64_t before_seq) {
+    for (unsigned i = 0; i < h->nsealed;) {
+        if (h->sealed[i].seq >= before_seq || (h->seal_busy && i == 0)) { /* sealed after the fence began, or being queried */
+            i++;
+            continue;
+        }
+        vmm_call_event_release(&h->door, h->sealed[i].ev);
+        release_batch(h, i);
+    }
+}
+
+void quarantine_close(gpu_heap_t *h) {
+    for (unsigned i = 0; i < h->nsealed; i++) vmm_call_event_release(&h->door, h->sealed[i].ev);
+    h->nsealed = 0;
+}

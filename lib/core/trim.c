@@ -1,0 +1,166 @@
+/*
+ * trim.c — giving idle physical memory back to the driver, from anywhere in the
+ * heap.
+ *
+ * An extent can go back only when no block uses any byte of it: it lies wholly
+ * inside one idle block (free blocks are coalesced, so a wholly free extent is
+ * always inside exactly one). Trimming first fences the quarantine into the idle
+ * index, then cuts such extents out of their idle blocks, marks them BUSY, drops
+ * the lock to unmap and release them, and turns their addresses into vacant VA.
+ * The same path serves gpu_heap_trim, the release threshold, shrinking realloc and
+ * recovery from out-of-memory.
+ */
+#include "core/internal.h"
+
+#define TRIM_BATCH 64
+
+typedef struct trim_work {
+    block *range[TRIM_BATCH];
+    extent *ext[TRIM_BATCH];
+    int rc[TRIM_BATCH];
+    bool gone[TRIM_BATCH]; /* the extent is unmapped, whatever rc says */
+    size_t n;
+    size_t goal;      /* bytes still to release */
+    uintptr_t lo, hi; /* only extents inside [lo, hi) */
+} trim_work;
+
+/* Cuts every whole extent out of the idle block b (already out of the index)
+ * until the goal is met or the batch is full; what is left goes back idle. */
+static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
+    for (;;) {
+        uintptr_t end = block_end(b);
+        extent *e = extmap_find(&h->extents, b->start);
+        uintptr_t va = e->va == b->start ? b->start : e->va + e->size;
+        e = NULL;
+        while (va < end) {
+            extent *x = extmap_find(&h->extents, va);
+            if (x->va + x->size > end) break;
+            if (x->va >= w->lo && x->va + x->size <= w->hi) {
+                e = x;
+                break;
+            }
+            va = x->va + x->size;
+        }
+        if (!e || w->n == TRIM_BATCH || !w->goal || !pool_reserve(&h->block_pool, 2)) break;
+        if (e->va != b->start) {
+            block *a = block_split(h, b, e->va - b->start);
+            tlsf_insert(&h->idle, b);
+            b = a;
+        }
+        block *rest = b->size > e->size ? block_split(h, b, e->size) : NULL;
+        b->state = BLOCK_BUSY;
+        w->range[w->n] = b;
+        w->ext[w->n] = e;
+        w->n++;
+        w->goal = w->goal > e->size ? w->goal - e->size : 0;
+        if (!rest) return;
+        b = rest;
+    }
+    tlsf_insert(&h->idle, b);
+}
+
+/* Unmaps and releases an idle extent; *gone says whether its addresses are
+ * unmapped afterwards. A release refused after the unmap went through would leave
+ * the heap's books saying "mapped" over unmapped addresses, so the handle is
+ * mapped back read-write (idle memory is read-write) and a later trim tries
+ * again; only when that fails too is the extent dropped and its handle lost. */
+static int unback_idle(gpu_heap_t *h, const extent *e, bool *gone) {
+    *gone = false;
+    int rc = vmm_call_unmap(&h->door, e->va, e->size);
+    if (rc != GPU_OK) return rc;
+    rc = vmm_call_release(&h->door, e->handle);
+    if (rc == GPU_OK) {
+        *gone = true;
+        return GPU_OK;
+    }
+    if (vmm_call_remap_undo(&h->door, e->va, e->size, e->handle, GPU_PROT_READ_WRITE) == GPU_OK) return rc;
+    *gone = true;
+    return rc;
+}
+
+/* True when the idle block b holds a whole extent inside [lo, hi). */
+static bool holds_extent(gpu_heap_t *h, const block *b, uintptr_t lo, uintptr_t hi) {
+    uintptr_t end = block_end(b);
+    extent *e = extmap_find(&h->extents, b->start);
+    for (uintptr_t va = e->va == b->start ? b->start : e->va + e->size; va < end; va = e->va + e->size) {
+        e = extmap_find(&h->extents, va);
+        if (e->va + e->size > end) return false;
+        if (e->va >= lo && e->va + e->size <= hi) return true;
+    }
+    return false;
+}
+
+typedef struct pick {
+    gpu_heap_t *h;
+    block *found;
+    uintptr_t lo, hi;
+} pick;
+
+static bool pick_one(block *b, void *arg) {
+    pick *p = arg;
+    if (block_end(b) <= p->lo || b->start >= p->hi || !holds_extent(p->h, b, p->lo, p->hi)) return true;
+    p->found = b;
+    return false;
+}
+
+/* Releases whole idle extents inside [lo, hi) until idle bytes are at most keep. */
+static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi) {
+    int first_error = GPU_OK;
+    while (h->idle.bytes > keep) {
+        trim_work w = {.goal = h->idle.bytes - keep, .lo = lo, .hi = hi};
+        while (w.n < TRIM_BATCH && w.goal) {
+            pick p = {.h = h, .lo = lo, .hi = hi};
+            tlsf_walk(&h->idle, pick_one, &p);
+            if (!p.found) break;
+            tlsf_remove(&h->idle, p.found);
+            size_t before = w.n;
+            carve_extents(h, p.found, &w);
+            if (w.n == before) break; /* out of host memory for records */
+        }
+        if (!w.n) break;
+        heap_unlock(h);
+        for (size_t i = 0; i < w.n; i++) w.rc[i] = unback_idle(h, w.ext[i], &w.gone[i]);
+        heap_lock(h);
+        for (size_t i = 0; i < w.n; i++) {
+            if (w.rc[i] != GPU_OK && first_error == GPU_OK)
+                first_error = gh_note(w.rc[i], "releasing an idle extent: %s", vmm_error());
+            if (w.gone[i]) {
+                heap_extent_drop_locked(h, w.ext[i]);
+                block_release_free(h, w.range[i], BLOCK_VACANT);
+            } else {
+                block_release_free(h, w.range[i], BLOCK_IDLE);
+            }
+        }
+        if (first_error != GPU_OK) break;
+    }
+    return first_error;
+}
+
+int heap_trim_locked(gpu_heap_t *h, size_t keep) {
+    hooks_flush_locked(h); /* the thread caches: this thread's cached blocks first; the others' at their next allocation */
+    int rc = heap_drain_locked(h, 0);
+    if (rc != GPU_OK) return rc;
+    return release_idle(h, keep, h->base, h->base + h->reserved);
+}
+
+int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi) {
+    int rc = heap_drain_locked(h, 0);
+    if (rc != GPU_OK) return rc;
+    return release_idle(h, 0, lo, hi);
+}
+
+int heap_recycle_locked(gpu_heap_t *h, size_t bytes) {
+    if (h->idle.bytes < bytes) return GPU_OK;
+    heap_unlock(h);
+    bool capturing = vmm_call_capturing(&h->door, 0);
+    heap_lock(h);
+    if (capturing) return GPU_ERR_CAPTURING;
+    return release_idle(h, h->idle.bytes > bytes ? h->idle.bytes - bytes : 0, h->base, h->base + h->reserved);
+}
+
+int heap_trim(gpu_heap_t *h, size_t keep) {
+    heap_lock(h);
+    int rc = heap_trim_locked(h, keep);
+    heap_unlock(h);
+    return rc;
+}

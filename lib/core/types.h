@@ -1,0 +1,223 @@
+/*
+ * types.h — the heap core's records, in one place: blocks, the free-block index,
+ * the address map, extents and their map, record pools, stream pools, and the
+ * heap itself. Functions are declared in the header of the file that defines
+ * them (tlsf.h, blockmap.h, extent.h, block.h, heap.h, internal.h); this header
+ * only says what the books are made of.
+ *
+ * Every record lives in host memory, never in the device memory it describes
+ * (jemalloc's out-of-band extent records are the model).
+ */
+#ifndef GPUHEAP_CORE_TYPES_H
+#define GPUHEAP_CORE_TYPES_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/door.h"
+#include "gpuheap.h"
+#include "util.h"
+
+/* ---- blocks ------------------------------------------------------------------- */
+
+/* What a range of the reservation is doing. Every byte is in exactly one block. */
+typedef enum block_state {
+    BLOCK_LIVE = 1,       /* handed to a caller; mapped */
+    BLOCK_IDLE = 2,       /* free and mapped: reusable without driver calls (idle index) */
+    BLOCK_VACANT = 3,     /* free and unmapped VA (vacant index) */
+    BLOCK_QUARANTINE = 4, /* freed, mapped, waiting for a fence before it may be reused */
+    BLOCK_HEADROOM = 5,   /* unmapped VA kept free after a large live block for in-place growth */
+    BLOCK_BUSY = 6,       /* being mapped, unmapped or moved by a thread outside the lock */
+    BLOCK_STREAM = 7,     /* freed on a stream, mapped: reusable on that stream at once (its pool's index) */
+    BLOCK_SPARSE = 8,     /* a gpu_reserve range: partly mapped, its extents owned by it */
+} block_state;
+
+struct stream_pool;
+
+typedef struct block block;
+/* 64-byte aligned (two cache lines a record): a thread cache writes tc on every
+ * malloc and free, and records of blocks that different threads use must not
+ * share a line. */
+struct __attribute__((aligned(64))) block {
+    uintptr_t start;
+    size_t size;
+    block *prev_phys, *next_phys; /* neighbours in address order */
+    block *prev_free, *next_free; /* links in a free list or the quarantine list */
+    uint8_t state;                /* block_state */
+    uint8_t owned;                /* asked for with GPU_ALLOC_OWNED: keep granule-aligned on shrink */
+    uint8_t file;                 /* holds a gpu_map_file mapping: gpu_free and gpu_realloc refuse it */
+    uint8_t busy;                 /* BLOCK_SPARSE: a thread is committing or decommitting in it */
+    uint32_t epoch;               /* BLOCK_STREAM: its pool's epoch when it was freed */
+    struct stream_pool *pool;     /* BLOCK_STREAM: the stream it was freed on */
+    /* Thread caches (tcache.c): (generation << 2) | tc_state. Last, so that
+     * block_new keeps it: the generation outlives the record's reuse. */
+    _Atomic uint64_t tc;
+};
+
+/* Where a LIVE block stands with the thread caches (tcache.c). The heap changes
+ * a live block only while it is TC_NONE; it takes a TC_USER block back first. */
+enum { TC_NONE = 0, TC_USER = 1, TC_FREE = 2 };
+/* Blocks larger than this never go through a thread cache. */
+#define TC_MAX_BYTES ((size_t)4 << 10)
+static inline unsigned tc_state(uint64_t w) { return (unsigned)(w & 3); }
+/* w with its state replaced, the generation kept. */
+static inline uint64_t tc_with(uint64_t w, unsigned state) { return (w & ~(uint64_t)3) | state; }
+/* Sets b's state, generation kept, where no cache can race (the heap's lock
+ * held and the block not handed out, or a record not yet in use). */
+static inline void tc_set(block *b, unsigned state) {
+    atomic_store_explicit(&b->tc, tc_with(atomic_load_explicit(&b->tc, memory_order_relaxed), state), memory_order_relaxed);
+}
+
+/* ---- the segregated-fit index of free blocks (tlsf.c) ------------------------ */
+
+#define TLSF_SL_LOG2 4
+#define TLSF_SL_COUNT (1u << TLSF_SL_LOG2)
+#define TLSF_FL_COUNT 48 /* sizes up to 2^48 bytes (in quanta: fewer) */
+
+typedef struct tlsf_index {
+    uint64_t fl_bitmap;
+    uint32_t sl_bitmap[TLSF_FL_COUNT];
+    block *heads[TLSF_FL_COUNT][TLSF_SL_COUNT];
+    size_t bytes;  /* total size of the blocks indexed */
+    size_t blocks; /* number of blocks indexed */
+} tlsf_index;
+
+/* ---- the address map: live block by start address (blockmap.c) -------------- */
+
+typedef struct blockmap {
+    uintptr_t *keys; /* start addresses; 0 empty, 1 deleted */
+    block **vals;
+    size_t cap;      /* a power of two */
+    size_t used;     /* keys that are not empty (live + deleted) */
+    size_t live;
+} blockmap;
+
+/* ---- extents and the granule map (extent.c) --------------------------------- */
+
+/* One physical allocation mapped whole at [va, va+size). */
+typedef struct extent {
+    uintptr_t va;
+    size_t size;
+    vmm_handle handle;
+    block *owner;   /* the live block that contains the whole extent, or NULL */
+    uint8_t prot;   /* gpu_prot_t currently set */
+    struct extent *next_free; /* record free list */
+} extent;
+
+#define EXTMAP_LEAF_LOG2 12
+
+/* granule index -> extent*, two levels, leaves made on demand. */
+typedef struct extmap {
+    uintptr_t base;
+    size_t granularity;
+    size_t granules;
+    extent ***leaves;   /* [granules >> EXTMAP_LEAF_LOG2 rounded up] */
+    size_t nleaves;
+} extmap;
+
+/* ---- record pools (block.c) --------------------------------------------------- */
+
+/* Fixed-size host records handed out from slabs, so the fast path never calls
+ * malloc. */
+typedef struct record_pool {
+    size_t size;       /* record size */
+    void *free_list;
+    void **slabs;
+    size_t nslabs, cap_slabs;
+    size_t in_use;
+    size_t nfree;      /* records on the free list or not yet carved */
+    char *bump;        /* the newest slab's records not yet carved (untouched memory) */
+    size_t bump_left;
+} record_pool;
+
+/* ---- stream pools (stream.c) -------------------------------------------------- */
+
+#define STREAM_POOLS_MAX 64
+#define STREAM_PENDING_MAX 4
+
+/* The blocks freed on one stream. They are reused by that stream at once; an
+ * event recorded on the stream later covers every block freed before it (epoch
+ * <= the event's), and once the event completes those blocks become idle. Events
+ * are recorded lazily, only when another stream or the heap needs the memory. */
+typedef struct stream_pool {
+    uintptr_t stream;
+    tlsf_index free;   /* BLOCK_STREAM blocks of this pool */
+    uint32_t epoch;    /* the epoch of blocks freed now; an event covers all before it */
+    struct { vmm_event ev; uint32_t epoch; } pending[STREAM_PENDING_MAX];
+    unsigned npending;
+    bool busy;         /* a thread is recording or querying this pool's events outside the lock */
+} stream_pool;
+
+/* ---- the heap ------------------------------------------------------------------ */
+
+/* Quarantined blocks taken off the list together, and what they add up to. */
+typedef struct quarantine_batch {
+    block *head; /* linked through next_free */
+    size_t bytes, blocks;
+} quarantine_batch;
+
+#define GH_HEAP_MAGIC 0x67707568656170ull /* "gpuheap" */
+
+struct gpu_heap {
+    /* Read by every call and written almost never: a line of their own, away
+     * from the lock and the counters (a thread cache's fast path reads them). */
+    uint64_t magic;
+    uintptr_t base;        /* the reservation */
+    size_t reserved;
+    size_t gran;
+    uint64_t serial;       /* unique per heap opened in this process (thread caches' key) */
+    size_t tcache_bytes;   /* per-thread cache limit (cfg.thread_cache), 0 = off */
+    size_t tcache_max;     /* the largest need a thread cache takes (below a granule); 0 = off */
+    bool is_default;
+    /* The heap's lock: held only for bookkeeping, never across a driver call, so an
+     * exchange to take it and a store to give it back beat a pthread mutex (an
+     * exchange and an exchange): 4.8 vs 11 ns per lock and unlock measured on the
+     * CI machine in a threaded process. */
+    _Alignas(64) _Atomic int lock;
+    gpu_config_t cfg;
+    vmm_door door;
+
+    tlsf_index idle;       /* BLOCK_IDLE */
+    tlsf_index vacant;     /* BLOCK_VACANT */
+    block *quarantine;     /* BLOCK_QUARANTINE, newest first */
+    blockmap live;         /* BLOCK_LIVE (and BUSY blocks being changed for a caller), by start */
+    extmap extents;
+    record_pool block_pool, extent_pool;
+    block *first;          /* the block at base: merges keep the lower record, so it never changes */
+
+    /* statistics kept under the lock */
+    size_t live_bytes, live_blocks, peak_live_bytes;
+    size_t mapped_bytes, peak_mapped_bytes;
+    size_t quarantine_bytes, quarantine_blocks;
+    size_t draining_bytes, draining_blocks; /* quarantined blocks a drain took off the list while it fences (lock dropped) */
+    /* Quarantine batches sealed by one context-wide event each, oldest first
+     * (quarantine.c): released when a query finds the event complete. */
+    struct sealed_batch {
+        quarantine_batch q;
+        vmm_event ev;
+        uint64_t seq;
+    } sealed[8];
+    unsigned nsealed;
+    bool seal_busy;        /* a thread records or queries seal events with the lock dropped */
+    uint64_t seal_events;
+    size_t nextents;
+    size_t protected_extents; /* extents whose access is not read-write */
+    stream_pool *pools[STREAM_POOLS_MAX];
+    size_t npools;
+    uint64_t stream_events;
+    size_t sparse_reserved, sparse_committed;
+    block *sparse_list;    /* BLOCK_SPARSE blocks, linked through prev_free/next_free */
+    uint64_t fences;
+
+    /* Cover numbers (quarantine.c): every seal event and fence takes the next
+     * cover_seq before its driver call, and once it is known complete raises
+     * cover_done past its number. A block freed when cover_seq read t is safe to
+     * reuse once cover_done > t — lock-free, for the thread caches. */
+    _Alignas(64) _Atomic uint64_t cover_seq, cover_done;
+    _Atomic uint64_t cache_flush_gen; /* raised to ask every thread cache to give its blocks back */
+    struct tcache *caches;           /* the thread caches of this heap (under the lock) */
+};
+
+#endif /* GPUHEAP_CORE_TYPES_H */
