@@ -20,7 +20,6 @@
 #include "cache/tcache.h"
 #include "core/heap.h"
 #include "error.h"
-#include "file/file.h"
 #include "obs/stats.h"
 #include "obs/trace.h"
 
@@ -378,10 +377,19 @@ int gpu_heap_stats(gpu_heap_t *heap, gpu_stats_t *out) {
     return gh_ok();
 }
 
+int gpu_heap_stats_json(gpu_heap_t *heap, char *buf, size_t len) {
+    if (!buf && len) return gh_error(GPU_ERR_INVALID, "gpu_heap_stats_json: buf is NULL but len is %zu", len);
+    gpu_heap_t *h = resolve(heap);
+    if (!h) return gpu_last_error();
+    gpu_stats_t s;
+    heap_stats(h, &s);
+    int n = stats_json(h, &s, buf, len);
+    return n < 0 ? gh_error(n, "gpu_heap_stats_json: the text is longer than an int") : (gh_ok(), n);
+}
+
 int gpu_heap_trim(gpu_heap_t *heap, size_t keep_bytes) {
     gpu_heap_t *h = resolve(heap);
     if (!h) return gpu_last_error();
-    file_release_staging(h); /* gpu_map_file's pinned staging buffers */
     uint64_t t0 = trace_begin();
     int rc = heap_trim(h, keep_bytes);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_TRIM, .heap = h->base, .size = keep_bytes, .rc = (int8_t)rc});

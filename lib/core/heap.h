@@ -104,6 +104,9 @@ typedef struct heap_hooks {
     void (*stats_locked)(gpu_heap_t *h, gpu_stats_t *s);
     /* gpu_heap_stats, lock not held: the layer adds its own figures. */
     void (*stats)(gpu_heap_t *h, gpu_stats_t *s);
+    /* gpu_heap_trim, before the lock is taken: the layer gives back what it
+     * keeps for h beside the heap (gpu_map_file's pinned staging buffers). */
+    void (*trimming)(gpu_heap_t *h);
     /* gpu_heap_trim, lock held: the layer gives back the free blocks it holds
      * for h on this thread, and asks other threads to do the same. */
     void (*flush_locked)(gpu_heap_t *h);

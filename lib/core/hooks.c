@@ -46,4 +46,5 @@ int heap_hooks_add(const heap_hooks *add) {
 void hooks_closing(gpu_heap_t *h) { EACH_HOOK(closing, h); }
 void hooks_stats_locked(gpu_heap_t *h, gpu_stats_t *s) { EACH_HOOK(stats_locked, h, s); }
 void hooks_stats(gpu_heap_t *h, gpu_stats_t *s) { EACH_HOOK(stats, h, s); }
+void hooks_trimming(gpu_heap_t *h) { EACH_HOOK(trimming, h); }
 void hooks_flush_locked(gpu_heap_t *h) { EACH_HOOK(flush_locked, h); }

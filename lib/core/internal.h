@@ -54,6 +54,7 @@ void heap_peer_catch_up_locked(gpu_heap_t *h, uintptr_t va, size_t size, uint64_
 void hooks_closing(gpu_heap_t *h);
 void hooks_stats_locked(gpu_heap_t *h, gpu_stats_t *s);
 void hooks_stats(gpu_heap_t *h, gpu_stats_t *s);
+void hooks_trimming(gpu_heap_t *h);
 void hooks_flush_locked(gpu_heap_t *h);
 
 /* ---- heap internals shared by heap.c, resize.c, trim.c, protect.c, check.c -- */

@@ -159,6 +159,7 @@ int heap_recycle_locked(gpu_heap_t *h, size_t bytes) {
 }
 
 int heap_trim(gpu_heap_t *h, size_t keep) {
+    hooks_trimming(h); /* gpu_map_file's pinned staging buffers */
     heap_lock(h);
     int rc = heap_trim_locked(h, keep);
     heap_unlock(h);

@@ -80,7 +80,6 @@
 #include "backend/door.h"
 #include "core/heap.h"
 #include "error.h"
-#include "file/file.h"
 #include "obs/trace.h"
 #include "util.h"
 
@@ -329,7 +328,8 @@ static void staging_release(gpu_heap_t *h, bool all) {
     }
 }
 
-void file_release_staging(gpu_heap_t *h) { staging_release(h, false); }
+/* gpu_heap_trim (a hook): the pinned staging buffers cached for h go back. */
+static void file_release_staging(gpu_heap_t *h) { staging_release(h, false); }
 
 /* ---- the loader -------------------------------------------------------------------- */
 
@@ -1029,5 +1029,5 @@ static void file_heap_closing(gpu_heap_t *h) {
     staging_release(h, true);
 }
 
-static const heap_hooks file_hooks = {.closing = file_heap_closing, .stats = file_stats};
+static const heap_hooks file_hooks = {.closing = file_heap_closing, .stats = file_stats, .trimming = file_release_staging};
 static void file_hooks_add(void) { file_hooks_rc = heap_hooks_add(&file_hooks); }

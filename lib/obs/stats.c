@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/api.h"
 #include "error.h"
 #include "obs/stats.h"
 
@@ -49,17 +48,10 @@ static void json_of(const gpu_heap_t *h, const gpu_stats_t *s, out_buf *o) {
     out_printf(o, "}");
 }
 
-int gpu_heap_stats_json(gpu_heap_t *heap, char *buf, size_t len) {
-    if (!buf && len) return gh_error(GPU_ERR_INVALID, "gpu_heap_stats_json: buf is NULL but len is %zu", len);
-    gpu_stats_t s;
-    int rc = gpu_heap_stats(heap, &s);
-    if (rc != GPU_OK) return rc;
-    gpu_heap_t *h = heap ? heap : gpu_heap_default(); /* gpu_heap_stats just made or found it */
-    if (!h) return gpu_last_error();
+int stats_json(const gpu_heap_t *h, const gpu_stats_t *s, char *buf, size_t len) {
     out_buf o = {buf, len, 0};
     if (len) buf[0] = '\0';
-    json_of(h, &s, &o);
-    gh_ok();
+    json_of(h, s, &o);
     return o.used > (size_t)INT32_MAX ? GPU_ERR_INVALID : (int)o.used;
 }
 

@@ -7,6 +7,9 @@
 
 #include "core/heap.h"
 
+/* Writes s, the snapshot of h, as one JSON object into buf (snprintf's length
+ * rule: returns the length the whole text needs). */
+int stats_json(const gpu_heap_t *h, const gpu_stats_t *s, char *buf, size_t len);
 /* Reads GPUHEAP_STATS and GPUHEAP_STATS_JSON once and arms the exit report. */
 void stats_env_init(void);
 /* An explicit heap is being destroyed: its summary, under GPUHEAP_STATS=1. */
