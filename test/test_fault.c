@@ -32,7 +32,10 @@
  * clean error and the books must stay sound; what the refused give-backs held
  * leaks, and is counted. Each plan runs in a child process, so a crash is
  * reported with its N and the sweep goes on. The totals are printed for README's
- * reliability section. The bugs the sweeps found are regression tests below.
+ * reliability section; they count what was checked after each fault (steps whose
+ * books and bytes were checked, the backend emptied at destroy), and every sweep
+ * insists that each of its faults was followed by such checks. The bugs the
+ * sweeps found are regression tests below.
  */
 #include <stdbool.h>
 #include <sys/mman.h>
@@ -79,6 +82,11 @@ typedef struct run {
     int steps_after_fault;   /* steps run after the fault step */
     uint64_t workload_calls; /* backend calls the steps made (cleanup and destroy not counted) */
     size_t leaked_handles;   /* persistent faults: handles a refused give-back left behind */
+    /* What was checked once a fault had fired (what "survived" counts). */
+    bool create_refused;     /* heap creation failed; the backend was checked for leaks at its close */
+    int checked_steps;       /* steps after which the books and the blocks were checked and sound */
+    uint64_t checked_bytes;  /* pattern bytes those checks compared in live blocks and committed granules */
+    bool destroy_checked;    /* everything freed, trim(0) and destroy: the backend's holdings checked */
 } run;
 
 static bool run_fail(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -96,8 +104,10 @@ static bool run_fail(run *r, const char *fmt, ...) {
 
 static bool readable(int prot) { return prot == GPU_PROT_READ || prot == GPU_PROT_READ_WRITE; }
 
-/* Every live block is still live, big enough, and holds its pattern. */
+/* Every live block is still live, big enough, and holds its pattern. Once a
+ * fault has fired, the pattern bytes compared are added to r->checked_bytes. */
 static void check_blocks(run *r) {
+    uint64_t compared = 0;
     size_t n = 0;
     for (int i = 0; i < NSLOTS && !r->bad; i++) {
         tblk *b = &r->blk[i];
@@ -112,11 +122,17 @@ static void check_blocks(run *r) {
         if (!readable(b->prot)) continue;
         size_t bad = block_mismatch(b->p, b->size, b->size, b->seed);
         if (bad != SIZE_MAX) run_fail(r, "block %d at %p (%zu bytes): pattern wrong at offset %zu", i, (void *)b->p, b->size, bad);
+        span sp[2];
+        int ns = edge_spans(b->size, b->size, sp);
+        for (int k = 0; k < ns; k++) compared += sp[k].len;
     }
     for (int g = 0; r->res && g < 16 && !r->bad; g++) {
-        size_t bad = r->committed[g] ? pattern_mismatch(r->res + g * G, 0, 256, 7000u + (unsigned)g + r->nth) : SIZE_MAX;
+        if (!r->committed[g]) continue;
+        size_t bad = pattern_mismatch(r->res + g * G, 0, 256, 7000u + (unsigned)g + r->nth);
         if (bad != SIZE_MAX) run_fail(r, "reservation granule %d: pattern wrong at offset %zu", g, bad);
+        compared += 256;
     }
+    if (!r->bad && r->rep.injected) r->checked_bytes += compared;
     gpu_stats_t s;
     if (!r->bad && gpu_heap_stats(r->h, &s) == GPU_OK && s.live_blocks != n)
         run_fail(r, "the heap counts %llu live blocks, the test holds %zu", (unsigned long long)s.live_blocks, n);
@@ -472,6 +488,7 @@ static bool run_workload(run *r) {
                             z.handles, z.mappings, z.reservations);
         r->failed_steps++;
         r->fault_step = 0;
+        r->create_refused = true;
         return true;
     }
     if (r->rep.injected) r->fault_step = 0; /* a refused reserve that the heap retried smaller */
@@ -503,6 +520,7 @@ static bool run_workload(run *r) {
         }
         check_books(r);
         check_blocks(r);
+        if (!r->bad && r->rep.injected) r->checked_steps++;
     }
     if (r->bad) return false;
     r->workload_calls = r->rep.calls;
@@ -535,11 +553,13 @@ static bool run_workload(run *r) {
     if (!r->rep.closed) return run_fail(r, "destroy did not close the backend");
     if (r->persistent) { /* leaks of refused give-backs are expected; count them */
         r->leaked_handles = z.handles;
+        r->destroy_checked = !r->bad;
         return !r->bad;
     }
     if (z.handles || z.mappings || z.reservations || z.physical_bytes)
         return run_fail(r, "after destroy the backend still held %zu handles, %zu mappings, %zu reservations, %zu bytes",
                         z.handles, z.mappings, z.reservations, z.physical_bytes);
+    r->destroy_checked = !r->bad;
     return !r->bad;
 }
 
@@ -598,18 +618,51 @@ static run *run_plan(uint64_t nth, bool persistent, int error, size_t threshold)
 
 /* ---- the sweeps ---------------------------------------------------------------------- */
 
-/* Totals across the sweeps, printed at the end for README. */
+/* Totals across the sweeps, printed at the end for README. A fault counts as
+ * survived only for what was checked after it fired, not for a run that merely
+ * did not break a rule:
+ *   checked:    the books (gpu_heap_check, statistics, the backend's holdings)
+ *               and the bytes of live blocks were checked after the failing step
+ *               and every later one, and the final free-trim-destroy left the
+ *               backend empty;
+ *   no_bytes:   the same, but no readable block was live after the fault, so
+ *               no byte was compared (a fault in the last steps);
+ *   at_create:  the heap could not be created; its backend was checked for
+ *               leaks when it closed.
+ * Persistent plans are counted apart (runs, and the calls refused in them). */
 static struct {
-    uint64_t runs, faults, survived, per_op[VMM_OP_COUNT];
+    uint64_t runs, faults, checked, no_bytes, at_create, checked_bytes, per_op[VMM_OP_COUNT];
+    uint64_t persistent_runs, persistent_faults, persistent_checked;
 } totals;
+
+/* What a single-fault run checked after its fault, or NULL; sweeps insist on it. */
+static const char *unchecked(const run *r) {
+    if (!r->rep.injected) return "no fault fired";
+    if (r->create_refused) return NULL;
+    if (r->checked_steps < 1) return "no step was checked after the fault";
+    if (!r->destroy_checked) return "the backend was not checked after destroy";
+    return NULL;
+}
 
 static void count(const run *r) {
     totals.runs++;
-    if (r->rep.injected) {
-        totals.faults += r->rep.injected;
-        totals.survived += r->rep.injected;
-        totals.per_op[r->rep.first_op]++;
+    if (!r->rep.injected) return;
+    if (r->persistent) {
+        totals.persistent_runs++;
+        totals.persistent_faults += r->rep.injected;
+        if (r->create_refused || (r->checked_steps >= 1 && r->destroy_checked)) totals.persistent_checked++;
+        return;
     }
+    totals.faults += r->rep.injected;
+    totals.per_op[r->rep.first_op]++;
+    if (unchecked(r)) return;
+    if (r->create_refused)
+        totals.at_create++;
+    else if (r->checked_bytes)
+        totals.checked++;
+    else
+        totals.no_bytes++;
+    totals.checked_bytes += r->checked_bytes;
 }
 
 /* Every N of a fault-free run's calls, one at a time, with error (0: natural). */
@@ -621,7 +674,7 @@ static void sweep_on(const step *steps, int nsteps, const char *what, size_t thr
     assert_true(calls > 20 && calls <= VMM_FAULT_LOG);
     assert_int_equal(dry->failed_steps, 0);
     run_free(dry);
-    uint64_t fired = 0;
+    uint64_t fired = 0, checked = 0, no_bytes = 0, at_create = 0;
     for (uint64_t n = 1; n <= calls; n++) {
         if (only_natural && log[n - 1] != VMM_OP_CREATE && log[n - 1] != VMM_OP_RESERVE) continue;
         run *r = run_plan_on(steps, nsteps, n, false, error, threshold);
@@ -630,7 +683,14 @@ static void sweep_on(const step *steps, int nsteps, const char *what, size_t thr
         if (r->rep.injected != 1 || r->rep.first_op != log[n - 1])
             fail_msg("fault at call %llu: %llu faults fired, first on %s, expected one on %s", (unsigned long long)n,
                      (unsigned long long)r->rep.injected, vmm_op_name(r->rep.first_op), vmm_op_name(log[n - 1]));
-        if (!r->bad) count(r);
+        if (!r->bad) {
+            const char *why = unchecked(r);
+            if (why) fail_msg("fault at call %llu (%s): %s", (unsigned long long)n, vmm_op_name(log[n - 1]), why);
+            count(r);
+            at_create += r->create_refused;
+            checked += !r->create_refused && r->checked_bytes;
+            no_bytes += !r->create_refused && !r->checked_bytes;
+        }
         fired++;
         run_free(r);
     }
@@ -640,9 +700,16 @@ static void sweep_on(const step *steps, int nsteps, const char *what, size_t thr
     assert_int_equal(r->rep.injected, 0);
     assert_int_equal(r->failed_steps, 0);
     run_free(r);
-    print_message("fault sweep of the %s workload (%s, threshold %s): %llu backend calls, %llu faults injected and survived\n",
+    /* Every fault is accounted for by checks that ran after it, and most runs
+     * had live bytes to compare (a workload whose checks compared nothing
+     * would prove little). */
+    assert_int_equal(checked + no_bytes + at_create, fired);
+    assert_true(checked * 2 > fired);
+    print_message("fault sweep of the %s workload (%s, threshold %s): %llu backend calls, %llu faults injected; "
+                  "checked after the fault: %llu with live bytes compared, %llu with none live, %llu refused creation\n",
                   what, only_natural ? "natural errors on create/reserve" : gpu_strerror(error),
-                  threshold == SIZE_MAX ? "keep" : "256 KiB", (unsigned long long)calls, (unsigned long long)fired);
+                  threshold == SIZE_MAX ? "keep" : "256 KiB", (unsigned long long)calls, (unsigned long long)fired,
+                  (unsigned long long)checked, (unsigned long long)no_bytes, (unsigned long long)at_create);
 }
 
 static void sweep(size_t threshold, int error, bool only_natural) {
@@ -692,6 +759,9 @@ static void test_fault_persistent(void **state) {
     for (uint64_t n = 1; n <= calls; n++) {
         run *r = run_plan(n, true, GPU_ERR_BACKEND, SIZE_MAX);
         assert_true(r->rep.injected >= 1);
+        if (!r->bad && !r->create_refused && (r->checked_steps < 1 || !r->destroy_checked))
+            fail_msg("persistent fault from call %llu: checks after it: %d steps, destroy %s", (unsigned long long)n,
+                     r->checked_steps, r->destroy_checked ? "checked" : "not checked");
         if (!r->bad) count(r);
         leaks += r->leaked_handles;
         leaky_runs += r->leaked_handles != 0;
@@ -910,14 +980,20 @@ static void test_regress_check_during_drain(void **state) {
 
 static int print_totals(void **state) {
     (void)state;
-    print_message("fault injection totals: %llu runs, %llu faults injected, %llu survived (create %llu, map %llu, "
-                  "set_access %llu, unmap %llu, release %llu, fence %llu, memset %llu, copy %llu, reserve %llu)\n",
+    print_message("fault injection totals: %llu runs, %llu single faults injected (create %llu, map %llu, "
+                  "set_access %llu, unmap %llu, release %llu, fence %llu, memset %llu, copy %llu, reserve %llu); "
+                  "checked after the fault: %llu with live bytes compared (%llu bytes), %llu with no block live, "
+                  "%llu refused heap creation (leaks checked); %llu persistent runs refusing %llu calls, %llu checked\n",
                   (unsigned long long)totals.runs, (unsigned long long)totals.faults,
-                  (unsigned long long)totals.survived, (unsigned long long)totals.per_op[VMM_OP_CREATE],
+                  (unsigned long long)totals.per_op[VMM_OP_CREATE],
                   (unsigned long long)totals.per_op[VMM_OP_MAP], (unsigned long long)totals.per_op[VMM_OP_SET_ACCESS],
                   (unsigned long long)totals.per_op[VMM_OP_UNMAP], (unsigned long long)totals.per_op[VMM_OP_RELEASE],
                   (unsigned long long)totals.per_op[VMM_OP_FENCE], (unsigned long long)totals.per_op[VMM_OP_MEMSET],
-                  (unsigned long long)totals.per_op[VMM_OP_COPY], (unsigned long long)totals.per_op[VMM_OP_RESERVE]);
+                  (unsigned long long)totals.per_op[VMM_OP_COPY], (unsigned long long)totals.per_op[VMM_OP_RESERVE],
+                  (unsigned long long)totals.checked, (unsigned long long)totals.checked_bytes,
+                  (unsigned long long)totals.no_bytes, (unsigned long long)totals.at_create,
+                  (unsigned long long)totals.persistent_runs, (unsigned long long)totals.persistent_faults,
+                  (unsigned long long)totals.persistent_checked);
     return 0;
 }
 

@@ -828,44 +828,69 @@ static void test_protect(void **state) {
     HEAP_DESTROY(h);
 }
 
-/* Freeing a protected block restores read-write before the memory is reused. */
+/* Freeing a protected block restores read-write before the memory is reused.
+ * The test means something only when the protected memory is what the next
+ * allocations get, so it insists on that: on a fresh heap the one idle range is
+ * the freed block's (its headroom is unmapped), and no new physical memory may
+ * be created for the blocks that follow. */
 static void test_protect_free_reuse(void **state) {
     (void)state;
     for (int prot = GPU_PROT_NONE; prot <= GPU_PROT_READ; prot++) {
         gpu_heap_t *h = HEAP_NEW(0);
         char *p = gpu_heap_malloc_flags(h, 4 * MiB, GPU_ALLOC_OWNED);
-        BLOCK_VALID(h, p, 4 * MiB);
+        assert_int_equal(BLOCK_VALID(h, p, 4 * MiB), 4 * MiB);
         ASSERT_OK(gpu_heap_protect(h, p, 4 * MiB, prot));
+        assert_int_equal(STATS(h).protected_extents, 1);
         ASSERT_OK(gpu_heap_free(h, p));
         ASSERT_OK(gpu_heap_trim(h, SIZE_MAX)); /* drain: the memory is idle now */
         CHECK_ALL(h);
+        gpu_stats_t s0 = STATS(h);
+        assert_int_equal(s0.protected_extents, 0); /* restored at the free */
+        assert_int_equal(s0.idle_bytes, 4 * MiB);  /* and p's memory is all there is */
+        assert_int_equal(s0.mapped_bytes, 4 * MiB);
 
         /* First in a child, since a missed restore would kill the process
          * (the heap's own zeroing writes there). */
         char *q = gpu_heap_malloc_flags(h, 4 * MiB, GPU_ALLOC_OWNED);
         BLOCK_VALID(h, q, 4 * MiB);
-        if (q != p) print_message("protected block %p not reused (got %p)\n", (void *)p, (void *)q);
+        if (q != p)
+            fail_msg("prot %d: the protected block %p was not reused (got %p): the test's premise fails", prot,
+                     (void *)p, (void *)q);
+        assert_int_equal(STATS(h).backend_create, s0.backend_create);
         probe aq = {(volatile uint8_t *)q, 4 * MiB, 90};
         EXPECT_NO_FAULT(child_fill, &aq);
         pattern_fill(q, 0, 4 * MiB, 90);
         PATTERN_CHECK(q, 0, 4 * MiB, 90);
         ASSERT_OK(gpu_heap_free(h, q));
+        ASSERT_OK(gpu_heap_trim(h, SIZE_MAX)); /* else r would get new memory beside q's quarantine */
 
-        /* Reused as small blocks, zeroed by calloc. */
+        /* Reused as small blocks, zeroed by calloc: the 16 blocks tile the
+         * protected block's 4 MiB exactly. */
         char *r = gpu_heap_malloc_flags(h, 4 * MiB, GPU_ALLOC_OWNED);
         BLOCK_VALID(h, r, 4 * MiB);
+        if (r != p)
+            fail_msg("prot %d: block %p not reused for the second protection (got %p)", prot, (void *)p, (void *)r);
         ASSERT_OK(gpu_heap_protect(h, r, 4 * MiB, prot));
         ASSERT_OK(gpu_heap_free(h, r));
         ASSERT_OK(gpu_heap_trim(h, SIZE_MAX));
+        gpu_stats_t s1 = STATS(h);
+        assert_int_equal(s1.protected_extents, 0);
+        assert_int_equal(s1.idle_bytes, 4 * MiB);
         char *c[16];
         for (int i = 0; i < 16; i++) {
             c[i] = gpu_heap_calloc(h, 1, 256 * KiB);
             BLOCK_VALID(h, c[i], 256 * KiB);
+            if (c[i] < r || c[i] + 256 * KiB > r + 4 * MiB)
+                fail_msg("prot %d: calloc block %d at %p is outside the freed protected block [%p, %p)", prot, i,
+                         (void *)c[i], (void *)r, (void *)(r + 4 * MiB));
             ZERO_CHECK(c[i], 0, 256 * KiB);
             probe ac = {(volatile uint8_t *)c[i], 256 * KiB, 100 + i};
             EXPECT_NO_FAULT(child_fill, &ac);
             pattern_fill(c[i], 0, 256 * KiB, 100 + i);
         }
+        gpu_stats_t s2 = STATS(h);
+        assert_int_equal(s2.backend_create, s1.backend_create); /* no new memory: all of it was r's */
+        assert_int_equal(s2.idle_bytes, 0);
         for (int i = 0; i < 16; i++) {
             PATTERN_CHECK(c[i], 0, 256 * KiB, 100 + i);
             ASSERT_OK(gpu_heap_free(h, c[i]));
