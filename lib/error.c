@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "error.h"
-#include "util.h"
+#include "common.h"
 
 static _Thread_local int last_error;
 static _Thread_local char last_message[512];

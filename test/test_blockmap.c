@@ -17,7 +17,9 @@
 
 #include "util.h"
 
-#include "internal.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 
 #define BASE ((uintptr_t)0x7f0000000000)
 #define INIT_CAP 1024 /* BLOCKMAP_MIN_CAP in blockmap.c */

@@ -17,7 +17,9 @@
 
 #include "util.h"
 
-#include "internal.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 
 #define G ((size_t)64 << 10)                     /* granularity */
 #define LEAF ((size_t)1 << EXTMAP_LEAF_LOG2)     /* granules per leaf */

@@ -17,7 +17,9 @@
 
 #include "util.h"
 
-#include "internal.h"
+#include "api/api.h"
+#include "backend/fault/fault.h"
+#include "core/internal.h"
 
 #define Q ((size_t)GH_QUANTUM)
 

@@ -13,7 +13,7 @@
 #include "backend/door.h"
 #include "error.h"
 #include "obs/trace.h"
-#include "util.h"
+#include "common.h"
 
 /* Counts a call and, on failure, reports it through the error path. */
 static int done(vmm_door *d, vmm_op op, int rc) {

@@ -18,7 +18,7 @@
 
 #include "backend/door.h"
 #include "gpuheap.h"
-#include "util.h"
+#include "common.h"
 
 /* ---- blocks ------------------------------------------------------------------- */
 

@@ -81,7 +81,7 @@
 #include "core/heap.h"
 #include "error.h"
 #include "obs/trace.h"
-#include "util.h"
+#include "common.h"
 
 #define FILE_CHUNK_DEFAULT ((size_t)8 << 20)
 #define FILE_CHUNK_MIN ((size_t)4 << 10)

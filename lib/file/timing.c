@@ -17,7 +17,7 @@
  * steps on the calling thread; "at" values are times since the call began.
  */
 #include "file/timing.h"
-#include "util.h"
+#include "common.h"
 
 #include <stdio.h>
 #include <stdlib.h>

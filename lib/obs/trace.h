@@ -12,7 +12,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "util.h"
+#include "common.h"
 
 /* What a trace line records; the names are in trace.c. Later ops go before
  * TRACE_OP_COUNT (readers skip names they do not know). */

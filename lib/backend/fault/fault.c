@@ -29,7 +29,7 @@
 #include <string.h>
 
 #include "backend/fault/fault.h"
-#include "util.h"
+#include "common.h"
 
 typedef struct fault_backend {
     vmm_backend base; /* first, so a vmm_backend * is a fault_backend * */

@@ -1,12 +1,12 @@
 /*
- * util.h — the small helpers every layer of gpuheap uses: the allocation quantum,
+ * common.h — the small helpers every layer of gpuheap uses: the allocation quantum,
  * asserts with a message, overflow-checked size arithmetic, a monotonic clock.
  *
  * Nothing here knows about heaps, backends or errors: it is the floor the other
  * headers stand on, and it calls nothing of gpuheap but gh_assert_fail (error.c).
  */
-#ifndef GPUHEAP_UTIL_H
-#define GPUHEAP_UTIL_H
+#ifndef GPUHEAP_COMMON_H
+#define GPUHEAP_COMMON_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -47,4 +47,4 @@ static inline bool gh_is_pow2(size_t a) { return a && !(a & (a - 1)); }
 /* *out = a * b, returning true on overflow. */
 static inline bool gh_mul_overflow(size_t a, size_t b, size_t *out) { return __builtin_mul_overflow(a, b, out); }
 
-#endif /* GPUHEAP_UTIL_H */
+#endif /* GPUHEAP_COMMON_H */
