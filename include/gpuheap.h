@@ -141,8 +141,10 @@ void *gpu_heap_calloc(gpu_heap_t *heap, size_t n, size_t size);
 void *gpu_malloc_aligned(size_t size, size_t align);
 void *gpu_heap_malloc_aligned(gpu_heap_t *heap, size_t size, size_t align);
 
-/* gpu_malloc with GPU_ALLOC_* flags. GPU_ALLOC_OWNED rounds the usable size up to
- * the granularity (2 MiB on current GPUs). Unknown flags: GPU_ERR_INVALID. */
+/* gpu_malloc with GPU_ALLOC_* flags. GPU_ALLOC_OWNED starts the block on a granule
+ * boundary and makes its usable size whole extents: at least the size rounded up
+ * to the granularity (2 MiB on current GPUs), more when it reuses larger idle
+ * extents. Unknown flags: GPU_ERR_INVALID. */
 void *gpu_malloc_flags(size_t size, unsigned flags);
 void *gpu_heap_malloc_flags(gpu_heap_t *heap, size_t size, unsigned flags);
 
@@ -254,9 +256,14 @@ typedef enum gpu_prot_t {
 
 /* Sets the device's access to [ptr, ptr+size). The range must start at an
  * extent boundary inside a live block and, with size rounded up to the
- * granularity, be made of whole extents owned by that block — blocks from
- * gpu_malloc_flags(GPU_ALLOC_OWNED) and large blocks are. Otherwise
- * GPU_ERR_NOT_WHOLE_EXTENT and nothing changes. Faults are fences, not traps: on
+ * granularity, be made of whole extents owned by that block. Blocks from
+ * gpu_malloc_flags(GPU_ALLOC_OWNED) always are, over their whole usable size. A
+ * plain block owns only the extents that lie wholly inside it: one smaller than
+ * the granularity owns none; a larger one owns whole extents when the heap mapped
+ * new memory for it, but one cut from idle memory may start or end inside an
+ * extent shared with other blocks (then only the whole extents inside it can be
+ * protected, or none). Protection is guaranteed only with GPU_ALLOC_OWNED.
+ * Otherwise GPU_ERR_NOT_WHOLE_EXTENT and nothing changes. Faults are fences, not traps: on
  * a GPU a kernel that breaks the protection loses its CUDA context. Freeing the
  * block restores read-write access before the memory is reused. */
 int gpu_protect(void *ptr, size_t size, int prot);

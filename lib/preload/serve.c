@@ -16,8 +16,9 @@
  * a heap block that is less aligned than cudaMalloc's could run another kernel
  * and change the last bits of a result. The interposer asks the heap for exactly
  * cudaMalloc's alignment, so a program's results under it match its results
- * without it bit for bit: blocks at or above 2 MiB own 2 MiB-aligned extents
- * anyway, and for smaller ones the cost is a split of idle memory, no driver call.
+ * without it bit for bit: from 2 MiB up the heap is asked for 2 MiB alignment
+ * (what cudaMalloc gives there), and for smaller blocks the cost is a split of
+ * idle memory, no driver call.
  *
  * Counters say what was served and what was passed on; GPUHEAP_STATS=1 (or
  * gpuheap-run --stats) prints them at exit, beside the library's own summary.
