@@ -6,8 +6,9 @@
 #
 # --help says what the tool prints and which GPUHEAP_* variables it reads, on
 # stdout with exit 0; an unknown argument is a usage error (exit 2) that prints
-# nothing else; on the host backend it prints the heap's facts; and where no CUDA
-# driver loads, the error is followed by a hint that GPUHEAP_BACKEND=host works.
+# nothing else; on the host backend it prints the heap's facts; a misspelt
+# GPUHEAP_BACKEND is named (not "no CUDA driver"); and where no CUDA driver
+# loads, the error is followed by a hint that GPUHEAP_BACKEND=host works.
 set -u
 info=$1
 has_driver=$2
@@ -44,6 +45,11 @@ check "a stray argument: exit 2" test $rc -eq 2
 GPUHEAP_BACKEND=host run
 check "host backend: exit 0" test $rc -eq 0
 check "host backend: its facts" grep -q "^backend *host" "$tmp/out"
+
+GPUHEAP_BACKEND=hots run
+check "misspelt backend: exit 1" test $rc -eq 1
+check "misspelt backend: named" grep -q "GPUHEAP_BACKEND=hots" "$tmp/err"
+check "misspelt backend: not 'no CUDA driver'" sh -c "! grep -q 'no CUDA driver' '$tmp/err'"
 
 if "$has_driver"; then
     echo "ok - no-driver hint # SKIP a CUDA driver loads here"
