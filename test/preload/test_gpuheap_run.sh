@@ -50,6 +50,8 @@ out=$("$run" -- sh -c 'echo "$@"' sh --stats -x --trace)
 check "the program's arguments pass untouched" test "$out" = "--stats -x --trace"
 "$run" sh -c 'exit 7'
 check "the program's exit status passes on" test $? -eq 7
+"$run" sh -c 'test "$GPUHEAP_RUN_PID" = $$'
+check "GPUHEAP_RUN_PID is the program's own pid" test $? -eq 0
 
 "$run" >/dev/null 2>"$tmp/err"
 check "no program: exit 2" test $? -eq 2
