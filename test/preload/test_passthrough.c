@@ -16,10 +16,15 @@
  *    loads at all, and in the process gpuheap-run started (GPUHEAP_RUN_PID)
  *    even when no CUDA call reached it. A process that used no CUDA and was
  *    not started by gpuheap-run stays silent, and so does every process
- *    without GPUHEAP_STATS.
+ *    without GPUHEAP_STATS;
+ *  - the line is written at a normal exit only: the interposer installs no
+ *    signal handler (the program finds SIGINT, SIGTERM at their defaults and an
+ *    inherited ignored SIGHUP still ignored), and a program killed by SIGTERM
+ *    writes no line (README.md, Interposer, says so).
  */
 #include <dlfcn.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -77,9 +82,20 @@ static int child_no_driver(void) {
     return mem_free(0x1000) == 3 ? 0 : 2;
 }
 
+/* The child that checks the signal dispositions it was given: the defaults,
+ * and SIGHUP ignored by the parent. */
+static int child_signals(void) {
+    struct sigaction sa;
+    if (sigaction(SIGINT, NULL, &sa) != 0 || sa.sa_handler != SIG_DFL) return 1;
+    if (sigaction(SIGTERM, NULL, &sa) != 0 || sa.sa_handler != SIG_DFL) return 2;
+    if (sigaction(SIGHUP, NULL, &sa) != 0 || sa.sa_handler != SIG_IGN) return 3;
+    return child_calls() ? 4 : 0;
+}
+
 /* Runs `--child mode` with the driver (or none) and GPUHEAP_BACKEND, GPUHEAP_STATS
  * as given (NULL: unset); run_pid: GPUHEAP_RUN_PID is the child's own pid.
- * Returns the exit status; the child's stderr in err. */
+ * Returns the exit status (1000 + the signal when one ended it); the child's
+ * stderr in err. */
 static int child(const char *mode, bool driver, const char *backend, const char *stats, bool run_pid, char *err,
                  size_t len) {
     int fd[2];
@@ -95,6 +111,7 @@ static int child(const char *mode, bool driver, const char *backend, const char 
         if (driver) setenv("LD_LIBRARY_PATH", libdir, 1); else unsetenv("LD_LIBRARY_PATH");
         if (backend) setenv("GPUHEAP_BACKEND", backend, 1); else unsetenv("GPUHEAP_BACKEND");
         if (stats) setenv("GPUHEAP_STATS", stats, 1); else unsetenv("GPUHEAP_STATS");
+        if (!strcmp(mode, "signals")) signal(SIGHUP, SIG_IGN); /* as nohup does; exec keeps it */
         if (run_pid) {
             char s[32];
             snprintf(s, sizeof s, "%d", (int)getpid()); /* exec keeps it, as in gpuheap-run */
@@ -111,8 +128,7 @@ static int child(const char *mode, bool driver, const char *backend, const char 
     close(fd[0]);
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    return WEXITSTATUS(status);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
 }
 
 /* The interposer's exit line in err, or NULL. */
@@ -171,6 +187,17 @@ static void test_silent_where_cuda_was_not_used(void **state) {
     assert_string_equal(err, "");
 }
 
+static void test_exit_line_at_normal_exit_only(void **state) {
+    (void)state;
+    char err[4096];
+    int rc = child("signals", true, "hots", "1", false, err, sizeof err);
+    if (rc) fail_msg("step %d: the interposer changed a signal disposition (or a call); stderr:\n%s", rc, err);
+    expect_no_heap_line(err, "GPUHEAP_BACKEND=hots", "(1 allocations, 1 frees)");
+    /* Killed by SIGTERM's default action: no line, as documented. */
+    assert_int_equal(child("killed", true, "hots", "1", true, err, sizeof err), 1000 + SIGTERM);
+    assert_null(exit_line(err));
+}
+
 int main(int argc, char **argv) {
     const char *preload = getenv("LD_PRELOAD");
     if (!preload || !strstr(preload, "libgpuheap-preload.so")) {
@@ -181,6 +208,12 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[2], "calls")) return child_calls();
         if (!strcmp(argv[2], "no-driver")) return child_no_driver();
         if (!strcmp(argv[2], "nothing")) return 0;
+        if (!strcmp(argv[2], "signals")) return child_signals();
+        if (!strcmp(argv[2], "killed")) {
+            if (child_calls()) return 1;
+            raise(SIGTERM);
+            return 2;
+        }
         return 126;
     }
     if (argc < 2) {
@@ -201,6 +234,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_heap_that_cannot_open_passes_through),
         cmocka_unit_test(test_no_driver_line),
         cmocka_unit_test(test_silent_where_cuda_was_not_used),
+        cmocka_unit_test(test_exit_line_at_normal_exit_only),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     unlink(link);
