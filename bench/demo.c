@@ -16,6 +16,7 @@
  *
  *   gpuheap-demo [--quick] [--json FILE]
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -321,8 +322,14 @@ static void usage(FILE *f) {
                "  --json FILE  also write the results as JSON to FILE\n");
 }
 
-/* Finds GPU 0 through the runtime; false with the reason in why. */
+/* Finds GPU 0 through the runtime; false with the reason in why. Without
+ * libcuda.so.1 at all the runtime can only say that "the driver version is
+ * insufficient", so the driver is looked for first. */
 static bool find_gpu(run_info *info, char *why, size_t why_len) {
+    if (!dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL)) {
+        snprintf(why, why_len, "no CUDA driver: libcuda.so.1 cannot be loaded");
+        return false;
+    }
     if (cudart_load(why, why_len) != 0) return false;
     cudart_error e = cudart.cudaSetDevice(0);
     if (e != CUDART_SUCCESS) {

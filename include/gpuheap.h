@@ -102,7 +102,9 @@ typedef struct gpu_config_t {
 
 /* Fills *cfg with the defaults, then applies the GPUHEAP_* environment variables
  * (README.md lists them). Returns GPU_ERR_INVALID for a malformed variable,
- * leaving that field at its default. */
+ * leaving that field at its default — except a malformed GPUHEAP_BACKEND, which
+ * leaves no valid backend (gpu_heap_create then refuses the configuration with
+ * GPU_ERR_INVALID rather than open CUDA) and is printed to stderr once. */
 int gpu_config_init(gpu_config_t *cfg);
 
 /* Creates a heap. cfg NULL means gpu_config_init's result. Reserves the VA range

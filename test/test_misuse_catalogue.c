@@ -350,7 +350,8 @@ static void test_stream_misuse(void **state) {
     UNCHANGED(w);
 }
 
-/* Bad environment values: gpu_config_init reports INVALID and keeps the default. */
+/* Bad environment values: gpu_config_init reports INVALID and keeps the default;
+ * a bad GPUHEAP_BACKEND leaves a backend that no heap opens with (test_config). */
 static void test_bad_environment(void **state) {
     world *w = *state;
     static const char *vars[][2] = {
@@ -363,6 +364,12 @@ static void test_bad_environment(void **state) {
         setenv(vars[i][0], vars[i][1], 1);
         MISUSE(gpu_config_init(&cfg), GPU_ERR_INVALID);
         unsetenv(vars[i][0]);
+        if (!strcmp(vars[i][0], "GPUHEAP_BACKEND")) {
+            gpu_heap_t *h = NULL;
+            MISUSE(gpu_heap_create(&cfg, &h), GPU_ERR_INVALID);
+            assert_null(h);
+            cfg.backend = def.backend;
+        }
         assert_memory_equal(&def, &cfg, sizeof def);
     }
     MISUSE(gpu_config_init(NULL), GPU_ERR_INVALID);

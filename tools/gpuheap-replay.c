@@ -33,9 +33,20 @@ int main(int argc, char **argv) {
     bool host = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--backend") && i + 1 < argc) {
-            host = !strcmp(argv[++i], "host");
+            const char *b = argv[++i];
+            if (strcmp(b, "host") && strcmp(b, "cuda")) {
+                fprintf(stderr, "gpuheap-replay: unknown backend '%s' (cuda or host)\n", b);
+                usage(stderr);
+                return 2;
+            }
+            host = !strcmp(b, "host");
         } else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
             only = argv[++i];
+            if (strcmp(only, "gpuheap") && strcmp(only, "cudaMalloc") && strcmp(only, "cudaMallocAsync")) {
+                fprintf(stderr, "gpuheap-replay: unknown allocator '%s' for --only\n", only);
+                usage(stderr);
+                return 2;
+            }
         } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
             json = argv[++i];
         } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {

@@ -33,6 +33,9 @@ int tr_op_from_name(const char *name, size_t len) {
 
 /* ---- parsing ------------------------------------------------------------------ */
 
+/* The start of a trace's first line (lib/trace.c writes "# gpuheap trace 1"). */
+#define TRACE_HEADER "# gpuheap trace"
+
 static const char *skip_space(const char *p) {
     while (*p == ' ' || *p == '\t') p++;
     return p;
@@ -133,7 +136,10 @@ int tr_load(const char *path, tr_trace *t, char *err, size_t err_len) {
     if (!f) return snprintf(err, err_len, "cannot read %s: %s", path, strerror(errno)), -1;
     char line[1024];
     tr_event e;
+    size_t lines = 0;
+    bool header = false; /* the first line is lib/trace.c's "# gpuheap trace N" */
     while (fgets(line, sizeof line, f)) {
+        if (lines++ == 0) header = strncmp(skip_space(line), TRACE_HEADER, sizeof TRACE_HEADER - 1) == 0;
         int r = tr_parse_line(line, &e);
         if (r < 0) t->bad_lines++;
         if (r <= 0) continue;
@@ -149,9 +155,18 @@ int tr_load(const char *path, tr_trace *t, char *err, size_t err_len) {
         tr_free(t);
         return snprintf(err, err_len, "gzip -dc %s failed", path), -1;
     }
-    if (t->n == 0 && t->bad_lines) {
+    /* Something else (a text file, a binary) must not replay as a trace of the
+     * one line that happens to parse: without the header, most lines must be
+     * records. A trace cut short (a killed program) keeps its header; a
+     * hand-made or filtered one without it still reads. */
+    size_t n = t->n, bad = t->bad_lines;
+    if (lines == 0 || (n == 0 && bad) || (!header && (n == 0 || bad >= n))) {
         tr_free(t);
-        return snprintf(err, err_len, "%s is not a gpuheap trace", path), -1;
+        if (lines == 0) return snprintf(err, err_len, "%s is empty, not a gpuheap trace", path), -1;
+        return snprintf(err, err_len,
+                        "%s is not a gpuheap trace (%s; %zu of its %zu lines read as trace records)", path,
+                        header ? "it has the header but no record" : "no \"" TRACE_HEADER "\" first line", n, lines),
+               -1;
     }
     tr_sort(t);
     return 0;

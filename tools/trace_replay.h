@@ -60,7 +60,9 @@ int tr_parse_line(const char *line, tr_event *e);
 int tr_push(tr_trace *t, const tr_event *e);
 
 /* Reads a whole trace (a path ending in .gz is read through gzip -dc) and sorts
- * it. Returns 0, or -1 with the reason in err. */
+ * it. Returns 0, or -1 with the reason in err: the file cannot be read, or it is
+ * not a trace (empty; or without the "# gpuheap trace" first line and with no
+ * more records than lines that do not parse; or records none at all). */
 int tr_load(const char *path, tr_trace *t, char *err, size_t err_len);
 
 /* Orders events as they happened: malloc by its end (the address exists once the

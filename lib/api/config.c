@@ -3,10 +3,12 @@
  *
  * Programs that cannot be changed (the interposer's users) are configured only
  * through the environment, so every setting of gpu_config_t has a variable, and
- * README.md lists them. A malformed value is reported and ignored, never fatal.
+ * README.md lists them. A malformed value is reported and ignored, never fatal,
+ * except GPUHEAP_BACKEND's (below).
  */
 #include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -67,6 +69,24 @@ static void env_int(const char *name, int *field, int *bad) {
         *bad = gh_error(GPU_ERR_INVALID, "%s=%s is not a non-negative integer", name, v);
 }
 
+/* A malformed GPUHEAP_BACKEND leaves the configuration with no backend, so that
+ * gpu_heap_create and the default heaps refuse it (GPU_ERR_INVALID) instead of
+ * opening CUDA, the default, under a name the user did not mean: "hots" would
+ * end in "no CUDA driver" on a machine without a GPU, and on the GPU where the
+ * user asked for the host. Not a gpu_backend_kind_t value. */
+#define BACKEND_MALFORMED ((gpu_backend_kind_t)-1)
+
+/* Says once per process, whatever GPUHEAP_VERBOSE is, that GPUHEAP_BACKEND is
+ * malformed (at GPUHEAP_VERBOSE=1 gh_error prints it at every reading). */
+static void backend_malformed_once(const char *value) {
+    static atomic_bool told;
+    if (atomic_exchange(&told, true) || gh_verbosity() >= 1) return;
+    fprintf(stderr,
+            "gpuheap: GPUHEAP_BACKEND=%.100s is not a backend (cuda, host or auto): heaps configured from the "
+            "environment fail with \"invalid argument\" until it is fixed\n",
+            value);
+}
+
 int gpu_config_init(gpu_config_t *cfg) {
     if (!cfg) return gh_error(GPU_ERR_INVALID, "gpu_config_init: cfg is NULL");
     memset(cfg, 0, sizeof *cfg);
@@ -75,15 +95,18 @@ int gpu_config_init(gpu_config_t *cfg) {
     cfg->thread_cache = (size_t)32 << 20;
     int bad = GPU_OK;
     const char *b = getenv("GPUHEAP_BACKEND");
-    if (b) {
+    if (b && *b) { /* set but empty: as if unset */
         if (!strcasecmp(b, "cuda"))
             cfg->backend = GPU_BACKEND_CUDA;
         else if (!strcasecmp(b, "host"))
             cfg->backend = GPU_BACKEND_HOST;
         else if (!strcasecmp(b, "auto"))
             cfg->backend = GPU_BACKEND_AUTO;
-        else
+        else {
+            cfg->backend = BACKEND_MALFORMED;
+            backend_malformed_once(b);
             bad = gh_error(GPU_ERR_INVALID, "GPUHEAP_BACKEND=%s: expected cuda, host or auto", b);
+        }
     }
     env_size("GPUHEAP_RESERVE", &cfg->reserve_bytes, &bad);
     env_size("GPUHEAP_RELEASE_THRESHOLD", &cfg->release_threshold, &bad);

@@ -22,11 +22,16 @@
  *
  * Counters say what was served and what was passed on; GPUHEAP_STATS=1 (or
  * gpuheap-run --stats) prints them at exit, beside the library's own summary.
- * Otherwise the interposer is silent, unless GPUHEAP_VERBOSE asks.
+ * When no heap could be opened the line says that every call went to the
+ * driver, and why. Otherwise the interposer is silent, unless GPUHEAP_VERBOSE
+ * asks.
  */
+#include <dlfcn.h>
+#include <link.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "preload.h"
 
@@ -47,11 +52,74 @@ static bool env_on(const char *name) {
     return v && *v && strcmp(v, "0") != 0;
 }
 
+/* Why the first default heap that failed to open failed (the library's own
+ * message, caught by note_open_error while pl_heap opens it). */
+static char open_error[256];
+static _Atomic bool open_error_claimed, open_error_ready;
+static _Thread_local bool opening;
+
+static void note_open_error(int err, const char *msg, void *arg) {
+    (void)arg;
+    if (!opening || atomic_exchange(&open_error_claimed, true)) return;
+    snprintf(open_error, sizeof open_error, "%s: %s", gpu_strerror(err), msg);
+    atomic_store_explicit(&open_error_ready, true, memory_order_release);
+}
+
+/* dl_iterate_phdr callback: 1 at the first CUDA runtime or driver loaded. */
+static int find_cuda_library(struct dl_phdr_info *info, size_t size, void *arg) {
+    (void)size, (void)arg;
+    const char *slash = info->dlpi_name ? strrchr(info->dlpi_name, '/') : NULL;
+    const char *base = slash ? slash + 1 : info->dlpi_name;
+    return base && (!strncmp(base, "libcudart.so", 12) || !strncmp(base, "libcuda.so", 10));
+}
+
+/* The process gpuheap-run started: it exports GPUHEAP_RUN_PID=$$ and execs the
+ * program, which keeps the pid. */
+static bool started_by_gpuheap_run(void) {
+    const char *v = getenv("GPUHEAP_RUN_PID");
+    char *end;
+    long pid = v && *v ? strtol(v, &end, 10) : -1;
+    return v && *v && !*end && pid == (long)getpid();
+}
+
+/* Why no heap serves this process, at exit. */
+static void no_heap_reason(char *why, size_t len) {
+    const gpu_config_t *cfg = gh_default_config();
+    const char *b = getenv("GPUHEAP_BACKEND");
+    if (cfg->backend != GPU_BACKEND_AUTO && cfg->backend != GPU_BACKEND_CUDA && cfg->backend != GPU_BACKEND_HOST)
+        snprintf(why, len, "GPUHEAP_BACKEND=%.100s is not cuda, host or auto", b ? b : "");
+    else if (cfg->backend == GPU_BACKEND_HOST)
+        snprintf(why, len, "GPUHEAP_BACKEND=host: device memory is served only from CUDA heaps");
+    else if (!pl_driver_ready())
+        snprintf(why, len, dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD)
+                               ? "the CUDA driver lacks cuGetProcAddress or the context calls: too old"
+                               : "no CUDA driver: libcuda.so.1 could not be loaded");
+    else if (atomic_load_explicit(&open_error_ready, memory_order_acquire))
+        snprintf(why, len, "%s", open_error);
+    else
+        snprintf(why, len, "no device allocation reached the interposer");
+}
+
 /* Says what the interposer did, if anything: a process that never touched
- * device memory (a shell, a tool the program runs) stays silent. */
+ * device memory (a shell, a tool the program runs) stays silent. When no heap
+ * was opened, the program gpuheap-run started, and any process that loaded
+ * CUDA, is told why everything went to the driver. Written at a normal exit
+ * only (atexit; README.md, Interposer, says why not at a fatal signal). */
 static void report_at_exit(void) {
     uint64_t total = served[PL_VIA_RUNTIME] + served[PL_VIA_DRIVER] + served[PL_VIA_PLUGIN];
-    if (!total && !forwarded_allocs && !freed_foreign && !freed_invalid && !ipc_refused) return;
+    bool touched = total || forwarded_allocs || freed_foreign || freed_invalid || ipc_refused;
+    bool any_heap = total != 0;
+    for (int d = 0; d < PL_MAX_DEVICES && !any_heap; d++) any_heap = gh_heap_default_peek(d) != NULL;
+    if (!any_heap) {
+        if (!touched && !started_by_gpuheap_run() && !dl_iterate_phdr(find_cuda_library, NULL)) return;
+        char why[320];
+        no_heap_reason(why, sizeof why);
+        fprintf(stderr,
+                "gpuheap-preload: no heap opened (%s): every call was passed to the driver untouched (%llu "
+                "allocations, %llu frees)\n",
+                why, (unsigned long long)forwarded_allocs, (unsigned long long)freed_foreign);
+        return;
+    }
     fprintf(stderr,
             "gpuheap-preload: %llu allocations served by gpuheap (cudaMalloc %llu, cuMemAlloc %llu, framework entry points "
             "%llu), %llu passed on (size 0, no device or context, or the heap failed); %llu frees by gpuheap, %llu passed "
@@ -78,6 +146,7 @@ static void setup(void) {
 #if GPUHEAP_HAVE_CUDA
     cuda_loader_use_dlsym(pl_real_dlsym_get());
 #endif
+    gpu_set_error_handler(note_open_error, NULL); /* this copy of gpuheap's: the program's own is apart */
     const gpu_config_t *cfg = gh_default_config(); /* the default heaps' own, read once */
     host_configured = cfg->backend == GPU_BACKEND_HOST;
     if (host_configured && cfg->verbose)
@@ -95,8 +164,14 @@ static gpu_heap_t *served_heap(int dev) {
 gpu_heap_t *pl_heap(int dev) {
     gpu_heap_t *h = served_heap(dev);
     if (h || dev < 0 || dev >= PL_MAX_DEVICES || atomic_load_explicit(&passing[dev], memory_order_relaxed)) return h;
-    if (host_configured || !pl_driver_ready() || !(h = gh_heap_default_of(dev))) /* reports why when verbose */
+    if (host_configured || !pl_driver_ready()) {
         atomic_store(&passing[dev], true);
+        return NULL;
+    }
+    opening = true;
+    h = gh_heap_default_of(dev); /* reports why when verbose */
+    opening = false;
+    if (!h) atomic_store(&passing[dev], true);
     return h;
 }
 

@@ -50,6 +50,8 @@ out=$("$run" -- sh -c 'echo "$@"' sh --stats -x --trace)
 check "the program's arguments pass untouched" test "$out" = "--stats -x --trace"
 "$run" sh -c 'exit 7'
 check "the program's exit status passes on" test $? -eq 7
+"$run" sh -c 'test "$GPUHEAP_RUN_PID" = $$'
+check "GPUHEAP_RUN_PID is the program's own pid" test $? -eq 0
 
 "$run" >/dev/null 2>"$tmp/err"
 check "no program: exit 2" test $? -eq 2
@@ -62,6 +64,17 @@ check "--trace without a file: exit 2" test $? -eq 2
 check "--trace followed by an option: exit 2" test $? -eq 2
 "$run" --help >"$tmp/out"
 check "--help: usage on stdout, exit 0" grep -q "usage: gpuheap-run" "$tmp/out"
+check "--help: says what it does" grep -q "LD_PRELOAD" "$tmp/out"
+for opt in --stats --trace --verbose -- --help; do
+    check "--help: explains $opt" grep -q -e "^  $opt " -e "^  -h, $opt " "$tmp/out"
+done
+check "--help: the variables that pass through" grep -q "every GPUHEAP_\* variable passes through" "$tmp/out"
+check "--help: GPUHEAP_PRELOAD_LIB" grep -q "GPUHEAP_PRELOAD_LIB" "$tmp/out"
+check "--help: an example" grep -q "^  gpuheap-run --stats " "$tmp/out"
+"$run" -h >"$tmp/out2"
+check "-h: the same help" cmp -s "$tmp/out" "$tmp/out2"
+"$run" --bogus env >/dev/null 2>"$tmp/err"
+check "unknown option: the short usage, not the help" sh -c "! grep -q Options: '$tmp/err'"
 GPUHEAP_PRELOAD_LIB="$pre" "$run" env >"$tmp/env"
 check "GPUHEAP_PRELOAD_LIB is honoured" has "LD_PRELOAD=$pre"
 

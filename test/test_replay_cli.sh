@@ -1,0 +1,63 @@
+#!/bin/sh
+# test_replay_cli.sh — tools/gpuheap-replay's answers to bad use (suite 'unit').
+#
+#   sh test_replay_cli.sh BUILD/tools/gpuheap-replay docs/example.trace
+#
+# An unknown --backend or --only value is a usage error (exit 2), never a silent
+# replay on another backend; a file that is not a trace (empty, /etc/passwd-like,
+# prose with one line that happens to parse as a record, binary) fails with a
+# message that says so; a real trace, with its header or without it, replays.
+set -u
+replay=$1
+example=$2
+fails=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+check() { # check NAME CONDITION-COMMAND...
+    name=$1
+    shift
+    if "$@"; then echo "ok - $name"; else echo "not ok - $name"; fails=$((fails + 1)); fi
+}
+run() { "$replay" "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
+
+run --backend hots "$example"
+check "unknown --backend: exit 2" test $rc -eq 2
+check "unknown --backend: named" grep -q "unknown backend 'hots'" "$tmp/err"
+check "unknown --backend: usage" grep -q "usage: gpuheap-replay" "$tmp/err"
+check "unknown --backend: nothing replayed" test ! -s "$tmp/out"
+run --only malloc --backend host "$example"
+check "unknown --only: exit 2" test $rc -eq 2
+
+: >"$tmp/empty"
+printf 'root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n' >"$tmp/passwd"
+# Prose around one line that reads as a record (README.md's trace example).
+{
+    echo "Text, one event per line:"
+    echo
+    echo "    5123400 48211 malloc 0x7f2a00000000 0x0 0x0 1000 256 0 0x7f2a00200000 0 85"
+    echo
+    echo "| column | meaning |"
+    echo "the rest of a document"
+} >"$tmp/prose.md"
+head -c 4096 /dev/urandom >"$tmp/binary" 2>/dev/null || printf '\001\002\003garbage\n' >"$tmp/binary"
+for f in empty passwd prose.md binary; do
+    run --backend host "$tmp/$f"
+    check "$f: not a trace, exit 1" test $rc -eq 1
+    check "$f: says it is not a trace" grep -q "not a gpuheap trace" "$tmp/err"
+    check "$f: no replay table" sh -c "! grep -q '^allocator' '$tmp/out'"
+done
+run --backend host "$tmp/missing.trace"
+check "missing file: exit 1 and the reason" sh -c "test $rc -eq 1 && grep -q 'cannot read' '$tmp/err'"
+
+run --backend host "$example"
+check "a trace replays on the host backend" sh -c "test $rc -eq 0 && grep -q '^gpuheap ' '$tmp/out'"
+grep -v '^#' "$example" >"$tmp/headless.trace"
+run --backend host "$tmp/headless.trace"
+check "a trace without its comment lines still replays" test $rc -eq 0
+{ head -n 40 "$example"; echo "12 34 malloc 0x7f"; } >"$tmp/cut.trace"
+run --backend host "$tmp/cut.trace"
+check "a trace cut short (header, a torn line) still reads" test $rc -eq 0
+
+echo "$fails failed"
+[ "$fails" -eq 0 ]
