@@ -67,6 +67,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,10 +96,49 @@
 #define FILE_WRITEBACK_SLOTS 4u
 #define FILE_ALL_FLAGS (GPU_MAP_WRITE | GPU_MAP_ZEROCOPY | GPU_MAP_CUFILE)
 
-/* One live mapping. */
-typedef struct file_map {
-    struct file_map *next;
+/* The head of a record kept per heap on one of this file's lists, the mappings
+ * and the staging sets: one pair of list helpers serves both. */
+typedef struct file_entry {
+    struct file_entry *next;
     gpu_heap_t *heap;
+    bool busy; /* a call works on the record outside the list's lock */
+} file_entry;
+
+/* Puts e at the head of the list at *head (the list's lock held). */
+static inline void entry_push(file_entry **head, file_entry *e) {
+    e->next = *head;
+    *head = e;
+}
+
+/* Unlinks e from the list at *head (the list's lock held). */
+static inline void entry_unlink(file_entry **head, file_entry *e) {
+    for (file_entry **pp = head; *pp; pp = &(*pp)->next)
+        if (*pp == e) {
+            *pp = e->next;
+            return;
+        }
+}
+
+/* Moves h's records off the list at *head onto the list it returns: the idle
+ * ones, or every one when all is set (the list's lock held). */
+static inline file_entry *entry_take(file_entry **head, gpu_heap_t *h, bool all) {
+    file_entry *gone = NULL;
+    for (file_entry **pp = head; *pp;) {
+        file_entry *e = *pp;
+        if (e->heap == h && (all || !e->busy)) {
+            *pp = e->next;
+            e->next = gone;
+            gone = e;
+        } else {
+            pp = &e->next;
+        }
+    }
+    return gone;
+}
+
+/* One live mapping; busy: a sync or unmap works on it outside the lock. */
+typedef struct file_map {
+    file_entry entry;   /* first: the registry's list */
     uintptr_t ptr;      /* the address the caller holds */
     uint64_t offset;    /* the file range mapped */
     size_t length;
@@ -107,10 +147,13 @@ typedef struct file_map {
     int fd;             /* kept for write-back and zero-copy; -1 otherwise */
     void *host;         /* zero-copy: the mmap'ed pages, host_len bytes */
     size_t host_len;
-    bool busy;          /* a sync or unmap works on it outside the lock */
     bool freeing;       /* unmap is freeing its block: lookups skip it */
     char path[];        /* for messages */
 } file_map;
+
+_Static_assert(offsetof(file_map, entry) == 0, "a mapping is reached from its list entry by a cast");
+/* The mapping whose list entry e is. */
+static inline file_map *mapping_of(file_entry *e) { return (file_map *)e; }
 
 /* A set of pinned staging buffers with the copy queues that drain them. The
  * pinned memory is one allocation, sliced into slots anew by every load that
@@ -118,24 +161,26 @@ typedef struct file_map {
  * so that loads of different sizes keep one allocation. Slot i's copies go to
  * queue i / 2, marker i % 2: the queue of the thread that owns slots i and i ^ 1. */
 typedef struct staging {
-    struct staging *next;
-    gpu_heap_t *heap;
+    file_entry entry;    /* first: the list of sets; busy: a load or write-back is using it */
     void *base;          /* one staging allocation of `bytes`, sliced into the slots */
     size_t bytes;
     unsigned nslots;     /* the current load's slicing: nslots slots of slot_size bytes */
     size_t slot_size;
     unsigned nqueues;    /* queues opened, one per slot pair */
-    bool busy;           /* a load or write-back is using it */
     crew crew;           /* the loader threads, kept with the buffers (crew.c) */
     vmm_queue *queue[FILE_THREADS_MAX];
 } staging;
+
+_Static_assert(offsetof(staging, entry) == 0, "a staging set is reached from its list entry by a cast");
+/* The staging set whose list entry e is. */
+static inline staging *staging_of(file_entry *e) { return (staging *)e; }
 
 /* Slot i's buffer: the slots are slot_size bytes each, back to back in base. */
 static inline void *slot_buf(const staging *s, unsigned i) { return (char *)s->base + (size_t)i * s->slot_size; }
 
 static pthread_mutex_t file_lock = PTHREAD_MUTEX_INITIALIZER;
-static file_map *file_maps;         /* under file_lock */
-static staging *file_stagings;      /* under file_lock */
+static file_entry *file_maps;       /* file_map records, under file_lock */
+static file_entry *file_stagings;   /* staging records, under file_lock */
 
 /* ---- tuning -------------------------------------------------------------------- */
 
@@ -204,24 +249,15 @@ static file_tuning tuning_for(file_tuning t, size_t length) {
 
 static void staging_put(staging *s);
 
-/* Unlinks s from the list; file_lock held. */
-static void staging_unlink(staging *s) {
-    for (staging **pp = &file_stagings; *pp; pp = &(*pp)->next)
-        if (*pp == s) {
-            *pp = s->next;
-            return;
-        }
-}
-
 /* Closes every queue of s (no copy in flight). */
 static void staging_close_queues(staging *s) {
-    for (unsigned i = 0; i < s->nqueues; i++) vmm_call_queue_close(&s->heap->door, s->queue[i]);
+    for (unsigned i = 0; i < s->nqueues; i++) vmm_call_queue_close(&s->entry.heap->door, s->queue[i]);
     s->nqueues = 0;
 }
 
 /* Frees a set no copy is using any more (its slots were waited for). */
 static void staging_destroy(staging *s) {
-    vmm_door *d = &s->heap->door;
+    vmm_door *d = &s->entry.heap->door;
     crew_destroy(&s->crew); /* idle: its last job ended before the set was put back */
     staging_close_queues(s);
     vmm_call_staging_free(d, s->base, s->bytes);
@@ -236,7 +272,7 @@ static vmm_queue *slot_queue(const staging *s, unsigned i, unsigned *marker) {
 
 /* Opens the queues s's nslots slots still lack, one per slot pair. */
 static int staging_queues(staging *s) {
-    vmm_door *d = &s->heap->door;
+    vmm_door *d = &s->entry.heap->door;
     unsigned want = (s->nslots + FILE_SLOTS_PER_THREAD - 1) / FILE_SLOTS_PER_THREAD;
     for (; s->nqueues < want; s->nqueues++) {
         int rc = vmm_call_queue_open(d, FILE_SLOTS_PER_THREAD, &s->queue[s->nqueues]);
@@ -253,15 +289,16 @@ static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, stagin
     size_t total;
     if (nslots > FILE_SLOTS_MAX) nslots = FILE_SLOTS_MAX;
     if (gh_mul_overflow(nslots, slot_size, &total)) return gh_note(GPU_ERR_INVALID, "staging: %u x %zu bytes overflows", nslots, slot_size);
-    staging *stale = NULL, *s;
+    staging *stale = NULL, *s = NULL;
     pthread_mutex_lock(&file_lock);
-    for (s = file_stagings; s; s = s->next) {
-        if (s->heap != h || s->busy) continue;
-        if (s->bytes >= total && s->bytes / 2 <= total) break; /* not a much larger set kept for a small load */
-        stale = s;
+    for (file_entry *e = file_stagings; e && !s; e = e->next) {
+        if (e->heap != h || e->busy) continue;
+        staging *t = staging_of(e);
+        if (t->bytes >= total && t->bytes / 2 <= total) s = t; /* not a much larger set kept for a small load */
+        else stale = t;
     }
-    if (s) s->busy = true;
-    else if (stale) staging_unlink(stale);
+    if (s) s->entry.busy = true;
+    else if (stale) entry_unlink(&file_stagings, &stale->entry);
     pthread_mutex_unlock(&file_lock);
     if (pinned) *pinned = !s;
     if (stale && !s) staging_destroy(stale);
@@ -269,7 +306,7 @@ static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, stagin
     if (!s) {
         s = calloc(1, sizeof *s);
         if (!s) return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for a staging record");
-        s->heap = h;
+        s->entry.heap = h;
         s->bytes = total;
         rc = vmm_call_staging_alloc(&h->door, total, &s->base);
         if (rc != GPU_OK) {
@@ -277,10 +314,9 @@ static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, stagin
             return gh_note(rc, "allocating %zu bytes of pinned staging memory: %s", total, vmm_error());
         }
         crew_init(&s->crew); /* threads start with the first load that uses the set */
-        s->busy = true;
+        s->entry.busy = true;
         pthread_mutex_lock(&file_lock);
-        s->next = file_stagings;
-        file_stagings = s;
+        entry_push(&file_stagings, &s->entry);
         pthread_mutex_unlock(&file_lock);
     }
     s->nslots = nslots;
@@ -299,37 +335,49 @@ static int staging_take(gpu_heap_t *h, unsigned nslots, size_t slot_size, stagin
 static void staging_put(staging *s) {
     bool spare = false;
     pthread_mutex_lock(&file_lock);
-    for (staging *t = file_stagings; t; t = t->next) spare |= t != s && t->heap == s->heap && !t->busy;
-    if (spare) staging_unlink(s);
-    else s->busy = false;
+    for (file_entry *e = file_stagings; e; e = e->next) spare |= e != &s->entry && e->heap == s->entry.heap && !e->busy;
+    if (spare) entry_unlink(&file_stagings, &s->entry);
+    else s->entry.busy = false;
     pthread_mutex_unlock(&file_lock);
     if (spare) staging_destroy(s);
 }
 
 /* Frees h's idle sets (all of them when closing: nothing else runs then). */
 static void staging_release(gpu_heap_t *h, bool all) {
-    staging *gone = NULL;
     pthread_mutex_lock(&file_lock);
-    for (staging **pp = &file_stagings; *pp;) {
-        staging *s = *pp;
-        if (s->heap == h && (all || !s->busy)) {
-            *pp = s->next;
-            s->next = gone;
-            gone = s;
-        } else {
-            pp = &s->next;
-        }
-    }
+    file_entry *gone = entry_take(&file_stagings, h, all);
     pthread_mutex_unlock(&file_lock);
     while (gone) {
-        staging *next = gone->next;
-        staging_destroy(gone);
+        file_entry *next = gone->next;
+        staging_destroy(staging_of(gone));
         gone = next;
     }
 }
 
 /* gpu_heap_trim (a hook): the pinned staging buffers cached for h go back. */
 static void file_release_staging(gpu_heap_t *h) { staging_release(h, false); }
+
+/* ---- the file ------------------------------------------------------------------------ */
+
+/* pread()s (write: pwrite()s) exactly n bytes at file offset at, through
+ * interruptions and short transfers. Returns 0, an errno value, or -1 where a
+ * read met the file's end or a write took nothing; *done: the bytes moved. */
+static int file_rw(int fd, void *buf, size_t n, uint64_t at, bool write, size_t *done) {
+    size_t k = 0;
+    int err = 0;
+    while (k < n) {
+        char *p = (char *)buf + k;
+        ssize_t r = write ? pwrite(fd, p, n - k, (off_t)(at + k)) : pread(fd, p, n - k, (off_t)(at + k));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            err = r < 0 ? errno : -1;
+            break;
+        }
+        k += (size_t)r;
+    }
+    *done = k;
+    return err;
+}
 
 /* ---- the loader -------------------------------------------------------------------- */
 
@@ -405,18 +453,13 @@ static void load_set_dst(load_job *j, uintptr_t dst) {
 
 /* pread()s exactly n bytes at file offset at into buf. */
 static int load_read(load_job *j, void *buf, size_t n, uint64_t at) {
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = pread(j->fd, (char *)buf + done, n - done, (off_t)(at + done));
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0)
-            return load_fail(j, GPU_ERR_BACKEND, "reading %zu bytes at offset %" PRIu64 ": %s", n - done, at + done,
-                             strerror(errno));
-        if (r == 0)
-            return load_fail(j, GPU_ERR_BACKEND, "the file ended at offset %" PRIu64 " while it was being read (it shrank)",
-                             at + done);
-        done += (size_t)r;
-    }
+    size_t done;
+    int err = file_rw(j->fd, buf, n, at, false, &done);
+    if (err > 0)
+        return load_fail(j, GPU_ERR_BACKEND, "reading %zu bytes at offset %" PRIu64 ": %s", n - done, at + done, strerror(err));
+    if (err < 0)
+        return load_fail(j, GPU_ERR_BACKEND, "the file ended at offset %" PRIu64 " while it was being read (it shrank)",
+                         at + done);
     return GPU_OK;
 }
 
@@ -605,60 +648,64 @@ static int load_finish(load_job *j, uintptr_t dst) {
 /* ---- write-back ---------------------------------------------------------------------- */
 
 /* pwrite()s exactly n bytes at file offset at. */
-static int write_all(int fd, const void *buf, size_t n, uint64_t at) {
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = pwrite(fd, (const char *)buf + done, n - done, (off_t)(at + done));
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0)
-            return gh_note(GPU_ERR_BACKEND, "writing %zu bytes at offset %" PRIu64 ": %s", n - done, at + done,
-                           r < 0 ? strerror(errno) : "nothing written");
-        done += (size_t)r;
-    }
+static int write_all(int fd, void *buf, size_t n, uint64_t at) {
+    size_t done;
+    int err = file_rw(fd, buf, n, at, true, &done);
+    if (err)
+        return gh_note(GPU_ERR_BACKEND, "writing %zu bytes at offset %" PRIu64 ": %s", n - done, at + done,
+                       err > 0 ? strerror(err) : "nothing written");
     return GPU_OK;
+}
+
+/* The length of piece i of a mapping cut in pieces of a staging slot's size. */
+static inline size_t writeback_len(const file_map *m, const staging *st, size_t i) {
+    size_t rest = m->length - i * st->slot_size;
+    return rest < st->slot_size ? rest : st->slot_size;
+}
+
+/* Queues the device-to-host copy of the mapping's piece i into staging slot s. */
+static int writeback_fetch(const file_map *m, staging *st, unsigned s, size_t i, bool *pending) {
+    unsigned marker;
+    vmm_queue *q = slot_queue(st, s, &marker);
+    int rc = vmm_call_queue_download(&m->entry.heap->door, q, marker, slot_buf(st, s), m->ptr + i * st->slot_size,
+                                     writeback_len(m, st, i));
+    if (rc != GPU_OK) gh_note(rc, "copying to the host: %s", vmm_error());
+    pending[s] = rc == GPU_OK;
+    return rc;
+}
+
+/* Waits for the copy into staging slot s, which is then no longer pending. */
+static int writeback_wait(const file_map *m, staging *st, unsigned s, bool *pending) {
+    unsigned marker;
+    vmm_queue *q = slot_queue(st, s, &marker);
+    pending[s] = false;
+    return vmm_call_queue_wait(&m->entry.heap->door, q, marker);
 }
 
 /* Copies the mapping's device bytes into the file: device-to-host copies run
  * ahead into up to FILE_WRITEBACK_SLOTS buffers while older ones are written. */
 static int write_back(file_map *m) {
-    gpu_heap_t *h = m->heap;
-    vmm_door *d = &h->door;
     file_tuning t = tuning_for(tuning_get(), m->length); /* as the load did: its kept staging set fits */
     staging *st;
-    int rc = staging_take(h, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, &st, NULL);
+    int rc = staging_take(m->entry.heap, t.threads * FILE_SLOTS_PER_THREAD, t.chunk, &st, NULL);
     if (rc != GPU_OK) return rc;
     unsigned nslots = st->nslots < FILE_WRITEBACK_SLOTS ? st->nslots : FILE_WRITEBACK_SLOTS;
     size_t chunk = st->slot_size, nchunks = m->length / chunk + (m->length % chunk != 0);
     bool pending[FILE_WRITEBACK_SLOTS] = {false};
-    vmm_queue *q[FILE_WRITEBACK_SLOTS];
-    unsigned mk[FILE_WRITEBACK_SLOTS];
-    for (unsigned s = 0; s < nslots; s++) q[s] = slot_queue(st, s, &mk[s]);
-#define CHUNK_LEN(i) (m->length - (i) * chunk < chunk ? m->length - (i) * chunk : chunk)
-    for (size_t i = 0; i < nslots && i < nchunks && rc == GPU_OK; i++) {
-        rc = vmm_call_queue_download(d, q[i], mk[i], slot_buf(st, i), m->ptr + i * chunk, CHUNK_LEN(i));
-        if (rc != GPU_OK) gh_note(rc, "copying to the host: %s", vmm_error());
-        pending[i] = rc == GPU_OK;
-    }
+    for (size_t i = 0; i < nslots && i < nchunks && rc == GPU_OK; i++) rc = writeback_fetch(m, st, (unsigned)i, i, pending);
     for (size_t i = 0; i < nchunks && rc == GPU_OK; i++) {
         unsigned s = (unsigned)(i % nslots);
-        rc = vmm_call_queue_wait(d, q[s], mk[s]);
-        pending[s] = false;
+        rc = writeback_wait(m, st, s, pending);
         if (rc != GPU_OK) {
             gh_note(rc, "copying to the host: %s", vmm_error());
             break;
         }
-        rc = write_all(m->fd, slot_buf(st, s), CHUNK_LEN(i), m->offset + i * chunk);
-        size_t next = i + nslots;
-        if (rc == GPU_OK && next < nchunks) {
-            rc = vmm_call_queue_download(d, q[s], mk[s], slot_buf(st, s), m->ptr + next * chunk, CHUNK_LEN(next));
-            if (rc != GPU_OK) gh_note(rc, "copying to the host: %s", vmm_error());
-            pending[s] = rc == GPU_OK;
-        }
+        rc = write_all(m->fd, slot_buf(st, s), writeback_len(m, st, i), m->offset + i * chunk);
+        if (rc == GPU_OK && i + nslots < nchunks) rc = writeback_fetch(m, st, s, i + nslots, pending);
     }
-#undef CHUNK_LEN
     /* The set goes back only once no copy into it is in flight. */
     for (unsigned s = 0; s < nslots; s++)
-        if (pending[s]) (void)vmm_call_queue_wait(d, q[s], mk[s]);
+        if (pending[s]) (void)writeback_wait(m, st, s, pending);
     staging_put(st);
     return rc;
 }
@@ -674,7 +721,7 @@ static int sync_mapping(file_map *m, bool durable) {
         return gh_note(GPU_ERR_BACKEND, "\"%s\" shrank to %lld bytes while mapped (the mapping ends at %" PRIu64 "); nothing written",
                        m->path, (long long)st.st_size, end);
     if (!(m->flags & GPU_MAP_WRITE)) return GPU_OK;
-    int rc = vmm_call_fence(&m->heap->door); /* kernels that write the mapping have finished */
+    int rc = vmm_call_fence(&m->entry.heap->door); /* kernels that write the mapping have finished */
     if (rc != GPU_OK) return gh_note(rc, "waiting for GPU work before writing \"%s\" back: %s", m->path, vmm_error());
     rc = write_back(m);
     if (rc != GPU_OK) return rc;
@@ -813,32 +860,48 @@ static void mapping_free(file_map *m) {
 /* Finds the mapping at ptr (of heap, or of any heap when any) and marks it busy. */
 static int mapping_acquire(gpu_heap_t *heap, bool any, void *ptr, const char *call, file_map **out) {
     pthread_mutex_lock(&file_lock);
-    file_map *m = file_maps;
-    while (m && (m->ptr != (uintptr_t)ptr || m->freeing)) m = m->next;
+    file_map *m = NULL;
+    for (file_entry *e = file_maps; e && !m; e = e->next) {
+        file_map *c = mapping_of(e);
+        if (c->ptr == (uintptr_t)ptr && !c->freeing) m = c;
+    }
     int rc = GPU_OK;
     if (!m) rc = gh_note(GPU_ERR_INVALID, "%s(%p): not the address of a file mapping (from gpu_map_file)", call, ptr);
-    else if (!any && m->heap != heap) rc = gh_note(GPU_ERR_INVALID, "%s(%p): the mapping belongs to another heap", call, ptr);
-    else if (m->busy) rc = gh_note(GPU_ERR_BUSY, "%s(%p): another thread is syncing or unmapping it", call, ptr);
-    else m->busy = true;
+    else if (!any && m->entry.heap != heap) rc = gh_note(GPU_ERR_INVALID, "%s(%p): the mapping belongs to another heap", call, ptr);
+    else if (m->entry.busy) rc = gh_note(GPU_ERR_BUSY, "%s(%p): another thread is syncing or unmapping it", call, ptr);
+    else m->entry.busy = true;
     pthread_mutex_unlock(&file_lock);
     if (rc == GPU_OK) *out = m;
     return rc;
 }
 
+/* Ends a sync's or unmap's hold on m (mapping_acquire). */
 static void mapping_release(file_map *m) {
     pthread_mutex_lock(&file_lock);
-    m->busy = false;
+    m->entry.busy = false;
     pthread_mutex_unlock(&file_lock);
 }
 
-static void mapping_unlink(file_map *m) {
+/* Marks m, busy, as having its block freed (lookups skip it), or not any more. */
+static void mapping_freeing(file_map *m, bool freeing) {
     pthread_mutex_lock(&file_lock);
-    for (file_map **pp = &file_maps; *pp; pp = &(*pp)->next)
-        if (*pp == m) {
-            *pp = m->next;
-            break;
-        }
+    m->freeing = freeing;
     pthread_mutex_unlock(&file_lock);
+}
+
+/* Lists a new mapping. */
+static void mapping_add(file_map *m) {
+    pthread_mutex_lock(&file_lock);
+    entry_push(&file_maps, &m->entry);
+    pthread_mutex_unlock(&file_lock);
+}
+
+/* Takes m, busy, off the list and frees it. */
+static void mapping_drop(file_map *m) {
+    pthread_mutex_lock(&file_lock);
+    entry_unlink(&file_maps, &m->entry);
+    pthread_mutex_unlock(&file_lock);
+    mapping_free(m);
 }
 
 /* Records a map/sync/unmap call in the trace (trace.c): addr the mapping, size
@@ -870,7 +933,7 @@ int gpu_heap_map_file(gpu_heap_t *heap, const char *path, uint64_t offset, size_
     file_map *m = calloc(1, sizeof *m + plen);
     if (!m) return gh_error(GPU_ERR_OUT_OF_MEMORY, "gpu_map_file: out of host memory");
     memcpy(m->path, path, plen);
-    m->heap = h;
+    m->entry.heap = h;
     m->offset = offset;
     m->flags = flags;
     m->fd = -1;
@@ -895,10 +958,7 @@ int gpu_heap_map_file(gpu_heap_t *heap, const char *path, uint64_t offset, size_
         if (t0) trace_file(t0, TRACE_MAP_FILE, h, 0, length, offset, flags, rc);
         return gh_report(rc);
     }
-    pthread_mutex_lock(&file_lock);
-    m->next = file_maps;
-    file_maps = m;
-    pthread_mutex_unlock(&file_lock);
+    mapping_add(m);
     if (tm) {
         tm->end = gh_mono_ns();
         file_timing_print(tm, path);
@@ -922,7 +982,7 @@ static int sync_file(gpu_heap_t *heap, bool any, void *ptr) {
     int rc = mapping_acquire(h, any, ptr, "gpu_sync_file", &m);
     if (rc != GPU_OK) return gh_report(rc);
     rc = sync_mapping(m, true);
-    if (t0) trace_file(t0, TRACE_SYNC_FILE, m->heap, m->ptr, m->length, m->offset, m->flags, rc);
+    if (t0) trace_file(t0, TRACE_SYNC_FILE, m->entry.heap, m->ptr, m->length, m->offset, m->flags, rc);
     mapping_release(m);
     if (rc != GPU_OK) return gh_report(rc);
     gh_ok();
@@ -940,26 +1000,21 @@ static int unmap_file(gpu_heap_t *heap, bool any, void *ptr, unsigned flags) {
     file_map *m;
     int rc = mapping_acquire(h, any, ptr, "gpu_unmap_file", &m);
     if (rc != GPU_OK) return gh_report(rc);
-    h = m->heap;
+    h = m->entry.heap;
     if ((m->flags & GPU_MAP_WRITE) && !(flags & GPU_UNMAP_DISCARD)) rc = sync_mapping(m, false);
     if (rc == GPU_OK && m->block_size) {
-        pthread_mutex_lock(&file_lock);
-        m->freeing = true;
-        pthread_mutex_unlock(&file_lock);
+        mapping_freeing(m, true);
         (void)heap_mark_file(h, (void *)m->ptr, false);
         rc = heap_free(h, (void *)m->ptr);
         if (rc == GPU_ERR_NOT_LIVE) {
             /* Someone freed the block with gpu_free during the unmap: it is gone. */
-            mapping_unlink(m);
-            mapping_free(m);
+            mapping_drop(m);
             if (t0) trace_file(t0, TRACE_UNMAP_FILE, h, (uintptr_t)ptr, 0, 0, flags, rc);
             return gh_report(rc);
         }
         if (rc != GPU_OK) {
             (void)heap_mark_file(h, (void *)m->ptr, true);
-            pthread_mutex_lock(&file_lock);
-            m->freeing = false;
-            pthread_mutex_unlock(&file_lock);
+            mapping_freeing(m, false);
         }
     } else if (rc == GPU_OK) {
         /* Zero-copy: no kernel may still read the pages once they are unregistered. */
@@ -972,8 +1027,7 @@ static int unmap_file(gpu_heap_t *heap, bool any, void *ptr, unsigned flags) {
         mapping_release(m);
         return gh_report(rc);
     }
-    mapping_unlink(m);
-    mapping_free(m);
+    mapping_drop(m);
     gh_ok();
     return GPU_OK;
 }
@@ -987,8 +1041,9 @@ int gpu_unmap_file(void *ptr, unsigned flags) { return unmap_file(NULL, true, pt
 static void file_stats(gpu_heap_t *h, gpu_stats_t *s) {
     uint64_t loaded = 0, zerocopy = 0, n = 0;
     pthread_mutex_lock(&file_lock);
-    for (file_map *m = file_maps; m; m = m->next) {
-        if (m->heap != h) continue;
+    for (file_entry *e = file_maps; e; e = e->next) {
+        const file_map *m = mapping_of(e);
+        if (e->heap != h) continue;
         n++;
         if (m->block_size) loaded += m->length;
         else zerocopy += m->length;
@@ -1002,28 +1057,19 @@ static void file_stats(gpu_heap_t *h, gpu_stats_t *s) {
 /* The heap is closing, its backend still open: every mapping of h and its staging
  * go, zero-copy ranges are unregistered, no write-back happens. */
 static void file_heap_closing(gpu_heap_t *h) {
-    file_map *gone = NULL;
     pthread_mutex_lock(&file_lock);
-    for (file_map **pp = &file_maps; *pp;) {
-        file_map *m = *pp;
-        if (m->heap == h) {
-            *pp = m->next;
-            m->next = gone;
-            gone = m;
-        } else {
-            pp = &m->next;
-        }
-    }
+    file_entry *gone = entry_take(&file_maps, h, true);
     pthread_mutex_unlock(&file_lock);
     bool fenced = false;
     while (gone) {
-        file_map *next = gone->next;
-        if (gone->host) {
+        file_entry *next = gone->next;
+        file_map *m = mapping_of(gone);
+        if (m->host) {
             if (!fenced) (void)vmm_call_fence(&h->door);
             fenced = true;
-            (void)vmm_call_unregister(&h->door, gone->host);
+            (void)vmm_call_unregister(&h->door, m->host);
         }
-        mapping_free(gone); /* a loaded block goes with the heap */
+        mapping_free(m); /* a loaded block goes with the heap */
         gone = next;
     }
     staging_release(h, true);
