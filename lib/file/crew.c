@@ -6,8 +6,8 @@
  * variable between jobs: a job raises the generation and wakes them; each thread
  * whose id is wanted runs the job's function and, the last one out, wakes the
  * caller. The threads block every signal (a handler of the program's never runs
- * on them) and live until crew_destroy, which file.c calls where it frees the
- * staging set the crew belongs to: gpu_heap_trim and the heap's end.
+ * on them) and live until crew_destroy, which staging.c calls where it frees
+ * the staging set the crew belongs to: gpu_heap_trim and the heap's end.
  *
  * A fork's child inherits the crew's records but not its threads; crew_start
  * notices the other process id and starts new ones (the old records are

@@ -1,7 +1,7 @@
 /*
  * crew.h — a few threads kept between parallel jobs (crew.c).
  *
- * A file load runs on several threads (file.c). Creating them for every load
+ * A file load runs on several threads (load.c). Creating them for every load
  * and joining them at its end costs a clone, a stack and a first driver call on
  * each new thread per load; a crew keeps them asleep between jobs instead, so
  * that the next job costs one wake-up. One caller at a time drives a crew (the

@@ -1,5 +1,5 @@
 /*
- * file_timing.c — the phase breakdown of a gpu_map_file load (see file_timing.h).
+ * timing.c — the phase breakdown of a gpu_map_file load (see timing.h).
  *
  * A load of a file from the page cache should cost what its copies to the device
  * cost; bench/RESULTS.md ("File loading") found ~2.5 ms beyond that on an H200 (at

@@ -1,5 +1,5 @@
 /*
- * file_timing.h — where a gpu_map_file load spends its time (file_timing.c).
+ * timing.h — where a gpu_map_file load spends its time (timing.c).
  *
  * With GPUHEAP_FILE_TIMING=1 in the environment (read once per process), every
  * loaded mapping prints one line to stderr: the milliseconds of each phase of
@@ -26,7 +26,7 @@ typedef struct load_timing {
     unsigned new_threads; /* of those, started by this load (0 once they are kept) */
     bool direct;         /* cuFile */
     size_t chunk;        /* the largest piece (GPUHEAP_FILE_CHUNK or the size-aware default) */
-    bool small;          /* the size-aware defaults changed threads or chunk (file.c) */
+    bool small;          /* the size-aware defaults changed threads or chunk (tune.c) */
     size_t bytes;
     /* Marks and sums from the loader threads. */
     _Atomic uint64_t first_issue; /* the first copy queued */
