@@ -33,7 +33,8 @@ int gpu_heap_create(const gpu_config_t *cfg, gpu_heap_t **out) {
         cfg = &defaults;
     }
     if (cfg->backend != GPU_BACKEND_AUTO && cfg->backend != GPU_BACKEND_CUDA && cfg->backend != GPU_BACKEND_HOST)
-        return gh_error(GPU_ERR_INVALID, "gpu_heap_create: unknown backend %d", (int)cfg->backend);
+        return gh_error(GPU_ERR_INVALID, "gpu_heap_create: unknown backend %d%s", (int)cfg->backend,
+                        (int)cfg->backend == -1 ? " (GPUHEAP_BACKEND is not cuda, host or auto)" : "");
     if (cfg->device < 0) return gh_error(GPU_ERR_INVALID, "gpu_heap_create: device %d", cfg->device);
     gpu_heap_t *h;
     trace_env_init();

@@ -20,5 +20,6 @@ int vmm_open(const gpu_config_t *cfg, vmm_backend **out) {
         return vmm_fail(NULL, GPU_ERR_NO_DRIVER, "gpuheap was built without the CUDA backend (no cuda.h at build time)");
 #endif
     }
-    return vmm_fail(NULL, GPU_ERR_INVALID, "unknown backend %d", (int)cfg->backend);
+    return vmm_fail(NULL, GPU_ERR_INVALID, "unknown backend %d%s", (int)cfg->backend,
+                    (int)cfg->backend == -1 ? " (GPUHEAP_BACKEND is not cuda, host or auto)" : "");
 }
