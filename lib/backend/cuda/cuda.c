@@ -24,6 +24,7 @@
 #include <stdlib.h>
 
 #include "backend/cuda/cuda_internal.h"
+#include "util.h"
 
 #define CUDA_MAX_RESERVE ((size_t)1 << 46) /* 64 TiB: granted on an H200; 2^48 was refused */
 
@@ -177,8 +178,8 @@ static int cuda_describe(const struct cuda_fns *f, CUdevice dev, int ordinal, vm
     if (r != CUDA_SUCCESS)
         return vmm_fail(NULL, GPU_ERR_BACKEND, "cuMemGetAllocationGranularity(device=%d): %s", ordinal, cuda_loader_error_name(r));
     /* The heap needs a power of two; the recommended value must also be a multiple of the minimum. */
-    bool min_ok = min && !(min & (min - 1));
-    bool rec_ok = rec && !(rec & (rec - 1)) && min_ok && rec % min == 0;
+    bool min_ok = gh_is_pow2(min);
+    bool rec_ok = gh_is_pow2(rec) && min_ok && rec % min == 0;
     if (!min_ok)
         return vmm_fail(NULL, GPU_ERR_BACKEND, "device %d: allocation granularity %zu (recommended %zu) is not a power of two",
                              ordinal, min, rec);

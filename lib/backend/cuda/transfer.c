@@ -20,10 +20,10 @@
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/cufile.h"
+#include "util.h"
 
 /* Fills device memory and waits for it, on the backend's own non-blocking
  * stream: the heap zeroes only memory no GPU work uses any more (idle blocks), so
@@ -185,12 +185,6 @@ static uint64_t cuda_queue_spin_ns(void) {
     return (uint64_t)v;
 }
 
-static uint64_t cuda_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 int cuda_queue_wait(vmm_backend *b, vmm_queue *vq, unsigned slot) {
     cuda_backend *cb = cuda_of(b);
     cuda_queue *q = cuda_queue_slot(b, vq, slot, "queue_wait");
@@ -200,13 +194,13 @@ int cuda_queue_wait(vmm_backend *b, vmm_queue *vq, unsigned slot) {
     uint64_t spin = cuda_queue_spin_ns();
     CUresult r = spin ? cb->f->EventQuery(q->ev[slot]) : CUDA_ERROR_NOT_READY;
     if (r == CUDA_ERROR_NOT_READY && spin) {
-        uint64_t until = cuda_now_ns() + spin;
+        uint64_t until = gh_mono_ns() + spin;
         do {
 #if defined(__x86_64__) || defined(__i386__)
             __builtin_ia32_pause();
 #endif
             r = cb->f->EventQuery(q->ev[slot]);
-        } while (r == CUDA_ERROR_NOT_READY && cuda_now_ns() < until);
+        } while (r == CUDA_ERROR_NOT_READY && gh_mono_ns() < until);
     }
     if (r == CUDA_ERROR_NOT_READY) r = cb->f->EventSynchronize(q->ev[slot]);
     cuda_leave(cb);

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "backend/host/host_internal.h"
+#include "util.h"
 
 #define HOST_DEFAULT_GRANULARITY ((size_t)2 << 20) /* 2 MiB, as on current GPUs */
 #define HOST_MAX_RESERVE ((size_t)1 << 40)         /* 1 TiB */
@@ -97,7 +98,7 @@ int vmm_host_open(const gpu_config_t *cfg, vmm_backend **out) {
     size_t gran = cfg && cfg->host_granularity ? cfg->host_granularity : HOST_DEFAULT_GRANULARITY;
     size_t page = host_page_size();
     /* A power of two that is a multiple of the page size is a power of two >= page. */
-    if ((gran & (gran - 1)) != 0 || gran < page)
+    if (!gh_is_pow2(gran) || gran < page)
         return vmm_fail(NULL, GPU_ERR_INVALID, "host backend: granularity %zu must be a power of two and a multiple of the page size %zu",
                         gran, page);
 
