@@ -138,7 +138,7 @@ typedef struct vmm_ops {
 } vmm_ops;
 
 struct vmm_backend {
-    const vmm_ops *ops;
+    const vmm_ops *ops; /* filled at open: an optional op this backend (or its driver) does not offer is NULL */
     vmm_caps caps;
 };
 

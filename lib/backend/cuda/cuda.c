@@ -112,6 +112,8 @@ static void cuda_close(vmm_backend *b) {
     free(cb);
 }
 
+/* Every operation the backend has; an open backend's table may lack the optional
+ * ones its driver does not offer (vmm_cuda_open). */
 static const vmm_ops cuda_ops = {
     .reserve = cuda_reserve,
     .unreserve = cuda_unreserve,
@@ -211,7 +213,6 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
     if (!cb) return vmm_fail(NULL, GPU_ERR_OUT_OF_MEMORY, "CUDA backend: no host memory for the backend");
     cb->f = f;
     cb->dev = dev;
-    cb->base.ops = &cuda_ops;
     cb->base.caps.name = "cuda";
     cb->base.caps.max_reserve = CUDA_MAX_RESERVE;
     cb->base.caps.device = ordinal;
@@ -228,6 +229,11 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
     }
     /* Newer than the table's 12.0 ABI: asked at the driver's own version. */
     cb->ctx_record_event = (CUresult(*)(CUcontext, CUevent))cuda_loader_proc_newest("cuCtxRecordEvent");
+    /* The table says what this driver offers: the door tests an optional op's
+     * entry, so an op the driver lacks is absent, never offered and then refused. */
+    cb->ops = cuda_ops;
+    if (!cb->ctx_record_event) cb->ops.fence_record = NULL;
+    cb->base.ops = &cb->ops;
     if (cuda_enter(cb, "open") == GPU_OK) {
         r = f->StreamCreate(&cb->quiet, CU_STREAM_NON_BLOCKING);
         cuda_leave(cb);

@@ -17,6 +17,7 @@
 
 typedef struct cuda_backend {
     vmm_backend base; /* first, so a vmm_backend * is a cuda_backend * */
+    vmm_ops ops;      /* cuda_ops less what this driver lacks (fence_record without cuCtxRecordEvent) */
     const struct cuda_fns *f;
     CUdevice dev;
     CUcontext ctx; /* the device's primary context, retained while open */
