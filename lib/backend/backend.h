@@ -138,7 +138,7 @@ typedef struct vmm_ops {
 } vmm_ops;
 
 struct vmm_backend {
-    const vmm_ops *ops;
+    const vmm_ops *ops; /* filled at open: an optional op this backend (or its driver) does not offer is NULL */
     vmm_caps caps;
 };
 
@@ -148,7 +148,7 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out);
 /* The calling thread's current CUDA device (cuCtxGetDevice), 0 when no context is
  * current or no driver is loaded. */
 int vmm_cuda_current_device(void);
-/* The dlsym the CUDA loader (cuda_loader.h) looks libcuda's cuGetProcAddress up
+/* The dlsym the CUDA loader (cuda/loader.h) looks libcuda's cuGetProcAddress up
  * with; default dlsym. An interposer that replaces dlsym (lib/preload) hands the
  * real one over before anything loads the driver, so that the loader's table
  * holds the driver's own entry points, never the interposer's wrappers. */

@@ -1,8 +1,8 @@
 /*
- * cuda_loader.h — the CUDA driver, loaded at run time, as one table of entry points.
+ * loader.h — the CUDA driver, loaded at run time, as one table of entry points.
  *
  * gpuheap never links libcuda: the library must load, and its host backend work,
- * on machines with no GPU and no driver. backend_cuda.c opens libcuda.so.1 with
+ * on machines with no GPU and no driver. loader.c opens libcuda.so.1 with
  * dlopen the first time anyone asks, finds cuGetProcAddress, and resolves every
  * other entry point through it at the CUDA 12.0 ABI, legacy default stream (so
  * "cuMemcpyDtoD" comes back as the _v2 entry the header's macros would pick, and
@@ -27,7 +27,7 @@
 #include <cuda.h>
 
 #if defined(CUDA_API_PER_THREAD_DEFAULT_STREAM)
-#error "cuda_loader.h resolves the legacy-stream entry points; do not define CUDA_API_PER_THREAD_DEFAULT_STREAM"
+#error "loader.h resolves the legacy-stream entry points; do not define CUDA_API_PER_THREAD_DEFAULT_STREAM"
 #endif
 
 /* The ABI version asked of cuGetProcAddress: what every entry below was written for. */

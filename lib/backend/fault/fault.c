@@ -1,5 +1,5 @@
 /*
- * backend_fault.c — a backend that forwards to another one and fails on demand.
+ * fault.c — a backend that forwards to another one and fails on demand.
  *
  * A heap that is only ever tested against a driver that always works has never
  * had its error paths run. This wrapper sits between the heap and a real backend
@@ -254,7 +254,7 @@ int vmm_fault_open(vmm_backend *inner, vmm_fault_report *report, vmm_backend **o
     memcpy(theirs, inner->ops, sizeof theirs);
     for (size_t i = 0; i < OPS_SLOTS; i++)
         if (theirs[i] && !mine[i])
-            return vmm_fail(NULL, GPU_ERR_INVALID, "vmm_fault_open: backend op %zu of vmm_ops is not forwarded by backend_fault.c", i);
+            return vmm_fail(NULL, GPU_ERR_INVALID, "vmm_fault_open: backend op %zu of vmm_ops is not forwarded by fault/fault.c", i);
     fault_backend *fb = calloc(1, sizeof *fb);
     if (!fb) return vmm_fail(NULL, GPU_ERR_OUT_OF_MEMORY, "vmm_fault_open: no host memory for the wrapper");
     for (size_t i = 0; i < OPS_SLOTS; i++)

@@ -1,0 +1,140 @@
+/*
+ * vmm.c — the CUDA backend's virtual memory operations: reserve and give back
+ * address space, create and release physical memory, map and unmap it, and set
+ * who may access it (the owning device, or a peer).
+ *
+ * Each operation is one driver call with the primary context current (cuda.c):
+ * reserve is cuMemAddressReserve, create is cuMemCreate (pinned device memory, no
+ * export handle), map is cuMemMap of the whole handle at offset 0, set_access and
+ * grant are cuMemSetAccess for one device. The driver enforces the rules of
+ * DESIGN.md §3 itself; this file only turns its results into gpu_error_t codes
+ * and messages that name the call and the driver's error name.
+ */
+#include <inttypes.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+/* Reserves size bytes of VA, aligned to the granularity. Refusals are OUT_OF_VA:
+ * the heap halves the size and asks again. */
+int cuda_reserve(vmm_backend *b, size_t size, uintptr_t *va) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "reserve");
+    if (err) return err;
+    CUdeviceptr p = 0;
+    CUresult r = cb->f->MemAddressReserve(&p, size, b->caps.granularity, 0, 0);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) {
+        int code = r == CUDA_ERROR_OUT_OF_MEMORY || r == CUDA_ERROR_INVALID_VALUE ? GPU_ERR_OUT_OF_VA : cuda_code(r);
+        return cuda_fail(cb, code, r, "cuMemAddressReserve(size=%zu, alignment=%zu)", size, b->caps.granularity);
+    }
+    *va = (uintptr_t)p;
+    return GPU_OK;
+}
+
+/* Gives a reservation back. */
+int cuda_unreserve(vmm_backend *b, uintptr_t va, size_t size) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "unreserve");
+    if (err) return err;
+    CUresult r = cb->f->MemAddressFree((CUdeviceptr)va, size);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuMemAddressFree(va=%#" PRIxPTR ", size=%zu)", va, size);
+    return GPU_OK;
+}
+
+/* The allocation properties of pinned memory on this backend's device. */
+CUmemAllocationProp cuda_prop(CUdevice dev) {
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = (int)dev;
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
+    return prop;
+}
+
+/* Creates size bytes of device memory. */
+int cuda_create(vmm_backend *b, size_t size, vmm_handle *out) {
+    cuda_backend *cb = cuda_of(b);
+    CUmemAllocationProp prop = cuda_prop(cb->dev);
+    int err = cuda_enter(cb, "create");
+    if (err) return err;
+    CUmemGenericAllocationHandle h = 0;
+    CUresult r = cb->f->MemCreate(&h, size, &prop, 0);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuMemCreate(size=%zu, device=%d)", size, (int)cb->dev);
+    *out = (vmm_handle)h;
+    return GPU_OK;
+}
+
+/* Releases a handle. */
+int cuda_release(vmm_backend *b, vmm_handle h) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "release");
+    if (err) return err;
+    CUresult r = cb->f->MemRelease((CUmemGenericAllocationHandle)h);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuMemRelease(handle=%#" PRIx64 ")", h);
+    return GPU_OK;
+}
+
+/* Maps the whole handle at va. */
+int cuda_map(vmm_backend *b, uintptr_t va, size_t size, vmm_handle h) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "map");
+    if (err) return err;
+    CUresult r = cb->f->MemMap((CUdeviceptr)va, size, 0, (CUmemGenericAllocationHandle)h, 0);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS)
+        return cuda_fail(cb, cuda_code(r), r, "cuMemMap(va=%#" PRIxPTR ", size=%zu, handle=%#" PRIx64 ")", va, size, h);
+    return GPU_OK;
+}
+
+/* Unmaps a range of whole mappings. */
+int cuda_unmap(vmm_backend *b, uintptr_t va, size_t size) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "unmap");
+    if (err) return err;
+    CUresult r = cb->f->MemUnmap((CUdeviceptr)va, size);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "cuMemUnmap(va=%#" PRIxPTR ", size=%zu)", va, size);
+    return GPU_OK;
+}
+
+/* Sets device's access to a range of whole mappings: the owning device's
+ * (set_access) or a peer's (grant), under the same rules. */
+static int cuda_access(vmm_backend *b, uintptr_t va, size_t size, bool peer, int device, gpu_prot_t prot) {
+    cuda_backend *cb = cuda_of(b);
+    CUmemAccessDesc desc;
+    memset(&desc, 0, sizeof desc);
+    desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    desc.location.id = device;
+    switch (prot) {
+    case GPU_PROT_NONE: desc.flags = CU_MEM_ACCESS_FLAGS_PROT_NONE; break;
+    case GPU_PROT_READ: desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READ; break;
+    case GPU_PROT_READ_WRITE: desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE; break;
+    default:
+        return vmm_fail(b, GPU_ERR_INVALID, "cuMemSetAccess(va=%#" PRIxPTR ", size=%zu): unknown protection %d", va, size, (int)prot);
+    }
+    int err = cuda_enter(cb, peer ? "grant" : "set_access");
+    if (err) return err;
+    CUresult r = cb->f->MemSetAccess((CUdeviceptr)va, size, &desc, 1);
+    cuda_leave(cb);
+    if (r == CUDA_SUCCESS) return GPU_OK;
+    if (peer)
+        return cuda_fail(cb, cuda_code(r), r, "cuMemSetAccess(va=%#" PRIxPTR ", size=%zu, peer device=%d, prot=%d)", va, size,
+                         device, (int)prot);
+    return cuda_fail(cb, cuda_code(r), r, "cuMemSetAccess(va=%#" PRIxPTR ", size=%zu, prot=%d)", va, size, (int)prot);
+}
+
+/* Sets the device's access to a range of whole mappings. */
+int cuda_set_access(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_t prot) {
+    return cuda_access(b, va, size, false, (int)cuda_of(b)->dev, prot);
+}
+
+/* Sets another device's access to a range of whole mappings (peer access). The
+ * driver refuses a device that cannot reach this one (no P2P path). */
+int cuda_grant(vmm_backend *b, uintptr_t va, size_t size, int device, gpu_prot_t prot) {
+    return cuda_access(b, va, size, true, device, prot);
+}

@@ -1,0 +1,362 @@
+/*
+ * vmm.c — the host backend's virtual memory: reservations, physical
+ * allocations, mappings and access, with the books that let it refuse what the
+ * CUDA driver would refuse.
+ *
+ * Each driver object has a host twin: a VA reservation is an anonymous PROT_NONE
+ * mapping, a physical allocation is a memfd of exactly its size, cuMemMap is
+ * mmap(MAP_FIXED|MAP_SHARED) of that memfd (still PROT_NONE, since a new mapping
+ * is inaccessible until access is granted), and cuMemSetAccess is mprotect.
+ * Unmapping puts a fresh anonymous PROT_NONE mapping back, so the range is plain
+ * reservation again.
+ *
+ * The kernel alone would accept far more than the driver does (any page-aligned
+ * sub-range, partial unmaps, mprotect of 4 KiB), so every request is checked
+ * against the books first: sizes and addresses are granularity multiples, a
+ * handle is mapped whole, unmap, set_access and grant take runs of whole
+ * mappings, nothing is released while mapped. A refused request changes nothing
+ * and says which rule it broke. The books and the kernel calls that must agree
+ * with them are changed under the backend's lock.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "backend/host/host_internal.h"
+
+/* ---- the books ---------------------------------------------------------------- */
+
+/* The live handle record for h, or NULL when h is not a live handle. */
+static host_handle *host_handle_find(host_backend *hb, vmm_handle h) {
+    if (h == 0 || h > hb->nhandles) return NULL;
+    host_handle *r = &hb->handles[h - 1];
+    return r->fd >= 0 ? r : NULL;
+}
+
+/* The reservation that contains all of [va, va+size), or NULL. */
+static host_reservation *host_reservation_find(host_backend *hb, uintptr_t va, size_t size) {
+    for (size_t i = 0; i < hb->nres; i++) {
+        host_reservation *r = &hb->res[i];
+        if (va >= r->va && va - r->va <= r->size && size <= r->size - (va - r->va)) return r;
+    }
+    return NULL;
+}
+
+/* Index of the first mapping that ends after va (the one containing va, or the
+ * next one above it); nmaps when none. */
+static size_t host_mapping_lower(const host_backend *hb, uintptr_t va) {
+    size_t lo = 0, hi = hb->nmaps;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (hb->maps[mid].va + hb->maps[mid].size <= va) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* True when some mapping overlaps [va, va+size). */
+static bool host_mapping_overlaps(const host_backend *hb, uintptr_t va, size_t size) {
+    size_t i = host_mapping_lower(hb, va);
+    return i < hb->nmaps && hb->maps[i].va < va + size;
+}
+
+/* Finds the run of mappings that is exactly [va, va+size): whole, contiguous,
+ * nothing cut. Sets *first and *count; false (and a message in why) otherwise. */
+static bool host_mapping_run(const host_backend *hb, uintptr_t va, size_t size, size_t *first,
+                             size_t *count, const char **why) {
+    size_t i = host_mapping_lower(hb, va);
+    if (i == hb->nmaps || hb->maps[i].va > va) {
+        *why = "the range does not start at a mapping (nothing is mapped there)";
+        return false;
+    }
+    if (hb->maps[i].va != va) {
+        *why = "the range starts inside a mapping; only whole mappings are accepted";
+        return false;
+    }
+    uintptr_t end = va + size, at = va;
+    size_t j = i;
+    while (at < end) {
+        if (j == hb->nmaps || hb->maps[j].va != at) {
+            *why = "the range has a hole: part of it is not mapped";
+            return false;
+        }
+        at += hb->maps[j].size;
+        j++;
+    }
+    if (at != end) {
+        *why = "the range ends inside a mapping; only whole mappings are accepted";
+        return false;
+    }
+    *first = i;
+    *count = j - i;
+    return true;
+}
+
+/* The run of whole mappings that unmap, set_access and grant accept: sets
+ * *first and *count, or refuses with GPU_ERR_INVALID and a message naming op.
+ * Lock held. */
+static int host_whole_mappings(host_backend *hb, const char *op, uintptr_t va, size_t size, size_t *first, size_t *count) {
+    const char *why;
+    if (size == 0 || host_wraps(va, size))
+        return vmm_fail(&hb->base, GPU_ERR_INVALID, "host %s(va=%#" PRIxPTR ", size=%zu): empty or wrapping range", op, va, size);
+    if (!host_mapping_run(hb, va, size, first, count, &why))
+        return vmm_fail(&hb->base, GPU_ERR_INVALID, "host %s(va=%#" PRIxPTR ", size=%zu): %s", op, va, size, why);
+    return GPU_OK;
+}
+
+/* True when every byte of [va, va+size) lies in contiguous mappings whose
+ * protection includes need (GPU_PROT_READ or GPU_PROT_READ_WRITE). */
+static bool host_range_accessible(const host_backend *hb, uintptr_t va, size_t size, gpu_prot_t need,
+                                  const char **why) {
+    size_t i = host_mapping_lower(hb, va);
+    uintptr_t at = va, end = va + size;
+    while (at < end) {
+        if (i == hb->nmaps || hb->maps[i].va > at) {
+            *why = "part of the range is not mapped";
+            return false;
+        }
+        if (((unsigned)hb->maps[i].prot & (unsigned)need) != (unsigned)need) {
+            *why = need == GPU_PROT_READ_WRITE ? "part of the range is not writable (set_access has not granted read-write)"
+                                               : "part of the range is not readable (set_access has not granted read)";
+            return false;
+        }
+        at = hb->maps[i].va + hb->maps[i].size;
+        i++;
+    }
+    return true;
+}
+
+bool host_range_usable(host_backend *hb, uintptr_t va, size_t size, gpu_prot_t need, const char **why) {
+    *why = "the range wraps around";
+    if (host_wraps(va, size)) return false;
+    pthread_mutex_lock(&hb->lock);
+    bool ok = host_range_accessible(hb, va, size, need, why);
+    pthread_mutex_unlock(&hb->lock);
+    return ok;
+}
+
+/* Puts plain reservation (anonymous, PROT_NONE) back over [va, va+size). */
+static bool host_unback(uintptr_t va, size_t size) {
+    void *p = mmap((void *)va, size, PROT_NONE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p != MAP_FAILED;
+}
+
+/* The mprotect flags for a gpu_prot_t; -1 for a value the driver does not know. */
+static int host_prot_flags(gpu_prot_t prot) {
+    switch (prot) {
+    case GPU_PROT_NONE: return PROT_NONE;
+    case GPU_PROT_READ: return PROT_READ;
+    case GPU_PROT_READ_WRITE: return PROT_READ | PROT_WRITE;
+    }
+    return -1;
+}
+
+/* ---- reservations ----------------------------------------------------------- */
+
+/* Reserves size bytes of granularity-aligned VA: over-reserve by one granule,
+ * then trim the slop at both ends. */
+int host_reserve(vmm_backend *b, size_t size, uintptr_t *va) {
+    host_backend *hb = host_of(b);
+    size_t g = hb->gran;
+    if (!va || size == 0 || !host_aligned(size, g))
+        return vmm_fail(b, GPU_ERR_INVALID, "host reserve(size=%zu): size must be a non-zero multiple of the granularity %zu", size, g);
+    if (size > SIZE_MAX - g)
+        return vmm_fail(b, GPU_ERR_OUT_OF_VA, "host reserve(size=%zu): too large", size);
+
+    void *p = mmap(NULL, size + g, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return vmm_fail(b, GPU_ERR_OUT_OF_VA, "host reserve(size=%zu): mmap: %s", size, strerror(errno));
+    uintptr_t raw = (uintptr_t)p, start = (raw + g - 1) & ~(uintptr_t)(g - 1);
+    if (start > raw) munmap(p, start - raw);
+    if (raw + g > start) munmap((void *)(start + size), raw + g - start);
+
+    pthread_mutex_lock(&hb->lock);
+    if (!host_grow((void **)&hb->res, &hb->cap_res, hb->nres + 1, sizeof *hb->res)) {
+        pthread_mutex_unlock(&hb->lock);
+        munmap((void *)start, size);
+        return vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "host reserve(size=%zu): no host memory for the record", size);
+    }
+    hb->res[hb->nres++] = (host_reservation){start, size};
+    pthread_mutex_unlock(&hb->lock);
+    *va = start;
+    return GPU_OK;
+}
+
+/* Gives back a whole reservation with nothing mapped in it. */
+int host_unreserve(vmm_backend *b, uintptr_t va, size_t size) {
+    host_backend *hb = host_of(b);
+    int err = GPU_OK;
+    pthread_mutex_lock(&hb->lock);
+    size_t i = 0;
+    while (i < hb->nres && hb->res[i].va != va) i++;
+    if (i == hb->nres || hb->res[i].size != size) {
+        err = vmm_fail(b, GPU_ERR_INVALID, "host unreserve(va=%#" PRIxPTR ", size=%zu): not a reservation made by reserve", va, size);
+    } else if (host_mapping_overlaps(hb, va, size)) {
+        err = vmm_fail(b, GPU_ERR_INVALID, "host unreserve(va=%#" PRIxPTR ", size=%zu): memory is still mapped in the reservation", va, size);
+    } else if (munmap((void *)va, size) != 0) {
+        err = vmm_fail(b, GPU_ERR_BACKEND, "host unreserve(va=%#" PRIxPTR ", size=%zu): munmap: %s", va, size, strerror(errno));
+    } else {
+        hb->res[i] = hb->res[--hb->nres];
+    }
+    pthread_mutex_unlock(&hb->lock);
+    return err;
+}
+
+/* ---- physical allocations --------------------------------------------------- */
+
+/* Creates size bytes of "physical" memory: a memfd, counted against the budget. */
+int host_create(vmm_backend *b, size_t size, vmm_handle *out) {
+    host_backend *hb = host_of(b);
+    if (!out || size == 0 || !host_aligned(size, hb->gran))
+        return vmm_fail(b, GPU_ERR_INVALID, "host create(size=%zu): size must be a non-zero multiple of the granularity %zu", size, hb->gran);
+
+    pthread_mutex_lock(&hb->lock);
+    int err = GPU_OK;
+    if (hb->budget && (size > hb->budget || hb->physical > hb->budget - size)) {
+        err = vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "host create(size=%zu): over the host budget (%zu of %zu bytes in use)",
+                       size, hb->physical, hb->budget);
+        goto out;
+    }
+    size_t slot = hb->free_head;
+    if (!slot && !host_grow((void **)&hb->handles, &hb->cap_handles, hb->nhandles + 1, sizeof *hb->handles)) {
+        err = vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "host create(size=%zu): no host memory for the handle table", size);
+        goto out;
+    }
+    int fd = memfd_create("gpuheap", MFD_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        err = vmm_fail(b, e == ENOMEM ? GPU_ERR_OUT_OF_MEMORY : GPU_ERR_BACKEND, "host create(size=%zu): memfd_create: %s", size, strerror(e));
+        goto out;
+    }
+    if (ftruncate(fd, (off_t)size) != 0) {
+        int e = errno;
+        close(fd);
+        err = vmm_fail(b, e == ENOMEM || e == ENOSPC ? GPU_ERR_OUT_OF_MEMORY : GPU_ERR_BACKEND, "host create(size=%zu): ftruncate: %s", size, strerror(e));
+        goto out;
+    }
+    if (slot) {
+        hb->free_head = hb->handles[slot - 1].next_free;
+    } else {
+        slot = ++hb->nhandles;
+    }
+    hb->handles[slot - 1] = (host_handle){.fd = fd, .size = size};
+    hb->live_handles++;
+    hb->physical += size;
+    *out = slot;
+out:
+    pthread_mutex_unlock(&hb->lock);
+    return err;
+}
+
+/* Releases an unmapped handle: closes its memfd and gives the bytes back to the budget. */
+int host_release(vmm_backend *b, vmm_handle h) {
+    host_backend *hb = host_of(b);
+    int err = GPU_OK;
+    pthread_mutex_lock(&hb->lock);
+    host_handle *r = host_handle_find(hb, h);
+    if (!r) {
+        err = vmm_fail(b, GPU_ERR_INVALID, "host release(handle=%" PRIu64 "): not a live handle", h);
+    } else if (r->mapped) {
+        err = vmm_fail(b, GPU_ERR_INVALID, "host release(handle=%" PRIu64 "): still mapped (%zu mapping(s)); unmap it first", h, r->mapped);
+    } else {
+        close(r->fd);
+        hb->physical -= r->size;
+        hb->live_handles--;
+        *r = (host_handle){.fd = -1, .next_free = hb->free_head};
+        hb->free_head = h;
+    }
+    pthread_mutex_unlock(&hb->lock);
+    return err;
+}
+
+/* ---- mappings ------------------------------------------------------------------ */
+
+/* Maps the whole handle h at va, inaccessible until set_access. */
+int host_map(vmm_backend *b, uintptr_t va, size_t size, vmm_handle h) {
+    host_backend *hb = host_of(b);
+    size_t g = hb->gran;
+    int err = GPU_OK;
+    pthread_mutex_lock(&hb->lock);
+    host_handle *r = host_handle_find(hb, h);
+    if (!r) {
+        err = vmm_fail(b, GPU_ERR_INVALID, "host map(va=%#" PRIxPTR ", size=%zu, handle=%" PRIu64 "): not a live handle", va, size, h);
+    } else if (!host_aligned(va, g) || !host_aligned(size, g) || size == 0) {
+        err = vmm_fail(b, GPU_ERR_INVALID, "host map(va=%#" PRIxPTR ", size=%zu): address and size must be multiples of the granularity %zu", va, size, g);
+    } else if (size != r->size) {
+        err = vmm_fail(b, GPU_ERR_INVALID, "host map(va=%#" PRIxPTR ", size=%zu, handle=%" PRIu64 "): a handle is mapped whole; its size is %zu", va, size, h, r->size);
+    } else if (host_wraps(va, size) || !host_reservation_find(hb, va, size)) {
+        err = vmm_fail(b, GPU_ERR_INVALID, "host map(va=%#" PRIxPTR ", size=%zu): the range is not inside one reservation", va, size);
+    } else if (host_mapping_overlaps(hb, va, size)) {
+        err = vmm_fail(b, GPU_ERR_INVALID, "host map(va=%#" PRIxPTR ", size=%zu): part of the range is already mapped", va, size);
+    } else if (!host_grow((void **)&hb->maps, &hb->cap_maps, hb->nmaps + 1, sizeof *hb->maps)) {
+        err = vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "host map(va=%#" PRIxPTR ", size=%zu): no host memory for the record", va, size);
+    } else if (mmap((void *)va, size, PROT_NONE, MAP_FIXED | MAP_SHARED, r->fd, 0) == MAP_FAILED) {
+        int e = errno;
+        host_unback(va, size); /* a failed MAP_FIXED may have removed the reservation underneath */
+        err = vmm_fail(b, e == ENOMEM ? GPU_ERR_OUT_OF_MEMORY : GPU_ERR_BACKEND, "host map(va=%#" PRIxPTR ", size=%zu): mmap: %s", va, size, strerror(e));
+    } else {
+        size_t i = host_mapping_lower(hb, va);
+        memmove(&hb->maps[i + 1], &hb->maps[i], (hb->nmaps - i) * sizeof *hb->maps);
+        hb->maps[i] = (host_mapping){va, size, h, GPU_PROT_NONE};
+        hb->nmaps++;
+        r->mapped++;
+    }
+    pthread_mutex_unlock(&hb->lock);
+    return err;
+}
+
+/* Unmaps a range made of whole mappings; it becomes plain reservation again. */
+int host_unmap(vmm_backend *b, uintptr_t va, size_t size) {
+    host_backend *hb = host_of(b);
+    size_t first, count;
+    pthread_mutex_lock(&hb->lock);
+    int err = host_whole_mappings(hb, "unmap", va, size, &first, &count);
+    if (err == GPU_OK && !host_unback(va, size)) {
+        err = vmm_fail(b, GPU_ERR_BACKEND, "host unmap(va=%#" PRIxPTR ", size=%zu): mmap: %s", va, size, strerror(errno));
+    } else if (err == GPU_OK) {
+        for (size_t i = first; i < first + count; i++) hb->handles[hb->maps[i].h - 1].mapped--;
+        memmove(&hb->maps[first], &hb->maps[first + count], (hb->nmaps - first - count) * sizeof *hb->maps);
+        hb->nmaps -= count;
+    }
+    pthread_mutex_unlock(&hb->lock);
+    return err;
+}
+
+/* Sets access on a range made of whole mappings. */
+int host_set_access(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_t prot) {
+    host_backend *hb = host_of(b);
+    int flags = host_prot_flags(prot);
+    if (flags < 0)
+        return vmm_fail(b, GPU_ERR_INVALID, "host set_access(va=%#" PRIxPTR ", size=%zu, prot=%d): unknown protection", va, size, (int)prot);
+    size_t first, count;
+    pthread_mutex_lock(&hb->lock);
+    int err = host_whole_mappings(hb, "set_access", va, size, &first, &count);
+    if (err == GPU_OK && mprotect((void *)va, size, flags) != 0) {
+        err = vmm_fail(b, GPU_ERR_BACKEND, "host set_access(va=%#" PRIxPTR ", size=%zu): mprotect: %s", va, size, strerror(errno));
+    } else if (err == GPU_OK) {
+        for (size_t i = first; i < first + count; i++) hb->maps[i].prot = prot;
+    }
+    pthread_mutex_unlock(&hb->lock);
+    return err;
+}
+
+/* Peer access has no host twin (one process, one address space): the request is
+ * checked against the same rules as set_access and recorded, so tests can see
+ * that a peer was granted every extent. */
+int host_grant(vmm_backend *b, uintptr_t va, size_t size, int device, gpu_prot_t prot) {
+    host_backend *hb = host_of(b);
+    size_t first, count;
+    if (host_prot_flags(prot) < 0 || device < 0 || device >= 64 || device == b->caps.device)
+        return vmm_fail(b, GPU_ERR_INVALID, "host grant(va=%#" PRIxPTR ", device=%d, prot=%d): bad device or protection", va,
+                        device, (int)prot);
+    pthread_mutex_lock(&hb->lock);
+    int err = host_whole_mappings(hb, "grant", va, size, &first, &count);
+    if (err == GPU_OK) {
+        hb->grants++;
+        hb->granted_devices |= (uint64_t)1 << device;
+    }
+    pthread_mutex_unlock(&hb->lock);
+    return err;
+}
