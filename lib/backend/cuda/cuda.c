@@ -24,7 +24,7 @@
 #include <stdlib.h>
 
 #include "backend/cuda/cuda_internal.h"
-#include "util.h"
+#include "common.h"
 
 #define CUDA_MAX_RESERVE ((size_t)1 << 46) /* 64 TiB: granted on an H200; 2^48 was refused */
 

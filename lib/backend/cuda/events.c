@@ -15,7 +15,7 @@
 #include <inttypes.h>
 
 #include "backend/cuda/cuda_internal.h"
-#include "util.h"
+#include "common.h"
 
 /* Waits for all work issued on the device's primary context. */
 int cuda_fence(vmm_backend *b) {

@@ -23,7 +23,7 @@
 
 #include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/cufile.h"
-#include "util.h"
+#include "common.h"
 
 /* Fills device memory and waits for it, on the backend's own non-blocking
  * stream: the heap zeroes only memory no GPU work uses any more (idle blocks), so

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "backend/host/host_internal.h"
-#include "util.h"
+#include "common.h"
 
 #define HOST_DEFAULT_GRANULARITY ((size_t)2 << 20) /* 2 MiB, as on current GPUs */
 #define HOST_MAX_RESERVE ((size_t)1 << 40)         /* 1 TiB */
