@@ -134,7 +134,7 @@ static int fault_set_access(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_
     FORWARD(b, VMM_OP_SET_ACCESS, set_access(fault_of(b)->inner, va, size, prot));
 }
 static int fault_grant(vmm_backend *b, uintptr_t va, size_t size, int device, gpu_prot_t prot) {
-    FORWARD(b, VMM_OP_SET_ACCESS, grant(fault_of(b)->inner, va, size, device, prot));
+    FORWARD(b, VMM_OP_GRANT, grant(fault_of(b)->inner, va, size, device, prot));
 }
 static int fault_fence(vmm_backend *b) { FORWARD(b, VMM_OP_FENCE, fence(fault_of(b)->inner)); }
 static int fault_memset(vmm_backend *b, uintptr_t va, int byte, size_t size) {
