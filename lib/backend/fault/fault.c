@@ -65,7 +65,8 @@ static const char *const op_names[VMM_OP_COUNT] = {
     [VMM_OP_RELEASE] = "release", [VMM_OP_MAP] = "map",             [VMM_OP_UNMAP] = "unmap",
     [VMM_OP_SET_ACCESS] = "set_access", [VMM_OP_FENCE] = "fence",   [VMM_OP_MEMSET] = "memset",
     [VMM_OP_COPY] = "copy", [VMM_OP_EVENT_RECORD] = "event_record", [VMM_OP_EVENT_QUERY] = "event_query",
-    [VMM_OP_EVENT_WAIT] = "event_wait",
+    [VMM_OP_EVENT_WAIT] = "event_wait", [VMM_OP_STAGING] = "staging", [VMM_OP_TRANSFER] = "transfer",
+    [VMM_OP_REGISTER] = "register", [VMM_OP_DIRECT] = "direct", [VMM_OP_GRANT] = "grant",
 };
 
 const char *vmm_op_name(int op) { return op >= 0 && op < VMM_OP_COUNT && op_names[op] ? op_names[op] : "?"; }
