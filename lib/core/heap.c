@@ -293,20 +293,11 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
     }
     if (!v) return gh_note(GPU_ERR_OUT_OF_VA, "no free range of %zu bytes left in the heap's %zu-byte reservation", want, h->reserved);
     tlsf_remove(&h->vacant, v);
-    block *b = v;
     uintptr_t start = gh_align_up(v->start, align < h->gran ? h->gran : align);
-    if (start != v->start) {
-        b = block_split(h, v, start - v->start);
-        tlsf_insert(&h->vacant, v);
-    }
-    if (b->size > size) {
-        block *rest = block_split(h, b, size);
-        if (headroom && rest->size > headroom) tlsf_insert(&h->vacant, block_split(h, rest, headroom));
-        if (headroom)
-            rest->state = BLOCK_HEADROOM;
-        else
-            tlsf_insert(&h->vacant, rest);
-    }
+    size_t room = block_end(v) - start - size; /* free VA after the range */
+    if (headroom > room) headroom = room;
+    block *b = block_carve(h, v, start, size + headroom, &h->vacant);
+    if (headroom) block_split(h, b, size)->state = BLOCK_HEADROOM;
     b->state = BLOCK_BUSY;
     *out = b;
     return GPU_OK;
@@ -405,12 +396,7 @@ static size_t physical_budget(const gpu_heap_t *h, size_t need) {
  * it stays idle (its other neighbours are not idle: no merge). */
 static block *claim_idle(gpu_heap_t *h, block *b, uintptr_t at, size_t size) {
     tlsf_remove(&h->idle, b);
-    if (at != b->start) {
-        block *a = block_split(h, b, at - b->start);
-        tlsf_insert(&h->idle, b);
-        b = a;
-    }
-    if (b->size > size) tlsf_insert(&h->idle, block_split(h, b, size));
+    b = block_carve(h, b, at, size, &h->idle);
     heap_make_live_locked(h, b);
     return b;
 }

@@ -27,8 +27,8 @@ typedef struct trim_work {
 /* Cuts every whole extent out of the idle block b (already out of the index)
  * until the goal is met or the batch is full; what is left goes back idle. */
 static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
+    uintptr_t end = block_end(b);
     for (;;) {
-        uintptr_t end = block_end(b);
         extent *e = extmap_find(&h->extents, b->start);
         uintptr_t va = e->va == b->start ? b->start : e->va + e->size;
         e = NULL;
@@ -42,19 +42,15 @@ static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
             va = x->va + x->size;
         }
         if (!e || w->n == TRIM_BATCH || !w->goal || !pool_reserve(&h->block_pool, 2)) break;
-        if (e->va != b->start) {
-            block *a = block_split(h, b, e->va - b->start);
-            tlsf_insert(&h->idle, b);
-            b = a;
-        }
-        block *rest = b->size > e->size ? block_split(h, b, e->size) : NULL;
-        b->state = BLOCK_BUSY;
-        w->range[w->n] = b;
+        block *range = block_carve(h, b, e->va, e->size, &h->idle);
+        range->state = BLOCK_BUSY;
+        w->range[w->n] = range;
         w->ext[w->n] = e;
         w->n++;
         w->goal = w->goal > e->size ? w->goal - e->size : 0;
-        if (!rest) return;
-        b = rest;
+        if (block_end(range) == end) return;
+        b = range->next_phys; /* the idle rest: out of the index again while it is looked through */
+        tlsf_remove(&h->idle, b);
     }
     tlsf_insert(&h->idle, b);
 }
