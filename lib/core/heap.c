@@ -430,8 +430,8 @@ typedef struct fit_search {
  * where the extent there runs past the block (it is not wholly idle). */
 static uintptr_t fit_step(fit_search *f, uintptr_t va, uintptr_t end) {
     f->steps++;
-    extent *e = extmap_find(&f->h->extents, va);
-    return e->va + e->size <= end ? e->va + e->size : 0;
+    extent *e = extmap_whole_at(&f->h->extents, va, end);
+    return e ? e->va + e->size : 0;
 }
 
 /* Slides a window of whole extents [s, x) along the block: x is the first
@@ -441,8 +441,7 @@ static bool fit_one(block *b, void *arg) {
     if (++f->seen > FIT_SCAN || f->steps > FIT_STEPS) return false;
     if (b->size < f->need) return true;
     uintptr_t end = block_end(b);
-    extent *e = extmap_find(&f->h->extents, b->start);
-    uintptr_t s = e->va == b->start ? b->start : e->va + e->size, x = s;
+    uintptr_t s = extmap_boundary(&f->h->extents, b->start), x = s;
     while (s < end && end - s >= f->need && f->steps <= FIT_STEPS) {
         while (x - s < f->need) {
             x = fit_step(f, x, end);
@@ -472,19 +471,13 @@ static block *take_idle_owned(gpu_heap_t *h, size_t need, size_t align) {
     if (!b) b = tlsf_find(&h->idle, need);
     if (!b) return NULL;
     uintptr_t end = block_end(b);
-    extent *e = extmap_find(&h->extents, b->start);
-    uintptr_t s = e->va == b->start ? b->start : e->va + e->size;
-    while (s < end && s % align) {
-        e = extmap_find(&h->extents, s);
-        s = e->va + e->size;
-    }
-    uintptr_t x = s;
-    while (x < end && x - s < need) {
-        e = extmap_find(&h->extents, x);
-        x = e->va + e->size;
-    }
-    if (s >= end || x > end || x - s < need) return NULL;
-    b = claim_idle(h, b, s, x - s);
+    extent *e = extmap_first_whole(&h->extents, b->start, end);
+    while (e && e->va % align) e = extmap_next_whole(&h->extents, e, end);
+    if (!e) return NULL;
+    uintptr_t s = e->va; /* the run starts here and ends with e */
+    while (e && e->va + e->size - s < need) e = extmap_next_whole(&h->extents, e, end);
+    if (!e) return NULL;
+    b = claim_idle(h, b, s, e->va + e->size - s);
     b->owned = 1;
     return b;
 }
