@@ -1,6 +1,6 @@
 /*
  * block.c — block records and the few moves the heap makes with them: split,
- * merge, index, and claiming the extents a block covers.
+ * carve, merge, index, and claiming the extents a block covers.
  *
  * Every byte of a heap's reservation lies in exactly one block; blocks are linked
  * in address order (prev_phys/next_phys) so that a freed block meets its
@@ -8,6 +8,9 @@
  * other: IDLE (mapped, reusable at once) and VACANT (address space with nothing
  * behind it). Merges keep the lower record and splits keep the front in the
  * original record, so the record at the reservation's base never changes.
+ * Every cut of a piece out of a free block — new VA, idle memory taken, an extent
+ * given back, a stream's block reused — is one carve, so the pieces left over
+ * always land in their index in the same order.
  *
  * Records come from slab pools, never from the memory they describe: device memory
  * cannot hold headers (jemalloc's out-of-band extent records are the model).
@@ -123,6 +126,22 @@ block *block_split(gpu_heap_t *h, block *b, size_t size) {
     if (b->next_phys) b->next_phys->prev_phys = r;
     b->next_phys = r;
     return r;
+}
+
+block *block_carve(gpu_heap_t *h, block *b, uintptr_t at, size_t size, tlsf_index *index) {
+    gh_assert(at >= b->start && size > 0 && size <= block_end(b) - at, "the piece lies inside the block");
+    if (at != b->start) {
+        block *piece = block_split(h, b, at - b->start);
+        gh_assert(piece, "records are reserved before a carve");
+        tlsf_insert(index, b);
+        b = piece;
+    }
+    if (b->size > size) {
+        block *rest = block_split(h, b, size);
+        gh_assert(rest, "records are reserved before a carve");
+        tlsf_insert(index, rest);
+    }
+    return b;
 }
 
 /* The index that holds free block b (IDLE, VACANT, or STREAM in its pool). */

@@ -1,6 +1,6 @@
 /*
  * block.h — record pools and the moves the heap makes with block records:
- * split, merge into an index, claim the extents a block covers (block.c).
+ * split, carve a piece out of a free block, merge into an index, claim the extents a block covers (block.c).
  */
 #ifndef GPUHEAP_CORE_BLOCK_H
 #define GPUHEAP_CORE_BLOCK_H
@@ -20,6 +20,12 @@ block *block_new(struct gpu_heap *h, uintptr_t start, size_t size, block_state s
  * linked after b in address order) the rest. NULL when out of host memory. b must
  * not be in an index. */
 block *block_split(struct gpu_heap *h, block *b, size_t size);
+/* Cuts [at, at+size) out of the free block b (in no index) and returns that
+ * piece, in no index and still in b's state, for the caller to give its new
+ * one. What lies before and after it (each in b's state, pool and epoch) goes
+ * into index; the front is split off first, then the back. Cannot fail: the
+ * caller reserved records beforehand (heap_reserve_records). */
+block *block_carve(struct gpu_heap *h, block *b, uintptr_t at, size_t size, tlsf_index *index);
 /* Puts an IDLE or VACANT block, in no index, into its index after merging it with
  * free neighbours of the same state. Returns the merged block. */
 block *block_release_free(struct gpu_heap *h, block *b, block_state state);

@@ -28,7 +28,7 @@ static inline void heap_unlock(gpu_heap_t *h) { atomic_store_explicit(&h->lock, 
 /* Makes sure the next operation can take records and a map slot without failing. */
 int heap_reserve_records(gpu_heap_t *h);
 
-/* ---- the calls (heap.c, resize.c, protect.c, sparse.c, trim.c, check.c) -------- */
+/* ---- the calls (heap.c, alloc.c, free.c, lookup.c, resize.c, protect.c, sparse.c, trim.c, check.c) */
 
 int heap_open(const gpu_config_t *cfg, gpu_heap_t **out);
 /* Opens a heap over a backend the caller opened (a wrapper that records calls or

@@ -14,8 +14,110 @@
 #include "core/tlsf.h"
 #include "error.h"
 
-/* Makes sure the next operation can take records and a map slot without failing. */
-int heap_reserve_records(gpu_heap_t *h);
+/* Everything below is called with the lock held unless it says otherwise; an
+ * operation that calls the driver drops the lock around the call and retakes it. */
+
+/* ---- account.c: live and mapped books, a block's way out of LIVE ------------ */
+
+void heap_mapped_add(gpu_heap_t *h, size_t bytes);                    /* mapped bytes and their peak */
+/* A record for an extent just mapped at [va, va+size), in the map and counted; NULL: no map leaf. */
+extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle handle);
+void heap_extent_drop_locked(gpu_heap_t *h, extent *e);               /* out of the map and the counts */
+void heap_make_live_locked(gpu_heap_t *h, block *b);                  /* b (in no index) becomes LIVE and counted */
+/* A LIVE block, already out of the map, stops counting as live: the inverse of
+ * heap_make_live_locked (extents unclaimed, headroom given back, cache state cleared). */
+void heap_unlive_locked(gpu_heap_t *h, block *b);
+void heap_headroom_release_locked(gpu_heap_t *h, block *b);           /* b's headroom becomes vacant VA */
+void heap_quarantine_locked(gpu_heap_t *h, block *b);                 /* a LIVE block, already out of the map */
+/* A LIVE block out of the address map goes back to the heap: idle at once when
+ * safe is set (no GPU work can still use it), else into the quarantine. */
+void heap_retire_locked(gpu_heap_t *h, block *b, bool safe);
+
+/* ---- fence.c: waiting for the GPU ------------------------------------------- */
+
+/* One device fence, and what it makes safe: the quarantine, its sealed batches
+ * and every stream-freed block become idle, and the cover number moves on. For
+ * callers that need the fence for their own sake (a decommit, a move) too.
+ * Refused with GPU_ERR_CAPTURING while a capture is in progress (stream: the
+ * caller's, or 0); a failed fence releases nothing. */
+int heap_fence_locked(gpu_heap_t *h, uintptr_t stream);
+int heap_drain_locked(gpu_heap_t *h, uintptr_t stream);               /* the same, only when something waits */
+/* Out of memory: waits for stream-freed blocks and gives every idle extent back
+ * (heap_trim_locked(0)); true when the caller should try once more. */
+bool heap_reclaim_locked(gpu_heap_t *h);
+
+/* ---- vacant.c: new memory ----------------------------------------------------- */
+
+/* Carves size bytes at align out of vacant VA, with up to headroom bytes of
+ * HEADROOM after it where there is room; the range comes back BUSY. */
+int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
+int heap_back_at_locked(gpu_heap_t *h, block *range); /* maps one new extent over a BUSY range */
+/* heap_carve_vacant_locked and heap_back_at_locked: a new BUSY block with an extent of its own. */
+int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
+size_t heap_headroom_for(const gpu_heap_t *h, size_t size);           /* headroom kept after a new extent */
+
+/* ---- fit.c: which idle memory a request takes --------------------------------- */
+
+/* Each returns an idle piece of need bytes at align, made LIVE, or NULL on a miss. */
+block *fit_take_any(gpu_heap_t *h, size_t need, size_t align);        /* from any idle block */
+block *fit_take_whole(gpu_heap_t *h, size_t need, size_t align);      /* only where it fills whole extents */
+block *fit_take_owned(gpu_heap_t *h, size_t need, size_t align);      /* whole extents, owned by the block */
+
+/* ---- alloc.c: the allocation path --------------------------------------------- */
+
+/* A LIVE block of need bytes at align (flags: GPU_ALLOC_OWNED), idle memory first,
+ * then new; stream: the caller's, for capture checks (0: none). */
+int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, uintptr_t stream, block **out);
+
+/* ---- free.c ----------------------------------------------------------------------- */
+
+int heap_restore_access(gpu_heap_t *h, block *b);      /* b BUSY, lock not held: its extents read-write again */
+
+/* ---- lookup.c ----------------------------------------------------------------------- */
+
+/* The block at p that a caller may treat as live (in the address map and not
+ * held free by a thread cache), or NULL. With take set, a block a thread cache
+ * handed out becomes the heap's alone (TC_NONE), so that the caller may change it. */
+block *heap_find_live(gpu_heap_t *h, uintptr_t p, bool take);
+
+/* ---- trim.c: giving idle memory back ------------------------------------------ */
+
+int heap_trim_locked(gpu_heap_t *h, size_t keep);     /* drain, then release whole idle extents */
+int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the same, inside [lo, hi) */
+/* Before mapping `bytes` of new memory: when at least that much sits idle (in
+ * pieces too small or in the wrong place for the request), gives that much back
+ * first, so that physical memory follows live memory instead of growing. No fence
+ * (idle memory is safe); refused while a capture is in progress. */
+int heap_recycle_locked(gpu_heap_t *h, size_t bytes);
+
+/* ---- quarantine.c ------------------------------------------------------------- */
+
+/* Non-blocking release of the quarantine. Sealing records one
+ * context-wide event after all work issued so far and hangs the quarantine on it;
+ * reaping queries the sealed events (never blocks) and makes the batches of
+ * completed ones idle. Lock held; dropped around the driver calls. */
+int quarantine_seal_locked(gpu_heap_t *h, uintptr_t stream);
+bool quarantine_reap_locked(gpu_heap_t *h);
+/* Blocks freed when cover_seq read tag: true once reusable. Otherwise queries the
+ * sealed events, or seals a new one (with whatever the quarantine holds) when
+ * none was recorded since tag; never waits. Lock held; dropped around driver calls. */
+bool quarantine_cover_locked(gpu_heap_t *h, uint64_t tag);
+static inline bool quarantine_covered(gpu_heap_t *h, uint64_t tag) {
+    return tag < atomic_load_explicit(&h->cover_done, memory_order_acquire);
+}
+/* cover_done = max(cover_done, v). */
+void quarantine_cover_done(gpu_heap_t *h, uint64_t v);
+/* After a device fence: batches sealed before it (seq below the one noted) go idle. */
+void quarantine_release_sealed_locked(gpu_heap_t *h, uint64_t before_seq);
+/* The unsealed quarantine, taken off its list for a driver call made with the
+ * lock dropped: its blocks count as draining meanwhile (the checker sees them). */
+quarantine_batch quarantine_take_locked(gpu_heap_t *h);
+/* After that call: the batch stops draining; when the call failed it goes back
+ * in front of what was freed meanwhile. */
+void quarantine_untake_locked(gpu_heap_t *h, const quarantine_batch *q, bool failed);
+/* A batch whose GPU work is known finished: its blocks become idle. */
+void quarantine_free_locked(gpu_heap_t *h, const quarantine_batch *q);
+void quarantine_close(gpu_heap_t *h);
 
 /* ---- stream.c: blocks freed on streams ------------------------------------- */
 
@@ -56,76 +158,5 @@ void hooks_stats_locked(gpu_heap_t *h, gpu_stats_t *s);
 void hooks_stats(gpu_heap_t *h, gpu_stats_t *s);
 void hooks_trimming(gpu_heap_t *h);
 void hooks_flush_locked(gpu_heap_t *h);
-
-/* ---- heap internals shared by heap.c, resize.c, trim.c, protect.c, check.c -- */
-
-/* Called with the lock held; each may drop and retake it around driver calls. */
-/* One device fence, and what it makes safe: the quarantine, its sealed batches
- * and every stream-freed block become idle, and the cover number moves on. For
- * callers that need the fence for their own sake (a decommit, a move) too.
- * Refused with GPU_ERR_CAPTURING while a capture is in progress (stream: the
- * caller's, or 0); a failed fence releases nothing. */
-int heap_fence_locked(gpu_heap_t *h, uintptr_t stream);
-/* The same, only when something waits to be released. */
-int heap_drain_locked(gpu_heap_t *h, uintptr_t stream);
-/* quarantine.c: non-blocking release of the quarantine. Sealing records one
- * context-wide event after all work issued so far and hangs the quarantine on it;
- * reaping queries the sealed events (never blocks) and makes the batches of
- * completed ones idle. Lock held; dropped around the driver calls. */
-int quarantine_seal_locked(gpu_heap_t *h, uintptr_t stream);
-bool quarantine_reap_locked(gpu_heap_t *h);
-/* Blocks freed when cover_seq read tag: true once reusable. Otherwise queries the
- * sealed events, or seals a new one (with whatever the quarantine holds) when
- * none was recorded since tag; never waits. Lock held; dropped around driver calls. */
-bool quarantine_cover_locked(gpu_heap_t *h, uint64_t tag);
-static inline bool quarantine_covered(gpu_heap_t *h, uint64_t tag) {
-    return tag < atomic_load_explicit(&h->cover_done, memory_order_acquire);
-}
-/* cover_done = max(cover_done, v). */
-void quarantine_cover_done(gpu_heap_t *h, uint64_t v);
-/* After a device fence: batches sealed before it (seq below the one noted) go idle. */
-void quarantine_release_sealed_locked(gpu_heap_t *h, uint64_t before_seq);
-/* The unsealed quarantine, taken off its list for a driver call made with the
- * lock dropped: its blocks count as draining meanwhile (the checker sees them). */
-quarantine_batch quarantine_take_locked(gpu_heap_t *h);
-/* After that call: the batch stops draining; when the call failed it goes back
- * in front of what was freed meanwhile. */
-void quarantine_untake_locked(gpu_heap_t *h, const quarantine_batch *q, bool failed);
-/* A batch whose GPU work is known finished: its blocks become idle. */
-void quarantine_free_locked(gpu_heap_t *h, const quarantine_batch *q);
-void quarantine_close(gpu_heap_t *h);
-int heap_trim_locked(gpu_heap_t *h, size_t keep);     /* drain, then release whole idle extents */
-/* Out of memory: waits for stream-freed blocks and gives every idle extent back
- * (heap_trim_locked(0)); true when the caller should try once more. */
-bool heap_reclaim_locked(gpu_heap_t *h);
-int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the same, inside [lo, hi) */
-/* Before mapping `bytes` of new memory: when at least that much sits idle (in
- * pieces too small or in the wrong place for the request), gives that much back
- * first, so that physical memory follows live memory instead of growing. No fence
- * (idle memory is safe); refused while a capture is in progress. */
-int heap_recycle_locked(gpu_heap_t *h, size_t bytes);
-int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
-int heap_back_at_locked(gpu_heap_t *h, block *range); /* maps one new extent over a BUSY range */
-int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
-void heap_headroom_release_locked(gpu_heap_t *h, block *b);
-size_t heap_headroom_for(const gpu_heap_t *h, size_t size);
-int heap_restore_access(gpu_heap_t *h, block *b);      /* b BUSY, lock not held */
-void heap_make_live_locked(gpu_heap_t *h, block *b);   /* b (in no index) becomes LIVE and counted */
-/* A LIVE block, already out of the map, stops counting as live: the inverse of
- * heap_make_live_locked (extents unclaimed, headroom given back, cache state cleared). */
-void heap_unlive_locked(gpu_heap_t *h, block *b);
-void heap_quarantine_locked(gpu_heap_t *h, block *b);  /* a LIVE block, already out of the map */
-extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle handle);
-void heap_extent_drop_locked(gpu_heap_t *h, extent *e);
-void heap_mapped_add(gpu_heap_t *h, size_t bytes);
-int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, uintptr_t stream, block **out);
-/* The block at p that a caller may treat as live (in the address map and not
- * held free by a thread cache), or NULL. With take set, a block a thread cache
- * handed out becomes the heap's alone (TC_NONE), so that the caller may change
- * it. Lock held. */
-block *heap_find_live(gpu_heap_t *h, uintptr_t p, bool take);
-/* A LIVE block out of the address map goes back to the heap: idle at once when
- * safe is set (no GPU work can still use it), else into the quarantine. */
-void heap_retire_locked(gpu_heap_t *h, block *b, bool safe);
 
 #endif /* GPUHEAP_CORE_INTERNAL_H */

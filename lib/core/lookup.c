@@ -1,12 +1,17 @@
 /*
- * lookup.c — the live block that contains an address, for interior pointers.
+ * lookup.c — finding live blocks: from a block's first byte (heap_find_live,
+ * which every call on a pointer starts with, and the small calls that need
+ * nothing more: usable size, marking a file mapping), and from any address
+ * inside a block, for interior pointers.
  *
  * The address map (blockmap.c) finds a block only from its first byte, which is
- * all gpu_free needs. The driver's range queries need more: the interposer must
- * answer cuMemGetAddressRange and the RANGE_START_ADDR / RANGE_SIZE pointer
- * attributes for any address inside an allocation, with the bounds of the block
- * the program asked for — not of the extent behind it, which is what the driver
- * itself would report for memory mapped through the virtual memory API.
+ * all gpu_free needs (a block a thread cache holds free is in the map too, and
+ * is not live to a caller). The driver's range queries need more: the
+ * interposer must answer cuMemGetAddressRange and the RANGE_START_ADDR /
+ * RANGE_SIZE pointer attributes for any address inside an allocation, with the
+ * bounds of the block the program asked for — not of the extent behind it,
+ * which is what the driver itself would report for memory mapped through the
+ * virtual memory API.
  *
  * Two facts make this cheap without a second index:
  *  - an extent wholly inside a live block records that block as its owner, so
@@ -60,4 +65,37 @@ int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *
     }
     heap_unlock(h);
     return found ? GPU_OK : gh_note(GPU_ERR_NOT_LIVE, "%#lx is not inside a live block", (unsigned long)p);
+}
+
+block *heap_find_live(gpu_heap_t *h, uintptr_t p, bool take) {
+    block *b = blockmap_find(&h->live, p);
+    if (!b || b->state != BLOCK_LIVE) return b;
+    uint64_t w = atomic_load_explicit(&b->tc, memory_order_acquire);
+    while (tc_state(w) != TC_NONE) {
+        if (tc_state(w) == TC_FREE) return NULL; /* a thread cache holds it free */
+        if (!take) return b;
+        if (atomic_compare_exchange_weak_explicit(&b->tc, &w, tc_with(w, TC_NONE), memory_order_acq_rel, memory_order_acquire))
+            return b;
+    }
+    return b;
+}
+
+int heap_mark_file(gpu_heap_t *h, void *ptr, bool on) {
+    heap_lock(h);
+    block *b = heap_find_live(h, (uintptr_t)ptr, true);
+    if (b) b->file = on;
+    heap_unlock(h);
+    return b ? GPU_OK : gh_note(GPU_ERR_NOT_LIVE, "%p is not a live block of this heap", ptr);
+}
+
+int heap_usable_size(gpu_heap_t *h, const void *ptr, size_t *out) {
+    heap_lock(h);
+    block *b = heap_find_live(h, (uintptr_t)ptr, false);
+    size_t size = b ? b->size : 0;
+    bool sparse = b && b->state == BLOCK_SPARSE;
+    heap_unlock(h);
+    if (!b) return gh_note(GPU_ERR_NOT_LIVE, "%p is not a live block of this heap", ptr);
+    if (sparse) return gh_note(GPU_ERR_INVALID, "%p is a gpu_reserve range, not a block", ptr);
+    *out = size;
+    return GPU_OK;
 }

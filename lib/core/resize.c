@@ -25,7 +25,7 @@
 /* Grows b to need bytes over the idle block right after it. */
 static int grow_over_idle(gpu_heap_t *h, block *b, block *n, size_t delta) {
     tlsf_remove(&h->idle, n);
-    if (n->size > delta) tlsf_insert(&h->idle, block_split(h, n, delta));
+    (void)block_carve(h, n, n->start, delta, &h->idle);
     block_absorb_next(h, b);
     h->live_bytes += delta;
     if (h->live_bytes > h->peak_live_bytes) h->peak_live_bytes = h->live_bytes;

@@ -41,7 +41,7 @@ block *stream_take(gpu_heap_t *h, stream_pool *pool, size_t need) {
     block *b = tlsf_find(&pool->free, need);
     if (!b) return NULL;
     tlsf_remove(&pool->free, b);
-    if (b->size > need) tlsf_insert(&pool->free, block_split(h, b, need)); /* the rest keeps pool and epoch */
+    b = block_carve(h, b, b->start, need, &pool->free); /* the rest keeps pool and epoch */
     b->pool = NULL;
     heap_make_live_locked(h, b);
     return b;

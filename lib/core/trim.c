@@ -24,37 +24,28 @@ typedef struct trim_work {
     uintptr_t lo, hi; /* only extents inside [lo, hi) */
 } trim_work;
 
+/* True when e lies inside [lo, hi). */
+static inline bool extent_inside(const extent *e, uintptr_t lo, uintptr_t hi) {
+    return e->va >= lo && e->va + e->size <= hi;
+}
+
 /* Cuts every whole extent out of the idle block b (already out of the index)
  * until the goal is met or the batch is full; what is left goes back idle. */
 static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
+    uintptr_t end = block_end(b);
     for (;;) {
-        uintptr_t end = block_end(b);
-        extent *e = extmap_find(&h->extents, b->start);
-        uintptr_t va = e->va == b->start ? b->start : e->va + e->size;
-        e = NULL;
-        while (va < end) {
-            extent *x = extmap_find(&h->extents, va);
-            if (x->va + x->size > end) break;
-            if (x->va >= w->lo && x->va + x->size <= w->hi) {
-                e = x;
-                break;
-            }
-            va = x->va + x->size;
-        }
+        extent *e = extmap_first_whole(&h->extents, b->start, end);
+        while (e && !extent_inside(e, w->lo, w->hi)) e = extmap_next_whole(&h->extents, e, end);
         if (!e || w->n == TRIM_BATCH || !w->goal || !pool_reserve(&h->block_pool, 2)) break;
-        if (e->va != b->start) {
-            block *a = block_split(h, b, e->va - b->start);
-            tlsf_insert(&h->idle, b);
-            b = a;
-        }
-        block *rest = b->size > e->size ? block_split(h, b, e->size) : NULL;
-        b->state = BLOCK_BUSY;
-        w->range[w->n] = b;
+        block *range = block_carve(h, b, e->va, e->size, &h->idle);
+        range->state = BLOCK_BUSY;
+        w->range[w->n] = range;
         w->ext[w->n] = e;
         w->n++;
         w->goal = w->goal > e->size ? w->goal - e->size : 0;
-        if (!rest) return;
-        b = rest;
+        if (block_end(range) == end) return;
+        b = range->next_phys; /* the idle rest: out of the index again while it is looked through */
+        tlsf_remove(&h->idle, b);
     }
     tlsf_insert(&h->idle, b);
 }
@@ -81,12 +72,8 @@ static int unback_idle(gpu_heap_t *h, const extent *e, bool *gone) {
 /* True when the idle block b holds a whole extent inside [lo, hi). */
 static bool holds_extent(gpu_heap_t *h, const block *b, uintptr_t lo, uintptr_t hi) {
     uintptr_t end = block_end(b);
-    extent *e = extmap_find(&h->extents, b->start);
-    for (uintptr_t va = e->va == b->start ? b->start : e->va + e->size; va < end; va = e->va + e->size) {
-        e = extmap_find(&h->extents, va);
-        if (e->va + e->size > end) return false;
-        if (e->va >= lo && e->va + e->size <= hi) return true;
-    }
+    for (extent *e = extmap_first_whole(&h->extents, b->start, end); e; e = extmap_next_whole(&h->extents, e, end))
+        if (extent_inside(e, lo, hi)) return true;
     return false;
 }
 

@@ -1,0 +1,90 @@
+/*
+ * account.c — the books a block's life changes: live bytes and blocks (with
+ * their peak), mapped bytes and extents, and a block's way out of LIVE.
+ *
+ * A block becomes LIVE in one place (heap_make_live_locked: into the address
+ * map, counted, owning the extents it covers whole) and stops being live in one
+ * (heap_unlive_locked, its inverse). A freed block does not go back to the idle
+ * index at once: GPU work issued before the free may still use it (cudaFree
+ * syncs the device; gpuheap does not sync per free), so it waits in the
+ * quarantine until an event or a fence shows that work finished (quarantine.c,
+ * fence.c) — unless the caller knows that no work can use it. Extent records are
+ * made and dropped here too, so mapped bytes and the extent count change in one
+ * place each.
+ */
+#include <string.h>
+
+#include "core/internal.h"
+
+void heap_mapped_add(gpu_heap_t *h, size_t bytes) {
+    h->mapped_bytes += bytes;
+    if (h->mapped_bytes > h->peak_mapped_bytes) h->peak_mapped_bytes = h->mapped_bytes;
+}
+
+extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle handle) {
+    extent *e = pool_get(&h->extent_pool);
+    gh_assert(e, "reserve_records made an extent record available");
+    memset(e, 0, sizeof *e);
+    e->va = va;
+    e->size = size;
+    e->handle = handle;
+    e->prot = GPU_PROT_READ_WRITE;
+    if (extmap_set(&h->extents, e) != GPU_OK) {
+        pool_put(&h->extent_pool, e);
+        return NULL;
+    }
+    heap_mapped_add(h, size);
+    h->nextents++;
+    return e;
+}
+
+void heap_extent_drop_locked(gpu_heap_t *h, extent *e) {
+    extmap_clear(&h->extents, e);
+    h->mapped_bytes -= e->size;
+    h->nextents--;
+    if (e->prot != GPU_PROT_READ_WRITE) h->protected_extents--;
+    pool_put(&h->extent_pool, e);
+}
+
+void heap_make_live_locked(gpu_heap_t *h, block *b) {
+    b->state = BLOCK_LIVE;
+    blockmap_insert(&h->live, b);
+    h->live_bytes += b->size;
+    h->live_blocks++;
+    if (h->live_bytes > h->peak_live_bytes) h->peak_live_bytes = h->live_bytes;
+    block_claim_extents(h, b);
+}
+
+/* Gives the headroom after b back to the vacant index. */
+void heap_headroom_release_locked(gpu_heap_t *h, block *b) {
+    block *n = b->next_phys;
+    if (n && n->state == BLOCK_HEADROOM) block_release_free(h, n, BLOCK_VACANT);
+}
+
+void heap_unlive_locked(gpu_heap_t *h, block *b) {
+    h->live_bytes -= b->size;
+    h->live_blocks--;
+    block_unclaim_extents(h, b);
+    heap_headroom_release_locked(h, b);
+    b->owned = 0;
+    tc_set(b, TC_NONE);
+}
+
+void heap_quarantine_locked(gpu_heap_t *h, block *b) {
+    heap_unlive_locked(h, b);
+    b->state = BLOCK_QUARANTINE;
+    b->prev_free = NULL;
+    b->next_free = h->quarantine;
+    h->quarantine = b;
+    h->quarantine_bytes += b->size;
+    h->quarantine_blocks++;
+}
+
+void heap_retire_locked(gpu_heap_t *h, block *b, bool safe) {
+    if (!safe) {
+        heap_quarantine_locked(h, b);
+        return;
+    }
+    heap_unlive_locked(h, b);
+    block_release_free(h, b, BLOCK_IDLE);
+}

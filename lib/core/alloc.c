@@ -1,0 +1,282 @@
+/*
+ * alloc.c — the allocation path: gpu_malloc and gpu_malloc_async down to a block.
+ *
+ * A request looks for idle memory first (fit.c). On a miss it climbs down a
+ * ladder of dearer ways to find memory, in a fixed order — reap completed
+ * events, seal the quarantine, past the physical budget take any idle block,
+ * fence the quarantine, trade idle extents for new ones, map new memory, and
+ * out of memory give everything idle back — each a small function tried at most
+ * once per request; a rung that made memory idle sends the request back to the
+ * idle search. The ladder is one table (below), so the order of decisions can
+ * be read, and changed, in one place. The policy numbers that choose between
+ * reusing, waiting and mapping (the quarantine's budget, the physical budget)
+ * are here with the measurements behind them.
+ */
+#include <stdio.h>
+
+#include "core/internal.h"
+
+/* The size of a new shared extent: it grows with the heap (an eighth of what is
+ * mapped, 2 to 32 granules... within [gran, 32 MiB]) so that small blocks cost
+ * few mappings, and is never less than the block needs. */
+static size_t shared_extent_size(const gpu_heap_t *h, size_t need) {
+    size_t s = h->gran;
+    while (s < (32u << 20) && s < h->mapped_bytes / 8) s *= 2;
+    size_t n = gh_align_up(need, h->gran);
+    return n > s ? n : s;
+}
+
+/* How many bytes may wait in quarantine while new memory is mapped instead of
+ * fencing: a quarter of the live bytes, at least QUARANTINE_MIN_BUDGET. A fence
+ * then releases a batch of many blocks, so a warm malloc/free loop of small and
+ * medium blocks fences rarely; a block larger than the budget is fenced for at
+ * once. The budget follows live memory, not mapped memory: tied to what is
+ * mapped, every new mapping raised it and physical memory fed on itself (1.9x
+ * the live peak under PyTorch). Out of memory always fences first (trim
+ * drains), so the budget never makes an allocation fail. */
+#define QUARANTINE_MIN_BUDGET ((size_t)64 << 20)
+#define QUARANTINE_MAX_BLOCKS 1024 /* and at most this many blocks, so small blocks fence every ~1000 frees */
+
+static size_t quarantine_budget(const gpu_heap_t *h) {
+    size_t b = h->live_bytes / 4;
+    return b > QUARANTINE_MIN_BUDGET ? b : QUARANTINE_MIN_BUDGET;
+}
+
+/* Physical memory the heap lets itself hold before it reuses idle memory that
+ * fits badly, waits for its quarantine or gives idle extents back for new ones:
+ * the live peak (or the live bytes with this request, when more), an eighth
+ * more, and PHYSICAL_SLACK — room for a few freed blocks to wait on their event
+ * while new ones are mapped, so that a loop freeing and allocating large blocks
+ * does not query an event at every turn. The peak, not the live bytes of the
+ * moment: a program that frees most of its memory between peaks (a training
+ * step) is not short of memory in between, and on RMM's random workload the
+ * moment's live bytes cut large blocks out of idle extents that later requests
+ * needed whole (4 GiB cases 1.74x their live peak in physical memory, 1.57x
+ * with the peak). */
+#define PHYSICAL_SLACK ((size_t)64 << 20)
+
+static size_t physical_budget(const gpu_heap_t *h, size_t need) {
+    size_t want = h->live_bytes + need;
+    if (want < h->peak_live_bytes) want = h->peak_live_bytes;
+    return want + want / 8 + PHYSICAL_SLACK;
+}
+
+/* Blocks in a just-sealed batch that make a miss query its event at once. */
+#define LOOK_BATCH 32
+
+/* ---- the ladder -------------------------------------------------------------- */
+
+/* The rungs of the ladder (the table below), top to bottom. */
+enum { ON_IDLE, ON_REAP, ON_WEIGH, ON_SEAL, ON_ANY_IDLE, ON_DRAIN, ON_RECYCLE, ON_MAP, ON_RECLAIM, RUNGS };
+
+/* One request on its way down the ladder. */
+typedef struct alloc_req {
+    gpu_heap_t *h;
+    size_t need, align;
+    uintptr_t stream; /* the caller's (0: none), for the capture checks of a seal or a fence */
+    bool owned;       /* GPU_ALLOC_OWNED: whole extents of its own */
+    bool fitted;      /* two granules or more: idle memory only where it fills whole extents */
+    bool own;         /* new memory is an extent of its own (else a shared one) */
+    size_t size;      /* weighed each round: the new extent's size */
+    bool tight;       /* weighed each round: mapping it passes the physical budget */
+    unsigned tried;   /* the once-only rungs already tried, one bit each */
+    block *b;         /* the block found */
+    int rc;           /* how the request ends (or how mapping failed) */
+} alloc_req;
+
+/* What a rung did. */
+typedef enum rung_result {
+    RUNG_SKIP,  /* not for this request now: a later round may try it */
+    RUNG_MISS,  /* tried without result: on down the ladder */
+    RUNG_RETRY, /* memory became idle: back to the top */
+    RUNG_DONE,  /* the request ends with rc: GPU_OK and the block, or an error */
+} rung_result;
+
+static rung_result done(alloc_req *r, int rc) {
+    r->rc = rc;
+    return RUNG_DONE;
+}
+
+/* Idle memory that fits (fit.c): a warm allocation goes no further. */
+static rung_result try_idle(alloc_req *r) {
+    gpu_heap_t *h = r->h;
+    r->b = r->owned ? fit_take_owned(h, r->need, r->align)
+         : r->fitted ? fit_take_whole(h, r->need, r->align)
+                     : fit_take_any(h, r->need, r->align);
+    return r->b ? done(r, GPU_OK) : RUNG_MISS;
+}
+
+/* Blocks whose events completed — freed on streams, or sealed in the quarantine
+ * — cost a query. */
+static rung_result try_reap(alloc_req *r) {
+    gpu_heap_t *h = r->h;
+    if (!h->npools && !h->nsealed) return RUNG_SKIP;
+    bool any = h->npools && stream_reap_locked(h, false);
+    if (h->nsealed) any |= quarantine_reap_locked(h);
+    return any ? RUNG_RETRY : RUNG_MISS;
+}
+
+/* What new memory would cost, weighed afresh each round (the rungs above may
+ * have dropped the lock). Not a try: it always goes on. */
+static rung_result weigh(alloc_req *r) {
+    gpu_heap_t *h = r->h;
+    r->size = r->own ? gh_align_up(r->need, h->gran) : shared_extent_size(h, r->need);
+    r->tight = r->own && h->mapped_bytes + r->size > physical_budget(h, r->need);
+    return RUNG_MISS;
+}
+
+/* Hang the quarantine on one context-wide event for a later miss to find
+ * complete — no one waits. Past the physical budget, or with a batch of
+ * LOOK_BATCH blocks waiting, look at once too: an idle device has finished it
+ * before a mapping would. (Looking at every miss keeps a warm loop's pool at the
+ * one block freed since the last look, and seals at every turn.) */
+static rung_result try_seal(alloc_req *r) {
+    gpu_heap_t *h = r->h;
+    if (!h->quarantine) return RUNG_SKIP;
+    unsigned before = h->nsealed;
+    bool look = quarantine_seal_locked(h, r->stream) == GPU_OK && h->nsealed > before &&
+                (r->tight || h->sealed[h->nsealed - 1].q.blocks >= LOOK_BATCH);
+    return look && quarantine_reap_locked(h) ? RUNG_RETRY : RUNG_MISS;
+}
+
+/* Over the physical budget, a large block takes any idle block that holds it
+ * rather than new memory. */
+static rung_result try_any_idle(alloc_req *r) {
+    if (!r->tight || !r->fitted) return RUNG_SKIP;
+    r->b = fit_take_any(r->h, r->need, r->align);
+    return r->b ? done(r, GPU_OK) : RUNG_MISS;
+}
+
+/* Quarantined memory is reused after one fence (a device sync); new memory
+ * costs a driver call. Fence once the quarantine outgrows its budget — a large
+ * block only when new memory would pass the physical budget too. Blocks freed
+ * on streams do not count: their events release them without anyone waiting (a
+ * device sync here would make one stream wait for another's kernels), and out
+ * of memory waits for them (try_reclaim). */
+static rung_result try_drain(alloc_req *r) {
+    gpu_heap_t *h = r->h;
+    size_t waiting = h->quarantine_bytes; /* sealed batches included */
+    bool over = waiting + r->need > quarantine_budget(h) || h->quarantine_blocks >= QUARANTINE_MAX_BLOCKS;
+    if (waiting < r->need || (r->fitted && !r->tight) || !over) return RUNG_SKIP;
+    int rc = heap_drain_locked(h, r->stream);
+    if (rc == GPU_OK) return RUNG_RETRY;
+    return rc == GPU_ERR_CAPTURING ? RUNG_MISS : done(r, rc); /* capturing: map new memory instead */
+}
+
+/* Past the physical budget, idle memory that could not serve this request is
+ * traded for it. */
+static rung_result try_recycle(alloc_req *r) {
+    if (!r->tight) return RUNG_SKIP;
+    (void)heap_recycle_locked(r->h, r->size);
+    return RUNG_MISS;
+}
+
+/* New memory (vacant.c): an extent of the block's own, with headroom, or a
+ * shared one whose rest stays idle. */
+static rung_result try_map(alloc_req *r) {
+    gpu_heap_t *h = r->h;
+    block *b;
+    r->rc = heap_back_locked(h, r->size, r->align, r->own ? heap_headroom_for(h, r->size) : 0, &b);
+    if (r->rc != GPU_OK) return RUNG_MISS;
+    if (!r->own && b->size > r->need) block_release_free(h, block_split(h, b, r->need), BLOCK_IDLE);
+    heap_make_live_locked(h, b);
+    b->owned = r->owned;
+    r->b = b;
+    return RUNG_DONE;
+}
+
+/* Out of memory or VA: wait for everything freed and give every idle extent
+ * back, then try once more. Any other failure to map ends the request. */
+static rung_result try_reclaim(alloc_req *r) {
+    if (r->rc != GPU_ERR_OUT_OF_MEMORY && r->rc != GPU_ERR_OUT_OF_VA) return RUNG_DONE;
+    r->tried |= 1u << ON_DRAIN; /* reclaiming drains: no fence of its own after it */
+    char why[256];
+    snprintf(why, sizeof why, "%s", vmm_error());
+    if (heap_reclaim_locked(r->h)) return RUNG_RETRY;
+    return done(r, gh_note(r->rc, "%s", why));
+}
+
+/* The ladder, top to bottom. A request climbs down it until a rung ends it; a
+ * rung that made memory idle sends it back to the top. A once-only rung is
+ * tried at most once per request: a skipped one stays open for a later round. */
+static const struct rung {
+    rung_result (*try)(alloc_req *r);
+    bool once;
+} ladder[RUNGS] = {
+    [ON_IDLE] = {try_idle, false},         /* idle memory that fits */
+    [ON_REAP] = {try_reap, true},          /* completed events make blocks idle */
+    [ON_WEIGH] = {weigh, false},           /* what new memory would cost */
+    [ON_SEAL] = {try_seal, true},          /* seal the quarantine; look at once when it pays */
+    [ON_ANY_IDLE] = {try_any_idle, true},  /* past the budget: any idle block that holds it */
+    [ON_DRAIN] = {try_drain, true},        /* fence a quarantine past its budget */
+    [ON_RECYCLE] = {try_recycle, true},    /* past the budget: idle extents traded for new */
+    [ON_MAP] = {try_map, false},           /* new memory */
+    [ON_RECLAIM] = {try_reclaim, true},    /* out of memory: wait for all, give idle back */
+};
+_Static_assert(RUNGS <= 32, "one bit of alloc_req.tried per rung");
+
+int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, uintptr_t stream, block **out) {
+    bool owned = flags & GPU_ALLOC_OWNED;
+    alloc_req r = {
+        .h = h, .need = need, .align = align, .stream = stream, .owned = owned,
+        .fitted = !owned && need >= 2 * h->gran && align <= h->gran,
+        .own = owned || need >= h->gran,
+    };
+    /* Past the last rung (reclaim tried already), the request ends with the
+     * mapping's failure. */
+    for (unsigned i = 0; i < RUNGS;) {
+        if (r.tried & 1u << i) {
+            i++;
+            continue;
+        }
+        rung_result s = ladder[i].try(&r);
+        if (s != RUNG_SKIP && ladder[i].once) r.tried |= 1u << i;
+        if (s == RUNG_DONE) break;
+        i = s == RUNG_RETRY ? 0 : i + 1;
+    }
+    if (r.rc == GPU_OK) *out = r.b;
+    return r.rc;
+}
+
+int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void **out) {
+    if (!size) size = 1;
+    size_t need = gh_align_up(size, (flags & GPU_ALLOC_OWNED) ? h->gran : GH_QUANTUM);
+    if (flags & GPU_ALLOC_OWNED && align < h->gran) align = h->gran;
+    if (!need || need > h->reserved)
+        return gh_note(GPU_ERR_INVALID, "size %zu is larger than the heap's reservation (%zu bytes)", size, h->reserved);
+    heap_lock(h);
+    int rc = heap_reserve_records(h);
+    block *b = NULL;
+    if (rc == GPU_OK) rc = heap_alloc_locked(h, need, align, flags, 0, &b);
+    uintptr_t p = rc == GPU_OK ? b->start : 0;
+    heap_unlock(h);
+    if (rc != GPU_OK) return rc;
+    if (flags & GPU_ALLOC_ZERO) {
+        rc = vmm_call_memset(&h->door, p, 0, need);
+        if (rc != GPU_OK) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", vmm_error());
+            (void)heap_free(h, (void *)p);
+            return gh_note(rc, "zeroing %zu bytes: %s", need, why);
+        }
+    }
+    *out = (void *)p;
+    return GPU_OK;
+}
+
+int heap_malloc_async(gpu_heap_t *h, size_t size, uintptr_t stream, void **out) {
+    size_t need = gh_align_up(size ? size : 1, GH_QUANTUM);
+    if (!need || need > h->reserved)
+        return gh_note(GPU_ERR_INVALID, "size %zu is larger than the heap's reservation (%zu bytes)", size, h->reserved);
+    heap_lock(h);
+    int rc = heap_reserve_records(h);
+    block *b = NULL;
+    if (rc == GPU_OK) {
+        stream_pool *pool = h->npools ? stream_pool_of(h, stream, false) : NULL;
+        b = pool ? stream_take(h, pool, need) : NULL;
+        if (!b) rc = heap_alloc_locked(h, need, GH_QUANTUM, 0, stream, &b);
+    }
+    if (rc == GPU_OK) *out = (void *)b->start;
+    heap_unlock(h);
+    return rc;
+}

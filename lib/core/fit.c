@@ -1,0 +1,104 @@
+/*
+ * fit.c — which idle memory a request takes.
+ *
+ * A hit costs a few bit scans and no driver call. There are three searches, one
+ * per kind of request, and each cuts its piece out with block_carve, the rest
+ * staying idle:
+ *   - fit_take_any: any idle block that holds the request at its alignment (the
+ *     index's good fit): blocks below two granules, and larger ones past the
+ *     physical budget;
+ *   - fit_take_whole: blocks of two granules and more, only where they fill whole
+ *     extents (below: why);
+ *   - fit_take_owned: GPU_ALLOC_OWNED blocks, a run of whole extents of their own.
+ */
+#include "core/internal.h"
+
+/* Makes [at, at+size) of the idle block b LIVE; what is left before and after
+ * it stays idle (its other neighbours are not idle: no merge). */
+static block *claim_idle(gpu_heap_t *h, block *b, uintptr_t at, size_t size) {
+    tlsf_remove(&h->idle, b);
+    b = block_carve(h, b, at, size, &h->idle);
+    heap_make_live_locked(h, b);
+    return b;
+}
+
+/* An idle block of need bytes at the given alignment, made LIVE; NULL on a miss. */
+block *fit_take_any(gpu_heap_t *h, size_t need, size_t align) {
+    size_t want = align > GH_QUANTUM ? need + align - GH_QUANTUM : need;
+    block *b = tlsf_find(&h->idle, want);
+    return b ? claim_idle(h, b, gh_align_up(b->start, align), need) : NULL;
+}
+
+/* Blocks of two granules and more take idle memory only where they fill whole
+ * extents, to within a granule or an eighth of their size: a block cut from the
+ * middle of a larger idle extent would pin the rest of it, since an extent goes
+ * back to the driver only whole. Candidates are looked for from the size's class
+ * upward, a bounded number of idle blocks. A miss maps an extent of the block's
+ * own while the heap is within its physical budget; past it, the allocation path
+ * cuts the block from any idle block, or trades idle extents for new memory. */
+#define FIT_SCAN 64        /* idle blocks looked at */
+#define FIT_STEPS 1024     /* and extents stepped over, in all */
+
+typedef struct fit_search {
+    gpu_heap_t *h;
+    size_t need, slack, align;
+    unsigned seen, steps;
+    block *b;
+    uintptr_t at;
+} fit_search;
+
+/* The next extent boundary after va inside the idle block ending at end, or 0
+ * where the extent there runs past the block (it is not wholly idle). */
+static uintptr_t fit_step(fit_search *f, uintptr_t va, uintptr_t end) {
+    f->steps++;
+    extent *e = extmap_whole_at(&f->h->extents, va, end);
+    return e ? e->va + e->size : 0;
+}
+
+/* Slides a window of whole extents [s, x) along the block: x is the first
+ * boundary at least need past s, so each extent is stepped over at most twice. */
+static bool fit_one(block *b, void *arg) {
+    fit_search *f = arg;
+    if (++f->seen > FIT_SCAN || f->steps > FIT_STEPS) return false;
+    if (b->size < f->need) return true;
+    uintptr_t end = block_end(b);
+    uintptr_t s = extmap_boundary(&f->h->extents, b->start), x = s;
+    while (s < end && end - s >= f->need && f->steps <= FIT_STEPS) {
+        while (x - s < f->need) {
+            x = fit_step(f, x, end);
+            if (!x) return true; /* the block ends inside an extent: no later start fits */
+        }
+        if (x - s - f->need <= f->slack && s % f->align == 0) {
+            f->b = b;
+            f->at = s;
+            return false;
+        }
+        s = fit_step(f, s, end);
+        if (!s) return true;
+    }
+    return true;
+}
+
+block *fit_take_whole(gpu_heap_t *h, size_t need, size_t align) {
+    fit_search f = {.h = h, .need = need, .slack = need / 8 > h->gran ? need / 8 : h->gran, .align = align};
+    tlsf_walk_from(&h->idle, need, fit_one, &f);
+    return f.b ? claim_idle(h, f.b, f.at, need) : NULL;
+}
+
+/* An idle run of whole extents of at least need bytes, starting at an extent
+ * boundary aligned to align; NULL on a miss. The block owns its extents. */
+block *fit_take_owned(gpu_heap_t *h, size_t need, size_t align) {
+    block *b = tlsf_find(&h->idle, need + align);
+    if (!b) b = tlsf_find(&h->idle, need);
+    if (!b) return NULL;
+    uintptr_t end = block_end(b);
+    extent *e = extmap_first_whole(&h->extents, b->start, end);
+    while (e && e->va % align) e = extmap_next_whole(&h->extents, e, end);
+    if (!e) return NULL;
+    uintptr_t s = e->va; /* the run starts here and ends with e */
+    while (e && e->va + e->size - s < need) e = extmap_next_whole(&h->extents, e, end);
+    if (!e) return NULL;
+    b = claim_idle(h, b, s, e->va + e->size - s);
+    b->owned = 1;
+    return b;
+}
