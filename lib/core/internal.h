@@ -41,6 +41,43 @@ size_t stream_fence_begin_locked(struct gpu_heap *h, uint32_t *epochs);
 void stream_fence_end_locked(struct gpu_heap *h, const uint32_t *epochs, size_t n);
 void stream_pools_close(struct gpu_heap *h);
 
+/* ---- events.c: FIFOs of events and what each covers -------------------------- */
+
+/* An owner's FIFO as events.c sees it: the owner's entries (oldest first), their
+ * count, its busy flag (a thread records or queries with the lock dropped), and
+ * its capacity. The heap's quarantine: sealed, nsealed, seal_busy; a stream pool:
+ * pending, npending, busy. */
+typedef struct event_queue {
+    event_entry *e;
+    unsigned *n;
+    bool *busy;
+    unsigned cap;
+} event_queue;
+
+/* An owner's answer to an entry whose event completed: makes what it covers idle;
+ * true when any block became idle. Lock held. */
+typedef bool (*events_done_fn)(gpu_heap_t *h, const event_entry *e, void *arg);
+
+/* Records an event — context-wide after all work issued so far (context set;
+ * refused with GPU_ERR_CAPTURING while a capture is in progress, as a fence would
+ * be), else on stream — and appends item with it. The queue must have room and
+ * not be busy. Lock held; dropped around the driver calls (busy meanwhile). A
+ * failed record appends nothing and returns the error. */
+int events_record_locked(gpu_heap_t *h, event_queue q, uintptr_t stream, bool context, const event_entry *item);
+/* Asks about the oldest events in turn (with wait set, waits for them), the lock
+ * dropped around each driver call; each completed entry leaves the queue and goes
+ * to done. Stops at the first event not yet complete. Does nothing while the
+ * queue is busy. Returns true when any done call did. Lock held on entry and exit. */
+bool events_reap_locked(gpu_heap_t *h, event_queue q, bool wait, events_done_fn done, void *arg);
+/* Takes entry i out of the queue (something else made it safe: a fence) and
+ * returns it; its event is spent, given back to the driver after the lock is
+ * dropped. Only the quarantine retires (spent events have room for its entries).
+ * Lock held; no driver call. */
+event_entry events_retire_locked(gpu_heap_t *h, event_queue q, unsigned i);
+/* The heap closes: every event of the queue, and every spent one, given back.
+ * Lock not held. */
+void events_close(gpu_heap_t *h, event_queue q);
+
 /* ---- peer.c ------------------------------------------------------------------ */
 
 /* After a new extent [va, va+size) entered the map: grants the peers added since
