@@ -223,6 +223,7 @@ struct gpu_heap {
     size_t sparse_reserved, sparse_committed;
     block *sparse_list;    /* BLOCK_SPARSE blocks, linked through prev_free/next_free */
     uint64_t fences;
+    _Atomic uint64_t extents_lost; /* handles the driver would neither release nor map back (backing.c) */
 
     /* Cover numbers (quarantine.c): every seal event and fence takes the next
      * cover_seq before its driver call, and once it is known complete raises
