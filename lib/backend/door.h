@@ -39,7 +39,9 @@ typedef struct vmm_door {
     vmm_counts counts;
     int verbose;
     uintptr_t trace_heap;   /* the heap's name in trace records (its reservation), 0 before it has one */
-    _Atomic uint64_t peers; /* other devices granted access to every extent (core/peer.c) */
+    /* Other devices granted access to every extent, one bit per ordinal: changed
+     * only with the owning heap's lock held (core/peer.c), read here without it. */
+    _Atomic uint64_t peers;
 } vmm_door;
 
 /* Opens the backend a configuration names (GPU_BACKEND_AUTO is CUDA, never a
