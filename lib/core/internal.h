@@ -2,7 +2,8 @@
  * internal.h — the heap core's own names, shared between its files and called by
  * nothing outside lib/core: the operations that run with the heap's lock held
  * (each may drop and retake it around a driver call), the quarantine, the stream
- * pools, backing and giving back memory, peers catching up.
+ * pools, the event FIFOs both wait on (events.c), the doors that back extents and
+ * give them back (backing.c), peers catching up.
  */
 #ifndef GPUHEAP_CORE_INTERNAL_H
 #define GPUHEAP_CORE_INTERNAL_H

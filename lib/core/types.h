@@ -1,7 +1,7 @@
 /*
  * types.h — the heap core's records, in one place: blocks, the free-block index,
- * the address map, extents and their map, record pools, stream pools, and the
- * heap itself. Functions are declared in the header of the file that defines
+ * the address map, extents and their map, record pools, events and what waits on
+ * them, stream pools, and the heap itself. Functions are declared in the header of the file that defines
  * them (tlsf.h, blockmap.h, extent.h, block.h, heap.h, internal.h); this header
  * only says what the books are made of.
  *
