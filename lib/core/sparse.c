@@ -119,14 +119,19 @@ static int drop_extents(gpu_heap_t *h, block *r, uintptr_t lo, uintptr_t hi, boo
     int rc = extents_give_back(h, v, n, true);
     heap_lock(h);
     size_t nkept = 0;
+    bool protected_kept = false; /* kept after a refused unmap: with its own access, maybe not read-write */
     for (size_t k = 0; k < n; k++) {
-        if (v[k].fate == EXTENT_KEPT) nkept++;
+        if (v[k].fate == EXTENT_KEPT) nkept++, protected_kept |= v[k].prot != GPU_PROT_READ_WRITE;
         else h->sparse_committed -= v[k].e->size;
         extent_settle_locked(h, &v[k]);
     }
     free(v);
     if (kept) *kept = nkept;
     if (n && nkept == n) return gh_note(rc, "giving back committed memory: %s", vmm_error());
+    /* A refused unmap whose siblings could not be mapped back (lost) leaves some
+     * gone and some kept as they were: a released reservation cannot hand a
+     * protected extent over as idle memory, so it stays, with what is left. */
+    if (releasing && protected_kept) return gh_note(rc, "giving back committed memory: %s", vmm_error());
     return GPU_OK;
 }
 
