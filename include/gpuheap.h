@@ -379,9 +379,11 @@ int gpu_heap_unmap_file(gpu_heap_t *heap, void *ptr, unsigned flags);
     X(cached_bytes, "freed bytes thread caches hold for reuse (not in live_bytes)") \
     X(cached_blocks, "free blocks held by thread caches")                             \
     X(seal_events, "context-wide events the heap recorded to release its quarantine") \
-    X(backend_event_record, "backend calls: record an event (stream frees and seals)")
+    X(backend_event_record, "backend calls: record an event (stream frees and seals)") \
+    X(extents_lost, "physical allocations given up: the backend refused their release, then mapping them back (leaked)")
 
-#define GPU_STATS_VERSION 4
+/* 5: extents_lost. */
+#define GPU_STATS_VERSION 5
 
 typedef struct gpu_stats_t {
     uint32_t version; /* GPU_STATS_VERSION */
@@ -406,7 +408,9 @@ int gpu_heap_stats_json(gpu_heap_t *heap, char *buf, size_t len);
  * threads empty theirs at their next allocation), waits for GPU work on
  * quarantined blocks (one device sync), then gives idle physical memory back to
  * the driver until at most keep_bytes stay idle. Only whole idle extents are
- * released. */
+ * released. An extent whose release the driver refuses is mapped back and stays
+ * idle (the driver's error is returned); one it will not map back either is
+ * given up and counted in extents_lost. */
 int gpu_heap_trim(gpu_heap_t *heap, size_t keep_bytes);
 
 /* Checks every invariant of the heap: every byte of the reservation in exactly

@@ -188,33 +188,6 @@ int vmm_call_remap_undo(vmm_door *d, uintptr_t va, size_t size, vmm_handle h, gp
     return rc;
 }
 
-int vmm_call_back(vmm_door *d, uintptr_t va, size_t size, vmm_handle *out) {
-    vmm_handle h;
-    int rc = vmm_call_create(d, size, &h);
-    if (rc != GPU_OK) return rc;
-    rc = vmm_call_map(d, va, size, h);
-    if (rc != GPU_OK) goto release;
-    rc = vmm_call_set_access(d, va, size, GPU_PROT_READ_WRITE);
-    if (rc != GPU_OK) goto unmap;
-    *out = h;
-    return GPU_OK;
-unmap:
-    (void)vmm_call_unmap_undo(d, va, size);
-release:
-    (void)vmm_call_release(d, h);
-    return rc;
-}
-
-int vmm_call_unback(vmm_door *d, uintptr_t va, size_t size, vmm_handle h) {
-    int rc = vmm_call_unmap_undo(d, va, size);
-    if (rc != GPU_OK) return rc; /* nothing changed: the extent is still mapped */
-    /* The mapping is gone, so the caller must forget the extent whatever happens
-     * next: a refused release is tried once more, and a handle that still will
-     * not go is counted in backend_errors, not reported as "still mapped". */
-    if (vmm_call_release(d, h) != GPU_OK) (void)vmm_call_release(d, h);
-    return GPU_OK;
-}
-
 /* ---- file-backed memory (file.c) ---------------------------------------------- */
 
 /* An op the backend leaves NULL (a wrapper that predates it, or cuFile on the host
@@ -290,4 +263,30 @@ int vmm_call_direct_read(vmm_door *d, vmm_direct *dd, uint64_t offset, size_t si
 
 void vmm_call_direct_close(vmm_door *d, vmm_direct *dd) {
     if (dd && d->b->ops->direct_close) d->b->ops->direct_close(d->b, dd);
+}
+
+/* ---- transitional: heap.c and resize.c until they call core/backing.c -------- */
+
+int vmm_call_back(vmm_door *d, uintptr_t va, size_t size, vmm_handle *out) {
+    vmm_handle h;
+    int rc = vmm_call_create(d, size, &h);
+    if (rc != GPU_OK) return rc;
+    rc = vmm_call_map(d, va, size, h);
+    if (rc != GPU_OK) goto release;
+    rc = vmm_call_set_access(d, va, size, GPU_PROT_READ_WRITE);
+    if (rc != GPU_OK) goto unmap;
+    *out = h;
+    return GPU_OK;
+unmap:
+    (void)vmm_call_unmap_undo(d, va, size);
+release:
+    (void)vmm_call_release(d, h);
+    return rc;
+}
+
+int vmm_call_unback(vmm_door *d, uintptr_t va, size_t size, vmm_handle h) {
+    int rc = vmm_call_unmap_undo(d, va, size);
+    if (rc != GPU_OK) return rc; /* nothing changed: the extent is still mapped */
+    if (vmm_call_release(d, h) != GPU_OK) (void)vmm_call_release(d, h);
+    return GPU_OK;
 }

@@ -257,4 +257,5 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *s) {
     s->backend_memset = k->calls[VMM_OP_MEMSET];
     s->backend_copy = k->calls[VMM_OP_COPY];
     s->copy_bytes = k->copy_bytes;
+    s->extents_lost = atomic_load_explicit(&h->extents_lost, memory_order_relaxed);
 }

@@ -2,7 +2,8 @@
  * internal.h — the heap core's own names, shared between its files and called by
  * nothing outside lib/core: the operations that run with the heap's lock held
  * (each may drop and retake it around a driver call), the quarantine, the stream
- * pools, backing and giving back memory, peers catching up.
+ * pools, the event FIFOs both wait on (events.c), the doors that back extents and
+ * give them back (backing.c), peers catching up.
  */
 #ifndef GPUHEAP_CORE_INTERNAL_H
 #define GPUHEAP_CORE_INTERNAL_H
@@ -142,6 +143,86 @@ bool stream_reap_locked(struct gpu_heap *h, bool wait);
 size_t stream_fence_begin_locked(struct gpu_heap *h, uint32_t *epochs);
 void stream_fence_end_locked(struct gpu_heap *h, const uint32_t *epochs, size_t n);
 void stream_pools_close(struct gpu_heap *h);
+
+/* ---- backing.c: the doors to back an extent and to give one back ------------- */
+
+/* Maps one new extent over [va, va+size), a range the caller holds (BUSY, or in
+ * a busy reservation): create, map, read-write access for the owner and every
+ * peer; the record is made (owned by owner, which may be NULL) and peers added
+ * meanwhile are granted it. Lock held; dropped around the driver calls. */
+int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner);
+
+/* What became of an extent given back. */
+typedef enum extent_fate {
+    EXTENT_GONE, /* unmapped and released */
+    EXTENT_KEPT, /* still mapped, bytes intact: an unmap was refused, or a release and then mapped back */
+    EXTENT_LOST, /* unmapped, and the driver would take back neither the handle nor its mapping: forgotten */
+} extent_fate;
+
+typedef struct extent_return {
+    extent *e;        /* held by the caller (a BUSY range, a busy reservation, a closing heap) */
+    gpu_prot_t prot;  /* in: the access it is mapped back with if its release is refused; out: its access if kept */
+    extent_fate fate; /* out */
+    int rc;           /* out: GPU_OK when gone, else the driver's refusal */
+} extent_return;
+
+/* Gives n extents back: each unmapped, then released. A release the driver
+ * refuses is mapped back (prot, peers included) and the extent KEPT; when that is
+ * refused too it is LOST. With all_or_none every mapping goes first, and one
+ * refused puts the others back (all KEPT). Returns the first refusal or GPU_OK.
+ * Lock not held; the books are untouched until extent_settle_locked. */
+int extents_give_back(gpu_heap_t *h, extent_return *v, size_t n, bool all_or_none);
+/* The books after extents_give_back, one extent at a time: a gone or lost record
+ * is dropped (a lost one counted in extents_lost), a kept one takes its access.
+ * Lock held. */
+void extent_settle_locked(gpu_heap_t *h, const extent_return *r);
+/* heap_close: every extent given back through the same door (the books go with
+ * the heap). Lock not held. */
+void extents_give_back_all(gpu_heap_t *h);
+/* Fresh handles, not in the books: backed at [va, va+size) read-write (undone
+ * on failure); unmapped and released (discard); released when unmapped already
+ * (drop). A handle the driver will not take back is counted in extents_lost.
+ * Lock not held. */
+int handle_back(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle *out);
+void handle_discard(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd);
+void handle_drop(gpu_heap_t *h, vmm_handle hd);
+
+/* ---- events.c: FIFOs of events and what each covers -------------------------- */
+
+/* An owner's FIFO as events.c sees it: the owner's entries (oldest first), their
+ * count, its busy flag (a thread records or queries with the lock dropped), and
+ * its capacity. The heap's quarantine: sealed, nsealed, seal_busy; a stream pool:
+ * pending, npending, busy. */
+typedef struct event_queue {
+    event_entry *e;
+    unsigned *n;
+    bool *busy;
+    unsigned cap;
+} event_queue;
+
+/* An owner's answer to an entry whose event completed: makes what it covers idle;
+ * true when any block became idle. Lock held. */
+typedef bool (*events_done_fn)(gpu_heap_t *h, const event_entry *e, void *arg);
+
+/* Records an event — context-wide after all work issued so far (context set;
+ * refused with GPU_ERR_CAPTURING while a capture is in progress, as a fence would
+ * be), else on stream — and appends item with it. The queue must have room and
+ * not be busy. Lock held; dropped around the driver calls (busy meanwhile). A
+ * failed record appends nothing and returns the error. */
+int events_record_locked(gpu_heap_t *h, event_queue q, uintptr_t stream, bool context, const event_entry *item);
+/* Asks about the oldest events in turn (with wait set, waits for them), the lock
+ * dropped around each driver call; each completed entry leaves the queue and goes
+ * to done. Stops at the first event not yet complete. Does nothing while the
+ * queue is busy. Returns true when any done call did. Lock held on entry and exit. */
+bool events_reap_locked(gpu_heap_t *h, event_queue q, bool wait, events_done_fn done, void *arg);
+/* Takes entry i out of the queue (something else made it safe: a fence) and
+ * returns it; its event is spent, given back to the driver after the lock is
+ * dropped. Only the quarantine retires (spent events have room for its entries).
+ * Lock held; no driver call. */
+event_entry events_retire_locked(gpu_heap_t *h, event_queue q, unsigned i);
+/* The heap closes: every event of the queue, and every spent one, given back.
+ * Lock not held. */
+void events_close(gpu_heap_t *h, event_queue q);
 
 /* ---- peer.c ------------------------------------------------------------------ */
 

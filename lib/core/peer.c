@@ -7,17 +7,20 @@
  * from exactly the devices cuMemSetAccess named. So a heap keeps a set of peer
  * devices in its backend door (vmm_door.peers, one bit per ordinal), and:
  *  - every set_access through the door grants the peers the same protection as
- *    the owner (backend_call.c), so extents mapped later reach them too;
+ *    the owner (backend/door.c), so extents mapped later reach them too;
  *  - heap_peer_add grants a new peer access to every extent mapped now.
  *
- * The race between the two is closed by the heap lock: heap_peer_add sets the
- * bit and lists the extents under the lock; a thread backing a new extent reads
- * the set under the lock before it leaves to call the driver, and after it puts
- * the extent in the map (under the lock again) grants whatever bits appeared in
- * between (heap_peer_catch_up_locked). An extent therefore either is in the
- * list, or was backed by a thread that sees the new bit. The grants themselves
- * are driver calls and run with the lock dropped; an extent unmapped in the
- * meantime (trim) makes its grant fail, which is not an error.
+ * The word changes only with the heap lock held (add, a failed add taking its
+ * bit back, remove); it is atomic because the door reads it without the lock,
+ * in the set_access calls made with the lock dropped. The race between the two
+ * paths above is closed by the lock: heap_peer_add sets the bit and lists the
+ * extents in one hold of it; a thread backing a new extent reads the set under
+ * the lock before it leaves to call the driver, and after it puts the extent in
+ * the map (under the lock again) grants whatever bits appeared in between
+ * (heap_peer_catch_up_locked). An extent therefore either is in the list, or was
+ * backed by a thread that sees the new bit. The grants themselves are driver
+ * calls and run with the lock dropped; an extent unmapped in the meantime (trim)
+ * makes its grant fail, which is not an error.
  *
  * Removing a peer stops grants to future extents; extents already granted keep
  * the peer's access (the safe direction: a program that disabled peer access
@@ -89,14 +92,20 @@ int heap_peer_add(gpu_heap_t *h, int device) {
                                 list[i].size, vmm_error());
     }
     free(list);
-    if (rc != GPU_OK) atomic_fetch_and(&h->door.peers, ~bit); /* later extents need not reach a peer that failed */
+    if (rc != GPU_OK) { /* later extents need not reach a peer that failed */
+        heap_lock(h);
+        atomic_fetch_and(&h->door.peers, ~bit);
+        heap_unlock(h);
+    }
     return rc;
 }
 
 int heap_peer_remove(gpu_heap_t *h, int device) {
     if (device < 0 || device >= GH_MAX_PEERS)
         return gh_note(GPU_ERR_INVALID, "peer device %d is out of range (0..%d)", device, GH_MAX_PEERS - 1);
+    heap_lock(h);
     atomic_fetch_and(&h->door.peers, ~((uint64_t)1 << device));
+    heap_unlock(h);
     return GPU_OK;
 }
 

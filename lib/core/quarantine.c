@@ -16,12 +16,18 @@
  * invalidate the capture, so sealing asks first and leaves the quarantine alone
  * while a capture is in progress. A backend without context events (an older
  * driver) simply never seals.
+ *
+ * The sealed batches are a FIFO of events.c's, each entry the batch and the
+ * cover number taken before its event was recorded. A fence retires the batches
+ * sealed before it while the lock is held; their events are spent, given back to
+ * the driver only once the lock is dropped (events.c).
  */
-#include <string.h>
-
 #include "core/internal.h"
 
-#define SEALED_MAX (sizeof ((gpu_heap_t *)0)->sealed / sizeof ((gpu_heap_t *)0)->sealed[0])
+/* The sealed batches as events.c sees them. */
+static inline event_queue seals(gpu_heap_t *h) {
+    return (event_queue){.e = h->sealed, .n = &h->nsealed, .busy = &h->seal_busy, .cap = SEALED_MAX};
+}
 
 void quarantine_cover_done(gpu_heap_t *h, uint64_t v) {
     uint64_t d = atomic_load_explicit(&h->cover_done, memory_order_relaxed);
@@ -63,17 +69,10 @@ static int seal(gpu_heap_t *h, uintptr_t stream, bool empty_ok) {
     if ((!h->quarantine && !empty_ok) || h->nsealed == SEALED_MAX || h->seal_busy || !vmm_call_has_fence_record(&h->door))
         return GPU_OK;
     quarantine_batch q = quarantine_take_locked(h);
-    h->seal_busy = true;
     uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* covers every block freed before this */
-    heap_unlock(h);
-    vmm_event ev = 0;
-    bool capturing = vmm_call_capturing(&h->door, stream);
-    int rc = capturing ? GPU_ERR_CAPTURING : vmm_call_fence_record(&h->door, &ev);
-    heap_lock(h);
-    h->seal_busy = false;
+    int rc = events_record_locked(h, seals(h), stream, true, &(event_entry){.tag = seq, .q = q});
     quarantine_untake_locked(h, &q, rc != GPU_OK);
     if (rc != GPU_OK) return rc;
-    h->sealed[h->nsealed++] = (struct sealed_batch){.q = q, .ev = ev, .seq = seq};
     h->seal_events++;
     return GPU_OK;
 }
@@ -88,45 +87,31 @@ bool quarantine_cover_locked(gpu_heap_t *h, uint64_t tag) {
     return quarantine_covered(h, tag);
 }
 
-/* Makes sealed batch i idle and drops it from the list. */
-static void release_batch(gpu_heap_t *h, unsigned i) {
-    struct sealed_batch s = h->sealed[i];
-    memmove(&h->sealed[i], &h->sealed[i + 1], (h->nsealed - i - 1) * sizeof h->sealed[0]);
-    h->nsealed--;
-    quarantine_cover_done(h, s.seq + 1);
-    quarantine_free_locked(h, &s.q);
+/* A sealed batch whose event completed (or a fence passed): its blocks become
+ * idle, and so does every block freed before its cover number. */
+static void release_batch(gpu_heap_t *h, const event_entry *s) {
+    quarantine_cover_done(h, s->tag + 1);
+    quarantine_free_locked(h, &s->q);
 }
 
-bool quarantine_reap_locked(gpu_heap_t *h) {
-    bool any = false;
-    if (h->seal_busy) return false; /* another thread is at it */
-    h->seal_busy = true;
-    while (h->nsealed) {
-        vmm_event ev = h->sealed[0].ev;
-        heap_unlock(h);
-        int rc = vmm_call_event_query(&h->door, ev);
-        if (rc == GPU_OK) vmm_call_event_release(&h->door, ev);
-        heap_lock(h);
-        if (rc != GPU_OK) break; /* not yet: the next miss asks again (and a fence covers it) */
-        release_batch(h, 0);
-        any = true;
-    }
-    h->seal_busy = false;
-    return any;
+/* events_reap_locked's answer for a completed seal event. */
+static bool batch_done(gpu_heap_t *h, const event_entry *e, void *arg) {
+    (void)arg;
+    release_batch(h, e);
+    return true;
 }
+
+bool quarantine_reap_locked(gpu_heap_t *h) { return events_reap_locked(h, seals(h), false, batch_done, NULL); }
 
 void quarantine_release_sealed_locked(gpu_heap_t *h, uint64_t before_seq) {
     for (unsigned i = 0; i < h->nsealed;) {
-        if (h->sealed[i].seq >= before_seq || (h->seal_busy && i == 0)) { /* sealed after the fence began, or being queried */
+        if (h->sealed[i].tag >= before_seq || (h->seal_busy && i == 0)) { /* sealed after the fence began, or being queried */
             i++;
             continue;
         }
-        vmm_call_event_release(&h->door, h->sealed[i].ev);
-        release_batch(h, i);
+        event_entry s = events_retire_locked(h, seals(h), i); /* its event is given back once the lock is dropped */
+        release_batch(h, &s);
     }
 }
 
-void quarantine_close(gpu_heap_t *h) {
-    for (unsigned i = 0; i < h->nsealed; i++) vmm_call_event_release(&h->door, h->sealed[i].ev);
-    h->nsealed = 0;
-}
+void quarantine_close(gpu_heap_t *h) { events_close(h, seals(h)); }

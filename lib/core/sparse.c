@@ -15,7 +15,11 @@
  *
  * Every operation marks the reservation busy, drops the heap lock around driver
  * calls, and either completes or undoes what it did: a failed call leaves the
- * committed ranges as they were.
+ * committed ranges as they were. Memory goes in and out through backing.c's
+ * doors. A handle the driver refuses to take back is mapped back and kept, as
+ * everywhere in the heap: a decommit leaves that extent committed (and still
+ * succeeds when anything else went), a release hands it to the heap as idle
+ * memory for a later trim.
  */
 #include <stdlib.h>
 
@@ -76,14 +80,17 @@ static uintptr_t gap_end(gpu_heap_t *h, uintptr_t va, uintptr_t end) {
     return va;
 }
 
-/* Unmaps and forgets the extents of reservation r inside [lo, hi) (whole, all
- * inside), all or none: every mapping goes first, and if the driver refuses one
- * the others are mapped back with their handles — contents intact — and nothing
- * changes. Only then are the handles released. Lock held; dropped around the
- * driver calls (r is busy meanwhile). */
-static int drop_extents(gpu_heap_t *h, block *r, uintptr_t lo, uintptr_t hi) {
+/* Gives back the extents of reservation r inside [lo, hi) (whole, all inside)
+ * through backing.c's door, all or none for the unmaps: if the driver refuses
+ * one, the others are mapped back — contents intact — and nothing changes (an
+ * error). A handle whose release is then refused is mapped back and kept:
+ * committed as before, or (releasing set: the reservation is going away) mapped
+ * back read-write to become idle memory of the heap; *kept (may be NULL) says how
+ * many. Only when nothing went at all is that an error. Lock held; dropped
+ * around the driver calls (r is busy meanwhile). */
+static int drop_extents(gpu_heap_t *h, block *r, uintptr_t lo, uintptr_t hi, bool releasing, size_t *kept) {
     size_t n = 0, cap = 0;
-    extent **v = NULL;
+    extent_return *v = NULL;
     for (uintptr_t va = lo; va < hi;) {
         extent *e = extmap_find(&h->extents, va);
         if (!e) {
@@ -93,38 +100,39 @@ static int drop_extents(gpu_heap_t *h, block *r, uintptr_t lo, uintptr_t hi) {
         gh_assert(e->owner == r && e->va >= lo && e->va + e->size <= hi, "dropped extents lie inside the range");
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
-            extent **nv = realloc(v, cap * sizeof *nv);
+            extent_return *nv = realloc(v, cap * sizeof *nv);
             if (!nv) {
                 free(v);
                 return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory to decommit");
             }
             v = nv;
         }
-        v[n++] = e;
+        v[n++] = (extent_return){.e = e, .prot = releasing ? GPU_PROT_READ_WRITE : (gpu_prot_t)e->prot};
         va = e->va + e->size;
     }
+    /* A kept extent of a released reservation becomes an idle block of its own. */
+    if (releasing && !pool_reserve(&h->block_pool, 2 * n + 1)) {
+        free(v);
+        return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory to release a reservation");
+    }
     heap_unlock(h);
-    int rc = GPU_OK;
-    size_t done = 0;
-    for (; done < n; done++)
-        if ((rc = vmm_call_unmap(&h->door, v[done]->va, v[done]->size)) != GPU_OK) break;
-    if (rc != GPU_OK) /* put back what went: the handles still hold the bytes */
-        for (size_t k = 0; k < done; k++)
-            (void)vmm_call_remap_undo(&h->door, v[k]->va, v[k]->size, v[k]->handle, (gpu_prot_t)v[k]->prot);
-    if (rc == GPU_OK)
-        for (size_t k = 0; k < n; k++)
-            if (vmm_call_release(&h->door, v[k]->handle) != GPU_OK) (void)vmm_call_release(&h->door, v[k]->handle);
+    int rc = extents_give_back(h, v, n, true);
     heap_lock(h);
-    if (rc == GPU_OK) {
-        for (size_t k = 0; k < n; k++) {
-            h->sparse_committed -= v[k]->size;
-            heap_extent_drop_locked(h, v[k]);
-        }
-    } else {
-        rc = gh_note(rc, "unmapping committed memory: %s", vmm_error());
+    size_t nkept = 0;
+    bool protected_kept = false; /* kept after a refused unmap: with its own access, maybe not read-write */
+    for (size_t k = 0; k < n; k++) {
+        if (v[k].fate == EXTENT_KEPT) nkept++, protected_kept |= v[k].prot != GPU_PROT_READ_WRITE;
+        else h->sparse_committed -= v[k].e->size;
+        extent_settle_locked(h, &v[k]);
     }
     free(v);
-    return rc;
+    if (kept) *kept = nkept;
+    if (n && nkept == n) return gh_note(rc, "giving back committed memory: %s", vmm_error());
+    /* A refused unmap whose siblings could not be mapped back (lost) leaves some
+     * gone and some kept as they were: a released reservation cannot hand a
+     * protected extent over as idle memory, so it stays, with what is left. */
+    if (releasing && protected_kept) return gh_note(rc, "giving back committed memory: %s", vmm_error());
+    return GPU_OK;
 }
 
 /* The extents one commit made, so that a failure can take them back. */
@@ -173,10 +181,7 @@ int heap_commit(gpu_heap_t *h, void *ptr, size_t len) {
             rc = gh_note(GPU_ERR_OUT_OF_MEMORY, "gpu_commit: out of host memory for extent records");
             break;
         }
-        vmm_handle handle;
-        heap_unlock(h);
-        rc = vmm_call_back(&h->door, va, ge - va, &handle);
-        heap_lock(h);
+        rc = extent_back_locked(h, va, ge - va, r); /* the map's leaves are prepared: the record cannot fail */
         if (rc != GPU_OK) {
             made.n--;
             if (rc == GPU_ERR_OUT_OF_MEMORY && !reclaimed) { /* give idle memory back, try once more */
@@ -189,15 +194,13 @@ int heap_commit(gpu_heap_t *h, void *ptr, size_t len) {
             rc = gh_note(rc, "gpu_commit: backing %zu bytes: %s", (size_t)(ge - va), vmm_error());
             break;
         }
-        e = heap_extent_new_locked(h, va, ge - va, handle); /* prepared above: cannot fail */
-        e->owner = r;
         h->sparse_committed += ge - va;
         va = ge;
     }
     if (rc != GPU_OK) /* take back what this call mapped: it holds no data yet */
         for (size_t i = 0; i < made.n; i++) {
             extent *e = extmap_find(&h->extents, made.va[i]);
-            (void)drop_extents(h, r, e->va, e->va + e->size);
+            (void)drop_extents(h, r, e->va, e->va + e->size, false, NULL);
         }
     free(made.va);
     r->busy = 0;
@@ -207,9 +210,14 @@ int heap_commit(gpu_heap_t *h, void *ptr, size_t len) {
 
 /* Extent e straddles the decommitted range [p, end): the parts of it outside the
  * range stay committed, each re-homed in an extent of its own — new memory mapped
- * at scratch VA, the bytes copied — and then e is unmapped as a whole and the new
- * memory mapped where those parts were. Lock held; dropped around driver calls.
- * The caller fenced already. */
+ * at scratch VA, the bytes copied — and then e goes back through backing.c's door
+ * and the new memory is mapped where those parts were. If the driver keeps e (an
+ * unmap or a release refused, e mapped back), nothing changes: the copies go and
+ * the decommit fails. Once e is gone, each copy's mapping is tried twice; a copy
+ * that still cannot be mapped is the one way bytes outside the range are lost
+ * (a driver refusing to map fresh memory at free addresses twice has lost its
+ * context), and that is an error. Lock held; dropped around driver calls. The
+ * caller fenced already. */
 static int keep_outside(gpu_heap_t *h, block *r, extent *e, uintptr_t p, uintptr_t end) {
     struct part {
         uintptr_t lo, hi, tmp;
@@ -227,11 +235,11 @@ static int keep_outside(gpu_heap_t *h, block *r, extent *e, uintptr_t p, uintptr
         if (rc != GPU_OK) break;
         k->tmp = k->scratch->start;
         heap_unlock(h);
-        bool backed = (rc = vmm_call_back(&h->door, k->tmp, k->hi - k->lo, &k->nh)) == GPU_OK;
+        bool backed = (rc = handle_back(h, k->tmp, k->hi - k->lo, &k->nh)) == GPU_OK;
         if (backed) {
             rc = vmm_call_copy(&h->door, k->tmp, k->lo, k->hi - k->lo);
             if (rc == GPU_OK) rc = vmm_call_unmap(&h->door, k->tmp, k->hi - k->lo);
-            if (rc != GPU_OK) (void)vmm_call_unback(&h->door, k->tmp, k->hi - k->lo, k->nh);
+            if (rc != GPU_OK) handle_discard(h, k->tmp, k->hi - k->lo, k->nh);
         }
         heap_lock(h);
         block_release_free(h, k->scratch, BLOCK_VACANT);
@@ -246,45 +254,35 @@ static int keep_outside(gpu_heap_t *h, block *r, extent *e, uintptr_t p, uintptr
         if (rc != GPU_OK) break;
     }
     if (rc != GPU_OK) { /* e is untouched: give back the copies made so far */
-        for (int i = 0; i < made; i++) (void)vmm_call_release(&h->door, parts[i].nh);
+        heap_unlock(h);
+        for (int i = 0; i < made; i++) handle_drop(h, parts[i].nh);
+        heap_lock(h);
         return gh_note(rc, "gpu_decommit: keeping the committed bytes around the range: %s", vmm_error());
     }
-    uintptr_t eva = e->va;
     size_t esize = e->size;
-    vmm_handle oh = e->handle;
-    uint8_t prot = e->prot;
+    gpu_prot_t prot = (gpu_prot_t)e->prot;
+    extent_return ret = {.e = e, .prot = prot};
     heap_unlock(h);
+    rc = extents_give_back(h, &ret, 1, false);
     int mapped = 0;
-    rc = vmm_call_unmap(&h->door, eva, esize);
-    bool unmapped = rc == GPU_OK;
-    for (; mapped < n && rc == GPU_OK; mapped++) {
-        struct part *k = &parts[mapped];
-        rc = vmm_call_map(&h->door, k->lo, k->hi - k->lo, k->nh);
-        if (rc != GPU_OK) break;
-        rc = vmm_call_set_access(&h->door, k->lo, k->hi - k->lo, (gpu_prot_t)prot);
-        if (rc != GPU_OK) {
-            (void)vmm_call_unmap_undo(&h->door, k->lo, k->hi - k->lo);
-            break;
-        }
-    }
-    if (rc != GPU_OK) { /* put e back as it was and drop the copies */
-        for (int i = 0; i < mapped; i++) (void)vmm_call_unmap_undo(&h->door, parts[i].lo, parts[i].hi - parts[i].lo);
-        if (unmapped) (void)vmm_call_remap_undo(&h->door, eva, esize, oh, (gpu_prot_t)prot);
-        for (int i = 0; i < n; i++) (void)vmm_call_release(&h->door, parts[i].nh);
-    } else if (vmm_call_release(&h->door, oh) != GPU_OK) {
-        (void)vmm_call_release(&h->door, oh); /* once more; a handle that still will not go is counted, not fatal */
-    }
+    if (ret.fate != EXTENT_KEPT)
+        for (rc = GPU_OK; mapped < n; mapped++) /* e's addresses are free: the copies take its outer parts */
+            if ((rc = vmm_call_remap_undo(&h->door, parts[mapped].lo, parts[mapped].hi - parts[mapped].lo, parts[mapped].nh,
+                                          prot)) != GPU_OK)
+                break;
+    for (int i = mapped; i < n; i++) handle_drop(h, parts[i].nh); /* e kept: every copy; else those not mapped */
     heap_lock(h);
-    if (rc != GPU_OK) return gh_note(rc, "gpu_decommit: remapping the kept parts: %s", vmm_error());
+    if (ret.fate == EXTENT_KEPT) return gh_note(rc, "gpu_decommit: giving back the extent the range cuts: %s", vmm_error());
     h->sparse_committed -= esize;
-    heap_extent_drop_locked(h, e);
-    for (int i = 0; i < n; i++) {
+    extent_settle_locked(h, &ret);
+    for (int i = 0; i < mapped; i++) {
         extent *k = heap_extent_new_locked(h, parts[i].lo, parts[i].hi - parts[i].lo, parts[i].nh); /* leaves exist */
         k->owner = r;
-        k->prot = prot;
+        k->prot = (uint8_t)prot;
         if (prot != GPU_PROT_READ_WRITE) h->protected_extents++;
         h->sparse_committed += k->size;
     }
+    if (mapped < n) return gh_note(rc, "gpu_decommit: mapping the kept parts (their bytes are lost): %s", vmm_error());
     return GPU_OK;
 }
 
@@ -313,11 +311,42 @@ int heap_decommit(gpu_heap_t *h, void *ptr, size_t len) {
         if (first && (first->va < p || first->va + first->size > end)) rc = keep_outside(h, r, first, p, end);
         extent *last = extmap_find(&h->extents, end - 1);
         if (rc == GPU_OK && last && last->va + last->size > end) rc = keep_outside(h, r, last, p, end);
-        if (rc == GPU_OK) rc = drop_extents(h, r, p, end);
+        if (rc == GPU_OK) rc = drop_extents(h, r, p, end, false, NULL);
     }
     r->busy = 0;
     heap_unlock(h);
     return rc;
+}
+
+/* A released reservation whose driver kept some of its handles (mapped back
+ * read-write by drop_extents): those extents become idle blocks of the heap, for
+ * a later trim to give back, and the rest of the range vacant. r is out of the
+ * map and the list; drop_extents reserved the records. Lock held. */
+static void adopt_kept(gpu_heap_t *h, block *b) {
+    uintptr_t va = b->start;
+    while (va < block_end(b)) {
+        extent *e = extmap_find(&h->extents, va);
+        if (!e) {
+            va += h->gran;
+            continue;
+        }
+        h->sparse_committed -= e->size; /* heap memory now, not the reservation's */
+        e->owner = NULL;
+        if (e->va > b->start) {
+            block *x = block_split(h, b, e->va - b->start);
+            block_release_free(h, b, BLOCK_VACANT);
+            b = x;
+        }
+        if (b->size == e->size) {
+            block_release_free(h, b, BLOCK_IDLE);
+            return;
+        }
+        block *rest = block_split(h, b, e->size);
+        block_release_free(h, b, BLOCK_IDLE);
+        b = rest;
+        va = b->start;
+    }
+    block_release_free(h, b, BLOCK_VACANT);
 }
 
 int heap_release_reservation(gpu_heap_t *h, void *ptr) {
@@ -334,8 +363,9 @@ int heap_release_reservation(gpu_heap_t *h, void *ptr) {
         return rc;
     }
     r->busy = 1;
+    size_t kept = 0;
     rc = heap_fence_locked(h, 0);
-    if (rc == GPU_OK) rc = drop_extents(h, r, r->start, block_end(r));
+    if (rc == GPU_OK) rc = drop_extents(h, r, r->start, block_end(r), true, &kept);
     else rc = gh_note_context(rc, "gpu_release(%p)", ptr);
     if (rc == GPU_OK) {
         blockmap_remove(&h->live, p);
@@ -344,7 +374,8 @@ int heap_release_reservation(gpu_heap_t *h, void *ptr) {
         if (r->next_free) r->next_free->prev_free = r->prev_free;
         h->sparse_reserved -= r->size;
         r->busy = 0;
-        block_release_free(h, r, BLOCK_VACANT);
+        if (kept) adopt_kept(h, r);
+        else block_release_free(h, r, BLOCK_VACANT);
     } else {
         r->busy = 0;
     }

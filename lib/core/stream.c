@@ -18,10 +18,11 @@
  * allocates and frees on itself records one event and then touches the driver no
  * more, and the cost of an event is shared by a whole batch of frees. Blocks that
  * no event covers yet wait for the heap's device fence, like gpu_free's; out of
- * memory also waits for the pending events before the heap gives up.
+ * memory also waits for the pending events before the heap gives up. Recording
+ * and reaping are events.c's, shared with the quarantine's sealed batches; a
+ * pool's events carry the epoch they cover.
  */
 #include <stdlib.h>
-#include <string.h>
 
 #include "core/internal.h"
 
@@ -88,40 +89,22 @@ void stream_fence_end_locked(gpu_heap_t *h, const uint32_t *epochs, size_t n) {
     for (size_t i = 0; i < n; i++) (void)release_upto(h, h->pools[i], epochs[i]);
 }
 
-/* Drops the pending events of pool that completed, releasing what they cover.
- * Lock held on entry and exit; dropped around the queries. */
-static bool reap_pool(gpu_heap_t *h, stream_pool *pool, bool wait) {
-    bool any = false;
-    pool->busy = true;
-    while (pool->npending) {
-        vmm_event ev = pool->pending[0].ev;
-        uint32_t epoch = pool->pending[0].epoch;
-        heap_unlock(h);
-        int rc = wait ? vmm_call_event_wait(&h->door, ev) : vmm_call_event_query(&h->door, ev);
-        if (rc == GPU_OK) vmm_call_event_release(&h->door, ev);
-        heap_lock(h);
-        if (rc != GPU_OK) break; /* not yet (or broken: retried later, and the fence covers it) */
-        memmove(&pool->pending[0], &pool->pending[1], (pool->npending - 1) * sizeof pool->pending[0]);
-        pool->npending--;
-        any |= release_upto(h, pool, epoch);
-    }
-    pool->busy = false;
-    return any;
+/* The pending events of pool as events.c sees them. */
+static inline event_queue pending(stream_pool *pool) {
+    return (event_queue){.e = pool->pending, .n = &pool->npending, .busy = &pool->busy, .cap = STREAM_PENDING_MAX};
+}
+
+/* events_reap_locked's answer for a completed event of pool (arg): the blocks
+ * freed up to its epoch become idle. */
+static bool epoch_done(gpu_heap_t *h, const event_entry *e, void *arg) {
+    return release_upto(h, arg, (uint32_t)e->tag);
 }
 
 void stream_cover_locked(gpu_heap_t *h, stream_pool *pool) {
     if (pool->busy || pool->npending || !pool->free.blocks) return;
     uint32_t epoch = pool->epoch++;
-    pool->busy = true;
-    heap_unlock(h);
-    vmm_event ev;
-    int rc = vmm_call_event_record(&h->door, pool->stream, &ev);
-    heap_lock(h);
-    pool->busy = false;
+    int rc = events_record_locked(h, pending(pool), pool->stream, false, &(event_entry){.tag = epoch});
     if (rc != GPU_OK) return; /* e.g. a destroyed stream: its blocks wait for the next fence */
-    pool->pending[pool->npending].ev = ev;
-    pool->pending[pool->npending].epoch = epoch;
-    pool->npending++;
     h->stream_events++;
 }
 
@@ -130,16 +113,15 @@ bool stream_reap_locked(gpu_heap_t *h, bool wait) {
     for (size_t i = 0; i < h->npools; i++) {
         stream_pool *pool = h->pools[i];
         if (pool->busy || !pool->npending) continue; /* another thread is at it, or nothing to ask */
-        any |= reap_pool(h, pool, wait);
+        any |= events_reap_locked(h, pending(pool), wait, epoch_done, pool);
     }
     return any;
 }
 
 void stream_pools_close(gpu_heap_t *h) {
     for (size_t i = 0; i < h->npools; i++) {
-        stream_pool *pool = h->pools[i];
-        for (unsigned k = 0; k < pool->npending; k++) vmm_call_event_release(&h->door, pool->pending[k].ev);
-        free(pool);
+        events_close(h, pending(h->pools[i]));
+        free(h->pools[i]);
     }
     h->npools = 0;
 }

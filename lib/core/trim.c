@@ -6,9 +6,10 @@
  * inside one idle block (free blocks are coalesced, so a wholly free extent is
  * always inside exactly one). Trimming first fences the quarantine into the idle
  * index, then cuts such extents out of their idle blocks, marks them BUSY, drops
- * the lock to unmap and release them, and turns their addresses into vacant VA.
- * The same path serves gpu_heap_trim, the release threshold, shrinking realloc and
- * recovery from out-of-memory.
+ * the lock to give them back (backing.c's door: a handle the driver refuses to
+ * release is mapped back and its range stays idle), and turns the addresses of
+ * the extents that went into vacant VA. The same path serves gpu_heap_trim, the
+ * release threshold, shrinking realloc and recovery from out-of-memory.
  */
 #include "core/internal.h"
 
@@ -17,8 +18,7 @@
 typedef struct trim_work {
     block *range[TRIM_BATCH];
     extent *ext[TRIM_BATCH];
-    int rc[TRIM_BATCH];
-    bool gone[TRIM_BATCH]; /* the extent is unmapped, whatever rc says */
+    extent_return ret[TRIM_BATCH]; /* what the give-back door made of each */
     size_t n;
     size_t goal;      /* bytes still to release */
     uintptr_t lo, hi; /* only extents inside [lo, hi) */
@@ -48,25 +48,6 @@ static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
         tlsf_remove(&h->idle, b);
     }
     tlsf_insert(&h->idle, b);
-}
-
-/* Unmaps and releases an idle extent; *gone says whether its addresses are
- * unmapped afterwards. A release refused after the unmap went through would leave
- * the heap's books saying "mapped" over unmapped addresses, so the handle is
- * mapped back read-write (idle memory is read-write) and a later trim tries
- * again; only when that fails too is the extent dropped and its handle lost. */
-static int unback_idle(gpu_heap_t *h, const extent *e, bool *gone) {
-    *gone = false;
-    int rc = vmm_call_unmap(&h->door, e->va, e->size);
-    if (rc != GPU_OK) return rc;
-    rc = vmm_call_release(&h->door, e->handle);
-    if (rc == GPU_OK) {
-        *gone = true;
-        return GPU_OK;
-    }
-    if (vmm_call_remap_undo(&h->door, e->va, e->size, e->handle, GPU_PROT_READ_WRITE) == GPU_OK) return rc;
-    *gone = true;
-    return rc;
 }
 
 /* True when the idle block b holds a whole extent inside [lo, hi). */
@@ -105,18 +86,18 @@ static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi) 
             if (w.n == before) break; /* out of host memory for records */
         }
         if (!w.n) break;
+        /* Idle memory is read-write: a handle the driver will not take back is
+         * mapped back so, and its range stays idle for a later trim. */
+        for (size_t i = 0; i < w.n; i++) w.ret[i] = (extent_return){.e = w.ext[i], .prot = GPU_PROT_READ_WRITE};
         heap_unlock(h);
-        for (size_t i = 0; i < w.n; i++) w.rc[i] = unback_idle(h, w.ext[i], &w.gone[i]);
+        (void)extents_give_back(h, w.ret, w.n, false);
         heap_lock(h);
         for (size_t i = 0; i < w.n; i++) {
-            if (w.rc[i] != GPU_OK && first_error == GPU_OK)
-                first_error = gh_note(w.rc[i], "releasing an idle extent: %s", vmm_error());
-            if (w.gone[i]) {
-                heap_extent_drop_locked(h, w.ext[i]);
-                block_release_free(h, w.range[i], BLOCK_VACANT);
-            } else {
-                block_release_free(h, w.range[i], BLOCK_IDLE);
-            }
+            if (w.ret[i].rc != GPU_OK && first_error == GPU_OK)
+                first_error = gh_note(w.ret[i].rc, "releasing an idle extent: %s", vmm_error());
+            bool kept = w.ret[i].fate == EXTENT_KEPT;
+            extent_settle_locked(h, &w.ret[i]);
+            block_release_free(h, w.range[i], kept ? BLOCK_IDLE : BLOCK_VACANT);
         }
         if (first_error != GPU_OK) break;
     }

@@ -1,7 +1,7 @@
 /*
  * types.h — the heap core's records, in one place: blocks, the free-block index,
- * the address map, extents and their map, record pools, stream pools, and the
- * heap itself. Functions are declared in the header of the file that defines
+ * the address map, extents and their map, record pools, events and what waits on
+ * them, stream pools, and the heap itself. Functions are declared in the header of the file that defines
  * them (tlsf.h, blockmap.h, extent.h, block.h, heap.h, internal.h); this header
  * only says what the books are made of.
  *
@@ -132,6 +132,25 @@ typedef struct record_pool {
     size_t bump_left;
 } record_pool;
 
+/* ---- events and what waits on them (events.c) ------------------------------- */
+
+/* Quarantined blocks taken off the list together, and what they add up to. */
+typedef struct quarantine_batch {
+    block *head; /* linked through next_free */
+    size_t bytes, blocks;
+} quarantine_batch;
+
+/* One event recorded in the GPU's order, and what it covers. Its owner keeps its
+ * events in a FIFO, oldest first (events.c runs them): the quarantine's sealed
+ * batches, a stream pool's pending events. */
+typedef struct event_entry {
+    vmm_event ev;
+    uint64_t tag;       /* what it covers, in the owner's terms: a cover number (the quarantine), an epoch (a stream pool) */
+    quarantine_batch q; /* the blocks waiting on it where the owner lists them (the quarantine); empty for a pool */
+} event_entry;
+
+#define SEALED_MAX 8 /* quarantine batches sealed and not yet released */
+
 /* ---- stream pools (stream.c) -------------------------------------------------- */
 
 #define STREAM_POOLS_MAX 64
@@ -145,19 +164,12 @@ typedef struct stream_pool {
     uintptr_t stream;
     tlsf_index free;   /* BLOCK_STREAM blocks of this pool */
     uint32_t epoch;    /* the epoch of blocks freed now; an event covers all before it */
-    struct { vmm_event ev; uint32_t epoch; } pending[STREAM_PENDING_MAX];
+    event_entry pending[STREAM_PENDING_MAX]; /* oldest first; tag: the epoch it covers */
     unsigned npending;
     bool busy;         /* a thread is recording or querying this pool's events outside the lock */
 } stream_pool;
 
 /* ---- the heap ------------------------------------------------------------------ */
-
-/* Quarantined blocks taken off the list together, and what they add up to. */
-typedef struct quarantine_batch {
-    block *head; /* linked through next_free */
-    size_t bytes, blocks;
-} quarantine_batch;
-
 #define GH_HEAP_MAGIC 0x67707568656170ull /* "gpuheap" */
 
 struct gpu_heap {
@@ -193,14 +205,15 @@ struct gpu_heap {
     size_t quarantine_bytes, quarantine_blocks;
     size_t draining_bytes, draining_blocks; /* quarantined blocks a drain took off the list while it fences (lock dropped) */
     /* Quarantine batches sealed by one context-wide event each, oldest first
-     * (quarantine.c): released when a query finds the event complete. */
-    struct sealed_batch {
-        quarantine_batch q;
-        vmm_event ev;
-        uint64_t seq;
-    } sealed[8];
+     * (quarantine.c; tag: the cover number taken before the event was recorded):
+     * released when a query finds the event complete, or by a fence. */
+    event_entry sealed[SEALED_MAX];
     unsigned nsealed;
     bool seal_busy;        /* a thread records or queries seal events with the lock dropped */
+    /* Events done with while the lock was held (a fence released their batches):
+     * given back to the driver at the next call made without the lock (events.c). */
+    vmm_event spent[SEALED_MAX];
+    unsigned nspent;
     uint64_t seal_events;
     size_t nextents;
     size_t protected_extents; /* extents whose access is not read-write */
@@ -210,6 +223,7 @@ struct gpu_heap {
     size_t sparse_reserved, sparse_committed;
     block *sparse_list;    /* BLOCK_SPARSE blocks, linked through prev_free/next_free */
     uint64_t fences;
+    _Atomic uint64_t extents_lost; /* handles the driver would neither release nor map back (backing.c) */
 
     /* Cover numbers (quarantine.c): every seal event and fence takes the next
      * cover_seq before its driver call, and once it is known complete raises

@@ -1,0 +1,147 @@
+/*
+ * backing.c — the doors through which physical memory enters and leaves the
+ * heap: backing an extent, and giving one back, with one policy for refusal.
+ *
+ * Backing is create, map, grant access (the owner read-write, every peer the
+ * same), undone in reverse when a step is refused. Giving back is unmap, then
+ * release. The release is the step that hurts when refused: the addresses are
+ * already unmapped while the books say "mapped" there. Before this door there
+ * were four answers to it (retry then leak the handle; map it back; retry then
+ * leak silently; retry once more). Now there is one, jemalloc's
+ * extent_dalloc_wrapper's: a handle the driver will not take back is mapped back
+ * where it was, with its access and its peers', and the extent stays — idle, or
+ * owned as before — for a later give-back to try again. Only when the driver
+ * refuses to map it back too is the extent forgotten: its addresses are unmapped,
+ * its handle leaks, and the heap counts it (gpu_stats_t.extents_lost).
+ *
+ * The doors make the driver calls and decide each extent's fate; the books
+ * change under the lock afterwards (extent_settle_locked), in the caller's order.
+ * Fresh handles that never entered the books (a copy being built, a growth being
+ * mapped) go through handle_back and handle_discard: they have nowhere to be
+ * kept, so a refused release of one is counted as lost at once.
+ */
+#include "core/internal.h"
+
+/* A handle the driver would not take back: it leaks, and the heap says so. */
+static void count_lost(gpu_heap_t *h) { atomic_fetch_add_explicit(&h->extents_lost, 1, memory_order_relaxed); }
+
+void handle_drop(gpu_heap_t *h, vmm_handle hd) {
+    if (vmm_call_release(&h->door, hd) != GPU_OK) count_lost(h);
+}
+
+int handle_back(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle *out) {
+    vmm_handle hd;
+    int rc = vmm_call_create(&h->door, size, &hd);
+    if (rc != GPU_OK) return rc;
+    rc = vmm_call_map(&h->door, va, size, hd);
+    if (rc == GPU_OK) {
+        rc = vmm_call_set_access(&h->door, va, size, GPU_PROT_READ_WRITE); /* the owner, then every peer */
+        if (rc == GPU_OK) {
+            *out = hd;
+            return GPU_OK;
+        }
+        (void)vmm_call_unmap_undo(&h->door, va, size);
+    }
+    handle_drop(h, hd);
+    return rc;
+}
+
+void handle_discard(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd) {
+    if (vmm_call_unmap_undo(&h->door, va, size) != GPU_OK) {
+        count_lost(h); /* still mapped: it cannot be released either */
+        return;
+    }
+    handle_drop(h, hd);
+}
+
+int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner) {
+    uint64_t peers = heap_peers(h); /* read under the lock: peer.c explains the race this closes */
+    vmm_handle hd;
+    heap_unlock(h);
+    int rc = handle_back(h, va, size, &hd);
+    heap_lock(h);
+    if (rc != GPU_OK) return gh_note(rc, "backing %zu bytes: %s", size, vmm_error());
+    extent *e = heap_extent_new_locked(h, va, size, hd);
+    if (!e) {
+        heap_unlock(h);
+        handle_discard(h, va, size, hd);
+        heap_lock(h);
+        return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for the extent map");
+    }
+    e->owner = owner; /* before the lock is dropped again: a check meanwhile sees it owned */
+    heap_peer_catch_up_locked(h, va, size, peers);
+    return GPU_OK;
+}
+
+/* The release of an unmapped extent's handle, and the policy when it is
+ * refused: mapped back with r->prot (and the peers), kept; else lost. */
+static void release_or_keep(gpu_heap_t *h, extent_return *r) {
+    const extent *e = r->e;
+    int rc = vmm_call_release(&h->door, e->handle);
+    r->rc = rc;
+    if (rc == GPU_OK)
+        r->fate = EXTENT_GONE;
+    else
+        r->fate = vmm_call_remap_undo(&h->door, e->va, e->size, e->handle, r->prot) == GPU_OK ? EXTENT_KEPT : EXTENT_LOST;
+}
+
+/* An unmap was refused: the extent is still mapped as it was. */
+static void keep_unmapped(extent_return *r, int rc) {
+    r->rc = rc;
+    r->fate = EXTENT_KEPT;
+    r->prot = (gpu_prot_t)r->e->prot;
+}
+
+int extents_give_back(gpu_heap_t *h, extent_return *v, size_t n, bool all_or_none) {
+    int first = GPU_OK;
+    if (all_or_none) { /* every mapping first; one refused puts the others back */
+        size_t done = 0;
+        int rc = GPU_OK;
+        for (; done < n; done++)
+            if ((rc = vmm_call_unmap(&h->door, v[done].e->va, v[done].e->size)) != GPU_OK) break;
+        if (rc != GPU_OK) {
+            for (size_t k = 0; k < n; k++) {
+                keep_unmapped(&v[k], rc);
+                const extent *e = v[k].e;
+                if (k < done && vmm_call_remap_undo(&h->door, e->va, e->size, e->handle, (gpu_prot_t)e->prot) != GPU_OK)
+                    v[k].fate = EXTENT_LOST; /* unmapped, and the driver will not map it back */
+            }
+            return rc;
+        }
+        for (size_t k = 0; k < n; k++) {
+            release_or_keep(h, &v[k]);
+            if (first == GPU_OK) first = v[k].rc;
+        }
+        return first;
+    }
+    for (size_t k = 0; k < n; k++) {
+        int rc = vmm_call_unmap(&h->door, v[k].e->va, v[k].e->size);
+        if (rc == GPU_OK) release_or_keep(h, &v[k]);
+        else keep_unmapped(&v[k], rc);
+        if (first == GPU_OK) first = v[k].rc;
+    }
+    return first;
+}
+
+void extent_settle_locked(gpu_heap_t *h, const extent_return *r) {
+    extent *e = r->e;
+    if (r->fate == EXTENT_KEPT) {
+        if (e->prot != r->prot) { /* mapped back with another access than it had */
+            if (e->prot == GPU_PROT_READ_WRITE) h->protected_extents++;
+            else if (r->prot == GPU_PROT_READ_WRITE) h->protected_extents--;
+            e->prot = (uint8_t)r->prot;
+        }
+        return;
+    }
+    if (r->fate == EXTENT_LOST) count_lost(h);
+    heap_extent_drop_locked(h, e);
+}
+
+/* extents_give_back_all's walk: one extent at a time, books untouched. */
+static bool give_back_one(extent *e, void *arg) {
+    extent_return r = {.e = e, .prot = (gpu_prot_t)e->prot};
+    (void)extents_give_back(arg, &r, 1, false);
+    return true;
+}
+
+void extents_give_back_all(gpu_heap_t *h) { extmap_walk(&h->extents, give_back_one, h); }
