@@ -264,29 +264,3 @@ int vmm_call_direct_read(vmm_door *d, vmm_direct *dd, uint64_t offset, size_t si
 void vmm_call_direct_close(vmm_door *d, vmm_direct *dd) {
     if (dd && d->b->ops->direct_close) d->b->ops->direct_close(d->b, dd);
 }
-
-/* ---- transitional: heap.c and resize.c until they call core/backing.c -------- */
-
-int vmm_call_back(vmm_door *d, uintptr_t va, size_t size, vmm_handle *out) {
-    vmm_handle h;
-    int rc = vmm_call_create(d, size, &h);
-    if (rc != GPU_OK) return rc;
-    rc = vmm_call_map(d, va, size, h);
-    if (rc != GPU_OK) goto release;
-    rc = vmm_call_set_access(d, va, size, GPU_PROT_READ_WRITE);
-    if (rc != GPU_OK) goto unmap;
-    *out = h;
-    return GPU_OK;
-unmap:
-    (void)vmm_call_unmap_undo(d, va, size);
-release:
-    (void)vmm_call_release(d, h);
-    return rc;
-}
-
-int vmm_call_unback(vmm_door *d, uintptr_t va, size_t size, vmm_handle h) {
-    int rc = vmm_call_unmap_undo(d, va, size);
-    if (rc != GPU_OK) return rc; /* nothing changed: the extent is still mapped */
-    if (vmm_call_release(d, h) != GPU_OK) (void)vmm_call_release(d, h);
-    return GPU_OK;
-}

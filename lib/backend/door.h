@@ -92,15 +92,6 @@ bool vmm_call_has_fence_record(const vmm_door *d);
  * grants every peer in d->peers the owner's protection after the owner's own. */
 int vmm_call_grant(vmm_door *d, uintptr_t va, size_t size, int device, gpu_prot_t prot);
 int vmm_call_grant_peers(vmm_door *d, uintptr_t va, size_t size, uint64_t devices, gpu_prot_t prot);
-/* Transitional, for heap.c and resize.c until they call the heap core's doors
- * (core/backing.c: extent_back_locked, handle_back, handle_discard,
- * extents_give_back_all), which own the one policy for a refused release; then
- * these two go and the door keeps single counted calls only. No new callers.
- * vmm_call_back: create + map + set_access(read-write), undone on failure.
- * vmm_call_unback: unmap + release; a refused release is tried once more and
- * then leaks the handle. */
-int vmm_call_back(vmm_door *d, uintptr_t va, size_t size, vmm_handle *out);
-int vmm_call_unback(vmm_door *d, uintptr_t va, size_t size, vmm_handle h);
 /* File-backed memory (lib/file): staging memory, the copy queue, zero-copy
  * registration, direct reads. An op the backend does not offer (a NULL entry) is
  * refused with GPU_ERR_NO_DRIVER, never called. */

@@ -140,19 +140,12 @@ fail_backend:
     return rc;
 }
 
-/* heap_close: gives one extent back (the map is freed after the walk). */
-static bool unback_one(extent *e, void *arg) {
-    gpu_heap_t *h = arg;
-    (void)vmm_call_unback(&h->door, e->va, e->size, e->handle);
-    return true;
-}
-
 void heap_close(gpu_heap_t *h) {
     hooks_closing(h); /* thread caches, gpu_map_file's mappings and staging: while the backend is open */
     (void)vmm_call_fence(&h->door); /* no extent goes while GPU work may touch it */
     stream_pools_close(h);
     quarantine_close(h);
-    extmap_walk(&h->extents, unback_one, h);
+    extents_give_back_all(h);
     (void)vmm_call_unreserve(&h->door, h->base, h->reserved);
     vmm_call_close(&h->door);
     extmap_free(&h->extents);

@@ -137,7 +137,7 @@ static int move_by_remap(gpu_heap_t *h, block *b, size_t need, block **out) {
             break;
         }
     }
-    if (rc == GPU_OK && total > old_size) rc = vmm_call_back(&h->door, dst + old_size, total - old_size, &tail);
+    if (rc == GPU_OK && total > old_size) rc = handle_back(h, dst + old_size, total - old_size, &tail);
     if (rc == GPU_OK) { /* the fence releases what waits for one, too */
         heap_lock(h);
         rc = heap_fence_locked(h, 0);
@@ -153,7 +153,7 @@ static int move_by_remap(gpu_heap_t *h, block *b, size_t need, block **out) {
         snprintf(why, sizeof why, "%s", vmm_error());
         for (size_t i = 0; i < unmapped; i++)
             (void)vmm_call_remap_undo(&h->door, ext[i]->va, ext[i]->size, ext[i]->handle, (gpu_prot_t)ext[i]->prot);
-        if (tail) (void)vmm_call_unback(&h->door, dst + old_size, total - old_size, tail);
+        if (tail) handle_discard(h, dst + old_size, total - old_size, tail);
         for (size_t i = 0; i < mapped; i++) (void)vmm_call_unmap_undo(&h->door, dst + (ext[i]->va - old), ext[i]->size);
         heap_lock(h);
         b->state = BLOCK_LIVE;

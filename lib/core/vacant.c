@@ -36,20 +36,7 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
 
 int heap_back_at_locked(gpu_heap_t *h, block *range) {
     gh_assert(range->state == BLOCK_BUSY, "a range is marked BUSY before it is mapped");
-    vmm_handle handle;
-    uint64_t peers = heap_peers(h); /* read under the lock: peer.c explains the race this closes */
-    heap_unlock(h);
-    int rc = vmm_call_back(&h->door, range->start, range->size, &handle);
-    heap_lock(h);
-    if (rc != GPU_OK) return gh_note(rc, "backing %zu bytes: %s", range->size, vmm_error());
-    if (!heap_extent_new_locked(h, range->start, range->size, handle)) {
-        heap_unlock(h);
-        (void)vmm_call_unback(&h->door, range->start, range->size, handle);
-        heap_lock(h);
-        return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for the extent map");
-    }
-    heap_peer_catch_up_locked(h, range->start, range->size, peers);
-    return GPU_OK;
+    return extent_back_locked(h, range->start, range->size, NULL);
 }
 
 int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out) {
