@@ -168,8 +168,10 @@ struct gpu_heap {
     size_t reserved;
     size_t gran;
     uint64_t serial;       /* unique per heap opened in this process (thread caches' key) */
-    size_t tcache_bytes;   /* per-thread cache limit (cfg.thread_cache), 0 = off */
-    size_t tcache_max;     /* the largest need a thread cache takes (below a granule); 0 = off */
+    /* Unused: the thread caches compute their limits themselves (cache/internal.h).
+     * heap_open_on still writes these two; they go with those lines. */
+    size_t tcache_bytes;
+    size_t tcache_max;
     bool is_default;
     /* The heap's lock: held only for bookkeeping, never across a driver call, so an
      * exchange to take it and a store to give it back beat a pthread mutex (an
@@ -216,8 +218,6 @@ struct gpu_heap {
      * cover_done past its number. A block freed when cover_seq read t is safe to
      * reuse once cover_done > t — lock-free, for the thread caches. */
     _Alignas(64) _Atomic uint64_t cover_seq, cover_done;
-    _Atomic uint64_t cache_flush_gen; /* raised to ask every thread cache to give its blocks back */
-    struct tcache *caches;           /* the thread caches of this heap (under the lock) */
 };
 
 #endif /* GPUHEAP_CORE_TYPES_H */
