@@ -11,6 +11,7 @@
 #ifndef GPUHEAP_CACHE_INTERNAL_H
 #define GPUHEAP_CACHE_INTERNAL_H
 
+#include "cache/handout.h"
 #include "core/heap.h"
 
 #define TC_CLASSES (TC_MAX_BYTES / GH_QUANTUM) /* 256 B..4 KiB, one per quantum: nothing is rounded up */
@@ -28,15 +29,6 @@ typedef struct tc_class {
     uint32_t frees; /* frees taken, for the looks at the covers (cover_tick) */
 } tc_class;
 
-typedef struct tc_slot {
-    uintptr_t p;
-    block *b;
-    uint64_t w; /* the tc word the block was handed out with */
-    uint32_t k; /* its class */
-} tc_slot;
-
-#define TC_SLOTS 1024u /* handed-out blocks remembered, direct-mapped */
-
 typedef struct tc_home tc_home;
 
 /* One thread's cache of one heap. The owner alone touches it, but for the
@@ -50,9 +42,8 @@ typedef struct tcache {
     _Atomic bool flush_asked;   /* set by another thread's trim (lock held): give everything back */
     _Atomic size_t bytes, blocks; /* held in the rings: the owner writes, gpu_heap_stats reads */
     struct tcache *next, *prev; /* the home's list, under the heap's lock */
-    size_t slots_used;          /* slots that remember a handed-out block */
+    handout_map out;            /* the blocks handed out and not yet back */
     tc_class cls[TC_CLASSES];
-    tc_slot slots[TC_SLOTS];
 } tcache;
 
 /* ---- tcache.c ------------------------------------------------------------------ */

@@ -17,11 +17,12 @@
  * while a cache holds it, TC_USER once a cache handed it out. The heap changes a
  * live block only while it is TC_NONE and takes a TC_USER block back with one
  * compare-and-swap (heap_find_live), so a block freed by another thread, resized
- * or protected simply leaves the caches. A cache remembers the blocks it handed
- * out in a small direct-mapped table (address, record, tc word); gpu_free finds
- * its block there and claims it with a compare-and-swap of that word, whose
+ * or protected simply leaves the caches. A cache remembers every block it handed
+ * out, however many (handout.h: address, record, tc word); gpu_free finds its
+ * block there and claims it with a compare-and-swap of that word, whose
  * generation changes at every hand-out, so a stale entry can never claim a block
- * that moved on. A miss goes to the heap, which finds every block.
+ * that moved on. A block another thread's cache handed out goes to the heap,
+ * which finds every block.
  *
  * Freed blocks keep gpu_free's promise: they are not reused before GPU work
  * issued before the free has finished. Each is tagged with the heap's cover
@@ -63,12 +64,6 @@ static _Thread_local struct {
 /* One class per quantum: a class's blocks are exactly the size asked for. */
 static unsigned class_of(size_t need) { return (unsigned)(need / GH_QUANTUM) - 1; }
 static size_t class_size(unsigned k) { return (size_t)(k + 1) * GH_QUANTUM; }
-
-/* By offset in the heap, not address: two heaps given the same calls collide
- * the same way (a trace replayed on a fresh heap goes as recorded). */
-static inline tc_slot *slot_of(tcache *c, uintptr_t p) {
-    return &c->slots[(uint32_t)(((uint64_t)(p - c->heap->base) >> 8) * 0x9E3779B97F4A7C15ull >> 54) & (TC_SLOTS - 1)];
-}
 
 /* A count the owner alone writes (a load and a store, no read-modify-write). */
 static inline size_t held(const _Atomic size_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
@@ -118,6 +113,7 @@ tcache *tcache_mine(gpu_heap_t *h) {
 
 void tcache_destroy(tcache *c) {
     for (unsigned k = 0; k < TC_CLASSES; k++) free(c->cls[k].ring);
+    handout_free(&c->out);
     free(c);
 }
 
@@ -173,6 +169,7 @@ static tcache *tcache_of(gpu_heap_t *h) {
     c->home = home;
     c->limit = limit;
     c->max = tc_limit_need(h);
+    c->out.base = h->base;
     /* The last slot makes room: its cache goes back to its heap if that lives. */
     if (mine[TC_HEAPS - 1].c)
         (void)registry_call(mine[TC_HEAPS - 1].h, mine[TC_HEAPS - 1].serial, drop_cache_cb, mine[TC_HEAPS - 1].c);
@@ -305,23 +302,24 @@ int tcache_malloc(gpu_heap_t *h, size_t size, void **out) {
     count(c, held(&c->bytes) - class_size(k), held(&c->blocks) - 1);
     uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
     atomic_store_explicit(&b->tc, w, memory_order_release);
-    tc_slot *s = slot_of(c, b->start);
-    c->slots_used += !s->p;
-    *s = (tc_slot){b->start, b, w, k};
+    (void)handout_put(&c->out, b->start, k, b, w); /* out of host memory: its free goes to the heap */
     *out = (void *)b->start;
     return GPU_OK;
 }
 
+size_t tcache_handout_slots(gpu_heap_t *h) {
+    tcache *c = tcache_mine(h);
+    return c && c->out.slot ? (size_t)c->out.mask + 1 : 0;
+}
+
 int tcache_free(gpu_heap_t *h, uintptr_t p) {
     tcache *c = tcache_mine(h);
-    if (!c || !c->slots_used) return GH_MISS; /* nothing handed out: spare the table a cache miss */
-    tc_slot *s = slot_of(c, p);
-    if (s->p != p) return GH_MISS;
-    s->p = 0;
-    c->slots_used--;
-    block *b = s->b;
-    uint64_t w = s->w;
-    unsigned k = s->k;
+    handout *e = c ? handout_find(&c->out, p) : NULL;
+    if (!e) return GH_MISS; /* not handed out by this thread's cache: the heap finds it */
+    block *b = e->b;
+    uint64_t w = e->w;
+    unsigned k = (unsigned)(e->key & HANDOUT_CLASS_MASK);
+    handout_remove(&c->out, e);
     tc_class *q = &c->cls[k];
     size_t size = class_size(k);
     if (q->n == q->cap || held(&c->bytes) + size > c->limit) {
