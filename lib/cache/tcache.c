@@ -239,7 +239,12 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
         heap_unlock(h);
         return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GH_MISS;
     }
-    /* Taken in address order and handed out in that order, as the heap would. */
+    /* Taken in address order and handed out in that order, as the heap would,
+     * all under this one hold of the lock. Carving one idle range into the
+     * batch would spare each remainder's trip through the idle index (half the
+     * refill's instructions) and, for these exact-class sizes, give the same
+     * blocks; but cutting free blocks is the core's door, so the batch goes
+     * block by block until the core has one that carves a run. */
     block *fresh[TC_REFILL_MAX];
     size_t got = 0;
     while (got < want) {
