@@ -349,6 +349,41 @@ static void test_destroy_with_caches(void **state) {
     pthread_barrier_destroy(&b);
 }
 
+static void *cache_then_allocate_once(void *arg) {
+    keep_arg *a = arg;
+    void *p[64];
+    for (int i = 0; i < 64; i++) p[i] = gpu_heap_malloc(a->h, 4096);
+    for (int i = 0; i < 64; i++)
+        if (gpu_heap_free(a->h, p[i]) != GPU_OK) a->bad++;
+    pthread_barrier_wait(a->b); /* the main thread trims */
+    pthread_barrier_wait(a->b);
+    if (gpu_heap_free(a->h, gpu_heap_malloc(a->h, 256)) != GPU_OK) a->bad++; /* gives the 4 KiB blocks back first */
+    pthread_barrier_wait(a->b);
+    return NULL;
+}
+
+/* A trim empties the calling thread's cache at once and asks the others: a
+ * thread gives its cached blocks back at its next small allocation. */
+static void test_trim_asks_other_threads(void **state) {
+    (void)state;
+    pthread_barrier_t b;
+    pthread_barrier_init(&b, NULL, 2);
+    keep_arg a = {&b, open_heap(32 * MiB), 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, cache_then_allocate_once, &a), 0);
+    pthread_barrier_wait(&b);
+    assert_int_equal(gpu_heap_trim(a.h, 0), GPU_OK);
+    assert_true(STATS(a.h).cached_bytes >= 64 * 4096); /* still the other thread's until it calls */
+    pthread_barrier_wait(&b);
+    pthread_barrier_wait(&b);
+    assert_true(STATS(a.h).cached_bytes <= 64 * 256); /* only the 256-byte batch its allocation took */
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(a.bad, 0);
+    CHECK_HEAP(a.h);
+    HEAP_DESTROY(a.h);
+    pthread_barrier_destroy(&b);
+}
+
 typedef struct handoff_arg {
     pthread_barrier_t *b;
     gpu_heap_t *h;
@@ -408,6 +443,7 @@ int main(void) {
         cmocka_unit_test(test_threads_exchange_blocks),
         cmocka_unit_test(test_destroy_with_caches),
         cmocka_unit_test(test_blocks_freed_elsewhere_leave_no_trace),
+        cmocka_unit_test(test_trim_asks_other_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
