@@ -6,13 +6,13 @@
  * (STYLE.md, "Layers and doors"). This layer keeps a record per heap instead, a
  * home, in a table of its own keyed by the heap's serial (unique per heap opened
  * in the process, so a new heap at a destroyed heap's address is never taken for
- * it). The table has its own lock, taken only where a cache is made, a heap
- * closes, or a hook runs (statistics, trim) — never on the fast paths, which
- * reach everything through the thread's cache. A home's list of caches is
+ * it). The fast paths never look there: they reach everything through the
+ * thread's cache. The hooks do, and a trim hook runs at every free that passes
+ * a release threshold, so the table is read without a lock: it is a list that
+ * only grows, and a closing heap's home is not unlinked but marked free
+ * (serial 0) for the next heap to take, so a reader never meets a freed record.
+ * Making and closing homes take the table's lock. A home's list of caches is
  * guarded by the heap's lock, as are the blocks they hold.
- *
- * Lock order: the heap's lock, then the table's (the hooks run with the heap's
- * held); home_get takes the table's alone.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -20,28 +20,23 @@
 #include "cache/internal.h"
 
 struct tc_home {
-    uint64_t serial;
-    tcache *caches;       /* under the heap's lock */
-    struct tc_home *next; /* the table, under homes_lock */
+    _Atomic uint64_t serial; /* the heap's; 0: free for the next heap */
+    tcache *caches;          /* under the heap's lock */
+    struct tc_home *next;    /* set before the home is published, never changed */
 };
 
-static pthread_mutex_t homes_lock = PTHREAD_MUTEX_INITIALIZER;
-static tc_home *homes;
+static pthread_mutex_t homes_lock = PTHREAD_MUTEX_INITIALIZER; /* makers and closers */
+static tc_home *_Atomic homes;
 
-/* Where h's home is linked in the table (*result NULL: it has none). homes_lock held. */
-static tc_home **home_link(const gpu_heap_t *h) {
-    tc_home **at = &homes;
-    while (*at && (*at)->serial != h->serial) at = &(*at)->next;
-    return at;
+/* The home whose serial is s (0: a free one), or NULL. Takes no lock. */
+static tc_home *home_with(uint64_t s) {
+    for (tc_home *x = atomic_load_explicit(&homes, memory_order_acquire); x; x = x->next)
+        if (atomic_load_explicit(&x->serial, memory_order_acquire) == s) return x;
+    return NULL;
 }
 
 /* h's home, or NULL when no thread made a cache of h. */
-static tc_home *home_find(const gpu_heap_t *h) {
-    pthread_mutex_lock(&homes_lock);
-    tc_home *home = *home_link(h);
-    pthread_mutex_unlock(&homes_lock);
-    return home;
-}
+static tc_home *home_find(const gpu_heap_t *h) { return home_with(h->serial); }
 
 void home_add_locked(tcache *c) {
     tc_home *home = c->home;
@@ -64,15 +59,17 @@ void home_remove_locked(tcache *c) {
  * serial too, and give back only through registry_call, which h no longer passes. */
 static void home_closing(gpu_heap_t *h) {
     pthread_mutex_lock(&homes_lock);
-    tc_home **at = home_link(h), *home = *at;
-    if (home) *at = home->next;
+    tc_home *home = home_find(h);
+    tcache *caches = home ? home->caches : NULL;
+    if (home) {
+        home->caches = NULL;
+        atomic_store_explicit(&home->serial, 0, memory_order_release);
+    }
     pthread_mutex_unlock(&homes_lock);
-    if (!home) return;
-    for (tcache *c = home->caches, *next; c; c = next) {
+    for (tcache *c = caches, *next; c; c = next) {
         next = c->next;
         tcache_destroy(c);
     }
-    free(home);
 }
 
 /* gpu_heap_stats (lock held): blocks held free by h's caches are counted as
@@ -121,11 +118,12 @@ tc_home *home_get(gpu_heap_t *h) {
     pthread_once(&hooks_once, hooks_register); /* before the first home: the heap must hear of it */
     if (!hooks_ok) return NULL;
     pthread_mutex_lock(&homes_lock);
-    tc_home **at = home_link(h), *home = *at;
-    if (!home && (home = calloc(1, sizeof *home)) != NULL) {
-        home->serial = h->serial;
-        *at = home;
+    tc_home *home = home_find(h);
+    if (!home && (home = home_with(0)) == NULL && (home = calloc(1, sizeof *home)) != NULL) {
+        home->next = atomic_load_explicit(&homes, memory_order_relaxed);
+        atomic_store_explicit(&homes, home, memory_order_release);
     }
+    if (home) atomic_store_explicit(&home->serial, h->serial, memory_order_release);
     pthread_mutex_unlock(&homes_lock);
     return home;
 }
