@@ -1,12 +1,14 @@
 /*
- * test_tcache.c — per-thread caches (lib/tcache.c) keep gpu_free's promise and
+ * test_tcache.c — per-thread caches (lib/cache) keep gpu_free's promise and
  * the heap's books.
  *
  * A cached free must not be reused before a cover (seal event or fence) after
  * it completes; a block freed by another thread, freed twice, resized or looked
- * up behaves as without caches; the statistics add up with what caches hold;
- * trim, thread exit and heap destruction give cached blocks back or drop them
- * safely. Host backend, white-box for its event knob (lib/internal.h).
+ * up behaves as without caches; every block a thread's cache handed out comes
+ * back through it, however many are out; the statistics add up with what caches
+ * hold; trim, thread exit and heap destruction give cached blocks back or drop
+ * them safely. Host backend, white-box for its event knob (lib/core/internal.h)
+ * and the size of a cache's table of handed-out blocks (lib/cache/tcache.h).
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -20,6 +22,7 @@
 #include "gpuheap.h"
 #include "api/api.h"
 #include "backend/fault/fault.h"
+#include "cache/tcache.h"
 #include "core/internal.h"
 #include "util.h"
 
@@ -174,6 +177,31 @@ static void test_cache_off(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* A thread that holds many small blocks at once frees every one of them through
+ * its cache: the cache remembers all it handed out (a table that forgot the
+ * older ones sent them to the heap's locked path). */
+static void test_many_live_blocks_free_through_cache(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    enum { N = 10000 };
+    void **p = calloc(N, sizeof *p);
+    assert_non_null(p);
+    /* 625 blocks of each class: no ring fills (1024 slots) and the rings' bytes
+     * stay under the 32 MiB limit, so nothing needs to go back to the heap. */
+    for (int i = 0; i < N; i++) assert_non_null(p[i] = gpu_heap_malloc(h, 256 * (size_t)(1 + i % 16)));
+    gpu_stats_t before = STATS(h);
+    assert_int_equal(before.live_blocks, N);
+    for (int i = 0; i < N; i++) assert_int_equal(gpu_heap_free(h, p[i]), GPU_OK);
+    gpu_stats_t after = STATS(h);
+    assert_int_equal(after.live_blocks, 0);
+    assert_int_equal(after.cached_blocks - before.cached_blocks, N); /* every free stayed in the cache */
+    assert_int_equal(after.quarantine_blocks, before.quarantine_blocks);
+    CHECK_HEAP(h);
+    books_add_up(h);
+    free(p);
+    HEAP_DESTROY(h);
+}
+
 /* ---- threads ------------------------------------------------------------------------ */
 
 typedef struct xarg {
@@ -321,6 +349,87 @@ static void test_destroy_with_caches(void **state) {
     pthread_barrier_destroy(&b);
 }
 
+static void *cache_then_allocate_once(void *arg) {
+    keep_arg *a = arg;
+    void *p[64];
+    for (int i = 0; i < 64; i++) p[i] = gpu_heap_malloc(a->h, 4096);
+    for (int i = 0; i < 64; i++)
+        if (gpu_heap_free(a->h, p[i]) != GPU_OK) a->bad++;
+    pthread_barrier_wait(a->b); /* the main thread trims */
+    pthread_barrier_wait(a->b);
+    if (gpu_heap_free(a->h, gpu_heap_malloc(a->h, 256)) != GPU_OK) a->bad++; /* gives the 4 KiB blocks back first */
+    pthread_barrier_wait(a->b);
+    return NULL;
+}
+
+/* A trim empties the calling thread's cache at once and asks the others: a
+ * thread gives its cached blocks back at its next small allocation. */
+static void test_trim_asks_other_threads(void **state) {
+    (void)state;
+    pthread_barrier_t b;
+    pthread_barrier_init(&b, NULL, 2);
+    keep_arg a = {&b, open_heap(32 * MiB), 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, cache_then_allocate_once, &a), 0);
+    pthread_barrier_wait(&b);
+    assert_int_equal(gpu_heap_trim(a.h, 0), GPU_OK);
+    assert_true(STATS(a.h).cached_bytes >= 64 * 4096); /* still the other thread's until it calls */
+    pthread_barrier_wait(&b);
+    pthread_barrier_wait(&b);
+    assert_true(STATS(a.h).cached_bytes <= 64 * 256); /* only the 256-byte batch its allocation took */
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(a.bad, 0);
+    CHECK_HEAP(a.h);
+    HEAP_DESTROY(a.h);
+    pthread_barrier_destroy(&b);
+}
+
+typedef struct handoff_arg {
+    pthread_barrier_t *b;
+    gpu_heap_t *h;
+    void **ptrs;
+    int n, rounds;
+    size_t slots; /* the largest table of handed-out blocks the thread's cache had */
+} handoff_arg;
+
+static void *allocate_for_main(void *arg) {
+    handoff_arg *a = arg;
+    for (int r = 0; r < a->rounds; r++) {
+        for (int i = 0; i < a->n; i++) a->ptrs[i] = gpu_heap_malloc(a->h, 256);
+        size_t slots = tcache_handout_slots(a->h);
+        if (slots > a->slots) a->slots = slots;
+        pthread_barrier_wait(a->b); /* main frees them */
+        pthread_barrier_wait(a->b);
+    }
+    return NULL;
+}
+
+/* Blocks a thread's cache handed out and another thread freed leave stale
+ * entries in its table of handed-out blocks; the table drops them as it fills,
+ * so it stays the size of what is really out. */
+static void test_blocks_freed_elsewhere_leave_no_trace(void **state) {
+    (void)state;
+    pthread_barrier_t b;
+    pthread_barrier_init(&b, NULL, 2);
+    enum { N = 500, ROUNDS = 200 };
+    void *ptrs[N];
+    handoff_arg a = {&b, open_heap(32 * MiB), ptrs, N, ROUNDS, 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, allocate_for_main, &a), 0);
+    for (int r = 0; r < ROUNDS; r++) {
+        pthread_barrier_wait(&b);
+        for (int i = 0; i < N; i++) assert_int_equal(gpu_heap_free(a.h, ptrs[i]), GPU_OK);
+        pthread_barrier_wait(&b);
+    }
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_true(a.slots > 0);
+    assert_true(a.slots <= 8 * N); /* not the N * ROUNDS blocks handed out in all */
+    assert_int_equal(STATS(a.h).live_blocks, 0);
+    CHECK_HEAP(a.h);
+    HEAP_DESTROY(a.h);
+    pthread_barrier_destroy(&b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reuse_waits_for_cover),
@@ -329,9 +438,12 @@ int main(void) {
         cmocka_unit_test(test_trim_empties_cache),
         cmocka_unit_test(test_protected_blocks_bypass_cache),
         cmocka_unit_test(test_cache_off),
+        cmocka_unit_test(test_many_live_blocks_free_through_cache),
         cmocka_unit_test(test_cross_thread_and_exit),
         cmocka_unit_test(test_threads_exchange_blocks),
         cmocka_unit_test(test_destroy_with_caches),
+        cmocka_unit_test(test_blocks_freed_elsewhere_leave_no_trace),
+        cmocka_unit_test(test_trim_asks_other_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

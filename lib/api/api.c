@@ -195,7 +195,7 @@ static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flag
     void *p = NULL;
     uint64_t t0 = trace_begin();
     /* The thread's cache first (small plain blocks), the heap on a miss. */
-    int rc = !flags && align == GH_QUANTUM && h->tcache_max ? tcache_malloc(h, size, &p) : GH_MISS;
+    int rc = !flags && align == GH_QUANTUM && size <= TC_MAX_BYTES ? tcache_malloc(h, size, &p) : GH_MISS;
     if (rc == GH_MISS) rc = heap_malloc(h, size, align, flags, &p);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_MALLOC, .heap = h->base, .size = size, .arg = align,
                                              .flags = (uint8_t)flags, .result = (uintptr_t)p, .rc = (int8_t)rc});
@@ -252,7 +252,7 @@ int gpu_heap_free(gpu_heap_t *heap, void *ptr) {
     gpu_heap_t *h = heap_of(heap, ptr, "gpu_free");
     if (!h) return gpu_last_error();
     uint64_t t0 = trace_begin();
-    int rc = h->tcache_bytes ? tcache_free(h, (uintptr_t)ptr) : GH_MISS;
+    int rc = tcache_free(h, (uintptr_t)ptr);
     if (rc == GH_MISS) rc = heap_free(h, ptr);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_FREE, .heap = h->base, .addr = (uintptr_t)ptr, .rc = (int8_t)rc});
     return code_result(h, rc);

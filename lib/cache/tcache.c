@@ -17,11 +17,12 @@
  * while a cache holds it, TC_USER once a cache handed it out. The heap changes a
  * live block only while it is TC_NONE and takes a TC_USER block back with one
  * compare-and-swap (heap_find_live), so a block freed by another thread, resized
- * or protected simply leaves the caches. A cache remembers the blocks it handed
- * out in a small direct-mapped table (address, record, tc word); gpu_free finds
- * its block there and claims it with a compare-and-swap of that word, whose
+ * or protected simply leaves the caches. A cache remembers every block it handed
+ * out, however many (handout.h: address, record, tc word); gpu_free finds its
+ * block there and claims it with a compare-and-swap of that word, whose
  * generation changes at every hand-out, so a stale entry can never claim a block
- * that moved on. A miss goes to the heap, which finds every block.
+ * that moved on. A block another thread's cache handed out goes to the heap,
+ * which finds every block.
  *
  * Freed blocks keep gpu_free's promise: they are not reused before GPU work
  * issued before the free has finished. Each is tagged with the heap's cover
@@ -34,54 +35,23 @@
  * What a cache holds is bounded (cfg.thread_cache bytes per thread and heap;
  * GPUHEAP_THREAD_CACHE=0 turns caching off). gpu_heap_trim and out-of-memory
  * empty the calling thread's cache and ask the others to empty theirs at their
- * next allocation; a thread's caches go back to their heaps when it exits.
+ * next allocation (home.c); a thread's caches go back to their heaps when it
+ * exits.
  */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/internal.h"
 #include "cache/tcache.h"
 #include "core/internal.h"
 
-#define TC_CLASSES (TC_MAX_BYTES / GH_QUANTUM) /* 256 B..4 KiB, one per quantum: nothing is rounded up */
 #define TC_CLASS_BYTES ((size_t)16 << 20) /* a class's ring holds about this many bytes */
 #define TC_RING_MIN 16u
 #define TC_RING_MAX 1024u
 #define TC_REFILL_BYTES ((size_t)256 << 10) /* fresh blocks taken from the heap at once: this many bytes, */
 #define TC_REFILL_MAX 64u                       /* or this many blocks */
-#define TC_SLOTS 1024u                 /* handed-out blocks remembered, direct-mapped */
 #define TC_HEAPS 4                     /* heaps a thread keeps a cache for at once */
-
-typedef struct tc_entry {
-    block *b;
-    uint64_t tag; /* cover number when freed; 0: fresh from the heap */
-} tc_entry;
-
-/* A ring of free blocks of one class, oldest first: fresh blocks go in front,
- * freed ones at the back, so tags rise from head to tail. */
-typedef struct tc_class {
-    tc_entry *ring;
-    uint32_t cap, head, n;
-    uint32_t frees; /* frees taken, for the looks at the covers (cover_tick) */
-} tc_class;
-
-typedef struct tc_slot {
-    uintptr_t p;
-    block *b;
-    uint64_t w; /* the tc word the block was handed out with */
-    uint32_t k; /* its class */
-} tc_slot;
-
-typedef struct tcache {
-    gpu_heap_t *heap;
-    struct tcache *next, *prev; /* the heap's list, under its lock */
-    uint64_t flush_seen;
-    uint64_t looked_at;         /* cover_seq after this cache's last look (cover_tick) */
-    size_t slots_used;          /* slots that remember a handed-out block */
-    _Atomic size_t bytes, blocks; /* held in the rings: the owner writes, gpu_heap_stats reads */
-    tc_class cls[TC_CLASSES];
-    tc_slot slots[TC_SLOTS];
-} tcache;
 
 static _Thread_local struct {
     gpu_heap_t *h;
@@ -94,12 +64,6 @@ static _Thread_local struct {
 /* One class per quantum: a class's blocks are exactly the size asked for. */
 static unsigned class_of(size_t need) { return (unsigned)(need / GH_QUANTUM) - 1; }
 static size_t class_size(unsigned k) { return (size_t)(k + 1) * GH_QUANTUM; }
-
-/* By offset in the heap, not address: two heaps given the same calls collide
- * the same way (a trace replayed on a fresh heap goes as recorded). */
-static inline tc_slot *slot_of(tcache *c, uintptr_t p) {
-    return &c->slots[(uint32_t)(((uint64_t)(p - c->heap->base) >> 8) * 0x9E3779B97F4A7C15ull >> 54) & (TC_SLOTS - 1)];
-}
 
 /* A count the owner alone writes (a load and a store, no read-modify-write). */
 static inline size_t held(const _Atomic size_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
@@ -130,7 +94,7 @@ static void drop_oldest_locked(gpu_heap_t *h, tcache *c, unsigned k, uint32_t n)
     count(c, held(&c->bytes) - n * size, held(&c->blocks) - n);
 }
 
-static void flush_cache_locked(gpu_heap_t *h, tcache *c) {
+void tcache_give_back_locked(gpu_heap_t *h, tcache *c) {
     for (unsigned k = 0; k < TC_CLASSES; k++)
         if (c->cls[k].n) drop_oldest_locked(h, c, k, c->cls[k].n);
 }
@@ -142,40 +106,26 @@ static int mine_index(const gpu_heap_t *h) {
     return -1;
 }
 
-/* The calling thread's cache of h if it has one; never creates. */
-static tcache *find_mine(gpu_heap_t *h) {
+tcache *tcache_mine(gpu_heap_t *h) {
     int i = mine_index(h);
     return i < 0 ? NULL : mine[i].c;
 }
 
-/* gpu_heap_trim (a hook, lock held): this thread's cache goes back to h, and the
- * other threads' caches are asked to do the same at their next call. */
-static void tcache_flush_locked(gpu_heap_t *h) {
-    uint64_t gen = atomic_fetch_add(&h->cache_flush_gen, 1) + 1;
-    tcache *c = find_mine(h);
-    if (!c) return;
-    flush_cache_locked(h, c);
-    c->flush_seen = gen;
-}
-
-static void cache_free(tcache *c) {
+void tcache_destroy(tcache *c) {
     for (unsigned k = 0; k < TC_CLASSES; k++) free(c->cls[k].ring);
+    handout_free(&c->out);
     free(c);
 }
 
-/* Unlinks c from its heap and frees it. Lock held. */
-static void drop_cache_locked(gpu_heap_t *h, tcache *c) {
-    flush_cache_locked(h, c);
-    if (c->prev) c->prev->next = c->next; else h->caches = c->next;
-    if (c->next) c->next->prev = c->prev;
-    cache_free(c);
-}
-
-/* registry_call's callback: the heap is alive and cannot go meanwhile. */
+/* registry_call's callback: c's blocks go back to its heap, which is alive and
+ * cannot go meanwhile, and c is dropped. */
 static void drop_cache_cb(gpu_heap_t *h, void *arg) {
+    tcache *c = arg;
     heap_lock(h);
-    drop_cache_locked(h, arg);
+    tcache_give_back_locked(h, c);
+    home_remove_locked(c);
     heap_unlock(h);
+    tcache_destroy(c);
 }
 
 /* Thread exit: every cache goes back to its heap, if the heap still lives (a
@@ -193,42 +143,8 @@ static void at_thread_exit(void *unused) {
     }
 }
 
-static const heap_hooks cache_hooks;
-
-/* Once per process, before the first cache: the thread-exit key, and the hooks
- * through which the heap asks the caches for their blocks. */
-static void exit_key_make(void) {
-    exit_armed_ok = pthread_key_create(&exit_key, at_thread_exit) == 0 && heap_hooks_add(&cache_hooks) == GPU_OK;
-}
-
-/* h is closing (a hook): its caches are dropped (their blocks go with the heap). */
-static void tcache_heap_closing(gpu_heap_t *h) {
-    for (tcache *c = h->caches, *next; c; c = next) {
-        next = c->next;
-        cache_free(c);
-    }
-    h->caches = NULL;
-}
-
-/* gpu_heap_stats (a hook, lock held): blocks held free by h's caches are counted
- * as cached, not live (a racing owner may move them meanwhile). */
-static void tcache_stats_locked(gpu_heap_t *h, gpu_stats_t *s) {
-    size_t bytes = 0, blocks = 0;
-    for (tcache *c = h->caches; c; c = c->next) {
-        bytes += held(&c->bytes);
-        blocks += held(&c->blocks);
-    }
-    s->cached_bytes = bytes;
-    s->cached_blocks = blocks;
-    s->live_bytes -= bytes < s->live_bytes ? bytes : s->live_bytes;
-    s->live_blocks -= blocks < s->live_blocks ? blocks : s->live_blocks;
-}
-
-static const heap_hooks cache_hooks = {
-    .closing = tcache_heap_closing,
-    .stats_locked = tcache_stats_locked,
-    .flush_locked = tcache_flush_locked,
-};
+/* Once per process, before the first cache: the thread-exit key. */
+static void exit_key_make(void) { exit_armed_ok = pthread_key_create(&exit_key, at_thread_exit) == 0; }
 
 /* ---- finding the thread's cache -------------------------------------------------- */
 
@@ -242,22 +158,25 @@ static tcache *tcache_of(gpu_heap_t *h) {
         mine[0].h = h, mine[0].serial = h->serial, mine[0].c = c;
     }
     if (i >= 0) return mine[0].c;
-    if (!h->tcache_bytes) return NULL;
+    size_t limit = tc_limit_bytes(h);
+    if (!limit) return NULL;
     pthread_once(&exit_once, exit_key_make);
     if (!exit_armed_ok || pthread_setspecific(exit_key, (void *)1) != 0) return NULL; /* no way to give it back at exit */
-    tcache *c = calloc(1, sizeof *c);
+    tc_home *home = home_get(h);
+    tcache *c = home ? calloc(1, sizeof *c) : NULL;
     if (!c) return NULL;
     c->heap = h;
+    c->home = home;
+    c->limit = limit;
+    c->max = tc_limit_need(h);
+    c->out.base = h->base;
     /* The last slot makes room: its cache goes back to its heap if that lives. */
     if (mine[TC_HEAPS - 1].c)
         (void)registry_call(mine[TC_HEAPS - 1].h, mine[TC_HEAPS - 1].serial, drop_cache_cb, mine[TC_HEAPS - 1].c);
     memmove(&mine[1], &mine[0], (TC_HEAPS - 1) * sizeof mine[0]);
     mine[0].h = h, mine[0].serial = h->serial, mine[0].c = c;
     heap_lock(h);
-    c->flush_seen = atomic_load(&h->cache_flush_gen);
-    c->next = h->caches;
-    if (h->caches) h->caches->prev = c;
-    h->caches = c;
+    home_add_locked(c);
     heap_unlock(h);
     return c;
 }
@@ -311,7 +230,7 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
         return GPU_OK;
     }
     if (q->n == q->cap) drop_oldest_locked(h, c, k, q->cap / 2); /* all waiting: the heap's quarantine takes the older half */
-    size_t mine_bytes = held(&c->bytes), room = h->tcache_bytes > mine_bytes ? (h->tcache_bytes - mine_bytes) / size : 0;
+    size_t mine_bytes = held(&c->bytes), room = c->limit > mine_bytes ? (c->limit - mine_bytes) / size : 0;
     size_t want = TC_REFILL_BYTES / size;
     if (want > TC_REFILL_MAX) want = TC_REFILL_MAX;
     if (want > q->cap - q->n) want = q->cap - q->n;
@@ -320,7 +239,12 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
         heap_unlock(h);
         return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GH_MISS;
     }
-    /* Taken in address order and handed out in that order, as the heap would. */
+    /* Taken in address order and handed out in that order, as the heap would,
+     * all under this one hold of the lock. Carving one idle range into the
+     * batch would spare each remainder's trip through the idle index (half the
+     * refill's instructions) and, for these exact-class sizes, give the same
+     * blocks; but cutting free blocks is the core's door, so the batch goes
+     * block by block until the core has one that carves a run. */
     block *fresh[TC_REFILL_MAX];
     size_t got = 0;
     while (got < want) {
@@ -365,13 +289,13 @@ static void cover_tick(gpu_heap_t *h, tcache *c, uint64_t tag) {
 
 int tcache_malloc(gpu_heap_t *h, size_t size, void **out) {
     size_t need = gh_align_up(size ? size : 1, GH_QUANTUM);
-    if (!need || need > h->tcache_max) return GH_MISS;
+    if (!need || need > TC_MAX_BYTES) return GH_MISS;
     tcache *c = tcache_of(h);
-    if (!c) return GH_MISS;
-    if (atomic_load_explicit(&h->cache_flush_gen, memory_order_relaxed) != c->flush_seen) {
+    if (!c || need > c->max) return GH_MISS;
+    if (atomic_load_explicit(&c->flush_asked, memory_order_relaxed)) {
         heap_lock(h); /* someone trimmed or ran out of memory: give everything back */
-        flush_cache_locked(h, c);
-        c->flush_seen = atomic_load(&h->cache_flush_gen);
+        tcache_give_back_locked(h, c);
+        atomic_store_explicit(&c->flush_asked, false, memory_order_relaxed);
         heap_unlock(h);
     }
     unsigned k = class_of(need);
@@ -383,34 +307,37 @@ int tcache_malloc(gpu_heap_t *h, size_t size, void **out) {
     count(c, held(&c->bytes) - class_size(k), held(&c->blocks) - 1);
     uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
     atomic_store_explicit(&b->tc, w, memory_order_release);
-    tc_slot *s = slot_of(c, b->start);
-    c->slots_used += !s->p;
-    *s = (tc_slot){b->start, b, w, k};
+    (void)handout_put(&c->out, b->start, k, b, w); /* out of host memory: its free goes to the heap */
     *out = (void *)b->start;
     return GPU_OK;
 }
 
+size_t tcache_handout_slots(gpu_heap_t *h) {
+    tcache *c = tcache_mine(h);
+    return c && c->out.slot ? (size_t)c->out.mask + 1 : 0;
+}
+
 int tcache_free(gpu_heap_t *h, uintptr_t p) {
-    tcache *c = find_mine(h);
-    if (!c || !c->slots_used) return GH_MISS; /* nothing handed out: spare the table a cache miss */
-    tc_slot *s = slot_of(c, p);
-    if (s->p != p) return GH_MISS;
-    s->p = 0;
-    c->slots_used--;
-    tc_class *q = &c->cls[s->k];
-    size_t size = class_size(s->k);
-    if (q->n == q->cap || held(&c->bytes) + size > h->tcache_bytes) {
+    tcache *c = tcache_mine(h);
+    handout *e = c ? handout_find(&c->out, p) : NULL;
+    if (!e) return GH_MISS; /* not handed out by this thread's cache: the heap finds it */
+    block *b = e->b;
+    uint64_t w = e->w;
+    unsigned k = (unsigned)(e->key & HANDOUT_CLASS_MASK);
+    handout_remove(&c->out, e);
+    tc_class *q = &c->cls[k];
+    size_t size = class_size(k);
+    if (q->n == q->cap || held(&c->bytes) + size > c->limit) {
         heap_lock(h); /* full: the older half goes back to the heap */
-        drop_oldest_locked(h, c, s->k, q->n - q->n / 2);
+        drop_oldest_locked(h, c, k, q->n - q->n / 2);
         heap_unlock(h);
-        if (held(&c->bytes) + size > h->tcache_bytes) return GH_MISS;
+        if (held(&c->bytes) + size > c->limit) return GH_MISS;
     }
-    uint64_t w = s->w;
-    if (!atomic_compare_exchange_strong_explicit(&s->b->tc, &w, tc_with(w, TC_FREE), memory_order_acq_rel,
+    if (!atomic_compare_exchange_strong_explicit(&b->tc, &w, tc_with(w, TC_FREE), memory_order_acq_rel,
                                                  memory_order_relaxed))
         return GH_MISS; /* the heap took it back, or it moved on: the heap decides */
     uint64_t tag = atomic_load(&h->cover_seq);
-    q->ring[(q->head + q->n) & (q->cap - 1)] = (tc_entry){s->b, tag};
+    q->ring[(q->head + q->n) & (q->cap - 1)] = (tc_entry){b, tag};
     q->n++;
     count(c, held(&c->bytes) + size, held(&c->blocks) + 1);
     if (++q->frees % (q->cap / 2) == 0) cover_tick(h, c, tag); /* sealed, then seen, before the ring comes round */

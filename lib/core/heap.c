@@ -99,8 +99,6 @@ int heap_open_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out
     h->cfg = *cfg;
     atomic_init(&h->lock, 0);
     h->serial = atomic_fetch_add(&serials, 1) + 1;
-    /* Cached blocks are idle memory kept mapped: a release threshold bounds them too. */
-    h->tcache_bytes = cfg->thread_cache < cfg->release_threshold ? cfg->thread_cache : cfg->release_threshold;
     atomic_init(&h->cover_seq, 1);
     atomic_init(&h->cover_done, 1); /* tag 0 (blocks fresh from the heap) is always covered */
     pool_init(&h->block_pool, sizeof(block));
@@ -111,9 +109,6 @@ int heap_open_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out
     int rc;
     h->door.verbose = cfg->verbose;
     h->gran = h->door.b->caps.granularity;
-    /* Only blocks smaller than a granule are cached: they never own an extent,
-     * so gpu_protect refuses them and a cached free never hides a protection. */
-    h->tcache_max = !h->tcache_bytes ? 0 : TC_MAX_BYTES < h->gran ? TC_MAX_BYTES : h->gran - GH_QUANTUM;
     gh_assert(gh_is_pow2(h->gran) && h->gran % GH_QUANTUM == 0, "granularity is a power of two and a quantum multiple");
     rc = reserve_va(h);
     if (rc != GPU_OK) goto fail_backend;

@@ -59,8 +59,6 @@ struct __attribute__((aligned(64))) block {
 /* Where a LIVE block stands with the thread caches (tcache.c). The heap changes
  * a live block only while it is TC_NONE; it takes a TC_USER block back first. */
 enum { TC_NONE = 0, TC_USER = 1, TC_FREE = 2 };
-/* Blocks larger than this never go through a thread cache. */
-#define TC_MAX_BYTES ((size_t)4 << 10)
 static inline unsigned tc_state(uint64_t w) { return (unsigned)(w & 3); }
 /* w with its state replaced, the generation kept. */
 static inline uint64_t tc_with(uint64_t w, unsigned state) { return (w & ~(uint64_t)3) | state; }
@@ -180,8 +178,6 @@ struct gpu_heap {
     size_t reserved;
     size_t gran;
     uint64_t serial;       /* unique per heap opened in this process (thread caches' key) */
-    size_t tcache_bytes;   /* per-thread cache limit (cfg.thread_cache), 0 = off */
-    size_t tcache_max;     /* the largest need a thread cache takes (below a granule); 0 = off */
     bool is_default;
     /* The heap's lock: held only for bookkeeping, never across a driver call, so an
      * exchange to take it and a store to give it back beat a pthread mutex (an
@@ -230,8 +226,6 @@ struct gpu_heap {
      * cover_done past its number. A block freed when cover_seq read t is safe to
      * reuse once cover_done > t — lock-free, for the thread caches. */
     _Alignas(64) _Atomic uint64_t cover_seq, cover_done;
-    _Atomic uint64_t cache_flush_gen; /* raised to ask every thread cache to give its blocks back */
-    struct tcache *caches;           /* the thread caches of this heap (under the lock) */
 };
 
 #endif /* GPUHEAP_CORE_TYPES_H */
