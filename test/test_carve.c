@@ -258,6 +258,51 @@ static void test_walk_halves(void **state) {
     run_close(&r);
 }
 
+
+/* ---- a run of small blocks ------------------------------------------------------ */
+
+/* Two heaps with the same history: idle memory cut into holes of several sizes. */
+static gpu_heap_t *holed_heap(void) {
+    gpu_config_t cfg = host_config(64 * GiB, 0, 0);
+    cfg.thread_cache = 0; /* the heap core alone */
+    gpu_heap_t *h = HEAP_CREATE(&cfg);
+    void *p[600];
+    for (int i = 0; i < 600; i++) assert_non_null(p[i] = gpu_heap_malloc(h, (size_t)(1 + i % 7) * 768));
+    for (int i = 0; i < 600; i += 3) assert_int_equal(gpu_heap_free(h, p[i]), GPU_OK);
+    assert_int_equal(gpu_heap_trim(h, SIZE_MAX), GPU_OK); /* the quarantine becomes idle holes */
+    return h;
+}
+
+/* heap_alloc_run_locked gives the blocks, in order, that single allocations would. */
+static void test_run_matches_singles(void **state) {
+    (void)state;
+    for (size_t need = GPU_MIN_ALIGNMENT; need <= 4 * KiB; need += 3 * GPU_MIN_ALIGNMENT) {
+        gpu_heap_t *a = holed_heap(), *b = holed_heap();
+        block *run[400], *one[400];
+        heap_lock(a);
+        size_t got = heap_alloc_run_locked(a, need, 400, run);
+        heap_unlock(a);
+        assert_int_equal(got, 400);
+        heap_lock(b);
+        for (int i = 0; i < 400; i++) {
+            assert_int_equal(heap_reserve_records(b), GPU_OK);
+            assert_int_equal(heap_alloc_locked(b, need, GPU_MIN_ALIGNMENT, 0, 0, &one[i]), GPU_OK);
+        }
+        heap_unlock(b);
+        for (int i = 0; i < 400; i++) {
+            assert_int_equal(run[i]->start - a->base, one[i]->start - b->base);
+            assert_int_equal(run[i]->size, need);
+        }
+        gpu_stats_t sa = STATS(a), sb = STATS(b);
+        assert_int_equal(sa.idle_bytes, sb.idle_bytes);
+        assert_int_equal(sa.mapped_bytes, sb.mapped_bytes);
+        CHECK_HEAP(a);
+        CHECK_HEAP(b);
+        HEAP_DESTROY(a);
+        HEAP_DESTROY(b);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_carve_at_start),
@@ -269,6 +314,7 @@ int main(void) {
         cmocka_unit_test(test_walk_starts_and_ends_inside),
         cmocka_unit_test(test_walk_no_extent),
         cmocka_unit_test(test_walk_halves),
+        cmocka_unit_test(test_run_matches_singles),
     };
     return cmocka_run_group_tests_name("carve", tests, NULL, NULL);
 }

@@ -239,19 +239,11 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
         heap_unlock(h);
         return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GH_MISS;
     }
-    /* Taken in address order and handed out in that order, as the heap would,
-     * all under this one hold of the lock. Carving one idle range into the
-     * batch would spare each remainder's trip through the idle index (half the
-     * refill's instructions) and, for these exact-class sizes, give the same
-     * blocks; but cutting free blocks is the core's door, so the batch goes
-     * block by block until the core has one that carves a run. */
+    /* One run carved by the heap under this one hold of the lock, in address
+     * order, handed out in that order. A shortfall is the heap's to report: the
+     * caller then asks it for the exact size. */
     block *fresh[TC_REFILL_MAX];
-    size_t got = 0;
-    while (got < want) {
-        if (heap_reserve_records(h) != GPU_OK || heap_alloc_locked(h, size, GH_QUANTUM, 0, 0, &fresh[got]) != GPU_OK)
-            break; /* a failure is the heap's to report: the caller asks it for the exact size */
-        got++;
-    }
+    size_t got = heap_alloc_run_locked(h, size, want, fresh);
     gh_assert(got <= q->cap - q->n, "a flush inside the heap only empties the ring");
     for (size_t i = got; i-- > 0;) {
         block *b = fresh[i];

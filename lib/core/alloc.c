@@ -280,3 +280,34 @@ int heap_malloc_async(gpu_heap_t *h, size_t size, uintptr_t stream, void **out) 
     heap_unlock(h);
     return rc;
 }
+
+/* ---- a run of small blocks (the thread caches' refill) ----------------------- */
+
+/* One idle block carved front to back into pieces of need bytes gives exactly the
+ * blocks, in the same order, that asking heap_alloc_locked n times would: need is
+ * a size class of its own (at most 16 quanta), so the index finds the remainder
+ * of the last cut again as long as it holds need bytes. The run spares each piece
+ * the ladder and the index's search; a miss goes up the ladder for one block. */
+size_t heap_alloc_run_locked(gpu_heap_t *h, size_t need, size_t n, block **out) {
+    gh_assert(need % GH_QUANTUM == 0 && need <= TLSF_SL_COUNT * GH_QUANTUM, "a run is of one exact size class");
+    size_t got = 0;
+    while (got < n && heap_reserve_records(h) == GPU_OK) {
+        block *b = tlsf_find(&h->idle, need);
+        if (!b) {
+            if (heap_alloc_locked(h, need, GH_QUANTUM, 0, 0, &out[got]) != GPU_OK) break;
+            got++;
+            continue;
+        }
+        tlsf_remove(&h->idle, b);
+        for (;;) {
+            bool more = b->size >= 2 * need;
+            block *piece = block_carve(h, b, b->start, need, &h->idle); /* the rest goes back to the index */
+            heap_make_live_locked(h, piece);
+            out[got++] = piece;
+            if (!more || got == n || heap_reserve_records(h) != GPU_OK) break;
+            b = piece->next_phys; /* the rest, taken back out for the next cut */
+            tlsf_remove(&h->idle, b);
+        }
+    }
+    return got;
+}

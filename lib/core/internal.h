@@ -69,6 +69,11 @@ block *fit_take_owned(gpu_heap_t *h, size_t need, size_t align);      /* whole e
 /* A LIVE block of need bytes at align (flags: GPU_ALLOC_OWNED), idle memory first,
  * then new; stream: the caller's, for capture checks (0: none). */
 int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, uintptr_t stream, block **out);
+/* Up to n LIVE blocks of need bytes (one exact size class: at most 16 quanta) for
+ * a thread cache's refill, in the order n calls of heap_alloc_locked would give
+ * them, carved from one idle block while it lasts. Returns how many it got; a
+ * shortfall is the heap's to report when the caller asks it for one block. */
+size_t heap_alloc_run_locked(gpu_heap_t *h, size_t need, size_t n, block **out);
 
 /* ---- free.c ----------------------------------------------------------------------- */
 
