@@ -15,7 +15,8 @@
  * serve.c decides what gpuheap serves: one default heap per device, on the CUDA
  * backend only; anything the heap does not own, or cannot serve, goes to the
  * real function untouched. plugin.c exports entry points with the signatures of
- * PyTorch's CUDAPluggableAllocator and CuPy's CFunctionAllocator.
+ * PyTorch's CUDAPluggableAllocator and CuPy's CFunctionAllocator; symbols.c hands
+ * out the library's own API by name (gpu_preload_symbol).
  *
  * No CUDA header is needed to build it (CI has none): the types below are the
  * ABI — every CUDA enum is a 4-byte int, every handle a pointer, CUdeviceptr an
@@ -169,5 +170,17 @@ void pl_peer_enable(int owner, int accessor);
 void pl_peer_disable(int owner, int accessor);
 /* The alignment cudaMalloc gives a block of size bytes. */
 size_t pl_alignment_for(size_t size);
+/* Reads the default heaps' configuration and installs the interposer's error
+ * handler, once; every served call does it first. */
+void pl_setup(void);
+
+/* ---- symbols.c: this copy's public API, by name ---------------------------------- */
+
+/* The address of gpuheap's public function name (gpuheap.h) in this copy of
+ * the library, or NULL for a name it does not have. Exported: the interposer
+ * hides the API it links (so that it never interposes a program's own
+ * libgpuheap.so), and a program that must reach the heap serving it — the
+ * Python package under gpuheap-run, or beside gpu_torch_alloc — asks here. */
+PL_EXPORT void *gpu_preload_symbol(const char *name);
 
 #endif /* GPUHEAP_PRELOAD_H */

@@ -153,11 +153,13 @@ static void setup(void) {
         fprintf(stderr, "gpuheap-preload: GPUHEAP_BACKEND=host: device allocations pass through to the driver\n");
 }
 
+void pl_setup(void) { pthread_once(&setup_once, setup); }
+
 /* dev's default heap if it exists and serves device memory (not a host-backend
  * heap); never creates one. */
 static gpu_heap_t *served_heap(int dev) {
     if (dev < 0 || dev >= PL_MAX_DEVICES) return NULL;
-    pthread_once(&setup_once, setup);
+    pl_setup();
     return host_configured ? NULL : gh_heap_default_peek(dev);
 }
 

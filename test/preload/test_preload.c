@@ -9,7 +9,8 @@
  * report an initialization error when no CUDA runtime is loaded and the driver
  * wrappers CUDA_ERROR_NOT_INITIALIZED when no driver is (the answers the real
  * functions would have given, had they been found); and the framework entry
- * points allocate from the configured (host) heap at cudaMalloc's alignment.
+ * points allocate from the configured (host) heap at cudaMalloc's alignment;
+ * gpu_preload_symbol hands out the API of the copy of gpuheap behind them.
  */
 #include <dlfcn.h>
 #include <setjmp.h>
@@ -117,6 +118,29 @@ static void test_framework_entry_points(void **state) {
     assert_null(torch_alloc(-1, 0, NULL));
 }
 
+/* gpu_preload_symbol gives the interposer's own copy of the API: its gpu_malloc
+ * and gpu_free work on the heap the framework entry points serve. */
+static void test_preload_symbol(void **state) {
+    (void)state;
+    void *(*symbol)(const char *) = (void *(*)(const char *))global("gpu_preload_symbol");
+    assert_non_null(symbol);
+    assert_string_equal(object_of(symbol("gpu_malloc")), "libgpuheap-preload.so");
+    assert_null(symbol("no_such_function"));
+    assert_null(symbol("gpu_torch_alloc")); /* exported by name already; the table is gpuheap.h's */
+    assert_null(symbol(NULL));
+    void *(*torch_alloc)(ssize_t, int, void *) = (void *(*)(ssize_t, int, void *))global("gpu_torch_alloc");
+    size_t (*usable)(const void *) = (size_t(*)(const void *))symbol("gpu_malloc_usable_size");
+    int (*gpu_free)(void *) = (int (*)(void *))symbol("gpu_free");
+    int (*last_error)(void) = (int (*)(void))symbol("gpu_last_error");
+    assert_non_null(usable), assert_non_null(gpu_free), assert_non_null(last_error);
+    void *p = torch_alloc(5000, 0, NULL);
+    assert_non_null(p);
+    assert_true(usable(p) >= 5000); /* the same heap: the block is known */
+    assert_int_equal(gpu_free(p), 0);
+    assert_int_equal(gpu_free(p), -3); /* GPU_ERR_NOT_LIVE: freed once already */
+    assert_int_equal(last_error(), -3);
+}
+
 int main(void) {
     const char *preload = getenv("LD_PRELOAD");
     if (!preload || !strstr(preload, "libgpuheap-preload.so")) {
@@ -128,6 +152,7 @@ int main(void) {
         cmocka_unit_test(test_dlsym_passes_through),
         cmocka_unit_test(test_hooks_pass_through_without_cuda),
         cmocka_unit_test(test_framework_entry_points),
+        cmocka_unit_test(test_preload_symbol),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
