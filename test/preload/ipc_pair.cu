@@ -4,8 +4,16 @@
 // cuIpcGetMemHandle & co, reach the interposer).
 //
 //   nvcc -O2 -arch=sm_90 -o ipc_pair ipc_pair.cu
+//   ipc_pair [--max-bytes N] [--child-preload none|LIB]
 //   ipc_pair                          # plain CUDA: legacy IPC of cudaMalloc memory
 //   gpuheap-run --stats ipc_pair      # both processes under gpuheap
+//
+// --max-bytes leaves out the blocks larger than N (a run under a sanitizer).
+// --child-preload sets the child's LD_PRELOAD (none: unset), to show what
+// happens when only one of the two processes runs under gpuheap (README.md,
+// Interposer, IPC): an exporter under gpuheap and an importer without it — the
+// importer's driver refuses gpuheap's handles (invalid argument); the other way
+// round, the interposer passes the driver's handles on and the pair works.
 //
 // The parent cudaMallocs blocks of 256 B, 4 KiB, 1 MiB, 3 MiB, 64 MiB and 1 GiB
 // (under gpuheap the small ones share extents), fills each with a pattern of
@@ -93,8 +101,8 @@ static const char *human(size_t n, char *buf) {
 
 static unsigned child_seed(unsigned seed) { return seed ^ 0x5eed0000u; }
 
-// The child: reads NBLOCKS messages from fd, checks, rewrites, closes. 0 if all held.
-static int run_child(int fd) {
+// The child: reads nblocks messages from fd, checks, rewrites, closes. 0 if all held.
+static int run_child(int fd, int nblocks) {
     who = "child";
     CHECK(cudaSetDevice(0));
     typedef CUresult (*range_fn)(CUdeviceptr *, size_t *, CUdeviceptr);
@@ -105,7 +113,8 @@ static int run_child(int fd) {
     unsigned long long *counter;
     CHECK(cudaMalloc(&counter, sizeof *counter));
     int failures = 0;
-    for (int b = 0; b < NBLOCKS; b++) {
+    if (nblocks < 1 || nblocks > NBLOCKS) FAIL("%d blocks announced, not 1..%d", nblocks, (int)NBLOCKS);
+    for (int b = 0; b < nblocks; b++) {
         message m;
         size_t got = 0;
         while (got < sizeof m) {
@@ -150,13 +159,26 @@ static int run_child(int fd) {
 }
 
 int main(int argc, char **argv) {
-    if (argc == 3 && !std::strcmp(argv[1], "--child")) return run_child(std::atoi(argv[2]));
+    if (argc == 4 && !std::strcmp(argv[1], "--child")) return run_child(std::atoi(argv[2]), std::atoi(argv[3]));
+    size_t max_bytes = (size_t)-1;
+    const char *child_preload = nullptr;
+    for (int i = 1; i < argc; i++) {
+        if (!std::strcmp(argv[i], "--max-bytes") && i + 1 < argc) max_bytes = std::strtoull(argv[++i], nullptr, 0);
+        else if (!std::strcmp(argv[i], "--child-preload") && i + 1 < argc) child_preload = argv[++i];
+        else {
+            std::fprintf(stderr, "usage: %s [--max-bytes N] [--child-preload none|LIB]\n", argv[0]);
+            return 2;
+        }
+    }
+    int nblocks = 0;
+    while (nblocks < NBLOCKS && sizes[nblocks] <= max_bytes) nblocks++;
+    if (!nblocks) FAIL("--max-bytes leaves no block");
     CHECK(cudaSetDevice(0));
     void *blocks[NBLOCKS];
     message msgs[NBLOCKS];
     unsigned long long *counter;
     CHECK(cudaMalloc(&counter, sizeof *counter));
-    for (int b = 0; b < NBLOCKS; b++) {
+    for (int b = 0; b < nblocks; b++) {
         CHECK(cudaMalloc(&blocks[b], sizes[b]));
         msgs[b].size = sizes[b];
         msgs[b].seed = 1000u + (unsigned)b * 77u;
@@ -170,14 +192,17 @@ int main(int argc, char **argv) {
     if (pid < 0) FAIL("fork: %s", std::strerror(errno));
     if (pid == 0) { // a fresh process image: nothing of the parent's CUDA state survives
         close(fds[1]);
-        char fd[16];
+        char fd[16], n[16];
         std::snprintf(fd, sizeof fd, "%d", fds[0]);
-        execl("/proc/self/exe", argv[0], "--child", fd, (char *)nullptr);
+        std::snprintf(n, sizeof n, "%d", nblocks);
+        if (child_preload && !std::strcmp(child_preload, "none")) unsetenv("LD_PRELOAD");
+        else if (child_preload) setenv("LD_PRELOAD", child_preload, 1);
+        execl("/proc/self/exe", argv[0], "--child", fd, n, (char *)nullptr);
         std::fprintf(stderr, "ipc_pair[child]: exec: %s\n", std::strerror(errno));
         _exit(127);
     }
     close(fds[0]);
-    for (int b = 0; b < NBLOCKS; b++)
+    for (int b = 0; b < nblocks; b++)
         if (write(fds[1], &msgs[b], sizeof msgs[b]) != (ssize_t)sizeof msgs[b]) FAIL("write to the child: %s", std::strerror(errno));
     close(fds[1]);
     int status = 0;
@@ -188,7 +213,7 @@ int main(int argc, char **argv) {
                     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
     int failures = 0;
     size_t total = 0;
-    for (int b = 0; b < NBLOCKS; b++) {
+    for (int b = 0; b < nblocks; b++) {
         char h[32];
         unsigned long long bad = bad_words(blocks[b], sizes[b], child_seed(msgs[b].seed), counter);
         std::printf("ipc_pair: %-7s parent: %llu words differ from the child's pattern\n", human(sizes[b], h), bad);
@@ -198,6 +223,6 @@ int main(int argc, char **argv) {
     }
     CHECK(cudaFree(counter));
     bool ok = child_ok && failures == 0;
-    std::printf("ipc_pair: %s (%d blocks, %zu bytes shared both ways)\n", ok ? "OK" : "FAILED", NBLOCKS, total);
+    std::printf("ipc_pair: %s (%d blocks, %zu bytes shared both ways)\n", ok ? "OK" : "FAILED", nblocks, total);
     return ok ? 0 : 1;
 }
