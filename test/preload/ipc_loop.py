@@ -86,7 +86,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=3000)
     ap.add_argument("--window", type=int, default=8, help="tensors in flight at a time")
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=300, help="tensors before the start snapshot (the caching allocator and the heap reach their working size)")
     args = ap.parse_args()
     caching = os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING", "0") in ("", "0")
     label = f"caching {'on' if caching else 'off'}, {'gpuheap-run' if 'libgpuheap-preload' in os.environ.get('LD_PRELOAD', '') else 'plain'}"
