@@ -41,16 +41,27 @@ cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | hea
 nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 "$nvcc" -O2 -arch="sm_${cap:-90}" -o "$W/ipc_pair" test/preload/ipc_pair.cu >>"$out/build.log" 2>&1 ||
   { tail -30 "$out/build.log"; exit 1; }
-run="$PWD/$build/tools/gpuheap-run"
-so="$PWD/$build/lib/preload/libgpuheap-preload.so"
+build=$(cd "$build" && pwd)
+run="$build/tools/gpuheap-run"
+so="$build/lib/preload/libgpuheap-preload.so"
 card=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
 
 # The interposer's IPC counts in a log, summed over its processes' exit lines:
-# "gpuheap get/open/close a/b/c (failed d/e/f)".
-ipc_served() {
+# "g o c fg fo fc" (served get/open/close, then those that failed there).
+ipc_counts() {
   grep -o 'IPC get/open/close: [0-9]*/[0-9]*/[0-9]* served by gpuheap, [0-9]*/[0-9]*/[0-9]* failed' "$1" |
-    awk -F'[ /:,]+' '{g+=$5; o+=$6; c+=$7; fg+=$11; fo+=$12; fc+=$13}
-      END {printf "gpuheap get/open/close %d/%d/%d (failed %d/%d/%d)", g, o, c, fg, fo, fc}'
+    awk -F'[ /:,]+' '{g+=$5; o+=$6; c+=$7; fg+=$11; fo+=$12; fc+=$13} END {print g+0, o+0, c+0, fg+0, fo+0, fc+0}'
+}
+ipc_served() {
+  # shellcheck disable=SC2046
+  set -- $(ipc_counts "$1")
+  echo "gpuheap get/open/close $1/$2/$3 (failed $4/$5/$6)"
+}
+# OK when gpuheap itself served at least G gets and O opens in the log, and none failed.
+served_ok() {
+  # shellcheck disable=SC2046
+  set -- "$2" "$3" $(ipc_counts "$1")
+  [ "$3" -ge "$1" ] && [ "$4" -ge "$2" ] && [ "$6" -eq 0 ] && [ "$7" -eq 0 ] && [ "$8" -eq 0 ] && echo OK || echo FAILED
 }
 verdict() { [ "$1" -eq 0 ] && echo OK || echo "FAILED"; }
 
@@ -65,7 +76,8 @@ pair() { # LABEL CMD...
 pair plain "$W/ipc_pair"; r=$?
 row "a  ipc_pair plain (cudaMalloc, legacy IPC)" "$(verdict $r)" "rc $r"; must "$(verdict $r)"
 pair gpuheap-run "$run" --stats --verbose "$W/ipc_pair"; r=$?
-row "a  ipc_pair under gpuheap-run" "$(verdict $r)" "rc $r, $(ipc_served "$W/pair.txt")"; must "$(verdict $r)"
+v=$(verdict $r); [ "$(served_ok "$W/pair.txt" 6 6)" = OK ] || v=FAILED
+row "a  ipc_pair under gpuheap-run" "$v" "rc $r, $(ipc_served "$W/pair.txt")"; must "$v"
 pair "exporter under gpuheap, importer plain" "$run" --stats "$W/ipc_pair" --child-preload none
 refused=$(grep -c 'cudaIpcOpenMemHandle failed: invalid argument' "$W/pair.txt")
 [ "$refused" -eq 6 ] && v=OK || v=FAILED
@@ -112,7 +124,10 @@ for caching in on off; do
       3) v=REFUSED; d="PyTorch's own refusal (uncached allocator), before any IPC call" ;;
       *) v=FAILED; d="rc $r, $(grep -c 'FAILED' "$W/torch.txt") failed lines" ;;
     esac
-    [ "$how" = gpuheap-run ] && d="$d, $(ipc_served "$W/torch.txt")"
+    if [ "$how" = gpuheap-run ]; then
+      d="$d, $(ipc_served "$W/torch.txt")"
+      [ "$r" -eq 0 ] && [ "$(served_ok "$W/torch.txt" 1 1)" != OK ] && { v=FAILED; torch_rc[$caching,$how]=1; }
+    fi
     row "b  ipc_torch caching $caching, $how" "$v" "$d"
   done
 done
@@ -130,9 +145,13 @@ for how in plain gpuheap-run; do
   fds=$(awk '/^(producer|consumer) /{printf "%s fds %s, ", $1, $2}' "$W/loop.txt")
   smi=$(grep -o 'nvidia-smi used MiB [0-9None]*->[0-9None]*' "$W/loop.txt")
   d="${fds}${smi:-no nvidia-smi}"
-  [ "$how" = gpuheap-run ] && d="$d, $(ipc_served "$W/loop.txt")"
-  row "c  ipc_loop 3000 tensors, $how" "$(grep -q FLAT "$W/loop.txt" && [ $r -eq 0 ] && echo OK || echo FAILED)" "$d"
-  [ "$how" = gpuheap-run ] && [ $r -ne 0 ] && failed=1
+  v=$(verdict $r)
+  if [ "$how" = gpuheap-run ]; then
+    d="$d, $(ipc_served "$W/loop.txt")"
+    [ "$(served_ok "$W/loop.txt" 1 1)" = OK ] || v=FAILED
+    must "$v"
+  fi
+  row "c  ipc_loop 3000 tensors, $how" "$v" "$d"
 done
 
 # ---- d. ipc_bench ------------------------------------------------------------------------
