@@ -382,10 +382,12 @@ int gpu_heap_unmap_file(gpu_heap_t *heap, void *ptr, unsigned flags);
     X(cached_blocks, "free blocks held by thread caches")                             \
     X(seal_events, "context-wide events the heap recorded to release its quarantine") \
     X(backend_event_record, "backend calls: record an event (stream frees and seals)") \
-    X(extents_lost, "physical allocations given up: the backend refused their release, then mapping them back (leaked)")
+    X(extents_lost, "physical allocations given up: the backend refused their release, then mapping them back (leaked)") \
+    X(ipc_exports, "blocks exported with gpu_ipc_get_mem_handle")                     \
+    X(ipc_imports_open, "handles open in this process (gpu_ipc_open_mem_handle)")
 
-/* 5: extents_lost. */
-#define GPU_STATS_VERSION 5
+/* 5: extents_lost. 6: ipc_exports, ipc_imports_open. */
+#define GPU_STATS_VERSION 6
 
 typedef struct gpu_stats_t {
     uint32_t version; /* GPU_STATS_VERSION */
