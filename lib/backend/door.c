@@ -267,14 +267,16 @@ void vmm_call_direct_close(vmm_door *d, vmm_direct *dd) {
 
 /* ---- memory shared between processes (lib/ipc) ---------------------------------- */
 
-bool vmm_call_can_export(const vmm_door *d) { return d->b->ops->export_fd && d->b->caps.exportable; }
+int vmm_call_exportable(vmm_door *d) {
+    if (d->b->ops->export_fd && d->b->caps.exportable) return GPU_OK;
+    return vmm_fail(d->b, d->b->ops->export_fd ? GPU_ERR_INVALID : GPU_ERR_NO_DRIVER, "%s",
+                    d->b->caps.ipc_note[0] ? d->b->caps.ipc_note : "this backend cannot share memory with other processes");
+}
 
 int vmm_call_export_fd(vmm_door *d, vmm_handle h, int *fd) {
     gh_assert(fd, "somewhere to put the fd");
-    if (!vmm_call_can_export(d))
-        return done(d, VMM_OP_EXPORT, vmm_fail(d->b, d->b->ops->export_fd ? GPU_ERR_INVALID : GPU_ERR_NO_DRIVER, "%s",
-                                               d->b->caps.ipc_note[0] ? d->b->caps.ipc_note
-                                                                      : "this backend cannot export memory"));
+    int rc = vmm_call_exportable(d);
+    if (rc != GPU_OK) return done(d, VMM_OP_EXPORT, rc);
     return done(d, VMM_OP_EXPORT, d->b->ops->export_fd(d->b, h, fd));
 }
 

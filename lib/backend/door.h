@@ -110,11 +110,14 @@ int vmm_call_direct_open(vmm_door *d, int fd, vmm_direct **out);
 int vmm_call_direct_read(vmm_door *d, vmm_direct *dd, uint64_t offset, size_t size, uintptr_t dst);
 void vmm_call_direct_close(vmm_door *d, vmm_direct *dd);
 /* Memory shared between processes (lib/ipc): the backend's export_fd and
- * import_fd (backend.h has their contracts). An export is refused, counted as
- * an error and never called, unless the backend offers export_fd and its caps
- * say its memory is exportable; the message is caps.ipc_note. An import the
- * backend does not offer is refused with GPU_ERR_NO_DRIVER. */
-bool vmm_call_can_export(const vmm_door *d);
+ * import_fd (backend.h has their contracts). vmm_call_exportable answers
+ * GPU_OK when the backend offers export_fd and its caps say its memory is
+ * exportable, else the refusal with caps.ipc_note as the backend's message
+ * (vmm_error): GPU_ERR_NO_DRIVER where the driver refused exportable memory,
+ * GPU_ERR_INVALID where the heap was opened with ipc = 0. An export is refused
+ * so (counted as an error, never called); an import the backend does not offer
+ * is refused with GPU_ERR_NO_DRIVER. */
+int vmm_call_exportable(vmm_door *d);
 int vmm_call_export_fd(vmm_door *d, vmm_handle h, int *fd);
 int vmm_call_import_fd(vmm_door *d, int fd, size_t size, vmm_handle *out);
 
