@@ -12,8 +12,8 @@
  * closing twice, every refusal (not a live block, a block freed since, forged
  * handles, what was never opened, an exporter that has exited), an exporter
  * that frees while the importer still maps the block, a failure at every
- * backend call of an import (undone without a trace), threads opening and
- * closing at once. Every process counts its fds around its work (flat) and
+ * backend call of an import (undone without a trace), extents pinned while an
+ * export is in flight, threads opening and closing at once. Every process counts its fds around its work (flat) and
  * checks its heap.
  */
 #include <dirent.h>
@@ -656,6 +656,30 @@ static void test_import_failures_undone(void **state) {
     for (unsigned i = 0; i < NSPECS; i++) assert_int_equal(gpu_free(p[i]), GPU_OK);
 }
 
+/* White-box: the extents of an export in flight stay while the block is freed
+ * and the heap trimmed, and the export then refuses to hand them out. */
+static void test_pinned_while_exporting(void **state) {
+    (void)state;
+    gpu_heap_t *h = gpu_heap_default();
+    void *p = gpu_malloc_flags(2 * MiB, GPU_ALLOC_OWNED);
+    uint64_t fresh, token;
+    size_t size;
+    assert_int_equal(ipc_random64(&fresh), GPU_OK);
+    assert_int_equal(heap_export_token(h, p, fresh, &token, &size), GPU_OK);
+    assert_true(token == fresh && size >= 2 * MiB);
+    heap_export_extent ext[8];
+    heap_export x = {.start = (uintptr_t)p, .token = token, .ext = ext, .max = 8};
+    assert_int_equal(heap_export_begin(h, &x), GPU_OK);
+    assert_true(x.n >= 1 && x.offset == 0 && x.size == size && ext[0].e->pins == 1);
+    assert_int_equal(gpu_free(p), GPU_OK);
+    assert_int_equal(gpu_heap_trim(NULL, 0), GPU_OK);
+    assert_ptr_equal(extent_at(p), ext[0].e); /* pinned: not given back */
+    assert_int_equal(heap_export_end(h, &x), GPU_ERR_INVALID); /* freed meanwhile: nothing handed out */
+    assert_int_equal(gpu_heap_trim(NULL, 0), GPU_OK);
+    assert_null(extent_at(p));
+    assert_false(heap_export_live(h, (uintptr_t)p, token));
+}
+
 /* Threads open and close one handle, ask for ranges, export and free blocks,
  * all at once. */
 #define RACE_THREADS 4
@@ -707,6 +731,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_exporter_exited, setup, teardown),
         cmocka_unit_test_setup_teardown(test_exporter_frees_while_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_import_failures_undone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pinned_while_exporting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
