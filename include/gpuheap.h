@@ -382,7 +382,8 @@ int gpu_ipc_open_mem_handle(void **ptr, gpu_ipc_mem_handle_t handle, unsigned fl
 /* Undoes one gpu_ipc_open_mem_handle of ptr (the pointer it gave). The last
  * close waits for GPU work issued before it (one device sync, as a free does)
  * and unmaps. Errors: GPU_ERR_INVALID (not an open import's pointer: never
- * opened, closed already, inside one), GPU_ERR_BACKEND. Thread-safe. */
+ * opened, closed already, inside one), GPU_ERR_CAPTURING (the sync would break
+ * a capture: nothing changes), GPU_ERR_BACKEND. Thread-safe. */
 int gpu_ipc_close_mem_handle(void *ptr);
 
 /* ---- statistics and trimming --------------------------------------------- */

@@ -428,6 +428,11 @@ static void test_open_twice_close_twice(void **state) {
 
     assert_int_equal(gpu_ipc_close_mem_handle(a), GPU_OK);
     assert_int_equal(stats().ipc_imports_open, 1);
+    gpu_capture_begin(); /* the last close syncs the device, which would break a capture */
+    assert_int_equal(gpu_ipc_close_mem_handle(b), GPU_ERR_CAPTURING);
+    gpu_capture_end();
+    assert_int_equal(stats().ipc_imports_open, 1);
+    assert_int_equal(gh_ipc_range((uintptr_t)b, &start, &size), GPU_OK); /* still open */
     assert_int_equal(gpu_ipc_close_mem_handle(b), GPU_OK);
     assert_int_equal(stats().ipc_imports_open, 0);
     assert_int_equal(gh_ipc_range((uintptr_t)a, &start, &size), GPU_ERR_NOT_OWNED);

@@ -264,10 +264,14 @@ int ipc_import_close(void *ptr) {
     pthread_mutex_unlock(&imp.lock);
     if (!last) return rc;
 
-    /* No GPU work of this process may still use the memory when it is unmapped. */
-    rc = vmm_call_fence(&e->h->door);
+    /* No GPU work of this process may still use the memory when it is
+     * unmapped; a device sync would break a capture in progress (as the heap
+     * never fences then, a close waits for the capture's end). */
+    rc = vmm_call_capturing(&e->h->door, 0) ? gh_note(GPU_ERR_CAPTURING, "a stream capture is in progress: close the "
+                                                                          "import after it (closing waits for the device)")
+                                            : vmm_call_fence(&e->h->door);
     if (rc != GPU_OK) {
-        rc = gh_note(rc, "waiting for the device before closing an import: %s", vmm_error());
+        if (rc != GPU_ERR_CAPTURING) rc = gh_note(rc, "waiting for the device before closing an import: %s", vmm_error());
         pthread_mutex_lock(&imp.lock);
         e->opens = 1; /* open again, as before the call; the table has room for what it just held */
         bool listed = table_insert(e);

@@ -48,8 +48,8 @@ int ipc_import_open(gpu_heap_t *h, const unsigned char handle[IPC_HANDLE_BYTES],
 /* One close of an address ipc_import_open gave: the last one waits for the
  * device (a fence: no GPU work of this process may still use it), unmaps,
  * releases the imported handles and the reservation. Errors: GPU_ERR_INVALID
- * (not an open import's address); the backend's refusal of the fence (the
- * import stays open, as before the call); GPU_ERR_BACKEND when an unmap or
+ * (not an open import's address); GPU_ERR_CAPTURING, or the backend's refusal
+ * of the fence (the import stays open, as before the call); GPU_ERR_BACKEND when an unmap or
  * release is refused (the import is closed, what was refused is leaked). */
 int ipc_import_close(void *ptr);
 
