@@ -32,8 +32,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ipc/share.h"
 #include "preload.h"
-#include "preload/ipc_pending.h"
 
 _Thread_local bool pl_ipc_in_runtime;
 
