@@ -20,7 +20,13 @@
  *    give the driver's own function;
  *  - the runtime's calls (cudaIpc*), passed on to a runtime that reaches the
  *    driver through the wrapped resolver, arrive at the driver untouched and are
- *    counted once in the exit line ("IPC get/open/close").
+ *    counted once in the exit line ("IPC get/open/close");
+ *  - the whole loop that gpuheap serves, on the host backend (GPUHEAP_BACKEND=host,
+ *    where a block's bytes are host memory): a block from gpu_torch_alloc exported
+ *    through the hooks (from an interior pointer too), opened by an exec'd
+ *    importer through the hooks, read there, answered by the range queries with
+ *    the block's bounds, refused for export again, written, closed; the exporter
+ *    sees the importer's bytes, and both exit lines count what was served.
  */
 #include <dlfcn.h>
 #include <setjmp.h>
@@ -160,6 +166,85 @@ static int child_runtime(void) {
     return 0;
 }
 
+/* ---- the whole loop on the host backend (no GPU): gpuheap handles served ---------- */
+
+#define HOST_BYTES ((size_t)(1 << 20) + 4096)
+
+static void to_hex(const handle64 *h, char *hex) {
+    for (int i = 0; i < 64; i++) sprintf(hex + 2 * i, "%02x", h->bytes[i]);
+}
+
+static bool from_hex(const char *hex, handle64 *h) {
+    if (strlen(hex) != 128) return false;
+    for (int i = 0; i < 64; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1) return false;
+        h->bytes[i] = (unsigned char)v;
+    }
+    return true;
+}
+
+/* The exporter: a host-heap block from the framework entry point, exported by
+ * the driver-level hook from an interior pointer and by the runtime-level hook
+ * (no runtime is loaded: gpuheap answers), then opened by an importer it starts. */
+static int child_host_export(void) {
+    void *(*torch_alloc)(ssize_t, int, void *) = (void *(*)(ssize_t, int, void *))dlsym(RTLD_DEFAULT, "gpu_torch_alloc");
+    get_fn get = (get_fn)dlsym(RTLD_DEFAULT, "cuIpcGetMemHandle");
+    int (*rt_get)(handle64 *, void *) = (int (*)(handle64 *, void *))dlsym(RTLD_DEFAULT, "cudaIpcGetMemHandle");
+    if (!torch_alloc || !get || !rt_get) return 1;
+    unsigned char *p = torch_alloc((ssize_t)HOST_BYTES, 0, NULL);
+    if (!p) return 2;
+    memset(p, 0xab, HOST_BYTES); /* host backend: the bytes are the process's own */
+    handle64 h, h2;
+    if (get(&h, (unsigned long long)(uintptr_t)(p + 1000)) != 0) return 3; /* an interior pointer: its block */
+    if (rt_get(&h2, p) != 0) return 4;
+    if (get(&h2, (unsigned long long)(uintptr_t)(p + HOST_BYTES + (8u << 20))) != 1) return 5; /* no live block */
+    char hex[129];
+    to_hex(&h, hex);
+    pid_t pid = fork();
+    if (pid < 0) return 6;
+    if (pid == 0) {
+        execl("/proc/self/exe", "test_ipc_hooks", "--child", "host-import", hex, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return 7;
+    if (WEXITSTATUS(status)) return 20 + WEXITSTATUS(status); /* the importer's step, plus 20 */
+    for (size_t i = 0; i < HOST_BYTES; i++)
+        if (p[i] != 0xcd) return 8; /* the importer's bytes */
+    return 0;
+}
+
+/* The importer: opens the handle, reads the exporter's bytes, checks the range
+ * queries, cannot export it again, writes its own bytes, closes. */
+static int child_host_import(const char *hex) {
+    handle64 h;
+    if (!from_hex(hex, &h)) return 1;
+    open_fn open2 = (open_fn)dlsym(RTLD_DEFAULT, "cuIpcOpenMemHandle_v2");
+    close_fn close = (close_fn)dlsym(RTLD_DEFAULT, "cuIpcCloseMemHandle");
+    get_fn get = (get_fn)dlsym(RTLD_DEFAULT, "cuIpcGetMemHandle");
+    int (*range)(unsigned long long *, size_t *, unsigned long long) =
+        (int (*)(unsigned long long *, size_t *, unsigned long long))dlsym(RTLD_DEFAULT, "cuMemGetAddressRange_v2");
+    int (*attribute)(void *, int, unsigned long long) =
+        (int (*)(void *, int, unsigned long long))dlsym(RTLD_DEFAULT, "cuPointerGetAttribute");
+    if (!open2 || !close || !get || !range || !attribute) return 2;
+    unsigned long long d = 0;
+    if (open2(&d, h, 1) != 0 || !d) return 3;
+    unsigned char *p = (unsigned char *)(uintptr_t)d;
+    for (size_t i = 0; i < HOST_BYTES; i++)
+        if (p[i] != 0xab) return 4;
+    unsigned long long base = 0, start = 0;
+    size_t len = 0, rsize = 0;
+    if (range(&base, &len, d + 4242) != 0 || base != d || len < HOST_BYTES) return 5;
+    if (attribute(&start, 11 /* RANGE_START_ADDR */, d + 7) != 0 || start != d) return 6;
+    if (attribute(&rsize, 12 /* RANGE_SIZE */, d + 7) != 0 || rsize != len) return 7;
+    handle64 again;
+    if (get(&again, d) != 1) return 8; /* imported memory is not exported again */
+    memset(p, 0xcd, HOST_BYTES);
+    if (close(d) != 0) return 9;
+    return 0;
+}
+
 /* Runs `--child mode` with the fakes, GPUHEAP_STATS=1 and GPUHEAP_VERBOSE as
  * given; returns the exit status, the child's stderr in err. */
 static int child(const char *mode, const char *verbose, char *err, size_t len) {
@@ -174,7 +259,7 @@ static int child(const char *mode, const char *verbose, char *err, size_t len) {
         setenv("LD_LIBRARY_PATH", libdir, 1);
         setenv("GPUHEAP_STATS", "1", 1);
         unsetenv("GPUHEAP_RUN_PID");
-        unsetenv("GPUHEAP_BACKEND");
+        if (!strncmp(mode, "host", 4)) setenv("GPUHEAP_BACKEND", "host", 1); else unsetenv("GPUHEAP_BACKEND");
         if (verbose) setenv("GPUHEAP_VERBOSE", verbose, 1); else unsetenv("GPUHEAP_VERBOSE");
         execl("/proc/self/exe", "test_ipc_hooks", "--child", mode, (char *)NULL);
         _exit(127);
@@ -220,6 +305,15 @@ static void test_runtime_calls_pass_through_once(void **state) {
     expect_in(err, "IPC get/open/close 1/1/1"); /* not 2/2/2: the driver wrapper did not count again */
 }
 
+static void test_host_backend_whole_loop(void **state) {
+    (void)state;
+    char err[16384];
+    int rc = child("host-export", NULL, err, sizeof err);
+    if (rc) fail_msg("step %d of the host loop failed (20+: the importer's); stderr:\n%s", rc, err);
+    expect_in(err, "IPC get/open/close: 2/0/0 served by gpuheap, 1/0/0 failed there"); /* the exporter */
+    expect_in(err, "IPC get/open/close: 0/1/1 served by gpuheap, 1/0/0 failed there"); /* the importer */
+}
+
 int main(int argc, char **argv) {
     const char *preload = getenv("LD_PRELOAD");
     if (!preload || !strstr(preload, "libgpuheap-preload.so")) {
@@ -229,6 +323,8 @@ int main(int argc, char **argv) {
     if (argc > 2 && !strcmp(argv[1], "--child")) {
         if (!strcmp(argv[2], "driver")) return child_driver();
         if (!strcmp(argv[2], "runtime")) return child_runtime();
+        if (!strcmp(argv[2], "host-export")) return child_host_export();
+        if (!strcmp(argv[2], "host-import") && argc > 3) return child_host_import(argv[3]);
         return 126;
     }
     if (argc < 3) {
@@ -249,6 +345,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_driver_calls_pass_through),
         cmocka_unit_test(test_driver_refusal_is_explained_when_verbose),
         cmocka_unit_test(test_runtime_calls_pass_through_once),
+        cmocka_unit_test(test_host_backend_whole_loop),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     for (int i = 0; i < 2; i++) unlink(links[i]);
