@@ -205,8 +205,17 @@ int main(int argc, char **argv) {
         }
     }
     char why[256], card[256];
-    if (n < 1 || cudart_load(why, sizeof why) || cudart.cudaSetDevice(0) != CUDART_SUCCESS) {
-        printf("ipc_bench: no GPU (%s): skipped\n", n < 1 ? "N < 1" : why);
+    if (n < 1) {
+        fprintf(stderr, "ipc_bench: --n must be at least 1\n");
+        return 2;
+    }
+    if (cudart_load(why, sizeof why)) {
+        printf("ipc_bench: no CUDA runtime (%s): skipped\n", why);
+        return 77;
+    }
+    cudart_error e = cudart.cudaSetDevice(0);
+    if (e != CUDART_SUCCESS) {
+        printf("ipc_bench: no GPU (cudaSetDevice(0): %s): skipped\n", cudart_strerror(e));
         return 77;
     }
     cudart_device_name(0, card, sizeof card);
