@@ -25,8 +25,9 @@
  *
  * Errors: the library's code becomes the CUDA error a caller of these calls is
  * prepared for (a bad argument or a dead exporter: invalid value; no memory or
- * no address space: out of memory; the transport or the driver failing: map
- * failed), and the reason goes through gpuheap's error path, printed at
+ * no address space: out of memory; memory the driver would not create
+ * exportable: not supported; the transport or the driver failing: map failed),
+ * and the reason goes through gpuheap's error path, printed at
  * GPUHEAP_VERBOSE=1.
  */
 #include <stdio.h>
@@ -55,13 +56,14 @@ static int pass(pl_ipc_op op) {
     return PL_IPC_PASS;
 }
 
-/* The CUDA code for a gpuheap result (CUresult and cudaError_t agree on each). */
-static int cuda_code(int rc) {
+/* The CUDA code for a gpuheap result of op (CUresult and cudaError_t agree on each). */
+static int cuda_code(pl_ipc_op op, int rc) {
     switch (rc) {
     case GPU_OK: return PL_CU_SUCCESS;
     case GPU_ERR_OUT_OF_MEMORY:
     case GPU_ERR_OUT_OF_VA: return PL_CU_ERROR_OUT_OF_MEMORY;
-    case GPU_ERR_NO_DRIVER: return PL_CU_ERROR_NOT_INITIALIZED;
+    case GPU_ERR_NO_DRIVER: /* an export: the driver refused exportable memory (documented for cudaIpcGetMemHandle) */
+        return op == PL_IPC_GET ? PL_CU_ERROR_NOT_SUPPORTED : PL_CU_ERROR_NOT_INITIALIZED;
     case GPU_ERR_NO_DEVICE: return PL_CU_ERROR_NO_DEVICE;
     case GPU_ERR_BACKEND: return PL_CU_ERROR_MAP_FAILED;
     case GPU_ERR_CAPTURING: return PL_CU_ERROR_STREAM_CAPTURE_UNSUPPORTED;
@@ -73,7 +75,7 @@ static int cuda_code(int rc) {
 /* A call gpuheap served: counted, and its result as the CUDA code. */
 static int answer(pl_ipc_op op, int rc) {
     atomic_fetch_add_explicit(rc == GPU_OK ? &served[op] : &failed[op], 1, memory_order_relaxed);
-    return cuda_code(rc);
+    return cuda_code(op, rc);
 }
 
 /* ---- the three calls --------------------------------------------------------------- */
