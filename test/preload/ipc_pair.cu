@@ -22,8 +22,8 @@
 // which inherits gpuheap-run's environment — and hands it the handles through a
 // pipe. The child opens each handle, checks the parent's pattern with a kernel
 // (a wrong word is counted on the device), asks the driver for the range of an
-// interior pointer (it must hold the block; under gpuheap it is the block's base
-// and at least its size), opens the first
+// interior pointer (it must hold the block; for a gpuheap handle it is the
+// block's base and at least its size), opens the first
 // handle a second time (CUDA counts references and gives the same address),
 // writes a pattern of its own, and closes everything. The parent then checks
 // the child's pattern in its own blocks. One line per block and a verdict; exit
@@ -111,8 +111,6 @@ static int run_child(int fd, int nblocks) {
     cudaDriverEntryPointQueryResult q;
     CHECK(cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", (void **)&range, 12000, cudaEnableDefault, &q));
     if (q != cudaDriverEntryPointSuccess) FAIL("cuMemGetAddressRange not found");
-    const char *preload = std::getenv("LD_PRELOAD");
-    bool under_gpuheap = preload && std::strstr(preload, "libgpuheap-preload");
     unsigned long long *counter;
     CHECK(cudaMalloc(&counter, sizeof *counter));
     int failures = 0;
@@ -137,10 +135,12 @@ static int run_child(int fd, int nblocks) {
         CUdeviceptr base = 0;
         size_t len = 0;
         CUresult rr = range(&base, &len, (CUdeviceptr)p + m.size / 2);
-        // The range holds the block; under gpuheap it is the exported block itself
-        // (the interposer answers it), from the driver it is the allocation mapped.
+        // The range holds the block; for a gpuheap handle (its first bytes are
+        // "GHIP") it is the exported block itself, as the interposer answers it;
+        // from the driver, the allocation it mapped.
+        bool gpuheap_handle = !std::memcmp(m.handle.reserved, "GHIP", 4);
         bool range_ok = rr == CUDA_SUCCESS && base <= (CUdeviceptr)p && (CUdeviceptr)p + m.size <= base + len;
-        if (under_gpuheap) range_ok = range_ok && base == (CUdeviceptr)p && len >= m.size;
+        if (gpuheap_handle) range_ok = range_ok && base == (CUdeviceptr)p && len >= m.size;
         // A second open of the same handle: CUDA counts it and gives the same address.
         void *again = nullptr;
         bool reopen_ok = true, same_address = true;
