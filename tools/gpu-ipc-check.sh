@@ -5,17 +5,19 @@
 #   a. ipc_pair plain, under gpuheap-run, and with only one side under gpuheap
 #      (exporter under gpuheap: the plain importer's driver must refuse every
 #      handle with invalid argument; importer under gpuheap: must work);
-#   a'. ipc_pair under compute-sanitizer memcheck with the interposer, both ways
-#      of combining them: gpuheap-run inside the sanitizer, and
-#      `env LD_PRELOAD=...` inside it (blocks up to 64 MiB);
 #   b. test/preload/ipc_torch.py, plain and under gpuheap-run, caching on and off;
 #   c. test/preload/ipc_loop.py (3000 tensors), plain and under gpuheap-run;
-#   d. bench/ipc_bench.c (gpuheap's IPC against cudaIpc*, N=200, 1 and 64 MiB).
+#   d. bench/ipc_bench.c (gpuheap's IPC against cudaIpc*, N=200, 1 and 64 MiB);
+#   a'. ipc_pair under compute-sanitizer memcheck with the interposer, both ways
+#      of combining them: gpuheap-run inside the sanitizer, and
+#      `env LD_PRELOAD=...` inside it (blocks up to 64 MiB) — last, as the slowest.
 # Logs go to OUT (8 files: build.log, pair.log, sanitizer.log, torch.log,
 # loop.log, bench.log, bench.json, summary.txt); the table is printed last.
-# Exit status 0 when every check that gpuheap must pass passed. Multicast stays
-# off (shared/GPU.md). BUILD_DIR picks the build folder (default build-ipc);
-# STEP_TIMEOUT bounds each step (default 150 s).
+# Every row is appended to summary.txt as soon as its step ends, so a run cut
+# short still leaves what it did. Exit status 0 when every check that gpuheap
+# must pass passed. Multicast stays off (shared/GPU.md). BUILD_DIR picks the
+# build folder (default build-ipc); STEP_TIMEOUT bounds each step (default 150 s;
+# a typical run takes about 5 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 out=${1:?usage: tools/gpu-ipc-check.sh OUT}
@@ -85,28 +87,6 @@ row "a  exporter gpuheap, importer plain: refused" "$v" "$refused of 6 opens ref
 pair "exporter plain, importer under gpuheap" "$W/ipc_pair" --child-preload "$so"; r=$?
 row "a  exporter plain, importer under gpuheap" "$(verdict $r)" "rc $r (driver handles passed on)"; must "$(verdict $r)"
 
-# ---- a'. compute-sanitizer memcheck with the interposer ------------------------------
-sanitize() { # LABEL CMD...
-  local label=$1; shift
-  echo "== $label" >>"$out/sanitizer.log"
-  T "$san" --tool memcheck --target-processes all --error-exitcode 9 "$@" >"$W/san.txt" 2>&1; local rc=$?
-  cat "$W/san.txt" >>"$out/sanitizer.log"; echo "rc $rc" >>"$out/sanitizer.log"
-  local sums; sums=$(grep -o 'ERROR SUMMARY: [0-9]* error' "$W/san.txt" | awk '{print $3}' | paste -sd+ -)
-  local v=FAILED
-  grep -q 'ipc_pair: OK' "$W/san.txt" && [ "$rc" -eq 0 ] && v=OK
-  row "a' memcheck, $label" "$v" "rc $rc, errors per process ${sums:-none reported}, $(ipc_served "$W/san.txt")"
-  echo "$v"
-}
-san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
-if [ -n "$san" ]; then
-  v1=$(sanitize "gpuheap-run inside" "$run" --stats "$W/ipc_pair" --max-bytes 67108864 | tail -1)
-  v2=$(sanitize "env LD_PRELOAD inside" env LD_PRELOAD="$so" GPUHEAP_STATS=1 "$W/ipc_pair" --max-bytes 67108864 | tail -1)
-  # One working way is enough; both are reported.
-  { [ "$v1" = OK ] || [ "$v2" = OK ]; } || failed=1
-else
-  row "a' memcheck" "SKIPPED" "no compute-sanitizer on PATH"
-fi
-
 # ---- b. ipc_torch.py ---------------------------------------------------------------------
 declare -A torch_rc
 for caching in on off; do
@@ -159,6 +139,28 @@ T "$build/bench/gpuheap-ipc-bench" --n 200 --json "$out/bench.json" >"$out/bench
 ratios=$(grep -o 'per handle: [0-9.]*x' "$out/bench.log" | awk '{print $3}' | paste -sd/ -)
 row "d  ipc_bench N=200, 1 MiB / 64 MiB" "$(verdict $r)" "cudaIpc/gpuheap per handle ${ratios:-?} (above 1: gpuheap faster)"
 [ $r -eq 0 ] || failed=1
+
+# ---- a'. compute-sanitizer memcheck with the interposer ------------------------------
+sanitize() { # LABEL CMD...
+  local label=$1; shift
+  echo "== $label" >>"$out/sanitizer.log"
+  T "$san" --tool memcheck --target-processes all --error-exitcode 9 "$@" >"$W/san.txt" 2>&1; local rc=$?
+  cat "$W/san.txt" >>"$out/sanitizer.log"; echo "rc $rc" >>"$out/sanitizer.log"
+  local sums; sums=$(grep -o 'ERROR SUMMARY: [0-9]* error' "$W/san.txt" | awk '{print $3}' | paste -sd+ -)
+  local v=FAILED
+  grep -q 'ipc_pair: OK' "$W/san.txt" && [ "$rc" -eq 0 ] && v=OK
+  row "a' memcheck, $label" "$v" "rc $rc, errors per process ${sums:-none reported}, $(ipc_served "$W/san.txt")"
+  echo "$v"
+}
+san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+if [ -n "$san" ]; then
+  v1=$(sanitize "gpuheap-run inside" "$run" --stats "$W/ipc_pair" --max-bytes 67108864 | tail -1)
+  v2=$(sanitize "env LD_PRELOAD inside" env LD_PRELOAD="$so" GPUHEAP_STATS=1 "$W/ipc_pair" --max-bytes 67108864 | tail -1)
+  # One working way is enough; both are reported.
+  { [ "$v1" = OK ] || [ "$v2" = OK ]; } || failed=1
+else
+  row "a' memcheck" "SKIPPED" "no compute-sanitizer on PATH"
+fi
 
 # ---- the table -------------------------------------------------------------------------------
 echo "== $card, commit $(git rev-parse --short HEAD 2>/dev/null)"
