@@ -28,6 +28,9 @@ _Static_assert(CUDART_MEMCPY_DEVICE_TO_DEVICE == (int)cudaMemcpyDeviceToDevice, 
 _Static_assert(sizeof(cudaError_t) == sizeof(cudart_error), "cudaError_t is an int-sized enum");
 _Static_assert(sizeof(cudaStream_t) == sizeof(cudart_stream), "cudaStream_t is a pointer");
 _Static_assert(sizeof(cudaMemPool_t) == sizeof(cudart_mempool), "cudaMemPool_t is a pointer");
+_Static_assert(CUDART_IPC_LAZY_ENABLE_PEER_ACCESS == cudaIpcMemLazyEnablePeerAccess, "cudaIpcMemLazyEnablePeerAccess");
+_Static_assert(sizeof(cudaIpcMemHandle_t) == sizeof(cudart_ipc_handle) && _Alignof(cudaIpcMemHandle_t) == 1,
+               "cudaIpcMemHandle_t is 64 bytes, byte-aligned, as cudart_ipc_handle");
 #endif
 #endif
 
@@ -80,6 +83,9 @@ int cudart_load(char *why, size_t why_len) {
     CUDART_RESOLVE(cudaMemPoolGetAttribute);
     CUDART_RESOLVE(cudaMemPoolTrimTo);
     CUDART_RESOLVE(cudaStreamDestroy);
+    CUDART_RESOLVE(cudaIpcGetMemHandle);
+    CUDART_RESOLVE(cudaIpcOpenMemHandle);
+    CUDART_RESOLVE(cudaIpcCloseMemHandle);
 #undef CUDART_RESOLVE
     return 0;
 }

@@ -22,6 +22,12 @@ typedef void *cudart_mempool;    /* cudaMemPool_t */
 #define CUDART_MEMPOOL_RELEASE_THRESHOLD 4    /* cudaMemPoolAttrReleaseThreshold (value: uint64_t) */
 #define CUDART_MEMPOOL_RESERVED_MEM_HIGH 6    /* cudaMemPoolAttrReservedMemHigh (uint64_t; set 0 to reset) */
 #define CUDART_MEMCPY_DEVICE_TO_DEVICE 3      /* cudaMemcpyDeviceToDevice */
+#define CUDART_IPC_LAZY_ENABLE_PEER_ACCESS 1  /* cudaIpcMemLazyEnablePeerAccess */
+
+/* cudaIpcMemHandle_t: 64 bytes, passed by value to cudaIpcOpenMemHandle. */
+typedef struct cudart_ipc_handle {
+    unsigned char bytes[64];
+} cudart_ipc_handle;
 
 /* The runtime functions the benchmarks call; members carry the runtime's names. */
 typedef struct cudart_fns {
@@ -45,6 +51,10 @@ typedef struct cudart_fns {
     cudart_error (*cudaMemPoolGetAttribute)(cudart_mempool pool, int attr, void *value);
     cudart_error (*cudaMemPoolTrimTo)(cudart_mempool pool, size_t keep);
     cudart_error (*cudaStreamDestroy)(cudart_stream stream);
+    /* Legacy IPC, the peer of gpu_ipc_* (ipc_bench). */
+    cudart_error (*cudaIpcGetMemHandle)(cudart_ipc_handle *handle, void *ptr);
+    cudart_error (*cudaIpcOpenMemHandle)(void **ptr, cudart_ipc_handle handle, unsigned flags);
+    cudart_error (*cudaIpcCloseMemHandle)(void *ptr);
 } cudart_fns;
 
 /* Filled by cudart_load; all NULL before and after a failed load. */

@@ -98,6 +98,8 @@ typedef struct gpu_config_t {
     size_t host_granularity;     /* host backend: mapping granularity; 0 = 2 MiB like the GPU */
     int verbose;                 /* 0 quiet, 1 errors to stderr, 2 also slow-path events */
     size_t thread_cache;         /* bytes of small free blocks each thread may keep for itself (at most release_threshold); 0 = no thread caches */
+    int ipc;                     /* 1 (gpu_config_init's default; GPUHEAP_IPC): physical memory is created so that blocks can be
+                                  * shared with gpu_ipc_get_mem_handle; 0: plain memory, exports refused */
 } gpu_config_t;
 
 /* Fills *cfg with the defaults, then applies the GPUHEAP_* environment variables
@@ -339,6 +341,51 @@ int gpu_heap_sync_file(gpu_heap_t *heap, void *ptr);
 int gpu_unmap_file(void *ptr, unsigned flags);
 int gpu_heap_unmap_file(gpu_heap_t *heap, void *ptr, unsigned flags);
 
+/* ---- sharing memory between processes ----------------------------------------
+ *
+ * Other processes of the same user on the same machine can map a live block, as
+ * cudaIpcGetMemHandle / cudaIpcOpenMemHandle do for cudaMalloc memory (the
+ * driver refuses those for memory mapped through its virtual memory API). The
+ * 64-byte handle may travel by any means; it names the exporting process, a
+ * random token per export and the block's size. The importer asks the
+ * exporter's gpuheap thread (a Unix socket that serves only its own uid) for the
+ * block's physical memory as file descriptors and maps it at addresses of its
+ * own. A handle is valid while its block is live and its exporter runs: a block
+ * freed, moved or resized since is refused, never served. A block freed while
+ * others have it open stays intact for them; its memory goes when the last
+ * process lets go. Smaller blocks share extents with neighbours, which importers
+ * map too: GPU_ALLOC_OWNED shares a block alone. gpu_protect stays in its
+ * process. gpu_free, gpu_realloc and gpu_protect refuse an imported pointer
+ * (GPU_ERR_NOT_OWNED): close it with gpu_ipc_close_mem_handle. README.md, "IPC".
+ */
+typedef struct gpu_ipc_mem_handle_t { unsigned char bytes[64]; } gpu_ipc_mem_handle_t; /* the size of cudaIpcMemHandle_t */
+
+/* Fills *handle for the live block starting at ptr, of any heap; the same
+ * block gives the same handle. Errors: GPU_ERR_INVALID (NULL argument, a
+ * gpu_reserve range, a heap opened with ipc = 0), GPU_ERR_NOT_OWNED (in no
+ * heap: foreign or imported), GPU_ERR_NOT_LIVE (freed, or an interior pointer),
+ * GPU_ERR_NO_DRIVER (the driver refused exportable memory), GPU_ERR_BUSY,
+ * GPU_ERR_BACKEND (the server could not start). Thread-safe. */
+int gpu_ipc_get_mem_handle(gpu_ipc_mem_handle_t *handle, void *ptr);
+
+/* Maps the block a handle names on the calling thread's current device and sets
+ * *ptr to its start here. Opened again while open: the same pointer, one more
+ * open; a handle of this process maps its block at a second address. flags: 0
+ * or 1 (cudaIpcMemLazyEnablePeerAccess, ignored). Blocks until the exporter
+ * answers. Errors: GPU_ERR_INVALID (NULL ptr, unknown flags; not a gpuheap
+ * handle; another user's; the exporter exited or refused — a block freed since,
+ * an unknown token: the message says which), GPU_ERR_OUT_OF_VA,
+ * GPU_ERR_OUT_OF_MEMORY, GPU_ERR_BACKEND, the default heap's errors. A failed
+ * call maps nothing and keeps no descriptor. Thread-safe. */
+int gpu_ipc_open_mem_handle(void **ptr, gpu_ipc_mem_handle_t handle, unsigned flags);
+
+/* Undoes one gpu_ipc_open_mem_handle of ptr (the pointer it gave). The last
+ * close waits for GPU work issued before it (one device sync, as a free does)
+ * and unmaps. Errors: GPU_ERR_INVALID (not an open import's pointer: never
+ * opened, closed already, inside one), GPU_ERR_CAPTURING (the sync would break
+ * a capture: nothing changes), GPU_ERR_BACKEND. Thread-safe. */
+int gpu_ipc_close_mem_handle(void *ptr);
+
 /* ---- statistics and trimming --------------------------------------------- */
 
 /* One list of fields, in bytes unless named a count. The X-macro keeps the
@@ -380,10 +427,12 @@ int gpu_heap_unmap_file(gpu_heap_t *heap, void *ptr, unsigned flags);
     X(cached_blocks, "free blocks held by thread caches")                             \
     X(seal_events, "context-wide events the heap recorded to release its quarantine") \
     X(backend_event_record, "backend calls: record an event (stream frees and seals)") \
-    X(extents_lost, "physical allocations given up: the backend refused their release, then mapping them back (leaked)")
+    X(extents_lost, "physical allocations given up: the backend refused their release, then mapping them back (leaked)") \
+    X(ipc_exports, "blocks exported with gpu_ipc_get_mem_handle")                     \
+    X(ipc_imports_open, "handles open in this process (gpu_ipc_open_mem_handle)")
 
-/* 5: extents_lost. */
-#define GPU_STATS_VERSION 5
+/* 5: extents_lost. 6: ipc_exports, ipc_imports_open. */
+#define GPU_STATS_VERSION 6
 
 typedef struct gpu_stats_t {
     uint32_t version; /* GPU_STATS_VERSION */

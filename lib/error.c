@@ -59,6 +59,8 @@ int gh_note_context(int err, const char *fmt, ...) {
     return err;
 }
 
+const char *gh_noted(void) { return last_message; }
+
 int gh_report(int err) {
     last_error = err;
     if (err == GPU_OK) return err;

@@ -32,6 +32,9 @@ int gh_note_context(int err, const char *fmt, ...) __attribute__((format(printf,
  * the handler, prints when verbose. The handler may call gpuheap; the last error
  * is err again when gh_report returns. Call with no lock held. Returns err. */
 int gh_report(int err);
+/* The message noted last on this thread and not yet reported ("" when none):
+ * for a layer that hands a reason on in words (an IPC refusal to an importer). */
+const char *gh_noted(void);
 /* gh_note + gh_report. */
 int gh_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* A call succeeded: the thread's last error becomes GPU_OK. Returns GPU_OK. */

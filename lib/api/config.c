@@ -114,6 +114,12 @@ int gpu_config_init(gpu_config_t *cfg) {
     env_size("GPUHEAP_HOST_GRANULARITY", &cfg->host_granularity, &bad);
     env_int("GPUHEAP_VERBOSE", &cfg->verbose, &bad);
     env_size("GPUHEAP_THREAD_CACHE", &cfg->thread_cache, &bad);
+    cfg->ipc = 1;
+    const char *ipc = getenv("GPUHEAP_IPC");
+    if (ipc && (!strcmp(ipc, "0") || !strcmp(ipc, "1")))
+        cfg->ipc = ipc[0] == '1';
+    else if (ipc)
+        bad = gh_error(GPU_ERR_INVALID, "GPUHEAP_IPC=%s: expected 0 or 1", ipc);
     if (bad == GPU_OK) gh_ok();
     return bad;
 }

@@ -46,6 +46,12 @@ typedef struct vmm_caps {
     int device;               /* device ordinal the memory lives on */
     bool host_accessible;     /* true when the CPU can read the memory (host backend): tests compare bytes directly */
     char device_name[128];    /* "NVIDIA H200" or "host" */
+    /* Sharing memory between processes (lib/ipc): true when every handle this
+     * backend creates can be exported as a file descriptor (export_fd); else
+     * ipc_note says why not, in words for the caller who asked for an export
+     * (GPUHEAP_IPC=0, or the driver refused the export handle type at open). */
+    bool exportable;
+    char ipc_note[160];
 } vmm_caps;
 
 typedef struct vmm_backend vmm_backend;
@@ -133,6 +139,19 @@ typedef struct vmm_ops {
     int (*direct_open)(vmm_backend *b, int fd, vmm_direct **out);
     int (*direct_read)(vmm_backend *b, vmm_direct *d, uint64_t offset, size_t size, uintptr_t dst);
     void (*direct_close)(vmm_backend *b, vmm_direct *d);
+    /* Optional (NULL where not offered): physical memory shared between
+     * processes as file descriptors (lib/ipc). export_fd sets *fd to a new
+     * O_CLOEXEC descriptor of handle h, owned by the caller; h stays the
+     * backend's, and the memory lives while either is open (CUDA:
+     * cuMemExportToShareableHandle, POSIX_FILE_DESCRIPTOR, which needs h created
+     * with that handle type: caps.exportable; host: a dup of the memfd).
+     * import_fd makes a new handle of size bytes (a granularity multiple) from
+     * an fd that export_fd made, in this process or another; the caller keeps fd
+     * and closes it whatever happens (CUDA: cuMemImportFromShareableHandle; host:
+     * a dup of fd, whose size must be size). The handle is mapped, given access
+     * and released like one from create; it is not counted as created memory. */
+    int (*export_fd)(vmm_backend *b, vmm_handle h, int *fd);
+    int (*import_fd)(vmm_backend *b, int fd, size_t size, vmm_handle *out);
     /* Closes the backend; every handle is released and every range unreserved. */
     void (*close)(vmm_backend *b);
 } vmm_ops;
@@ -155,12 +174,14 @@ int vmm_cuda_current_device(void);
 void cuda_loader_use_dlsym(void *(*real_dlsym)(void *handle, const char *name));
 
 /* Host-backend facts for tests: physical bytes created and not yet released,
- * live handles, live mappings and live reservations. */
+ * live handles (imported ones included), live mappings and live reservations. */
 typedef struct vmm_host_counts {
     size_t physical_bytes;
     size_t handles;
     size_t mappings;
     size_t reservations;
+    size_t imported_bytes;   /* handles made by import_fd and not yet released: their bytes and count */
+    size_t imported_handles;
     size_t grants;           /* successful grant calls (peer access) */
     uint64_t granted_devices; /* the devices those calls named, one bit each (ordinals < 64) */
 } vmm_host_counts;

@@ -264,3 +264,24 @@ int vmm_call_direct_read(vmm_door *d, vmm_direct *dd, uint64_t offset, size_t si
 void vmm_call_direct_close(vmm_door *d, vmm_direct *dd) {
     if (dd && d->b->ops->direct_close) d->b->ops->direct_close(d->b, dd);
 }
+
+/* ---- memory shared between processes (lib/ipc) ---------------------------------- */
+
+int vmm_call_exportable(vmm_door *d) {
+    if (d->b->ops->export_fd && d->b->caps.exportable) return GPU_OK;
+    return vmm_fail(d->b, d->b->ops->export_fd ? GPU_ERR_INVALID : GPU_ERR_NO_DRIVER, "%s",
+                    d->b->caps.ipc_note[0] ? d->b->caps.ipc_note : "this backend cannot share memory with other processes");
+}
+
+int vmm_call_export_fd(vmm_door *d, vmm_handle h, int *fd) {
+    gh_assert(fd, "somewhere to put the fd");
+    int rc = vmm_call_exportable(d);
+    if (rc != GPU_OK) return done(d, VMM_OP_EXPORT, rc);
+    return done(d, VMM_OP_EXPORT, d->b->ops->export_fd(d->b, h, fd));
+}
+
+int vmm_call_import_fd(vmm_door *d, int fd, size_t size, vmm_handle *out) {
+    gh_assert(fd >= 0 && out && size && granular(d, size), "import a granularity multiple from an fd");
+    OFFERED(d, VMM_OP_IMPORT, import_fd);
+    return done(d, VMM_OP_IMPORT, d->b->ops->import_fd(d->b, fd, size, out));
+}

@@ -23,6 +23,7 @@ typedef enum vmm_op {
     VMM_OP_EVENT_RECORD, VMM_OP_EVENT_QUERY, VMM_OP_EVENT_WAIT,
     VMM_OP_STAGING, VMM_OP_TRANSFER, VMM_OP_REGISTER, VMM_OP_DIRECT, /* file.c */
     VMM_OP_GRANT, /* peer access (core/peer.c) */
+    VMM_OP_EXPORT, VMM_OP_IMPORT, /* memory shared between processes (lib/ipc) */
     VMM_OP_COUNT
 } vmm_op;
 
@@ -108,5 +109,16 @@ bool vmm_call_has_direct(const vmm_door *d);
 int vmm_call_direct_open(vmm_door *d, int fd, vmm_direct **out);
 int vmm_call_direct_read(vmm_door *d, vmm_direct *dd, uint64_t offset, size_t size, uintptr_t dst);
 void vmm_call_direct_close(vmm_door *d, vmm_direct *dd);
+/* Memory shared between processes (lib/ipc): the backend's export_fd and
+ * import_fd (backend.h has their contracts). vmm_call_exportable answers
+ * GPU_OK when the backend offers export_fd and its caps say its memory is
+ * exportable, else the refusal with caps.ipc_note as the backend's message
+ * (vmm_error): GPU_ERR_NO_DRIVER where the driver refused exportable memory,
+ * GPU_ERR_INVALID where the heap was opened with ipc = 0. An export is refused
+ * so (counted as an error, never called); an import the backend does not offer
+ * is refused with GPU_ERR_NO_DRIVER. */
+int vmm_call_exportable(vmm_door *d);
+int vmm_call_export_fd(vmm_door *d, vmm_handle h, int *fd);
+int vmm_call_import_fd(vmm_door *d, int fd, size_t size, vmm_handle *out);
 
 #endif /* GPUHEAP_BACKEND_DOOR_H */

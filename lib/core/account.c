@@ -10,7 +10,8 @@
  * quarantine until an event or a fence shows that work finished (quarantine.c,
  * fence.c) — unless the caller knows that no work can use it. Extent records are
  * made and dropped here too, so mapped bytes and the extent count change in one
- * place each.
+ * place each. Both ways clear the block's export token, so that a handle other
+ * processes hold names one life of a block and never the next (export.c).
  */
 #include <string.h>
 
@@ -48,6 +49,7 @@ void heap_extent_drop_locked(gpu_heap_t *h, extent *e) {
 
 void heap_make_live_locked(gpu_heap_t *h, block *b) {
     b->state = BLOCK_LIVE;
+    b->export_token = 0; /* a block's exports end with its life, and a record may come back with an old one */
     blockmap_insert(&h->live, b);
     h->live_bytes += b->size;
     h->live_blocks++;
@@ -67,6 +69,7 @@ void heap_unlive_locked(gpu_heap_t *h, block *b) {
     block_unclaim_extents(h, b);
     heap_headroom_release_locked(h, b);
     b->owned = 0;
+    b->export_token = 0; /* a handle of a freed block is refused (export.c) */
     tc_set(b, TC_NONE);
 }
 

@@ -240,6 +240,8 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *s) {
     s->sparse_reserved_bytes = h->sparse_reserved;
     s->sparse_committed_bytes = h->sparse_committed;
     s->protected_extents = h->protected_extents;
+    s->ipc_exports = h->ipc_exports;
+    s->ipc_imports_open = atomic_load_explicit(&h->ipc_imports_open, memory_order_relaxed);
     s->cached_bytes = s->cached_blocks = 0;
     hooks_stats_locked(h, s); /* thread caches: blocks they hold free are not live */
     heap_unlock(h);

@@ -65,6 +65,50 @@ static inline bool heap_owns(const gpu_heap_t *h, uintptr_t p) { return p - h->b
  * outside h, GPU_ERR_NOT_LIVE when no live block holds p. Takes the lock. */
 int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *size);
 
+/* ---- export.c: blocks shared with other processes (lib/ipc) ------------------ */
+
+/* Gives the live block at ptr (its first byte) an export token — fresh, unless
+ * it has one already, which is kept — and answers the token and the block's
+ * size. The token lasts until the block is freed or moved. Errors:
+ * GPU_ERR_NOT_LIVE (not a live block's start), GPU_ERR_INVALID (a gpu_reserve
+ * range), GPU_ERR_BUSY. Takes the lock. */
+int heap_export_token(gpu_heap_t *h, void *ptr, uint64_t fresh, uint64_t *token, size_t *size);
+
+/* One extent behind an exported block: its handle and size, as they were when
+ * pinned. */
+typedef struct heap_export_extent {
+    extent *e; /* pinned between heap_export_begin and heap_export_end */
+    vmm_handle handle;
+    size_t size;
+} heap_export_extent;
+
+/* An export being served: in start, token, ext[0..max); out the rest. */
+typedef struct heap_export {
+    uintptr_t start;          /* in: the block's first byte */
+    uint64_t token;           /* in: its export token */
+    heap_export_extent *ext;  /* in: room for max extents; out: n of them, in address order */
+    unsigned max, n;
+    size_t size;              /* out: the block's size */
+    size_t offset;            /* out: its start inside the first extent */
+    size_t granularity;       /* out: the heap's */
+} heap_export;
+
+/* Finds the block exported with x->token at x->start and pins the extents that
+ * cover it, so that none is given back while the caller turns their handles
+ * into fds with the lock dropped. Errors (x->n 0, nothing pinned):
+ * GPU_ERR_INVALID (no such live block: freed or moved since, or more than max
+ * extents), GPU_ERR_BUSY. Takes the lock. */
+int heap_export_begin(gpu_heap_t *h, heap_export *x);
+/* Unpins, then checks that the block is still live with the same token and
+ * size: GPU_OK, or the refusal heap_export_begin would give now (the caller
+ * then hands nothing out). Takes the lock. */
+int heap_export_end(gpu_heap_t *h, heap_export *x);
+/* True while the block at start is live with that token. Takes the lock. */
+bool heap_export_live(gpu_heap_t *h, uintptr_t start, uint64_t token);
+/* Imports of other processes' blocks mapped through h's backend (lib/ipc):
+ * +1 at an open, -1 at the last close; gpu_heap_stats' ipc_imports_open. */
+void heap_import_count(gpu_heap_t *h, int delta);
+
 /* ---- peer.c: other devices' access to the heap's memory -------------------- */
 
 /* Grants device access to every extent now and to every later one (idempotent;

@@ -9,7 +9,9 @@
  * the lock to give them back (backing.c's door: a handle the driver refuses to
  * release is mapped back and its range stays idle), and turns the addresses of
  * the extents that went into vacant VA. The same path serves gpu_heap_trim, the
- * release threshold, shrinking realloc and recovery from out-of-memory.
+ * release threshold, shrinking realloc and recovery from out-of-memory. Extents
+ * pinned by an export in flight (export.c) are skipped: their handles are being
+ * turned into fds outside the lock.
  */
 #include "core/internal.h"
 
@@ -24,9 +26,10 @@ typedef struct trim_work {
     uintptr_t lo, hi; /* only extents inside [lo, hi) */
 } trim_work;
 
-/* True when e lies inside [lo, hi). */
-static inline bool extent_inside(const extent *e, uintptr_t lo, uintptr_t hi) {
-    return e->va >= lo && e->va + e->size <= hi;
+/* True when e lies inside [lo, hi) and may go: an extent another process is
+ * being handed (pinned, export.c) stays until the export is done. */
+static inline bool extent_releasable(const extent *e, uintptr_t lo, uintptr_t hi) {
+    return e->va >= lo && e->va + e->size <= hi && !e->pins;
 }
 
 /* Cuts every whole extent out of the idle block b (already out of the index)
@@ -35,7 +38,7 @@ static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
     uintptr_t end = block_end(b);
     for (;;) {
         extent *e = extmap_first_whole(&h->extents, b->start, end);
-        while (e && !extent_inside(e, w->lo, w->hi)) e = extmap_next_whole(&h->extents, e, end);
+        while (e && !extent_releasable(e, w->lo, w->hi)) e = extmap_next_whole(&h->extents, e, end);
         if (!e || w->n == TRIM_BATCH || !w->goal || !pool_reserve(&h->block_pool, 2)) break;
         block *range = block_carve(h, b, e->va, e->size, &h->idle);
         range->state = BLOCK_BUSY;
@@ -54,7 +57,7 @@ static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
 static bool holds_extent(gpu_heap_t *h, const block *b, uintptr_t lo, uintptr_t hi) {
     uintptr_t end = block_end(b);
     for (extent *e = extmap_first_whole(&h->extents, b->start, end); e; e = extmap_next_whole(&h->extents, e, end))
-        if (extent_inside(e, lo, hi)) return true;
+        if (extent_releasable(e, lo, hi)) return true;
     return false;
 }
 

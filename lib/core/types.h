@@ -51,6 +51,8 @@ struct __attribute__((aligned(64))) block {
     uint8_t busy;                 /* BLOCK_SPARSE: a thread is committing or decommitting in it */
     uint32_t epoch;               /* BLOCK_STREAM: its pool's epoch when it was freed */
     struct stream_pool *pool;     /* BLOCK_STREAM: the stream it was freed on */
+    uint64_t export_token;        /* LIVE: the token gpu_ipc_get_mem_handle gave it (export.c); 0: never exported.
+                                   * Cleared whenever the block becomes or stops being live */
     /* Thread caches (tcache.c): (generation << 2) | tc_state. Last, so that
      * block_new keeps it: the generation outlives the record's reuse. */
     _Atomic uint64_t tc;
@@ -101,6 +103,7 @@ typedef struct extent {
     vmm_handle handle;
     block *owner;   /* the live block that contains the whole extent, or NULL */
     uint8_t prot;   /* gpu_prot_t currently set */
+    uint32_t pins;  /* exports of it in flight (export.c): while pinned it is never given back */
     struct extent *next_free; /* record free list */
 } extent;
 
@@ -220,6 +223,8 @@ struct gpu_heap {
     block *sparse_list;    /* BLOCK_SPARSE blocks, linked through prev_free/next_free */
     uint64_t fences;
     _Atomic uint64_t extents_lost; /* handles the driver would neither release nor map back (backing.c) */
+    uint64_t ipc_exports;          /* blocks given an export token (export.c) */
+    _Atomic uint64_t ipc_imports_open; /* other processes' blocks open through this heap's backend (lib/ipc) */
 
     /* Cover numbers (quarantine.c): every seal event and fence takes the next
      * cover_seq before its driver call, and once it is known complete raises

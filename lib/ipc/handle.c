@@ -101,6 +101,10 @@ int ipc_handle_decode(const unsigned char in[IPC_HANDLE_BYTES], ipc_handle_field
     return GPU_OK;
 }
 
+bool ipc_handle_is_ours(const unsigned char in[IPC_HANDLE_BYTES]) {
+    return in && get_u64(FROM(checksum)) == handle_checksum(in) && get_u32(FROM(magic)) == IPC_HANDLE_MAGIC;
+}
+
 int ipc_random64(uint64_t *out) {
     uint64_t v = 0;
     while (v == 0) { /* zero means "none" in a handle */

@@ -19,6 +19,7 @@
 #ifndef GPUHEAP_IPC_HANDLE_H
 #define GPUHEAP_IPC_HANDLE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -52,6 +53,11 @@ void ipc_handle_encode(const ipc_handle_fields *h, unsigned char out[IPC_HANDLE_
  * checksum does not match, the magic or version is not ours, a reserved field is
  * not zero, or the pid or a token is zero. Touches no file and no socket. */
 int ipc_handle_decode(const unsigned char in[IPC_HANDLE_BYTES], ipc_handle_fields *h);
+
+/* True when the bytes were made by ipc_handle_encode (of any version: the
+ * checksum matches and the magic is ours); notes nothing. The interposer asks
+ * this to tell a gpuheap handle from a driver's cudaIpcMemHandle_t. */
+bool ipc_handle_is_ours(const unsigned char in[IPC_HANDLE_BYTES]);
 
 /* 64 random bits, never zero (getrandom): for server and export tokens.
  * GPU_OK, or GPU_ERR_BACKEND when the kernel gives none. */

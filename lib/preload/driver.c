@@ -14,11 +14,14 @@
  *    framework that sizes itself from free memory sees what it could allocate;
  *  - cuMemGetAddressRange_v2 and the RANGE_START_ADDR / RANGE_SIZE attributes:
  *    the bounds of the block the program allocated (the driver would report the
- *    extent behind it, since it knows only mappings);
+ *    extent behind it, since it knows only mappings), and for memory imported
+ *    from another process through gpuheap, the bounds of the exported block;
  *  - cuCtxEnablePeerAccess / cuCtxDisablePeerAccess: the driver's answer, and on
  *    success the owning heap grants (or stops granting) the accessing device;
- *  - cuIpcGetMemHandle: heap memory cannot be exported through legacy IPC (the
- *    driver refuses memory from the virtual memory API); a clear error instead.
+ *  - cuIpcGetMemHandle, cuIpcOpenMemHandle(_v2), cuIpcCloseMemHandle: heap
+ *    memory and gpuheap's handles go through libgpuheap's IPC (ipc.c decides),
+ *    the rest to the driver. Reached from a runtime hook that passed the call
+ *    on (pl_ipc_in_runtime), they pass it on at once.
  */
 #include "preload.h"
 
@@ -36,6 +39,8 @@ typedef pl_cu_result (*pointer_get_attributes_fn)(unsigned, int *, void **, pl_c
 typedef pl_cu_result (*ctx_enable_peer_access_fn)(pl_cu_ctx, unsigned);
 typedef pl_cu_result (*ctx_disable_peer_access_fn)(pl_cu_ctx);
 typedef pl_cu_result (*ipc_get_mem_handle_fn)(void *, pl_cu_ptr);
+typedef pl_cu_result (*ipc_open_mem_handle_fn)(pl_cu_ptr *, pl_ipc_handle, unsigned);
+typedef pl_cu_result (*ipc_close_mem_handle_fn)(pl_cu_ptr);
 
 PL_EXPORT pl_cu_result cuMemAlloc_v2(pl_cu_ptr *dptr, size_t size) {
     int dev;
@@ -88,9 +93,11 @@ PL_EXPORT pl_cu_result cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) 
     return r;
 }
 
-/* The block around p when a heap owns p: 1 found, 0 heap memory but no live
- * block, -1 not heap memory. */
+/* The block around p: 1 found (a live heap block, or a block imported through
+ * gpuheap: the exported block's bounds), 0 heap memory but no live block, -1
+ * neither. */
 static int block_around(pl_cu_ptr p, uintptr_t *start, size_t *size) {
+    if (pl_ipc_range((uintptr_t)p, start, size)) return 1;
     gpu_heap_t *h = pl_owner((uintptr_t)p);
     if (!h) return -1;
     return heap_block_containing(h, (uintptr_t)p, start, size) == GPU_OK ? 1 : 0;
@@ -166,6 +173,31 @@ PL_EXPORT pl_cu_result cuCtxDisablePeerAccess(pl_cu_ctx peer) {
 }
 
 PL_EXPORT pl_cu_result cuIpcGetMemHandle(void *handle, pl_cu_ptr dptr) {
-    if (pl_ipc_refused((uintptr_t)dptr)) return PL_CU_ERROR_NOT_SUPPORTED;
-    return REAL(PL_IPC_GET_MEM_HANDLE, ipc_get_mem_handle_fn, handle, dptr);
+    int r = pl_ipc_get(handle, (uintptr_t)dptr, "cuIpcGetMemHandle");
+    return r != PL_IPC_PASS ? r : REAL(PL_IPC_GET_MEM_HANDLE, ipc_get_mem_handle_fn, handle, dptr);
+}
+
+/* Both ABIs of cuIpcOpenMemHandle take the same arguments; e picks the real one. */
+static pl_cu_result ipc_open(pl_entry e, pl_cu_ptr *pdptr, pl_ipc_handle handle, unsigned flags, const char *call) {
+    uintptr_t p;
+    int r = pl_ipc_open(pdptr ? &p : NULL, &handle, flags, call);
+    if (r == PL_CU_SUCCESS) *pdptr = (pl_cu_ptr)p;
+    if (r != PL_IPC_PASS) return r;
+    bool decided_here = !pl_ipc_in_runtime;
+    r = REAL(e, ipc_open_mem_handle_fn, pdptr, handle, flags);
+    if (decided_here) pl_ipc_note_driver_refusal(r, call);
+    return r;
+}
+
+PL_EXPORT pl_cu_result cuIpcOpenMemHandle_v2(pl_cu_ptr *pdptr, pl_ipc_handle handle, unsigned flags) {
+    return ipc_open(PL_IPC_OPEN_MEM_HANDLE, pdptr, handle, flags, "cuIpcOpenMemHandle_v2");
+}
+
+PL_EXPORT pl_cu_result cuIpcOpenMemHandle(pl_cu_ptr *pdptr, pl_ipc_handle handle, unsigned flags) {
+    return ipc_open(PL_IPC_OPEN_MEM_HANDLE_V1, pdptr, handle, flags, "cuIpcOpenMemHandle");
+}
+
+PL_EXPORT pl_cu_result cuIpcCloseMemHandle(pl_cu_ptr dptr) {
+    int r = pl_ipc_close((uintptr_t)dptr);
+    return r != PL_IPC_PASS ? r : REAL(PL_IPC_CLOSE_MEM_HANDLE, ipc_close_mem_handle_fn, dptr);
 }

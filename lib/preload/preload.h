@@ -14,9 +14,12 @@
  *    peer access, IPC), and the driver's own function for everything else.
  * serve.c decides what gpuheap serves: one default heap per device, on the CUDA
  * backend only; anything the heap does not own, or cannot serve, goes to the
- * real function untouched. plugin.c exports entry points with the signatures of
- * PyTorch's CUDAPluggableAllocator and CuPy's CFunctionAllocator; symbols.c hands
- * out the library's own API by name (gpu_preload_symbol).
+ * real function untouched. ipc.c decides the same for IPC memory handles: heap
+ * memory is exported, and gpuheap's handles opened, by libgpuheap's own IPC;
+ * other pointers and the driver's handles go to the driver. plugin.c exports
+ * entry points with the signatures of PyTorch's CUDAPluggableAllocator and
+ * CuPy's CFunctionAllocator; symbols.c hands out the library's own API by name
+ * (gpu_preload_symbol).
  *
  * No CUDA header is needed to build it (CI has none): the types below are the
  * ABI — every CUDA enum is a 4-byte int, every handle a pointer, CUdeviceptr an
@@ -48,10 +51,15 @@ typedef int pl_cuda_error;             /* cudaError_t */
 enum {
     PL_CU_SUCCESS = 0,                           /* CUDA_SUCCESS */
     PL_CU_ERROR_INVALID_VALUE = 1,               /* CUDA_ERROR_INVALID_VALUE */
+    PL_CU_ERROR_OUT_OF_MEMORY = 2,               /* CUDA_ERROR_OUT_OF_MEMORY */
     PL_CU_ERROR_NOT_INITIALIZED = 3,             /* CUDA_ERROR_NOT_INITIALIZED */
+    PL_CU_ERROR_NO_DEVICE = 100,                 /* CUDA_ERROR_NO_DEVICE */
+    PL_CU_ERROR_MAP_FAILED = 205,                /* CUDA_ERROR_MAP_FAILED */
     PL_CU_ERROR_NOT_FOUND = 500,                 /* CUDA_ERROR_NOT_FOUND */
     PL_CU_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704, /* CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED */
     PL_CU_ERROR_NOT_SUPPORTED = 801,             /* CUDA_ERROR_NOT_SUPPORTED */
+    PL_CU_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900, /* CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED */
+    PL_CU_ERROR_UNKNOWN = 999,                   /* CUDA_ERROR_UNKNOWN */
 };
 enum {
     PL_CU_POINTER_ATTRIBUTE_RANGE_START_ADDR = 11, /* CU_POINTER_ATTRIBUTE_RANGE_START_ADDR */
@@ -68,6 +76,21 @@ enum {
     PL_CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704, /* cudaErrorPeerAccessAlreadyEnabled */
     PL_CUDA_ERROR_NOT_SUPPORTED = 801,            /* cudaErrorNotSupported */
 };
+/* The IPC codes answer both levels: every CUresult ipc.c returns has the same
+ * number as the cudaError_t a runtime caller expects for the same failure
+ * (cudaErrorMemoryAllocation 2, cudaErrorNoDevice 100,
+ * cudaErrorMapBufferObjectFailed 205, cudaErrorStreamCaptureUnsupported 900,
+ * cudaErrorUnknown 999; abi_check.c holds them to it). */
+
+/* CUipcMemHandle and cudaIpcMemHandle_t: 64 bytes, alignment 1, passed by value
+ * to the open calls (abi_check.c). */
+#define PL_IPC_HANDLE_SIZE 64
+typedef struct pl_ipc_handle {
+    unsigned char bytes[PL_IPC_HANDLE_SIZE];
+} pl_ipc_handle;
+_Static_assert(sizeof(pl_ipc_handle) == PL_IPC_HANDLE_SIZE && _Alignof(pl_ipc_handle) == 1,
+               "pl_ipc_handle is passed by value as CUDA's handles are");
+enum { PL_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1 }; /* CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS, cudaIpcMemLazyEnablePeerAccess */
 
 /* cuGetProcAddress as CUDA 12.0 and later export it (cuGetProcAddress_v2), and
  * before (no symbolStatus). */
@@ -91,6 +114,9 @@ typedef enum pl_entry {
     PL_CTX_ENABLE_PEER_ACCESS, /* cuCtxEnablePeerAccess */
     PL_CTX_DISABLE_PEER_ACCESS, /* cuCtxDisablePeerAccess */
     PL_IPC_GET_MEM_HANDLE,   /* cuIpcGetMemHandle */
+    PL_IPC_OPEN_MEM_HANDLE,  /* cuIpcOpenMemHandle_v2 (CUDA 11.0 on) */
+    PL_IPC_OPEN_MEM_HANDLE_V1, /* cuIpcOpenMemHandle (before 11.0; the same arguments) */
+    PL_IPC_CLOSE_MEM_HANDLE, /* cuIpcCloseMemHandle */
     PL_ENTRIES
 } pl_entry;
 
@@ -132,6 +158,9 @@ pl_cu_result cuPointerGetAttributes(unsigned n, int *attributes, void **data, pl
 pl_cu_result cuCtxEnablePeerAccess(pl_cu_ctx peer, unsigned flags);
 pl_cu_result cuCtxDisablePeerAccess(pl_cu_ctx peer);
 pl_cu_result cuIpcGetMemHandle(void *handle, pl_cu_ptr dptr);
+pl_cu_result cuIpcOpenMemHandle_v2(pl_cu_ptr *pdptr, pl_ipc_handle handle, unsigned flags);
+pl_cu_result cuIpcOpenMemHandle(pl_cu_ptr *pdptr, pl_ipc_handle handle, unsigned flags);
+pl_cu_result cuIpcCloseMemHandle(pl_cu_ptr dptr);
 /* Set by cuMemGetInfo_v2 when it counted idle heap memory as free on this
  * thread, so that cudaMemGetInfo, which may call it, does not count it twice. */
 extern _Thread_local bool pl_info_adjusted;
@@ -163,8 +192,6 @@ size_t pl_idle_bytes(int dev);
 void pl_add_idle(int dev, size_t *free_bytes, const size_t *total_bytes);
 /* The heap that owns p, or NULL. */
 gpu_heap_t *pl_owner(uintptr_t p);
-/* True (and the error reported) when p is heap memory, which legacy IPC cannot export. */
-bool pl_ipc_refused(uintptr_t p);
 /* Device accessor may now reach owner's memory (or no longer: future extents). */
 void pl_peer_enable(int owner, int accessor);
 void pl_peer_disable(int owner, int accessor);
@@ -182,5 +209,37 @@ void pl_setup(void);
  * libgpuheap.so), and a program that must reach the heap serving it — the
  * Python package under gpuheap-run, or beside gpu_torch_alloc — asks here. */
 PL_EXPORT void *gpu_preload_symbol(const char *name);
+
+/* ---- ipc.c: IPC memory handles ------------------------------------------------------ */
+
+/* The three calls, for the counters. */
+typedef enum pl_ipc_op { PL_IPC_GET, PL_IPC_OPEN, PL_IPC_CLOSE, PL_IPC_OPS } pl_ipc_op;
+/* What an IPC call did: gpuheap served it (and it succeeded or failed), or the
+ * driver took it. */
+typedef struct pl_ipc_counts {
+    uint64_t served[PL_IPC_OPS], failed[PL_IPC_OPS], passed[PL_IPC_OPS];
+} pl_ipc_counts;
+
+/* The answer of ipc.c's deciders when the call is not gpuheap's: the caller
+ * calls the real function (the decider has counted it as passed on). */
+#define PL_IPC_PASS (-1)
+/* Each returns the code to answer — a CUresult, equal to the cudaError_t the
+ * runtime would give — or PL_IPC_PASS for the real function. get: p anywhere
+ * inside a live heap block exports that block (64 bytes into handle); open: a
+ * handle gpuheap made, mapped at *out (out may be NULL: invalid value); close: a
+ * pointer gpuheap imported. Memory this process imported through gpuheap is not
+ * exported again (invalid value). `call` names the entry point in messages. */
+int pl_ipc_get(void *handle, uintptr_t p, const char *call);
+int pl_ipc_open(uintptr_t *out, const pl_ipc_handle *handle, unsigned flags, const char *call);
+int pl_ipc_close(uintptr_t p);
+/* Says (at GPUHEAP_VERBOSE=1) that the driver refused a handle that was not
+ * gpuheap's, which is what a gpuheap handle that lost a byte on the way looks like. */
+void pl_ipc_note_driver_refusal(int code, const char *call);
+/* The bounds of the exported block when p lies inside one this process imported. */
+bool pl_ipc_range(uintptr_t p, uintptr_t *start, size_t *size);
+/* Set while a runtime hook hands an IPC call to the runtime: the driver wrapper
+ * that the runtime calls then passes it on without deciding or counting again. */
+extern _Thread_local bool pl_ipc_in_runtime;
+void pl_ipc_counts_get(pl_ipc_counts *out);
 
 #endif /* GPUHEAP_PRELOAD_H */

@@ -133,6 +133,9 @@ static void defs_fill(void) {
     DEF(PL_CTX_ENABLE_PEER_ACCESS, "cuCtxEnablePeerAccess", "cuCtxEnablePeerAccess", 12000, 0, cuCtxEnablePeerAccess);
     DEF(PL_CTX_DISABLE_PEER_ACCESS, "cuCtxDisablePeerAccess", "cuCtxDisablePeerAccess", 12000, 0, cuCtxDisablePeerAccess);
     DEF(PL_IPC_GET_MEM_HANDLE, "cuIpcGetMemHandle", "cuIpcGetMemHandle", 12000, 0, cuIpcGetMemHandle);
+    DEF(PL_IPC_OPEN_MEM_HANDLE, "cuIpcOpenMemHandle_v2", "cuIpcOpenMemHandle", 12000, 0, cuIpcOpenMemHandle_v2);
+    DEF(PL_IPC_OPEN_MEM_HANDLE_V1, "cuIpcOpenMemHandle", "cuIpcOpenMemHandle", 4010, 0, cuIpcOpenMemHandle);
+    DEF(PL_IPC_CLOSE_MEM_HANDLE, "cuIpcCloseMemHandle", "cuIpcCloseMemHandle", 12000, 0, cuIpcCloseMemHandle);
 }
 #undef DEF
 

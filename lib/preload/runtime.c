@@ -17,9 +17,14 @@
  * already done it on this thread (a thread-local mark says so). Peer access is
  * recorded by both levels; adding a peer twice changes nothing.
  *
- * Two differences a program may notice, both the point of the exercise:
- * cudaFree of heap memory does not synchronize the device (the quarantine makes
- * reuse safe), and cudaIpcGetMemHandle of heap memory fails (README.md).
+ * IPC memory handles (cudaIpcGetMemHandle, cudaIpcOpenMemHandle,
+ * cudaIpcCloseMemHandle) are decided by ipc.c: heap memory and gpuheap's handles
+ * are served by libgpuheap's IPC, the rest goes to the runtime, with
+ * pl_ipc_in_runtime set so that the driver wrapper the runtime reaches passes
+ * the call on without deciding it again. Event handles are not hooked.
+ *
+ * One difference a program may notice, the point of the exercise: cudaFree of
+ * heap memory does not synchronize the device (the quarantine makes reuse safe).
  */
 #include "preload.h"
 
@@ -28,6 +33,8 @@ typedef pl_cuda_error (*free_fn)(void *);
 typedef pl_cuda_error (*free_async_fn)(void *, pl_cu_stream);
 typedef pl_cuda_error (*mem_get_info_fn)(size_t *, size_t *);
 typedef pl_cuda_error (*ipc_get_mem_handle_fn)(void *, void *);
+typedef pl_cuda_error (*ipc_open_mem_handle_fn)(void **, pl_ipc_handle, unsigned);
+typedef pl_cuda_error (*ipc_close_mem_handle_fn)(void *);
 typedef pl_cuda_error (*enable_peer_fn)(int, unsigned);
 typedef pl_cuda_error (*disable_peer_fn)(int);
 typedef pl_cuda_error (*get_device_fn)(int *);
@@ -103,10 +110,41 @@ PL_EXPORT pl_cuda_error cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) 
     return r;
 }
 
+/* Runs call, the runtime's own IPC function, with the driver wrappers told that
+ * this call has been decided (and counted) here already. */
+#define IN_RUNTIME(call)                           \
+    ({                                             \
+        bool was_ = pl_ipc_in_runtime;             \
+        pl_ipc_in_runtime = true;                  \
+        pl_cuda_error r_ = (call);                 \
+        pl_ipc_in_runtime = was_;                  \
+        r_;                                        \
+    })
+
 PL_EXPORT pl_cuda_error cudaIpcGetMemHandle(void *handle, void *ptr) {
-    if (pl_ipc_refused((uintptr_t)ptr)) return PL_CUDA_ERROR_NOT_SUPPORTED;
+    int r = pl_ipc_get(handle, (uintptr_t)ptr, "cudaIpcGetMemHandle");
+    if (r != PL_IPC_PASS) return r;
     ipc_get_mem_handle_fn real = CUDART(ipc_get_mem_handle_fn, "cudaIpcGetMemHandle");
-    return real ? real(handle, ptr) : PL_CUDA_ERROR_INITIALIZATION;
+    return real ? IN_RUNTIME(real(handle, ptr)) : PL_CUDA_ERROR_INITIALIZATION;
+}
+
+PL_EXPORT pl_cuda_error cudaIpcOpenMemHandle(void **ptr, pl_ipc_handle handle, unsigned flags) {
+    uintptr_t p;
+    int r = pl_ipc_open(ptr ? &p : NULL, &handle, flags, "cudaIpcOpenMemHandle");
+    if (r == PL_CUDA_SUCCESS) *ptr = (void *)p;
+    if (r != PL_IPC_PASS) return r;
+    ipc_open_mem_handle_fn real = CUDART(ipc_open_mem_handle_fn, "cudaIpcOpenMemHandle");
+    if (!real) return PL_CUDA_ERROR_INITIALIZATION;
+    r = IN_RUNTIME(real(ptr, handle, flags));
+    pl_ipc_note_driver_refusal(r, "cudaIpcOpenMemHandle");
+    return r;
+}
+
+PL_EXPORT pl_cuda_error cudaIpcCloseMemHandle(void *ptr) {
+    int r = pl_ipc_close((uintptr_t)ptr);
+    if (r != PL_IPC_PASS) return r;
+    ipc_close_mem_handle_fn real = CUDART(ipc_close_mem_handle_fn, "cudaIpcCloseMemHandle");
+    return real ? IN_RUNTIME(real(ptr)) : PL_CUDA_ERROR_INITIALIZATION;
 }
 
 PL_EXPORT pl_cuda_error cudaDeviceEnablePeerAccess(int peer, unsigned flags) {

@@ -20,8 +20,9 @@
  * (what cudaMalloc gives there), and for smaller blocks the cost is a split of
  * idle memory, no driver call.
  *
- * Counters say what was served and what was passed on; GPUHEAP_STATS=1 (or
- * gpuheap-run --stats) prints them at exit, beside the library's own summary.
+ * Counters say what was served and what was passed on (allocations, frees, and
+ * the IPC calls ipc.c counts); GPUHEAP_STATS=1 (or gpuheap-run --stats) prints
+ * them at exit, beside the library's own summary.
  * When no heap could be opened the line says that every call went to the
  * driver, and why. Otherwise the interposer is silent, unless GPUHEAP_VERBOSE
  * asks.
@@ -41,7 +42,7 @@
 
 /* ---- counters and the exit report -------------------------------------------- */
 
-static _Atomic uint64_t served[PL_VIAS], forwarded_allocs, freed, freed_foreign, freed_invalid, ipc_refused;
+static _Atomic uint64_t served[PL_VIAS], forwarded_allocs, freed, freed_foreign, freed_invalid;
 static _Atomic uint64_t peers_enabled;
 
 void pl_count_forwarded_alloc(void) { atomic_fetch_add_explicit(&forwarded_allocs, 1, memory_order_relaxed); }
@@ -106,9 +107,14 @@ static void no_heap_reason(char *why, size_t len) {
  * CUDA, is told why everything went to the driver. Written at a normal exit
  * only (atexit; README.md, Interposer, says why not at a fatal signal). */
 static void report_at_exit(void) {
+    typedef unsigned long long ull;
+    pl_ipc_counts ipc;
+    pl_ipc_counts_get(&ipc);
+    uint64_t ipc_ours = 0, ipc_passed = 0;
+    for (int op = 0; op < PL_IPC_OPS; op++) ipc_ours += ipc.served[op] + ipc.failed[op], ipc_passed += ipc.passed[op];
     uint64_t total = served[PL_VIA_RUNTIME] + served[PL_VIA_DRIVER] + served[PL_VIA_PLUGIN];
-    bool touched = total || forwarded_allocs || freed_foreign || freed_invalid || ipc_refused;
-    bool any_heap = total != 0;
+    bool touched = total || forwarded_allocs || freed_foreign || freed_invalid || ipc_ours || ipc_passed;
+    bool any_heap = total != 0 || ipc_ours != 0;
     for (int d = 0; d < PL_MAX_DEVICES && !any_heap; d++) any_heap = gh_heap_default_peek(d) != NULL;
     if (!any_heap) {
         if (!touched && !started_by_gpuheap_run() && !dl_iterate_phdr(find_cuda_library, NULL)) return;
@@ -116,19 +122,22 @@ static void report_at_exit(void) {
         no_heap_reason(why, sizeof why);
         fprintf(stderr,
                 "gpuheap-preload: no heap opened (%s): every call was passed to the driver untouched (%llu "
-                "allocations, %llu frees)\n",
-                why, (unsigned long long)forwarded_allocs, (unsigned long long)freed_foreign);
+                "allocations, %llu frees), IPC get/open/close %llu/%llu/%llu\n",
+                why, (ull)forwarded_allocs, (ull)freed_foreign, (ull)ipc.passed[PL_IPC_GET],
+                (ull)ipc.passed[PL_IPC_OPEN], (ull)ipc.passed[PL_IPC_CLOSE]);
         return;
     }
     fprintf(stderr,
             "gpuheap-preload: %llu allocations served by gpuheap (cudaMalloc %llu, cuMemAlloc %llu, framework entry points "
             "%llu), %llu passed on (size 0, no device or context, or the heap failed); %llu frees by gpuheap, %llu passed "
-            "on (not heap memory), %llu refused (not a live block); %llu IPC exports refused; %llu peer-access "
-            "enables applied\n",
-            (unsigned long long)total, (unsigned long long)served[PL_VIA_RUNTIME],
-            (unsigned long long)served[PL_VIA_DRIVER], (unsigned long long)served[PL_VIA_PLUGIN],
-            (unsigned long long)forwarded_allocs, (unsigned long long)freed, (unsigned long long)freed_foreign,
-            (unsigned long long)freed_invalid, (unsigned long long)ipc_refused, (unsigned long long)peers_enabled);
+            "on (not heap memory), %llu refused (not a live block); IPC get/open/close: %llu/%llu/%llu served by gpuheap, "
+            "%llu/%llu/%llu failed there, %llu/%llu/%llu passed on (not heap memory, not a gpuheap handle); %llu "
+            "peer-access enables applied\n",
+            (ull)total, (ull)served[PL_VIA_RUNTIME], (ull)served[PL_VIA_DRIVER], (ull)served[PL_VIA_PLUGIN],
+            (ull)forwarded_allocs, (ull)freed, (ull)freed_foreign, (ull)freed_invalid, (ull)ipc.served[PL_IPC_GET],
+            (ull)ipc.served[PL_IPC_OPEN], (ull)ipc.served[PL_IPC_CLOSE], (ull)ipc.failed[PL_IPC_GET],
+            (ull)ipc.failed[PL_IPC_OPEN], (ull)ipc.failed[PL_IPC_CLOSE], (ull)ipc.passed[PL_IPC_GET],
+            (ull)ipc.passed[PL_IPC_OPEN], (ull)ipc.passed[PL_IPC_CLOSE], (ull)peers_enabled);
 }
 
 __attribute__((constructor)) static void serve_start(void) {
@@ -217,16 +226,6 @@ size_t pl_idle_bytes(int dev) {
 void pl_add_idle(int dev, size_t *free_bytes, const size_t *total_bytes) {
     *free_bytes += pl_idle_bytes(dev);
     if (total_bytes && *free_bytes > *total_bytes) *free_bytes = *total_bytes;
-}
-
-bool pl_ipc_refused(uintptr_t p) {
-    if (!pl_owner(p)) return false;
-    atomic_fetch_add_explicit(&ipc_refused, 1, memory_order_relaxed);
-    gh_error(GPU_ERR_INVALID,
-             "cudaIpcGetMemHandle(%#lx): gpuheap memory cannot be exported through legacy CUDA IPC (README.md, "
-             "Interposer); run without the interposer, or allocate that buffer with cudaMallocAsync or cuMemCreate",
-             (unsigned long)p);
-    return true;
 }
 
 void pl_peer_enable(int owner, int accessor) {

@@ -40,7 +40,10 @@ static void *global(const char *name) { return dlsym(RTLD_DEFAULT, name); }
 static void test_interposer_is_loaded(void **state) {
     (void)state;
     static const char *const names[] = {"dlsym", "cudaMalloc", "cudaFree", "cudaMemGetInfo", "cuMemAlloc_v2",
-                                        "cuGetProcAddress_v2", "gpu_torch_alloc", "gpu_cupy_malloc"};
+                                        "cuGetProcAddress_v2", "gpu_torch_alloc", "gpu_cupy_malloc",
+                                        "cudaIpcGetMemHandle", "cudaIpcOpenMemHandle", "cudaIpcCloseMemHandle",
+                                        "cuIpcGetMemHandle", "cuIpcOpenMemHandle_v2", "cuIpcOpenMemHandle",
+                                        "cuIpcCloseMemHandle"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         assert_string_equal(object_of(global(names[i])), "libgpuheap-preload.so");
     /* gpuheap's own API stays inside the interposer. */
@@ -85,6 +88,15 @@ static void test_hooks_pass_through_without_cuda(void **state) {
     assert_int_equal(d, 0);
     assert_int_equal(mem_free(0x1000), 3);
     assert_int_equal(mem_get_info(&f, &t), 3);
+    /* IPC: a foreign pointer or handle goes to the missing function: the same answers */
+    struct { unsigned char b[64]; } handle = {{0}};
+    int (*ipc_get)(void *, void *) = (int (*)(void *, void *))global("cudaIpcGetMemHandle");
+    int (*ipc_open)(unsigned long long *, __typeof__(handle), unsigned) =
+        (int (*)(unsigned long long *, __typeof__(handle), unsigned))global("cuIpcOpenMemHandle_v2");
+    int (*ipc_close)(void *) = (int (*)(void *))global("cudaIpcCloseMemHandle");
+    assert_int_equal(ipc_get(&handle, (void *)0x1000), 3);
+    assert_int_equal(ipc_open(&d, handle, 1), 3);
+    assert_int_equal(ipc_close((void *)0x1000), 3);
 }
 
 /* The framework entry points serve the configured heap (host here), at

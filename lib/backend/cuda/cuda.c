@@ -15,8 +15,9 @@
  * memory, mappings, access), events.c (fence, events, capture) and transfer.c
  * (memset and copy, staging, queues, registration, cuFile); the driver comes from
  * loader.c. Opening retains the device's primary context for the backend's life,
- * checks that the device supports the virtual memory API and reads its
- * granularity into vmm_caps.
+ * checks that the device supports the virtual memory API, reads its
+ * granularity into vmm_caps, and finds out whether its memory can be made
+ * exportable to other processes (vmm.c, cuda_ipc_probe).
  */
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -144,6 +145,8 @@ static const vmm_ops cuda_ops = {
     .direct_open = cuda_direct_open,
     .direct_read = cuda_direct_read,
     .direct_close = cuda_direct_close,
+    .export_fd = cuda_export_fd,
+    .import_fd = cuda_import_fd,
     .close = cuda_close,
 };
 
@@ -173,7 +176,7 @@ static int cuda_describe(const struct cuda_fns *f, CUdevice dev, int ordinal, vm
         return vmm_fail(NULL, GPU_ERR_NO_DEVICE, "device %d (%s) does not support the CUDA virtual memory API (cuMemCreate/cuMemMap)",
                              ordinal, caps->device_name);
 
-    CUmemAllocationProp prop = cuda_prop(dev);
+    CUmemAllocationProp prop = cuda_prop(dev, CU_MEM_HANDLE_TYPE_NONE);
     size_t min = 0, rec = 0;
     r = f->MemGetAllocationGranularity(&min, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
     if (r == CUDA_SUCCESS) r = f->MemGetAllocationGranularity(&rec, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
@@ -234,6 +237,7 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
     cb->ops = cuda_ops;
     if (!cb->ctx_record_event) cb->ops.fence_record = NULL;
     cb->base.ops = &cb->ops;
+    cuda_ipc_probe(cb, cfg);
     if (cuda_enter(cb, "open") == GPU_OK) {
         r = f->StreamCreate(&cb->quiet, CU_STREAM_NON_BLOCKING);
         cuda_leave(cb);

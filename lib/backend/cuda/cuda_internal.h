@@ -23,6 +23,9 @@ typedef struct cuda_backend {
     CUcontext ctx; /* the device's primary context, retained while open */
     CUstream quiet; /* a non-blocking stream of our own: a memset there neither waits for nor joins a capture */
     CUresult (*ctx_record_event)(CUcontext, CUevent); /* cuCtxRecordEvent (CUDA 12.5+), or NULL */
+    /* requestedHandleTypes of every cuMemCreate: POSIX_FILE_DESCRIPTOR when the
+     * memory is to be exportable (caps.exportable), else NONE. */
+    CUmemAllocationHandleType handle_types;
 } cuda_backend;
 
 /* The CUDA backend behind a vmm_backend. */
@@ -40,8 +43,9 @@ int cuda_enter(cuda_backend *cb, const char *op);
 void cuda_leave(cuda_backend *cb);
 
 /* vmm.c: the virtual memory operations. */
-/* The allocation properties of pinned memory on device dev. */
-CUmemAllocationProp cuda_prop(CUdevice dev);
+/* The allocation properties of pinned memory on device dev, created with the
+ * export handle types given (CU_MEM_HANDLE_TYPE_NONE: not exportable). */
+CUmemAllocationProp cuda_prop(CUdevice dev, CUmemAllocationHandleType types);
 int cuda_reserve(vmm_backend *b, size_t size, uintptr_t *va);
 int cuda_unreserve(vmm_backend *b, uintptr_t va, size_t size);
 int cuda_create(vmm_backend *b, size_t size, vmm_handle *out);
@@ -50,6 +54,14 @@ int cuda_map(vmm_backend *b, uintptr_t va, size_t size, vmm_handle h);
 int cuda_unmap(vmm_backend *b, uintptr_t va, size_t size);
 int cuda_set_access(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_t prot);
 int cuda_grant(vmm_backend *b, uintptr_t va, size_t size, int device, gpu_prot_t prot);
+int cuda_export_fd(vmm_backend *b, vmm_handle h, int *fd);
+int cuda_import_fd(vmm_backend *b, int fd, size_t size, vmm_handle *out);
+/* Decides once, at open, whether this backend's memory is exportable: on unless
+ * cfg->ipc is 0, and only when the device takes POSIX_FILE_DESCRIPTOR handles
+ * (a probe creates and releases one granule so). Fills handle_types, the caps'
+ * exportable and ipc_note, and drops export_fd from the table when the driver
+ * refuses. Primary context retained. */
+void cuda_ipc_probe(cuda_backend *cb, const gpu_config_t *cfg);
 
 /* events.c: the fence, stream order and capture. */
 int cuda_fence(vmm_backend *b);

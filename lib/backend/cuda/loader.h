@@ -62,6 +62,8 @@ struct cuda_fns {
     __typeof__(cuMemUnmap) *MemUnmap;
     __typeof__(cuMemSetAccess) *MemSetAccess;
     __typeof__(cuMemGetInfo_v2) *MemGetInfo;
+    __typeof__(cuMemExportToShareableHandle) *MemExportToShareableHandle; /* memory shared between processes */
+    __typeof__(cuMemImportFromShareableHandle) *MemImportFromShareableHandle;
 
     /* memory operations (legacy default stream) */
     __typeof__(cuMemsetD8_v2) *MemsetD8;

@@ -1,17 +1,27 @@
 /*
  * vmm.c — the CUDA backend's virtual memory operations: reserve and give back
- * address space, create and release physical memory, map and unmap it, and set
- * who may access it (the owning device, or a peer).
+ * address space, create and release physical memory, map and unmap it, set who
+ * may access it (the owning device, or a peer), and hand memory to another
+ * process as a file descriptor and take it from one.
  *
  * Each operation is one driver call with the primary context current (cuda.c):
- * reserve is cuMemAddressReserve, create is cuMemCreate (pinned device memory, no
- * export handle), map is cuMemMap of the whole handle at offset 0, set_access and
- * grant are cuMemSetAccess for one device. The driver enforces the rules of
- * DESIGN.md §3 itself; this file only turns its results into gpu_error_t codes
- * and messages that name the call and the driver's error name.
+ * reserve is cuMemAddressReserve, create is cuMemCreate (pinned device memory,
+ * exportable as a POSIX file descriptor unless the heap was opened with ipc = 0
+ * or the driver refused that handle type: cuda_ipc_probe), map is cuMemMap of
+ * the whole handle at offset 0, set_access and grant are cuMemSetAccess for one
+ * device, export and import are cuMemExportToShareableHandle and
+ * cuMemImportFromShareableHandle. Legacy cuIpcGetMemHandle refuses memory made
+ * this way (DESIGN.md §3); an fd passed over a Unix socket works. The driver
+ * enforces the rules of DESIGN.md §3 itself; this file only turns its results
+ * into gpu_error_t codes and messages that name the call and the driver's error
+ * name.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend/cuda/cuda_internal.h"
 
@@ -43,21 +53,21 @@ int cuda_unreserve(vmm_backend *b, uintptr_t va, size_t size) {
     return GPU_OK;
 }
 
-/* The allocation properties of pinned memory on this backend's device. */
-CUmemAllocationProp cuda_prop(CUdevice dev) {
+/* The allocation properties of pinned memory on device dev. */
+CUmemAllocationProp cuda_prop(CUdevice dev, CUmemAllocationHandleType types) {
     CUmemAllocationProp prop;
     memset(&prop, 0, sizeof prop);
     prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
     prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     prop.location.id = (int)dev;
-    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
+    prop.requestedHandleTypes = types;
     return prop;
 }
 
 /* Creates size bytes of device memory. */
 int cuda_create(vmm_backend *b, size_t size, vmm_handle *out) {
     cuda_backend *cb = cuda_of(b);
-    CUmemAllocationProp prop = cuda_prop(cb->dev);
+    CUmemAllocationProp prop = cuda_prop(cb->dev, cb->handle_types);
     int err = cuda_enter(cb, "create");
     if (err) return err;
     CUmemGenericAllocationHandle h = 0;
@@ -137,4 +147,81 @@ int cuda_set_access(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_t prot) 
  * driver refuses a device that cannot reach this one (no P2P path). */
 int cuda_grant(vmm_backend *b, uintptr_t va, size_t size, int device, gpu_prot_t prot) {
     return cuda_access(b, va, size, true, device, prot);
+}
+
+/* ---- memory shared between processes -------------------------------------------- */
+
+void cuda_ipc_probe(cuda_backend *cb, const gpu_config_t *cfg) {
+    vmm_caps *caps = &cb->base.caps;
+    const struct cuda_fns *f = cb->f;
+    cb->handle_types = CU_MEM_HANDLE_TYPE_NONE;
+    caps->exportable = false;
+    if (cfg && !cfg->ipc) {
+        snprintf(caps->ipc_note, sizeof caps->ipc_note,
+                 "this heap's memory cannot be shared with other processes: it was opened with ipc = 0 (GPUHEAP_IPC=0)");
+        return;
+    }
+    int supported = 0;
+    CUresult r = f->DeviceGetAttribute(&supported, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED, cb->dev);
+    const char *why = r != CUDA_SUCCESS ? cuda_loader_error_name(r) : "the device does not support it";
+    if (r == CUDA_SUCCESS && supported) {
+        /* The attribute can say yes where cuMemCreate still refuses (a VM, a
+         * driver setting): one granule made exportable answers for certain. */
+        CUmemAllocationProp prop = cuda_prop(cb->dev, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+        CUmemGenericAllocationHandle h = 0;
+        r = CUDA_ERROR_UNKNOWN;
+        if (cuda_enter(cb, "probe") == GPU_OK) {
+            r = f->MemCreate(&h, caps->granularity, &prop, 0);
+            if (r == CUDA_SUCCESS) f->MemRelease(h);
+            cuda_leave(cb);
+        }
+        /* Out of memory says nothing about the handle type: trust the attribute. */
+        if (r == CUDA_SUCCESS || r == CUDA_ERROR_OUT_OF_MEMORY) {
+            cb->handle_types = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+            caps->exportable = true;
+            caps->ipc_note[0] = '\0';
+            return;
+        }
+        why = cuda_loader_error_name(r);
+    }
+    cb->ops.export_fd = NULL; /* the door refuses exports with the note, never calls */
+    snprintf(caps->ipc_note, sizeof caps->ipc_note,
+             "this heap's memory cannot be shared with other processes: device %d refused exportable memory "
+             "(POSIX_FILE_DESCRIPTOR handles: %s)", caps->device, why);
+}
+
+/* An fd for handle h, close-on-exec. */
+int cuda_export_fd(vmm_backend *b, vmm_handle h, int *fd) {
+    cuda_backend *cb = cuda_of(b);
+    if (!b->caps.exportable) return vmm_fail(b, GPU_ERR_INVALID, "%s", b->caps.ipc_note);
+    int err = cuda_enter(cb, "export_fd");
+    if (err) return err;
+    int out = -1;
+    CUresult r = cb->f->MemExportToShareableHandle(&out, (CUmemGenericAllocationHandle)h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS)
+        return cuda_fail(cb, cuda_code(r), r, "cuMemExportToShareableHandle(handle=%#" PRIx64 ", POSIX_FILE_DESCRIPTOR)", h);
+    /* The driver's fd need not be close-on-exec; a fork that execs meanwhile
+     * keeps a copy (the same gap the transport's server documents). */
+    if (fcntl(out, F_SETFD, FD_CLOEXEC) != 0) {
+        int e = errno;
+        close(out);
+        return vmm_fail(b, GPU_ERR_BACKEND, "cuMemExportToShareableHandle: fcntl(FD_CLOEXEC): %s", strerror(e));
+    }
+    *fd = out;
+    return GPU_OK;
+}
+
+/* A handle of this process for memory another process exported as fd. */
+int cuda_import_fd(vmm_backend *b, int fd, size_t size, vmm_handle *out) {
+    cuda_backend *cb = cuda_of(b);
+    int err = cuda_enter(cb, "import_fd");
+    if (err) return err;
+    CUmemGenericAllocationHandle h = 0;
+    CUresult r = cb->f->MemImportFromShareableHandle(&h, (void *)(uintptr_t)fd, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    cuda_leave(cb);
+    if (r != CUDA_SUCCESS)
+        return cuda_fail(cb, cuda_code(r), r, "cuMemImportFromShareableHandle(fd=%d, size=%zu)", fd, size);
+    *out = (vmm_handle)h;
+    return GPU_OK;
 }

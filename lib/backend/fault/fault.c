@@ -67,6 +67,7 @@ static const char *const op_names[VMM_OP_COUNT] = {
     [VMM_OP_COPY] = "copy", [VMM_OP_EVENT_RECORD] = "event_record", [VMM_OP_EVENT_QUERY] = "event_query",
     [VMM_OP_EVENT_WAIT] = "event_wait", [VMM_OP_STAGING] = "staging", [VMM_OP_TRANSFER] = "transfer",
     [VMM_OP_REGISTER] = "register", [VMM_OP_DIRECT] = "direct", [VMM_OP_GRANT] = "grant",
+    [VMM_OP_EXPORT] = "export_fd", [VMM_OP_IMPORT] = "import_fd",
 };
 
 const char *vmm_op_name(int op) { return op >= 0 && op < VMM_OP_COUNT && op_names[op] ? op_names[op] : "?"; }
@@ -136,6 +137,12 @@ static int fault_set_access(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_
 }
 static int fault_grant(vmm_backend *b, uintptr_t va, size_t size, int device, gpu_prot_t prot) {
     FORWARD(b, VMM_OP_GRANT, grant(fault_of(b)->inner, va, size, device, prot));
+}
+static int fault_export_fd(vmm_backend *b, vmm_handle h, int *fd) {
+    FORWARD(b, VMM_OP_EXPORT, export_fd(fault_of(b)->inner, h, fd));
+}
+static int fault_import_fd(vmm_backend *b, int fd, size_t size, vmm_handle *out) {
+    FORWARD(b, VMM_OP_IMPORT, import_fd(fault_of(b)->inner, fd, size, out));
 }
 static int fault_fence(vmm_backend *b) { FORWARD(b, VMM_OP_FENCE, fence(fault_of(b)->inner)); }
 static int fault_memset(vmm_backend *b, uintptr_t va, int byte, size_t size) {
@@ -237,6 +244,8 @@ static const vmm_ops fault_ops = {
     .direct_open = fault_direct_open,
     .direct_read = fault_direct_read,
     .direct_close = fault_direct_close,
+    .export_fd = fault_export_fd,
+    .import_fd = fault_import_fd,
     .close = fault_close,
 };
 

@@ -89,6 +89,8 @@ static const vmm_ops host_ops = {
     .queue_wait = host_queue_wait,
     .register_read_only = host_register_read_only,
     .unregister = host_unregister,
+    .export_fd = host_export_fd,
+    .import_fd = host_import_fd,
     .close = host_close,
 };
 
@@ -117,7 +119,11 @@ int vmm_host_open(const gpu_config_t *cfg, vmm_backend **out) {
         .max_reserve = HOST_MAX_RESERVE,
         .device = cfg ? cfg->device : 0,
         .host_accessible = true,
+        .exportable = !cfg || cfg->ipc,
     };
+    if (!hb->base.caps.exportable)
+        snprintf(hb->base.caps.ipc_note, sizeof hb->base.caps.ipc_note,
+                 "this heap's memory cannot be shared with other processes: it was opened with ipc = 0 (GPUHEAP_IPC=0)");
     snprintf(hb->base.caps.device_name, sizeof hb->base.caps.device_name, "host (no GPU)");
     *out = &hb->base;
     return GPU_OK;
@@ -133,6 +139,8 @@ void vmm_host_counts_get(vmm_backend *b, vmm_host_counts *out) {
     out->handles = hb->live_handles;
     out->mappings = hb->nmaps;
     out->reservations = hb->nres;
+    out->imported_bytes = hb->imported;
+    out->imported_handles = hb->imported_handles;
     out->grants = hb->grants;
     out->granted_devices = hb->granted_devices;
     pthread_mutex_unlock(&hb->lock);

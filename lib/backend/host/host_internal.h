@@ -25,6 +25,7 @@
 typedef struct host_handle {
     int fd;
     size_t size;
+    bool imported;    /* made by import_fd: another process's memory, not counted in physical */
     size_t mapped;    /* how many live mappings use it */
     size_t next_free; /* free list link (slot index + 1; 0 ends the list) */
 } host_handle;
@@ -49,6 +50,7 @@ typedef struct host_backend {
     size_t gran;
     size_t budget;    /* 0 = unlimited */
     size_t physical;  /* bytes created and not yet released */
+    size_t imported, imported_handles; /* handles made by import_fd and not yet released */
 
     host_handle *handles; /* slot i is handle i + 1 */
     size_t nhandles, cap_handles, live_handles;
@@ -103,6 +105,8 @@ int host_map(vmm_backend *b, uintptr_t va, size_t size, vmm_handle h);
 int host_unmap(vmm_backend *b, uintptr_t va, size_t size);
 int host_set_access(vmm_backend *b, uintptr_t va, size_t size, gpu_prot_t prot);
 int host_grant(vmm_backend *b, uintptr_t va, size_t size, int device, gpu_prot_t prot);
+int host_export_fd(vmm_backend *b, vmm_handle h, int *fd);
+int host_import_fd(vmm_backend *b, int fd, size_t size, vmm_handle *out);
 
 /* events.c: the fence, stream order and capture. */
 int host_fence(vmm_backend *b);

@@ -17,9 +17,16 @@
  * mappings, nothing is released while mapped. A refused request changes nothing
  * and says which rule it broke. The books and the kernel calls that must agree
  * with them are changed under the backend's lock.
+ *
+ * A memfd is also what another process needs to share the memory (lib/ipc): an
+ * export is a dup of the handle's memfd, an import keeps a dup of the fd it was
+ * given as a handle of its own. The kernel frees the pages when the last fd and
+ * the last mapping of the memfd go, in whichever process that happens.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -262,10 +269,74 @@ int host_release(vmm_backend *b, vmm_handle h) {
         err = vmm_fail(b, GPU_ERR_INVALID, "host release(handle=%" PRIu64 "): still mapped (%zu mapping(s)); unmap it first", h, r->mapped);
     } else {
         close(r->fd);
-        hb->physical -= r->size;
+        if (r->imported) {
+            hb->imported -= r->size;
+            hb->imported_handles--;
+        } else {
+            hb->physical -= r->size;
+        }
         hb->live_handles--;
         *r = (host_handle){.fd = -1, .next_free = hb->free_head};
         hb->free_head = h;
+    }
+    pthread_mutex_unlock(&hb->lock);
+    return err;
+}
+
+/* ---- sharing with other processes (lib/ipc) -------------------------------------- */
+
+/* A dup of handle h's memfd, close-on-exec, for another process. */
+int host_export_fd(vmm_backend *b, vmm_handle h, int *fd) {
+    host_backend *hb = host_of(b);
+    if (!b->caps.exportable) return vmm_fail(b, GPU_ERR_INVALID, "%s", b->caps.ipc_note);
+    int err = GPU_OK;
+    pthread_mutex_lock(&hb->lock);
+    host_handle *r = host_handle_find(hb, h);
+    int copy = r ? fcntl(r->fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (!r)
+        err = vmm_fail(b, GPU_ERR_INVALID, "host export_fd(handle=%" PRIu64 "): not a live handle", h);
+    else if (copy < 0)
+        err = vmm_fail(b, errno == EMFILE || errno == ENFILE ? GPU_ERR_OUT_OF_MEMORY : GPU_ERR_BACKEND,
+                       "host export_fd(handle=%" PRIu64 "): dup: %s", h, strerror(errno));
+    else
+        *fd = copy;
+    pthread_mutex_unlock(&hb->lock);
+    return err;
+}
+
+/* A handle of its own over a dup of fd: a memfd (or any file that maps
+ * MAP_SHARED) of exactly size bytes. Not counted against the budget: the memory
+ * was created by whoever exported it. */
+int host_import_fd(vmm_backend *b, int fd, size_t size, vmm_handle *out) {
+    host_backend *hb = host_of(b);
+    struct stat st;
+    if (!out || size == 0 || !host_aligned(size, hb->gran))
+        return vmm_fail(b, GPU_ERR_INVALID, "host import_fd(size=%zu): size must be a non-zero multiple of the granularity %zu",
+                        size, hb->gran);
+    if (fstat(fd, &st) != 0)
+        return vmm_fail(b, GPU_ERR_INVALID, "host import_fd(fd=%d): fstat: %s", fd, strerror(errno));
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != size)
+        return vmm_fail(b, GPU_ERR_INVALID, "host import_fd(fd=%d, size=%zu): not memory of that size (%lld bytes)", fd, size,
+                        (long long)st.st_size);
+    pthread_mutex_lock(&hb->lock);
+    int err = GPU_OK;
+    size_t slot = hb->free_head;
+    int copy = -1;
+    if (!slot && !host_grow((void **)&hb->handles, &hb->cap_handles, hb->nhandles + 1, sizeof *hb->handles))
+        err = vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "host import_fd(size=%zu): no host memory for the handle table", size);
+    else if ((copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        err = vmm_fail(b, errno == EMFILE || errno == ENFILE ? GPU_ERR_OUT_OF_MEMORY : GPU_ERR_BACKEND,
+                       "host import_fd(fd=%d): dup: %s", fd, strerror(errno));
+    if (err == GPU_OK) {
+        if (slot)
+            hb->free_head = hb->handles[slot - 1].next_free;
+        else
+            slot = ++hb->nhandles;
+        hb->handles[slot - 1] = (host_handle){.fd = copy, .size = size, .imported = true};
+        hb->live_handles++;
+        hb->imported += size;
+        hb->imported_handles++;
+        *out = slot;
     }
     pthread_mutex_unlock(&hb->lock);
     return err;
