@@ -64,6 +64,7 @@ typedef enum gpu_error_t {
     GPU_ERR_CORRUPT = -12,       /* gpu_heap_check found a broken invariant */
     GPU_ERR_CAPTURING = -13,     /* not allowed while a CUDA stream capture is in progress (see "Graph capture") */
     GPU_ERR_NOT_RESERVATION = -14, /* a sparse call on a pointer that is not a live gpu_reserve range */
+    GPU_ERR_PAUSED = -15,        /* the memory of this tag is paused (gpu_pause): resume it first */
 } gpu_error_t;
 
 /* A static string describing an error code; never NULL. */
@@ -380,10 +381,12 @@ int gpu_heap_unmap_file(gpu_heap_t *heap, void *ptr, unsigned flags);
     X(cached_blocks, "free blocks held by thread caches")                             \
     X(seal_events, "context-wide events the heap recorded to release its quarantine") \
     X(backend_event_record, "backend calls: record an event (stream frees and seals)") \
-    X(extents_lost, "physical allocations given up: the backend refused their release, then mapping them back (leaked)")
+    X(extents_lost, "physical allocations given up: the backend refused their release, then mapping them back (leaked)") \
+    X(paused_bytes, "physical bytes of live blocks given back by gpu_pause")          \
+    X(backup_bytes, "pinned host bytes holding paused contents")
 
-/* 5: extents_lost. */
-#define GPU_STATS_VERSION 5
+/* 5: extents_lost. 6: paused_bytes, backup_bytes (memory control). */
+#define GPU_STATS_VERSION 6
 
 typedef struct gpu_stats_t {
     uint32_t version; /* GPU_STATS_VERSION */

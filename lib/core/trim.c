@@ -9,7 +9,8 @@
  * the lock to give them back (backing.c's door: a handle the driver refuses to
  * release is mapped back and its range stays idle), and turns the addresses of
  * the extents that went into vacant VA. The same path serves gpu_heap_trim, the
- * release threshold, shrinking realloc and recovery from out-of-memory.
+ * release threshold, shrinking realloc, recovery from out-of-memory and
+ * gpu_pause; in a paused heap it drops extents that no live block uses any more.
  */
 #include "core/internal.h"
 
@@ -24,9 +25,11 @@ typedef struct trim_work {
     uintptr_t lo, hi; /* only extents inside [lo, hi) */
 } trim_work;
 
-/* True when e lies inside [lo, hi). */
+/* True when e lies inside [lo, hi) and may go: not one a pause or resume is
+ * moving with the lock dropped. (A paused extent may: it goes without a
+ * driver call, backing.c.) */
 static inline bool extent_inside(const extent *e, uintptr_t lo, uintptr_t hi) {
-    return e->va >= lo && e->va + e->size <= hi;
+    return e->va >= lo && e->va + e->size <= hi && !e->moving;
 }
 
 /* Cuts every whole extent out of the idle block b (already out of the index)
