@@ -521,7 +521,7 @@ size_t gpu_limit(void);
 /* ---- tracing ------------------------------------------------------------- */
 
 /* Starts recording every call on every heap of the process — malloc (all forms),
- * free, realloc, protect, trim, and the reserve, map, unmap, fence, copy and
+ * free, realloc, protect, trim, pause, resume, and the reserve, map, unmap, fence, copy and
  * memset backend calls behind them — to the file at path (replaced), one line
  * per event in the format README.md ("Trace format") describes. A call pays two
  * reads of the time-stamp counter and a store into its thread's buffer; a writer
