@@ -210,10 +210,10 @@ static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flag
     void *p = NULL;
     uint64_t t0 = trace_begin();
     /* The thread's cache first (small plain blocks), the heap on a miss; a
-     * paused heap (gpu_pause) refuses before its caches are asked. */
-    int rc = !heap_is_running(h)                               ? heap_refusal(h)
-             : !flags && align == GH_QUANTUM && h->tcache_max ? tcache_malloc(h, size, &p)
-                                                               : GH_MISS;
+     * paused heap (gpu_pause) refuses before its caches are asked. (The
+     * refusal reads the state again: GPU_OK when it runs again meanwhile.) */
+    int rc = heap_is_running(h) ? GPU_OK : heap_refusal(h);
+    if (rc == GPU_OK) rc = !flags && align == GH_QUANTUM && h->tcache_max ? tcache_malloc(h, size, &p) : GH_MISS;
     if (rc == GH_MISS) rc = heap_malloc(h, size, align, flags, &p);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_MALLOC, .heap = h->base, .size = size, .arg = align,
                                              .flags = (uint8_t)flags, .result = (uintptr_t)p, .rc = (int8_t)rc});
