@@ -26,7 +26,8 @@ const gpu_config_t *gh_default_config(void);
 bool config_parse_size(const char *s, size_t *out);
 /* config.c: the process's settings, read once (GPUHEAP_LIMIT sets the cap). */
 void config_process_init(void);
-/* GPUHEAP_TAG_RESERVE: the VA a tag's heap reserves first (1 TiB unless set). */
+/* GPUHEAP_TAG_RESERVE: the VA a tag's heap reserves first (1 TiB unless set;
+ * 0 for "max": as much as granted, as gpu_config_t.reserve_bytes 0 means). */
 size_t config_tag_reserve(void);
 
 /* Device ordinals that have a default heap (and a heap per tag). */

@@ -136,6 +136,7 @@ static void process_settings(void) {
     if (limit) heap_cap_set(limit);
     env_size("GPUHEAP_TAG_RESERVE", &tag_reserve, &bad);
     if (!tag_reserve) tag_reserve = TAG_RESERVE_DEFAULT;
+    else if (tag_reserve == SIZE_MAX) tag_reserve = 0; /* "max": as much as granted, as the default heaps (reserve_bytes 0) */
 }
 
 void config_process_init(void) { pthread_once(&process_once, process_settings); }
