@@ -64,6 +64,7 @@ typedef enum gpu_error_t {
     GPU_ERR_CORRUPT = -12,       /* gpu_heap_check found a broken invariant */
     GPU_ERR_CAPTURING = -13,     /* not allowed while a CUDA stream capture is in progress (see "Graph capture") */
     GPU_ERR_NOT_RESERVATION = -14, /* a sparse call on a pointer that is not a live gpu_reserve range */
+    GPU_ERR_PAUSED = -15,        /* the memory of this tag is paused (gpu_pause): resume it first */
 } gpu_error_t;
 
 /* A static string describing an error code; never NULL. */
@@ -429,10 +430,12 @@ int gpu_ipc_close_mem_handle(void *ptr);
     X(backend_event_record, "backend calls: record an event (stream frees and seals)") \
     X(extents_lost, "physical allocations given up: the backend refused their release, then mapping them back (leaked)") \
     X(ipc_exports, "blocks exported with gpu_ipc_get_mem_handle")                     \
-    X(ipc_imports_open, "handles open in this process (gpu_ipc_open_mem_handle)")
+    X(ipc_imports_open, "handles open in this process (gpu_ipc_open_mem_handle)")    \
+    X(paused_bytes, "physical bytes of live blocks given back by gpu_pause")          \
+    X(backup_bytes, "pinned host bytes holding paused contents")
 
-/* 5: extents_lost. 6: ipc_exports, ipc_imports_open. */
-#define GPU_STATS_VERSION 6
+/* 5: extents_lost. 6: ipc_exports, ipc_imports_open. 7: paused_bytes, backup_bytes (memory control). */
+#define GPU_STATS_VERSION 7
 
 typedef struct gpu_stats_t {
     uint32_t version; /* GPU_STATS_VERSION */
@@ -468,10 +471,107 @@ int gpu_heap_trim(gpu_heap_t *heap, size_t keep_bytes);
  * first problem written to msg (may be NULL). Takes the heap's lock. */
 int gpu_heap_check(gpu_heap_t *heap, char *msg, size_t msg_len);
 
+/* ---- memory control ---------------------------------------------------------
+ *
+ * Two programs sharing a GPU (a trainer and an inference engine in RL
+ * post-training, several models served by one process) must hand each other the
+ * device's memory for a while and take it back later with every pointer — and
+ * every CUDA graph captured over those pointers — still valid. gpuheap does this
+ * per tag: memory allocated with a tag lives in a heap of its own (one per tag
+ * and device, created on first use from gpu_config_init's configuration with a
+ * smaller reservation, GPUHEAP_TAG_RESERVE, default 1 TiB, halving on refusal),
+ * so no extent holds bytes of two tags or of a tag and untagged memory.
+ * gpu_pause gives a tag's physical memory back to the driver while its
+ * addresses stay reserved; gpu_resume maps new memory at the same addresses.
+ *
+ * Tag names are non-empty strings of at most GPU_TAG_MAX bytes, compared byte
+ * for byte; anything else is GPU_ERR_INVALID. A process has at most 64 tags.
+ * gpu_free, gpu_realloc, gpu_malloc_usable_size and the other calls on a pointer
+ * find a tagged block's heap from the pointer, as for any block. gpu_reserve,
+ * gpu_map_file and the gpu_heap_* calls with heap == NULL other than the
+ * allocations (stats, trim, check) keep using the default heap.
+ * Thread safety: every call below may be made from any thread; gpu_pause and
+ * gpu_resume of one process run one at a time.
+ */
+#define GPU_TAG_MAX 63 /* longest tag name, bytes */
+
+/* Opens a region on the calling thread: until the matching gpu_region_end,
+ * every allocation this thread makes with heap == NULL (gpu_malloc, gpu_calloc,
+ * gpu_malloc_aligned, gpu_malloc_flags, gpu_realloc(NULL, n), gpu_malloc_async,
+ * and under the interposer cudaMalloc, cuMemAlloc and the framework entry
+ * points) carries the tag of the innermost open region. Regions nest (up to 64
+ * deep) and belong to their thread: other threads are not affected. Errors:
+ * GPU_ERR_INVALID (bad tag name, too deep, too many tags). */
+int gpu_region_begin(const char *tag);
+/* Closes the innermost region of the calling thread. GPU_ERR_INVALID when no
+ * region is open. */
+int gpu_region_end(void);
+
+/* gpu_malloc(size) with the given tag, on the current device, whatever region
+ * is open. NULL with GPU_ERR_INVALID for a bad tag, GPU_ERR_PAUSED when the tag
+ * is paused, or gpu_malloc's errors. */
+void *gpu_malloc_tagged(size_t size, const char *tag);
+
+enum {
+    GPU_PAUSE_BACKUP = 1u << 0, /* gpu_pause: keep the contents of live blocks in pinned host memory */
+};
+
+/* Gives the physical memory of a tag (NULL: of every tag) back to the driver,
+ * on every device, keeping every address. First waits for GPU work issued
+ * before the call (one device sync), so that blocks freed earlier become idle
+ * and live blocks are no longer in use; gives idle memory back; then, with
+ * GPU_PAUSE_BACKUP, copies the live bytes to pinned host memory (queued copies,
+ * copy-engine speed); then unmaps and releases every extent. Without the flag
+ * the contents of live blocks are lost (a KV cache that will be recomputed).
+ * While paused: gpu_malloc* (and gpu_malloc_tagged, regions, the interposer)
+ * into the tag, gpu_realloc and gpu_protect of its blocks return
+ * GPU_ERR_PAUSED and change nothing; gpu_free and gpu_free_async of its blocks
+ * work (the memory becomes free, its bytes are not restored); touching its
+ * memory on the GPU is an illegal address. Calls made while another thread is
+ * pausing or resuming the tag get GPU_ERR_BUSY (frees wait instead). Pausing a
+ * paused tag does nothing and returns GPU_OK (its backup, or lack of one, stays
+ * as it is); pausing a tag never used marks it paused (its first allocations are
+ * refused until gpu_resume). An extent whose release the driver refuses stays
+ * mapped. Errors: GPU_ERR_INVALID (bad tag, unknown flags), GPU_ERR_CAPTURING (a
+ * capture is in progress: the device sync would break it), GPU_ERR_OUT_OF_MEMORY
+ * (no pinned host memory for the backup), GPU_ERR_BACKEND; then the tag's heap
+ * on that device is unchanged. With several devices or tags (NULL), each heap
+ * is paused in turn; an error of any of them is returned (the last one). */
+int gpu_pause(const char *tag, unsigned flags);
+/* Maps new physical memory at the addresses of a paused tag (NULL: every paused
+ * tag) with the access it had (owner and peers, gpu_protect's protection),
+ * copies the backed-up bytes back (queued copies, then one wait) and frees the
+ * backup. Pointers, and graphs captured over them, stay valid; without a backup
+ * the contents are undefined. Blocks freed while paused stay free, and memory
+ * that no live block uses any more is not mapped again. Resuming a running tag
+ * does nothing and returns GPU_OK. Errors: GPU_ERR_INVALID (bad tag),
+ * GPU_ERR_OUT_OF_MEMORY (the device, or the limit below, has no room) or
+ * GPU_ERR_BACKEND: then everything this call mapped is given back, the tag stays
+ * paused with its backup, and a later gpu_resume can succeed. */
+int gpu_resume(const char *tag);
+/* The statistics of a tag's heap on the current device (gpu_heap_stats'
+ * snapshot: paused_bytes, backup_bytes...); all zero (version set) for a tag
+ * named by a region or an allocation that has no heap on this device yet.
+ * GPU_ERR_INVALID for a bad tag or out, or a tag never named. */
+int gpu_tag_stats(const char *tag, gpu_stats_t *out);
+
+/* Caps the physical memory all heaps of the process may hold on each device
+ * (tagged and untagged together): bytes 0 or SIZE_MAX mean no cap, the default
+ * unless GPUHEAP_LIMIT=SIZE (read when the first heap opens) sets one. Memory
+ * held above a lowered cap stays; new memory is refused until the heaps are
+ * below it. A heap that would pass the cap first gives its idle memory back,
+ * then fails with GPU_ERR_OUT_OF_MEMORY (the message names the cap). Under the
+ * interposer, cudaMemGetInfo and cuMemGetInfo report min(total, cap) as total
+ * and the room left under the cap (never more than the driver's free) as free.
+ * Returns GPU_OK. Thread-safe. */
+int gpu_set_limit(size_t bytes);
+/* The cap in force: SIZE_MAX when there is none. */
+size_t gpu_limit(void);
+
 /* ---- tracing ------------------------------------------------------------- */
 
 /* Starts recording every call on every heap of the process — malloc (all forms),
- * free, realloc, protect, trim, and the reserve, map, unmap, fence, copy and
+ * free, realloc, protect, trim, pause, resume, and the reserve, map, unmap, fence, copy and
  * memset backend calls behind them — to the file at path (replaced), one line
  * per event in the format README.md ("Trace format") describes. A call pays two
  * reads of the time-stamp counter and a store into its thread's buffer; a writer

@@ -112,6 +112,7 @@ const char *gpu_strerror(int err) {
     case GPU_ERR_CORRUPT: return "heap check found a broken invariant";
     case GPU_ERR_CAPTURING: return "not allowed while a stream capture is in progress";
     case GPU_ERR_NOT_RESERVATION: return "pointer is not a live gpu_reserve range";
+    case GPU_ERR_PAUSED: return "the memory of this tag is paused (gpu_pause): resume it first";
     default: return "unknown gpuheap error";
     }
 }

@@ -6,7 +6,8 @@
 A missing file, or one that is not a trace (empty, /etc/passwd-like, prose with one
 line that happens to parse as a record, binary, a broken .gz), is refused with one
 line on stderr — no Python traceback, no page written — and a non-zero exit; a real
-trace, with its header or without its comment lines, still becomes a page.
+trace, with its header or without its comment lines, still becomes a page; pause and
+resume lines (memory control) become marks on its time axis.
 """
 import gzip
 import os
@@ -77,6 +78,28 @@ with tempfile.TemporaryDirectory() as tmp:
         f.write(trace)
     rc, so, err = run(gz, "-o", out)
     check("a gzip-compressed trace: exit 0", rc == 0)
+
+    # Memory control: a pause and a resume of the drawn heap show as marks on the
+    # time axis; the example itself (made before them) has none.
+    with open(out) as f:
+        check("an old trace: no pause marks", ">pause<" not in f.read())
+    records = [l.split() for l in trace.splitlines() if l and not l.startswith("#")]
+    heaps = {}
+    for c in records:
+        heaps[c[3]] = heaps.get(c[3], 0) + 1
+    heap = max(heaps, key=heaps.get)
+    times = sorted(int(c[0]) for c in records if c[3] == heap)
+    mid = times[len(times) // 2]
+    controlled = os.path.join(tmp, "memctl.trace")
+    with open(controlled, "w") as f:
+        f.write(trace + f"{mid} 1 pause {heap} 0x0 {heap} 4194304 0 1 0x0 0 1000\n"
+                        f"{mid + 5} 1 resume {heap} 0x0 {heap} 4194304 0 0 0x0 0 1000\n")
+    rc, so, err = run(controlled, "-o", out)
+    with open(out) as f:
+        page = f.read()
+    check("a trace with pause and resume: exit 0", rc == 0)
+    check("pause and resume drawn as marks", ">pause<" in page and ">resume<" in page and "with backup" in page)
+    check("and counted", "1 pauses, 1 resumes" in page)
 
 print(f"{fails} failed")
 sys.exit(1 if fails else 0)

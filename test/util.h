@@ -119,8 +119,10 @@ static inline const char *stats_broken(const gpu_stats_t *sp) {
     STATS_REQUIRE(is_pow2(s.granularity));
     STATS_REQUIRE(s.live_bytes % GPU_MIN_ALIGNMENT == 0);
     STATS_REQUIRE(s.mapped_bytes % s.granularity == 0);
-    STATS_REQUIRE(s.mapped_bytes >= s.live_bytes);
-    STATS_REQUIRE(s.idle_bytes + s.live_bytes + s.quarantine_bytes + s.cached_bytes <= s.mapped_bytes);
+    /* A paused heap's live blocks lie in paused extents (gpu_pause), not mapped ones. */
+    STATS_REQUIRE(s.mapped_bytes + s.paused_bytes >= s.live_bytes);
+    STATS_REQUIRE(s.idle_bytes + s.live_bytes + s.quarantine_bytes + s.cached_bytes <= s.mapped_bytes + s.paused_bytes);
+    STATS_REQUIRE(s.paused_bytes % s.granularity == 0);
     STATS_REQUIRE((s.cached_blocks == 0) == (s.cached_bytes == 0));
     STATS_REQUIRE(s.peak_live_bytes >= s.live_bytes);
     STATS_REQUIRE(s.peak_mapped_bytes >= s.mapped_bytes);

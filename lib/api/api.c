@@ -2,8 +2,9 @@
  * api.c — the public entry points: argument checks, finding the heap, errors.
  *
  * Every gpu_* call lands here, validates what it was given, finds its heap — an
- * explicit one, the default heap of the caller's current CUDA device, or for
- * gpu_free the heap whose reservation holds the pointer — and calls heap.c. Errors
+ * explicit one, the default heap of the caller's current CUDA device (for an
+ * allocation inside a region, its tag's heap: region.c), or for gpu_free the
+ * heap whose reservation holds the pointer — and calls heap.c. Errors
  * follow one convention: a code (or NULL), the thread's last error and message,
  * and the process-wide handler, called only after every lock is released.
  *
@@ -39,6 +40,7 @@ int gpu_heap_create(const gpu_config_t *cfg, gpu_heap_t **out) {
     gpu_heap_t *h;
     trace_env_init();
     stats_env_init();
+    config_process_init();
     int rc = heap_open(cfg, &h);
     if (rc != GPU_OK) return gh_report(rc);
     rc = registry_add(h);
@@ -55,6 +57,7 @@ int gh_heap_create_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t 
     gpu_heap_t *h;
     trace_env_init();
     stats_env_init();
+    config_process_init();
     int rc = heap_open_on(cfg, backend, &h);
     if (rc == GPU_OK && (rc = registry_add(h)) != GPU_OK) heap_close(h);
     if (rc != GPU_OK) return gh_report(rc);
@@ -74,8 +77,7 @@ int gpu_heap_destroy(gpu_heap_t *heap) {
     return GPU_OK;
 }
 
-#define MAX_DEVICES 64
-static gpu_heap_t *_Atomic default_heaps[MAX_DEVICES];
+static gpu_heap_t *_Atomic default_heaps[GH_DEVICES];
 static pthread_mutex_t default_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* The calling thread's current CUDA device, 0 when none is current. */
@@ -96,18 +98,33 @@ const gpu_config_t *gh_default_config(void) {
     return &default_config;
 }
 
-gpu_heap_t *gpu_heap_default(void) {
+int gh_current_device(void) {
     pthread_once(&default_config_once, default_config_load);
-    return gh_heap_default_of(current_device(&default_config));
+    return current_device(&default_config);
 }
 
+gpu_heap_t *gpu_heap_default(void) { return gh_heap_default_of(gh_current_device()); }
+
 gpu_heap_t *gh_heap_default_peek(int dev) {
-    return dev >= 0 && dev < MAX_DEVICES ? atomic_load_explicit(&default_heaps[dev], memory_order_acquire) : NULL;
+    return dev >= 0 && dev < GH_DEVICES ? atomic_load_explicit(&default_heaps[dev], memory_order_acquire) : NULL;
+}
+
+int gh_heap_open_hidden(const gpu_config_t *cfg, gpu_heap_t **out) {
+    trace_env_init();
+    stats_env_init();
+    config_process_init();
+    gpu_heap_t *h;
+    int rc = heap_open(cfg, &h);
+    if (rc == GPU_OK && (rc = registry_add(h)) != GPU_OK) heap_close(h);
+    if (rc != GPU_OK) return rc;
+    h->is_default = true; /* lives as long as the process */
+    *out = h;
+    return GPU_OK;
 }
 
 gpu_heap_t *gh_heap_default_of(int dev) {
     pthread_once(&default_config_once, default_config_load);
-    if (dev < 0 || dev >= MAX_DEVICES) {
+    if (dev < 0 || dev >= GH_DEVICES) {
         gh_error(GPU_ERR_NO_DEVICE, "current device %d is out of range", dev);
         return NULL;
     }
@@ -119,14 +136,8 @@ gpu_heap_t *gh_heap_default_of(int dev) {
     if (!h) {
         gpu_config_t cfg = default_config;
         cfg.device = dev;
-        trace_env_init();
-        stats_env_init();
-        rc = heap_open(&cfg, &h);
-        if (rc == GPU_OK && (rc = registry_add(h)) != GPU_OK) heap_close(h);
-        if (rc == GPU_OK) {
-            h->is_default = true;
-            atomic_store_explicit(&default_heaps[dev], h, memory_order_release);
-        }
+        rc = gh_heap_open_hidden(&cfg, &h);
+        if (rc == GPU_OK) atomic_store_explicit(&default_heaps[dev], h, memory_order_release);
     }
     pthread_mutex_unlock(&default_lock);
     if (rc != GPU_OK) {
@@ -147,6 +158,10 @@ static gpu_heap_t *resolve(gpu_heap_t *heap) {
 }
 
 gpu_heap_t *api_heap(gpu_heap_t *heap) { return resolve(heap); }
+
+/* The heap an allocation names: NULL is the innermost region's tag heap, or the
+ * default heap outside regions. */
+static gpu_heap_t *resolve_alloc(gpu_heap_t *heap) { return heap ? resolve(heap) : gh_heap_for_alloc(gh_current_device()); }
 
 /* A loaded gpu_map_file mapping is a live block, but only gpu_unmap_file ends it. */
 /* ---- allocation -------------------------------------------------------------------- */
@@ -181,7 +196,7 @@ static int code_result(gpu_heap_t *h, int rc) {
 
 /* The one allocation path: every malloc form ends here. */
 static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flags) {
-    gpu_heap_t *h = resolve(heap);
+    gpu_heap_t *h = resolve_alloc(heap);
     if (!h) return NULL;
     if (flags & ~(unsigned)(GPU_ALLOC_OWNED | GPU_ALLOC_ZERO)) {
         gh_error(GPU_ERR_INVALID, "unknown allocation flags %#x", flags);
@@ -194,8 +209,11 @@ static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flag
     }
     void *p = NULL;
     uint64_t t0 = trace_begin();
-    /* The thread's cache first (small plain blocks), the heap on a miss. */
-    int rc = !flags && align == GH_QUANTUM && size <= TC_MAX_BYTES ? tcache_malloc(h, size, &p) : GH_MISS;
+    /* The thread's cache first (small plain blocks), the heap on a miss; a
+     * paused heap (gpu_pause) refuses before its caches are asked. (The
+     * refusal reads the state again: GPU_OK when it runs again meanwhile.) */
+    int rc = heap_is_running(h) ? GPU_OK : heap_refusal(h);
+    if (rc == GPU_OK) rc = !flags && align == GH_QUANTUM && size <= TC_MAX_BYTES ? tcache_malloc(h, size, &p) : GH_MISS;
     if (rc == GH_MISS) rc = heap_malloc(h, size, align, flags, &p);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_MALLOC, .heap = h->base, .size = size, .arg = align,
                                              .flags = (uint8_t)flags, .result = (uintptr_t)p, .rc = (int8_t)rc});
@@ -319,7 +337,7 @@ int gpu_release(void *ptr) { return gpu_heap_release(NULL, ptr); }
 /* ---- stream-ordered ------------------------------------------------------------------- */
 
 void *gpu_heap_malloc_async(gpu_heap_t *heap, size_t size, void *stream) {
-    gpu_heap_t *h = resolve(heap);
+    gpu_heap_t *h = resolve_alloc(heap);
     if (!h) return NULL;
     void *p = NULL;
     int rc = heap_malloc_async(h, size, (uintptr_t)stream, &p);

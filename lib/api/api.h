@@ -24,5 +24,29 @@ const gpu_config_t *gh_default_config(void);
 
 /* config.c: parses "123", "64K", "2M", "1G", "64T", "max"; false on a malformed value. */
 bool config_parse_size(const char *s, size_t *out);
+/* config.c: the process's settings, read once (GPUHEAP_LIMIT sets the cap). */
+void config_process_init(void);
+/* GPUHEAP_TAG_RESERVE: the VA a tag's heap reserves first (1 TiB unless set;
+ * 0 for "max": as much as granted, as gpu_config_t.reserve_bytes 0 means). */
+size_t config_tag_reserve(void);
+
+/* Device ordinals that have a default heap (and a heap per tag). */
+#define GH_DEVICES 64
+/* The calling thread's current CUDA device (0 without a context, or on the
+ * host backend), as the default heaps are chosen. */
+int gh_current_device(void);
+/* Opens a heap the API layer keeps for the process (a default heap, a tag's
+ * heap): registered, refused by gpu_heap_destroy. The error noted, not reported. */
+int gh_heap_open_hidden(const gpu_config_t *cfg, gpu_heap_t **out);
+
+/* ---- region.c: tags and regions -------------------------------------------- */
+
+/* Where an allocation of the calling thread goes on device dev: the heap of the
+ * innermost open region's tag, or dev's default heap (the gpu_* calls with
+ * heap == NULL, the interposer, the framework entry points). Created on first
+ * use; NULL with the error reported. */
+gpu_heap_t *gh_heap_for_alloc(int dev);
+/* True when the calling thread has a region open. */
+bool gh_region_open(void);
 
 #endif /* GPUHEAP_API_H */

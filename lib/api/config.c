@@ -4,10 +4,14 @@
  * Programs that cannot be changed (the interposer's users) are configured only
  * through the environment, so every setting of gpu_config_t has a variable, and
  * README.md lists them. A malformed value is reported and ignored, never fatal,
- * except GPUHEAP_BACKEND's (below).
+ * except GPUHEAP_BACKEND's (below). Two settings are the process's rather than
+ * a heap's, read once when the first heap opens: GPUHEAP_LIMIT, the cap of
+ * physical memory per device (gpu_set_limit changes it later), and
+ * GPUHEAP_TAG_RESERVE, the VA each tag's heap reserves (region.c).
  */
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,4 +126,39 @@ int gpu_config_init(gpu_config_t *cfg) {
         bad = gh_error(GPU_ERR_INVALID, "GPUHEAP_IPC=%s: expected 0 or 1", ipc);
     if (bad == GPU_OK) gh_ok();
     return bad;
+}
+
+/* ---- the process's settings ------------------------------------------------------- */
+
+#define TAG_RESERVE_DEFAULT ((size_t)1 << 40) /* 1 TiB: room for many tags beside a 64 TiB default heap */
+
+static size_t tag_reserve = TAG_RESERVE_DEFAULT;
+static pthread_once_t process_once = PTHREAD_ONCE_INIT;
+
+static void process_settings(void) {
+    int bad = GPU_OK;
+    size_t limit = 0;
+    env_size("GPUHEAP_LIMIT", &limit, &bad);
+    if (limit) heap_cap_set(limit);
+    env_size("GPUHEAP_TAG_RESERVE", &tag_reserve, &bad);
+    if (!tag_reserve) tag_reserve = TAG_RESERVE_DEFAULT;
+    else if (tag_reserve == SIZE_MAX) tag_reserve = 0; /* "max": as much as granted, as the default heaps (reserve_bytes 0) */
+}
+
+void config_process_init(void) { pthread_once(&process_once, process_settings); }
+
+size_t config_tag_reserve(void) {
+    config_process_init();
+    return tag_reserve;
+}
+
+int gpu_set_limit(size_t bytes) {
+    config_process_init(); /* GPUHEAP_LIMIT is read first, so that this call wins */
+    heap_cap_set(bytes);
+    return gh_ok();
+}
+
+size_t gpu_limit(void) {
+    config_process_init();
+    return heap_cap();
 }

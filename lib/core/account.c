@@ -10,8 +10,9 @@
  * quarantine until an event or a fence shows that work finished (quarantine.c,
  * fence.c) — unless the caller knows that no work can use it. Extent records are
  * made and dropped here too, so mapped bytes and the extent count change in one
- * place each. Both ways clear the block's export token, so that a handle other
- * processes hold names one life of a block and never the next (export.c).
+ * place each (a paused extent's bytes count as paused_bytes instead: pause.c).
+ * Both ways clear the block's export token, so that a handle other processes
+ * hold names one life of a block and never the next (export.c).
  */
 #include <string.h>
 
@@ -40,9 +41,15 @@ extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_han
 }
 
 void heap_extent_drop_locked(gpu_heap_t *h, extent *e) {
+    gh_assert(!e->moving, "no one drops an extent a pause or resume holds");
     extmap_clear(&h->extents, e);
-    h->mapped_bytes -= e->size;
-    h->nextents--;
+    if (e->paused) { /* given back by gpu_pause already: only its record goes */
+        h->paused_bytes -= e->size;
+        h->npaused--;
+    } else {
+        h->mapped_bytes -= e->size;
+        h->nextents--;
+    }
     if (e->prot != GPU_PROT_READ_WRITE) h->protected_extents--;
     pool_put(&h->extent_pool, e);
 }

@@ -225,6 +225,10 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
     /* Past the last rung (reclaim tried already), the request ends with the
      * mapping's failure. */
     for (unsigned i = 0; i < RUNGS;) {
+        if (!heap_is_running(h)) { /* paused, or a pause began while a rung had the lock dropped */
+            r.rc = heap_refusal(h);
+            break;
+        }
         if (r.tried & 1u << i) {
             i++;
             continue;
@@ -269,7 +273,7 @@ int heap_malloc_async(gpu_heap_t *h, size_t size, uintptr_t stream, void **out) 
     if (!need || need > h->reserved)
         return gh_note(GPU_ERR_INVALID, "size %zu is larger than the heap's reservation (%zu bytes)", size, h->reserved);
     heap_lock(h);
-    int rc = heap_reserve_records(h);
+    int rc = heap_is_running(h) ? heap_reserve_records(h) : heap_refusal(h);
     block *b = NULL;
     if (rc == GPU_OK) {
         stream_pool *pool = h->npools ? stream_pool_of(h, stream, false) : NULL;

@@ -19,19 +19,87 @@
  * Fresh handles that never entered the books (a copy being built, a growth being
  * mapped) go through handle_back and handle_discard: they have nowhere to be
  * kept, so a refused release of one is counted as lost at once.
+ *
+ * Because every physical allocation enters and leaves here, the doors also
+ * keep the cap (gpu_set_limit, GPUHEAP_LIMIT): a count per device of the bytes
+ * all heaps of the process hold, taken before a create and given back after a
+ * release. A create that would pass the cap first has the heap give its idle
+ * memory back (heap_reclaim_locked), once, then is refused as out of memory with
+ * a message naming the cap; the allocation path then treats it as it treats the
+ * driver's out of memory. An extent that gpu_pause gave back (pause.c) holds no
+ * memory: giving it back again costs no driver call.
  */
+#include <stdio.h>
+
 #include "core/internal.h"
 
 /* A handle the driver would not take back: it leaks, and the heap says so. */
 static void count_lost(gpu_heap_t *h) { atomic_fetch_add_explicit(&h->extents_lost, 1, memory_order_relaxed); }
 
-void handle_drop(gpu_heap_t *h, vmm_handle hd) {
+/* ---- the cap ------------------------------------------------------------------- */
+
+static _Atomic size_t cap_limit = SIZE_MAX;
+static _Atomic size_t cap_held[GH_MAX_PEERS]; /* per device ordinal */
+
+void heap_cap_set(size_t bytes) { atomic_store(&cap_limit, bytes ? bytes : SIZE_MAX); }
+size_t heap_cap(void) { return atomic_load_explicit(&cap_limit, memory_order_relaxed); }
+size_t heap_cap_held(int device) {
+    return device >= 0 && device < GH_MAX_PEERS ? atomic_load_explicit(&cap_held[device], memory_order_relaxed) : 0;
+}
+
+/* The count of h's device (devices past the table share its last slot). */
+static _Atomic size_t *held_of(const gpu_heap_t *h) {
+    int d = h->door.b->caps.device;
+    return &cap_held[d >= 0 && d < GH_MAX_PEERS ? d : GH_MAX_PEERS - 1];
+}
+
+/* Counts size bytes about to be created; false (nothing counted) past the cap. */
+static bool cap_take(gpu_heap_t *h, size_t size) {
+    _Atomic size_t *held = held_of(h);
+    size_t limit = heap_cap();
+    if (limit == SIZE_MAX) {
+        atomic_fetch_add_explicit(held, size, memory_order_relaxed);
+        return true;
+    }
+    size_t cur = atomic_load_explicit(held, memory_order_relaxed);
+    do {
+        if (cur > limit || size > limit - cur) return false;
+    } while (!atomic_compare_exchange_weak_explicit(held, &cur, cur + size, memory_order_relaxed, memory_order_relaxed));
+    return true;
+}
+
+static void cap_give(gpu_heap_t *h, size_t size) { atomic_fetch_sub_explicit(held_of(h), size, memory_order_relaxed); }
+
+/* A create of size bytes, counted against the cap: past it, h's idle memory goes
+ * back once and the cap is asked again. Lock not held. */
+static int create_counted(gpu_heap_t *h, size_t size, vmm_handle *out) {
+    if (!cap_take(h, size)) {
+        heap_lock(h);
+        (void)heap_reclaim_locked(h);
+        heap_unlock(h);
+        if (!cap_take(h, size)) {
+            size_t limit = heap_cap(), held = atomic_load(held_of(h));
+            return vmm_fail(h->door.b, GPU_ERR_OUT_OF_MEMORY,
+                            "%zu more bytes would pass the process's limit of %zu bytes of physical memory on device %d "
+                            "(gpu_set_limit, GPUHEAP_LIMIT; %zu held)",
+                            size, limit, h->door.b->caps.device, held);
+        }
+    }
+    int rc = vmm_call_create(&h->door, size, out);
+    if (rc != GPU_OK) cap_give(h, size);
+    return rc;
+}
+
+/* ---- the doors ------------------------------------------------------------------ */
+
+void handle_drop(gpu_heap_t *h, vmm_handle hd, size_t size) {
     if (vmm_call_release(&h->door, hd) != GPU_OK) count_lost(h);
+    else cap_give(h, size);
 }
 
 int handle_back(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle *out) {
     vmm_handle hd;
-    int rc = vmm_call_create(&h->door, size, &hd);
+    int rc = create_counted(h, size, &hd);
     if (rc != GPU_OK) return rc;
     rc = vmm_call_map(&h->door, va, size, hd);
     if (rc == GPU_OK) {
@@ -42,7 +110,7 @@ int handle_back(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle *out) {
         }
         (void)vmm_call_unmap_undo(&h->door, va, size);
     }
-    handle_drop(h, hd);
+    handle_drop(h, hd, size);
     return rc;
 }
 
@@ -51,7 +119,7 @@ void handle_discard(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd) {
         count_lost(h); /* still mapped: it cannot be released either */
         return;
     }
-    handle_drop(h, hd);
+    handle_drop(h, hd, size);
 }
 
 int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner) {
@@ -79,9 +147,10 @@ static void release_or_keep(gpu_heap_t *h, extent_return *r) {
     const extent *e = r->e;
     int rc = vmm_call_release(&h->door, e->handle);
     r->rc = rc;
-    if (rc == GPU_OK)
+    if (rc == GPU_OK) {
         r->fate = EXTENT_GONE;
-    else
+        cap_give(h, e->size);
+    } else
         r->fate = vmm_call_remap_undo(&h->door, e->va, e->size, e->handle, r->prot) == GPU_OK ? EXTENT_KEPT : EXTENT_LOST;
 }
 
@@ -92,29 +161,39 @@ static void keep_unmapped(extent_return *r, int rc) {
     r->prot = (gpu_prot_t)r->e->prot;
 }
 
+/* A paused extent has nothing mapped and no handle: it goes at once. */
+static bool gone_paused(extent_return *r) {
+    if (!r->e->paused) return false;
+    r->rc = GPU_OK;
+    r->fate = EXTENT_GONE;
+    return true;
+}
+
 int extents_give_back(gpu_heap_t *h, extent_return *v, size_t n, bool all_or_none) {
     int first = GPU_OK;
     if (all_or_none) { /* every mapping first; one refused puts the others back */
         size_t done = 0;
         int rc = GPU_OK;
         for (; done < n; done++)
-            if ((rc = vmm_call_unmap(&h->door, v[done].e->va, v[done].e->size)) != GPU_OK) break;
+            if (!v[done].e->paused && (rc = vmm_call_unmap(&h->door, v[done].e->va, v[done].e->size)) != GPU_OK) break;
         if (rc != GPU_OK) {
             for (size_t k = 0; k < n; k++) {
                 keep_unmapped(&v[k], rc);
                 const extent *e = v[k].e;
-                if (k < done && vmm_call_remap_undo(&h->door, e->va, e->size, e->handle, (gpu_prot_t)e->prot) != GPU_OK)
+                if (k < done && !e->paused &&
+                    vmm_call_remap_undo(&h->door, e->va, e->size, e->handle, (gpu_prot_t)e->prot) != GPU_OK)
                     v[k].fate = EXTENT_LOST; /* unmapped, and the driver will not map it back */
             }
             return rc;
         }
         for (size_t k = 0; k < n; k++) {
-            release_or_keep(h, &v[k]);
+            if (!gone_paused(&v[k])) release_or_keep(h, &v[k]);
             if (first == GPU_OK) first = v[k].rc;
         }
         return first;
     }
     for (size_t k = 0; k < n; k++) {
+        if (gone_paused(&v[k])) continue;
         int rc = vmm_call_unmap(&h->door, v[k].e->va, v[k].e->size);
         if (rc == GPU_OK) release_or_keep(h, &v[k]);
         else keep_unmapped(&v[k], rc);

@@ -68,14 +68,20 @@ static bool check_unbacked(gpu_heap_t *h, checker *c, const block *b) {
 /* Counts the extents and checks each one's owner and protection. */
 typedef struct extent_tally {
     checker *c;
-    size_t mapped, n, prot;
+    size_t mapped, n, prot, paused, npaused, moving;
 } extent_tally;
 
 static bool tally_extent(extent *e, void *arg) {
     extent_tally *t = arg;
     checker *c = t->c;
-    t->mapped += e->size;
-    t->n++;
+    if (e->paused) {
+        t->paused += e->size;
+        t->npaused++;
+    } else {
+        t->mapped += e->size;
+        t->n++;
+    }
+    t->moving += e->moving;
     if (e->prot != GPU_PROT_READ_WRITE) {
         t->prot++;
         CHECK(c, e->owner, "protected extent %#lx has no owning block", (unsigned long)e->va);
@@ -196,12 +202,21 @@ static int check_locked(gpu_heap_t *h, checker *c) {
     size_t mapped = t.mapped, n = t.n, prot = t.prot;
     CHECK(c, mapped == h->mapped_bytes && n == h->nextents, "extents: %zu bytes in %zu found, counters %zu in %zu", mapped,
           n, h->mapped_bytes, h->nextents);
+    /* Memory control (pause.c): paused extents only in a heap that is not
+     * running, extents on the move only while a pause or resume has them. */
+    int run = atomic_load(&h->run_state);
+    CHECK(c, t.paused == h->paused_bytes && t.npaused == h->npaused,
+          "paused extents: %zu bytes in %zu found, counters %zu in %zu", t.paused, t.npaused, h->paused_bytes, h->npaused);
+    CHECK(c, !t.npaused || run != HEAP_RUNNING, "a running heap has %zu paused extents", t.npaused);
+    CHECK(c, !t.moving || run == HEAP_PAUSING || run == HEAP_RESUMING, "%zu extents on the move in a heap neither pausing nor resuming", t.moving);
+    CHECK(c, (h->backup_bytes != 0) <= (run != HEAP_RUNNING), "a running heap keeps a backup of %zu bytes", h->backup_bytes);
     CHECK(c, prot == h->protected_extents, "%zu protected extents found, %zu counted", prot, h->protected_extents);
     size_t pool_bytes = 0, pool_blocks = 0;
     for (size_t i = 0; i < h->npools; i++) pool_bytes += h->pools[i]->free.bytes, pool_blocks += h->pools[i]->free.blocks;
     CHECK(c, pool_bytes == strm && pool_blocks == strm_n, "stream pools index %zu bytes in %zu blocks, walk %zu in %zu",
           pool_bytes, pool_blocks, strm, strm_n);
-    CHECK(c, live + idle + quar + strm <= mapped, "used bytes %zu exceed mapped bytes %zu", live + idle + quar + strm, mapped);
+    CHECK(c, live + idle + quar + strm <= mapped + t.paused, "used bytes %zu exceed mapped and paused bytes %zu",
+          live + idle + quar + strm, mapped + t.paused);
     return c->rc;
 }
 
@@ -242,6 +257,8 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *s) {
     s->protected_extents = h->protected_extents;
     s->ipc_exports = h->ipc_exports;
     s->ipc_imports_open = atomic_load_explicit(&h->ipc_imports_open, memory_order_relaxed);
+    s->paused_bytes = h->paused_bytes;
+    s->backup_bytes = h->backup_bytes;
     s->cached_bytes = s->cached_blocks = 0;
     hooks_stats_locked(h, s); /* thread caches: blocks they hold free are not live */
     heap_unlock(h);

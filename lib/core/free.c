@@ -5,7 +5,9 @@
  * A freed block is not reusable at once (account.c says why). Before it leaves
  * the map, extents that gpu_protect made read-only or inaccessible get read-write
  * access back, so that idle memory is always read-write. Past the release
- * threshold a free also gives idle extents back (trim.c).
+ * threshold a free also gives idle extents back (trim.c). A block of a paused
+ * heap (pause.c) is freed in the books alone; a free while another thread
+ * pauses or resumes the heap waits for it.
  */
 #include "core/internal.h"
 
@@ -20,6 +22,11 @@ int heap_restore_access(gpu_heap_t *h, block *b) {
         uintptr_t eva = e ? e->va : 0;
         size_t esize = e ? e->size : h->gran;
         bool protected_ = owned && e->prot != GPU_PROT_READ_WRITE;
+        if (protected_ && e->paused) { /* gpu_pause gave it back: resume maps it read-write */
+            e->prot = GPU_PROT_READ_WRITE;
+            h->protected_extents--;
+            protected_ = false;
+        }
         heap_unlock(h);
         if (protected_) {
             int r = vmm_call_set_access(&h->door, eva, esize, GPU_PROT_READ_WRITE);
@@ -62,6 +69,7 @@ static int unmap_live(gpu_heap_t *h, void *ptr, block **out) {
 
 int heap_free(gpu_heap_t *h, void *ptr) {
     heap_lock(h);
+    heap_settle_locked(h);
     block *b;
     int rc = unmap_live(h, ptr, &b);
     if (rc == GPU_OK) {
@@ -80,6 +88,7 @@ int heap_free_async(gpu_heap_t *h, void *ptr, uintptr_t stream) {
         return gh_note(GPU_ERR_CAPTURING, "gpu_free_async(%p): stream %#lx is being captured; free after the graph's last launch",
                        ptr, (unsigned long)stream);
     heap_lock(h);
+    heap_settle_locked(h);
     block *b;
     int rc = unmap_live(h, ptr, &b);
     if (rc == GPU_OK) {

@@ -138,6 +138,7 @@ fail_backend:
 void heap_close(gpu_heap_t *h) {
     hooks_closing(h); /* thread caches, gpu_map_file's mappings and staging: while the backend is open */
     (void)vmm_call_fence(&h->door); /* no extent goes while GPU work may touch it */
+    heap_pause_close(h);            /* a paused heap's backup */
     stream_pools_close(h);
     quarantine_close(h);
     extents_give_back_all(h);

@@ -59,6 +59,36 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *out);
 int heap_check(gpu_heap_t *h, char *msg, size_t len);
 static inline bool heap_owns(const gpu_heap_t *h, uintptr_t p) { return p - h->base < h->reserved; }
 
+/* ---- pause.c: memory control (gpu_pause, gpu_resume) ----------------------- */
+
+/* What a heap's memory is doing (gpu_heap.run_state). */
+enum { HEAP_RUNNING = 0, HEAP_PAUSING, HEAP_PAUSED, HEAP_RESUMING };
+/* True while the heap is neither paused nor being paused or resumed: one
+ * relaxed load of the heap's read-mostly line (the API asks before a thread cache). */
+static inline bool heap_is_running(const gpu_heap_t *h) {
+    return atomic_load_explicit(&((gpu_heap_t *)h)->run_state, memory_order_relaxed) == HEAP_RUNNING;
+}
+/* The refusal of a call that needs a running heap: GPU_ERR_PAUSED when paused,
+ * GPU_ERR_BUSY while pausing or resuming, noted; GPU_OK when running. */
+int heap_refusal(const gpu_heap_t *h);
+/* Gives every physical allocation of h back, keeping its addresses (with
+ * backup: the live bytes first copied to pinned host memory); *bytes: what was
+ * given back. GPU_OK at once when already paused. A failure leaves h running and
+ * unchanged. Lock not held. */
+int heap_pause(gpu_heap_t *h, bool backup, size_t *bytes);
+/* Maps memory at every paused address again, restores the backup and the
+ * protection; *bytes: what was mapped. GPU_OK at once when running. A failure
+ * gives back what this call mapped and leaves h paused, backup kept. */
+int heap_resume(gpu_heap_t *h, size_t *bytes);
+
+/* ---- backing.c: the cap on physical memory per device ----------------------- */
+
+/* The process-wide cap of physical bytes all heaps of a device may hold: bytes
+ * 0 or SIZE_MAX remove it. Memory already held stays. */
+void heap_cap_set(size_t bytes);
+size_t heap_cap(void);            /* SIZE_MAX: none */
+size_t heap_cap_held(int device); /* physical bytes the heaps of device hold now */
+
 /* ---- lookup.c: the live block containing an address ------------------------ */
 
 /* The bounds of the live block that contains p (any byte of it). GPU_ERR_NOT_OWNED

@@ -190,7 +190,19 @@ void extents_give_back_all(gpu_heap_t *h);
  * Lock not held. */
 int handle_back(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle *out);
 void handle_discard(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd);
-void handle_drop(gpu_heap_t *h, vmm_handle hd);
+void handle_drop(gpu_heap_t *h, vmm_handle hd, size_t size);
+/* The cap (heap_cap_set): a paused extent given back by the door costs no call
+ * (it holds no memory); every other create and release is counted per device,
+ * and handle_back refuses what would pass the cap, after giving h's idle memory
+ * back once (heap_reclaim_locked), with GPU_ERR_OUT_OF_MEMORY naming the cap. */
+
+/* ---- pause.c ------------------------------------------------------------------ */
+
+/* While another thread pauses or resumes h, waits (lock dropped meanwhile) until
+ * it has done: frees, releases and peer grants wait instead of failing. */
+void heap_settle_locked(gpu_heap_t *h);
+/* heap_close: the backup of a paused heap goes with it. Lock not held. */
+void heap_pause_close(gpu_heap_t *h);
 
 /* ---- events.c: FIFOs of events and what each covers -------------------------- */
 

@@ -22,6 +22,9 @@
  * calls and run with the lock dropped; an extent unmapped in the meantime (trim)
  * makes its grant fail, which is not an error.
  *
+ * Extents that gpu_pause gave back have nothing to grant: resume maps them
+ * through the same door, so they reach every peer then (pause.c).
+ *
  * Removing a peer stops grants to future extents; extents already granted keep
  * the peer's access (the safe direction: a program that disabled peer access
  * does not touch that memory any more).
@@ -44,6 +47,7 @@ struct lister {
 
 static bool list_one(extent *e, void *arg) {
     struct lister *ls = arg;
+    if (e->paused) return true; /* nothing mapped: resume grants every peer */
     if (ls->n == ls->cap) return false;
     ls->list[ls->n++] = (peer_grant){.va = e->va, .size = e->size, .prot = (gpu_prot_t)e->prot};
     return true;
@@ -60,10 +64,11 @@ static int extents_list_locked(gpu_heap_t *h, peer_grant **out, size_t *n) {
     return GPU_OK;
 }
 
-/* True when an extent of exactly [va, va+size) is still mapped. Lock held. */
+/* True when an extent of exactly [va, va+size) is still mapped (not trimmed,
+ * not paused meanwhile). Lock held. */
 static bool extent_still_there(gpu_heap_t *h, uintptr_t va, size_t size) {
     extent *e = extmap_find(&h->extents, va);
-    return e && e->va == va && e->size == size;
+    return e && e->va == va && e->size == size && !e->paused && !e->moving;
 }
 
 int heap_peer_add(gpu_heap_t *h, int device) {
@@ -72,6 +77,7 @@ int heap_peer_add(gpu_heap_t *h, int device) {
     if (device == h->door.b->caps.device) return GPU_OK; /* the owner has access already */
     uint64_t bit = (uint64_t)1 << device;
     heap_lock(h);
+    heap_settle_locked(h); /* not while a pause or resume moves extents */
     if (atomic_load(&h->door.peers) & bit) {
         heap_unlock(h);
         return GPU_OK;

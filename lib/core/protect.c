@@ -17,6 +17,11 @@ int heap_protect(gpu_heap_t *h, void *ptr, size_t size, gpu_prot_t prot) {
     size_t len = gh_align_up(size, h->gran);
     if (!len || p + len < p) return gh_note(GPU_ERR_INVALID, "gpu_protect: size %zu overflows", size);
     heap_lock(h);
+    if (!heap_is_running(h)) {
+        int rc = heap_refusal(h);
+        heap_unlock(h);
+        return rc;
+    }
     extent *e = extmap_find(&h->extents, p);
     block *b = e ? e->owner : NULL;
     int rc = GPU_OK;

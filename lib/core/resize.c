@@ -242,7 +242,7 @@ static int shrink(gpu_heap_t *h, block *b, size_t need) {
 int heap_realloc(gpu_heap_t *h, void *ptr, size_t size, void **out) {
     uintptr_t p = (uintptr_t)ptr;
     heap_lock(h);
-    int rc = heap_reserve_records(h);
+    int rc = heap_is_running(h) ? heap_reserve_records(h) : heap_refusal(h);
     block *b = rc == GPU_OK ? heap_find_live(h, p, true) : NULL;
     if (rc != GPU_OK) {
     } else if (!b) {

@@ -57,7 +57,7 @@ int heap_reserve(gpu_heap_t *h, size_t size, void **out) {
     if (!len || len > h->reserved)
         return gh_note(GPU_ERR_INVALID, "gpu_reserve(%zu): larger than the heap's reservation", size);
     heap_lock(h);
-    int rc = heap_reserve_records(h);
+    int rc = heap_is_running(h) ? heap_reserve_records(h) : heap_refusal(h);
     block *b = NULL;
     if (rc == GPU_OK) rc = heap_carve_vacant_locked(h, len, h->gran, 0, &b);
     if (rc == GPU_OK) {
@@ -158,7 +158,8 @@ int heap_commit(gpu_heap_t *h, void *ptr, size_t len) {
     int rc = aligned(h, p, len, "gpu_commit");
     if (rc != GPU_OK) return rc;
     heap_lock(h);
-    block *r = reservation_of(h, p, len, "gpu_commit", &rc);
+    block *r = heap_is_running(h) ? reservation_of(h, p, len, "gpu_commit", &rc) : NULL;
+    if (!heap_is_running(h)) rc = heap_refusal(h);
     if (r && extmap_prepare(&h->extents, p, len) != GPU_OK) {
         rc = gh_note(GPU_ERR_OUT_OF_MEMORY, "gpu_commit: out of host memory for the extent map");
         r = NULL;
@@ -255,7 +256,7 @@ static int keep_outside(gpu_heap_t *h, block *r, extent *e, uintptr_t p, uintptr
     }
     if (rc != GPU_OK) { /* e is untouched: give back the copies made so far */
         heap_unlock(h);
-        for (int i = 0; i < made; i++) handle_drop(h, parts[i].nh);
+        for (int i = 0; i < made; i++) handle_drop(h, parts[i].nh, parts[i].hi - parts[i].lo);
         heap_lock(h);
         return gh_note(rc, "gpu_decommit: keeping the committed bytes around the range: %s", vmm_error());
     }
@@ -270,7 +271,7 @@ static int keep_outside(gpu_heap_t *h, block *r, extent *e, uintptr_t p, uintptr
             if ((rc = vmm_call_remap_undo(&h->door, parts[mapped].lo, parts[mapped].hi - parts[mapped].lo, parts[mapped].nh,
                                           prot)) != GPU_OK)
                 break;
-    for (int i = mapped; i < n; i++) handle_drop(h, parts[i].nh); /* e kept: every copy; else those not mapped */
+    for (int i = mapped; i < n; i++) handle_drop(h, parts[i].nh, parts[i].hi - parts[i].lo); /* e kept: every copy; else those not mapped */
     heap_lock(h);
     if (ret.fate == EXTENT_KEPT) return gh_note(rc, "gpu_decommit: giving back the extent the range cuts: %s", vmm_error());
     h->sparse_committed -= esize;
@@ -291,7 +292,8 @@ int heap_decommit(gpu_heap_t *h, void *ptr, size_t len) {
     int rc = aligned(h, p, len, "gpu_decommit");
     if (rc != GPU_OK) return rc;
     heap_lock(h);
-    block *r = reservation_of(h, p, len, "gpu_decommit", &rc);
+    block *r = heap_is_running(h) ? reservation_of(h, p, len, "gpu_decommit", &rc) : NULL;
+    if (!heap_is_running(h)) rc = heap_refusal(h);
     if (!r) {
         heap_unlock(h);
         return rc;
@@ -352,6 +354,7 @@ static void adopt_kept(gpu_heap_t *h, block *b) {
 int heap_release_reservation(gpu_heap_t *h, void *ptr) {
     uintptr_t p = (uintptr_t)ptr;
     heap_lock(h);
+    heap_settle_locked(h);
     block *r = blockmap_find(&h->live, p);
     int rc = GPU_OK;
     if (!r || r->state != BLOCK_SPARSE)

@@ -9,9 +9,10 @@
  * the lock to give them back (backing.c's door: a handle the driver refuses to
  * release is mapped back and its range stays idle), and turns the addresses of
  * the extents that went into vacant VA. The same path serves gpu_heap_trim, the
- * release threshold, shrinking realloc and recovery from out-of-memory. Extents
- * pinned by an export in flight (export.c) are skipped: their handles are being
- * turned into fds outside the lock.
+ * release threshold, shrinking realloc, recovery from out-of-memory and
+ * gpu_pause; in a paused heap it drops extents that no live block uses any more.
+ * Extents pinned by an export in flight (export.c) are skipped: their handles
+ * are being turned into fds outside the lock.
  */
 #include "core/internal.h"
 
@@ -26,10 +27,11 @@ typedef struct trim_work {
     uintptr_t lo, hi; /* only extents inside [lo, hi) */
 } trim_work;
 
-/* True when e lies inside [lo, hi) and may go: an extent another process is
- * being handed (pinned, export.c) stays until the export is done. */
+/* True when e lies inside [lo, hi) and may go: not one another process is being
+ * handed (pinned, export.c), nor one a pause or resume is moving with the lock
+ * dropped. (A paused extent may: it goes without a driver call, backing.c.) */
 static inline bool extent_releasable(const extent *e, uintptr_t lo, uintptr_t hi) {
-    return e->va >= lo && e->va + e->size <= hi && !e->pins;
+    return e->va >= lo && e->va + e->size <= hi && !e->pins && !e->moving;
 }
 
 /* Cuts every whole extent out of the idle block b (already out of the index)

@@ -102,7 +102,14 @@ typedef struct extent {
     size_t size;
     vmm_handle handle;
     block *owner;   /* the live block that contains the whole extent, or NULL */
-    uint8_t prot;   /* gpu_prot_t currently set */
+    uint8_t prot;   /* gpu_prot_t currently set (a paused extent: the one it gets back at resume) */
+    /* Memory control (pause.c): given back by gpu_pause — unmapped and
+     * released, no handle; the record, its addresses, owner and protection
+     * kept, counted in paused_bytes instead of mapped_bytes. */
+    uint8_t paused;
+    /* A pause or a resume is giving it back or mapping it again with the lock
+     * dropped: trims leave it alone. */
+    uint8_t moving;
     uint32_t pins;  /* exports of it in flight (export.c): while pinned it is never given back */
     struct extent *next_free; /* record free list */
 } extent;
@@ -182,6 +189,10 @@ struct gpu_heap {
     size_t gran;
     uint64_t serial;       /* unique per heap opened in this process (thread caches' key) */
     bool is_default;
+    /* Memory control (pause.c): HEAP_RUNNING (0), PAUSING, PAUSED or RESUMING.
+     * Changed under the lock; read without it by the API before it asks a
+     * thread cache (one load of this line). */
+    _Atomic uint8_t run_state;
     /* The heap's lock: held only for bookkeeping, never across a driver call, so an
      * exchange to take it and a store to give it back beat a pthread mutex (an
      * exchange and an exchange): 4.8 vs 11 ns per lock and unlock measured on the
@@ -225,6 +236,9 @@ struct gpu_heap {
     _Atomic uint64_t extents_lost; /* handles the driver would neither release nor map back (backing.c) */
     uint64_t ipc_exports;          /* blocks given an export token (export.c) */
     _Atomic uint64_t ipc_imports_open; /* other processes' blocks open through this heap's backend (lib/ipc) */
+    size_t paused_bytes, npaused; /* extents given back by gpu_pause, record kept (pause.c) */
+    struct pause_backup *backup;  /* the paused contents in pinned host memory, or NULL (pause.c) */
+    size_t backup_bytes;
 
     /* Cover numbers (quarantine.c): every seal event and fence takes the next
      * cover_seq before its driver call, and once it is known complete raises

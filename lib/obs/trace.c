@@ -20,18 +20,19 @@
  *   t_ns     nanoseconds from the trace's start to the call's start
  *   tid      the calling thread's Linux thread id
  *   op       calls: malloc free realloc protect trim (map_file sync_file
- *            unmap_file: file.c); backend calls behind them: reserve unreserve
- *            create release map unmap access fence copy memset (later issues add
- *            more names; readers skip names they do not know)
+ *            unmap_file: file.c; pause resume: one line per heap of a tag);
+ *            backend calls behind them: reserve unreserve create release map
+ *            unmap access fence copy memset (readers skip names they do not know)
  *   heap     the heap's reservation base, 0x-hex (identifies the heap)
  *   stream   the CUDA stream of a stream-ordered call, 0x-hex; 0x0 for none
- *   addr     the block or range the call takes, 0x-hex (0x0 when none)
+ *   addr     the block or range the call takes, 0x-hex (0x0 when none; pause,
+ *            resume: the heap's base)
  *   size     bytes: requested size (malloc, new size for realloc), range size
  *            (protect, map, unmap, access, copy, memset, reserve, create),
- *            keep_bytes (trim)
+ *            keep_bytes (trim), physical bytes paused or mapped again (pause, resume)
  *   arg      malloc: alignment; protect, access: gpu_prot_t; reserve:
  *            granularity; memset: the byte; otherwise 0
- *   flags    malloc: GPU_ALLOC_* bits; otherwise 0
+ *   flags    malloc: GPU_ALLOC_* bits; pause: GPU_PAUSE_* bits; otherwise 0
  *   result   the pointer returned (malloc, realloc), the range reserved
  *            (reserve), the destination (copy), the physical handle (create,
  *            release), 0x-hex; 0x0 otherwise
@@ -74,6 +75,7 @@ static const char *const op_names[TRACE_OP_COUNT] = {
     [TRACE_FENCE] = "fence",     [TRACE_COPY] = "copy",       [TRACE_MEMSET] = "memset",
     [TRACE_MAP_FILE] = "map_file", [TRACE_SYNC_FILE] = "sync_file", [TRACE_UNMAP_FILE] = "unmap_file",
     [TRACE_CREATE] = "create",   [TRACE_RELEASE] = "release", [TRACE_ACCESS] = "access",
+    [TRACE_PAUSE] = "pause",     [TRACE_RESUME] = "resume",
 };
 
 /* A buffer of records: a thread's current one, queued for the writer, or free. */
@@ -199,18 +201,9 @@ static void format_batch(const trace_event *ev, size_t n) {
         size_t len = strlen(name);
         memcpy(p, name, len);
         p += len;
-        *p++ = ' ';
-        p = put_hex(p, e->heap);
-        *p++ = ' ';
-        p = put_hex(p, e->stream);
-        *p++ = ' ';
-        p = put_hex(p, e->addr);
-        *p++ = ' ';
-        p = put_dec(p, e->size);
-        *p++ = ' ';
-        p = put_dec(p, e->arg);
-        *p++ = ' ';
-        p = put_dec(p, e->flags);
+        const uint64_t hex[3] = {e->heap, e->stream, e->addr}, dec[3] = {e->size, e->arg, e->flags};
+        for (int k = 0; k < 3; k++) *p++ = ' ', p = put_hex(p, hex[k]);
+        for (int k = 0; k < 3; k++) *p++ = ' ', p = put_dec(p, dec[k]);
         *p++ = ' ';
         p = put_hex(p, e->result);
         *p++ = ' ';

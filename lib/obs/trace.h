@@ -21,6 +21,7 @@ typedef enum trace_op {
     TRACE_RESERVE, TRACE_UNRESERVE, TRACE_MAP, TRACE_UNMAP, TRACE_FENCE, TRACE_COPY, TRACE_MEMSET,
     TRACE_MAP_FILE, TRACE_SYNC_FILE, TRACE_UNMAP_FILE, /* lib/file: addr = mapping, size = length, arg = file offset */
     TRACE_CREATE, TRACE_RELEASE, TRACE_ACCESS, /* backend/door.c: physical memory made, given back; access set */
+    TRACE_PAUSE, TRACE_RESUME, /* api/region.c: a tag's heap paused or resumed; addr = heap, size = bytes, flags = backup */
     TRACE_OP_COUNT
 } trace_op;
 

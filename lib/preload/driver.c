@@ -12,6 +12,7 @@
  *    a heap is CUDA_ERROR_INVALID_VALUE, as the driver says for a bad pointer;
  *  - cuMemGetInfo_v2: idle and quarantined heap memory counts as free, so a
  *    framework that sizes itself from free memory sees what it could allocate;
+ *    under a cap (gpu_set_limit) the cap is the total (serve.c);
  *  - cuMemGetAddressRange_v2 and the RANGE_START_ADDR / RANGE_SIZE attributes:
  *    the bounds of the block the program allocated (the driver would report the
  *    extent behind it, since it knows only mappings), and for memory imported
@@ -45,7 +46,7 @@ typedef pl_cu_result (*ipc_close_mem_handle_fn)(pl_cu_ptr);
 PL_EXPORT pl_cu_result cuMemAlloc_v2(pl_cu_ptr *dptr, size_t size) {
     int dev;
     if (dptr && size && pl_current_device(&dev)) {
-        gpu_heap_t *h = pl_heap(dev);
+        gpu_heap_t *h = pl_heap_for_alloc(dev);
         void *p = h ? pl_alloc(h, size, PL_VIA_DRIVER) : NULL;
         if (p) {
             *dptr = (pl_cu_ptr)(uintptr_t)p;

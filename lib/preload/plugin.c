@@ -13,7 +13,8 @@
  *      void free_func(void *param, void *ptr, int device_id)
  *    → gpu_cupy_malloc / gpu_cupy_free.
  * Both allocate from the default heap of the device named (whatever backend the
- * configuration chooses, as gpu_malloc does), at cudaMalloc's alignment so that
+ * configuration chooses, as gpu_malloc does) — inside a region of the calling
+ * thread, from its tag's heap there — at cudaMalloc's alignment so that
  * results match a cudaMalloc run's bit for bit, and free through gpu_free, whose
  * quarantine makes a free safe while the stream still uses the block. Errors
  * are NULL returns and gpuheap's error path (GPUHEAP_VERBOSE=1 prints them); a
@@ -25,7 +26,7 @@
 
 /* size bytes on device at cudaMalloc's alignment, or NULL. */
 static void *plugin_alloc(size_t size, int device) {
-    gpu_heap_t *h = gh_heap_default_of(device);
+    gpu_heap_t *h = gh_heap_for_alloc(device);
     return h ? pl_alloc(h, size, PL_VIA_PLUGIN) : NULL;
 }
 

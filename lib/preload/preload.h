@@ -173,6 +173,9 @@ typedef enum pl_via { PL_VIA_RUNTIME, PL_VIA_DRIVER, PL_VIA_PLUGIN, PL_VIAS } pl
 /* The CUDA heap of device dev, or NULL when the interposer passes through
  * (no driver, no device, the host backend configured, or opening failed once). */
 gpu_heap_t *pl_heap(int dev);
+/* Where an allocation on dev goes: pl_heap(dev), or inside a region of the
+ * calling thread its tag's heap on dev (gh_heap_for_alloc); NULL: pass through. */
+gpu_heap_t *pl_heap_for_alloc(int dev);
 /* size bytes from h at cudaMalloc's alignment; NULL on failure (the caller then
  * asks the real function, which reports the error the program expects). */
 void *pl_alloc(gpu_heap_t *h, size_t size, pl_via via);
@@ -188,8 +191,10 @@ pl_free_result pl_free(uintptr_t p);
 
 /* Bytes the heap of dev holds idle or in quarantine: free to the program. */
 size_t pl_idle_bytes(int dev);
-/* Adds dev's idle heap bytes to *free_bytes, at most up to *total_bytes. */
-void pl_add_idle(int dev, size_t *free_bytes, const size_t *total_bytes);
+/* The driver's memory info as the program sees it: dev's idle heap bytes count
+ * as free; under a cap, the total is at most the cap and free at most the room
+ * left under it; free at most the total. total_bytes may be NULL. */
+void pl_add_idle(int dev, size_t *free_bytes, size_t *total_bytes);
 /* The heap that owns p, or NULL. */
 gpu_heap_t *pl_owner(uintptr_t p);
 /* Device accessor may now reach owner's memory (or no longer: future extents). */

@@ -55,7 +55,7 @@ static bool runtime_device(int *dev) {
 PL_EXPORT pl_cuda_error cudaMalloc(void **ptr, size_t size) {
     int dev;
     if (ptr && size && runtime_device(&dev)) {
-        gpu_heap_t *h = pl_heap(dev);
+        gpu_heap_t *h = pl_heap_for_alloc(dev);
         void *p = h ? pl_alloc(h, size, PL_VIA_RUNTIME) : NULL;
         if (p) {
             *ptr = p;

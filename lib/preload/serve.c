@@ -4,7 +4,9 @@
  * One rule decides: an allocation is served by the default heap of the device
  * the caller means (the runtime's current device for cudaMalloc, the current
  * context's device for cuMemAlloc, the device argument for the framework entry
- * points), on the CUDA backend; a pointer is freed by gpuheap when a heap owns
+ * points), on the CUDA backend — or, inside a region (gpu_region_begin), by the
+ * heap of the region's tag on that device, so that a program's allocations can
+ * be paused and resumed by tag; a pointer is freed by gpuheap when a heap owns
  * it. Everything else — no driver, no device, a device without the virtual
  * memory API, GPUHEAP_BACKEND=host, a heap that failed to open, a failed
  * allocation, memory the heap does not own — goes to the real function, so the
@@ -19,6 +21,11 @@
  * without it bit for bit: from 2 MiB up the heap is asked for 2 MiB alignment
  * (what cudaMalloc gives there), and for smaller blocks the cost is a split of
  * idle memory, no driver call.
+ *
+ * Memory info (cudaMemGetInfo, cuMemGetInfo) counts the heap's idle memory as
+ * free, and under a cap (gpu_set_limit, GPUHEAP_LIMIT) reports the cap as the
+ * total and the room left under it as free, so that a framework sizing its
+ * pools from free memory stays inside the cap.
  *
  * Counters say what was served and what was passed on (allocations, frees, and
  * the IPC calls ipc.c counts); GPUHEAP_STATS=1 (or gpuheap-run --stats) prints
@@ -186,6 +193,11 @@ gpu_heap_t *pl_heap(int dev) {
     return h;
 }
 
+gpu_heap_t *pl_heap_for_alloc(int dev) {
+    gpu_heap_t *h = pl_heap(dev); /* the interposer serves dev at all */
+    return h && gh_region_open() ? gh_heap_for_alloc(dev) : h;
+}
+
 size_t pl_alignment_for(size_t size) {
     if (size <= PL_ALIGN_MIN) return PL_ALIGN_MIN;
     if (size >= PL_ALIGN_MAX) return PL_ALIGN_MAX;
@@ -223,8 +235,14 @@ size_t pl_idle_bytes(int dev) {
     return (size_t)(s.idle_bytes + s.quarantine_bytes + s.cached_bytes);
 }
 
-void pl_add_idle(int dev, size_t *free_bytes, const size_t *total_bytes) {
-    *free_bytes += pl_idle_bytes(dev);
+void pl_add_idle(int dev, size_t *free_bytes, size_t *total_bytes) {
+    size_t idle = pl_idle_bytes(dev), cap = gpu_limit(); /* reads GPUHEAP_LIMIT if no heap did yet */
+    *free_bytes += idle;
+    if (cap != SIZE_MAX) { /* the room under the cap, idle memory included, never more than the driver's */
+        size_t held = heap_cap_held(dev), room = (held < cap ? cap - held : 0) + idle;
+        if (*free_bytes > room) *free_bytes = room;
+        if (total_bytes && *total_bytes > cap) *total_bytes = cap;
+    }
     if (total_bytes && *free_bytes > *total_bytes) *free_bytes = *total_bytes;
 }
 

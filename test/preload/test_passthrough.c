@@ -20,7 +20,9 @@
  *  - the line is written at a normal exit only: the interposer installs no
  *    signal handler (the program finds SIGINT, SIGTERM at their defaults and an
  *    inherited ignored SIGHUP still ignored), and a program killed by SIGTERM
- *    writes no line (README.md, Interposer, says so).
+ *    writes no line (README.md, Interposer, says so);
+ *  - under GPUHEAP_LIMIT, cuMemGetInfo_v2 reports the cap as the total and the
+ *    room left under it as free (memory control).
  */
 #include <dlfcn.h>
 #include <setjmp.h>
@@ -71,6 +73,15 @@ static int child_calls(void) {
     if (n_free != 1 || freed != p) return 7;
     if (n_info != 1) return 8;
     return 0;
+}
+
+/* The child under GPUHEAP_LIMIT=1G: the driver's 4 GiB total and 3 GiB free are
+ * reported as the cap and the room under it (no heap holds anything). */
+static int child_cap(void) {
+    mem_get_info_fn mem_get_info = (mem_get_info_fn)dlsym(RTLD_DEFAULT, "cuMemGetInfo_v2");
+    size_t f = 0, t = 0;
+    if (!mem_get_info || mem_get_info(&f, &t) != 0) return 1;
+    return t == (size_t)1 << 30 && f == (size_t)1 << 30 ? 0 : 2;
 }
 
 /* The child without a driver: the wrappers answer as a missing driver would. */
@@ -187,6 +198,16 @@ static void test_silent_where_cuda_was_not_used(void **state) {
     assert_string_equal(err, "");
 }
 
+/* Memory info under a cap (GPUHEAP_LIMIT): min(total, cap), and the room left. */
+static void test_memory_info_under_a_cap(void **state) {
+    (void)state;
+    char err[4096];
+    setenv("GPUHEAP_LIMIT", "1G", 1);
+    int rc = child("cap", true, NULL, NULL, false, err, sizeof err);
+    unsetenv("GPUHEAP_LIMIT");
+    if (rc) fail_msg("step %d: cuMemGetInfo did not report the cap; stderr:\n%s", rc, err);
+}
+
 static void test_exit_line_at_normal_exit_only(void **state) {
     (void)state;
     char err[4096];
@@ -208,6 +229,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[2], "calls")) return child_calls();
         if (!strcmp(argv[2], "no-driver")) return child_no_driver();
         if (!strcmp(argv[2], "nothing")) return 0;
+        if (!strcmp(argv[2], "cap")) return child_cap();
         if (!strcmp(argv[2], "signals")) return child_signals();
         if (!strcmp(argv[2], "killed")) {
             if (child_calls()) return 1;
@@ -235,6 +257,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_no_driver_line),
         cmocka_unit_test(test_silent_where_cuda_was_not_used),
         cmocka_unit_test(test_exit_line_at_normal_exit_only),
+        cmocka_unit_test(test_memory_info_under_a_cap),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     unlink(link);
