@@ -6,7 +6,8 @@
  * a heap of its own, or with --async on one stream with gpu_malloc_async and
  * gpu_free_async) and prints, per pair, the driver calls the heap's backend door
  * counted (event records, event queries, fences, maps, unmaps), the seal events
- * and the time. The pairs run inside one function, run_pairs, so that
+ * and the time, and then which of those records and queries the mallocs made
+ * and which the frees. The pairs run inside one function, run_pairs, so that
  * `valgrind --tool=callgrind --toggle-collect=run_pairs` counts the instructions
  * of the pairs alone (bench/pair_cost.sh does that and divides): a figure that
  * two builds can be compared by on a machine that other builds share.
@@ -31,6 +32,22 @@ static int pairs_loop(gpu_heap_t *heap, size_t size, size_t n, void *stream, boo
         void *p = async ? gpu_heap_malloc_async(heap, size, stream) : gpu_heap_malloc(heap, size);
         if (!p) return -1;
         if ((async ? gpu_heap_free_async(heap, p, stream) : gpu_heap_free(heap, p)) != GPU_OK) return -1;
+    }
+    return 0;
+}
+
+/* The same pairs, with the door's event records and queries counted apart for
+ * the mallocs and the frees: where a pair's driver calls are made. */
+static int pairs_split(gpu_heap_t *h, gpu_heap_t *heap, size_t size, size_t n, void *stream, bool async, uint64_t out[4]) {
+    _Atomic uint64_t *calls = h->door.counts.calls;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r0 = calls[VMM_OP_EVENT_RECORD], q0 = calls[VMM_OP_EVENT_QUERY];
+        void *p = async ? gpu_heap_malloc_async(heap, size, stream) : gpu_heap_malloc(heap, size);
+        if (!p) return -1;
+        uint64_t r1 = calls[VMM_OP_EVENT_RECORD], q1 = calls[VMM_OP_EVENT_QUERY];
+        if ((async ? gpu_heap_free_async(heap, p, stream) : gpu_heap_free(heap, p)) != GPU_OK) return -1;
+        out[0] += r1 - r0, out[1] += q1 - q0;
+        out[2] += calls[VMM_OP_EVENT_RECORD] - r1, out[3] += calls[VMM_OP_EVENT_QUERY] - q1;
     }
     return 0;
 }
@@ -96,8 +113,8 @@ int main(int argc, char **argv) {
     void *stream = async ? (void *)(uintptr_t)0x5157 : NULL; /* the host backend takes any handle */
     printf("%s heap, %s pairs, %zu pairs a size; per pair:\n", heap ? "explicit" : "default",
            async ? "stream-ordered" : "plain", pairs);
-    printf("%8s | %8s | %7s %7s %7s %7s %7s %7s\n", "size", "ns", "seals", "records", "queries", "fences", "maps",
-           "unmaps");
+    printf("%8s | %8s | %7s %7s %7s %7s %7s %7s | %15s %15s\n", "size", "ns", "seals", "records", "queries", "fences", "maps",
+           "unmaps", "malloc: rec qry", "free: rec qry");
     for (size_t i = 0; i < nsizes; i++) {
         size_t warm = pairs / 10 + 10;
         if (warm_pairs(heap, sizes[i], warm, stream, async) != 0) {
@@ -111,13 +128,17 @@ int main(int argc, char **argv) {
         double ns = (double)(now_ns() - t0) / (double)pairs;
         take(h, &b);
         double n = (double)pairs;
+        uint64_t where[4] = {0};
+        size_t split = pairs < 2000 ? pairs : 2000;
+        if (pairs_split(h, heap, sizes[i], split, stream, async, where) != 0) return 1;
         char lab[32];
-        printf("%8s | %8.1f | %7.3f %7.3f %7.3f %7.3f %7.3f %7.3f\n", size_label(sizes[i], lab, sizeof lab), ns,
+        printf("%8s | %8.1f | %7.3f %7.3f %7.3f %7.3f %7.3f %7.3f | %7.3f %7.3f %7.3f %7.3f\n", size_label(sizes[i], lab, sizeof lab), ns,
                (double)(b.seals - a.seals) / n, (double)(b.calls[VMM_OP_EVENT_RECORD] - a.calls[VMM_OP_EVENT_RECORD]) / n,
                (double)(b.calls[VMM_OP_EVENT_QUERY] - a.calls[VMM_OP_EVENT_QUERY]) / n,
                (double)(b.calls[VMM_OP_FENCE] - a.calls[VMM_OP_FENCE]) / n,
                (double)(b.calls[VMM_OP_MAP] - a.calls[VMM_OP_MAP]) / n,
-               (double)(b.calls[VMM_OP_UNMAP] - a.calls[VMM_OP_UNMAP]) / n);
+               (double)(b.calls[VMM_OP_UNMAP] - a.calls[VMM_OP_UNMAP]) / n, (double)where[0] / (double)split,
+               (double)where[1] / (double)split, (double)where[2] / (double)split, (double)where[3] / (double)split);
     }
     if (heap) gpu_heap_destroy(heap);
     return 0;

@@ -78,6 +78,7 @@ void heap_quarantine_locked(gpu_heap_t *h, block *b) {
     h->quarantine = b;
     h->quarantine_bytes += b->size;
     h->quarantine_blocks++;
+    h->quarantined++;
 }
 
 void heap_retire_locked(gpu_heap_t *h, block *b, bool safe) {
