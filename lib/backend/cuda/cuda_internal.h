@@ -23,6 +23,13 @@ typedef struct cuda_backend {
     CUcontext ctx; /* the device's primary context, retained while open */
     CUstream quiet; /* a non-blocking stream of our own: a memset there neither waits for nor joins a capture */
     CUresult (*ctx_record_event)(CUcontext, CUevent); /* cuCtxRecordEvent (CUDA 12.5+), or NULL */
+    /* Events the heap gave back, kept for its next records (events.c): a record
+     * re-records one of these instead of creating an event, and giving one back
+     * makes no driver call. Guarded by spare_lock (a spinlock: a few loads and
+     * stores are held under it). */
+    _Atomic int spare_lock;
+    unsigned nspare;
+    CUevent spare[32];
 } cuda_backend;
 
 /* The CUDA backend behind a vmm_backend. */
@@ -58,6 +65,8 @@ int cuda_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int cuda_event_query(vmm_backend *b, vmm_event ev);
 int cuda_event_wait(vmm_backend *b, vmm_event ev);
 void cuda_event_release(vmm_backend *b, vmm_event ev);
+/* Destroys the spare events (closing; the primary context current). */
+void cuda_events_drop_spares(cuda_backend *cb);
 int cuda_capturing(vmm_backend *b, uintptr_t stream);
 
 /* transfer.c: device memory operations and file-backed memory's transfers. */
