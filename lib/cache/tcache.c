@@ -386,7 +386,7 @@ static bool free_after(gpu_heap_t *h, tcache *c, tc_class *q, uint64_t tag) {
 
 bool tcache_free(gpu_heap_t *h, uintptr_t p) {
     tcache *c = front(h);
-    if (__builtin_expect(!c, 0) && !(c = tcache_mine(h))) return false;
+    if (__builtin_expect(!c, 0) && (!mine[0].c || !(c = tcache_mine(h)))) return false; /* mine[] fills from the front */
     handout *e = handout_find(&c->out, p);
     if (!e) return false; /* not handed out by this thread's cache: the heap finds it */
     block *b = e->b;
