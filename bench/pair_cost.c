@@ -110,7 +110,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "gpuheap-pair-cost: no default heap: %s\n", gpu_strerror(gpu_last_error()));
         return 1;
     }
-    void *stream = async ? (void *)(uintptr_t)0x5157 : NULL; /* the host backend takes any handle */
+    void *stream = NULL; /* --async: the device's legacy default stream, a real stream on any backend */
     printf("%s heap, %s pairs, %zu pairs a size; per pair:\n", heap ? "explicit" : "default",
            async ? "stream-ordered" : "plain", pairs);
     printf("%8s | %8s | %7s %7s %7s %7s %7s %7s | %15s %15s\n", "size", "ns", "seals", "records", "queries", "fences", "maps",
