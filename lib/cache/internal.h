@@ -19,7 +19,8 @@
 
 typedef struct tc_entry {
     block *b;
-    uint64_t tag; /* cover number when freed; 0: fresh from the heap */
+    uintptr_t start; /* b->start, kept here so that a hand-out touches only the line of b's tc word */
+    uint64_t tag;    /* cover number when freed; 0: fresh from the heap */
 } tc_entry;
 
 /* A ring of free blocks of one class, oldest first: fresh blocks go in front,

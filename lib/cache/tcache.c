@@ -251,7 +251,7 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
         block *b = fresh[i];
         tc_set(b, TC_FREE);
         q->head = (q->head + q->cap - 1) & (q->cap - 1);
-        q->ring[q->head] = (tc_entry){b, 0};
+        q->ring[q->head] = (tc_entry){b, b->start, 0};
         q->n++;
     }
     count(c, held(&c->bytes) + got * size, held(&c->blocks) + got);
@@ -290,12 +290,12 @@ static inline tcache *front(const gpu_heap_t *h) { return mine[0].serial == h->s
 static inline __attribute__((always_inline)) void *pop(tcache *c, tc_class *q, unsigned k) {
     uint32_t head = q->head;
     block *b = q->ring[head].b;
+    uintptr_t start = q->ring[head].start;
     q->head = (head + 1) & q->mask;
     q->n--;
     count(c, held(&c->bytes) - class_size(k), held(&c->blocks) - 1);
     uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
     atomic_store_explicit(&b->tc, w, memory_order_release);
-    uintptr_t start = b->start;
     (void)handout_put(&c->out, start, k, b, w); /* out of host memory: its free goes to the heap */
     return (void *)start;
 }
@@ -338,7 +338,8 @@ size_t tcache_handout_slots(gpu_heap_t *h) {
 /* A free whose ring or cache is full: the older half of the class goes back to
  * the heap, then the free goes on as the fast path's would; GH_MISS when the
  * block still does not fit under the limit (the heap takes it). */
-static __attribute__((noinline)) bool free_full(gpu_heap_t *h, tcache *c, block *b, uint64_t w, unsigned k);
+static __attribute__((noinline)) bool free_full(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w,
+                                                unsigned k);
 /* The rare ends of a free: a table left nearly empty shrinks, and every half ring
  * of frees looks at the covers (cover_tick). */
 static __attribute__((noinline)) bool free_after(gpu_heap_t *h, tcache *c, tc_class *q, uint64_t tag);
@@ -350,14 +351,15 @@ static __attribute__((noinline)) bool free_missed(tcache *c) {
     return false;
 }
 
-/* Claims b (handed out with tc word w) back into class k's ring; the caller made room. */
-static inline bool put_back(gpu_heap_t *h, tcache *c, block *b, uint64_t w, unsigned k) {
+/* Claims b (at start, handed out with tc word w) back into class k's ring; the
+ * caller made room. */
+static inline bool put_back(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w, unsigned k) {
     if (!atomic_compare_exchange_strong_explicit(&b->tc, &w, tc_with(w, TC_FREE), memory_order_acq_rel,
                                                  memory_order_relaxed))
         return free_missed(c); /* the heap took it back, or it moved on: the heap decides */
     tc_class *q = &c->cls[k];
     uint64_t tag = atomic_load(&h->cover_seq);
-    q->ring[(q->head + q->n) & q->mask] = (tc_entry){b, tag};
+    q->ring[(q->head + q->n) & q->mask] = (tc_entry){b, start, tag};
     q->n++;
     count(c, held(&c->bytes) + class_size(k), held(&c->blocks) + 1);
     /* every cap / 2 frees (cap is a power of two: a mask, not a division) */
@@ -366,7 +368,7 @@ static inline bool put_back(gpu_heap_t *h, tcache *c, block *b, uint64_t w, unsi
     return true;
 }
 
-static bool free_full(gpu_heap_t *h, tcache *c, block *b, uint64_t w, unsigned k) {
+static bool free_full(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w, unsigned k) {
     tc_class *q = &c->cls[k];
     size_t size = class_size(k);
     if (q->n == q->cap || held(&c->bytes) + size > c->limit) {
@@ -375,7 +377,7 @@ static bool free_full(gpu_heap_t *h, tcache *c, block *b, uint64_t w, unsigned k
         heap_unlock(h);
         if (held(&c->bytes) + size > c->limit) return free_missed(c);
     }
-    return put_back(h, c, b, w, k);
+    return put_back(h, c, b, start, w, k);
 }
 
 static bool free_after(gpu_heap_t *h, tcache *c, tc_class *q, uint64_t tag) {
@@ -394,6 +396,7 @@ bool tcache_free(gpu_heap_t *h, uintptr_t p) {
     unsigned k = (unsigned)(e->key & HANDOUT_CLASS_MASK);
     handout_take(&c->out, e); /* shrinking, when due, waits for the end */
     tc_class *q = &c->cls[k];
-    if (__builtin_expect(q->n == q->cap || held(&c->bytes) + class_size(k) > c->limit, 0)) return free_full(h, c, b, w, k);
-    return put_back(h, c, b, w, k);
+    if (__builtin_expect(q->n == q->cap || held(&c->bytes) + class_size(k) > c->limit, 0))
+        return free_full(h, c, b, p, w, k);
+    return put_back(h, c, b, p, w, k);
 }
