@@ -3,10 +3,13 @@
  * allocators a GPU program would otherwise call.
  *
  * For each size from 256 B to 1 GiB it times many gpu_malloc+gpu_free pairs on
- * the default heap, cudaMalloc+cudaFree pairs, and cudaMallocAsync+cudaFreeAsync
- * pairs on one stream with the device's default pool told to keep everything
- * (release threshold UINT64_MAX), and prints the median and 99th percentile of
- * each and gpuheap's speed-up. Every pair is timed alone with the host's
+ * the default heap, the stream-ordered gpu_malloc_async+gpu_free_async pairs on
+ * one stream beside them (the fast path for a caller who knows its stream: a
+ * block freed on a stream is reused by that stream at once, where a plain free
+ * waits until the GPU has passed it), cudaMalloc+cudaFree pairs, and
+ * cudaMallocAsync+cudaFreeAsync pairs on the same stream with the device's
+ * default pool told to keep everything (release threshold UINT64_MAX), and
+ * prints the median and 99th percentile of each and gpuheap's speed-ups. Every pair is timed alone with the host's
  * monotonic clock, after untimed warm-up pairs, so these are the latencies a
  * caller sees on a warm allocator, not throughput.
  *
@@ -55,7 +58,7 @@ typedef struct cell {
 
 typedef struct row {
     size_t size;
-    cell heap, cm, cma;
+    cell heap, heap_async, cm, cma; /* heap_async: gpu_malloc_async + gpu_free_async on one stream */
 } row;
 
 /* ---- timing ------------------------------------------------------------------- */
@@ -135,6 +138,22 @@ static int heap_pair(void *ctx, size_t size, char *err, size_t err_len) {
     return 0;
 }
 
+/* The stream-ordered pair on the demo's stream (heap_stream). */
+static gpu_heap_t *async_heap; /* NULL: the default heap */
+static int heap_async_pair(void *ctx, size_t size, char *err, size_t err_len) {
+    void *p = gpu_heap_malloc_async(async_heap, size, ctx);
+    if (p == NULL) {
+        snprintf(err, err_len, "gpu_malloc_async(%zu): %s", size, gpu_strerror(gpu_last_error()));
+        return -1;
+    }
+    int rc = gpu_heap_free_async(async_heap, p, ctx);
+    if (rc != GPU_OK) {
+        snprintf(err, err_len, "gpu_free_async: %s", gpu_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
 static int cm_pair(void *ctx, size_t size, char *err, size_t err_len) {
     (void)ctx;
     void *p = NULL;
@@ -189,30 +208,28 @@ static void put_speedup(FILE *f, const cell *heap, const cell *peer, int width) 
 }
 
 static void print_table(const row *rows, size_t nrows) {
-    printf("\n%9s | %-17s | %-17s | %-17s | %s\n", "", "     gpuheap", "    cudaMalloc", " cudaMallocAsync",
-           "gpuheap speed-up vs");
-    printf("%9s | %8s %8s | %8s %8s | %8s %8s | %10s %15s\n", "size", "median", "p99", "median", "p99", "median",
-           "p99", "cudaMalloc", "cudaMallocAsync");
+    printf("\n%9s | %-17s | %-17s | %-17s | %-17s | %s\n", "", "gpuheap (plain)", "gpuheap (stream)", "    cudaMalloc",
+           " cudaMallocAsync", "speed-up: plain vs       stream vs");
+    printf("%9s | %8s %8s | %8s %8s | %8s %8s | %8s %8s | %10s %8s %8s\n", "size", "median", "p99", "median", "p99",
+           "median", "p99", "median", "p99", "cudaMalloc", "Async", "Async");
     for (size_t i = 0; i < nrows; i++) {
         char label[32];
         const row *r = &rows[i];
         printf("%9s |", size_label(r->size, label, sizeof label));
-        put_ns(stdout, &r->heap, r->heap.median_ns, 9);
-        put_ns(stdout, &r->heap, r->heap.p99_ns, 9);
-        printf(" |");
-        put_ns(stdout, &r->cm, r->cm.median_ns, 9);
-        put_ns(stdout, &r->cm, r->cm.p99_ns, 9);
-        printf(" |");
-        put_ns(stdout, &r->cma, r->cma.median_ns, 9);
-        put_ns(stdout, &r->cma, r->cma.p99_ns, 9);
-        printf(" |");
+        const cell *cells[] = {&r->heap, &r->heap_async, &r->cm, &r->cma};
+        for (size_t k = 0; k < 4; k++) {
+            put_ns(stdout, cells[k], cells[k]->median_ns, 9);
+            put_ns(stdout, cells[k], cells[k]->p99_ns, 9);
+            printf(" |");
+        }
         put_speedup(stdout, &r->heap, &r->cm, 11);
-        put_speedup(stdout, &r->heap, &r->cma, 16);
+        put_speedup(stdout, &r->heap, &r->cma, 9);
+        put_speedup(stdout, &r->heap_async, &r->cma, 9);
         printf("\n");
     }
     for (size_t i = 0; i < nrows; i++) {
-        const cell *cells[] = {&rows[i].heap, &rows[i].cm, &rows[i].cma};
-        for (size_t k = 0; k < 3; k++)
+        const cell *cells[] = {&rows[i].heap, &rows[i].heap_async, &rows[i].cm, &rows[i].cma};
+        for (size_t k = 0; k < 4; k++)
             if (cells[k]->failed) printf("  failed at %zu bytes: %s\n", rows[i].size, cells[k]->error);
     }
 }
@@ -279,6 +296,8 @@ static int write_json(const char *path, const run_info *info, const row *rows, s
     fprintf(f, "  \"timer_overhead_ns\": %.1f,\n", info->timer_ns);
     fprintf(f, "  \"cudaMallocAsync_timing\": \"each pair timed without a sync; the stream is synchronized once "
                "after each size's loop: final_sync_ns, and amortized_ns = mean_ns + final_sync_ns / n\",\n");
+    fprintf(f, "  \"gpuheap_stream_ordered_timing\": \"gpu_malloc_async + gpu_free_async on the cudaMallocAsync "
+               "stream, each pair timed without a sync\",\n");
     fprintf(f, "  \"rows\": [\n");
     for (size_t i = 0; i < nrows; i++) {
         char label[32];
@@ -286,6 +305,8 @@ static int write_json(const char *path, const run_info *info, const row *rows, s
         fprintf(f, "    {\"size\": %zu, \"label\": \"%s\",\n     \"gpuheap\": ", r->size,
                 size_label(r->size, label, sizeof label));
         json_cell(f, &r->heap, false);
+        fprintf(f, ",\n     \"gpuheap_stream_ordered\": ");
+        json_cell(f, &r->heap_async, false);
         fprintf(f, ",\n     \"cudaMalloc\": ");
         json_cell(f, &r->cm, false);
         fprintf(f, ",\n     \"cudaMallocAsync\": ");
@@ -294,6 +315,8 @@ static int write_json(const char *path, const run_info *info, const row *rows, s
         json_speedup(f, &r->heap, &r->cm);
         fprintf(f, ", \"speedup_vs_cudaMallocAsync\": ");
         json_speedup(f, &r->heap, &r->cma);
+        fprintf(f, ", \"stream_ordered_speedup_vs_cudaMallocAsync\": ");
+        json_speedup(f, &r->heap_async, &r->cma);
         fprintf(f, "}%s\n", i + 1 < nrows ? "," : "");
     }
     fprintf(f, "  ],\n  \"gpuheap_stats\": {");
@@ -315,7 +338,8 @@ static int write_json(const char *path, const run_info *info, const row *rows, s
 
 static void usage(FILE *f) {
     fprintf(f, "usage: gpuheap-demo [--quick] [--json FILE]\n"
-               "  Times warm malloc+free pairs of gpuheap, cudaMalloc and cudaMallocAsync\n"
+               "  Times warm malloc+free pairs of gpuheap (plain and stream-ordered),\n"
+               "  cudaMalloc and cudaMallocAsync\n"
                "  for sizes from 256 B to 1 GiB on GPU 0 (gpuheap alone on its host\n"
                "  backend when there is no GPU).\n"
                "  --quick      fewer pairs per size\n"
@@ -388,7 +412,9 @@ int main(int argc, char **argv) {
             return 1;
         }
         printf("device: %s (GPU 0); %s\n", info.device, info.note);
-        printf("gpuheap: the default heap of GPU 0 (CUDA backend)\n");
+        printf("gpuheap: the default heap of GPU 0 (CUDA backend); plain = gpu_malloc + gpu_free (a freed block\n"
+               "  is reused once the GPU has passed the free); stream = gpu_malloc_async + gpu_free_async on the\n"
+               "  cudaMallocAsync stream (reused by that stream at once, as cudaMallocAsync does)\n");
         printf("cudaMalloc: each pair is cudaMalloc + cudaFree (cudaFree synchronizes the device)\n");
         printf("cudaMallocAsync: the device's default pool, release threshold UINT64_MAX, one stream;\n"
                "  each pair is timed WITHOUT a sync (the cost to the calling thread); the stream is\n"
@@ -404,6 +430,8 @@ int main(int argc, char **argv) {
             return 1;
         }
         snprintf(info.device, sizeof info.device, "host (no GPU)");
+        async_heap = heap;
+        stream = (cudart_stream)(uintptr_t)0x5157; /* the host backend takes any handle as a stream */
         snprintf(info.note, sizeof info.note, "no GPU found (%s); host backend, not GPU numbers", why);
     }
 
@@ -419,6 +447,7 @@ int main(int argc, char **argv) {
         size_t size = sizes[i];
         rows[i].size = size;
         run_cell(heap_pair, heap, size, pl->warm, pl->iters, pl->budget_s, &rows[i].heap);
+        run_cell(heap_async_pair, stream, size, pl->warm, pl->iters, pl->budget_s, &rows[i].heap_async);
         if (!info.gpu) continue;
         size_t cm_iters = size >= 256 * MiB ? pl->cm_iters_big : pl->cm_iters;
         run_cell(cm_pair, NULL, size, pl->cm_warm, cm_iters, pl->budget_s, &rows[i].cm);
@@ -433,7 +462,8 @@ int main(int argc, char **argv) {
     }
 
     print_table(rows, NSIZES);
-    printf("(median and p99 of each cell's timed pairs; speed-up = the other allocator's median / gpuheap's)\n");
+    printf("(median and p99 of each cell's timed pairs; speed-up = the other allocator's median / gpuheap's;\n"
+           " stream vs Async compares the two stream-ordered paths on the same stream)\n");
 
     if (gpu_heap_stats(heap, &info.stats) == GPU_OK)
         printf("gpuheap: %llu extents, %llu MiB mapped, %llu fences, backend calls: %llu create, %llu map, "
@@ -444,7 +474,7 @@ int main(int argc, char **argv) {
 
     int status = 0;
     for (size_t i = 0; i < NSIZES; i++)
-        if (rows[i].heap.failed || rows[i].cm.failed || rows[i].cma.failed) status = 1;
+        if (rows[i].heap.failed || rows[i].heap_async.failed || rows[i].cm.failed || rows[i].cma.failed) status = 1;
     if (json_path != NULL && write_json(json_path, &info, rows, NSIZES) != 0) status = 1;
     if (heap != NULL) gpu_heap_destroy(heap);
     return status;

@@ -18,7 +18,7 @@
 #include "error.h"
 #include "common.h"
 
-static _Thread_local int last_error;
+_Thread_local int gh_last_error; /* error.h: gh_ok sets it inline at the end of every successful call */
 static _Thread_local char last_message[512];
 static _Thread_local bool in_handler; /* this thread is inside the error handler */
 static _Atomic(gpu_error_handler_t) error_handler;
@@ -62,7 +62,7 @@ int gh_note_context(int err, const char *fmt, ...) {
 const char *gh_noted(void) { return last_message; }
 
 int gh_report(int err) {
-    last_error = err;
+    gh_last_error = err;
     if (err == GPU_OK) return err;
     char message[sizeof last_message];
     snprintf(message, sizeof message, "%s", last_message[0] ? last_message : gpu_strerror(err));
@@ -74,7 +74,7 @@ int gh_report(int err) {
         fn(err, message, atomic_load(&error_arg));
         in_handler = false;
     }
-    last_error = err; /* whatever the handler's own calls left there */
+    gh_last_error = err; /* whatever the handler's own calls left there */
     return err;
 }
 
@@ -86,9 +86,7 @@ int gh_error(int err, const char *fmt, ...) {
     return gh_report(err);
 }
 
-int gh_ok(void) { return last_error = GPU_OK; }
-
-int gpu_last_error(void) { return last_error; }
+int gpu_last_error(void) { return gh_last_error; }
 
 gpu_error_handler_t gpu_set_error_handler(gpu_error_handler_t handler, void *arg) {
     atomic_store(&error_arg, arg);

@@ -37,8 +37,11 @@ int gh_report(int err);
 const char *gh_noted(void);
 /* gh_note + gh_report. */
 int gh_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* A call succeeded: the thread's last error becomes GPU_OK. Returns GPU_OK. */
-int gh_ok(void);
+/* The calling thread's last error (error.c); written by gh_ok and gh_report only. */
+extern _Thread_local int gh_last_error;
+/* A call succeeded: the thread's last error becomes GPU_OK. Returns GPU_OK.
+ * Inline: every successful malloc and free ends here. */
+static inline int gh_ok(void) { return gh_last_error = GPU_OK; }
 /* GPUHEAP_VERBOSE, read once. */
 int gh_verbosity(void);
 

@@ -91,7 +91,11 @@ static int current_device(const gpu_config_t *cfg) {
 
 static gpu_config_t default_config;
 static pthread_once_t default_config_once = PTHREAD_ONCE_INIT;
-static void default_config_load(void) { (void)gpu_config_init(&default_config); }
+static _Atomic bool default_config_ready; /* set once default_config is loaded: the fast path's test */
+static void default_config_load(void) {
+    (void)gpu_config_init(&default_config);
+    atomic_store_explicit(&default_config_ready, true, memory_order_release);
+}
 
 const gpu_config_t *gh_default_config(void) {
     pthread_once(&default_config_once, default_config_load);
@@ -99,11 +103,21 @@ const gpu_config_t *gh_default_config(void) {
 }
 
 int gh_current_device(void) {
-    pthread_once(&default_config_once, default_config_load);
+    if (!atomic_load_explicit(&default_config_ready, memory_order_acquire))
+        pthread_once(&default_config_once, default_config_load);
     return current_device(&default_config);
 }
 
-gpu_heap_t *gpu_heap_default(void) { return gh_heap_default_of(gh_current_device()); }
+/* The default heap of the calling thread's current device: once it exists, two
+ * loads and whatever current_device asks (nothing with one device or the host
+ * backend; with several devices, the driver's thread-local current context). */
+static inline gpu_heap_t *default_heap(void) {
+    int dev = gh_current_device();
+    gpu_heap_t *h = dev >= 0 && dev < GH_DEVICES ? atomic_load_explicit(&default_heaps[dev], memory_order_acquire) : NULL;
+    return h ? h : gh_heap_default_of(dev);
+}
+
+gpu_heap_t *gpu_heap_default(void) { return default_heap(); }
 
 gpu_heap_t *gh_heap_default_peek(int dev) {
     return dev >= 0 && dev < GH_DEVICES ? atomic_load_explicit(&default_heaps[dev], memory_order_acquire) : NULL;
@@ -147,15 +161,17 @@ gpu_heap_t *gh_heap_default_of(int dev) {
     return h;
 }
 
-/* The heap a gpu_heap_* call names: NULL is the default; anything else must be live. */
-static gpu_heap_t *resolve(gpu_heap_t *heap) {
-    if (!heap) return gpu_heap_default();
+/* A heap a gpu_heap_* call names: live, or NULL with the error reported. */
+static gpu_heap_t *resolve_named(gpu_heap_t *heap) {
     if (!registry_has(heap)) {
         gh_error(GPU_ERR_DESTROYED, "%p is not a live heap (destroyed, or never created)", (void *)heap);
         return NULL;
     }
     return heap;
 }
+
+/* The heap a gpu_heap_* call names: NULL is the default; anything else must be live. */
+static inline gpu_heap_t *resolve(gpu_heap_t *heap) { return heap ? resolve_named(heap) : default_heap(); }
 
 gpu_heap_t *api_heap(gpu_heap_t *heap) { return resolve(heap); }
 
@@ -194,7 +210,37 @@ static int code_result(gpu_heap_t *h, int rc) {
     return rc == GPU_OK ? gh_ok() : gh_report(rc);
 }
 
-/* The one allocation path: every malloc form ends here. */
+/* The allocation path past the fast one: the thread's cache when it may serve
+ * the request and was not asked yet, then the heap; traced when t0 is set. */
+static __attribute__((noinline)) void *allocate_slow(gpu_heap_t *h, size_t size, size_t align, unsigned flags,
+                                                     uint64_t t0, bool cache_asked) {
+    void *p = NULL;
+    /* A paused heap (gpu_pause) refuses before its caches are asked; the
+     * refusal reads the state again (GPU_OK: it runs again meanwhile). */
+    int rc = heap_is_running(h) ? GH_MISS : heap_refusal(h);
+    if (rc == GPU_OK) rc = GH_MISS;
+    if (rc == GH_MISS && !cache_asked && !flags && align == GH_QUANTUM && size <= TC_MAX_BYTES && (p = tcache_malloc(h, size)))
+        rc = GPU_OK;
+    if (rc == GH_MISS) rc = heap_malloc(h, size, align, flags, &p);
+    if (t0) trace_record(t0, &(trace_event){.op = TRACE_MALLOC, .heap = h->base, .size = size, .arg = align,
+                                             .flags = (uint8_t)flags, .result = (uintptr_t)p, .rc = (int8_t)rc});
+    return pointer_result(h, rc, p);
+}
+
+/* The one allocation path: every malloc form ends here, with its heap found and
+ * its flags and alignment checked. A small plain block untraced is the fast
+ * path: the thread's cache, nothing else; anything more is allocate_slow's. */
+static inline void *allocate_on(gpu_heap_t *h, size_t size, size_t align, unsigned flags) {
+    uint64_t t0 = trace_begin();
+    if (t0 || flags || align != GH_QUANTUM || size > TC_MAX_BYTES || !heap_is_running(h))
+        return allocate_slow(h, size, align, flags, t0, false);
+    void *p = tcache_malloc(h, size);
+    if (!p) return allocate_slow(h, size, align, flags, 0, true);
+    debug_check(h);
+    gh_ok();
+    return p;
+}
+
 static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flags) {
     gpu_heap_t *h = resolve_alloc(heap);
     if (!h) return NULL;
@@ -207,21 +253,19 @@ static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flag
         gh_error(GPU_ERR_INVALID, "alignment %zu is not a power of two within the reservation", align);
         return NULL;
     }
-    void *p = NULL;
-    uint64_t t0 = trace_begin();
-    /* The thread's cache first (small plain blocks), the heap on a miss; a
-     * paused heap (gpu_pause) refuses before its caches are asked. (The
-     * refusal reads the state again: GPU_OK when it runs again meanwhile.) */
-    int rc = heap_is_running(h) ? GPU_OK : heap_refusal(h);
-    if (rc == GPU_OK) rc = !flags && align == GH_QUANTUM && size <= TC_MAX_BYTES ? tcache_malloc(h, size, &p) : GH_MISS;
-    if (rc == GH_MISS) rc = heap_malloc(h, size, align, flags, &p);
-    if (t0) trace_record(t0, &(trace_event){.op = TRACE_MALLOC, .heap = h->base, .size = size, .arg = align,
-                                             .flags = (uint8_t)flags, .result = (uintptr_t)p, .rc = (int8_t)rc});
-    return pointer_result(h, rc, p);
+    return allocate_on(h, size, align, flags);
 }
 
-void *gpu_heap_malloc(gpu_heap_t *heap, size_t size) { return allocate(heap, size, GH_QUANTUM, 0); }
-void *gpu_malloc(size_t size) { return allocate(NULL, size, GH_QUANTUM, 0); }
+/* The plain forms need no flag or alignment check (every reservation holds
+ * more than GH_QUANTUM twice). */
+void *gpu_heap_malloc(gpu_heap_t *heap, size_t size) {
+    gpu_heap_t *h = resolve_alloc(heap);
+    return h ? allocate_on(h, size, GH_QUANTUM, 0) : NULL;
+}
+void *gpu_malloc(size_t size) {
+    gpu_heap_t *h = gh_region_open() ? gh_heap_for_alloc(gh_current_device()) : default_heap(); /* a region: its tag's heap */
+    return h ? allocate_on(h, size, GH_QUANTUM, 0) : NULL;
+}
 
 void *gpu_heap_calloc(gpu_heap_t *heap, size_t n, size_t size) {
     size_t total;
@@ -262,18 +306,29 @@ static gpu_heap_t *heap_of(gpu_heap_t *heap, const void *p, const char *call) {
     return h;
 }
 
-int gpu_heap_free(gpu_heap_t *heap, void *ptr) {
-    if (!ptr) {
-        gh_ok();
-        return GPU_OK;
-    }
-    gpu_heap_t *h = heap_of(heap, ptr, "gpu_free");
-    if (!h) return gpu_last_error();
-    uint64_t t0 = trace_begin();
-    int rc = tcache_free(h, (uintptr_t)ptr);
-    if (rc == GH_MISS) rc = heap_free(h, ptr);
+/* The heap whose reservation holds p, for a free that names none: first the
+ * default heap of device 0 (default heaps are never destroyed, so no registry
+ * look is needed to trust it), then every live heap. */
+static inline gpu_heap_t *heap_at(const void *p) {
+    gpu_heap_t *h = atomic_load_explicit(&default_heaps[0], memory_order_acquire);
+    return h && heap_owns(h, (uintptr_t)p) ? h : heap_of(NULL, p, "gpu_free");
+}
+
+/* A free the thread's cache did not take (or tracing is on): the heap's. */
+static __attribute__((noinline)) int free_slow(gpu_heap_t *h, void *ptr, uint64_t t0, bool cache_asked) {
+    int rc = !cache_asked && tcache_free(h, (uintptr_t)ptr) ? GPU_OK : heap_free(h, ptr);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_FREE, .heap = h->base, .addr = (uintptr_t)ptr, .rc = (int8_t)rc});
     return code_result(h, rc);
+}
+
+int gpu_heap_free(gpu_heap_t *heap, void *ptr) {
+    if (!ptr) return gh_ok();
+    gpu_heap_t *h = heap ? heap_of(heap, ptr, "gpu_free") : heap_at(ptr);
+    if (!h) return gpu_last_error();
+    uint64_t t0 = trace_begin();
+    if (t0 || !tcache_free(h, (uintptr_t)ptr)) return free_slow(h, ptr, t0, !t0);
+    debug_check(h);
+    return gh_ok();
 }
 int gpu_free(void *ptr) { return gpu_heap_free(NULL, ptr); }
 

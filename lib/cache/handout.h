@@ -73,8 +73,10 @@ static inline bool handout_put(handout_map *m, uintptr_t start, unsigned k, bloc
     return true;
 }
 
-/* Removes e: the entries after it that would no longer be found move back. */
-static inline void handout_remove(handout_map *m, handout *e) {
+/* Removes e: the entries after it that would no longer be found move back. The
+ * table may be left due for shrinking (n < shrink_at): the caller then calls
+ * handout_shrink, once it is done with the entry's contents. */
+static inline void handout_take(handout_map *m, handout *e) {
     uint32_t i = (uint32_t)(e - m->slot);
     for (uint32_t j = (i + 1) & m->mask; m->slot[j].key; j = (j + 1) & m->mask) {
         uint32_t h = handout_home(m, m->slot[j].key & ~HANDOUT_CLASS_MASK);
@@ -85,7 +87,8 @@ static inline void handout_remove(handout_map *m, handout *e) {
         }
     }
     m->slot[i].key = 0;
-    if (--m->n < m->shrink_at) handout_shrink(m);
+    m->n--;
 }
+
 
 #endif /* GPUHEAP_CACHE_HANDOUT_H */

@@ -19,14 +19,15 @@
 
 typedef struct tc_entry {
     block *b;
-    uint64_t tag; /* cover number when freed; 0: fresh from the heap */
+    uintptr_t start; /* b->start, kept here so that a hand-out touches only the line of b's tc word */
+    uint64_t tag;    /* cover number when freed; 0: fresh from the heap */
 } tc_entry;
 
 /* A ring of free blocks of one class, oldest first: fresh blocks go in front,
  * freed ones at the back, so tags rise from head to tail. */
 typedef struct tc_class {
     tc_entry *ring;
-    uint32_t cap, head, n;
+    uint32_t cap, mask, head, n; /* mask: cap - 1 (cap is a power of two) */
     uint32_t frees; /* frees taken, for the looks at the covers (cover_tick) */
 } tc_class;
 
@@ -39,6 +40,7 @@ typedef struct tcache {
     tc_home *home;
     size_t limit;               /* bytes the rings may hold (tc_limit_bytes) */
     size_t max;                 /* the largest need taken (tc_limit_need) */
+    unsigned classes;           /* classes below max / GH_QUANTUM: the fast path's bound */
     uint64_t looked_at;         /* cover_seq after this cache's last look (cover_tick) */
     _Atomic bool flush_asked;   /* set by another thread's trim (lock held): give everything back */
     _Atomic size_t bytes, blocks; /* held in the rings: the owner writes, gpu_heap_stats reads */

@@ -169,6 +169,7 @@ static tcache *tcache_of(gpu_heap_t *h) {
     c->home = home;
     c->limit = limit;
     c->max = tc_limit_need(h);
+    c->classes = (unsigned)(c->max / GH_QUANTUM);
     c->out.base = h->base;
     /* The last slot makes room: its cache goes back to its heap if that lives. */
     if (mine[TC_HEAPS - 1].c)
@@ -190,6 +191,7 @@ static bool ring_ready(tc_class *q, unsigned k) {
     q->ring = malloc(cap * sizeof *q->ring);
     if (!q->ring) return false;
     q->cap = cap;
+    q->mask = cap - 1;
     q->head = q->n = 0;
     return true;
 }
@@ -249,7 +251,7 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
         block *b = fresh[i];
         tc_set(b, TC_FREE);
         q->head = (q->head + q->cap - 1) & (q->cap - 1);
-        q->ring[q->head] = (tc_entry){b, 0};
+        q->ring[q->head] = (tc_entry){b, b->start, 0};
         q->n++;
     }
     count(c, held(&c->bytes) + got * size, held(&c->blocks) + got);
@@ -279,11 +281,33 @@ static void cover_tick(gpu_heap_t *h, tcache *c, uint64_t tag) {
 
 /* ---- the fast paths ---------------------------------------------------------------- */
 
-int tcache_malloc(gpu_heap_t *h, size_t size, void **out) {
+/* The calling thread's cache of h when it is the one used last, else NULL: the
+ * fast paths' one TLS read. Serials are unique and never 0, and h is live (the
+ * caller found it), so its serial alone names it. */
+static inline tcache *front(const gpu_heap_t *h) { return mine[0].serial == h->serial ? mine[0].c : NULL; }
+
+/* Hands out the head of class k (reusable: its cover was checked). */
+static inline __attribute__((always_inline)) void *pop(tcache *c, tc_class *q, unsigned k) {
+    uint32_t head = q->head;
+    block *b = q->ring[head].b;
+    uintptr_t start = q->ring[head].start;
+    q->head = (head + 1) & q->mask;
+    q->n--;
+    count(c, held(&c->bytes) - class_size(k), held(&c->blocks) - 1);
+    uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
+    atomic_store_explicit(&b->tc, w, memory_order_release);
+    (void)handout_put(&c->out, start, k, b, w); /* out of host memory: its free goes to the heap */
+    return (void *)start;
+}
+
+/* Everything the fast path leaves out: a cache not at the front of mine[] (or
+ * not made yet), a flush asked for, a class whose head is missing or still
+ * waiting for its cover (refill). */
+static __attribute__((noinline)) void *malloc_slow(gpu_heap_t *h, size_t size) {
     size_t need = gh_align_up(size ? size : 1, GH_QUANTUM);
-    if (!need || need > TC_MAX_BYTES) return GH_MISS;
+    if (!need || need > TC_MAX_BYTES) return NULL;
     tcache *c = tcache_of(h);
-    if (!c || need > c->max) return GH_MISS;
+    if (!c || need > c->max) return NULL;
     if (atomic_load_explicit(&c->flush_asked, memory_order_relaxed)) {
         heap_lock(h); /* someone trimmed or ran out of memory: give everything back */
         tcache_give_back_locked(h, c);
@@ -292,16 +316,18 @@ int tcache_malloc(gpu_heap_t *h, size_t size, void **out) {
     }
     unsigned k = class_of(need);
     tc_class *q = &c->cls[k];
-    if ((!q->n || !quarantine_covered(h, q->ring[q->head].tag)) && refill(h, c, k) != GPU_OK) return GH_MISS;
-    block *b = q->ring[q->head].b;
-    q->head = (q->head + 1) & (q->cap - 1);
-    q->n--;
-    count(c, held(&c->bytes) - class_size(k), held(&c->blocks) - 1);
-    uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
-    atomic_store_explicit(&b->tc, w, memory_order_release);
-    (void)handout_put(&c->out, b->start, k, b, w); /* out of host memory: its free goes to the heap */
-    *out = (void *)b->start;
-    return GPU_OK;
+    if ((!q->n || !quarantine_covered(h, q->ring[q->head].tag)) && refill(h, c, k) != GPU_OK) return NULL;
+    return pop(c, q, k);
+}
+
+void *tcache_malloc(gpu_heap_t *h, size_t size) {
+    tcache *c = front(h);
+    size_t k = size ? (size - 1) / GH_QUANTUM : 0; /* class_of(need) */
+    if (__builtin_expect(!c || k >= c->classes || atomic_load_explicit(&c->flush_asked, memory_order_relaxed), 0))
+        return malloc_slow(h, size);
+    tc_class *q = &c->cls[k];
+    if (__builtin_expect(!q->n || !quarantine_covered(h, q->ring[q->head].tag), 0)) return malloc_slow(h, size);
+    return pop(c, q, (unsigned)k);
 }
 
 size_t tcache_handout_slots(gpu_heap_t *h) {
@@ -309,29 +335,68 @@ size_t tcache_handout_slots(gpu_heap_t *h) {
     return c && c->out.slot ? (size_t)c->out.mask + 1 : 0;
 }
 
-int tcache_free(gpu_heap_t *h, uintptr_t p) {
-    tcache *c = tcache_mine(h);
-    handout *e = c ? handout_find(&c->out, p) : NULL;
-    if (!e) return GH_MISS; /* not handed out by this thread's cache: the heap finds it */
-    block *b = e->b;
-    uint64_t w = e->w;
-    unsigned k = (unsigned)(e->key & HANDOUT_CLASS_MASK);
-    handout_remove(&c->out, e);
+/* A free whose ring or cache is full: the older half of the class goes back to
+ * the heap, then the free goes on as the fast path's would; GH_MISS when the
+ * block still does not fit under the limit (the heap takes it). */
+static __attribute__((noinline)) bool free_full(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w,
+                                                unsigned k);
+/* The rare ends of a free: a table left nearly empty shrinks, and every half ring
+ * of frees looks at the covers (cover_tick). */
+static __attribute__((noinline)) bool free_after(gpu_heap_t *h, tcache *c, tc_class *q, uint64_t tag);
+
+/* A free the cache does not take after all: the table shrinks if due, the heap
+ * takes the block. */
+static __attribute__((noinline)) bool free_missed(tcache *c) {
+    if (c->out.n < c->out.shrink_at) handout_shrink(&c->out);
+    return false;
+}
+
+/* Claims b (at start, handed out with tc word w) back into class k's ring; the
+ * caller made room. */
+static inline bool put_back(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w, unsigned k) {
+    if (!atomic_compare_exchange_strong_explicit(&b->tc, &w, tc_with(w, TC_FREE), memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return free_missed(c); /* the heap took it back, or it moved on: the heap decides */
+    tc_class *q = &c->cls[k];
+    uint64_t tag = atomic_load(&h->cover_seq);
+    q->ring[(q->head + q->n) & q->mask] = (tc_entry){b, start, tag};
+    q->n++;
+    count(c, held(&c->bytes) + class_size(k), held(&c->blocks) + 1);
+    /* every cap / 2 frees (cap is a power of two: a mask, not a division) */
+    if (__builtin_expect((++q->frees & (q->mask >> 1)) == 0 || c->out.n < c->out.shrink_at, 0))
+        return free_after(h, c, q, tag);
+    return true;
+}
+
+static bool free_full(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w, unsigned k) {
     tc_class *q = &c->cls[k];
     size_t size = class_size(k);
     if (q->n == q->cap || held(&c->bytes) + size > c->limit) {
-        heap_lock(h); /* full: the older half goes back to the heap */
+        heap_lock(h);
         drop_oldest_locked(h, c, k, q->n - q->n / 2);
         heap_unlock(h);
-        if (held(&c->bytes) + size > c->limit) return GH_MISS;
+        if (held(&c->bytes) + size > c->limit) return free_missed(c);
     }
-    if (!atomic_compare_exchange_strong_explicit(&b->tc, &w, tc_with(w, TC_FREE), memory_order_acq_rel,
-                                                 memory_order_relaxed))
-        return GH_MISS; /* the heap took it back, or it moved on: the heap decides */
-    uint64_t tag = atomic_load(&h->cover_seq);
-    q->ring[(q->head + q->n) & (q->cap - 1)] = (tc_entry){b, tag};
-    q->n++;
-    count(c, held(&c->bytes) + size, held(&c->blocks) + 1);
-    if (++q->frees % (q->cap / 2) == 0) cover_tick(h, c, tag); /* sealed, then seen, before the ring comes round */
-    return GPU_OK;
+    return put_back(h, c, b, start, w, k);
+}
+
+static bool free_after(gpu_heap_t *h, tcache *c, tc_class *q, uint64_t tag) {
+    if (c->out.n < c->out.shrink_at) handout_shrink(&c->out);
+    if ((q->frees & (q->mask >> 1)) == 0) cover_tick(h, c, tag); /* sealed, then seen, before the ring comes round */
+    return true;
+}
+
+bool tcache_free(gpu_heap_t *h, uintptr_t p) {
+    tcache *c = front(h);
+    if (__builtin_expect(!c, 0) && (!mine[0].c || !(c = tcache_mine(h)))) return false; /* mine[] fills from the front */
+    handout *e = handout_find(&c->out, p);
+    if (!e) return false; /* not handed out by this thread's cache: the heap finds it */
+    block *b = e->b;
+    uint64_t w = e->w;
+    unsigned k = (unsigned)(e->key & HANDOUT_CLASS_MASK);
+    handout_take(&c->out, e); /* shrinking, when due, waits for the end */
+    tc_class *q = &c->cls[k];
+    if (__builtin_expect(q->n == q->cap || held(&c->bytes) + class_size(k) > c->limit, 0))
+        return free_full(h, c, b, p, w, k);
+    return put_back(h, c, b, p, w, k);
 }

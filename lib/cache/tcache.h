@@ -12,13 +12,13 @@
 /* Blocks larger than this never go through a thread cache. */
 #define TC_MAX_BYTES ((size_t)4 << 10)
 
-/* gpu_malloc of size bytes at the minimum alignment, no flags, from the thread's
- * cache: GPU_OK with *out, or GH_MISS when the cache cannot serve it (the caller
- * goes to the heap); other errors are the heap's. */
-int tcache_malloc(gpu_heap_t *h, size_t size, void **out);
-/* gpu_free through the thread's cache: GPU_OK when the cache took p, GH_MISS
- * when p is not one of its blocks (the caller goes to the heap). */
-int tcache_free(gpu_heap_t *h, uintptr_t p);
+/* gpu_malloc of size bytes (at most TC_MAX_BYTES) at the minimum alignment, no
+ * flags, from the thread's cache: the block, or NULL when the cache cannot
+ * serve it (the caller goes to the heap, which reports any error). */
+void *tcache_malloc(gpu_heap_t *h, size_t size);
+/* gpu_free through the thread's cache: true when the cache took p, false when p
+ * is not one of its blocks (the caller goes to the heap). */
+bool tcache_free(gpu_heap_t *h, uintptr_t p);
 /* The size of the calling thread's table of blocks its cache of h handed out (0:
  * it has none yet), for tests: it follows what is out, not what went out. */
 size_t tcache_handout_slots(gpu_heap_t *h);

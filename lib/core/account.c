@@ -61,7 +61,7 @@ void heap_make_live_locked(gpu_heap_t *h, block *b) {
     h->live_bytes += b->size;
     h->live_blocks++;
     if (h->live_bytes > h->peak_live_bytes) h->peak_live_bytes = h->live_bytes;
-    block_claim_extents(h, b);
+    if (b->size >= h->gran) block_claim_extents(h, b); /* a smaller block holds no extent whole */
 }
 
 /* Gives the headroom after b back to the vacant index. */
@@ -73,7 +73,7 @@ void heap_headroom_release_locked(gpu_heap_t *h, block *b) {
 void heap_unlive_locked(gpu_heap_t *h, block *b) {
     h->live_bytes -= b->size;
     h->live_blocks--;
-    block_unclaim_extents(h, b);
+    if (b->size >= h->gran) block_unclaim_extents(h, b); /* a smaller block holds no extent whole */
     heap_headroom_release_locked(h, b);
     b->owned = 0;
     b->export_token = 0; /* a handle of a freed block is refused (export.c) */
@@ -88,6 +88,7 @@ void heap_quarantine_locked(gpu_heap_t *h, block *b) {
     h->quarantine = b;
     h->quarantine_bytes += b->size;
     h->quarantine_blocks++;
+    h->quarantined++;
 }
 
 void heap_retire_locked(gpu_heap_t *h, block *b, bool safe) {

@@ -251,7 +251,9 @@ int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void *
     heap_lock(h);
     int rc = heap_reserve_records(h);
     block *b = NULL;
-    if (rc == GPU_OK) rc = heap_alloc_locked(h, need, align, flags, 0, &b);
+    /* The ladder's first rung without the ladder: a warm request ends there. */
+    if (rc == GPU_OK && !(flags & GPU_ALLOC_OWNED) && need < 2 * h->gran) b = fit_take_any(h, need, align);
+    if (rc == GPU_OK && !b) rc = heap_alloc_locked(h, need, align, flags, 0, &b);
     uintptr_t p = rc == GPU_OK ? b->start : 0;
     heap_unlock(h);
     if (rc != GPU_OK) return rc;

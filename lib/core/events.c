@@ -37,7 +37,7 @@ static void give_back(gpu_heap_t *h, const vmm_event *ev, unsigned n) {
 
 int events_record_locked(gpu_heap_t *h, event_queue q, uintptr_t stream, bool context, const event_entry *item) {
     gh_assert(!*q.busy && *q.n < q.cap, "one thread at a time records, into a queue with room");
-    vmm_event spent[SEALED_MAX];
+    vmm_event spent[SPENT_MAX];
     unsigned nspent = take_spent(h, spent);
     *q.busy = true;
     heap_unlock(h);
@@ -68,7 +68,7 @@ bool events_reap_locked(gpu_heap_t *h, event_queue q, bool wait, events_done_fn 
     bool any = false;
     *q.busy = true;
     while (*q.n) {
-        vmm_event ev = q.e[0].ev, spent[SEALED_MAX];
+        vmm_event ev = q.e[0].ev, spent[SPENT_MAX];
         unsigned nspent = take_spent(h, spent);
         heap_unlock(h);
         give_back(h, spent, nspent);
@@ -87,8 +87,9 @@ bool events_reap_locked(gpu_heap_t *h, event_queue q, bool wait, events_done_fn 
 event_entry events_retire_locked(gpu_heap_t *h, event_queue q, unsigned i) {
     gh_assert(i < *q.n && !(*q.busy && i == 0), "the entry exists and no thread is asking about it");
     /* Room: a quarantine holds at most SEALED_MAX entries and spent events together,
-     * since every record gives the spent ones back before it appends. */
-    gh_assert(h->nspent < SEALED_MAX, "spent events fit");
+     * since every record gives the spent ones back before it appends (and one
+     * more spent slot is the early event's, quarantine.c). */
+    gh_assert(h->nspent < SPENT_MAX, "spent events fit");
     event_entry e = q.e[i];
     h->spent[h->nspent++] = e.ev;
     memmove(&q.e[i], &q.e[i + 1], (*q.n - i - 1) * sizeof q.e[0]);
@@ -99,6 +100,6 @@ event_entry events_retire_locked(gpu_heap_t *h, event_queue q, unsigned i) {
 void events_close(gpu_heap_t *h, event_queue q) {
     for (unsigned i = 0; i < *q.n; i++) vmm_call_event_release(&h->door, q.e[i].ev);
     *q.n = 0;
-    vmm_event spent[SEALED_MAX];
+    vmm_event spent[SPENT_MAX];
     give_back(h, spent, take_spent(h, spent));
 }

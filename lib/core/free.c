@@ -67,15 +67,24 @@ static int unmap_live(gpu_heap_t *h, void *ptr, block **out) {
     return GPU_OK;
 }
 
+/* A freed block at least this large passes the quarantine's smallest budget
+ * alone (alloc.c): when no idle memory could serve the same size, the
+ * allocation that reuses it will seal and want that cover at once, so its free
+ * records the event early (quarantine.c). With idle memory left, the next miss
+ * is further off and more frees would find the early event stale. */
+#define EARLY_COVER_MIN ((size_t)64 << 20)
+
 int heap_free(gpu_heap_t *h, void *ptr) {
     heap_lock(h);
     heap_settle_locked(h);
     block *b;
     int rc = unmap_live(h, ptr, &b);
     if (rc == GPU_OK) {
+        size_t size = b->size;
         heap_quarantine_locked(h, b);
         if (h->cfg.release_threshold != SIZE_MAX && h->idle.bytes + h->quarantine_bytes > h->cfg.release_threshold)
             (void)heap_trim_locked(h, h->cfg.release_threshold); /* the free succeeded; a failed trim is retried at the next one */
+        if (size >= EARLY_COVER_MIN && h->idle.bytes < size) quarantine_early_locked(h);
     }
     heap_unlock(h);
     return rc;

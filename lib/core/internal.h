@@ -111,6 +111,11 @@ bool quarantine_cover_locked(gpu_heap_t *h, uint64_t tag);
 static inline bool quarantine_covered(gpu_heap_t *h, uint64_t tag) {
     return tag < atomic_load_explicit(&h->cover_done, memory_order_acquire);
 }
+/* After the free of a block that passes the quarantine's budget alone: records
+ * the next seal's event now (a seal takes it while nothing entered the
+ * quarantine after it), so that the miss that wants this memory finds the GPU
+ * past it. Lock held; dropped around the driver call. */
+void quarantine_early_locked(gpu_heap_t *h);
 /* cover_done = max(cover_done, v). */
 void quarantine_cover_done(gpu_heap_t *h, uint64_t v);
 /* After a device fence: batches sealed before it (seq below the one noted) go idle. */

@@ -21,6 +21,14 @@
  * cover number taken before its event was recorded. A fence retires the batches
  * sealed before it while the lock is held; their events are spent, given back to
  * the driver only once the lock is dropped (events.c).
+ *
+ * A block large enough to pass the quarantine's budget alone is waited for at
+ * once by the next allocation that wants its memory: that miss seals and looks
+ * straight away, and a GPU that has not yet passed an event recorded a moment
+ * before costs a device fence. So its free records the next seal's event early
+ * (quarantine_early_locked), and the seal takes that event instead of recording
+ * one — as long as no block entered the quarantine after it, else it is spent.
+ * Same seals, same batches, same looks: one record per reuse, made at the free.
  */
 #include "core/internal.h"
 
@@ -62,12 +70,47 @@ void quarantine_free_locked(gpu_heap_t *h, const quarantine_batch *q) {
     }
 }
 
-/* Records one context-wide event and hangs the quarantine on it; with empty_ok
- * also when the quarantine is empty (the event then covers thread caches' frees
- * alone). */
+/* The early event as events.c sees it: a queue of one. */
+static inline event_queue earlies(gpu_heap_t *h) {
+    return (event_queue){.e = &h->early, .n = &h->nearly, .busy = &h->early_busy, .cap = 1};
+}
+
+/* The early event, if one covers everything in the quarantine (none entered
+ * after it), taken for a seal; NULL otherwise, and a stale one is spent. */
+static bool early_take(gpu_heap_t *h, event_entry *out) {
+    if (!h->nearly || h->early_busy) return false;
+    h->nearly = 0;
+    if (h->quarantined != h->early_mark) {
+        h->spent[h->nspent++] = h->early.ev; /* given back at the next call made without the lock */
+        return false;
+    }
+    *out = h->early;
+    return true;
+}
+
+void quarantine_early_locked(gpu_heap_t *h) {
+    if (!h->quarantine || h->early_busy || !vmm_call_has_fence_record(&h->door)) return;
+    event_entry old;
+    if (early_take(h, &old)) h->spent[h->nspent++] = old.ev; /* it covers less than a new one would */
+    uint64_t mark = h->quarantined;
+    uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* covers every block freed before this */
+    if (events_record_locked(h, earlies(h), 0, true, &(event_entry){.tag = seq}) == GPU_OK) h->early_mark = mark;
+}
+
+/* Records one context-wide event (or takes the early one) and hangs the
+ * quarantine on it; with empty_ok also when the quarantine is empty (the event
+ * then covers thread caches' frees alone). */
 static int seal(gpu_heap_t *h, uintptr_t stream, bool empty_ok) {
     if ((!h->quarantine && !empty_ok) || h->nsealed == SEALED_MAX || h->seal_busy || !vmm_call_has_fence_record(&h->door))
         return GPU_OK;
+    event_entry early;
+    if (early_take(h, &early)) { /* recorded already: nothing to record, nothing a capture could mind */
+        early.q = quarantine_take_locked(h);
+        quarantine_untake_locked(h, &early.q, false); /* no driver call: the batch stops draining at once */
+        h->sealed[h->nsealed++] = early;
+        h->seal_events++;
+        return GPU_OK;
+    }
     quarantine_batch q = quarantine_take_locked(h);
     uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* covers every block freed before this */
     int rc = events_record_locked(h, seals(h), stream, true, &(event_entry){.tag = seq, .q = q});
@@ -114,4 +157,7 @@ void quarantine_release_sealed_locked(gpu_heap_t *h, uint64_t before_seq) {
     }
 }
 
-void quarantine_close(gpu_heap_t *h) { events_close(h, seals(h)); }
+void quarantine_close(gpu_heap_t *h) {
+    events_close(h, earlies(h));
+    events_close(h, seals(h));
+}

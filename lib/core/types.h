@@ -158,6 +158,7 @@ typedef struct event_entry {
 } event_entry;
 
 #define SEALED_MAX 8 /* quarantine batches sealed and not yet released */
+#define SPENT_MAX (SEALED_MAX + 1) /* events done with under the lock: retired seals and a stale early cover */
 
 /* ---- stream pools (stream.c) -------------------------------------------------- */
 
@@ -220,9 +221,19 @@ struct gpu_heap {
     event_entry sealed[SEALED_MAX];
     unsigned nsealed;
     bool seal_busy;        /* a thread records or queries seal events with the lock dropped */
-    /* Events done with while the lock was held (a fence released their batches):
-     * given back to the driver at the next call made without the lock (events.c). */
-    vmm_event spent[SEALED_MAX];
+    /* An event recorded at the free of a large block (quarantine.c): the next
+     * seal's event, recorded early so that the GPU has passed it by the time a
+     * miss looks. A seal takes it instead of recording while no block entered
+     * the quarantine after it (quarantined == early_mark); else it is spent. */
+    event_entry early;
+    unsigned nearly;
+    bool early_busy;
+    uint64_t quarantined;  /* blocks ever put in the quarantine */
+    uint64_t early_mark;   /* quarantined when the early event was recorded */
+    /* Events done with while the lock was held (a fence released their batches,
+     * an early event went stale): given back to the driver at the next call made
+     * without the lock (events.c). */
+    vmm_event spent[SPENT_MAX];
     unsigned nspent;
     uint64_t seal_events;
     size_t nextents;

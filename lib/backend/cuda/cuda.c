@@ -106,6 +106,7 @@ static void cuda_close(vmm_backend *b) {
     cuda_backend *cb = cuda_of(b);
     if (!cb) return;
     if (cuda_enter(cb, "close") == GPU_OK) {
+        cuda_events_drop_spares(cb);
         cb->f->StreamDestroy(cb->quiet);
         cuda_leave(cb);
     }

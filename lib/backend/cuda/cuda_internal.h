@@ -26,6 +26,13 @@ typedef struct cuda_backend {
     /* requestedHandleTypes of every cuMemCreate: POSIX_FILE_DESCRIPTOR when the
      * memory is to be exportable (caps.exportable), else NONE. */
     CUmemAllocationHandleType handle_types;
+    /* Events the heap gave back, kept for its next records (events.c): a record
+     * re-records one of these instead of creating an event, and giving one back
+     * makes no driver call. Guarded by spare_lock (a spinlock: a few loads and
+     * stores are held under it). */
+    _Atomic int spare_lock;
+    unsigned nspare;
+    CUevent spare[32];
 } cuda_backend;
 
 /* The CUDA backend behind a vmm_backend. */
@@ -70,6 +77,8 @@ int cuda_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int cuda_event_query(vmm_backend *b, vmm_event ev);
 int cuda_event_wait(vmm_backend *b, vmm_event ev);
 void cuda_event_release(vmm_backend *b, vmm_event ev);
+/* Destroys the spare events (closing; the primary context current). */
+void cuda_events_drop_spares(cuda_backend *cb);
 int cuda_capturing(vmm_backend *b, uintptr_t stream);
 
 /* transfer.c: device memory operations and file-backed memory's transfers. */

@@ -7,12 +7,17 @@
  * marks a point without waiting, either on one stream (cuEventRecord, for
  * stream-ordered frees) or after all the context's work (cuCtxRecordEvent, CUDA
  * 12.5+, which lets a quarantine be sealed without a fence). Events are created
- * per record, without timing, and destroyed when the heap gives them back.
+ * without timing; one the heap gives back is kept (up to the spare table's size)
+ * and re-recorded by a later record, which the driver allows (a record
+ * overwrites the event's state): a cover then costs its record and its query,
+ * not also a create and a destroy, each with the context pushed and popped.
  *
  * A fence or a sync during a graph capture can invalidate the capture, so the
  * heap asks first whether one is in progress; asking does not disturb it.
  */
 #include <inttypes.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 
 #include "backend/cuda/cuda_internal.h"
 #include "common.h"
@@ -28,14 +33,46 @@ int cuda_fence(vmm_backend *b) {
     return GPU_OK;
 }
 
-/* Records a new event after the work issued so far: on stream, or, with
- * whole_context, on every stream of the context (cuCtxRecordEvent). */
+/* The spare events (cuda_backend): a spinlock around a small stack. */
+static void spare_lock(cuda_backend *cb) {
+    while (atomic_exchange_explicit(&cb->spare_lock, 1, memory_order_acquire)) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
+static void spare_unlock(cuda_backend *cb) { atomic_store_explicit(&cb->spare_lock, 0, memory_order_release); }
+
+/* A spare event, or NULL. */
+static CUevent spare_take(cuda_backend *cb) {
+    spare_lock(cb);
+    CUevent ev = cb->nspare ? cb->spare[--cb->nspare] : NULL;
+    spare_unlock(cb);
+    return ev;
+}
+
+/* Keeps ev for a later record; false when the table is full. */
+static bool spare_put(cuda_backend *cb, CUevent ev) {
+    spare_lock(cb);
+    bool kept = cb->nspare < sizeof cb->spare / sizeof cb->spare[0];
+    if (kept) cb->spare[cb->nspare++] = ev;
+    spare_unlock(cb);
+    return kept;
+}
+
+void cuda_events_drop_spares(cuda_backend *cb) {
+    for (CUevent ev; (ev = spare_take(cb));) cb->f->EventDestroy(ev);
+}
+
+/* Records an event after the work issued so far — a spare one, else a new one:
+ * on stream, or, with whole_context, on every stream of the context
+ * (cuCtxRecordEvent). */
 static int cuda_record(vmm_backend *b, bool whole_context, uintptr_t stream, vmm_event *out) {
     cuda_backend *cb = cuda_of(b);
     int err = cuda_enter(cb, whole_context ? "fence_record" : "event_record");
     if (err) return err;
-    CUevent ev = NULL;
-    CUresult r = cb->f->EventCreate(&ev, CU_EVENT_DISABLE_TIMING);
+    CUevent ev = spare_take(cb);
+    CUresult r = ev ? CUDA_SUCCESS : cb->f->EventCreate(&ev, CU_EVENT_DISABLE_TIMING);
     if (r == CUDA_SUCCESS) {
         r = whole_context ? cb->ctx_record_event(cb->ctx, ev) : cb->f->EventRecord(ev, (CUstream)stream);
         if (r != CUDA_SUCCESS) cb->f->EventDestroy(ev);
@@ -80,8 +117,10 @@ int cuda_event_wait(vmm_backend *b, vmm_event ev) {
     return r == CUDA_SUCCESS ? GPU_OK : cuda_fail(cb, GPU_ERR_BACKEND, r, "cuEventSynchronize");
 }
 
+/* Keeps the event for a later record (no driver call), or destroys it. */
 void cuda_event_release(vmm_backend *b, vmm_event ev) {
     cuda_backend *cb = cuda_of(b);
+    if (spare_put(cb, (CUevent)(uintptr_t)ev)) return;
     if (cuda_enter(cb, "event_release") != GPU_OK) return;
     cb->f->EventDestroy((CUevent)(uintptr_t)ev);
     cuda_leave(cb);

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""frameworks.py — PyTorch workloads whose shapes change every step, under each allocator.
+
+A caching allocator shines when every training step asks for the same sizes. The
+workloads here do not (test/preload/train_shapes.py): a CNN whose batch size
+changes every step and a small GPT whose sequence length changes every step, plus
+(with --with-fixed) the fixed-shape transformer of test/preload/train.py. Each
+runs in these modes, each in a fresh process:
+
+  caching      PyTorch's caching allocator, default settings
+  expandable   the caching allocator with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+  gpuheap      PYTORCH_NO_CUDA_MEMORY_CACHING=1 under gpuheap-run: every cudaMalloc
+               served by gpuheap (GPUHEAP_STATS_JSON gives its peak physical memory)
+  nocache      PYTORCH_NO_CUDA_MEMORY_CACHING=1 alone: plain cudaMalloc/cudaFree,
+               the reference gpuheap's losses must equal bit for bit (the same
+               calls, the same alignment; only where the memory comes from differs)
+  pluggable    (only with --with-pluggable) gpu_torch_alloc/gpu_torch_free as a
+               CUDAPluggableAllocator
+
+Every workload and mode runs --reps times (3), interleaved: round r runs every
+(workload, mode) once before round r+1 starts, so a machine's drift falls on all
+of them. Seeds are fixed. For each (workload, mode) it records the losses, the
+median step time of each run and their median and spread, and the peak physical
+memory: gpuheap's peak_mapped_bytes (summed over its heaps) in the gpuheap and
+pluggable modes, torch.cuda.max_memory_reserved otherwise. The losses of gpuheap
+and pluggable are compared bit for bit with nocache's, and nocache with itself
+across rounds (that the baseline is repeatable at all); caching and expandable
+are compared with each other.
+
+Writes OUT/frameworks.json (every run) and OUT/frameworks.txt (the table), and
+prints the table. Exit status 1 when a run failed or gpuheap's losses differ from
+nocache's while nocache repeats itself.
+
+    python3 bench/frameworks.py --build BUILD --out OUT [--reps 3] [--steps 40]
+                                [--workloads cnn,gpt] [--with-fixed] [--with-pluggable]
+
+On an H200 one run takes 10-25 s (most of it start-up), nocache runs the longest;
+the default (2 workloads x 4 modes x 3 rounds = 24 runs) takes about 8-12 minutes.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPTS = os.path.join(os.path.dirname(HERE), "test", "preload")
+
+MODES = ("caching", "expandable", "gpuheap", "nocache")
+
+
+def command(workload, mode, build, steps, out_json, stats_json):
+    """The argv and environment of one run."""
+    env = dict(os.environ)
+    for k in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING", "LD_PRELOAD", "GPUHEAP_STATS_JSON"):
+        env.pop(k, None)
+    if workload == "fixed":
+        script = [os.path.join(SCRIPTS, "train.py"), "--steps", str(steps)]
+    else:
+        script = [os.path.join(SCRIPTS, "train_shapes.py"), "--model", workload, "--steps", str(steps)]
+    argv = [sys.executable] + script + ["--label", f"{workload}-{mode}", "--out", out_json]
+    if mode == "expandable":
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+    elif mode == "nocache":
+        env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
+    elif mode == "gpuheap":
+        env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
+        env["GPUHEAP_STATS_JSON"] = stats_json
+        argv = [os.path.join(build, "tools", "gpuheap-run"), "--"] + argv
+    elif mode == "pluggable":
+        env["GPUHEAP_STATS_JSON"] = stats_json
+        argv += ["--pluggable", os.path.join(build, "lib", "preload", "libgpuheap-preload.so")]
+    return argv, env
+
+
+def heap_peak(stats_json):
+    """gpuheap's peak physical bytes (peak_mapped_bytes summed over its heaps), or None."""
+    try:
+        with open(stats_json) as f:
+            heaps = json.load(f)["heaps"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return sum(h.get("peak_mapped_bytes", 0) for h in heaps) if heaps else None
+
+
+def run_one(workload, mode, rnd, args, work):
+    tag = f"{workload}-{mode}-{rnd}"
+    out_json = os.path.join(work, tag + ".json")
+    stats_json = os.path.join(work, tag + ".stats.json")
+    argv, env = command(workload, mode, args.build, args.steps, out_json, stats_json)
+    t0 = time.monotonic()
+    p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=args.timeout)
+    wall = time.monotonic() - t0
+    with open(os.path.join(work, tag + ".log"), "w") as f:
+        f.write(p.stdout)
+    rec = {"workload": workload, "mode": mode, "round": rnd, "rc": p.returncode, "wall_s": round(wall, 1)}
+    if p.returncode != 0 or not os.path.exists(out_json):
+        rec["error"] = p.stdout[-2000:]
+        print(f"  {tag}: FAILED (rc {p.returncode})", flush=True)
+        return rec
+    with open(out_json) as f:
+        r = json.load(f)
+    rec.update({k: r.get(k) for k in ("losses_hex", "losses", "step_ms", "median_step_ms", "max_memory_allocated",
+                                      "max_memory_reserved", "device", "torch")})
+    rec["peak_physical_bytes"] = heap_peak(stats_json) if mode in ("gpuheap", "pluggable") else r.get("max_memory_reserved")
+    if mode in ("gpuheap", "pluggable"):
+        try:
+            with open(stats_json) as f:
+                rec["gpuheap_stats"] = json.load(f)["heaps"]
+        except (OSError, ValueError, KeyError):
+            rec["gpuheap_stats"] = None
+    print(f"  {tag}: median step {rec['median_step_ms']:.2f} ms, peak physical "
+          f"{(rec['peak_physical_bytes'] or 0) / 2**20:.0f} MiB ({wall:.0f} s)", flush=True)
+    return rec
+
+
+def summarize(runs, workloads, modes):
+    res = {}
+    for w in workloads:
+        res[w] = {}
+        for m in modes:
+            ok = [r for r in runs if r["workload"] == w and r["mode"] == m and r["rc"] == 0 and r.get("losses_hex")]
+            meds = [r["median_step_ms"] for r in ok]
+            peaks = [r["peak_physical_bytes"] for r in ok if r.get("peak_physical_bytes")]
+            res[w][m] = {
+                "runs": len(ok),
+                "failed": len([r for r in runs if r["workload"] == w and r["mode"] == m]) - len(ok),
+                "median_step_ms": statistics.median(meds) if meds else None,
+                "step_ms_spread": [min(meds), max(meds)] if meds else None,
+                "each_run_median_step_ms": meds,
+                "peak_physical_bytes": max(peaks) if peaks else None,
+                "losses_hex": ok[0]["losses_hex"] if ok else None,
+                "losses_same_every_round": all(r["losses_hex"] == ok[0]["losses_hex"] for r in ok) if ok else None,
+            }
+        ref = res[w].get("nocache", {}).get("losses_hex")
+        for m in modes:
+            cell = res[w][m]
+            cell["losses_equal_nocache"] = None if not ref or not cell["losses_hex"] else (
+                all(r["losses_hex"] == ref for r in runs
+                    if r["workload"] == w and r["mode"] == m and r["rc"] == 0 and r.get("losses_hex")))
+            base = res[w].get("caching", {}).get("median_step_ms")
+            cell["step_vs_caching"] = cell["median_step_ms"] / base if base and cell["median_step_ms"] else None
+            pbase = res[w].get("caching", {}).get("peak_physical_bytes")
+            cell["physical_vs_caching"] = cell["peak_physical_bytes"] / pbase if pbase and cell["peak_physical_bytes"] else None
+    return res
+
+
+def table(res, modes, device):
+    lines = [f"frameworks.py on {device}: median step (spread over rounds), peak physical memory, losses",
+             f"{'workload':9} {'mode':11} | {'step ms':>8} {'spread':>15} {'vs caching':>10} | {'peak MiB':>9} "
+             f"{'vs caching':>10} | losses"]
+    for w, cells in res.items():
+        for m in modes:
+            c = cells[m]
+            if not c["runs"]:
+                lines.append(f"{w:9} {m:11} | {'failed':>8}")
+                continue
+            sp = c["step_ms_spread"]
+            loss = {True: "= nocache, bit for bit", False: "DIFFER from nocache", None: "-"}[c["losses_equal_nocache"]]
+            if m == "nocache":
+                loss = "repeatable" if c["losses_same_every_round"] else "NOT repeatable across rounds"
+            elif m == "caching":
+                loss = "(its own allocator: not compared with nocache)"
+            elif m == "expandable":
+                same = c["losses_hex"] == cells["caching"]["losses_hex"]
+                loss = "= caching" if same else "differ from caching"
+            lines.append(f"{w:9} {m:11} | {c['median_step_ms']:8.2f} {f'{sp[0]:.2f}-{sp[1]:.2f}':>15} "
+                         f"{(c['step_vs_caching'] or 0):9.3f}x | {(c['peak_physical_bytes'] or 0) / 2**20:9.0f} "
+                         f"{(c['physical_vs_caching'] or 0):9.3f}x | {loss}")
+    lines.append("(peak physical: gpuheap's peak_mapped_bytes for gpuheap/pluggable, "
+                 "torch.cuda.max_memory_reserved otherwise)")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", required=True, help="gpuheap's build directory (tools/gpuheap-run, lib/preload)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--workloads", default="cnn,gpt")
+    ap.add_argument("--with-fixed", action="store_true", help="also train.py's fixed-shape transformer")
+    ap.add_argument("--with-pluggable", action="store_true", help="also gpu_torch_alloc/free as a pluggable allocator")
+    ap.add_argument("--timeout", type=int, default=600, help="seconds one run may take")
+    args = ap.parse_args()
+    args.build = os.path.abspath(args.build)
+    workloads = [w for w in args.workloads.split(",") if w] + (["fixed"] if args.with_fixed else [])
+    modes = MODES + (("pluggable",) if args.with_pluggable else ())
+    os.makedirs(args.out, exist_ok=True)
+    work = os.path.join(args.out, "runs")
+    os.makedirs(work, exist_ok=True)
+
+    runs = []
+    for rnd in range(1, args.reps + 1):
+        print(f"round {rnd} of {args.reps}", flush=True)
+        for w in workloads:
+            for m in modes:
+                try:
+                    runs.append(run_one(w, m, rnd, args, work))
+                except subprocess.TimeoutExpired:
+                    runs.append({"workload": w, "mode": m, "round": rnd, "rc": -1, "error": "timeout"})
+                    print(f"  {w}-{m}-{rnd}: TIMEOUT", flush=True)
+
+    res = summarize(runs, workloads, modes)
+    device = next((r["device"] for r in runs if r.get("device")), "unknown device")
+    text = table(res, modes, device)
+    print("\n" + text)
+    with open(os.path.join(args.out, "frameworks.txt"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.out, "frameworks.json"), "w") as f:
+        json.dump({"device": device, "torch": next((r["torch"] for r in runs if r.get("torch")), None),
+                   "reps": args.reps, "steps": args.steps, "workloads": workloads, "modes": list(modes),
+                   "summary": res, "runs": runs}, f, indent=1)
+    failed = any(r["rc"] != 0 for r in runs)
+    differ = any(res[w]["gpuheap"]["losses_equal_nocache"] is False and res[w]["nocache"]["losses_same_every_round"]
+                 for w in workloads)
+    return 1 if failed or differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
