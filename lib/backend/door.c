@@ -277,11 +277,17 @@ int vmm_call_export_fd(vmm_door *d, vmm_handle h, int *fd) {
     gh_assert(fd, "somewhere to put the fd");
     int rc = vmm_call_exportable(d);
     if (rc != GPU_OK) return done(d, VMM_OP_EXPORT, rc);
-    return done(d, VMM_OP_EXPORT, d->b->ops->export_fd(d->b, h, fd));
+    uint64_t t0 = trace_begin();
+    rc = done(d, VMM_OP_EXPORT, d->b->ops->export_fd(d->b, h, fd));
+    if (t0) door_trace(d, t0, &(trace_event){.op = TRACE_EXPORT, .result = h, .rc = (int8_t)rc});
+    return rc;
 }
 
 int vmm_call_import_fd(vmm_door *d, int fd, size_t size, vmm_handle *out) {
     gh_assert(fd >= 0 && out && size && granular(d, size), "import a granularity multiple from an fd");
     OFFERED(d, VMM_OP_IMPORT, import_fd);
-    return done(d, VMM_OP_IMPORT, d->b->ops->import_fd(d->b, fd, size, out));
+    uint64_t t0 = trace_begin();
+    int rc = done(d, VMM_OP_IMPORT, d->b->ops->import_fd(d->b, fd, size, out));
+    if (t0) door_trace(d, t0, &(trace_event){.op = TRACE_IMPORT, .size = size, .result = rc ? 0 : *out, .rc = (int8_t)rc});
+    return rc;
 }

@@ -26,6 +26,7 @@
 #include "error.h"
 #include "ipc/ipc.h"
 #include "ipc/wire.h"
+#include "obs/trace.h"
 
 /* Closes fds[0..n). */
 static void close_all(const int *fds, unsigned n) {
@@ -194,7 +195,18 @@ static int receive(int c, const ipc_handle_fields *h, ipc_reply *reply, int *fds
     return err;
 }
 
+static int request(const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned max_fds, unsigned *nfds);
+
 int ipc_request(const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned max_fds, unsigned *nfds) {
+    uint64_t t0 = trace_begin();
+    int rc = request(h, reply, fds, max_fds, nfds);
+    if (t0)
+        trace_record(t0, &(trace_event){.op = TRACE_IPC_REQUEST, .size = h ? h->size : 0, .arg = nfds ? *nfds : 0,
+                                         .rc = (int8_t)rc});
+    return rc;
+}
+
+static int request(const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned max_fds, unsigned *nfds) {
     if (!nfds) return gh_note(GPU_ERR_INVALID, "IPC request: NULL fd count");
     *nfds = 0;
     if (!h || !reply || (max_fds && !fds)) return gh_note(GPU_ERR_INVALID, "IPC request: NULL argument");

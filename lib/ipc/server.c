@@ -46,6 +46,7 @@
 #include "error.h"
 #include "ipc/ipc.h"
 #include "ipc/wire.h"
+#include "obs/trace.h"
 
 #define IPC_LISTEN_BACKLOG 64
 #define IPC_BACKOFF_MS 10 /* after accept or poll fails for want of a resource */
@@ -239,7 +240,11 @@ static void serve(ipc_run *run) {
         return;
     }
     unsigned nfds = 0;
+    uint64_t t0 = trace_begin();
     int status = lookup(q.export_token, r, run->fds, IPC_MAX_EXTENTS, &nfds, arg);
+    if (t0)
+        trace_record(t0, &(trace_event){.op = TRACE_IPC_LOOKUP, .size = status == GPU_OK ? r->size : 0, .arg = nfds,
+                                         .rc = (int8_t)(status < INT8_MIN || status > INT8_MAX ? INT8_MIN : status)});
     pthread_mutex_lock(&srv.lock);
     run->held = nfds <= IPC_MAX_EXTENTS ? nfds : IPC_MAX_EXTENTS; /* the server's to close from here */
     pthread_mutex_unlock(&srv.lock);
