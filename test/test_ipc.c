@@ -122,14 +122,16 @@ static vmm_host_counts host_counts(void);
 
 /* Open fds of this process, less the memfds behind the default heap's
  * extents (one per host-backend handle, imported ones included: an import
- * must leave none behind). */
+ * must leave none behind) and the connections kept for the next request (the
+ * importer's end, and this process's server's when it imports from itself). */
 static int fd_count(void) {
     DIR *d = opendir("/proc/self/fd");
     if (!d) return -1;
     int n = 0;
     for (struct dirent *de; (de = readdir(d));) n += de->d_name[0] != '.';
     closedir(d);
-    return n - 1 /* the directory's own */ - (int)(host_counts().handles - host_counts().imported_handles);
+    return n - 1 /* the directory's own */ - (int)(host_counts().handles - host_counts().imported_handles) -
+           (int)ipc_client_kept() - (int)ipc_server_connections();
 }
 
 /* The inode of the file mapped at p (a memfd), 0 if none. */
@@ -307,12 +309,14 @@ static int setup(void **state) {
     (void)state;
     gpu_set_error_handler(keep_message, NULL);
     ipc_server_stop();
+    ipc_client_disconnect();
     fds_at_start = fd_count();
     return 0;
 }
 static int teardown(void **state) {
     (void)state;
-    ipc_server_stop(); /* its socket and wake fd */
+    ipc_server_stop(); /* its socket, wake fd and connections */
+    ipc_client_disconnect();
     char msg[256];
     if (!heap_ok(msg, sizeof msg)) {
         print_error("heap check: %s\n", msg);
@@ -484,8 +488,8 @@ static void expect_refused(gpu_ipc_mem_handle_t h, int err, const char *words) {
     assert_int_equal(gpu_ipc_open_mem_handle(&p, h, 0), err);
     if (!strstr(reported, words)) fail_msg("\"%s\" not in \"%s\"", words, reported);
     assert_ptr_equal(p, (void *)1); /* untouched */
-    /* This process's own server closes its end of the connection after it
-     * answers, maybe after the answer arrived here: give it a moment. */
+    /* This process's own server closes its end of a connection it refused
+     * after it answers, maybe after the answer arrived here: give it a moment. */
     for (int i = 0; i < 200 && fd_count() != fds; i++) usleep(10000);
     assert_int_equal(fd_count(), fds);
 }

@@ -28,6 +28,7 @@
 #define IPC_SERVER_TIMEOUT_MS 2000 /* the server's patience with one peer's send */
 #define IPC_CLIENT_TIMEOUT_MS 30000 /* a client's patience with the server's reply */
 #define IPC_SERVER_CONNS 64 /* connections a server holds open; a new one closes the idlest */
+#define IPC_CLIENT_KEEP 8   /* connections an importer keeps, one per server; a new one closes the least recent */
 
 /* What an exporter says about a block: its place in its extents, and each
  * extent (one fd each, in order, beside the reply). */
@@ -102,7 +103,18 @@ unsigned ipc_server_connections(void);
  *   extents, or the reply does not fit h;
  *   GPU_ERR_BACKEND — a socket call failed, the exporter broke the protocol or
  *   sent no reply within IPC_CLIENT_TIMEOUT_MS, or fds were lost on the way (this
- *   process's RLIMIT_NOFILE). Blocks until the reply; takes no lock. */
+ *   process's RLIMIT_NOFILE). Blocks until the reply. The connection is kept for
+ *   the next request to the same server (client.c): requests of this process to
+ *   one server go one at a time, holding that connection's lock; no other lock. */
 int ipc_request(const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned max_fds, unsigned *nfds);
+
+/* The connections this process keeps open to servers (an fd each): for tests
+ * that count fds. */
+unsigned ipc_client_kept(void);
+
+/* Closes every kept connection (each after the request on it, if one runs);
+ * the next request connects afresh. For tests, and a process that wants its fds
+ * back; never needed for correctness. */
+void ipc_client_disconnect(void);
 
 #endif /* GPUHEAP_IPC_H */

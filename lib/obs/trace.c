@@ -37,7 +37,8 @@
  *   arg      malloc: alignment; protect, access: gpu_prot_t; reserve:
  *            granularity; memset: the byte; ipc_request, ipc_lookup: the
  *            extents (fds) carried; otherwise 0
- *   flags    malloc: GPU_ALLOC_* bits; otherwise 0
+ *   flags    malloc: GPU_ALLOC_* bits; ipc_request: 1 when the request went on
+ *            a connection kept from an earlier one (no connect); otherwise 0
  *   result   the pointer returned (malloc, realloc, ipc_open), the range
  *            reserved (reserve), the destination (copy), the physical handle
  *            (create, release, export, import), 0x-hex; 0x0 otherwise
