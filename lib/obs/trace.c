@@ -36,7 +36,8 @@
  *            ipc_request, ipc_lookup)
  *   arg      malloc: alignment; protect, access: gpu_prot_t; reserve:
  *            granularity; memset: the byte; ipc_request, ipc_lookup: the
- *            extents (fds) carried; otherwise 0
+ *            extents (fds) carried; export: 1 when answered with a dup of
+ *            the fd the door kept (no driver call); otherwise 0
  *   flags    malloc: GPU_ALLOC_* bits; ipc_request: 1 when the request went on
  *            a connection kept from an earlier one (no connect); otherwise 0
  *   result   the pointer returned (malloc, realloc, ipc_open), the range
