@@ -16,6 +16,15 @@ differences):
   mapping    = reserve + import + map + access   (the importer's driver calls)
   other      = ipc_open - ipc_request - mapping  (locks, tables, allocation)
 
+and the transport's two legs, each request paired with the exporter's lookup of
+it (in order; the clocks of the two files are put together by the wall-clock
+start each header gives, to a microsecond or so):
+
+  to exporter = lookup start - request start   (the send, the server thread's
+                wake-up, its receive and checks)
+  back        = request end - lookup end       (the reply's send with its fds,
+                the importer's wake-up and receive)
+
     python3 bench/ipc_phases.py /tmp/t.*.trace
 
 The trace format is lib/obs/trace.c's (README.md, "Trace format"): twelve
@@ -33,24 +42,32 @@ PATH = ["ipc_open", "ipc_request", "ipc_lookup", "export", "reserve", "import", 
 
 
 def read(path):
-    """(pid, {op: [dur_ns, ...]}) of one trace file."""
+    """(pid, {op: [dur_ns, ...]}, {op: [(start_ns, dur_ns), ...]} for the IPC
+    transport's ops, start_ns on the wall clock when the header gives it) of one
+    trace file."""
     opener = gzip.open if path.endswith(".gz") else open
-    pid, ops = None, {}
+    pid, start, ops, spans = None, 0, {}, {}
     with opener(path, "rt", errors="replace") as f:
         for line in f:
             if line.startswith("#"):
                 m = re.search(r"\bpid (\d+)", line)
                 if m:
                     pid = int(m.group(1))
+                m = re.search(r"\bstart (\d+)\.(\d{9})", line)
+                if m:
+                    start = int(m.group(1)) * 10**9 + int(m.group(2))
                 continue
             c = line.split()
             if len(c) != 12:
                 continue
             try:
-                ops.setdefault(c[2], []).append(int(c[11]))
+                t, dur = int(c[0]), int(c[11])
             except ValueError:
                 continue
-    return pid, ops
+            ops.setdefault(c[2], []).append(dur)
+            if c[2] in ("ipc_request", "ipc_lookup"):
+                spans.setdefault(c[2], []).append((start + t, dur))
+    return pid, ops, spans
 
 
 def us(ns):
@@ -67,12 +84,15 @@ def main(argv):
         print(__doc__.strip())
         return 2 if len(argv) < 2 else 0
     median = {}  # role -> op -> median ns
+    spans = {}  # op -> [(start_ns, dur_ns)], over every file
     for path in argv[1:]:
         try:
-            pid, ops = read(path)
+            pid, ops, sp = read(path)
         except OSError as e:
             print(f"ipc_phases: {path}: {e}", file=sys.stderr)
             return 1
+        for op, v in sp.items():
+            spans.setdefault(op, []).extend(v)
         roles = [r for r, op in (("importer", "ipc_open"), ("exporter", "ipc_lookup")) if op in ops]
         role = " and ".join(roles) if roles else "no IPC"
         print(f"\n== {path}: pid {pid if pid is not None else '?'} ({role}); us per call")
@@ -99,6 +119,17 @@ def main(argv):
             if op in imp:
                 print(f"  {'  ' + op:28s} {us(imp[op]):10.1f}")
         print(f"  {'  other':28s} {us(imp['ipc_open'] - request - mapping):10.1f}")
+    # The legs: successful requests and lookups, in time order, paired one to one.
+    req = sorted(spans.get("ipc_request", []))
+    look = sorted(spans.get("ipc_lookup", []))
+    if req and look:
+        n = min(len(req), len(look))
+        out = [look[i][0] - req[i][0] for i in range(n)]
+        back = [(req[i][0] + req[i][1]) - (look[i][0] + look[i][1]) for i in range(n)]
+        note = "" if len(req) == len(look) else f" (counts differ: {len(req)} requests, {len(look)} lookups)"
+        print(f"\n== the transport's legs, median of {n} request/lookup pairs (us){note}")
+        print(f"  {'to exporter':28s} {us(statistics.median(out)):10.1f}   (send, server wake-up, receive)")
+        print(f"  {'back to importer':28s} {us(statistics.median(back)):10.1f}   (reply and fds, importer wake-up)")
     return 0
 
 
