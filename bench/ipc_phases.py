@@ -6,7 +6,8 @@ process).
 For each process: the median (and mean, p90, count) duration of every op in its
 trace, the IPC path first in the order it runs — the importer's ipc_open, its
 request round trip (ipc_request), then reserve, import, map and access; the
-exporter's lookup (ipc_lookup) with the export of each extent inside it — then
+exporter's lookup (ipc_lookup) with the export of each extent inside it (a
+driver call; "export(kept)": a dup of the fd kept from an earlier one) — then
 the rest (the exporter's malloc and free, the importer's close). Then the split
 of one open, from the medians (a difference of medians, not a median of
 differences):
@@ -37,7 +38,7 @@ import statistics
 import sys
 
 # The IPC path, in the order one open runs through it; other ops follow by name.
-PATH = ["ipc_open", "ipc_request", "ipc_lookup", "export", "reserve", "import", "map", "access",
+PATH = ["ipc_open", "ipc_request", "ipc_lookup", "export", "export(kept)", "reserve", "import", "map", "access",
         "ipc_close", "fence", "unmap", "release", "unreserve"]
 
 
@@ -64,7 +65,9 @@ def read(path):
                 t, dur = int(c[0]), int(c[11])
             except ValueError:
                 continue
-            ops.setdefault(c[2], []).append(dur)
+            # An export answered from the fd the door kept (arg 1) made no driver call.
+            op = "export(kept)" if c[2] == "export" and c[7] == "1" else c[2]
+            ops.setdefault(op, []).append(dur)
             if c[2] in ("ipc_request", "ipc_lookup"):
                 spans.setdefault(c[2], []).append((start + t, dur))
     return pid, ops, spans
