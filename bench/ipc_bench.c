@@ -15,10 +15,14 @@
  * mean of each over N, and their sum; the ratio is CUDA's sum over gpuheap's
  * (above 1: gpuheap is faster).
  *
- *   gpuheap-ipc-bench [--n N] [--json FILE]        (N: 200 by default)
+ *   gpuheap-ipc-bench [--n N] [--json FILE] [--gpuheap-only]   (N: 200 by default)
  *
  * Run it without gpuheap-run: it compares against the real cudaMalloc. It needs
- * a GPU; without one it exits 77.
+ * a GPU; without one it exits 77. --gpuheap-only leaves CUDA out (no cudart is
+ * loaded, no cudaIpc round): with GPUHEAP_BACKEND=host it measures gpuheap's
+ * own IPC path (the transport, the lookup, the mapping) on a machine without a
+ * GPU, e.g. under strace -c -f or perf stat. With GPUHEAP_TRACE=/tmp/t.%p.trace
+ * both processes record their phases (bench/ipc_phases.py reads them).
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -77,8 +81,8 @@ static bool get(int fd, void *p, size_t n) {
 
 /* ---- the importer ------------------------------------------------------------------ */
 
-static int importer(int in, int out) {
-    if (cudart.cudaSetDevice(0) != CUDART_SUCCESS) die("importer: %s", "cudaSetDevice(0) failed");
+static int importer(int in, int out, bool cuda) {
+    if (cuda && cudart.cudaSetDevice(0) != CUDART_SUCCESS) die("importer: %s", "cudaSetDevice(0) failed");
     struct round r;
     while (get(in, &r, sizeof r) && r.kind != KIND_QUIT) {
         cudart_ipc_handle *h = malloc((size_t)r.n * sizeof *h);
@@ -190,17 +194,21 @@ static bool round_trip(int to, int from, enum kind kind, int n, size_t size, res
 int main(int argc, char **argv) {
     int n = 200;
     const char *json = NULL;
+    bool cuda = true; /* false: --gpuheap-only */
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--importer") && i + 2 < argc) {
+        if (!strcmp(argv[i], "--importer") && i + 3 < argc) {
             char why[256];
-            if (cudart_load(why, sizeof why)) die("importer: %s", why);
-            return importer(atoi(argv[i + 1]), atoi(argv[i + 2]));
+            cuda = strcmp(argv[i + 3], "cuda") == 0;
+            if (cuda && cudart_load(why, sizeof why)) die("importer: %s", why);
+            return importer(atoi(argv[i + 1]), atoi(argv[i + 2]), cuda);
         } else if (!strcmp(argv[i], "--n") && i + 1 < argc) {
             n = atoi(argv[++i]);
         } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
             json = argv[++i];
+        } else if (!strcmp(argv[i], "--gpuheap-only")) {
+            cuda = false;
         } else {
-            fprintf(stderr, "usage: %s [--n N] [--json FILE]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--n N] [--json FILE] [--gpuheap-only]\n", argv[0]);
             return 2;
         }
     }
@@ -209,16 +217,20 @@ int main(int argc, char **argv) {
         fprintf(stderr, "ipc_bench: --n must be at least 1\n");
         return 2;
     }
-    if (cudart_load(why, sizeof why)) {
+    if (!cuda) {
+        const char *b = getenv("GPUHEAP_BACKEND");
+        snprintf(card, sizeof card, "gpuheap only (GPUHEAP_BACKEND=%s)", b && *b ? b : "auto");
+    } else if (cudart_load(why, sizeof why)) {
         printf("ipc_bench: no CUDA runtime (%s): skipped\n", why);
         return 77;
+    } else {
+        cudart_error e = cudart.cudaSetDevice(0);
+        if (e != CUDART_SUCCESS) {
+            printf("ipc_bench: no GPU (cudaSetDevice(0): %s): skipped\n", cudart_strerror(e));
+            return 77;
+        }
+        cudart_device_name(0, card, sizeof card);
     }
-    cudart_error e = cudart.cudaSetDevice(0);
-    if (e != CUDART_SUCCESS) {
-        printf("ipc_bench: no GPU (cudaSetDevice(0): %s): skipped\n", cudart_strerror(e));
-        return 77;
-    }
-    cudart_device_name(0, card, sizeof card);
     int to[2], from[2];
     if (pipe(to) || pipe(from)) die("pipe: %s", strerror(errno));
     fflush(stdout);
@@ -229,7 +241,7 @@ int main(int argc, char **argv) {
         char a[16], b[16];
         snprintf(a, sizeof a, "%d", to[0]);
         snprintf(b, sizeof b, "%d", from[1]);
-        execl("/proc/self/exe", argv[0], "--importer", a, b, (char *)NULL);
+        execl("/proc/self/exe", argv[0], "--importer", a, b, cuda ? "cuda" : "gpuheap-only", (char *)NULL);
         _exit(127);
     }
     close(to[0]), close(from[1]);
@@ -237,12 +249,13 @@ int main(int argc, char **argv) {
     static const size_t sizes[] = {1 << 20, 64 << 20};
     enum { NSIZES = sizeof sizes / sizeof sizes[0] };
     result res[NSIZES][2];
+    const int last_kind = cuda ? KIND_CUDA : KIND_GPUHEAP;
     bool ok = round_trip(to[1], from[0], KIND_GPUHEAP, 8, sizes[0], NULL) && /* warm-up, not counted */
-              round_trip(to[1], from[0], KIND_CUDA, 8, sizes[0], NULL);
+              (!cuda || round_trip(to[1], from[0], KIND_CUDA, 8, sizes[0], NULL));
     printf("IPC per handle on %s, two processes, N=%d, us (mean; median in brackets)\n", card, n);
     printf("%8s %-8s %18s %18s %18s %10s\n", "size", "kind", "get", "open", "close", "total");
     for (int k = 0; k < NSIZES && ok; k++) {
-        for (int kind = KIND_GPUHEAP; kind <= KIND_CUDA && ok; kind++) {
+        for (int kind = KIND_GPUHEAP; kind <= last_kind && ok; kind++) {
             result *r = &res[k][kind];
             ok = round_trip(to[1], from[0], (enum kind)kind, n, sizes[k], r);
             if (!ok) break;
@@ -251,7 +264,7 @@ int main(int argc, char **argv) {
                    kind_name[kind], r->get_us, r->get_med_us, r->open_us, r->open_med_us, r->close_us, r->close_med_us,
                    r->total_us);
         }
-        if (ok) printf("%8s ratio cudaIpc / gpuheap per handle: %.2fx (get %.2fx, open %.2fx, close %.2fx)\n", "",
+        if (ok && cuda) printf("%8s ratio cudaIpc / gpuheap per handle: %.2fx (get %.2fx, open %.2fx, close %.2fx)\n", "",
                        res[k][1].total_us / res[k][0].total_us, res[k][1].get_us / res[k][0].get_us,
                        res[k][1].open_us / res[k][0].open_us, res[k][1].close_us / res[k][0].close_us);
     }
@@ -266,14 +279,15 @@ int main(int argc, char **argv) {
         fprintf(f, "{\"benchmark\":\"ipc\",\"device\":\"%s\",\"n\":%d,\"unit\":\"us per handle\",\"rows\":[", card, n);
         for (int k = 0; k < NSIZES; k++) {
             fprintf(f, "%s{\"size\":%zu", k ? "," : "", sizes[k]);
-            for (int kind = 0; kind < 2; kind++) {
+            for (int kind = 0; kind <= last_kind; kind++) {
                 result *r = &res[k][kind];
                 fprintf(f, ",\"%s\":{\"get\":%.2f,\"open\":%.2f,\"close\":%.2f,\"total\":%.2f,"
                            "\"get_median\":%.2f,\"open_median\":%.2f,\"close_median\":%.2f}",
                         kind_name[kind], r->get_us, r->open_us, r->close_us, r->total_us, r->get_med_us, r->open_med_us,
                         r->close_med_us);
             }
-            fprintf(f, ",\"ratio_cuda_over_gpuheap\":%.3f}", res[k][1].total_us / res[k][0].total_us);
+            if (cuda) fprintf(f, ",\"ratio_cuda_over_gpuheap\":%.3f", res[k][1].total_us / res[k][0].total_us);
+            fprintf(f, "}");
         }
         fprintf(f, "]}\n");
         fclose(f);

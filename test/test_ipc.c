@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -122,14 +123,16 @@ static vmm_host_counts host_counts(void);
 
 /* Open fds of this process, less the memfds behind the default heap's
  * extents (one per host-backend handle, imported ones included: an import
- * must leave none behind). */
+ * must leave none behind) and the connections kept for the next request (the
+ * importer's end, and this process's server's when it imports from itself). */
 static int fd_count(void) {
     DIR *d = opendir("/proc/self/fd");
     if (!d) return -1;
     int n = 0;
     for (struct dirent *de; (de = readdir(d));) n += de->d_name[0] != '.';
     closedir(d);
-    return n - 1 /* the directory's own */ - (int)(host_counts().handles - host_counts().imported_handles);
+    return n - 1 /* the directory's own */ - (int)(host_counts().handles - host_counts().imported_handles) -
+           (int)ipc_client_kept() - (int)ipc_server_connections();
 }
 
 /* The inode of the file mapped at p (a memfd), 0 if none. */
@@ -307,12 +310,14 @@ static int setup(void **state) {
     (void)state;
     gpu_set_error_handler(keep_message, NULL);
     ipc_server_stop();
+    ipc_client_disconnect();
     fds_at_start = fd_count();
     return 0;
 }
 static int teardown(void **state) {
     (void)state;
-    ipc_server_stop(); /* its socket and wake fd */
+    ipc_server_stop(); /* its socket, wake fd and connections */
+    ipc_client_disconnect();
     char msg[256];
     if (!heap_ok(msg, sizeof msg)) {
         print_error("heap check: %s\n", msg);
@@ -484,8 +489,8 @@ static void expect_refused(gpu_ipc_mem_handle_t h, int err, const char *words) {
     assert_int_equal(gpu_ipc_open_mem_handle(&p, h, 0), err);
     if (!strstr(reported, words)) fail_msg("\"%s\" not in \"%s\"", words, reported);
     assert_ptr_equal(p, (void *)1); /* untouched */
-    /* This process's own server closes its end of the connection after it
-     * answers, maybe after the answer arrived here: give it a moment. */
+    /* This process's own server closes its end of a connection it refused
+     * after it answers, maybe after the answer arrived here: give it a moment. */
     for (int i = 0; i < 200 && fd_count() != fds; i++) usleep(10000);
     assert_int_equal(fd_count(), fds);
 }
@@ -685,6 +690,91 @@ static void test_pinned_while_exporting(void **state) {
     assert_false(heap_export_live(h, (uintptr_t)p, token));
 }
 
+/* The handle behind p in heap h. */
+static vmm_handle handle_at(gpu_heap_t *h, const void *p) {
+    heap_lock(h);
+    const extent *e = extmap_find(&h->extents, (uintptr_t)p);
+    vmm_handle handle = e ? e->handle : 0;
+    heap_unlock(h);
+    return handle;
+}
+static unsigned long inode_of(int fd) {
+    struct stat st;
+    return fstat(fd, &st) == 0 ? (unsigned long)st.st_ino : 0;
+}
+
+/* A backend whose exports are worth keeping (caps.cache_exports: CUDA's) gets
+ * one backend export per handle: later ones are dups of the fd the door keeps,
+ * which is closed before the handle is released, so a handle number given out
+ * again never serves the memory it named before; at most VMM_EXPORT_CACHE are
+ * kept. The host backend plays CUDA's part here. */
+static void test_export_fds_kept(void **state) {
+    (void)state;
+    gpu_config_t cfg = host_config(4 * GiB, 0, 0);
+    vmm_backend *b;
+    gpu_heap_t *eh;
+    assert_int_equal(vmm_host_open(&cfg, &b), GPU_OK);
+    b->caps.cache_exports = true;
+    assert_int_equal(gh_heap_create_on(&cfg, b, &eh), GPU_OK);
+    _Atomic uint64_t *exports = &eh->door.counts.calls[VMM_OP_EXPORT];
+
+    /* Two opens of one block (closed between): one backend export. */
+    char *p = gpu_heap_malloc_flags(eh, 2 * MiB, GPU_ALLOC_OWNED);
+    assert_non_null(p);
+    fill(p, 2 * MiB, 1, 3);
+    gpu_ipc_mem_handle_t h;
+    assert_int_equal(gpu_ipc_get_mem_handle(&h, p), GPU_OK);
+    for (int i = 0; i < 2; i++) {
+        void *q = NULL;
+        assert_int_equal(gpu_ipc_open_mem_handle(&q, h, 0), GPU_OK);
+        assert_int_equal(mismatch(q, 2 * MiB, 1, 3), SIZE_MAX);
+        assert_int_equal(gpu_ipc_close_mem_handle(q), GPU_OK);
+    }
+    assert_int_equal(*exports, 1);
+    assert_int_equal(vmm_call_exports_kept(&eh->door), 1);
+
+    /* The same memory in every fd; gone from the door with the handle. */
+    vmm_handle handle = handle_at(eh, p);
+    int a, c;
+    assert_int_equal(vmm_call_export_fd(&eh->door, handle, &a), GPU_OK);
+    assert_int_equal(vmm_call_export_fd(&eh->door, handle, &c), GPU_OK);
+    assert_int_equal(*exports, 1);
+    assert_true(a != c && inode_of(a) && inode_of(a) == inode_of(c));
+    unsigned long old = inode_of(a);
+    close(a), close(c);
+    assert_int_equal(gpu_heap_free(eh, p), GPU_OK);
+    assert_int_equal(gpu_heap_trim(eh, 0), GPU_OK);
+    assert_int_equal(vmm_call_exports_kept(&eh->door), 0);
+    p = gpu_heap_malloc_flags(eh, 2 * MiB, GPU_ALLOC_OWNED);
+    assert_int_equal(handle_at(eh, p), handle); /* the host backend gives the number out again */
+    assert_int_equal(vmm_call_export_fd(&eh->door, handle, &a), GPU_OK);
+    assert_int_equal(*exports, 2);
+    assert_true(inode_of(a) != old); /* the new memory's, never the old */
+    close(a);
+    assert_int_equal(gpu_heap_free(eh, p), GPU_OK);
+    assert_int_equal(gpu_heap_trim(eh, 0), GPU_OK);
+    assert_int_equal(vmm_call_exports_kept(&eh->door), 0);
+
+    /* A bounded number kept: a new one closes the oldest. */
+    enum { N = VMM_EXPORT_CACHE + 4 };
+    static void *many[N];
+    for (unsigned i = 0; i < N; i++) {
+        many[i] = gpu_heap_malloc_flags(eh, 2 * MiB, GPU_ALLOC_OWNED);
+        assert_non_null(many[i]);
+        assert_int_equal(vmm_call_export_fd(&eh->door, handle_at(eh, many[i]), &a), GPU_OK);
+        close(a);
+        assert_int_equal(vmm_call_exports_kept(&eh->door), i < VMM_EXPORT_CACHE ? i + 1 : VMM_EXPORT_CACHE);
+    }
+    assert_int_equal(vmm_call_export_fd(&eh->door, handle_at(eh, many[0]), &a), GPU_OK); /* closed: exported again */
+    close(a);
+    assert_int_equal(*exports, 2 + N + 1);
+    assert_int_equal(vmm_call_export_fd(&eh->door, handle_at(eh, many[N - 1]), &a), GPU_OK); /* kept */
+    close(a);
+    assert_int_equal(*exports, 2 + N + 1);
+    /* The heap goes with fds kept: the door closes them (teardown counts fds). */
+    assert_int_equal(gpu_heap_destroy(eh), GPU_OK);
+}
+
 /* Threads open and close one handle, ask for ranges, export and free blocks,
  * all at once. */
 #define RACE_THREADS 4
@@ -737,6 +827,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_exporter_frees_while_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_import_failures_undone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pinned_while_exporting, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_fds_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

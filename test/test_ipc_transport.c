@@ -8,7 +8,8 @@
  * handle's bytes, so nothing can lean on inherited state). It checks what it got
  * and says so by its exit status; the parent checks the server's counts. Every
  * test counts this process's fds before the server starts and after it stops,
- * and the children count theirs around each request: both stay flat.
+ * and the children count theirs around each request: both stay flat, less the
+ * connections the client keeps for its next request (ipc_client_kept).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -30,6 +31,7 @@
 
 #include "error.h"
 #include "ipc/ipc.h"
+#include "ipc/wire.h"
 
 /* A child forked from this threaded process starts a server thread of its own;
  * ThreadSanitizer kills such a child unless told it is expected. */
@@ -112,14 +114,16 @@ static int bad_lookup(uint64_t token, ipc_reply *r, int *fds, unsigned max_fds, 
 }
 
 /* Open fds of this process. */
-static int fd_count(void) {
+static int fd_count_all(void) {
     DIR *d = opendir("/proc/self/fd");
     if (!d) return -1;
     int n = 0;
     for (struct dirent *de; (de = readdir(d));) n += de->d_name[0] != '.';
     closedir(d);
-    return n;
+    return n - 1; /* the directory's own */
 }
+/* Open fds of this process, less the connections kept for the next request. */
+static int fd_count(void) { return fd_count_all() - (int)ipc_client_kept(); }
 
 /* The message noted for err on this thread, as a public call would report it. */
 static char reported[512];
@@ -199,6 +203,14 @@ static int child_run(const char *mode, const unsigned char bytes[IPC_HANDLE_BYTE
         return err == GPU_ERR_INVALID && strstr(message_of(err), "checksum") ? 0 : CHILD_FAIL("forged: %d", err);
     if (err) return CHILD_FAIL("decode: %s", message_of(err));
     if (!strcmp(mode, "block")) return check_block(&h);
+    if (!strcmp(mode, "block3")) { /* three requests: one connection, kept between them */
+        for (int i = 0; i < 3; i++) {
+            int bad = check_block(&h);
+            if (bad) return bad;
+            if (ipc_client_kept() != 1) return CHILD_FAIL("%u connections kept", ipc_client_kept());
+        }
+        return 0;
+    }
     if (!strcmp(mode, "unknown")) return check_refused(&h, GPU_ERR_INVALID, "no export with token");
     if (!strcmp(mode, "other-uid")) return check_refused(&h, GPU_ERR_INVALID, "serves only its own uid");
     return CHILD_FAIL("unknown mode %s", mode);
@@ -248,6 +260,7 @@ static int fds_at_start;
 static int setup(void **state) {
     (void)state;
     ipc_server_stop();
+    ipc_client_disconnect();
     ipc_server_set_lookup(test_lookup, NULL);
     ipc_server_get_counts(&counts_at_start);
     fds_at_start = fd_count();
@@ -256,6 +269,11 @@ static int setup(void **state) {
 static int teardown(void **state) {
     (void)state;
     ipc_server_stop();
+    ipc_client_disconnect();
+    if (ipc_client_kept()) {
+        print_error("%u connections still kept after ipc_client_disconnect\n", ipc_client_kept());
+        return -1;
+    }
     int now = fd_count();
     if (now != fds_at_start) {
         print_error("this process has %d fds after the test, %d before\n", now, fds_at_start);
@@ -436,6 +454,117 @@ static void test_bad_reply_and_small_room(void **state) {
     /* teardown checks that the server closed the bad lookup's fd and we closed ours */
 }
 
+/* h naming another export of its server. */
+static ipc_handle_fields with_token(ipc_handle_fields h, uint64_t token) {
+    h.export_token = token;
+    return h;
+}
+
+/* One connection carries one request after another, from a child and from this
+ * process (to its own server): one accept for many replies. */
+static void test_connection_kept(void **state) {
+    (void)state;
+    unsigned char b[IPC_HANDLE_BYTES];
+    make_handle(exports[0].token, exports[0].size, b);
+    assert_int_equal(run_child(true, "block3", b), 0); /* three requests, one connection */
+    ipc_handle_fields h;
+    assert_int_equal(ipc_handle_decode(b, &h), GPU_OK);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(check_block(&h), 0);
+        assert_int_equal(ipc_client_kept(), 1);
+    }
+    ipc_handle_fields unknown = with_token(h, UNKNOWN_TOKEN);
+    assert_int_equal(check_refused(&unknown, GPU_ERR_INVALID, "no export with token"), 0); /* leaves it in step */
+    assert_int_equal(check_block(&h), 0);
+    ipc_server_stop();
+    ipc_server_counts c = counts();
+    assert_int_equal(c.connections, 2); /* the child's, this process's */
+    assert_int_equal(c.served, 3 + 4);
+    assert_int_equal(c.refused_lookup, 1);
+    assert_int_equal(c.failed, 0);
+}
+
+/* A kept connection that the server closed meanwhile — it stopped, or took so
+ * many connections that it closed the idlest — is found so at the next request,
+ * which goes again on a new connection: "gone" for a stopped server, the block
+ * from a live one. */
+static void test_kept_connection_closed_by_server(void **state) {
+    (void)state;
+    ipc_handle_fields h;
+    assert_int_equal(ipc_server_handle(exports[2].token, exports[2].size, &h), GPU_OK);
+    assert_int_equal(check_block(&h), 0);
+    uint64_t connections = counts().connections;
+    /* Twice as many connections as the server holds, never asking: ours is the idlest. */
+    struct sockaddr_un addr;
+    socklen_t len;
+    ipc_wire_address(h.pid, h.server_token, &addr, &len);
+    int raw[2 * IPC_SERVER_CONNS];
+    for (unsigned i = 0; i < 2 * IPC_SERVER_CONNS; i++) {
+        raw[i] = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        assert_true(raw[i] >= 0);
+        assert_int_equal(connect(raw[i], (struct sockaddr *)&addr, len), 0);
+    }
+    for (int i = 0; i < 2000 && counts().connections < connections + 2 * IPC_SERVER_CONNS; i++) usleep(1000);
+    assert_int_equal(counts().connections, connections + 2 * IPC_SERVER_CONNS);
+    assert_int_equal(ipc_server_connections(), IPC_SERVER_CONNS);
+    assert_int_equal(check_block(&h), 0); /* on a new connection */
+    assert_int_equal(counts().connections, connections + 2 * IPC_SERVER_CONNS + 1);
+    for (unsigned i = 0; i < 2 * IPC_SERVER_CONNS; i++) close(raw[i]);
+    /* A server stopped: "gone", though the connection was kept. */
+    ipc_server_stop();
+    char words[64];
+    snprintf(words, sizeof words, "(pid %d) is gone", (int)getpid());
+    assert_int_equal(check_refused(&h, GPU_ERR_INVALID, words), 0);
+    assert_int_equal(ipc_client_kept(), 0);
+}
+
+/* The importer keeps IPC_CLIENT_KEEP connections at most: a new server's takes
+ * the place of the one used longest ago. */
+static void test_client_keeps_few(void **state) {
+    (void)state;
+    ipc_handle_fields first;
+    for (unsigned i = 0; i < IPC_CLIENT_KEEP + 3; i++) {
+        ipc_handle_fields h;
+        assert_int_equal(ipc_server_handle(exports[0].token, exports[0].size, &h), GPU_OK);
+        if (!i) first = h;
+        assert_int_equal(check_block(&h), 0);
+        assert_int_equal(ipc_client_kept(), i < IPC_CLIENT_KEEP ? i + 1 : IPC_CLIENT_KEEP);
+        ipc_server_stop(); /* the next handle names a new server */
+    }
+    char words[64];
+    snprintf(words, sizeof words, "(pid %d) is gone", (int)getpid());
+    assert_int_equal(check_refused(&first, GPU_ERR_INVALID, words), 0);
+}
+
+/* A fork's child closes its copies of the kept connections (two processes must
+ * never share one) and connects on its own; the parent's stays good. */
+static void test_fork_child_drops_kept_connections(void **state) {
+    (void)state;
+    ipc_handle_fields h;
+    assert_int_equal(ipc_server_handle(exports[0].token, exports[0].size, &h), GPU_OK);
+    assert_int_equal(check_block(&h), 0);
+    assert_int_equal(ipc_client_kept(), 1);
+    assert_int_equal(ipc_server_connections(), 1);
+    /* A refusal after it: the server has closed the block's fds once it answers. */
+    ipc_handle_fields unknown = with_token(h, UNKNOWN_TOKEN);
+    assert_int_equal(check_refused(&unknown, GPU_ERR_INVALID, "no export with token"), 0);
+    int parent = fd_count_all();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* Gone: the kept connection, and the server's socket, wake fd and connection. */
+        if (ipc_client_kept() != 0 || fd_count_all() != parent - 4)
+            _exit(CHILD_FAIL("%u kept, %d fds, parent had %d", ipc_client_kept(), fd_count_all(), parent));
+        _exit(check_block(&h)); /* from the parent's server, on a connection of its own */
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    uint64_t connections = counts().connections;
+    assert_int_equal(check_block(&h), 0); /* the parent's kept connection still carries requests */
+    assert_int_equal(counts().connections, connections);
+}
+
 /* Threads of this process import from its own server while others start and
  * stop it: every request either gets its block whole or hears "gone". */
 #define RACE_THREADS 4
@@ -493,6 +622,10 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_exporter_gone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_other_uid_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_reply_and_small_room, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connection_kept, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kept_connection_closed_by_server, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_client_keeps_few, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fork_child_drops_kept_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads_start_stop_and_request, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

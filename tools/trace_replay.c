@@ -19,7 +19,9 @@ static const char *const names[] = {
     [TR_TRIM] = "trim", [TR_RESERVE] = "reserve", [TR_UNRESERVE] = "unreserve", [TR_MAP] = "map",
     [TR_UNMAP] = "unmap", [TR_FENCE] = "fence", [TR_COPY] = "copy", [TR_MEMSET] = "memset",
     [TR_CREATE] = "create", [TR_RELEASE] = "release", [TR_ACCESS] = "access", [TR_MAP_FILE] = "map_file",
-    [TR_SYNC_FILE] = "sync_file", [TR_UNMAP_FILE] = "unmap_file",
+    [TR_SYNC_FILE] = "sync_file", [TR_UNMAP_FILE] = "unmap_file", [TR_EXPORT] = "export", [TR_IMPORT] = "import",
+    [TR_IPC_OPEN] = "ipc_open", [TR_IPC_CLOSE] = "ipc_close", [TR_IPC_REQUEST] = "ipc_request",
+    [TR_IPC_LOOKUP] = "ipc_lookup",
     [TR_UNKNOWN] = "unknown",
 };
 

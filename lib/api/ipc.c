@@ -13,6 +13,7 @@
 #include "api/api.h"
 #include "error.h"
 #include "ipc/share.h"
+#include "obs/trace.h"
 
 _Static_assert(sizeof(gpu_ipc_mem_handle_t) == IPC_HANDLE_BYTES, "a public handle holds the wire image");
 
@@ -43,7 +44,14 @@ int gpu_ipc_open_mem_handle(void **ptr, gpu_ipc_mem_handle_t handle, unsigned fl
     gpu_heap_t *h = gpu_heap_default();
     if (!h) return gpu_last_error();
     void *p = NULL;
+    uint64_t t0 = trace_begin();
     int rc = ipc_import_open(h, handle.bytes, &p);
+    if (t0) {
+        size_t size = 0;
+        if (rc == GPU_OK) (void)gh_ipc_range((uintptr_t)p, NULL, &size);
+        trace_record(t0, &(trace_event){.op = TRACE_IPC_OPEN, .heap = h->base, .size = size, .result = (uintptr_t)p,
+                                         .rc = (int8_t)rc});
+    }
     if (rc != GPU_OK) return gh_report(gh_note_context(rc, "gpu_ipc_open_mem_handle"));
     *ptr = p;
     return gh_ok();
@@ -51,7 +59,9 @@ int gpu_ipc_open_mem_handle(void **ptr, gpu_ipc_mem_handle_t handle, unsigned fl
 
 int gpu_ipc_close_mem_handle(void *ptr) {
     if (!ptr) return gh_error(GPU_ERR_INVALID, "gpu_ipc_close_mem_handle(NULL)");
+    uint64_t t0 = trace_begin();
     int rc = ipc_import_close(ptr);
+    if (t0) trace_record(t0, &(trace_event){.op = TRACE_IPC_CLOSE, .addr = (uintptr_t)ptr, .rc = (int8_t)rc});
     if (rc != GPU_OK) return gh_report(gh_note_context(rc, "gpu_ipc_close_mem_handle"));
     return gh_ok();
 }

@@ -51,6 +51,11 @@ typedef struct vmm_caps {
      * ipc_note says why not, in words for the caller who asked for an export
      * (GPUHEAP_IPC=0, or the driver refused the export handle type at open). */
     bool exportable;
+    /* True when export_fd is a driver call worth not repeating (CUDA's
+     * cuMemExportToShareableHandle): the door then keeps one fd per exported
+     * handle until the handle is released, and answers the next export of it
+     * with a dup (door.c). False where an export is a dup anyway (host). */
+    bool cache_exports;
     char ipc_note[160];
 } vmm_caps;
 

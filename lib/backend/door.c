@@ -8,7 +8,13 @@
  * because driver VMM calls take microseconds to milliseconds and do not run in
  * parallel anyway (DESIGN.md §2).
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "backend/door.h"
 #include "error.h"
@@ -47,7 +53,98 @@ void vmm_capture_announce(int delta) {
     while (n > 0 && !atomic_compare_exchange_weak(&announced_captures, &n, n - 1)) {}
 }
 
-void vmm_call_close(vmm_door *d) { d->b->ops->close(d->b); }
+/* ---- the fds kept for exported handles (caps.cache_exports) ----------------------- */
+
+/* One door's kept fds, oldest first. Changed under export_lock; n is also read
+ * without it, by a release that skips the lock when nothing is kept. */
+typedef struct vmm_export_cache {
+    _Atomic unsigned n;
+    struct {
+        vmm_handle h;
+        int fd;
+    } e[VMM_EXPORT_CACHE];
+} vmm_export_cache;
+
+/* Every door's kept fds: exports and releases of kept handles are rare next to
+ * the driver calls around them, so one lock serves all. Never held across a
+ * backend call. */
+static pthread_mutex_t export_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The index of h in c, or -1. export_lock held. */
+static int kept_find(const vmm_export_cache *c, vmm_handle h) {
+    unsigned n = atomic_load_explicit(&c->n, memory_order_relaxed);
+    for (unsigned i = 0; i < n; i++)
+        if (c->e[i].h == h) return (int)i;
+    return -1;
+}
+
+/* Closes kept fd i and moves the later ones down. export_lock held. */
+static void kept_drop(vmm_export_cache *c, unsigned i) {
+    unsigned n = atomic_load_explicit(&c->n, memory_order_relaxed);
+    close(c->e[i].fd);
+    memmove(&c->e[i], &c->e[i + 1], (n - i - 1) * sizeof c->e[0]);
+    atomic_store(&c->n, n - 1);
+}
+
+/* A dup of the fd kept for h, or -1 when none is kept (or the dup failed). */
+static int kept_dup(vmm_door *d, vmm_handle h) {
+    vmm_export_cache *c = atomic_load(&d->exports);
+    if (!c || !atomic_load(&c->n)) return -1;
+    pthread_mutex_lock(&export_lock);
+    int i = kept_find(c, h);
+    int copy = i < 0 ? -1 : fcntl(c->e[i].fd, F_DUPFD_CLOEXEC, 0);
+    pthread_mutex_unlock(&export_lock);
+    return copy;
+}
+
+/* Keeps a dup of fd, just exported for h (the oldest kept fd closed when
+ * VMM_EXPORT_CACHE are). Nothing is kept when the host is out of fds or memory:
+ * the next export asks the backend again. */
+static void kept_add(vmm_door *d, vmm_handle h, int fd) {
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) return;
+    pthread_mutex_lock(&export_lock);
+    vmm_export_cache *c = atomic_load(&d->exports);
+    if (!c && (c = calloc(1, sizeof *c))) atomic_store(&d->exports, c);
+    if (!c || kept_find(c, h) >= 0) { /* no memory; or another thread kept one meanwhile */
+        pthread_mutex_unlock(&export_lock);
+        close(copy);
+        return;
+    }
+    if (atomic_load(&c->n) == VMM_EXPORT_CACHE) kept_drop(c, 0);
+    unsigned n = atomic_load(&c->n);
+    c->e[n].h = h;
+    c->e[n].fd = copy;
+    atomic_store(&c->n, n + 1);
+    pthread_mutex_unlock(&export_lock);
+}
+
+/* Closes the fd kept for h, before h is released: the backend may give the same
+ * handle number to new memory afterwards (the host backend does). */
+static void kept_forget(vmm_door *d, vmm_handle h) {
+    vmm_export_cache *c = atomic_load(&d->exports);
+    if (!c || !atomic_load(&c->n)) return;
+    pthread_mutex_lock(&export_lock);
+    int i = kept_find(c, h);
+    if (i >= 0) kept_drop(c, (unsigned)i);
+    pthread_mutex_unlock(&export_lock);
+}
+
+unsigned vmm_call_exports_kept(vmm_door *d) {
+    vmm_export_cache *c = atomic_load(&d->exports);
+    return c ? atomic_load(&c->n) : 0;
+}
+
+void vmm_call_close(vmm_door *d) {
+    vmm_export_cache *c = atomic_exchange(&d->exports, NULL);
+    if (c) {
+        pthread_mutex_lock(&export_lock);
+        while (atomic_load(&c->n)) kept_drop(c, atomic_load(&c->n) - 1);
+        pthread_mutex_unlock(&export_lock);
+        free(c);
+    }
+    d->b->ops->close(d->b);
+}
 
 int vmm_call_reserve(vmm_door *d, size_t size, uintptr_t *va) {
     gh_assert(size && granular(d, size), "reserve a granularity multiple");
@@ -74,6 +171,7 @@ int vmm_call_create(vmm_door *d, size_t size, vmm_handle *out) {
 }
 
 int vmm_call_release(vmm_door *d, vmm_handle h) {
+    kept_forget(d, h); /* first: once released, the number may name other memory */
     uint64_t t0 = trace_begin();
     int rc = done(d, VMM_OP_RELEASE, d->b->ops->release(d->b, h));
     if (t0) door_trace(d, t0, &(trace_event){.op = TRACE_RELEASE, .result = h, .rc = (int8_t)rc});
@@ -277,11 +375,25 @@ int vmm_call_export_fd(vmm_door *d, vmm_handle h, int *fd) {
     gh_assert(fd, "somewhere to put the fd");
     int rc = vmm_call_exportable(d);
     if (rc != GPU_OK) return done(d, VMM_OP_EXPORT, rc);
-    return done(d, VMM_OP_EXPORT, d->b->ops->export_fd(d->b, h, fd));
+    uint64_t t0 = trace_begin();
+    const bool cache = d->b->caps.cache_exports;
+    int copy = cache ? kept_dup(d, h) : -1;
+    if (copy >= 0) { /* no backend call: not counted as one */
+        *fd = copy;
+        if (t0) door_trace(d, t0, &(trace_event){.op = TRACE_EXPORT, .arg = 1, .result = h});
+        return GPU_OK;
+    }
+    rc = done(d, VMM_OP_EXPORT, d->b->ops->export_fd(d->b, h, fd));
+    if (rc == GPU_OK && cache) kept_add(d, h, *fd);
+    if (t0) door_trace(d, t0, &(trace_event){.op = TRACE_EXPORT, .result = h, .rc = (int8_t)rc});
+    return rc;
 }
 
 int vmm_call_import_fd(vmm_door *d, int fd, size_t size, vmm_handle *out) {
     gh_assert(fd >= 0 && out && size && granular(d, size), "import a granularity multiple from an fd");
     OFFERED(d, VMM_OP_IMPORT, import_fd);
-    return done(d, VMM_OP_IMPORT, d->b->ops->import_fd(d->b, fd, size, out));
+    uint64_t t0 = trace_begin();
+    int rc = done(d, VMM_OP_IMPORT, d->b->ops->import_fd(d->b, fd, size, out));
+    if (t0) door_trace(d, t0, &(trace_event){.op = TRACE_IMPORT, .size = size, .result = rc ? 0 : *out, .rc = (int8_t)rc});
+    return rc;
 }

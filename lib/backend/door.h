@@ -43,12 +43,18 @@ typedef struct vmm_door {
     /* Other devices granted access to every extent, one bit per ordinal: changed
      * only with the owning heap's lock held (core/peer.c), read here without it. */
     _Atomic uint64_t peers;
+    /* The fds kept for exported handles (caps.cache_exports): made on the first
+     * export, NULL before. door.c's own. */
+    struct vmm_export_cache *_Atomic exports;
 } vmm_door;
+
+#define VMM_EXPORT_CACHE 32 /* exported handles whose fd a door keeps: each an open fd of the process, per heap */
 
 /* Opens the backend a configuration names (GPU_BACKEND_AUTO is CUDA, never a
  * silent fallback to host memory); the message of a refusal is vmm_error(). */
 int vmm_open(const gpu_config_t *cfg, vmm_backend **out);
-/* Closes the door's backend: every handle released, every range unreserved. */
+/* Closes the door's backend: every handle released, every range unreserved,
+ * every kept export fd closed. */
 void vmm_call_close(vmm_door *d);
 /* gpu_capture_begin / gpu_capture_end: +1 or -1 on the process-wide count of
  * captures announced by the caller (never below 0). vmm_call_capturing answers
@@ -118,7 +124,15 @@ void vmm_call_direct_close(vmm_door *d, vmm_direct *dd);
  * so (counted as an error, never called); an import the backend does not offer
  * is refused with GPU_ERR_NO_DRIVER. */
 int vmm_call_exportable(vmm_door *d);
+/* An fd of handle h for another process, the caller's to close. Where the
+ * backend's caps.cache_exports says so, the door keeps one fd per handle (at
+ * most VMM_EXPORT_CACHE; a new one closes the oldest) and answers a later export
+ * of the handle with a dup of it, no backend call: vmm_call_release and
+ * vmm_call_close close the kept fd before the handle goes, so a handle number
+ * the backend gives out again never finds the fd of the memory it named before. */
 int vmm_call_export_fd(vmm_door *d, vmm_handle h, int *fd);
+/* The fds d keeps for exported handles (for tests that count fds). */
+unsigned vmm_call_exports_kept(vmm_door *d);
 int vmm_call_import_fd(vmm_door *d, int fd, size_t size, vmm_handle *out);
 
 #endif /* GPUHEAP_BACKEND_DOOR_H */

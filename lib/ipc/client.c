@@ -14,8 +14,24 @@
  * the reply is checked before it is used, fds are taken with MSG_CMSG_CLOEXEC
  * (no fork-and-exec in another thread inherits them), every fd received is
  * closed on any failure, and a reply must arrive within IPC_CLIENT_TIMEOUT_MS.
+ *
+ * A connection is kept for the next request to the same server (one per server,
+ * IPC_CLIENT_KEEP of them, the least recently used one closed for a new one):
+ * a new connection per request cost a socket, a connect, the peer's
+ * credentials, an accept and another wake-up of the server's thread. A kept
+ * connection has a mutex, held across its request's round trip, so requests of
+ * this process to one exporter go one at a time (its server answers one at a
+ * time anyway). A connection stays kept only while it is in step: after a reply
+ * received whole (a refusal included); one left mid-reply is closed. When the
+ * server closed a kept connection meanwhile (it stopped, or closed the idlest of
+ * its connections for a new one), the request finds it so before any reply
+ * (send fails, or end of file) and goes again once on a new connection, which
+ * then says whether the exporter is gone. A fork's child closes its copies of
+ * the kept connections (atfork), so that two processes never share one.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -26,14 +42,108 @@
 #include "error.h"
 #include "ipc/ipc.h"
 #include "ipc/wire.h"
+#include "obs/trace.h"
+
+/* A kept connection. key and peer_uid change under keep.lock and lock both;
+ * fd under lock. */
+typedef struct kept_conn {
+    pthread_mutex_t lock; /* held across a request on fd */
+    uint32_t pid;         /* the key: pid and server token; server_token 0: a free slot */
+    uint64_t server_token;
+    uint32_t peer_uid;    /* the server's uid, read when it was connected */
+    int fd;               /* -1: none (connect when asked) */
+    uint64_t used;        /* keep.clock when last taken */
+} kept_conn;
+
+/* keep.lock guards the keys and the clock; it is never held across a wait (a
+ * slot's lock is only tried under it). Lock order: keep.lock, then a slot's. */
+static struct {
+    pthread_mutex_t lock;
+    uint64_t clock;
+    kept_conn slot[IPC_CLIENT_KEEP];
+} keep = {.lock = PTHREAD_MUTEX_INITIALIZER};
+static _Atomic unsigned kept_fds; /* slots whose fd is open */
+static pthread_once_t keep_once = PTHREAD_ONCE_INIT;
+
+static void keep_prepare(void) { pthread_mutex_lock(&keep.lock); }
+static void keep_parent(void) { pthread_mutex_unlock(&keep.lock); }
+/* A fork's child: its copies of the kept connections are closed (the parent
+ * goes on using them), and the slots made afresh: a slot's lock may have been
+ * held by a thread that the child does not have. */
+static void keep_child(void) {
+    for (unsigned i = 0; i < IPC_CLIENT_KEEP; i++) {
+        kept_conn *k = &keep.slot[i];
+        if (k->fd >= 0) close(k->fd);
+        pthread_mutex_init(&k->lock, NULL);
+        k->fd = -1;
+        k->server_token = 0;
+    }
+    atomic_store(&kept_fds, 0);
+    keep.clock = 0;
+    pthread_mutex_unlock(&keep.lock);
+}
+static void keep_init(void) {
+    for (unsigned i = 0; i < IPC_CLIENT_KEEP; i++) {
+        pthread_mutex_init(&keep.slot[i].lock, NULL);
+        keep.slot[i].fd = -1;
+    }
+    (void)pthread_atfork(keep_prepare, keep_parent, keep_child); /* refused: no atfork, as before keeping */
+}
+
+/* Closes k's connection. k->lock held. */
+static void kept_close(kept_conn *k) {
+    if (k->fd < 0) return;
+    close(k->fd);
+    k->fd = -1;
+    atomic_fetch_sub(&kept_fds, 1);
+}
+
+/* The slot kept for h's server, locked; a free or the least recently used
+ * unlocked slot given to it when there is none. NULL when every slot is busy
+ * with another server's request (the caller connects for this request alone). */
+static kept_conn *keep_take(const ipc_handle_fields *h) {
+    pthread_once(&keep_once, keep_init);
+    for (;;) {
+        pthread_mutex_lock(&keep.lock);
+        kept_conn *k = NULL;
+        for (unsigned i = 0; i < IPC_CLIENT_KEEP && !k; i++)
+            if (keep.slot[i].server_token == h->server_token && keep.slot[i].pid == h->pid) k = &keep.slot[i];
+        if (k) {
+            k->used = ++keep.clock;
+            pthread_mutex_unlock(&keep.lock);
+            pthread_mutex_lock(&k->lock); /* another request to this server may hold it: wait for it */
+            if (k->server_token == h->server_token && k->pid == h->pid) return k;
+            pthread_mutex_unlock(&k->lock); /* given to another server meanwhile: look again */
+            continue;
+        }
+        /* None: a free slot, else the one used longest ago, if no request holds it. */
+        kept_conn *idlest = NULL;
+        for (unsigned i = 0; i < IPC_CLIENT_KEEP; i++) {
+            kept_conn *x = &keep.slot[i];
+            bool better = !idlest || (idlest->server_token && (!x->server_token || x->used < idlest->used));
+            if (!better || pthread_mutex_trylock(&x->lock) != 0) continue;
+            if (idlest) pthread_mutex_unlock(&idlest->lock);
+            idlest = x;
+        }
+        if (idlest) {
+            kept_close(idlest);
+            idlest->pid = h->pid;
+            idlest->server_token = h->server_token;
+            idlest->used = ++keep.clock;
+        }
+        pthread_mutex_unlock(&keep.lock);
+        return idlest;
+    }
+}
 
 /* Closes fds[0..n). */
 static void close_all(const int *fds, unsigned n) {
     for (unsigned i = 0; i < n; i++) close(fds[i]);
 }
 
-/* Connects to the server h names. The socket, or a negative gpu_error_t noted. */
-static int connect_to(const ipc_handle_fields *h) {
+/* Connects to the server h names, and sets *uid to the server's. The socket,
+ * or a negative gpu_error_t noted. */
+static int connect_to(const ipc_handle_fields *h, uint32_t *uid) {
     int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (c < 0) return gh_note(GPU_ERR_BACKEND, "IPC request: socket: %s", strerror(errno));
     struct timeval tv = {.tv_sec = IPC_CLIENT_TIMEOUT_MS / 1000, .tv_usec = (IPC_CLIENT_TIMEOUT_MS % 1000) * 1000};
@@ -70,12 +180,21 @@ static int connect_to(const ipc_handle_fields *h) {
         return gh_note(GPU_ERR_INVALID, "the socket named by the handle of pid %u is held by uid %u, not the "
                                         "exporter's uid %u", (unsigned)h->pid, (unsigned)cred.uid, (unsigned)h->uid);
     }
+    *uid = (uint32_t)cred.uid;
     return c;
 }
 
+/* How a request went on its connection, beside its result. */
+typedef struct exchange {
+    bool kept;    /* in: the connection served an earlier request */
+    bool stale;   /* out: a kept connection that its server had closed before this request (nothing noted) */
+    bool in_step; /* out: the reply was received whole, the connection can carry the next request */
+} exchange;
+
 /* Receives the reply's messages on c into reply and fds. On failure every fd
  * received is closed and *got is 0. */
-static int receive(int c, const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned max_fds, unsigned *got) {
+static int receive(int c, const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned max_fds, unsigned *got,
+                   exchange *x) {
     ipc_wire_reply m;
     union {
         char buf[CMSG_SPACE(sizeof(int) * IPC_CHUNK_FDS)];
@@ -108,6 +227,11 @@ static int receive(int c, const ipc_handle_fields *h, ipc_reply *reply, int *fds
                     else close(fd), overflow = true; /* cannot happen: they came in that buffer */
                 }
             }
+        }
+        if (first && (n == 0 || (n < 0 && e == ECONNRESET)) && x->kept) { /* closed since the last request */
+            x->stale = true;
+            err = GPU_ERR_BACKEND;
+            break;
         }
         if (first && (n == 0 || (n < 0 && e == ECONNRESET))) { /* its server stopped with us in the backlog */
             err = gh_note(GPU_ERR_INVALID, "the exporting process (pid %u) is gone: it closed the connection "
@@ -142,10 +266,10 @@ static int receive(int c, const ipc_handle_fields *h, ipc_reply *reply, int *fds
             reply->status = m.status;
             memcpy(reply->message, m.message, strnlen(m.message, sizeof reply->message - 1));
             if (m.status != GPU_OK) {
-                err = m.status < 0 && m.status >= IPC_STATUS_MIN && nin == 0 && m.nextents == 0
-                          ? gh_note(m.status, "the exporting process (pid %u) refused: %s", pid, reply->message)
-                          : gh_note(GPU_ERR_BACKEND, "the exporting process (pid %u) broke the IPC protocol (a "
-                                                     "refusal with status %d, %u fds)", pid, (int)m.status, nin);
+                x->in_step = m.status < 0 && m.status >= IPC_STATUS_MIN && nin == 0 && m.nextents == 0;
+                err = x->in_step ? gh_note(m.status, "the exporting process (pid %u) refused: %s", pid, reply->message)
+                                 : gh_note(GPU_ERR_BACKEND, "the exporting process (pid %u) broke the IPC protocol (a "
+                                                            "refusal with status %d, %u fds)", pid, (int)m.status, nin);
                 break;
             }
             if (m.nextents == 0 || m.nextents > IPC_MAX_EXTENTS) {
@@ -176,7 +300,10 @@ static int receive(int c, const ipc_handle_fields *h, ipc_reply *reply, int *fds
         memcpy(reply->extent_size + *got, m.extent_size, (size_t)m.count * sizeof(uint64_t));
         *got += nin;
         nin = 0;
-        if (*got == reply->nextents) break;
+        if (*got == reply->nextents) {
+            x->in_step = true;
+            break;
+        }
     }
     if (!err) {
         char why[128];
@@ -194,16 +321,9 @@ static int receive(int c, const ipc_handle_fields *h, ipc_reply *reply, int *fds
     return err;
 }
 
-int ipc_request(const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned max_fds, unsigned *nfds) {
-    if (!nfds) return gh_note(GPU_ERR_INVALID, "IPC request: NULL fd count");
-    *nfds = 0;
-    if (!h || !reply || (max_fds && !fds)) return gh_note(GPU_ERR_INVALID, "IPC request: NULL argument");
-    memset(reply, 0, sizeof *reply);
-    if (h->magic != IPC_HANDLE_MAGIC || h->version != IPC_HANDLE_VERSION || !h->pid || !h->server_token ||
-        !h->export_token)
-        return gh_note(GPU_ERR_INVALID, "IPC request: not a decoded handle (decode it with ipc_handle_decode)");
-    int c = connect_to(h);
-    if (c < 0) return c;
+/* Sends the request on c and receives the reply. */
+static int exchange_on(int c, const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned max_fds, unsigned *nfds,
+                       exchange *x) {
     ipc_wire_request q = {.magic = IPC_WIRE_REQUEST_MAGIC,
                           .version = IPC_WIRE_VERSION,
                           .server_token = h->server_token,
@@ -211,13 +331,85 @@ int ipc_request(const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned
     ssize_t n;
     do n = send(c, &q, sizeof q, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
-    int err;
+    if (n < 0 && x->kept && (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN)) {
+        x->stale = true; /* its server closed it since the last request */
+        return GPU_ERR_BACKEND;
+    }
     if (n != (ssize_t)sizeof q)
-        err = gh_note(GPU_ERR_BACKEND, "IPC request to pid %u: send: %s", (unsigned)h->pid,
-                      n < 0 ? strerror(errno) : "short");
-    else
-        err = receive(c, h, reply, fds, max_fds, nfds);
-    close(c);
+        return gh_note(GPU_ERR_BACKEND, "IPC request to pid %u: send: %s", (unsigned)h->pid,
+                       n < 0 ? strerror(errno) : "short");
+    return receive(c, h, reply, fds, max_fds, nfds, x);
+}
+
+/* The request on the kept connection to h's server (connected first when there
+ * is none, again once when it was stale); on a connection of its own when no
+ * slot is free. *reused: no connect was needed. */
+static int request(const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned max_fds, unsigned *nfds,
+                   bool *reused) {
+    if (!nfds) return gh_note(GPU_ERR_INVALID, "IPC request: NULL fd count");
+    *nfds = 0;
+    if (!h || !reply || (max_fds && !fds)) return gh_note(GPU_ERR_INVALID, "IPC request: NULL argument");
+    memset(reply, 0, sizeof *reply);
+    if (h->magic != IPC_HANDLE_MAGIC || h->version != IPC_HANDLE_VERSION || !h->pid || !h->server_token ||
+        !h->export_token)
+        return gh_note(GPU_ERR_INVALID, "IPC request: not a decoded handle (decode it with ipc_handle_decode)");
+    kept_conn *k = keep_take(h);
+    int err;
+    for (;;) {
+        exchange x = {.kept = k && k->fd >= 0};
+        int c;
+        if (x.kept) {
+            c = k->fd;
+            if (k->peer_uid != h->uid) { /* the handle says another uid than the one connected */
+                err = gh_note(GPU_ERR_INVALID, "the socket named by the handle of pid %u is held by uid %u, not the "
+                                               "exporter's uid %u", (unsigned)h->pid, (unsigned)k->peer_uid,
+                              (unsigned)h->uid);
+                break;
+            }
+        } else {
+            uint32_t uid = 0;
+            if ((c = connect_to(h, &uid)) < 0) {
+                err = c;
+                break;
+            }
+            if (k) {
+                k->fd = c;
+                k->peer_uid = uid;
+                atomic_fetch_add(&kept_fds, 1);
+            }
+        }
+        *reused = x.kept;
+        memset(reply, 0, sizeof *reply);
+        err = exchange_on(c, h, reply, fds, max_fds, nfds, &x);
+        if (!k || !x.in_step) { /* a connection of its own, or one out of step */
+            if (k) kept_close(k);
+            else close(c);
+        }
+        if (!x.stale) break;
+    }
+    if (k) pthread_mutex_unlock(&k->lock);
     if (err && !reply->status) reply->status = err;
     return err;
+}
+
+int ipc_request(const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned max_fds, unsigned *nfds) {
+    uint64_t t0 = trace_begin();
+    bool reused = false;
+    int rc = request(h, reply, fds, max_fds, nfds, &reused);
+    if (t0)
+        trace_record(t0, &(trace_event){.op = TRACE_IPC_REQUEST, .size = h ? h->size : 0, .arg = nfds ? *nfds : 0,
+                                         .flags = reused, .rc = (int8_t)rc});
+    return rc;
+}
+
+unsigned ipc_client_kept(void) { return atomic_load(&kept_fds); }
+
+void ipc_client_disconnect(void) {
+    pthread_once(&keep_once, keep_init);
+    for (unsigned i = 0; i < IPC_CLIENT_KEEP; i++) {
+        kept_conn *k = &keep.slot[i];
+        pthread_mutex_lock(&k->lock); /* after the request on it, if one runs */
+        kept_close(k);
+        pthread_mutex_unlock(&k->lock);
+    }
 }

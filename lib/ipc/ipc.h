@@ -25,8 +25,10 @@
 
 #define IPC_MAX_EXTENTS 1024u   /* extents behind one block that a reply may carry */
 #define IPC_MESSAGE_BYTES 160u  /* a refusal's reason, as the exporter wrote it */
-#define IPC_SERVER_TIMEOUT_MS 2000 /* the server's patience with one peer's send or receive */
+#define IPC_SERVER_TIMEOUT_MS 2000 /* the server's patience with one peer's send */
 #define IPC_CLIENT_TIMEOUT_MS 30000 /* a client's patience with the server's reply */
+#define IPC_SERVER_CONNS 64 /* connections a server holds open; a new one closes the idlest */
+#define IPC_CLIENT_KEEP 8   /* connections an importer keeps, one per server; a new one closes the least recent */
 
 /* What an exporter says about a block: its place in its extents, and each
  * extent (one fd each, in order, beside the reply). */
@@ -65,8 +67,9 @@ void ipc_server_set_lookup(ipc_lookup_fn lookup, void *arg);
 int ipc_server_handle(uint64_t export_token, uint64_t size, ipc_handle_fields *h);
 
 /* Stops the server: no new connection is accepted, the request being answered
- * is finished (at most IPC_SERVER_TIMEOUT_MS per send or receive), the thread is
- * joined and every fd the server opened is closed. Handles given out before no
+ * is finished (at most IPC_SERVER_TIMEOUT_MS per send), the thread is joined and
+ * every fd the server opened is closed, its connections included (an importer
+ * that kept one hears "gone" at its next request). Handles given out before no
  * longer connect ("gone"). No-op when none runs. When two threads stop at once,
  * one waits for the thread and the other may return first. Call it before the
  * lookup's state goes away (tests, the end of the process); never from the
@@ -76,7 +79,7 @@ void ipc_server_stop(void);
 /* What the server has done since this process (or fork child) started. */
 typedef struct ipc_server_counts {
     uint64_t starts;        /* servers started */
-    uint64_t connections;   /* connections accepted */
+    uint64_t connections;   /* connections accepted (an importer keeps its own for many requests) */
     uint64_t served;        /* replies with extents sent whole */
     uint64_t refused_uid;   /* peers of another uid, refused */
     uint64_t refused_lookup; /* requests the lookup refused (or no lookup set) */
@@ -84,6 +87,10 @@ typedef struct ipc_server_counts {
     uint64_t failed;        /* replies not delivered: the peer left, a timeout, a bad lookup reply */
 } ipc_server_counts;
 void ipc_server_get_counts(ipc_server_counts *out);
+
+/* The connections the server of this process holds open now (an fd each;
+ * importers keep theirs between requests): for tests that count fds. */
+unsigned ipc_server_connections(void);
 
 /* ---- client.c: the importing side ---------------------------------------- */
 
@@ -96,7 +103,18 @@ void ipc_server_get_counts(ipc_server_counts *out);
  *   extents, or the reply does not fit h;
  *   GPU_ERR_BACKEND — a socket call failed, the exporter broke the protocol or
  *   sent no reply within IPC_CLIENT_TIMEOUT_MS, or fds were lost on the way (this
- *   process's RLIMIT_NOFILE). Blocks until the reply; takes no lock. */
+ *   process's RLIMIT_NOFILE). Blocks until the reply. The connection is kept for
+ *   the next request to the same server (client.c): requests of this process to
+ *   one server go one at a time, holding that connection's lock; no other lock. */
 int ipc_request(const ipc_handle_fields *h, ipc_reply *reply, int *fds, unsigned max_fds, unsigned *nfds);
+
+/* The connections this process keeps open to servers (an fd each): for tests
+ * that count fds. */
+unsigned ipc_client_kept(void);
+
+/* Closes every kept connection (each after the request on it, if one runs);
+ * the next request connects afresh. For tests, and a process that wants its fds
+ * back; never needed for correctness. */
+void ipc_client_disconnect(void);
 
 #endif /* GPUHEAP_IPC_H */

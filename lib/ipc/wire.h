@@ -2,8 +2,11 @@
  * wire.h — what travels on an IPC connection (wire.c), shared by the server
  * (server.c) and the client (client.c) and by nothing else.
  *
- * A connection carries one request and one reply. The socket is SOCK_SEQPACKET,
- * so each message arrives whole or not at all and in order. The request names
+ * A connection carries one request and its reply, then the next request and
+ * its reply, and so on: the importer keeps it (client.c), and never sends a
+ * request before the reply to the last one is whole. An importer that closes
+ * after one reply (an earlier build) is served the same. The socket is
+ * SOCK_SEQPACKET, so each message arrives whole or not at all and in order. The request names
  * the export; the reply is one message for a refusal, and for a block one
  * message per IPC_CHUNK_FDS extents, each carrying its extents' sizes and, as
  * SCM_RIGHTS, their fds (Linux takes at most 253 fds per message). Every chunk

@@ -20,22 +20,32 @@
  *   t_ns     nanoseconds from the trace's start to the call's start
  *   tid      the calling thread's Linux thread id
  *   op       calls: malloc free realloc protect trim (map_file sync_file
- *            unmap_file: file.c; pause resume: one line per heap of a tag);
- *            backend calls behind them: reserve unreserve create release map
- *            unmap access fence copy memset (readers skip names they do not know)
+ *            unmap_file: file.c; pause resume: one line per heap of a tag;
+ *            ipc_open ipc_close: blocks of other processes); backend calls
+ *            behind them: reserve unreserve create release map unmap access
+ *            fence copy memset export import; the IPC transport's phases:
+ *            ipc_request (an importer's round trip, connect or send to whole
+ *            reply), ipc_lookup (the exporter's answer to one request, its
+ *            exports included) (readers skip names they do not know)
  *   heap     the heap's reservation base, 0x-hex (identifies the heap)
  *   stream   the CUDA stream of a stream-ordered call, 0x-hex; 0x0 for none
  *   addr     the block or range the call takes, 0x-hex (0x0 when none; pause,
  *            resume: the heap's base)
  *   size     bytes: requested size (malloc, new size for realloc), range size
- *            (protect, map, unmap, access, copy, memset, reserve, create),
- *            keep_bytes (trim), physical bytes paused or mapped again (pause, resume)
+ *            (protect, map, unmap, access, copy, memset, reserve, create,
+ *            import), keep_bytes (trim), physical bytes paused or mapped again
+ *            (pause, resume), the shared block's size (ipc_open, ipc_request,
+ *            ipc_lookup)
  *   arg      malloc: alignment; protect, access: gpu_prot_t; reserve:
- *            granularity; memset: the byte; otherwise 0
- *   flags    malloc: GPU_ALLOC_* bits; pause: GPU_PAUSE_* bits; otherwise 0
- *   result   the pointer returned (malloc, realloc), the range reserved
- *            (reserve), the destination (copy), the physical handle (create,
- *            release), 0x-hex; 0x0 otherwise
+ *            granularity; memset: the byte; ipc_request, ipc_lookup: the
+ *            extents (fds) carried; export: 1 when answered with a dup of
+ *            the fd the door kept (no driver call); otherwise 0
+ *   flags    malloc: GPU_ALLOC_* bits; pause: GPU_PAUSE_* bits; ipc_request: 1
+ *            when the request went on a connection kept from an earlier one
+ *            (no connect); otherwise 0
+ *   result   the pointer returned (malloc, realloc, ipc_open), the range
+ *            reserved (reserve), the destination (copy), the physical handle
+ *            (create, release, export, import), 0x-hex; 0x0 otherwise
  *   rc       0 or the negative gpu_error_t the call returned
  *   dur_ns   how long the call took, nanoseconds
  *
@@ -76,6 +86,8 @@ static const char *const op_names[TRACE_OP_COUNT] = {
     [TRACE_MAP_FILE] = "map_file", [TRACE_SYNC_FILE] = "sync_file", [TRACE_UNMAP_FILE] = "unmap_file",
     [TRACE_CREATE] = "create",   [TRACE_RELEASE] = "release", [TRACE_ACCESS] = "access",
     [TRACE_PAUSE] = "pause",     [TRACE_RESUME] = "resume",
+    [TRACE_EXPORT] = "export",   [TRACE_IMPORT] = "import",   [TRACE_IPC_OPEN] = "ipc_open",
+    [TRACE_IPC_CLOSE] = "ipc_close", [TRACE_IPC_REQUEST] = "ipc_request", [TRACE_IPC_LOOKUP] = "ipc_lookup",
 };
 
 /* A buffer of records: a thread's current one, queued for the writer, or free. */

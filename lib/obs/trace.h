@@ -22,6 +22,10 @@ typedef enum trace_op {
     TRACE_MAP_FILE, TRACE_SYNC_FILE, TRACE_UNMAP_FILE, /* lib/file: addr = mapping, size = length, arg = file offset */
     TRACE_CREATE, TRACE_RELEASE, TRACE_ACCESS, /* backend/door.c: physical memory made, given back; access set */
     TRACE_PAUSE, TRACE_RESUME, /* api/region.c: a tag's heap paused or resumed; addr = heap, size = bytes, flags = backup */
+    TRACE_EXPORT, TRACE_IMPORT, /* backend/door.c: a handle made an fd for another process; an fd made a handle */
+    TRACE_IPC_OPEN, TRACE_IPC_CLOSE, /* api/ipc.c: gpu_ipc_open_mem_handle, gpu_ipc_close_mem_handle */
+    TRACE_IPC_REQUEST, /* ipc/client.c: an importer's request, sent until its reply is whole */
+    TRACE_IPC_LOOKUP,  /* ipc/server.c: the exporter's lookup of one request (its exports included) */
     TRACE_OP_COUNT
 } trace_op;
 

@@ -179,6 +179,7 @@ void cuda_ipc_probe(cuda_backend *cb, const gpu_config_t *cfg) {
         if (r == CUDA_SUCCESS || r == CUDA_ERROR_OUT_OF_MEMORY) {
             cb->handle_types = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
             caps->exportable = true;
+            caps->cache_exports = true; /* door.c keeps the fd: one driver export per handle */
             caps->ipc_note[0] = '\0';
             return;
         }
