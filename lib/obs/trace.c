@@ -9,45 +9,16 @@
  * that path. A full buffer (TRACE_BATCH records) is handed to a writer thread,
  * which turns it into text and writes it; the thread takes an empty one and goes
  * on. Stopping the trace (or the process's exit) flushes what every thread has
- * buffered. The hooks run after the heap has released its lock (api.c) or in the
- * backend door (backend_call.c), which holds no heap lock, and touch only trace
+ * buffered. The hooks run after the heap has released its lock (lib/api) or in
+ * the backend door (lib/backend/door.c), which holds no heap lock, and touch only trace
  * state, so tracing can never deadlock with a heap.
  *
  * The file is text, one event a line, columns separated by one space:
  *
  *     t_ns tid op heap stream addr size arg flags result rc dur_ns
  *
- *   t_ns     nanoseconds from the trace's start to the call's start
- *   tid      the calling thread's Linux thread id
- *   op       calls: malloc free realloc protect trim (map_file sync_file
- *            unmap_file: file.c; pause resume: one line per heap of a tag;
- *            ipc_open ipc_close: blocks of other processes); backend calls
- *            behind them: reserve unreserve create release map unmap access
- *            fence copy memset export import; the IPC transport's phases:
- *            ipc_request (an importer's round trip, connect or send to whole
- *            reply), ipc_lookup (the exporter's answer to one request, its
- *            exports included) (readers skip names they do not know)
- *   heap     the heap's reservation base, 0x-hex (identifies the heap)
- *   stream   the CUDA stream of a stream-ordered call, 0x-hex; 0x0 for none
- *   addr     the block or range the call takes, 0x-hex (0x0 when none; pause,
- *            resume: the heap's base)
- *   size     bytes: requested size (malloc, new size for realloc), range size
- *            (protect, map, unmap, access, copy, memset, reserve, create,
- *            import), keep_bytes (trim), physical bytes paused or mapped again
- *            (pause, resume), the shared block's size (ipc_open, ipc_request,
- *            ipc_lookup)
- *   arg      malloc: alignment; protect, access: gpu_prot_t; reserve:
- *            granularity; memset: the byte; ipc_request, ipc_lookup: the
- *            extents (fds) carried; export: 1 when answered with a dup of
- *            the fd the door kept (no driver call); otherwise 0
- *   flags    malloc: GPU_ALLOC_* bits; pause: GPU_PAUSE_* bits; ipc_request: 1
- *            when the request went on a connection kept from an earlier one
- *            (no connect); otherwise 0
- *   result   the pointer returned (malloc, realloc, ipc_open), the range
- *            reserved (reserve), the destination (copy), the physical handle
- *            (create, release, export, import), 0x-hex; 0x0 otherwise
- *   rc       0 or the negative gpu_error_t the call returned
- *   dur_ns   how long the call took, nanoseconds
+ * Each column's meaning per op is in README.md ("Trace format"), the one place
+ * it is written down; trace.h's enum names the ops and the line under each.
  *
  * Lines starting with '#' are comments; the first says "# gpuheap trace 1".
  * Each thread's lines come in batches, so the file as a whole is not in time
