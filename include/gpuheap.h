@@ -95,7 +95,8 @@ typedef struct gpu_config_t {
     int device;                  /* CUDA device ordinal (CUDA backend) */
     size_t reserve_bytes;        /* VA to reserve; 0 = as much as granted up to 64 TiB (host: 1 TiB), halving on refusal */
     size_t release_threshold;    /* idle bytes kept mapped before the heap gives memory back; SIZE_MAX = keep all */
-    size_t host_budget;          /* host backend: physical bytes it may create; 0 = unlimited */
+    size_t host_budget;          /* host backend: physical bytes the host heaps of its device may hold together
+                                  * (a device's memory is shared); 0 = unlimited */
     size_t host_granularity;     /* host backend: mapping granularity; 0 = 2 MiB like the GPU */
     int verbose;                 /* 0 quiet, 1 errors to stderr, 2 also slow-path events */
     size_t thread_cache;         /* bytes of small free blocks each thread may keep for itself (at most release_threshold); 0 = no thread caches */

@@ -176,7 +176,8 @@ void cuda_loader_use_dlsym(void *(*real_dlsym)(void *handle, const char *name));
 /* Host-backend facts for tests: physical bytes created and not yet released,
  * live handles (imported ones included), live mappings and live reservations. */
 typedef struct vmm_host_counts {
-    size_t physical_bytes;
+    size_t physical_bytes;   /* created by this backend and not yet released */
+    size_t device_bytes;     /* the same, of every host backend of its device: what the budget caps */
     size_t handles;
     size_t mappings;
     size_t reservations;
