@@ -546,7 +546,8 @@ int gpu_pause(const char *tag, unsigned flags);
  * the contents are undefined. Blocks freed while paused stay free, and memory
  * that no live block uses any more is not mapped again. Resuming a running tag
  * does nothing and returns GPU_OK. Errors: GPU_ERR_INVALID (bad tag),
- * GPU_ERR_OUT_OF_MEMORY (the device, or the limit below, has no room) or
+ * GPU_ERR_OUT_OF_MEMORY (the device, or the limit below, has no room, even
+ * after the other default and tag heaps gave their idle memory back) or
  * GPU_ERR_BACKEND: then everything this call mapped is given back, the tag stays
  * paused with its backup, and a later gpu_resume can succeed. */
 int gpu_resume(const char *tag);
@@ -561,9 +562,11 @@ int gpu_tag_stats(const char *tag, gpu_stats_t *out);
  * unless GPUHEAP_LIMIT=SIZE (read when the first heap opens) sets one. Memory
  * held above a lowered cap stays; new memory is refused until the heaps are
  * below it. A heap that would pass the cap first gives its idle memory back,
- * then fails with GPU_ERR_OUT_OF_MEMORY (the message names the cap). Under the
- * interposer, cudaMemGetInfo and cuMemGetInfo report min(total, cap) as total
- * and the room left under the cap (never more than the driver's free) as free.
+ * then has the device's other default and tag heaps give theirs (out of device
+ * memory does the same), then fails with GPU_ERR_OUT_OF_MEMORY (the message
+ * names the cap). Under the interposer, cudaMemGetInfo and cuMemGetInfo report
+ * min(total, cap) as total and the room left under the cap (never more than the
+ * driver's free) as free.
  * Returns GPU_OK. Thread-safe. */
 int gpu_set_limit(size_t bytes);
 /* The cap in force: SIZE_MAX when there is none. */
