@@ -183,6 +183,8 @@ typedef struct vmm_host_counts {
     size_t reservations;
     size_t imported_bytes;   /* handles made by import_fd and not yet released: their bytes and count */
     size_t imported_handles;
+    size_t staging_allocs;   /* staging_alloc calls that succeeded (pinned memory on a GPU) */
+    size_t staging_bytes;    /* staging memory allocated and not yet freed */
     size_t grants;           /* successful grant calls (peer access) */
     uint64_t granted_devices; /* the devices those calls named, one bit each (ordinals < 64) */
 } vmm_host_counts;

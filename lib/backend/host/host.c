@@ -138,6 +138,8 @@ void vmm_host_counts_get(vmm_backend *b, vmm_host_counts *out) {
     pthread_mutex_lock(&hb->lock);
     out->physical_bytes = hb->physical;
     out->device_bytes = host_device_bytes(hb);
+    out->staging_allocs = hb->staging_allocs;
+    out->staging_bytes = hb->staging_bytes;
     out->handles = hb->live_handles;
     out->mappings = hb->nmaps;
     out->reservations = hb->nres;

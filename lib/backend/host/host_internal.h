@@ -62,6 +62,7 @@ typedef struct host_backend {
     host_reservation *res;
     size_t nres, cap_res;
 
+    size_t staging_allocs, staging_bytes; /* staging memory: allocations made, bytes not yet freed */
     size_t grants;            /* peer access: successful grant calls, and the devices they named */
     uint64_t granted_devices;
 
