@@ -620,6 +620,93 @@ static void test_resume_refusals_undo(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* ---- the backup's pinned buffer ------------------------------------------------------ */
+
+/* Pinned memory took ~600 ms per GiB to allocate on the H200, 30x the copy: the
+ * buffer a backup used is kept for the heap's next pause, replaced only by a
+ * larger one, freed by a trim. The host backend counts its staging allocations. */
+static vmm_host_counts counts_of(gpu_heap_t *h) {
+    vmm_host_counts c;
+    vmm_host_counts_get(h->door.b, &c);
+    return c;
+}
+
+static void test_pinned_buffer_serves_every_pause_until_trimmed(void **state) {
+    (void)state;
+    const char *T = "pinned";
+    enum { N = 40 };
+    void *small[N];
+    for (int i = 0; i < N; i++) { /* live pieces with gaps, small and large (joined into fewer copies) */
+        small[i] = gpu_malloc_tagged(i % 5 == 4 ? 300 * KiB : (size_t)(1000 + 37 * i), T);
+        assert_non_null(small[i]);
+    }
+    for (int i = 0; i < N; i += 2) ASSERT_OK(gpu_free(small[i]));
+    void *big = gpu_malloc_tagged(9 * MiB, T);
+    assert_non_null(big);
+    gpu_heap_t *h = heap_of(big);
+    for (int i = 1; i < N; i += 2) block_fill(small[i], gpu_malloc_usable_size(small[i]), 300 + i);
+    block_fill(big, 9 * MiB, 299);
+    size_t allocs = counts_of(h).staging_allocs;
+    size_t pinned = 0;
+    for (int cycle = 0; cycle < 3; cycle++) {
+        ASSERT_OK(gpu_pause(T, GPU_PAUSE_BACKUP));
+        gpu_stats_t p = tag_stats(T);
+        assert_true(p.backup_bytes >= p.live_bytes);
+        assert_true(p.backup_pinned_bytes >= p.backup_bytes);
+        if (!cycle) pinned = p.backup_pinned_bytes;
+        assert_int_equal(p.backup_pinned_bytes, pinned);
+        assert_int_equal(counts_of(h).staging_allocs, allocs + 1); /* one buffer, allocated by the first pause */
+        CHECK_HEAP(h);
+        ASSERT_OK(gpu_resume(T));
+        gpu_stats_t r = tag_stats(T);
+        assert_int_equal(r.backup_bytes, 0);                /* it holds no contents */
+        assert_int_equal(r.backup_pinned_bytes, pinned);    /* but stays for the next pause */
+        assert_int_equal(counts_of(h).staging_bytes, pinned);
+        for (int i = 1; i < N; i += 2) BLOCK_CHECK(small[i], gpu_malloc_usable_size(small[i]), 300 + i);
+        BLOCK_CHECK(big, 9 * MiB, 299);
+        CHECK_HEAP(h);
+    }
+    /* A pause without backup leaves the buffer alone. */
+    ASSERT_OK(gpu_pause(T, 0));
+    ASSERT_OK(gpu_resume(T));
+    assert_int_equal(tag_stats(T).backup_pinned_bytes, pinned);
+    for (int i = 1; i < N; i += 2) block_fill(small[i], gpu_malloc_usable_size(small[i]), 300 + i); /* lost: again */
+    block_fill(big, 9 * MiB, 299);
+    /* A trim while paused keeps the backup; one while running frees the buffer. */
+    ASSERT_OK(gpu_pause(T, GPU_PAUSE_BACKUP));
+    ASSERT_OK(gpu_tag_trim(T, 0));
+    assert_int_equal(tag_stats(T).backup_pinned_bytes, pinned);
+    ASSERT_OK(gpu_resume(T));
+    BLOCK_CHECK(big, 9 * MiB, 299);
+    ASSERT_OK(gpu_tag_trim(T, 0));
+    assert_int_equal(tag_stats(T).backup_pinned_bytes, 0);
+    assert_int_equal(counts_of(h).staging_bytes, 0);
+    assert_int_equal(counts_of(h).staging_allocs, allocs + 1);
+    /* A larger backup replaces the buffer: the old one goes first. */
+    ASSERT_OK(gpu_pause(T, GPU_PAUSE_BACKUP));
+    ASSERT_OK(gpu_resume(T));
+    void *more = gpu_malloc_tagged(20 * MiB, T);
+    assert_non_null(more);
+    block_fill(more, 20 * MiB, 298);
+    ASSERT_OK(gpu_pause(T, GPU_PAUSE_BACKUP));
+    gpu_stats_t p = tag_stats(T);
+    assert_true(p.backup_pinned_bytes >= pinned + 20 * MiB);
+    assert_int_equal(counts_of(h).staging_allocs, allocs + 3);
+    assert_int_equal(counts_of(h).staging_bytes, p.backup_pinned_bytes); /* the smaller one was freed */
+    ASSERT_OK(gpu_resume(T));
+    BLOCK_CHECK(more, 20 * MiB, 298);
+    BLOCK_CHECK(big, 9 * MiB, 299);
+    for (int i = 1; i < N; i += 2) BLOCK_CHECK(small[i], gpu_malloc_usable_size(small[i]), 300 + i);
+    ASSERT_OK(gpu_free(more));
+    ASSERT_OK(gpu_free(big));
+    for (int i = 1; i < N; i += 2) ASSERT_OK(gpu_free(small[i]));
+    ASSERT_ERROR(gpu_tag_trim("", 0), GPU_ERR_INVALID);
+    ASSERT_OK(gpu_tag_trim("never-named-for-trim", 0)); /* nothing to trim */
+    ASSERT_OK(gpu_tag_trim(NULL, 0));                   /* every tag */
+    assert_int_equal(counts_of(h).staging_bytes, 0);
+    CHECK_ALL(h);
+}
+
 /* ---- the cap ----------------------------------------------------------------------- */
 
 static void test_cap_gives_idle_back_then_refuses(void **state) {
@@ -833,6 +920,7 @@ int main(void) {
         cmocka_unit_test(test_resume_takes_back_what_the_default_heap_freed_under_the_cap),
         cmocka_unit_test(test_resume_takes_back_what_the_default_heap_freed_under_the_budget),
         cmocka_unit_test(test_resume_refusals_undo),
+        cmocka_unit_test(test_pinned_buffer_serves_every_pause_until_trimmed),
         cmocka_unit_test(test_cap_gives_idle_back_then_refuses),
         cmocka_unit_test(test_twenty_cycles_stay_flat),
         cmocka_unit_test(test_pause_beside_threads),

@@ -204,8 +204,12 @@ void handle_drop(gpu_heap_t *h, vmm_handle hd, size_t size);
 /* While another thread pauses or resumes h, waits (lock dropped meanwhile) until
  * it has done: frees, releases and peer grants wait instead of failing. */
 void heap_settle_locked(gpu_heap_t *h);
-/* heap_close: the backup of a paused heap goes with it. Lock not held. */
+/* heap_close: the backup of a paused heap, or the pinned buffer kept for the
+ * next pause, goes with it. Lock not held. */
 void heap_pause_close(gpu_heap_t *h);
+/* gpu_heap_trim: the pinned buffer a resume kept for the next pause's backup is
+ * freed (not while paused: it holds the contents). Lock not held. */
+void heap_backup_trim(gpu_heap_t *h);
 
 /* ---- events.c: FIFOs of events and what each covers -------------------------- */
 
