@@ -5,7 +5,10 @@ For each size (1, 16, 64 GiB by default) on GPU 0, in one process:
 
   gpuheap, backup      gpu_pause(tag, GPU_PAUSE_BACKUP) then gpu_resume(tag) of one
                        tagged block, each followed by a device sync; the contents
-                       are checked after every resume
+                       are checked after every resume. The first cycle allocates
+                       the pinned buffer (and is reported apart); the heap keeps
+                       it, so the --reps steady cycles after it copy only
+                       (gpuheap.trim(tag=...) frees it at the end)
   gpuheap, no backup   the same without GPU_PAUSE_BACKUP (contents not kept)
   cudart, copy         what a program does by hand: copy to a pinned host buffer +
                        cudaFree ("pause"), cudaMalloc + copy back ("resume"); the
@@ -15,7 +18,7 @@ For each size (1, 16, 64 GiB by default) on GPU 0, in one process:
                        size with the pinned buffer: the ceiling for a backup
 
 and reports milliseconds per GiB, GiB/s for the copying ones and their ratio to
-the pinned bandwidth. A benchmark, not a test: it checks only that the bytes
+the pinned bandwidth (steady cycles; the backup's first cycle on a line of its own). A benchmark, not a test: it checks only that the bytes
 come back. Run it plainly, NOT under gpuheap-run (cudaMalloc must be the
 driver's); it uses the package (python/gpuheap, bound to the build tree's
 library or GPUHEAP_LIB) and the CUDA runtime through ctypes (libcudart:
@@ -80,15 +83,24 @@ def gibps(ms_list, nbytes):
     return (nbytes / GiB) / (ms / 1e3) if ms > 0 else float("inf")
 
 
+def first_and_steady(ms_list):
+    """A backup's cycles: the first (it allocates the pinned buffer) and the rest
+    (the buffer kept); with one cycle only, it is both."""
+    return ms_list[:1], ms_list[1:] or ms_list[:1]
+
+
 def summarize(nbytes, raw):
-    """Derived figures of one size's raw timings (lists of ms): per GiB, GiB/s, ratios."""
+    """Derived figures of one size's raw timings (lists of ms): per GiB, GiB/s, ratios.
+    A backup's figures are its steady cycles', its first cycle's apart (first_*)."""
     out = {}
     if "backup" in raw:
         b = raw["backup"]
-        out["backup"] = {"pause_ms_per_gib": per_gib(b["pause_ms"], nbytes),
-                         "resume_ms_per_gib": per_gib(b["resume_ms"], nbytes),
-                         "pause_gibps": gibps(b["pause_ms"], nbytes), "resume_gibps": gibps(b["resume_ms"], nbytes),
-                         "verified": b.get("verified")}
+        (p1, ps), (r1, rs) = first_and_steady(b["pause_ms"]), first_and_steady(b["resume_ms"])
+        out["backup"] = {"pause_ms_per_gib": per_gib(ps, nbytes), "resume_ms_per_gib": per_gib(rs, nbytes),
+                         "pause_gibps": gibps(ps, nbytes), "resume_gibps": gibps(rs, nbytes),
+                         "first_pause_ms_per_gib": per_gib(p1, nbytes), "first_resume_ms_per_gib": per_gib(r1, nbytes),
+                         "first_pause_gibps": gibps(p1, nbytes), "first_resume_gibps": gibps(r1, nbytes),
+                         "steady_cycles": len(b["pause_ms"]) - 1, "verified": b.get("verified")}
     if "nobackup" in raw:
         n = raw["nobackup"]
         out["nobackup"] = {"pause_ms_per_gib": per_gib(n["pause_ms"], nbytes),
@@ -130,7 +142,13 @@ def lines(gib, s):
             p = s["pinned"]
             text += (f"; pinned D2H {p['d2h_gibps']:.1f}, H2D {p['h2d_gibps']:.1f} GiB/s "
                      f"({s['ratios']['pause_vs_d2h']:.2f}x, {s['ratios']['resume_vs_h2d']:.2f}x)")
+        if b.get("steady_cycles"):
+            text += f" [steady: {b['steady_cycles']} cycles, pinned buffer kept]"
         out.append(text)
+        if b.get("steady_cycles"):
+            out.append(f"{gib:>4} GiB backup, first cycle (pinned buffer allocated): pause "
+                       f"{b['first_pause_ms_per_gib']:7.2f} ms/GiB ({b['first_pause_gibps']:6.1f} GiB/s), resume "
+                       f"{b['first_resume_ms_per_gib']:7.2f} ms/GiB ({b['first_resume_gibps']:6.1f} GiB/s)")
     if "copy" in s:
         c = s["copy"]
         out.append(f"{gib:>4} GiB by hand:   copy out + cudaFree {c['out_ms_per_gib']:7.2f} ms/GiB, "
@@ -262,7 +280,7 @@ def bench_gpuheap(rt, gpuheap, n, reps, backup):
         rt.memset(p, 0x5A, n)
         rt.sync()
         pause_ms, resume_ms, verified = [], [], True
-        for _ in range(reps):
+        for _ in range(reps + 1 if backup else reps):  # with backup: the first cycle, then reps steady ones
             pause_ms.append(timed(lambda: gpuheap.pause(tag, backup=backup), rt.sync))
             resume_ms.append(timed(lambda: gpuheap.resume(tag), rt.sync))
             if backup:
@@ -273,6 +291,8 @@ def bench_gpuheap(rt, gpuheap, n, reps, backup):
         return res
     finally:
         gpuheap.free(p)
+        if gpuheap.library().has("gpu_tag_trim"):
+            gpuheap.trim(0, tag=tag)  # the tag's memory and its kept pinned buffer
         gpuheap.trim(0)  # the next measurement starts from the driver's memory
 
 
@@ -319,7 +339,7 @@ def bench_cudart(rt, n, reps):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="gpuheap pause/resume against cudaMalloc + copy + cudaFree")
     ap.add_argument("--sizes", default="1,16,64", help="GiB, comma-separated")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (a backup's: steady cycles after the first)")
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args(argv)
     sizes = parse_sizes(args.sizes)

@@ -95,7 +95,8 @@ typedef struct gpu_config_t {
     int device;                  /* CUDA device ordinal (CUDA backend) */
     size_t reserve_bytes;        /* VA to reserve; 0 = as much as granted up to 64 TiB (host: 1 TiB), halving on refusal */
     size_t release_threshold;    /* idle bytes kept mapped before the heap gives memory back; SIZE_MAX = keep all */
-    size_t host_budget;          /* host backend: physical bytes it may create; 0 = unlimited */
+    size_t host_budget;          /* host backend: physical bytes the host heaps of its device may hold together
+                                  * (a device's memory is shared); 0 = unlimited */
     size_t host_granularity;     /* host backend: mapping granularity; 0 = 2 MiB like the GPU */
     int verbose;                 /* 0 quiet, 1 errors to stderr, 2 also slow-path events */
     size_t thread_cache;         /* bytes of small free blocks each thread may keep for itself (at most release_threshold); 0 = no thread caches */
@@ -432,10 +433,12 @@ int gpu_ipc_close_mem_handle(void *ptr);
     X(ipc_exports, "blocks exported with gpu_ipc_get_mem_handle")                     \
     X(ipc_imports_open, "handles open in this process (gpu_ipc_open_mem_handle)")    \
     X(paused_bytes, "physical bytes of live blocks given back by gpu_pause")          \
-    X(backup_bytes, "pinned host bytes holding paused contents")
+    X(backup_bytes, "pinned host bytes holding paused contents")                     \
+    X(backup_pinned_bytes, "pinned host bytes the heap holds for backups: paused contents, or the buffer kept for the next pause (gpu_heap_trim frees it)")
 
-/* 5: extents_lost. 6: ipc_exports, ipc_imports_open. 7: paused_bytes, backup_bytes (memory control). */
-#define GPU_STATS_VERSION 7
+/* 5: extents_lost. 6: ipc_exports, ipc_imports_open. 7: paused_bytes, backup_bytes (memory control).
+ * 8: backup_pinned_bytes. */
+#define GPU_STATS_VERSION 8
 
 typedef struct gpu_stats_t {
     uint32_t version; /* GPU_STATS_VERSION */
@@ -459,8 +462,9 @@ int gpu_heap_stats_json(gpu_heap_t *heap, char *buf, size_t len);
 /* Empties the calling thread's cache of small freed blocks into the heap (other
  * threads empty theirs at their next allocation), waits for GPU work on
  * quarantined blocks (one device sync), then gives idle physical memory back to
- * the driver until at most keep_bytes stay idle. Only whole idle extents are
- * released. An extent whose release the driver refuses is mapped back and stays
+ * the driver until at most keep_bytes stay idle, and frees the pinned buffer a
+ * resume kept for the next pause (gpu_tag_trim reaches a tag's heaps). Only
+ * whole idle extents are released. An extent whose release the driver refuses is mapped back and stays
  * idle (the driver's error is returned); one it will not map back either is
  * given up and counted in extents_lost. */
 int gpu_heap_trim(gpu_heap_t *heap, size_t keep_bytes);
@@ -540,12 +544,15 @@ enum {
 int gpu_pause(const char *tag, unsigned flags);
 /* Maps new physical memory at the addresses of a paused tag (NULL: every paused
  * tag) with the access it had (owner and peers, gpu_protect's protection),
- * copies the backed-up bytes back (queued copies, then one wait) and frees the
- * backup. Pointers, and graphs captured over them, stay valid; without a backup
+ * copies the backed-up bytes back (queued copies, then one wait); the backup's
+ * pinned buffer is kept for the tag's next pause (allocating pinned memory costs
+ * far more than the copy) until gpu_tag_trim, or a larger backup replaces it.
+ * Pointers, and graphs captured over them, stay valid; without a backup
  * the contents are undefined. Blocks freed while paused stay free, and memory
  * that no live block uses any more is not mapped again. Resuming a running tag
  * does nothing and returns GPU_OK. Errors: GPU_ERR_INVALID (bad tag),
- * GPU_ERR_OUT_OF_MEMORY (the device, or the limit below, has no room) or
+ * GPU_ERR_OUT_OF_MEMORY (the device, or the limit below, has no room, even
+ * after the other default and tag heaps gave their idle memory back) or
  * GPU_ERR_BACKEND: then everything this call mapped is given back, the tag stays
  * paused with its backup, and a later gpu_resume can succeed. */
 int gpu_resume(const char *tag);
@@ -554,15 +561,23 @@ int gpu_resume(const char *tag);
  * named by a region or an allocation that has no heap on this device yet.
  * GPU_ERR_INVALID for a bad tag or out, or a tag never named. */
 int gpu_tag_stats(const char *tag, gpu_stats_t *out);
+/* gpu_heap_trim(heap, keep_bytes) on the heaps of a tag (NULL: of every tag), on
+ * every device: idle memory back to the driver, and the pinned buffer that a
+ * resume kept for the next pause's backup freed (a paused tag keeps its
+ * backup). A tag never used has nothing to trim. Errors: GPU_ERR_INVALID (bad
+ * tag), gpu_heap_trim's (the last one). */
+int gpu_tag_trim(const char *tag, size_t keep_bytes);
 
 /* Caps the physical memory all heaps of the process may hold on each device
  * (tagged and untagged together): bytes 0 or SIZE_MAX mean no cap, the default
  * unless GPUHEAP_LIMIT=SIZE (read when the first heap opens) sets one. Memory
  * held above a lowered cap stays; new memory is refused until the heaps are
  * below it. A heap that would pass the cap first gives its idle memory back,
- * then fails with GPU_ERR_OUT_OF_MEMORY (the message names the cap). Under the
- * interposer, cudaMemGetInfo and cuMemGetInfo report min(total, cap) as total
- * and the room left under the cap (never more than the driver's free) as free.
+ * then has the device's other default and tag heaps give theirs (out of device
+ * memory does the same), then fails with GPU_ERR_OUT_OF_MEMORY (the message
+ * names the cap). Under the interposer, cudaMemGetInfo and cuMemGetInfo report
+ * min(total, cap) as total and the room left under the cap (never more than the
+ * driver's free) as free.
  * Returns GPU_OK. Thread-safe. */
 int gpu_set_limit(size_t bytes);
 /* The cap in force: SIZE_MAX when there is none. */

@@ -18,6 +18,8 @@
 #include "backend/fault/fault.h"
 #include "core/internal.h"
 
+#define HOST_BUDGET ((size_t)1 << 30) /* GPUHEAP_HOST_BUDGET, set by main */
+
 /* The heap a pointer lives in. */
 static gpu_heap_t *heap_of(const void *p) {
     gpu_heap_t *h = registry_find_ptr((uintptr_t)p);
@@ -37,6 +39,19 @@ static gpu_stats_t tag_stats(const char *tag) {
     ASSERT_OK(gpu_tag_stats(tag, &s));
     assert_null(stats_broken(&s));
     return s;
+}
+
+/* Every lasting heap (the default heaps, the tags' heaps) gives its idle memory
+ * back, so that the count of physical memory is a baseline that out of memory's
+ * reclaim across heaps (backing.c) cannot lower: tags of earlier tests keep
+ * idle memory otherwise. Returns heap_cap_held(0). */
+static void trim_one(gpu_heap_t *h, void *arg) {
+    (void)arg;
+    assert_int_equal(heap_trim(h, 0), GPU_OK);
+}
+static size_t held_baseline(void) {
+    registry_each_lasting(trim_one, NULL);
+    return heap_cap_held(0);
 }
 
 /* The last error message the handler saw. */
@@ -444,7 +459,7 @@ static void test_resume_out_of_memory_keeps_paused(void **state) {
     gpu_heap_t *h = heap_of(p[0]);
     ASSERT_OK(gpu_pause(T, GPU_PAUSE_BACKUP));
     gpu_stats_t s0 = tag_stats(T);
-    size_t held = heap_cap_held(0);
+    size_t held = held_baseline();
     ASSERT_OK(gpu_set_limit(held + 10 * MiB)); /* room for one extent of three */
     gpu_set_error_handler(keep_message, NULL);
     ASSERT_ERROR(gpu_resume(T), GPU_ERR_OUT_OF_MEMORY);
@@ -468,6 +483,84 @@ static void test_resume_out_of_memory_keeps_paused(void **state) {
     CHECK_ALL(h);
 }
 
+/* ---- out of memory gives other heaps' idle memory back ------------------------- */
+
+/* What memctl_torch met on the H200: a tag paused, its memory used by the
+ * default heap and freed there (quarantined, idle: the default heap keeps it),
+ * then the resume. Under a cap with room for one of them, the resume has the
+ * default heap give that memory back and takes it. */
+static void test_resume_takes_back_what_the_default_heap_freed_under_the_cap(void **state) {
+    (void)state;
+    const char *T = "cross-cap";
+    enum { S = 24 * MiB };
+    void *t = gpu_malloc_tagged(S, T);
+    assert_non_null(t);
+    block_fill(t, S, 81);
+    gpu_heap_t *th = heap_of(t), *dflt = gpu_heap_default();
+    ASSERT_OK(gpu_pause(T, GPU_PAUSE_BACKUP));
+    size_t held = held_baseline();
+    ASSERT_OK(gpu_set_limit(held + S + 2 * MiB)); /* room for one of the two blocks */
+    void *u = gpu_malloc(S);                      /* in the memory the pause gave back */
+    assert_non_null(u);
+    assert_ptr_equal(heap_of(u), dflt);
+    block_fill(u, S, 82);
+    ASSERT_OK(gpu_free(u));
+    gpu_stats_t d0 = STATS(dflt);
+    assert_true(d0.idle_bytes + d0.quarantine_bytes >= S); /* the default heap keeps it */
+    assert_int_equal(heap_cap_held(0), held + S);
+    ASSERT_OK(gpu_resume(T));
+    gpu_stats_t d1 = STATS(dflt), s = tag_stats(T);
+    assert_true(d1.mapped_bytes + S <= d0.mapped_bytes); /* given back to make room */
+    assert_int_equal(s.paused_bytes, 0);
+    assert_int_equal(heap_cap_held(0), held + s.mapped_bytes);
+    BLOCK_CHECK(t, S, 81);
+    /* Both at once still do not fit: the cap refuses, naming itself. */
+    gpu_set_error_handler(keep_message, NULL);
+    assert_null(gpu_malloc(S));
+    ASSERT_LAST_ERROR(GPU_ERR_OUT_OF_MEMORY);
+    gpu_set_error_handler(NULL, NULL);
+    assert_non_null(strstr(last_message, "limit"));
+    ASSERT_OK(gpu_set_limit(0));
+    ASSERT_OK(gpu_free(t));
+    CHECK_ALL(th);
+    CHECK_ALL(dflt);
+}
+
+/* The same with the driver out of memory instead of the cap: the host budget
+ * (GPUHEAP_HOST_BUDGET, main sets it) is the device's memory, shared by every
+ * heap of the device, as on a GPU. Without backup, as memctl_torch's kv. */
+static void test_resume_takes_back_what_the_default_heap_freed_under_the_budget(void **state) {
+    (void)state;
+    const char *T = "cross-budget";
+    gpu_heap_t *dflt = gpu_heap_default();
+    size_t held = held_baseline();
+    vmm_host_counts c;
+    vmm_host_counts_get(dflt->door.b, &c);
+    assert_int_equal(c.device_bytes, held); /* every host heap of device 0 creates through the door */
+    assert_true(held < HOST_BUDGET / 4);
+    size_t S = (HOST_BUDGET - held) / 3 * 2 / (2 * MiB) * (2 * MiB); /* one fits beside what is held, two do not */
+    void *t = gpu_malloc_tagged(S, T);
+    assert_non_null(t);
+    gpu_heap_t *th = heap_of(t);
+    ASSERT_OK(gpu_pause(T, 0));
+    void *u = gpu_malloc(S);
+    assert_non_null(u);
+    ((volatile char *)u)[0] = 1, ((volatile char *)u)[S - 1] = 2;
+    ASSERT_OK(gpu_free(u));
+    vmm_host_counts_get(dflt->door.b, &c);
+    assert_int_equal(c.device_bytes, held + S);
+    size_t kept = STATS(dflt).mapped_bytes;
+    ASSERT_OK(gpu_resume(T)); /* the driver (the budget) refuses it first */
+    assert_true(STATS(dflt).mapped_bytes + S <= kept); /* given back to make room */
+    assert_int_equal(tag_stats(T).paused_bytes, 0);
+    ((volatile char *)t)[0] = 3, ((volatile char *)t)[S - 1] = 4; /* mapped again, writable */
+    vmm_host_counts_get(th->door.b, &c);
+    assert_true(c.device_bytes <= HOST_BUDGET);
+    ASSERT_OK(gpu_free(t));
+    CHECK_ALL(th);
+    CHECK_ALL(dflt);
+}
+
 /* The same through the core's own calls, with the driver refusing a map, an
  * upload, a protection: each undone, each retried. */
 static void test_resume_refusals_undo(void **state) {
@@ -488,7 +581,10 @@ static void test_resume_refusals_undo(void **state) {
     assert_int_equal(heap_pause(h, true, &bytes), GPU_OK);
     assert_true(bytes >= 12 * MiB);
     size_t paused = bytes;
-    /* (The wrapper lets transfers through: it does not count them.) */
+    /* (The wrapper lets transfers through: it does not count them.) The lasting
+     * heaps hold no idle memory, so a refused create is not tried again after
+     * they give theirs back (backing.c). */
+    (void)held_baseline();
     const int ops[] = {VMM_OP_CREATE, VMM_OP_MAP, VMM_OP_SET_ACCESS, VMM_OP_SET_ACCESS};
     const uint64_t nth[] = {2, 3, 2, 4}; /* the last: the protection set after the copies */
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
@@ -524,6 +620,93 @@ static void test_resume_refusals_undo(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* ---- the backup's pinned buffer ------------------------------------------------------ */
+
+/* Pinned memory took ~600 ms per GiB to allocate on the H200, 30x the copy: the
+ * buffer a backup used is kept for the heap's next pause, replaced only by a
+ * larger one, freed by a trim. The host backend counts its staging allocations. */
+static vmm_host_counts counts_of(gpu_heap_t *h) {
+    vmm_host_counts c;
+    vmm_host_counts_get(h->door.b, &c);
+    return c;
+}
+
+static void test_pinned_buffer_serves_every_pause_until_trimmed(void **state) {
+    (void)state;
+    const char *T = "pinned";
+    enum { N = 40 };
+    void *small[N];
+    for (int i = 0; i < N; i++) { /* live pieces with gaps, small and large (joined into fewer copies) */
+        small[i] = gpu_malloc_tagged(i % 5 == 4 ? 300 * KiB : (size_t)(1000 + 37 * i), T);
+        assert_non_null(small[i]);
+    }
+    for (int i = 0; i < N; i += 2) ASSERT_OK(gpu_free(small[i]));
+    void *big = gpu_malloc_tagged(9 * MiB, T);
+    assert_non_null(big);
+    gpu_heap_t *h = heap_of(big);
+    for (int i = 1; i < N; i += 2) block_fill(small[i], gpu_malloc_usable_size(small[i]), 300 + i);
+    block_fill(big, 9 * MiB, 299);
+    size_t allocs = counts_of(h).staging_allocs;
+    size_t pinned = 0;
+    for (int cycle = 0; cycle < 3; cycle++) {
+        ASSERT_OK(gpu_pause(T, GPU_PAUSE_BACKUP));
+        gpu_stats_t p = tag_stats(T);
+        assert_true(p.backup_bytes >= p.live_bytes);
+        assert_true(p.backup_pinned_bytes >= p.backup_bytes);
+        if (!cycle) pinned = p.backup_pinned_bytes;
+        assert_int_equal(p.backup_pinned_bytes, pinned);
+        assert_int_equal(counts_of(h).staging_allocs, allocs + 1); /* one buffer, allocated by the first pause */
+        CHECK_HEAP(h);
+        ASSERT_OK(gpu_resume(T));
+        gpu_stats_t r = tag_stats(T);
+        assert_int_equal(r.backup_bytes, 0);                /* it holds no contents */
+        assert_int_equal(r.backup_pinned_bytes, pinned);    /* but stays for the next pause */
+        assert_int_equal(counts_of(h).staging_bytes, pinned);
+        for (int i = 1; i < N; i += 2) BLOCK_CHECK(small[i], gpu_malloc_usable_size(small[i]), 300 + i);
+        BLOCK_CHECK(big, 9 * MiB, 299);
+        CHECK_HEAP(h);
+    }
+    /* A pause without backup leaves the buffer alone. */
+    ASSERT_OK(gpu_pause(T, 0));
+    ASSERT_OK(gpu_resume(T));
+    assert_int_equal(tag_stats(T).backup_pinned_bytes, pinned);
+    for (int i = 1; i < N; i += 2) block_fill(small[i], gpu_malloc_usable_size(small[i]), 300 + i); /* lost: again */
+    block_fill(big, 9 * MiB, 299);
+    /* A trim while paused keeps the backup; one while running frees the buffer. */
+    ASSERT_OK(gpu_pause(T, GPU_PAUSE_BACKUP));
+    ASSERT_OK(gpu_tag_trim(T, 0));
+    assert_int_equal(tag_stats(T).backup_pinned_bytes, pinned);
+    ASSERT_OK(gpu_resume(T));
+    BLOCK_CHECK(big, 9 * MiB, 299);
+    ASSERT_OK(gpu_tag_trim(T, 0));
+    assert_int_equal(tag_stats(T).backup_pinned_bytes, 0);
+    assert_int_equal(counts_of(h).staging_bytes, 0);
+    assert_int_equal(counts_of(h).staging_allocs, allocs + 1);
+    /* A larger backup replaces the buffer: the old one goes first. */
+    ASSERT_OK(gpu_pause(T, GPU_PAUSE_BACKUP));
+    ASSERT_OK(gpu_resume(T));
+    void *more = gpu_malloc_tagged(20 * MiB, T);
+    assert_non_null(more);
+    block_fill(more, 20 * MiB, 298);
+    ASSERT_OK(gpu_pause(T, GPU_PAUSE_BACKUP));
+    gpu_stats_t p = tag_stats(T);
+    assert_true(p.backup_pinned_bytes >= pinned + 20 * MiB);
+    assert_int_equal(counts_of(h).staging_allocs, allocs + 3);
+    assert_int_equal(counts_of(h).staging_bytes, p.backup_pinned_bytes); /* the smaller one was freed */
+    ASSERT_OK(gpu_resume(T));
+    BLOCK_CHECK(more, 20 * MiB, 298);
+    BLOCK_CHECK(big, 9 * MiB, 299);
+    for (int i = 1; i < N; i += 2) BLOCK_CHECK(small[i], gpu_malloc_usable_size(small[i]), 300 + i);
+    ASSERT_OK(gpu_free(more));
+    ASSERT_OK(gpu_free(big));
+    for (int i = 1; i < N; i += 2) ASSERT_OK(gpu_free(small[i]));
+    ASSERT_ERROR(gpu_tag_trim("", 0), GPU_ERR_INVALID);
+    ASSERT_OK(gpu_tag_trim("never-named-for-trim", 0)); /* nothing to trim */
+    ASSERT_OK(gpu_tag_trim(NULL, 0));                   /* every tag */
+    assert_int_equal(counts_of(h).staging_bytes, 0);
+    CHECK_ALL(h);
+}
+
 /* ---- the cap ----------------------------------------------------------------------- */
 
 static void test_cap_gives_idle_back_then_refuses(void **state) {
@@ -531,7 +714,7 @@ static void test_cap_gives_idle_back_then_refuses(void **state) {
     gpu_config_t cfg = host_config(16 * GiB, 0, 0);
     cfg.thread_cache = 0;
     gpu_heap_t *h = HEAP_CREATE(&cfg);
-    size_t held = heap_cap_held(0);
+    size_t held = held_baseline();
     ASSERT_OK(gpu_set_limit(held + 64 * MiB));
     void *a = gpu_heap_malloc(h, 32 * MiB);
     assert_non_null(a);
@@ -716,9 +899,11 @@ static void test_every_tag_and_peers(void **state) {
 }
 
 int main(void) {
-    /* Every heap on the host backend, the cap from the environment, small tag heaps. */
+    /* Every heap on the host backend, the cap and the device's memory from the
+     * environment, small tag heaps. */
     setenv("GPUHEAP_BACKEND", "host", 1);
     setenv("GPUHEAP_LIMIT", "3G", 1);
+    setenv("GPUHEAP_HOST_BUDGET", "1G", 1); /* HOST_BUDGET */
     setenv("GPUHEAP_RESERVE", "64G", 1);
     setenv("GPUHEAP_TAG_RESERVE", "64G", 1);
     const struct CMUnitTest tests[] = {
@@ -732,7 +917,10 @@ int main(void) {
         cmocka_unit_test(test_pause_of_a_tag_never_used),
         cmocka_unit_test(test_untagged_heap_is_not_affected),
         cmocka_unit_test(test_resume_out_of_memory_keeps_paused),
+        cmocka_unit_test(test_resume_takes_back_what_the_default_heap_freed_under_the_cap),
+        cmocka_unit_test(test_resume_takes_back_what_the_default_heap_freed_under_the_budget),
         cmocka_unit_test(test_resume_refusals_undo),
+        cmocka_unit_test(test_pinned_buffer_serves_every_pause_until_trimmed),
         cmocka_unit_test(test_cap_gives_idle_back_then_refuses),
         cmocka_unit_test(test_twenty_cycles_stay_flat),
         cmocka_unit_test(test_pause_beside_threads),

@@ -27,7 +27,7 @@ static void help(void) {
            "  GPUHEAP_BACKEND            cuda, host or auto (auto = cuda)\n"
            "  GPUHEAP_RESERVE            virtual address space to reserve\n"
            "  GPUHEAP_RELEASE_THRESHOLD  idle bytes kept mapped\n"
-           "  GPUHEAP_HOST_BUDGET        host backend: physical bytes it may create\n"
+           "  GPUHEAP_HOST_BUDGET        host backend: physical bytes of a device, all heaps\n"
            "  GPUHEAP_HOST_GRANULARITY   host backend: mapping granularity\n"
            "  GPUHEAP_THREAD_CACHE       bytes of small blocks each thread may keep\n"
            "  GPUHEAP_VERBOSE            1: every error to stderr\n"

@@ -129,9 +129,9 @@ int gh_heap_open_hidden(const gpu_config_t *cfg, gpu_heap_t **out) {
     config_process_init();
     gpu_heap_t *h;
     int rc = heap_open(cfg, &h);
+    if (rc == GPU_OK) h->is_default = true; /* lives as long as the process: before the registry lists it */
     if (rc == GPU_OK && (rc = registry_add(h)) != GPU_OK) heap_close(h);
     if (rc != GPU_OK) return rc;
-    h->is_default = true; /* lives as long as the process */
     *out = h;
     return GPU_OK;
 }

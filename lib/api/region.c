@@ -1,7 +1,7 @@
 /*
  * region.c — tags: which heap an allocation goes to, and the memory control
  * that works per tag (gpu_region_begin/end, gpu_malloc_tagged, gpu_pause,
- * gpu_resume, gpu_tag_stats).
+ * gpu_resume, gpu_tag_stats, gpu_tag_trim).
  *
  * A trainer and an inference engine on one GPU must hand each other the
  * device's memory and take it back with every pointer valid. The heap core can
@@ -216,4 +216,19 @@ int gpu_tag_stats(const char *name, gpu_stats_t *out) {
         return gh_ok();
     }
     return gpu_heap_stats(h, out);
+}
+
+int gpu_tag_trim(const char *name, size_t keep_bytes) {
+    int rc = name ? tag_check(name, "gpu_tag_trim") : GPU_OK;
+    if (rc != GPU_OK) return gh_report(rc);
+    tag *one = name ? tag_find(name) : NULL;
+    size_t n = one ? 1 : name ? 0 : atomic_load_explicit(&ntags, memory_order_acquire);
+    for (size_t i = 0; i < n; i++) {
+        tag *t = one ? one : &tags[i];
+        for (int d = 0; d < GH_DEVICES; d++) {
+            gpu_heap_t *h = atomic_load_explicit(&t->heap[d], memory_order_acquire);
+            if (h && gpu_heap_trim(h, keep_bytes) != GPU_OK) rc = gpu_last_error();
+        }
+    }
+    return rc == GPU_OK ? gh_ok() : rc;
 }

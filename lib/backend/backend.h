@@ -181,12 +181,15 @@ void cuda_loader_use_dlsym(void *(*real_dlsym)(void *handle, const char *name));
 /* Host-backend facts for tests: physical bytes created and not yet released,
  * live handles (imported ones included), live mappings and live reservations. */
 typedef struct vmm_host_counts {
-    size_t physical_bytes;
+    size_t physical_bytes;   /* created by this backend and not yet released */
+    size_t device_bytes;     /* the same, of every host backend of its device: what the budget caps */
     size_t handles;
     size_t mappings;
     size_t reservations;
     size_t imported_bytes;   /* handles made by import_fd and not yet released: their bytes and count */
     size_t imported_handles;
+    size_t staging_allocs;   /* staging_alloc calls that succeeded (pinned memory on a GPU) */
+    size_t staging_bytes;    /* staging memory allocated and not yet freed */
     size_t grants;           /* successful grant calls (peer access) */
     uint64_t granted_devices; /* the devices those calls named, one bit each (ordinals < 64) */
 } vmm_host_counts;

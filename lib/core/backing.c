@@ -24,10 +24,20 @@
  * keep the cap (gpu_set_limit, GPUHEAP_LIMIT): a count per device of the bytes
  * all heaps of the process hold, taken before a create and given back after a
  * release. A create that would pass the cap first has the heap give its idle
- * memory back (heap_reclaim_locked), once, then is refused as out of memory with
- * a message naming the cap; the allocation path then treats it as it treats the
- * driver's out of memory. An extent that gpu_pause gave back (pause.c) holds no
- * memory: giving it back again costs no driver call.
+ * memory back (heap_reclaim_locked), then the device's other lasting heaps
+ * theirs, asking the cap again after each, and is then refused as out of memory
+ * with a message naming the cap; the allocation path treats it as it treats the
+ * driver's out of memory. A create the driver refuses as out of memory has the
+ * other lasting heaps give their memory back too and is tried once more (the
+ * heap's own idle memory is its caller's to give: the allocation ladder, a
+ * commit; a resume has none). The lasting heaps — the default heaps and the
+ * tags' heaps, never destroyed — are the ones memory freed elsewhere in the
+ * process sits in: a pause gives a tag's memory back, the program fills it from
+ * the default heap and frees it, and without this the resume could not have it
+ * back. Every caller of the door holds no heap lock, so each heap's lock is taken
+ * alone, and the walk takes no registry lock (registry_each_lasting). An extent
+ * that gpu_pause gave back (pause.c) holds no memory: giving it back again costs
+ * no driver call.
  */
 #include <stdio.h>
 
@@ -70,22 +80,55 @@ static bool cap_take(gpu_heap_t *h, size_t size) {
 
 static void cap_give(gpu_heap_t *h, size_t size) { atomic_fetch_sub_explicit(held_of(h), size, memory_order_relaxed); }
 
+/* ---- out of memory across heaps ---------------------------------------------------- */
+
+typedef struct reclaim_walk {
+    const gpu_heap_t *self;
+    int device;
+    bool freed; /* some heap gave memory back */
+} reclaim_walk;
+
+/* registry_each_lasting's callback: a running lasting heap of the device, other
+ * than the one out of memory, gives its idle and quarantined memory back. */
+static void reclaim_one(gpu_heap_t *g, void *arg) {
+    reclaim_walk *w = arg;
+    if (g == w->self || g->door.b->caps.device != w->device || !heap_is_running(g)) return;
+    heap_lock(g);
+    size_t before = g->mapped_bytes;
+    if (heap_is_running(g)) (void)heap_reclaim_locked(g); /* a pause under way gives it back itself */
+    if (g->mapped_bytes < before) w->freed = true;
+    heap_unlock(g);
+}
+
+/* Out of memory in h: the device's other lasting heaps give their idle memory
+ * back, one lock at a time. True when any memory went back. Lock not held. */
+static bool reclaim_others(gpu_heap_t *h) {
+    reclaim_walk w = {.self = h, .device = h->door.b->caps.device};
+    registry_each_lasting(reclaim_one, &w);
+    return w.freed;
+}
+
 /* A create of size bytes, counted against the cap: past it, h's idle memory goes
- * back once and the cap is asked again. Lock not held. */
+ * back, then the other lasting heaps', the cap asked again after each; a driver
+ * out of memory has the others give theirs back and is tried once more. Lock
+ * not held. */
 static int create_counted(gpu_heap_t *h, size_t size, vmm_handle *out) {
-    if (!cap_take(h, size)) {
+    bool fits = cap_take(h, size);
+    if (!fits) {
         heap_lock(h);
         (void)heap_reclaim_locked(h);
         heap_unlock(h);
-        if (!cap_take(h, size)) {
-            size_t limit = heap_cap(), held = atomic_load(held_of(h));
-            return vmm_fail(h->door.b, GPU_ERR_OUT_OF_MEMORY,
-                            "%zu more bytes would pass the process's limit of %zu bytes of physical memory on device %d "
-                            "(gpu_set_limit, GPUHEAP_LIMIT; %zu held)",
-                            size, limit, h->door.b->caps.device, held);
-        }
+        fits = cap_take(h, size) || (reclaim_others(h) && cap_take(h, size));
+    }
+    if (!fits) {
+        size_t limit = heap_cap(), held = atomic_load(held_of(h));
+        return vmm_fail(h->door.b, GPU_ERR_OUT_OF_MEMORY,
+                        "%zu more bytes would pass the process's limit of %zu bytes of physical memory on device %d "
+                        "(gpu_set_limit, GPUHEAP_LIMIT; %zu held)",
+                        size, limit, h->door.b->caps.device, held);
     }
     int rc = vmm_call_create(&h->door, size, out);
+    if (rc == GPU_ERR_OUT_OF_MEMORY && reclaim_others(h)) rc = vmm_call_create(&h->door, size, out);
     if (rc != GPU_OK) cap_give(h, size);
     return rc;
 }

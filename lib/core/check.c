@@ -210,6 +210,7 @@ static int check_locked(gpu_heap_t *h, checker *c) {
     CHECK(c, !t.npaused || run != HEAP_RUNNING, "a running heap has %zu paused extents", t.npaused);
     CHECK(c, !t.moving || run == HEAP_PAUSING || run == HEAP_RESUMING, "%zu extents on the move in a heap neither pausing nor resuming", t.moving);
     CHECK(c, (h->backup_bytes != 0) <= (run != HEAP_RUNNING), "a running heap keeps a backup of %zu bytes", h->backup_bytes);
+    CHECK(c, h->backup_bytes <= h->backup_pinned, "a backup of %zu bytes in %zu pinned bytes", h->backup_bytes, h->backup_pinned);
     CHECK(c, prot == h->protected_extents, "%zu protected extents found, %zu counted", prot, h->protected_extents);
     size_t pool_bytes = 0, pool_blocks = 0;
     for (size_t i = 0; i < h->npools; i++) pool_bytes += h->pools[i]->free.bytes, pool_blocks += h->pools[i]->free.blocks;
@@ -259,6 +260,7 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *s) {
     s->ipc_imports_open = atomic_load_explicit(&h->ipc_imports_open, memory_order_relaxed);
     s->paused_bytes = h->paused_bytes;
     s->backup_bytes = h->backup_bytes;
+    s->backup_pinned_bytes = h->backup_pinned;
     s->cached_bytes = s->cached_blocks = 0;
     hooks_stats_locked(h, s); /* thread caches: blocks they hold free are not live */
     heap_unlock(h);

@@ -150,6 +150,8 @@ uint64_t heap_peers(const gpu_heap_t *h);
 
 /* ---- registry.c: the live heaps of the process ------------------------------ */
 
+/* Lists h; a heap with is_default set (it lives as long as the process) is
+ * listed among the lasting heaps too. */
 int registry_add(gpu_heap_t *h);
 void registry_remove(gpu_heap_t *h);
 /* True when h is a live heap (listed and not yet removed). */
@@ -162,6 +164,9 @@ bool registry_call(gpu_heap_t *h, uint64_t serial, void (*fn)(gpu_heap_t *h, voi
 /* Calls fn on every live heap, with the registry locked (fn must not create or
  * destroy heaps). */
 void registry_each(void (*fn)(gpu_heap_t *h, void *arg), void *arg);
+/* Calls fn on every lasting heap (is_default: never destroyed), taking no lock:
+ * safe where the registry's lock may be held, and fn may take a heap's lock. */
+void registry_each_lasting(void (*fn)(gpu_heap_t *h, void *arg), void *arg);
 
 /* ---- hooks.c: what the layers above hear of a heap ------------------------- */
 

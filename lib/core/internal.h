@@ -199,15 +199,22 @@ void handle_drop(gpu_heap_t *h, vmm_handle hd, size_t size);
 /* The cap (heap_cap_set): a paused extent given back by the door costs no call
  * (it holds no memory); every other create and release is counted per device,
  * and handle_back refuses what would pass the cap, after giving h's idle memory
- * back once (heap_reclaim_locked), with GPU_ERR_OUT_OF_MEMORY naming the cap. */
+ * back (heap_reclaim_locked) and then the device's other lasting heaps' (the
+ * default and tag heaps), with GPU_ERR_OUT_OF_MEMORY naming the cap. A driver
+ * out of memory has those other heaps give their idle memory back, then is tried
+ * once more. Callers hold no heap lock: the door takes other heaps' locks. */
 
 /* ---- pause.c ------------------------------------------------------------------ */
 
 /* While another thread pauses or resumes h, waits (lock dropped meanwhile) until
  * it has done: frees, releases and peer grants wait instead of failing. */
 void heap_settle_locked(gpu_heap_t *h);
-/* heap_close: the backup of a paused heap goes with it. Lock not held. */
+/* heap_close: the backup of a paused heap, or the pinned buffer kept for the
+ * next pause, goes with it. Lock not held. */
 void heap_pause_close(gpu_heap_t *h);
+/* gpu_heap_trim: the pinned buffer a resume kept for the next pause's backup is
+ * freed (not while paused: it holds the contents). Lock not held. */
+void heap_backup_trim(gpu_heap_t *h);
 
 /* ---- events.c: FIFOs of events and what each covers -------------------------- */
 

@@ -14,7 +14,13 @@
  * back as a trim does, then, for every extent left: with a backup, copies the
  * bytes of the live blocks in it to pinned host memory (the backend's staging
  * memory and copy queue: every copy queued, then one wait — copy-engine speed);
- * then gives it back through backing.c's door. The extent's record stays,
+ * then gives it back through backing.c's door. Pinned memory is slow to get and
+ * to give back (cuMemHostAlloc took ~600 ms per GiB on an H200, 30x the copy),
+ * so the backup's buffer outlives the resume: the heap keeps it for its next
+ * pause, replaces it only when a larger backup needs more, and frees it at
+ * gpu_heap_trim (heap_backup_trim) or when the heap closes. Live pieces of one
+ * extent a short gap apart are copied as one range (a queued copy costs a few
+ * microseconds, what a few hundred KiB take to copy). The extent's record stays,
  * marked paused, with its addresses, owner and protection: the blocks over it
  * stay live in the books, a free of one works (books only), and no one else can
  * be handed its addresses. Resuming backs a new handle at each paused extent
@@ -44,9 +50,13 @@ typedef struct pause_range {
     size_t len, off;
 } pause_range;
 
+/* Live pieces of one extent at most this far apart are copied as one range. */
+#define JOIN_GAP ((size_t)256 << 10)
+
 typedef struct pause_backup {
-    void *host;     /* the backend's staging memory (pinned), bytes long */
-    size_t bytes;
+    void *host;     /* the backend's staging memory (pinned), room bytes long, or NULL; kept between pauses */
+    size_t room;
+    size_t bytes;   /* paused contents held in it (0 while the heap runs) */
     pause_range *r; /* in address order; a range never crosses an extent */
     size_t n, cap;
 } pause_backup;
@@ -130,27 +140,54 @@ static void list_end_locked(move_list *m) {
 
 static void backup_free(gpu_heap_t *h, pause_backup *bk) {
     if (!bk) return;
-    if (bk->host) vmm_call_staging_free(&h->door, bk->host, bk->bytes);
+    if (bk->host) vmm_call_staging_free(&h->door, bk->host, bk->room);
     free(bk->r);
     free(bk);
 }
 
-/* Appends [va, va+len); joins the previous range when it ends at va inside the
- * same extent (join). */
-static bool range_add(pause_backup *bk, uintptr_t va, size_t len, bool join) {
-    pause_range *last = bk->n ? &bk->r[bk->n - 1] : NULL;
-    if (join && last && last->va + last->len == va) {
-        last->len += len;
-    } else {
-        if (bk->n == bk->cap) {
-            size_t cap = bk->cap ? bk->cap * 2 : 64;
-            pause_range *r = realloc(bk->r, cap * sizeof *r);
-            if (!r) return false;
-            bk->r = r;
-            bk->cap = cap;
-        }
-        bk->r[bk->n++] = (pause_range){.va = va, .len = len, .off = bk->bytes};
+/* The statistics of h's backup: the paused contents, the pinned bytes held. Lock held. */
+static void backup_books_locked(gpu_heap_t *h, const pause_backup *bk) {
+    h->backup_bytes = bk ? bk->bytes : 0;
+    h->backup_pinned = bk ? bk->room : 0;
+}
+
+/* The backup holds nothing any more (it was restored, or never taken); its
+ * pinned buffer stays for the next pause. */
+static void backup_empty(pause_backup *bk) {
+    if (bk) bk->n = bk->bytes = 0;
+}
+
+void heap_backup_trim(gpu_heap_t *h) {
+    heap_lock(h);
+    pause_backup *bk = h->backup;
+    bool idle = bk && !bk->bytes && state(h) == HEAP_RUNNING; /* a pause or resume uses it with the lock dropped */
+    if (idle) {
+        h->backup = NULL;
+        backup_books_locked(h, NULL);
     }
+    heap_unlock(h);
+    if (idle) backup_free(h, bk);
+}
+
+/* Appends [va, va+len) of the extent at ev; joins the previous range when it
+ * lies in the same extent at most JOIN_GAP before va (the gap's bytes are copied
+ * too: they belong to no live block). */
+static bool range_add(pause_backup *bk, uintptr_t ev, uintptr_t va, size_t len) {
+    pause_range *last = bk->n ? &bk->r[bk->n - 1] : NULL;
+    if (last && last->va >= ev && va - (last->va + last->len) <= JOIN_GAP) {
+        size_t grow = va + len - (last->va + last->len);
+        last->len += grow;
+        bk->bytes += grow;
+        return true;
+    }
+    if (bk->n == bk->cap) {
+        size_t cap = bk->cap ? bk->cap * 2 : 64;
+        pause_range *r = realloc(bk->r, cap * sizeof *r);
+        if (!r) return false;
+        bk->r = r;
+        bk->cap = cap;
+    }
+    bk->r[bk->n++] = (pause_range){.va = va, .len = len, .off = bk->bytes};
     bk->bytes += len;
     return true;
 }
@@ -173,10 +210,28 @@ static int backup_plan_locked(gpu_heap_t *h, const move_list *m, pause_backup *b
         for (size_t j = i; j < m->n && m->e[j]->va < hi; j++) {
             const extent *e = m->e[j];
             uintptr_t a = lo > e->va ? lo : e->va, z = hi < e->va + e->size ? hi : e->va + e->size;
-            if (!range_add(bk, a, z - a, a > e->va))
+            if (!range_add(bk, e->va, a, z - a))
                 return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory planning a backup");
         }
     }
+    return GPU_OK;
+}
+
+/* Pinned memory for bk->bytes: the buffer kept from an earlier pause when it is
+ * large enough, else a new one (the old one freed first: both at once may not
+ * fit), rounded up to the granularity. Lock not held. */
+static int backup_room(gpu_heap_t *h, pause_backup *bk) {
+    if (bk->room >= bk->bytes) return GPU_OK;
+    if (bk->host) vmm_call_staging_free(&h->door, bk->host, bk->room);
+    bk->host = NULL;
+    bk->room = 0;
+    size_t want = gh_align_up(bk->bytes, h->gran);
+    int rc = vmm_call_staging_alloc(&h->door, want, &bk->host);
+    if (rc != GPU_OK) {
+        bk->host = NULL;
+        return gh_note(rc, "pinned host memory for a backup of %zu bytes: %s", bk->bytes, vmm_error());
+    }
+    bk->room = want;
     return GPU_OK;
 }
 
@@ -186,11 +241,8 @@ static int backup_plan_locked(gpu_heap_t *h, const move_list *m, pause_backup *b
  * wait. Lock not held. */
 static int backup_take(gpu_heap_t *h, move_list *m, pause_backup *bk) {
     vmm_door *d = &h->door;
-    int rc = vmm_call_staging_alloc(d, bk->bytes, &bk->host);
-    if (rc != GPU_OK) {
-        bk->host = NULL;
-        return gh_note(rc, "pinned host memory for a backup of %zu bytes: %s", bk->bytes, vmm_error());
-    }
+    int rc = backup_room(h, bk);
+    if (rc != GPU_OK) return rc;
     for (size_t k = 0, j = 0; k < bk->n && rc == GPU_OK; k++) {
         while (m->e[j]->va + m->e[j]->size <= bk->r[k].va) j++;
         if (m->e[j]->prot != GPU_PROT_NONE || m->flag[j]) continue;
@@ -259,6 +311,9 @@ int heap_pause(gpu_heap_t *h, bool backup, size_t *bytes) {
         return rc;
     }
     set_state(h, HEAP_PAUSING);
+    pause_backup *bk = h->backup; /* the buffer a resume kept, if any: this pause's until it ends */
+    h->backup = NULL;
+    backup_empty(bk);
     hooks_flush_locked(h); /* this thread's cached blocks; other caches' free blocks are not backed up */
     int rc = heap_fence_locked(h, 0); /* GPU work issued before the pause is done; freed blocks idle */
     if (rc == GPU_OK) {
@@ -266,10 +321,9 @@ int heap_pause(gpu_heap_t *h, bool backup, size_t *bytes) {
         while (any_busy(h)) nap_locked(h);
     }
     move_list m = {0};
-    pause_backup *bk = NULL;
     if (rc == GPU_OK) rc = list_locked(h, false, &m);
     if (rc == GPU_OK && backup && m.n) {
-        bk = calloc(1, sizeof *bk);
+        if (!bk) bk = calloc(1, sizeof *bk);
         rc = bk ? backup_plan_locked(h, &m, bk) : gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for a backup");
     }
     if (rc == GPU_OK && bk && bk->bytes) {
@@ -287,19 +341,19 @@ int heap_pause(gpu_heap_t *h, bool backup, size_t *bytes) {
             if (m.flag && m.flag[k]) m.e[k]->prot = GPU_PROT_READ;
     }
     list_end_locked(&m);
-    if (rc != GPU_OK) {
-        set_state(h, HEAP_RUNNING);
-        heap_unlock(h);
-        backup_free(h, bk);
-        return rc;
-    }
-    if (bk && !bk->bytes) {
+    if (rc != GPU_OK) backup_empty(bk); /* the heap runs on; a pinned buffer stays for the next pause */
+    if (bk && !bk->bytes && !bk->host) {
         free(bk->r);
         free(bk);
         bk = NULL;
     }
     h->backup = bk;
-    h->backup_bytes = bk ? bk->bytes : 0;
+    backup_books_locked(h, bk);
+    if (rc != GPU_OK) {
+        set_state(h, HEAP_RUNNING);
+        heap_unlock(h);
+        return rc;
+    }
     set_state(h, HEAP_PAUSED);
     heap_unlock(h);
     *bytes = gone;
@@ -319,7 +373,7 @@ static int remap_all(gpu_heap_t *h, move_list *m, const pause_backup *bk, const 
         if (rc == GPU_OK) m->flag[k] = 1;
         else rc = gh_note(rc, "mapping %zu paused bytes again: %s", m->e[k]->size, vmm_error());
     }
-    if (rc == GPU_OK && bk && m->n) {
+    if (rc == GPU_OK && bk && bk->n && m->n) {
         vmm_queue *q = NULL;
         rc = vmm_call_queue_open(d, 1, &q);
         for (size_t k = 0; k < bk->n && rc == GPU_OK; k++)
@@ -385,11 +439,10 @@ int heap_resume(gpu_heap_t *h, size_t *bytes) {
         heap_unlock(h);
         return rc;
     }
-    h->backup = NULL;
-    h->backup_bytes = 0;
+    backup_empty(bk); /* restored: the pinned buffer stays for the next pause */
+    backup_books_locked(h, bk);
     set_state(h, HEAP_RUNNING);
     heap_unlock(h);
-    backup_free(h, bk);
     *bytes = mapped;
     return GPU_OK;
 }
@@ -397,5 +450,5 @@ int heap_resume(gpu_heap_t *h, size_t *bytes) {
 void heap_pause_close(gpu_heap_t *h) {
     backup_free(h, h->backup);
     h->backup = NULL;
-    h->backup_bytes = 0;
+    backup_books_locked(h, NULL);
 }

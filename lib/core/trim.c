@@ -136,5 +136,6 @@ int heap_trim(gpu_heap_t *h, size_t keep) {
     heap_lock(h);
     int rc = heap_trim_locked(h, keep);
     heap_unlock(h);
+    heap_backup_trim(h); /* the pinned buffer a resume kept for the next pause */
     return rc;
 }

@@ -248,8 +248,9 @@ struct gpu_heap {
     uint64_t ipc_exports;          /* blocks given an export token (export.c) */
     _Atomic uint64_t ipc_imports_open; /* other processes' blocks open through this heap's backend (lib/ipc) */
     size_t paused_bytes, npaused; /* extents given back by gpu_pause, record kept (pause.c) */
-    struct pause_backup *backup;  /* the paused contents in pinned host memory, or NULL (pause.c) */
-    size_t backup_bytes;
+    struct pause_backup *backup;  /* the paused contents in pinned host memory, or the buffer kept for the next pause, or NULL (pause.c) */
+    size_t backup_bytes;          /* paused contents held in it */
+    size_t backup_pinned;         /* its pinned host bytes */
 
     /* Cover numbers (quarantine.c): every seal event and fence takes the next
      * cover_seq before its driver call, and once it is known complete raises

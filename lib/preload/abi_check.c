@@ -33,6 +33,7 @@ SAME(2, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
 SAME(0, CU_GET_PROC_ADDRESS_SUCCESS);
 SAME(0, cudaSuccess);
 SAME(1, cudaErrorInvalidValue);
+SAME(2, cudaErrorMemoryAllocation);
 SAME(3, cudaErrorInitializationError);
 SAME(704, cudaErrorPeerAccessAlreadyEnabled);
 SAME(801, cudaErrorNotSupported);

@@ -47,11 +47,13 @@ PL_EXPORT pl_cu_result cuMemAlloc_v2(pl_cu_ptr *dptr, size_t size) {
     int dev;
     if (dptr && size && pl_current_device(&dev)) {
         gpu_heap_t *h = pl_heap_for_alloc(dev);
-        void *p = h ? pl_alloc(h, size, PL_VIA_DRIVER) : NULL;
+        bool oom = false;
+        void *p = h ? pl_alloc(h, size, PL_VIA_DRIVER, &oom) : NULL;
         if (p) {
             *dptr = (pl_cu_ptr)(uintptr_t)p;
             return PL_CU_SUCCESS;
         }
+        if (oom) return PL_CU_ERROR_OUT_OF_MEMORY; /* past the cap: the driver must not serve it either */
     }
     pl_count_forwarded_alloc();
     return REAL(PL_MEM_ALLOC, mem_alloc_fn, dptr, size);

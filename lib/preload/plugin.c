@@ -27,7 +27,7 @@
 /* size bytes on device at cudaMalloc's alignment, or NULL. */
 static void *plugin_alloc(size_t size, int device) {
     gpu_heap_t *h = gh_heap_for_alloc(device);
-    return h ? pl_alloc(h, size, PL_VIA_PLUGIN) : NULL;
+    return h ? pl_alloc(h, size, PL_VIA_PLUGIN, NULL) : NULL;
 }
 
 PL_EXPORT void *gpu_torch_alloc(ssize_t size, int device, void *stream) {

@@ -72,6 +72,7 @@ enum {
 enum {
     PL_CUDA_SUCCESS = 0,                          /* cudaSuccess */
     PL_CUDA_ERROR_INVALID_VALUE = 1,              /* cudaErrorInvalidValue */
+    PL_CUDA_ERROR_MEMORY_ALLOCATION = 2,          /* cudaErrorMemoryAllocation */
     PL_CUDA_ERROR_INITIALIZATION = 3,             /* cudaErrorInitializationError */
     PL_CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704, /* cudaErrorPeerAccessAlreadyEnabled */
     PL_CUDA_ERROR_NOT_SUPPORTED = 801,            /* cudaErrorNotSupported */
@@ -176,9 +177,12 @@ gpu_heap_t *pl_heap(int dev);
 /* Where an allocation on dev goes: pl_heap(dev), or inside a region of the
  * calling thread its tag's heap on dev (gh_heap_for_alloc); NULL: pass through. */
 gpu_heap_t *pl_heap_for_alloc(int dev);
-/* size bytes from h at cudaMalloc's alignment; NULL on failure (the caller then
- * asks the real function, which reports the error the program expects). */
-void *pl_alloc(gpu_heap_t *h, size_t size, pl_via via);
+/* size bytes from h at cudaMalloc's alignment; NULL on failure. The caller then
+ * asks the real function, which reports the error the program expects — unless
+ * *oom is set (oom may be NULL): under a cap (gpu_limit) the heap refused as out
+ * of memory, and the caller answers out of memory itself, since the driver's
+ * allocation would pass the cap. */
+void *pl_alloc(gpu_heap_t *h, size_t size, pl_via via, bool *oom);
 /* Counts an allocation passed on to the driver. */
 void pl_count_forwarded_alloc(void);
 

@@ -56,11 +56,13 @@ PL_EXPORT pl_cuda_error cudaMalloc(void **ptr, size_t size) {
     int dev;
     if (ptr && size && runtime_device(&dev)) {
         gpu_heap_t *h = pl_heap_for_alloc(dev);
-        void *p = h ? pl_alloc(h, size, PL_VIA_RUNTIME) : NULL;
+        bool oom = false;
+        void *p = h ? pl_alloc(h, size, PL_VIA_RUNTIME, &oom) : NULL;
         if (p) {
             *ptr = p;
             return PL_CUDA_SUCCESS;
         }
+        if (oom) return PL_CUDA_ERROR_MEMORY_ALLOCATION; /* past the cap: the driver must not serve it either */
     }
     malloc_fn real = CUDART(malloc_fn, "cudaMalloc");
     if (!real) return PL_CUDA_ERROR_INITIALIZATION;

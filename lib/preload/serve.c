@@ -10,7 +10,11 @@
  * it. Everything else — no driver, no device, a device without the virtual
  * memory API, GPUHEAP_BACKEND=host, a heap that failed to open, a failed
  * allocation, memory the heap does not own — goes to the real function, so the
- * program sees exactly what it would see without the interposer.
+ * program sees exactly what it would see without the interposer. One failed
+ * allocation does not: under a cap (gpu_set_limit, GPUHEAP_LIMIT), the heap's
+ * out of memory is the program's answer (cudaErrorMemoryAllocation,
+ * CUDA_ERROR_OUT_OF_MEMORY), because the driver's allocation would hold memory
+ * past the cap and a framework would never see its limit.
  *
  * Alignment. cudaMalloc returns 512-byte-aligned memory for small sizes and
  * naturally aligned memory (the size rounded up to a power of two) up to 2 MiB
@@ -49,7 +53,7 @@
 
 /* ---- counters and the exit report -------------------------------------------- */
 
-static _Atomic uint64_t served[PL_VIAS], forwarded_allocs, freed, freed_foreign, freed_invalid;
+static _Atomic uint64_t served[PL_VIAS], forwarded_allocs, refused_capped, freed, freed_foreign, freed_invalid;
 static _Atomic uint64_t peers_enabled;
 
 void pl_count_forwarded_alloc(void) { atomic_fetch_add_explicit(&forwarded_allocs, 1, memory_order_relaxed); }
@@ -120,7 +124,7 @@ static void report_at_exit(void) {
     uint64_t ipc_ours = 0, ipc_passed = 0;
     for (int op = 0; op < PL_IPC_OPS; op++) ipc_ours += ipc.served[op] + ipc.failed[op], ipc_passed += ipc.passed[op];
     uint64_t total = served[PL_VIA_RUNTIME] + served[PL_VIA_DRIVER] + served[PL_VIA_PLUGIN];
-    bool touched = total || forwarded_allocs || freed_foreign || freed_invalid || ipc_ours || ipc_passed;
+    bool touched = total || forwarded_allocs || refused_capped || freed_foreign || freed_invalid || ipc_ours || ipc_passed;
     bool any_heap = total != 0 || ipc_ours != 0;
     for (int d = 0; d < PL_MAX_DEVICES && !any_heap; d++) any_heap = gh_heap_default_peek(d) != NULL;
     if (!any_heap) {
@@ -136,12 +140,13 @@ static void report_at_exit(void) {
     }
     fprintf(stderr,
             "gpuheap-preload: %llu allocations served by gpuheap (cudaMalloc %llu, cuMemAlloc %llu, framework entry points "
-            "%llu), %llu passed on (size 0, no device or context, or the heap failed); %llu frees by gpuheap, %llu passed "
+            "%llu), %llu refused as out of memory under the cap (GPUHEAP_LIMIT), %llu passed on (size 0, no device or "
+            "context, or the heap failed); %llu frees by gpuheap, %llu passed "
             "on (not heap memory), %llu refused (not a live block); IPC get/open/close: %llu/%llu/%llu served by gpuheap, "
             "%llu/%llu/%llu failed there, %llu/%llu/%llu passed on (not heap memory, not a gpuheap handle); %llu "
             "peer-access enables applied\n",
             (ull)total, (ull)served[PL_VIA_RUNTIME], (ull)served[PL_VIA_DRIVER], (ull)served[PL_VIA_PLUGIN],
-            (ull)forwarded_allocs, (ull)freed, (ull)freed_foreign, (ull)freed_invalid, (ull)ipc.served[PL_IPC_GET],
+            (ull)refused_capped, (ull)forwarded_allocs, (ull)freed, (ull)freed_foreign, (ull)freed_invalid, (ull)ipc.served[PL_IPC_GET],
             (ull)ipc.served[PL_IPC_OPEN], (ull)ipc.served[PL_IPC_CLOSE], (ull)ipc.failed[PL_IPC_GET],
             (ull)ipc.failed[PL_IPC_OPEN], (ull)ipc.failed[PL_IPC_CLOSE], (ull)ipc.passed[PL_IPC_GET],
             (ull)ipc.passed[PL_IPC_OPEN], (ull)ipc.passed[PL_IPC_CLOSE], (ull)peers_enabled);
@@ -206,9 +211,14 @@ size_t pl_alignment_for(size_t size) {
     return a;
 }
 
-void *pl_alloc(gpu_heap_t *h, size_t size, pl_via via) {
+void *pl_alloc(gpu_heap_t *h, size_t size, pl_via via, bool *oom) {
     void *p = gpu_heap_malloc_aligned(h, size, pl_alignment_for(size));
-    if (p) atomic_fetch_add_explicit(&served[via], 1, memory_order_relaxed);
+    if (p) {
+        atomic_fetch_add_explicit(&served[via], 1, memory_order_relaxed);
+    } else if (oom && gpu_last_error() == GPU_ERR_OUT_OF_MEMORY && gpu_limit() != SIZE_MAX) {
+        *oom = true;
+        atomic_fetch_add_explicit(&refused_capped, 1, memory_order_relaxed);
+    }
     return p;
 }
 

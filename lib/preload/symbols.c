@@ -45,7 +45,7 @@
 #ifdef GPU_TAG_MAX
 #define PL_MEMCTL_API(X)                                                                                \
     X(gpu_region_begin) X(gpu_region_end) X(gpu_malloc_tagged) X(gpu_pause) X(gpu_resume)               \
-    X(gpu_tag_stats) X(gpu_set_limit) X(gpu_limit)
+    X(gpu_tag_stats) X(gpu_tag_trim) X(gpu_set_limit) X(gpu_limit)
 #else
 #define PL_MEMCTL_API(X)
 #endif

@@ -278,9 +278,14 @@ def free(ptr):
     _call("gpu_free", ptr, call="free")
 
 
-def trim(keep=0):
-    """Gives idle memory of the default heap back until keep bytes stay idle (gpu_heap_trim)."""
-    _call("gpu_heap_trim", None, keep, call="trim")
+def trim(keep=0, tag=None):
+    """Gives idle memory of the default heap back until keep bytes stay idle (gpu_heap_trim);
+    with tag, of that tag's heaps instead, and frees the pinned buffer a resume kept
+    for the tag's next backup (gpu_tag_trim)."""
+    if tag is None:
+        _call("gpu_heap_trim", None, keep, call="trim")
+    else:
+        _call("gpu_tag_trim", _tag(tag), keep, call="trim")
 
 
 @contextlib.contextmanager

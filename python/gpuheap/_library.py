@@ -57,6 +57,7 @@ PROTOTYPES = {
     "gpu_pause": (_c.c_int, [_c.c_char_p, _c.c_uint]),
     "gpu_resume": (_c.c_int, [_c.c_char_p]),
     "gpu_tag_stats": (_c.c_int, [_c.c_char_p, _c.c_void_p]),
+    "gpu_tag_trim": (_c.c_int, [_c.c_char_p, _c.c_size_t]),
     "gpu_set_limit": (_c.c_int, [_c.c_size_t]),
     "gpu_limit": (_c.c_size_t, []),
 }

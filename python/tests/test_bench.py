@@ -148,19 +148,31 @@ def test_bench_summary(bench_script):
         "pinned": {"d2h_ms": [320.0, 320.0, 320.0], "h2d_ms": [300.0, 300.0, 300.0]},
     }
     s = bench_script.summarize(n, raw)
-    assert s["backup"]["pause_ms_per_gib"] == pytest.approx(330.0 / 16)
+    # a backup's first cycle (400 ms: it allocates the pinned buffer) apart from the steady ones
+    assert s["backup"]["pause_ms_per_gib"] == pytest.approx(325.0 / 16)
+    assert s["backup"]["first_pause_ms_per_gib"] == pytest.approx(400.0 / 16)
     assert s["backup"]["resume_gibps"] == pytest.approx(16 / 0.300)
+    assert s["backup"]["first_resume_gibps"] == pytest.approx(16 / 0.300)
+    assert s["backup"]["steady_cycles"] == 2
     assert s["nobackup"]["resume_ms_per_gib"] == pytest.approx(3.1 / 16)
     assert s["pinned"]["d2h_gibps"] == pytest.approx(50.0)
-    assert s["ratios"]["pause_vs_d2h"] == pytest.approx(320.0 / 330.0)
+    assert s["ratios"]["pause_vs_d2h"] == pytest.approx(320.0 / 325.0)
     assert s["ratios"]["resume_vs_copy_back"] == pytest.approx(300.0 / 340.0)
     assert s["ratios"]["pause_vs_free"] == pytest.approx(1.6 / 8.0)
     text = bench_script.lines(16, s)
-    assert len(text) == 3
-    assert text[0].startswith("  16 GiB backup:    pause   20.62 ms/GiB")
-    assert "pinned D2H 50.0" in text[0] and "0.97x" in text[0]
-    assert "cudaMalloc + copy back   21.25 ms/GiB" in text[1]
-    assert "cudaFree 0.500 ms/GiB, cudaMalloc 1.000 ms/GiB" in text[2]
+    assert len(text) == 4
+    assert text[0].startswith("  16 GiB backup:    pause   20.31 ms/GiB")
+    assert "pinned D2H 50.0" in text[0] and "0.98x" in text[0] and "steady: 2 cycles" in text[0]
+    assert text[1].startswith("  16 GiB backup, first cycle (pinned buffer allocated): pause   25.00 ms/GiB")
+    assert "cudaMalloc + copy back   21.25 ms/GiB" in text[2]
+    assert "cudaFree 0.500 ms/GiB, cudaMalloc 1.000 ms/GiB" in text[3]
+
+
+def test_bench_summary_of_one_backup_cycle(bench_script):
+    s = bench_script.summarize(GiB, {"backup": {"pause_ms": [50.0], "resume_ms": [40.0], "verified": True}})
+    assert s["backup"]["pause_ms_per_gib"] == s["backup"]["first_pause_ms_per_gib"] == pytest.approx(50.0)
+    assert s["backup"]["steady_cycles"] == 0
+    assert len(bench_script.lines(1, s)) == 1  # no steady cycles: one line
 
 
 def test_bench_summary_of_a_partly_skipped_size(bench_script):

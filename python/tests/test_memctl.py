@@ -2,8 +2,9 @@
 resume (with and without backup), tag statistics, the physical cap.
 
 Written against the C API of memory control (gpu_region_begin/end,
-gpu_malloc_tagged, gpu_pause/gpu_resume, gpu_tag_stats, gpu_set_limit/gpu_limit,
-GPU_ERR_PAUSED, stats version 6 with paused_bytes and backup_bytes). The module
+gpu_malloc_tagged, gpu_pause/gpu_resume, gpu_tag_stats, gpu_tag_trim,
+gpu_set_limit/gpu_limit, GPU_ERR_PAUSED, stats version 7 with paused_bytes and
+backup_bytes, 8 with backup_pinned_bytes). The module
 skips, saying why, while the bound library lacks gpu_pause; once memory control
 is merged it runs. On the host backend a block is ordinary memory, so contents
 are written and read with ctypes (never while paused: the range is unmapped).
@@ -161,6 +162,25 @@ def test_pause_with_backup_keeps_the_contents(tag):
     gpuheap.free(p)
 
 
+def test_the_backup_buffer_is_kept_for_the_next_pause_until_trimmed(tag):
+    size = 4 * MiB
+    p = gpuheap.malloc(size, tag=tag)
+    pattern = fill(p, size, 21)
+    pinned = None
+    for _ in range(2):
+        gpuheap.pause(tag, backup=True)
+        gpuheap.resume(tag)
+        s = gpuheap.stats(tag)
+        assert s["backup_bytes"] == 0  # nothing paused
+        assert s["backup_pinned_bytes"] >= size  # the buffer stays
+        assert pinned in (None, s["backup_pinned_bytes"])
+        pinned = s["backup_pinned_bytes"]
+        assert holds(p, size, pattern)
+    gpuheap.trim(tag=tag)
+    assert gpuheap.stats(tag)["backup_pinned_bytes"] == 0
+    gpuheap.free(p)
+
+
 def test_pause_without_backup_keeps_the_addresses(tag):
     size = 6 * MiB
     with gpuheap.region(tag):
@@ -242,8 +262,7 @@ def test_paused_memory_serves_other_allocations_under_the_cap(tag):
         gpuheap.pause(tag)
         b = gpuheap.malloc(32 * MiB)  # in the memory the pause gave back
         fill(b, 32 * MiB, 9)
-        gpuheap.free(b)
-        gpuheap.trim(0)  # the cap's reclaim gives back the resuming heap's idle memory only (README)
+        gpuheap.free(b)  # b's memory stays with the default heap, idle: the resume has it given back
         gpuheap.resume(tag)
         pattern = fill(a, 32 * MiB, 1)
         assert holds(a, 32 * MiB, pattern)

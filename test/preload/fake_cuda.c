@@ -9,6 +9,9 @@
  * is counted and its arguments kept, so the test can tell that the call arrived
  * as the program made it and that the program got the driver's answer.
  *
+ * Built with fake_cuda_vmm.c and -DFAKE_CUDA_VMM (libfake_cuda_vmm.so) it has the
+ * virtual memory API too: a heap opens on it and the interposer serves.
+ *
  * The functions are static and exported under the driver's names as aliases:
  * cuGetProcAddress_v2 hands out the static ones, because the exported names
  * resolve to the interposer's wrappers, which come first in the process.
@@ -112,6 +115,10 @@ static const struct {
     {"cuIpcGetEventHandle", (void *)fake_cuIpcGetEventHandle},
 };
 
+#ifdef FAKE_CUDA_VMM
+void *fake_vmm_lookup(const char *name); /* fake_cuda_vmm.c */
+#endif
+
 static CUresult fake_cuGetProcAddress_v2(const char *symbol, void **pfn, int version, uint64_t flags, int *status) {
     (void)version, (void)flags;
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
@@ -120,6 +127,12 @@ static CUresult fake_cuGetProcAddress_v2(const char *symbol, void **pfn, int ver
             if (status) *status = 0; /* CU_GET_PROC_ADDRESS_SUCCESS */
             return 0;
         }
+#ifdef FAKE_CUDA_VMM
+    if (symbol && (*pfn = fake_vmm_lookup(symbol)) != NULL) {
+        if (status) *status = 0;
+        return 0;
+    }
+#endif
     *pfn = NULL;
     if (status) *status = 1; /* CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND */
     return 500;

@@ -1,7 +1,7 @@
 /*
- * fake_cudart.c — a stand-in for libcudart.so.13's IPC calls (test_passthrough
- * symlinks it as libcudart.so.13 and loads it the way Python extensions load the
- * runtime: dlopen, into a local scope).
+ * fake_cudart.c — a stand-in for libcudart.so.13's IPC calls and cudaMalloc
+ * (test_ipc_hooks and test_served symlink it as libcudart.so.13 and load it the
+ * way Python extensions load the runtime: dlopen, into a local scope).
  *
  * Like the real runtime, it reaches the driver only through the driver's
  * resolver: it dlopens libcuda.so.1, asks dlsym for cuGetProcAddress_v2 (the
@@ -30,6 +30,22 @@ static void *driver(const char *name) {
     if (!getproc || getproc(name, &fn, 12000, 0, &status) != 0) return NULL;
     return fn;
 }
+
+/* Allocation, for the interposer's cudaMalloc: the runtime's current device is
+ * 0, and an allocation that reaches the runtime is counted and answered with a
+ * pointer of its own (test_served.c checks what was passed on). */
+static int mallocs;
+EXPORT int cudaGetDevice(int *dev) {
+    *dev = 0;
+    return 0;
+}
+EXPORT int cudaMalloc(void **ptr, size_t size) {
+    (void)size;
+    mallocs++;
+    *ptr = (void *)(uintptr_t)0xca0000000000ull;
+    return 0;
+}
+EXPORT int fake_cudart_mallocs(void) { return mallocs; }
 
 /* cudaErrorInitializationError when the driver lacks the call. */
 EXPORT int cudaIpcGetMemHandle(handle64 *handle, void *ptr) {

@@ -53,6 +53,7 @@ static void host_close(vmm_backend *b) {
     for (size_t i = 0; i < hb->nres; i++) munmap((void *)hb->res[i].va, hb->res[i].size);
     for (size_t i = 0; i < hb->nhandles; i++)
         if (hb->handles[i].fd >= 0) close(hb->handles[i].fd);
+    host_device_give(hb, hb->physical); /* handles never released leave the device with their backend */
     free(hb->res);
     free(hb->maps);
     free(hb->handles);
@@ -136,6 +137,9 @@ void vmm_host_counts_get(vmm_backend *b, vmm_host_counts *out) {
     host_backend *hb = host_of(b);
     pthread_mutex_lock(&hb->lock);
     out->physical_bytes = hb->physical;
+    out->device_bytes = host_device_bytes(hb);
+    out->staging_allocs = hb->staging_allocs;
+    out->staging_bytes = hb->staging_bytes;
     out->handles = hb->live_handles;
     out->mappings = hb->nmaps;
     out->reservations = hb->nres;

@@ -48,8 +48,8 @@ typedef struct host_backend {
     vmm_backend base; /* first, so a vmm_backend * is a host_backend * */
     pthread_mutex_t lock;
     size_t gran;
-    size_t budget;    /* 0 = unlimited */
-    size_t physical;  /* bytes created and not yet released */
+    size_t budget;    /* 0 = unlimited: the most bytes the host backends of this device may hold together */
+    size_t physical;  /* bytes this backend created and not yet released */
     size_t imported, imported_handles; /* handles made by import_fd and not yet released */
 
     host_handle *handles; /* slot i is handle i + 1 */
@@ -62,6 +62,7 @@ typedef struct host_backend {
     host_reservation *res;
     size_t nres, cap_res;
 
+    size_t staging_allocs, staging_bytes; /* staging memory: allocations made, bytes not yet freed */
     size_t grants;            /* peer access: successful grant calls, and the devices they named */
     uint64_t granted_devices;
 
@@ -100,6 +101,9 @@ bool host_range_usable(host_backend *hb, uintptr_t va, size_t size, gpu_prot_t n
 int host_reserve(vmm_backend *b, size_t size, uintptr_t *va);
 int host_unreserve(vmm_backend *b, uintptr_t va, size_t size);
 int host_create(vmm_backend *b, size_t size, vmm_handle *out);
+/* size bytes hb created leave its device's count (a release, or handles left at close). */
+void host_device_give(host_backend *hb, size_t size);
+size_t host_device_bytes(const host_backend *hb); /* what the host backends of hb's device hold */
 int host_release(vmm_backend *b, vmm_handle h);
 int host_map(vmm_backend *b, uintptr_t va, size_t size, vmm_handle h);
 int host_unmap(vmm_backend *b, uintptr_t va, size_t size);

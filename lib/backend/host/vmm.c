@@ -18,6 +18,12 @@
  * and says which rule it broke. The books and the kernel calls that must agree
  * with them are changed under the backend's lock.
  *
+ * A device's memory is shared by every allocation on it, so the bytes created
+ * are counted per device ordinal across every host backend of the process (one
+ * heap's free memory is another's room, as on a GPU); a backend's budget
+ * (GPUHEAP_HOST_BUDGET) caps that device-wide count, and a create past it is
+ * refused as the driver refuses one: out of memory.
+ *
  * A memfd is also what another process needs to share the memory (lib/ipc): an
  * export is a dup of the handle's memfd, an import keeps a dup of the fd it was
  * given as a handle of its own. The kernel frees the pages when the last fd and
@@ -26,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -213,6 +220,28 @@ int host_unreserve(vmm_backend *b, uintptr_t va, size_t size) {
 
 /* ---- physical allocations --------------------------------------------------- */
 
+/* The bytes every host backend of this process holds on hb's device. */
+#define HOST_DEVICES 64
+static _Atomic size_t device_bytes[HOST_DEVICES];
+static _Atomic size_t *device_of(const host_backend *hb) {
+    int d = hb->base.caps.device;
+    return &device_bytes[d >= 0 && d < HOST_DEVICES ? d : HOST_DEVICES - 1];
+}
+
+/* Counts size bytes on hb's device; false (nothing counted) past hb's budget. */
+static bool device_take(host_backend *hb, size_t size, size_t *in_use) {
+    _Atomic size_t *dev = device_of(hb);
+    size_t cur = atomic_load_explicit(dev, memory_order_relaxed);
+    do {
+        *in_use = cur;
+        if (hb->budget && (size > hb->budget || cur > hb->budget - size)) return false;
+    } while (!atomic_compare_exchange_weak_explicit(dev, &cur, cur + size, memory_order_relaxed, memory_order_relaxed));
+    return true;
+}
+
+void host_device_give(host_backend *hb, size_t size) { atomic_fetch_sub_explicit(device_of(hb), size, memory_order_relaxed); }
+size_t host_device_bytes(const host_backend *hb) { return atomic_load_explicit(device_of(hb), memory_order_relaxed); }
+
 /* Creates size bytes of "physical" memory: a memfd, counted against the budget. */
 int host_create(vmm_backend *b, size_t size, vmm_handle *out) {
     host_backend *hb = host_of(b);
@@ -221,27 +250,29 @@ int host_create(vmm_backend *b, size_t size, vmm_handle *out) {
 
     pthread_mutex_lock(&hb->lock);
     int err = GPU_OK;
-    if (hb->budget && (size > hb->budget || hb->physical > hb->budget - size)) {
-        err = vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "host create(size=%zu): over the host budget (%zu of %zu bytes in use)",
-                       size, hb->physical, hb->budget);
+    size_t in_use;
+    if (!device_take(hb, size, &in_use)) {
+        err = vmm_fail(b, GPU_ERR_OUT_OF_MEMORY,
+                       "host create(size=%zu): over the host budget (%zu of %zu bytes in use on device %d)", size, in_use,
+                       hb->budget, hb->base.caps.device);
         goto out;
     }
     size_t slot = hb->free_head;
     if (!slot && !host_grow((void **)&hb->handles, &hb->cap_handles, hb->nhandles + 1, sizeof *hb->handles)) {
         err = vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "host create(size=%zu): no host memory for the handle table", size);
-        goto out;
+        goto given_back;
     }
     int fd = memfd_create("gpuheap", MFD_CLOEXEC);
     if (fd < 0) {
         int e = errno;
         err = vmm_fail(b, e == ENOMEM ? GPU_ERR_OUT_OF_MEMORY : GPU_ERR_BACKEND, "host create(size=%zu): memfd_create: %s", size, strerror(e));
-        goto out;
+        goto given_back;
     }
     if (ftruncate(fd, (off_t)size) != 0) {
         int e = errno;
         close(fd);
         err = vmm_fail(b, e == ENOMEM || e == ENOSPC ? GPU_ERR_OUT_OF_MEMORY : GPU_ERR_BACKEND, "host create(size=%zu): ftruncate: %s", size, strerror(e));
-        goto out;
+        goto given_back;
     }
     if (slot) {
         hb->free_head = hb->handles[slot - 1].next_free;
@@ -252,6 +283,9 @@ int host_create(vmm_backend *b, size_t size, vmm_handle *out) {
     hb->live_handles++;
     hb->physical += size;
     *out = slot;
+    goto out;
+given_back:
+    host_device_give(hb, size);
 out:
     pthread_mutex_unlock(&hb->lock);
     return err;
@@ -274,6 +308,7 @@ int host_release(vmm_backend *b, vmm_handle h) {
             hb->imported_handles--;
         } else {
             hb->physical -= r->size;
+            host_device_give(hb, r->size);
         }
         hb->live_handles--;
         *r = (host_handle){.fd = -1, .next_free = hb->free_head};
