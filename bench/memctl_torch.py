@@ -27,7 +27,9 @@ when any fails, 2 when the machine cannot run them:
   flat       host RSS and device memory in use do not grow over the cycles
   cap-total  under GPUHEAP_LIMIT=2G (a child process) mem_get_info's total is
              the cap
-  cap-oom    an allocation past the cap raises torch.OutOfMemoryError, and the
+  cap-oom    an allocation past the cap raises an out-of-memory error
+             (torch.OutOfMemoryError; with caching off PyTorch's own
+             AcceleratorError "CUDA error: out of memory"), and the
              process goes on
   cap-free   after freeing, an allocation that did not fit succeeds
 
@@ -197,8 +199,16 @@ def child_cap(args):
     except oom_types as e:
         res["oom"], res["oom_type"] = True, type(e).__name__
         res["oom_message"] = str(e).splitlines()[0][:300]
-    except Exception as e:  # the wrong kind of failure
-        res["oom"], res["oom_type"] = False, f"{type(e).__name__}: {e}"[:300]
+    except Exception as e:
+        # With PYTORCH_NO_CUDA_MEMORY_CACHING=1 PyTorch checks cudaMalloc's answer
+        # itself and raises its generic AcceleratorError ("CUDA error: out of
+        # memory") for cudaErrorMemoryAllocation: still a clean out-of-memory
+        # (not sticky: the process goes on, as cap-free shows). Anything else is
+        # the wrong kind of failure.
+        first = str(e).splitlines()[0] if str(e) else ""
+        res["oom"] = "out of memory" in first
+        res["oom_type"] = type(e).__name__ if res["oom"] else f"{type(e).__name__}: {e}"[:300]
+        res["oom_message"] = first[:300]
     del a
     torch.cuda.synchronize()
     try:
