@@ -4,7 +4,7 @@
  * Every gpu_* call lands here, validates what it was given, finds its heap — an
  * explicit one, the default heap of the caller's current CUDA device (for an
  * allocation inside a region, its tag's heap: region.c), or for gpu_free the
- * heap whose reservation holds the pointer — and calls heap.c. Errors
+ * heap whose reservation holds the pointer — and calls the thread cache or the heap core. Errors
  * follow one convention: a code (or NULL), the thread's last error and message,
  * and the process-wide handler, called only after every lock is released.
  *

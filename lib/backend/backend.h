@@ -36,7 +36,7 @@
 
 typedef uint64_t vmm_handle; /* a physical allocation: CUmemGenericAllocationHandle or a host memfd slot */
 typedef uint64_t vmm_event;  /* a point in a stream's order: a CUevent or a host event slot */
-typedef struct vmm_queue vmm_queue;   /* a backend's copy queue between host and device (file.c) */
+typedef struct vmm_queue vmm_queue;   /* a backend's copy queue between host and device (lib/file) */
 typedef struct vmm_direct vmm_direct; /* a file opened for direct reads into device memory (cuFile) */
 
 typedef struct vmm_caps {
@@ -107,7 +107,7 @@ typedef struct vmm_ops {
     /* 1 when stream is being captured into a graph (for stream 0: when any
      * blocking stream is, as the legacy stream reports it), 0 when not. */
     int (*capturing)(vmm_backend *b, uintptr_t stream);
-    /* Host <-> device transfers and zero-copy, for file-backed memory (file.c).
+    /* Host <-> device transfers and zero-copy, for file-backed memory (lib/file).
      * Staging memory is host memory the device copies from and to at full speed
      * (CUDA: pinned, cuMemHostAlloc; host: page-aligned malloc). */
     int (*staging_alloc)(vmm_backend *b, size_t size, void **out);
@@ -118,7 +118,7 @@ typedef struct vmm_ops {
      * Queues are independent of each other: copies on two queues may run at
      * the same time, and nothing issued or waited for on one waits for the
      * other (CUDA: one stream each), so a caller whose threads should not
-     * serialize on one queue opens a queue per thread (file.c). */
+     * serialize on one queue opens a queue per thread (lib/file). */
     int (*queue_open)(vmm_backend *b, unsigned slots, vmm_queue **out);
     void (*queue_close)(vmm_backend *b, vmm_queue *q);
     /* Enqueues a copy of size bytes from host src to device dst (which must be

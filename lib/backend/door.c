@@ -286,7 +286,7 @@ int vmm_call_remap_undo(vmm_door *d, uintptr_t va, size_t size, vmm_handle h, gp
     return rc;
 }
 
-/* ---- file-backed memory (file.c) ---------------------------------------------- */
+/* ---- file-backed memory (lib/file) ---------------------------------------------- */
 
 /* An op the backend leaves NULL (a wrapper that predates it, or cuFile on the host
  * backend) is refused, counted as an error, never called. */

@@ -53,12 +53,12 @@ struct __attribute__((aligned(64))) block {
     struct stream_pool *pool;     /* BLOCK_STREAM: the stream it was freed on */
     uint64_t export_token;        /* LIVE: the token gpu_ipc_get_mem_handle gave it (export.c); 0: never exported.
                                    * Cleared whenever the block becomes or stops being live */
-    /* Thread caches (tcache.c): (generation << 2) | tc_state. Last, so that
+    /* Thread caches (lib/cache): (generation << 2) | tc_state. Last, so that
      * block_new keeps it: the generation outlives the record's reuse. */
     _Atomic uint64_t tc;
 };
 
-/* Where a LIVE block stands with the thread caches (tcache.c). The heap changes
+/* Where a LIVE block stands with the thread caches (lib/cache). The heap changes
  * a live block only while it is TC_NONE; it takes a TC_USER block back first. */
 enum { TC_NONE = 0, TC_USER = 1, TC_FREE = 2 };
 static inline unsigned tc_state(uint64_t w) { return (unsigned)(w & 3); }

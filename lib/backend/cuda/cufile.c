@@ -5,7 +5,7 @@
  * cuFile moves file data to the GPU without staging it in the caller's buffers:
  * with the nvidia-fs kernel module and a supported file system by DMA from
  * storage, otherwise in its "compatibility mode" through bounce buffers of its own
- * (POSIX reads plus copies, much like file.c's own pipeline). Which one runs is
+ * (POSIX reads plus copies, much like lib/file's own pipeline). Which one runs is
  * the machine's business; bench/file_load measures it beside the POSIX path.
  *
  * The library is opened at run time with dlopen, like libcuda, so nothing here

@@ -1,7 +1,7 @@
 /*
  * cufile.h — cuFile (NVIDIA GPUDirect Storage), loaded at run time, as three
  * calls: open a file for direct reads, read a range of it into device memory,
- * close it. The CUDA backend offers them as its direct_* operations; file.c uses
+ * close it. The CUDA backend offers them as its direct_* operations; lib/file uses
  * them for GPU_MAP_CUFILE loads. libcufile is never linked: it is opened with
  * dlopen on first use, so gpuheap loads where it is absent and reports
  * GPU_ERR_NO_DRIVER there. The caller makes the CUDA context current.

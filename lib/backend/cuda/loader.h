@@ -84,7 +84,7 @@ struct cuda_fns {
     __typeof__(cuMemsetD8Async) *MemsetD8Async;
     __typeof__(cuThreadExchangeStreamCaptureMode) *ThreadExchangeStreamCaptureMode;
 
-    /* host memory and host <-> device transfers (file-backed memory, file.c) */
+    /* host memory and host <-> device transfers (file-backed memory, lib/file) */
     __typeof__(cuMemcpyHtoDAsync_v2) *MemcpyHtoDAsync;
     __typeof__(cuMemcpyDtoHAsync_v2) *MemcpyDtoHAsync;
     __typeof__(cuMemHostAlloc) *MemHostAlloc;

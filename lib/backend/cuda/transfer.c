@@ -1,6 +1,6 @@
 /*
  * transfer.c — the CUDA backend's byte moving: memset and copy for the heap
- * (calloc, realloc), and for file-backed memory (file.c) pinned staging memory,
+ * (calloc, realloc), and for file-backed memory (lib/file) pinned staging memory,
  * copy queues between host and device, zero-copy registration of a file mapping,
  * and cuFile reads straight into device memory.
  *

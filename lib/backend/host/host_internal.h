@@ -66,7 +66,7 @@ typedef struct host_backend {
     size_t grants;            /* peer access: successful grant calls, and the devices they named */
     uint64_t granted_devices;
 
-    host_reservation *regs; /* zero-copy registrations (file.c): read-only ranges, unordered */
+    host_reservation *regs; /* zero-copy registrations (lib/file): read-only ranges, unordered */
     size_t nregs, cap_regs;
 
     /* Stream order has nothing to wait for on the host; tests make events slow

@@ -1,6 +1,6 @@
 /*
  * transfer.c — the host backend's byte moving: memset and copy for the heap,
- * and for file-backed memory (file.c) staging memory, copy queues and zero-copy
+ * and for file-backed memory (lib/file) staging memory, copy queues and zero-copy
  * registration.
  *
  * The rules are the driver's, checked against the mapping books (vmm.c) under
