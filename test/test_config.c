@@ -13,33 +13,27 @@
  */
 #include "util.h"
 
+#include "child.h"
+
+struct child_env {
+    const char *backend, *reserve;
+};
+
+static void child_prepare(void *arg) {
+    const struct child_env *e = arg;
+    unsetenv("GPUHEAP_VERBOSE");
+    if (e->backend) setenv("GPUHEAP_BACKEND", e->backend, 1); else unsetenv("GPUHEAP_BACKEND");
+    if (e->reserve) setenv("GPUHEAP_RESERVE", e->reserve, 1); else unsetenv("GPUHEAP_RESERVE");
+}
+
 /* Runs this program as `--child what` with GPUHEAP_BACKEND=backend (NULL:
  * unset) and GPUHEAP_VERBOSE unset; returns its exit status, its stderr in err. */
 static int child(const char *what, const char *backend, const char *reserve, char *err, size_t len) {
-    int fd[2];
-    assert_int_equal(pipe(fd), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fd[1], 2);
-        close(fd[0]);
-        close(fd[1]);
-        unsetenv("GPUHEAP_VERBOSE");
-        if (backend) setenv("GPUHEAP_BACKEND", backend, 1); else unsetenv("GPUHEAP_BACKEND");
-        if (reserve) setenv("GPUHEAP_RESERVE", reserve, 1); else unsetenv("GPUHEAP_RESERVE");
-        execl("/proc/self/exe", "test_config", "--child", what, (char *)NULL);
-        _exit(127);
-    }
-    close(fd[1]);
-    size_t n = 0;
-    ssize_t r;
-    while (n + 1 < len && (r = read(fd[0], err + n, len - 1 - n)) > 0) n += (size_t)r;
-    err[n] = '\0';
-    close(fd[0]);
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    return WEXITSTATUS(status);
+    struct child_env e = {backend, reserve};
+    char *const argv[] = {"test_config", "--child", (char *)what, NULL};
+    int rc = child_run(argv, child_prepare, &e, err, len);
+    assert_true(rc < 1000); /* it exited, no signal ended it */
+    return rc;
 }
 
 static size_t count(const char *s, const char *needle) {

@@ -43,6 +43,8 @@
 
 #include <cmocka.h>
 
+#include "../child.h"
+
 #define FAKE_BASE 0xfa4e00000000ull
 #define FAKE_IMPORT (FAKE_BASE + 0x70000000)
 
@@ -245,34 +247,25 @@ static int child_host_import(const char *hex) {
     return 0;
 }
 
+struct child_env {
+    const char *mode, *verbose;
+};
+
+static void child_prepare(void *arg) {
+    const struct child_env *e = arg;
+    setenv("LD_LIBRARY_PATH", libdir, 1);
+    setenv("GPUHEAP_STATS", "1", 1);
+    unsetenv("GPUHEAP_RUN_PID");
+    if (!strncmp(e->mode, "host", 4)) setenv("GPUHEAP_BACKEND", "host", 1); else unsetenv("GPUHEAP_BACKEND");
+    if (e->verbose) setenv("GPUHEAP_VERBOSE", e->verbose, 1); else unsetenv("GPUHEAP_VERBOSE");
+}
+
 /* Runs `--child mode` with the fakes, GPUHEAP_STATS=1 and GPUHEAP_VERBOSE as
  * given; returns the exit status, the child's stderr in err. */
 static int child(const char *mode, const char *verbose, char *err, size_t len) {
-    int fd[2];
-    assert_int_equal(pipe(fd), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fd[1], 2);
-        close(fd[0]);
-        close(fd[1]);
-        setenv("LD_LIBRARY_PATH", libdir, 1);
-        setenv("GPUHEAP_STATS", "1", 1);
-        unsetenv("GPUHEAP_RUN_PID");
-        if (!strncmp(mode, "host", 4)) setenv("GPUHEAP_BACKEND", "host", 1); else unsetenv("GPUHEAP_BACKEND");
-        if (verbose) setenv("GPUHEAP_VERBOSE", verbose, 1); else unsetenv("GPUHEAP_VERBOSE");
-        execl("/proc/self/exe", "test_ipc_hooks", "--child", mode, (char *)NULL);
-        _exit(127);
-    }
-    close(fd[1]);
-    size_t n = 0;
-    ssize_t r;
-    while (n + 1 < len && (r = read(fd[0], err + n, len - 1 - n)) > 0) n += (size_t)r;
-    err[n] = '\0';
-    close(fd[0]);
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
+    struct child_env e = {mode, verbose};
+    char *const argv[] = {"test_ipc_hooks", "--child", (char *)mode, NULL};
+    return child_run(argv, child_prepare, &e, err, len);
 }
 
 static void expect_in(const char *err, const char *what) {

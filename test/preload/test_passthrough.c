@@ -40,6 +40,8 @@
 
 #include <cmocka.h>
 
+#include "../child.h"
+
 #define FAKE_BASE 0xfa4e00000000ull
 
 static const char *fake_path;
@@ -103,43 +105,37 @@ static int child_signals(void) {
     return child_calls() ? 4 : 0;
 }
 
+struct child_env {
+    const char *mode;
+    bool driver;
+    const char *backend, *stats;
+    bool run_pid;
+};
+
+static void child_prepare(void *arg) {
+    const struct child_env *e = arg;
+    unsetenv("GPUHEAP_VERBOSE");
+    unsetenv("GPUHEAP_RUN_PID");
+    if (e->driver) setenv("LD_LIBRARY_PATH", libdir, 1); else unsetenv("LD_LIBRARY_PATH");
+    if (e->backend) setenv("GPUHEAP_BACKEND", e->backend, 1); else unsetenv("GPUHEAP_BACKEND");
+    if (e->stats) setenv("GPUHEAP_STATS", e->stats, 1); else unsetenv("GPUHEAP_STATS");
+    if (!strcmp(e->mode, "signals")) signal(SIGHUP, SIG_IGN); /* as nohup does; exec keeps it */
+    if (e->run_pid) {
+        char s[32];
+        snprintf(s, sizeof s, "%d", (int)getpid()); /* exec keeps it, as in gpuheap-run */
+        setenv("GPUHEAP_RUN_PID", s, 1);
+    }
+}
+
 /* Runs `--child mode` with the driver (or none) and GPUHEAP_BACKEND, GPUHEAP_STATS
  * as given (NULL: unset); run_pid: GPUHEAP_RUN_PID is the child's own pid.
  * Returns the exit status (1000 + the signal when one ended it); the child's
  * stderr in err. */
 static int child(const char *mode, bool driver, const char *backend, const char *stats, bool run_pid, char *err,
                  size_t len) {
-    int fd[2];
-    assert_int_equal(pipe(fd), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fd[1], 2);
-        close(fd[0]);
-        close(fd[1]);
-        unsetenv("GPUHEAP_VERBOSE");
-        unsetenv("GPUHEAP_RUN_PID");
-        if (driver) setenv("LD_LIBRARY_PATH", libdir, 1); else unsetenv("LD_LIBRARY_PATH");
-        if (backend) setenv("GPUHEAP_BACKEND", backend, 1); else unsetenv("GPUHEAP_BACKEND");
-        if (stats) setenv("GPUHEAP_STATS", stats, 1); else unsetenv("GPUHEAP_STATS");
-        if (!strcmp(mode, "signals")) signal(SIGHUP, SIG_IGN); /* as nohup does; exec keeps it */
-        if (run_pid) {
-            char s[32];
-            snprintf(s, sizeof s, "%d", (int)getpid()); /* exec keeps it, as in gpuheap-run */
-            setenv("GPUHEAP_RUN_PID", s, 1);
-        }
-        execl("/proc/self/exe", "test_passthrough", "--child", mode, (char *)NULL);
-        _exit(127);
-    }
-    close(fd[1]);
-    size_t n = 0;
-    ssize_t r;
-    while (n + 1 < len && (r = read(fd[0], err + n, len - 1 - n)) > 0) n += (size_t)r;
-    err[n] = '\0';
-    close(fd[0]);
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
+    struct child_env e = {mode, driver, backend, stats, run_pid};
+    char *const argv[] = {"test_passthrough", "--child", (char *)mode, NULL};
+    return child_run(argv, child_prepare, &e, err, len);
 }
 
 /* The interposer's exit line in err, or NULL. */

@@ -32,6 +32,8 @@
 
 #include <cmocka.h>
 
+#include "../child.h"
+
 #define MiB ((size_t)1 << 20)
 #define FAKE_BASE 0xfa4e00000000ull /* fake_cuda.c's cuMemAlloc_v2 pointers */
 #define FAKE_RUNTIME_PTR 0xca0000000000ull /* fake_cudart.c's cudaMalloc pointer */
@@ -110,36 +112,22 @@ static int child_no_cap(void) {
     return c.mem_free(p) == 0 ? 0 : 6;
 }
 
+static void child_prepare(void *arg) {
+    const char *limit = arg;
+    setenv("LD_LIBRARY_PATH", libdir, 1);
+    setenv("GPUHEAP_STATS", "1", 1);
+    unsetenv("GPUHEAP_RUN_PID");
+    unsetenv("GPUHEAP_BACKEND");
+    unsetenv("GPUHEAP_VERBOSE");
+    setenv("GPUHEAP_IPC", "0", 1); /* the fake has no exportable memory */
+    if (limit) setenv("GPUHEAP_LIMIT", limit, 1); else unsetenv("GPUHEAP_LIMIT");
+}
+
 /* Runs `--child mode` with the fakes, GPUHEAP_STATS=1 and GPUHEAP_LIMIT as given
  * (NULL: unset); returns the exit status, the child's stderr in err. */
 static int child(const char *mode, const char *limit, char *err, size_t len) {
-    int fd[2];
-    assert_int_equal(pipe(fd), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fd[1], 2);
-        close(fd[0]);
-        close(fd[1]);
-        setenv("LD_LIBRARY_PATH", libdir, 1);
-        setenv("GPUHEAP_STATS", "1", 1);
-        unsetenv("GPUHEAP_RUN_PID");
-        unsetenv("GPUHEAP_BACKEND");
-        unsetenv("GPUHEAP_VERBOSE");
-        setenv("GPUHEAP_IPC", "0", 1); /* the fake has no exportable memory */
-        if (limit) setenv("GPUHEAP_LIMIT", limit, 1); else unsetenv("GPUHEAP_LIMIT");
-        execl("/proc/self/exe", "test_served", "--child", mode, (char *)NULL);
-        _exit(127);
-    }
-    close(fd[1]);
-    size_t n = 0;
-    ssize_t r;
-    while (n + 1 < len && (r = read(fd[0], err + n, len - 1 - n)) > 0) n += (size_t)r;
-    err[n] = '\0';
-    close(fd[0]);
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
+    char *const argv[] = {"test_served", "--child", (char *)mode, NULL};
+    return child_run(argv, child_prepare, (void *)limit, err, len);
 }
 
 static void expect_in(const char *err, const char *what) {
