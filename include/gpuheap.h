@@ -367,7 +367,9 @@ typedef struct gpu_ipc_mem_handle_t { unsigned char bytes[64]; } gpu_ipc_mem_han
  * gpu_reserve range, a heap opened with ipc = 0), GPU_ERR_NOT_OWNED (in no
  * heap: foreign or imported), GPU_ERR_NOT_LIVE (freed, or an interior pointer),
  * GPU_ERR_NO_DRIVER (the driver refused exportable memory), GPU_ERR_BUSY,
- * GPU_ERR_BACKEND (the server could not start). Thread-safe. */
+ * GPU_ERR_PAUSED (the block's tag is paused: gpu_pause; an open of a handle
+ * whose block was paused since is refused the same way), GPU_ERR_BACKEND (the
+ * server could not start). Thread-safe. */
 int gpu_ipc_get_mem_handle(gpu_ipc_mem_handle_t *handle, void *ptr);
 
 /* Maps the block a handle names on the calling thread's current device and sets

@@ -378,6 +378,8 @@ static void test_paused_tag_refuses_and_frees(void **state) {
     assert_null(gpu_realloc(big, 1 * MiB));
     ASSERT_LAST_ERROR(GPU_ERR_PAUSED);
     ASSERT_ERROR(gpu_protect(owned, 2 * MiB, GPU_PROT_READ_WRITE), GPU_ERR_PAUSED);
+    gpu_ipc_mem_handle_t handle; /* paused memory has nothing to share with another process */
+    ASSERT_ERROR(gpu_ipc_get_mem_handle(&handle, big), GPU_ERR_PAUSED);
     assert_int_equal(gpu_malloc_usable_size(big), 6 * MiB);
     gpu_stats_t s1 = tag_stats(T);
     assert_memory_equal(&s0, &s1, offsetof(gpu_stats_t, fences)); /* the books before the counters */

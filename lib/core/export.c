@@ -27,7 +27,9 @@ int heap_export_token(gpu_heap_t *h, void *ptr, uint64_t fresh, uint64_t *token,
      * which clears the token. */
     block *b = heap_find_live(h, (uintptr_t)ptr, true);
     int rc = GPU_OK;
-    if (!b)
+    if (!heap_is_running(h))
+        rc = heap_refusal(h); /* paused memory has nothing to share */
+    else if (!b)
         rc = gh_note(GPU_ERR_NOT_LIVE, "%p is not the start of a live block of this heap (freed, or an interior pointer)", ptr);
     else if (b->state == BLOCK_SPARSE)
         rc = gh_note(GPU_ERR_INVALID, "%p is a gpu_reserve range: only blocks can be shared", ptr);
@@ -75,6 +77,10 @@ int heap_export_begin(gpu_heap_t *h, heap_export *x) {
         if (n == x->max) {
             heap_unlock(h);
             return gh_note(GPU_ERR_INVALID, "the block lies on more than %u extents, more than one request carries", x->max);
+        }
+        if (e->paused || e->moving) { /* given back by gpu_pause, or being given back or mapped again */
+            heap_unlock(h);
+            return gh_note(GPU_ERR_PAUSED, "the exporting process has paused this block's memory (gpu_pause)");
         }
         x->ext[n] = (heap_export_extent){.e = e, .handle = e->handle, .size = e->size};
     }
