@@ -101,6 +101,20 @@ static bool any_busy(const gpu_heap_t *h) {
     return false;
 }
 
+/* extmap_walk's callback: stops at an extent an export in flight has pinned. */
+static bool unpinned(extent *e, void *arg) {
+    *(bool *)arg |= e->pins != 0;
+    return !e->pins;
+}
+
+/* True while an export (lib/ipc) turns one of h's handles into an fd with the
+ * lock dropped: a pause waits for it, as it waits for busy blocks. Lock held. */
+static bool any_pinned(gpu_heap_t *h) {
+    bool pinned = false;
+    extmap_walk(&h->extents, unpinned, &pinned);
+    return pinned;
+}
+
 /* ---- the extents on the move --------------------------------------------------- */
 
 static bool list_one(extent *e, void *arg) {
@@ -318,7 +332,7 @@ int heap_pause(gpu_heap_t *h, bool backup, size_t *bytes) {
     int rc = heap_fence_locked(h, 0); /* GPU work issued before the pause is done; freed blocks idle */
     if (rc == GPU_OK) {
         (void)heap_trim_locked(h, 0); /* wholly idle extents go as a trim's; one it keeps is paused below */
-        while (any_busy(h)) nap_locked(h);
+        while (any_busy(h) || any_pinned(h)) nap_locked(h);
     }
     move_list m = {0};
     if (rc == GPU_OK) rc = list_locked(h, false, &m);
