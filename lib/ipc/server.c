@@ -30,9 +30,8 @@
  * the atfork prepare handler takes. The lock is never held across a wait: the
  * listening socket is non-blocking, so accept4 under it returns at once; the
  * callback and every send and receive run without it. One gap remains: fds the
- * callback has opened but not yet returned when another thread forks are not
- * in a record, so that child keeps copies (O_CLOEXEC ones, if the callback made
- * them so: an exec closes them).
+ * callback has opened but not yet returned when another thread forks are in no
+ * record, so that child keeps copies (O_CLOEXEC: an exec closes them).
  */
 #include <errno.h>
 #include <fcntl.h>
