@@ -175,9 +175,6 @@ static inline gpu_heap_t *resolve(gpu_heap_t *heap) { return heap ? resolve_name
 
 gpu_heap_t *api_heap(gpu_heap_t *heap) { return resolve(heap); }
 
-/* The heap an allocation names: NULL is the innermost region's tag heap, or the
- * default heap outside regions. */
-static gpu_heap_t *resolve_alloc(gpu_heap_t *heap) { return heap ? resolve(heap) : gh_heap_for_alloc(gh_current_device()); }
 
 /* A loaded gpu_map_file mapping is a live block, but only gpu_unmap_file ends it. */
 /* ---- allocation -------------------------------------------------------------------- */
@@ -215,11 +212,10 @@ static int code_result(gpu_heap_t *h, int rc) {
 static __attribute__((noinline)) void *allocate_slow(gpu_heap_t *h, size_t size, size_t align, unsigned flags,
                                                      uint64_t t0, bool cache_asked) {
     void *p = NULL;
-    /* A paused heap (gpu_pause) refuses before its caches are asked; the
-     * refusal reads the state again (GPU_OK: it runs again meanwhile). */
-    int rc = heap_is_running(h) ? GH_MISS : heap_refusal(h);
-    if (rc == GPU_OK) rc = GH_MISS;
-    if (rc == GH_MISS && !cache_asked && !flags && align == GH_QUANTUM && size <= TC_MAX_BYTES && (p = tcache_malloc(h, size)))
+    int rc = GH_MISS;
+    /* A paused heap's caches are not asked: the heap itself refuses (GPU_ERR_PAUSED). */
+    if (!cache_asked && !flags && align == GH_QUANTUM && size <= TC_MAX_BYTES && heap_is_running(h) &&
+        (p = tcache_malloc(h, size)))
         rc = GPU_OK;
     if (rc == GH_MISS) rc = heap_malloc(h, size, align, flags, &p);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_MALLOC, .heap = h->base, .size = size, .arg = align,
@@ -241,8 +237,15 @@ static inline void *allocate_on(gpu_heap_t *h, size_t size, size_t align, unsign
     return p;
 }
 
+/* The heap an allocation names: NULL is the innermost region's tag heap, or the
+ * default heap outside regions (the common case: two loads, default_heap). */
+static inline gpu_heap_t *alloc_heap(gpu_heap_t *heap) {
+    if (heap) return resolve(heap);
+    return gh_region_open() ? gh_heap_for_alloc(gh_current_device()) : default_heap();
+}
+
 static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flags) {
-    gpu_heap_t *h = resolve_alloc(heap);
+    gpu_heap_t *h = alloc_heap(heap);
     if (!h) return NULL;
     if (flags & ~(unsigned)(GPU_ALLOC_OWNED | GPU_ALLOC_ZERO)) {
         gh_error(GPU_ERR_INVALID, "unknown allocation flags %#x", flags);
@@ -259,11 +262,11 @@ static void *allocate(gpu_heap_t *heap, size_t size, size_t align, unsigned flag
 /* The plain forms need no flag or alignment check (every reservation holds
  * more than GH_QUANTUM twice). */
 void *gpu_heap_malloc(gpu_heap_t *heap, size_t size) {
-    gpu_heap_t *h = resolve_alloc(heap);
+    gpu_heap_t *h = alloc_heap(heap);
     return h ? allocate_on(h, size, GH_QUANTUM, 0) : NULL;
 }
 void *gpu_malloc(size_t size) {
-    gpu_heap_t *h = gh_region_open() ? gh_heap_for_alloc(gh_current_device()) : default_heap(); /* a region: its tag's heap */
+    gpu_heap_t *h = alloc_heap(NULL);
     return h ? allocate_on(h, size, GH_QUANTUM, 0) : NULL;
 }
 
@@ -392,7 +395,7 @@ int gpu_release(void *ptr) { return gpu_heap_release(NULL, ptr); }
 /* ---- stream-ordered ------------------------------------------------------------------- */
 
 void *gpu_heap_malloc_async(gpu_heap_t *heap, size_t size, void *stream) {
-    gpu_heap_t *h = resolve_alloc(heap);
+    gpu_heap_t *h = alloc_heap(heap);
     if (!h) return NULL;
     void *p = NULL;
     int rc = heap_malloc_async(h, size, (uintptr_t)stream, &p);

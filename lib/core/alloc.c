@@ -249,7 +249,7 @@ int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void *
     if (!need || need > h->reserved)
         return gh_note(GPU_ERR_INVALID, "size %zu is larger than the heap's reservation (%zu bytes)", size, h->reserved);
     heap_lock(h);
-    int rc = heap_reserve_records(h);
+    int rc = heap_is_running(h) ? heap_reserve_records(h) : heap_refusal(h); /* paused idle memory is unmapped */
     block *b = NULL;
     /* The ladder's first rung without the ladder: a warm request ends there. */
     if (rc == GPU_OK && !(flags & GPU_ALLOC_OWNED) && need < 2 * h->gran) b = fit_take_any(h, need, align);
