@@ -10,6 +10,7 @@
 #ifndef GPUHEAP_TEST_CHILD_H
 #define GPUHEAP_TEST_CHILD_H
 
+#include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,5 +49,28 @@ static inline int child_run(char *const argv[], void (*prepare)(void *arg), void
     assert_int_equal(waitpid(pid, &status, 0), pid);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
 }
+
+/* Open fds of this process (for tests that prove none is left behind). */
+static inline int open_fd_count(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d));) n += de->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the directory's own */
+}
+
+/* A test whose forked children start threads (an IPC server) puts this at file
+ * scope: ThreadSanitizer kills such a child unless told it is expected. */
+#ifndef __has_feature
+#define __has_feature(x) 0 /* gcc before 14 */
+#endif
+#if defined(__SANITIZE_THREAD__) || __has_feature(thread_sanitizer)
+#define CHILD_TSAN_FORK_OK                           \
+    const char *__tsan_default_options(void);        \
+    const char *__tsan_default_options(void) { return "die_after_fork=0"; }
+#else
+#define CHILD_TSAN_FORK_OK
+#endif
 
 #endif

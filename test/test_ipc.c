@@ -28,6 +28,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "child.h"
 #include "util.h"
 
 #include "api/api.h"
@@ -36,15 +37,7 @@
 #include "ipc/ipc.h"
 #include "ipc/share.h"
 
-/* A child forked from this threaded process (the IPC server's thread) execs at
- * once; ThreadSanitizer kills such a child unless told it is expected. */
-#ifndef __has_feature
-#define __has_feature(x) 0 /* gcc before 14 */
-#endif
-#if defined(__SANITIZE_THREAD__) || __has_feature(thread_sanitizer)
-const char *__tsan_default_options(void);
-const char *__tsan_default_options(void) { return "die_after_fork=0"; }
-#endif
+CHILD_TSAN_FORK_OK
 
 /* ---- the blocks both processes make ------------------------------------------------ */
 
@@ -126,12 +119,7 @@ static vmm_host_counts host_counts(void);
  * must leave none behind) and the connections kept for the next request (the
  * importer's end, and this process's server's when it imports from itself). */
 static int fd_count(void) {
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) return -1;
-    int n = 0;
-    for (struct dirent *de; (de = readdir(d));) n += de->d_name[0] != '.';
-    closedir(d);
-    return n - 1 /* the directory's own */ - (int)(host_counts().handles - host_counts().imported_handles) -
+    return open_fd_count() - (int)(host_counts().handles - host_counts().imported_handles) -
            (int)ipc_client_kept() - (int)ipc_server_connections();
 }
 

@@ -30,18 +30,11 @@
 #include <cmocka.h>
 
 #include "error.h"
+#include "child.h"
 #include "ipc/ipc.h"
 #include "ipc/wire.h"
 
-/* A child forked from this threaded process starts a server thread of its own;
- * ThreadSanitizer kills such a child unless told it is expected. */
-#ifndef __has_feature
-#define __has_feature(x) 0 /* gcc before 14 */
-#endif
-#if defined(__SANITIZE_THREAD__) || __has_feature(thread_sanitizer)
-const char *__tsan_default_options(void);
-const char *__tsan_default_options(void) { return "die_after_fork=0"; }
-#endif
+CHILD_TSAN_FORK_OK
 
 #define KiB ((uint64_t)1 << 10)
 #define MiB ((uint64_t)1 << 20)
@@ -113,17 +106,8 @@ static int bad_lookup(uint64_t token, ipc_reply *r, int *fds, unsigned max_fds, 
     return GPU_OK;
 }
 
-/* Open fds of this process. */
-static int fd_count_all(void) {
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) return -1;
-    int n = 0;
-    for (struct dirent *de; (de = readdir(d));) n += de->d_name[0] != '.';
-    closedir(d);
-    return n - 1; /* the directory's own */
-}
 /* Open fds of this process, less the connections kept for the next request. */
-static int fd_count(void) { return fd_count_all() - (int)ipc_client_kept(); }
+static int fd_count(void) { return open_fd_count() - (int)ipc_client_kept(); }
 
 /* The message noted for err on this thread, as a public call would report it. */
 static char reported[512];
@@ -196,7 +180,7 @@ static int check_refused(const ipc_handle_fields *h, int want, const char *words
 
 /* What a child does with the handle's bytes: MODE is block, unknown (the
  * handle names UNKNOWN_TOKEN), forged (the bytes must not decode). */
-static int child_run(const char *mode, const unsigned char bytes[IPC_HANDLE_BYTES]) {
+static int child_ask(const char *mode, const unsigned char bytes[IPC_HANDLE_BYTES]) {
     ipc_handle_fields h;
     int err = ipc_handle_decode(bytes, &h);
     if (!strcmp(mode, "forged"))
@@ -216,12 +200,12 @@ static int child_run(const char *mode, const unsigned char bytes[IPC_HANDLE_BYTE
     return CHILD_FAIL("unknown mode %s", mode);
 }
 
-/* Runs child_run in a forked child, or in this binary exec'd afresh; its exit status. */
+/* Runs child_ask in a forked child, or in this binary exec'd afresh; its exit status. */
 static int run_child(bool exec, const char *mode, const unsigned char bytes[IPC_HANDLE_BYTES]) {
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
-        if (!exec) _exit(child_run(mode, bytes));
+        if (!exec) _exit(child_ask(mode, bytes));
         char hex[2 * IPC_HANDLE_BYTES + 1];
         for (unsigned i = 0; i < IPC_HANDLE_BYTES; i++) sprintf(hex + 2 * i, "%02x", bytes[i]);
         execl("/proc/self/exe", "test_ipc_transport", "--ipc-child", mode, hex, (char *)NULL);
@@ -420,7 +404,7 @@ static void test_other_uid_refused(void **state) {
     pid_t pid = fork();
     if (pid == 0) {
         if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(77);
-        _exit(child_run("other-uid", b));
+        _exit(child_ask("other-uid", b));
     }
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
@@ -548,13 +532,13 @@ static void test_fork_child_drops_kept_connections(void **state) {
     /* A refusal after it: the server has closed the block's fds once it answers. */
     ipc_handle_fields unknown = with_token(h, UNKNOWN_TOKEN);
     assert_int_equal(check_refused(&unknown, GPU_ERR_INVALID, "no export with token"), 0);
-    int parent = fd_count_all();
+    int parent = open_fd_count();
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
         /* Gone: the kept connection, and the server's socket, wake fd and connection. */
-        if (ipc_client_kept() != 0 || fd_count_all() != parent - 4)
-            _exit(CHILD_FAIL("%u kept, %d fds, parent had %d", ipc_client_kept(), fd_count_all(), parent));
+        if (ipc_client_kept() != 0 || open_fd_count() != parent - 4)
+            _exit(CHILD_FAIL("%u kept, %d fds, parent had %d", ipc_client_kept(), open_fd_count(), parent));
         _exit(check_block(&h)); /* from the parent's server, on a connection of its own */
     }
     int status;
@@ -610,7 +594,7 @@ int main(int argc, char **argv) {
             if (sscanf(argv[3] + 2 * i, "%2x", &v) != 1) return CHILD_FAIL("bad hex");
             b[i] = (unsigned char)v;
         }
-        return child_run(argv[2], b);
+        return child_ask(argv[2], b);
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_handle_round_trip_and_every_corrupt_byte, setup, teardown),
