@@ -44,6 +44,7 @@
 #include <cmocka.h>
 
 #include "../child.h"
+#include "fake_libs.h"
 
 #define FAKE_BASE 0xfa4e00000000ull
 #define FAKE_IMPORT (FAKE_BASE + 0x70000000)
@@ -325,15 +326,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     snprintf(libdir, sizeof libdir, "/tmp/gpuheap-fakeipc-XXXXXX");
-    if (!mkdtemp(libdir)) return 1;
-    static const char *const names[] = {"libcuda.so.1", "libcudart.so.13"};
-    char links[2][128];
-    for (int i = 0; i < 2; i++) {
-        snprintf(links[i], sizeof links[i], "%s/%s", libdir, names[i]);
-        char *abs = realpath(argv[1 + i], NULL);
-        if (!abs || symlink(abs, links[i]) != 0) return 1;
-        free(abs);
-    }
+    if (fake_libs_make(libdir, argv[1], argv[2]) != 0) return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_driver_calls_pass_through),
         cmocka_unit_test(test_driver_refusal_is_explained_when_verbose),
@@ -341,7 +334,6 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_host_backend_whole_loop),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    for (int i = 0; i < 2; i++) unlink(links[i]);
-    rmdir(libdir);
+    fake_libs_remove(libdir);
     return rc;
 }

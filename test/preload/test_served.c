@@ -33,6 +33,7 @@
 #include <cmocka.h>
 
 #include "../child.h"
+#include "fake_libs.h"
 
 #define MiB ((size_t)1 << 20)
 #define FAKE_BASE 0xfa4e00000000ull /* fake_cuda.c's cuMemAlloc_v2 pointers */
@@ -166,21 +167,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     snprintf(libdir, sizeof libdir, "/tmp/gpuheap-fakevmm-XXXXXX");
-    if (!mkdtemp(libdir)) return 1;
-    static const char *const names[] = {"libcuda.so.1", "libcudart.so.13"};
-    char links[2][128];
-    for (int i = 0; i < 2; i++) {
-        snprintf(links[i], sizeof links[i], "%s/%s", libdir, names[i]);
-        char *abs = realpath(argv[1 + i], NULL);
-        if (!abs || symlink(abs, links[i]) != 0) return 1;
-        free(abs);
-    }
+    if (fake_libs_make(libdir, argv[1], argv[2]) != 0) return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_out_of_memory_under_the_cap_is_the_answer),
         cmocka_unit_test(test_without_a_cap_a_refused_allocation_passes_on),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    for (int i = 0; i < 2; i++) unlink(links[i]);
-    rmdir(libdir);
+    fake_libs_remove(libdir);
     return rc;
 }
