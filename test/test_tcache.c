@@ -38,19 +38,20 @@ static void books_add_up(gpu_heap_t *h) {
     assert_int_equal(s.mapped_bytes, s.live_bytes + s.idle_bytes + s.quarantine_bytes + s.cached_bytes);
 }
 
-/* A freed block comes back only after an event recorded after its free has
- * completed, or a device fence: with events held incomplete, it stays away
- * until the heap fences (its quarantine over budget). */
-static void test_reuse_waits_for_cover(void **state) {
-    (void)state;
+/* A freed block of size bytes comes back only after an event recorded after
+ * its free has completed, or a device fence: with events held incomplete, it
+ * stays away until the heap fences (its quarantine over budget), after at least
+ * `patience` pairs (a ring's worth). Then, events completing again, the cache
+ * reuses its own blocks with no new memory and no fence. */
+static void reuse_waits_for_cover(size_t size, int patience) {
     gpu_heap_t *h = open_heap(32 * MiB);
     vmm_host_set_event_delay(h->door.b, 1000000);
-    char *p = gpu_heap_malloc(h, 4096);
+    char *p = gpu_heap_malloc(h, size);
     assert_non_null(p);
     assert_int_equal(gpu_heap_free(h, p), GPU_OK);
     int before_fence = 0;
     for (int i = 0; i < 5000; i++) {
-        char *q = gpu_heap_malloc(h, 4096);
+        char *q = gpu_heap_malloc(h, size);
         assert_non_null(q);
         if (STATS(h).fences) {
             assert_int_equal(gpu_heap_free(h, q), GPU_OK);
@@ -60,18 +61,110 @@ static void test_reuse_waits_for_cover(void **state) {
         before_fence++;
         assert_int_equal(gpu_heap_free(h, q), GPU_OK);
     }
-    assert_true(before_fence >= 1000); /* a ring's worth of pairs, at least, without a fence */
+    assert_true(before_fence >= patience);
     CHECK_HEAP(h);
     books_add_up(h);
-    /* Events complete again: the cache reuses its own blocks, with no new memory
-     * and no fence. */
     vmm_host_set_event_delay(h->door.b, 0);
+    for (int i = 0; i < 200; i++) assert_int_equal(gpu_heap_free(h, gpu_heap_malloc(h, size)), GPU_OK); /* settle */
     gpu_stats_t s0 = STATS(h);
-    for (int i = 0; i < 20000; i++) assert_int_equal(gpu_heap_free(h, gpu_heap_malloc(h, 4096)), GPU_OK);
+    for (int i = 0; i < 20000; i++) assert_int_equal(gpu_heap_free(h, gpu_heap_malloc(h, size)), GPU_OK);
     gpu_stats_t s1 = STATS(h);
     assert_true(s1.mapped_bytes <= s0.mapped_bytes);
+    assert_int_equal(s1.backend_create, s0.backend_create);
     assert_int_equal(s1.fences, s0.fences);
     CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
+static void test_reuse_waits_for_cover(void **state) {
+    (void)state;
+    reuse_waits_for_cover(4096, 1000);
+    reuse_waits_for_cover(64 * KiB, 64); /* mid slots (exact sizes above 4 KiB) */
+    reuse_waits_for_cover(1 * MiB, 16);
+}
+
+/* Mid sizes go through the cache: a warm pair hands back a block the thread
+ * freed, the cache holds what was freed, and the books add up. */
+static void test_mid_sizes_cached(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    const size_t sizes[] = {4 * KiB + 256, 64 * KiB, 1 * MiB, 2 * MiB - 256};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        void *first = gpu_heap_malloc(h, sizes[i]);
+        assert_non_null(first);
+        assert_int_equal(gpu_heap_free(h, first), GPU_OK);
+        bool again = false;
+        for (int k = 0; k < 2000 && !again; k++) {
+            void *q = gpu_heap_malloc(h, sizes[i]);
+            BLOCK_VALID(h, q, sizes[i]);
+            again = q == first;
+            assert_int_equal(gpu_heap_free(h, q), GPU_OK);
+        }
+        assert_true(again);
+        assert_true(STATS(h).cached_bytes >= sizes[i]);
+        books_add_up(h);
+    }
+    /* Past a granule (2 MiB here) blocks own extents and stay with the heap. */
+    void *big = gpu_heap_malloc(h, 2 * MiB);
+    size_t cached = STATS(h).cached_bytes;
+    assert_int_equal(gpu_heap_free(h, big), GPU_OK);
+    assert_int_equal(STATS(h).cached_bytes, cached);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
+/* A mid slot serves one size at a time. A block handed out under one size whose
+ * slot then went to other sizes is freed to the heap, never into the ring of
+ * another size: every later block has the size asked for. */
+static void test_mid_slot_taken_over(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    enum { SIZES = 64 };
+    void *held = gpu_heap_malloc(h, 5 * KiB);
+    assert_non_null(held);
+    for (int i = 0; i < SIZES; i++) { /* 64 sizes over 16 slots: held's slot changes hands */
+        size_t s = 8 * KiB + (size_t)i * 4 * KiB;
+        for (int k = 0; k < 4; k++) assert_int_equal(gpu_heap_free(h, gpu_heap_malloc(h, s)), GPU_OK);
+    }
+    assert_int_equal(gpu_heap_free(h, held), GPU_OK);
+    books_add_up(h); /* a ring counts its blocks at its size: held in another ring would not add up */
+    for (int i = SIZES - 1; i >= 0; i--) { /* latest first: each ring emptied, whatever it holds handed out */
+        size_t s = 8 * KiB + (size_t)i * 4 * KiB;
+        void *p[8];
+        for (int k = 0; k < 8; k++) {
+            p[k] = gpu_heap_malloc(h, s);
+            BLOCK_VALID(h, p[k], s);
+            memset(p[k], 0x5a, s);
+        }
+        for (int k = 0; k < 8; k++) assert_int_equal(gpu_heap_free(h, p[k]), GPU_OK);
+    }
+    CHECK_HEAP(h);
+    books_add_up(h);
+    HEAP_DESTROY(h);
+}
+
+/* Blocks kept in mid slots never make the heap map: before it maps new memory
+ * the heap takes them back (its room hook), and what they held serves a
+ * request of another size. */
+static void test_mid_blocks_come_back_before_map(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    enum { N = 40 };
+    void *p[N];
+    for (int i = 0; i < N; i++) assert_non_null(p[i] = gpu_heap_malloc(h, 1 * MiB));
+    for (int i = 0; i < N; i++) assert_int_equal(gpu_heap_free(h, p[i]), GPU_OK);
+    gpu_stats_t s0 = STATS(h);
+    assert_true(s0.cached_bytes >= 32 * MiB);
+    void *q[N / 2];
+    for (int i = 0; i < N / 2; i++) {
+        q[i] = gpu_heap_malloc(h, 2 * MiB - 256);
+        BLOCK_VALID(h, q[i], 2 * MiB - 256);
+    }
+    gpu_stats_t s1 = STATS(h);
+    assert_true(s1.mapped_bytes <= s0.mapped_bytes + 8 * MiB); /* at most what still waited for its cover */
+    for (int i = 0; i < N / 2; i++) assert_int_equal(gpu_heap_free(h, q[i]), GPU_OK);
+    CHECK_HEAP(h);
+    books_add_up(h);
     HEAP_DESTROY(h);
 }
 
@@ -433,6 +526,9 @@ static void test_blocks_freed_elsewhere_leave_no_trace(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reuse_waits_for_cover),
+        cmocka_unit_test(test_mid_sizes_cached),
+        cmocka_unit_test(test_mid_slot_taken_over),
+        cmocka_unit_test(test_mid_blocks_come_back_before_map),
         cmocka_unit_test(test_blocks_and_double_free),
         cmocka_unit_test(test_realloc_of_cached_block),
         cmocka_unit_test(test_trim_empties_cache),

@@ -214,7 +214,7 @@ static __attribute__((noinline)) void *allocate_slow(gpu_heap_t *h, size_t size,
     void *p = NULL;
     int rc = GH_MISS;
     /* A paused heap's caches are not asked: the heap itself refuses (GPU_ERR_PAUSED). */
-    if (!cache_asked && !flags && align == GH_QUANTUM && size <= TC_MAX_BYTES && heap_is_running(h) &&
+    if (!cache_asked && !flags && align == GH_QUANTUM && size <= TC_MID_MAX_BYTES && heap_is_running(h) &&
         (p = tcache_malloc(h, size)))
         rc = GPU_OK;
     if (rc == GH_MISS) rc = heap_malloc(h, size, align, flags, &p);
@@ -228,7 +228,7 @@ static __attribute__((noinline)) void *allocate_slow(gpu_heap_t *h, size_t size,
  * path: the thread's cache, nothing else; anything more is allocate_slow's. */
 static inline void *allocate_on(gpu_heap_t *h, size_t size, size_t align, unsigned flags) {
     uint64_t t0 = trace_begin();
-    if (t0 || flags || align != GH_QUANTUM || size > TC_MAX_BYTES || !heap_is_running(h))
+    if (t0 || flags || align != GH_QUANTUM || size > TC_MID_MAX_BYTES || !heap_is_running(h))
         return allocate_slow(h, size, align, flags, t0, false);
     void *p = tcache_malloc(h, size);
     if (!p) return allocate_slow(h, size, align, flags, 0, true);

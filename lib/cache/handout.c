@@ -13,12 +13,12 @@
 #include <stdlib.h>
 
 #include "cache/handout.h"
-#include "cache/tcache.h"
+#include "cache/internal.h"
 
 #define HANDOUT_MIN_SLOTS 64u
 
 _Static_assert(GH_QUANTUM > HANDOUT_CLASS_MASK, "a block start leaves the low byte of its key to the class");
-_Static_assert(TC_MAX_BYTES / GH_QUANTUM <= HANDOUT_CLASS_MASK, "every class fits in a key's low byte");
+_Static_assert(TC_ALL <= HANDOUT_CLASS_MASK, "every class fits in a key's low byte");
 
 /* Still out as it went out: the block's tc word is the one recorded. */
 static bool handout_live(const handout *e) {

@@ -26,7 +26,8 @@
 typedef struct handout {
     uintptr_t key; /* start | class; 0: empty */
     block *b;
-    uint64_t w; /* the tc word the block was handed out with */
+    uint64_t w;  /* the tc word the block was handed out with */
+    size_t size; /* its class's size then: a mid slot may take another size meanwhile */
 } handout;
 
 typedef struct handout_map {
@@ -61,15 +62,16 @@ static inline handout *handout_find(handout_map *m, uintptr_t start) {
     }
 }
 
-/* Remembers that b (at start, of class k) went out with tc word w; an older entry
- * for the same start (stale: its block left meanwhile) is replaced. False when
- * out of host memory: then a free of b goes to the heap, which finds it. */
-static inline bool handout_put(handout_map *m, uintptr_t start, unsigned k, block *b, uint64_t w) {
+/* Remembers that b (at start, of class k and size bytes) went out with tc word w;
+ * an older entry for the same start (stale: its block left meanwhile) is
+ * replaced. False when out of host memory: then a free of b goes to the heap,
+ * which finds it. */
+static inline bool handout_put(handout_map *m, uintptr_t start, unsigned k, size_t size, block *b, uint64_t w) {
     if (m->n >= m->grow_at && !handout_make_room(m)) return false;
     uint32_t i = handout_home(m, start);
     while (m->slot[i].key && (m->slot[i].key & ~HANDOUT_CLASS_MASK) != start) i = (i + 1) & m->mask;
     m->n += !m->slot[i].key;
-    m->slot[i] = (handout){start | k, b, w};
+    m->slot[i] = (handout){start | k, b, w, size};
     return true;
 }
 

@@ -78,8 +78,10 @@ static void home_stats_locked(gpu_heap_t *h, gpu_stats_t *s) {
     tc_home *home = home_find(h);
     size_t bytes = 0, blocks = 0;
     for (tcache *c = home ? home->caches : NULL; c; c = c->next) {
-        bytes += atomic_load_explicit(&c->bytes, memory_order_relaxed);
-        blocks += atomic_load_explicit(&c->blocks, memory_order_relaxed);
+        bytes += atomic_load_explicit(&c->small.bytes, memory_order_relaxed) +
+                 atomic_load_explicit(&c->mid.bytes, memory_order_relaxed);
+        blocks += atomic_load_explicit(&c->small.blocks, memory_order_relaxed) +
+                  atomic_load_explicit(&c->mid.blocks, memory_order_relaxed);
     }
     s->cached_bytes = bytes;
     s->cached_blocks = blocks;
@@ -103,10 +105,21 @@ static void home_flush_locked(gpu_heap_t *h) {
     }
 }
 
+/* The heap is about to map new memory (lock held): this thread's mid slots give
+ * their blocks back first, so that blocks kept for reuse never make the heap
+ * grow. The small classes keep theirs (a granule's worth at most per class, and
+ * refilled in runs the heap carves). Other threads' caches are not asked: only
+ * out of memory waits for them (home_flush_locked). */
+static bool home_room_locked(gpu_heap_t *h) {
+    tcache *mine = tcache_mine(h);
+    return mine && tcache_give_back_mid_locked(h, mine);
+}
+
 static const heap_hooks home_hooks = {
     .closing = home_closing,
     .stats_locked = home_stats_locked,
     .flush_locked = home_flush_locked,
+    .room_locked = home_room_locked,
 };
 
 static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;

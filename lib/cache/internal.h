@@ -16,6 +16,9 @@
 #include "core/heap.h"
 
 #define TC_CLASSES (TC_MAX_BYTES / GH_QUANTUM) /* 256 B..4 KiB, one per quantum: nothing is rounded up */
+#define TC_MID_SLOTS 16u                         /* classes for exact sizes above 4 KiB, by a hash of the size */
+#define TC_ALL (TC_CLASSES + TC_MID_SLOTS)       /* a class index: small classes first, then the mid slots */
+#define TC_MID_RING_MIN 8u /* a mid size is cached only when its budget holds a ring this deep */
 
 typedef struct tc_entry {
     block *b;
@@ -23,12 +26,21 @@ typedef struct tc_entry {
     uint64_t tag;    /* cover number when freed; 0: fresh from the heap */
 } tc_entry;
 
+/* What one kind of class (small, mid) may hold, and holds. The owner alone
+ * writes the counts (a load and a store); gpu_heap_stats reads them. */
+typedef struct tc_budget {
+    _Atomic size_t bytes, blocks;
+    size_t limit;
+} tc_budget;
+
 /* A ring of free blocks of one class, oldest first: fresh blocks go in front,
  * freed ones at the back, so tags rise from head to tail. */
 typedef struct tc_class {
     tc_entry *ring;
     uint32_t cap, mask, head, n; /* mask: cap - 1 (cap is a power of two) */
-    uint32_t frees; /* frees taken, for the looks at the covers (cover_tick) */
+    uint32_t frees;    /* frees taken, for the looks at the covers (cover_tick) */
+    size_t size;       /* the blocks' exact size (a mid slot: 0 while unassigned) */
+    tc_budget *budget; /* the cache's small or mid budget */
 } tc_class;
 
 typedef struct tc_home tc_home;
@@ -38,15 +50,14 @@ typedef struct tc_home tc_home;
 typedef struct tcache {
     gpu_heap_t *heap;
     tc_home *home;
-    size_t limit;               /* bytes the rings may hold (tc_limit_bytes) */
-    size_t max;                 /* the largest need taken (tc_limit_need) */
-    unsigned classes;           /* classes below max / GH_QUANTUM: the fast path's bound */
+    unsigned classes;           /* small classes: needs up to classes quanta (tc_limit_need) */
+    unsigned mid_quanta;        /* mid slots take needs above that up to this many quanta (0: none) */
     uint64_t looked_at;         /* cover_seq after this cache's last look (cover_tick) */
     _Atomic bool flush_asked;   /* set by another thread's trim (lock held): give everything back */
-    _Atomic size_t bytes, blocks; /* held in the rings: the owner writes, gpu_heap_stats reads */
+    tc_budget small, mid;       /* what the rings of each kind hold, and may */
     struct tcache *next, *prev; /* the home's list, under the heap's lock */
     handout_map out;            /* the blocks handed out and not yet back */
-    tc_class cls[TC_CLASSES];
+    tc_class cls[TC_ALL];
 } tcache;
 
 /* ---- tcache.c ------------------------------------------------------------------ */
@@ -55,6 +66,8 @@ typedef struct tcache {
 tcache *tcache_mine(gpu_heap_t *h);
 /* Every block c's rings hold goes back to h. Lock held. */
 void tcache_give_back_locked(gpu_heap_t *h, tcache *c);
+/* Every block c's mid slots hold goes back to h; true when any did. Lock held. */
+bool tcache_give_back_mid_locked(gpu_heap_t *h, tcache *c);
 /* Frees c's memory (its blocks are given back, or go with a closing heap). */
 void tcache_destroy(tcache *c);
 
@@ -70,6 +83,20 @@ static inline size_t tc_limit_bytes(const gpu_heap_t *h) {
 }
 static inline size_t tc_limit_need(const gpu_heap_t *h) {
     return TC_MAX_BYTES < h->gran ? TC_MAX_BYTES : h->gran - GH_QUANTUM;
+}
+/* The mid slots' budget: twice the small classes' (so 64 MiB by default, what
+ * the heap's quarantine lets wait anyway), bounded by the release threshold;
+ * and the largest need they take: under a granule (for the reason above) and
+ * small enough for a ring of TC_MID_RING_MIN blocks within the budget. */
+static inline size_t tc_mid_limit_bytes(const gpu_heap_t *h) {
+    size_t b = h->cfg.thread_cache <= SIZE_MAX / 2 ? 2 * h->cfg.thread_cache : SIZE_MAX;
+    return b < h->cfg.release_threshold ? b : h->cfg.release_threshold;
+}
+static inline size_t tc_mid_limit_need(const gpu_heap_t *h) {
+    size_t n = tc_mid_limit_bytes(h) / TC_MID_RING_MIN / GH_QUANTUM * GH_QUANTUM;
+    if (n > h->gran - GH_QUANTUM) n = h->gran - GH_QUANTUM;
+    if (n > TC_MID_MAX_BYTES) n = TC_MID_MAX_BYTES;
+    return n > tc_limit_need(h) ? n : 0;
 }
 
 /* h's home (made on first use, with the hooks registered), or NULL when out of

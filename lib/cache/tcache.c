@@ -7,10 +7,16 @@
  * 4 KiB, one class per quantum), filled from the heap in batches under the lock
  * and emptied back to it the same way. A warm malloc pops a ring and a warm free
  * pushes one; neither touches a line another thread writes (glibc's tcache and
- * mimalloc's thread-local pages are the models). Larger sizes stay with the
- * heap: caching 4-64 KiB blocks took a recorded PyTorch trace from 1.32x to
- * 1.42x its live peak in physical memory (freed blocks kept per class, away
- * from coalescing).
+ * mimalloc's thread-local pages are the models).
+ *
+ * Sizes above 4 KiB and under a granule go to mid slots: 16 rings, each for one
+ * exact size at a time (a slot is found by a hash of the size; a size that finds
+ * its slot taken gives the other size's blocks back and takes it over), with a
+ * budget of their own. Freed blocks kept away from coalescing cost placement
+ * (caching 4-64 KiB blocks took a recorded PyTorch trace from 1.32x to 1.42x its
+ * live peak), so the mid rings give their blocks back whenever the heap is about
+ * to map new memory (the heap's room hook): a cached block never makes the heap
+ * grow.
  *
  * A cached block stays LIVE in the heap's books the whole time — in the address
  * map, counted live — and its record's tc word says where it stands: TC_FREE
@@ -61,16 +67,21 @@ static _Thread_local struct {
 
 /* ---- size classes ------------------------------------------------------------ */
 
-/* One class per quantum: a class's blocks are exactly the size asked for. */
-static unsigned class_of(size_t need) { return (unsigned)(need / GH_QUANTUM) - 1; }
-static size_t class_size(unsigned k) { return (size_t)(k + 1) * GH_QUANTUM; }
+/* One small class per quantum: a class's blocks are exactly the size asked for.
+ * A mid size's slot: a multiplicative hash of its quanta, top bits. */
+static inline unsigned mid_slot(size_t quanta) {
+    return TC_CLASSES + (unsigned)((quanta * 0x9E3779B97F4A7C15ull) >> 60);
+}
+_Static_assert(TC_MID_SLOTS == 16, "mid_slot takes the hash's top four bits");
 
 /* A count the owner alone writes (a load and a store, no read-modify-write). */
 static inline size_t held(const _Atomic size_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
 
-static void count(tcache *c, size_t bytes, size_t blocks) {
-    atomic_store_explicit(&c->bytes, bytes, memory_order_relaxed);
-    atomic_store_explicit(&c->blocks, blocks, memory_order_relaxed);
+/* n blocks of q's size came into (+1) or left (-1) q's rings' budget. */
+static inline void count(tc_class *q, int sign, size_t n) {
+    tc_budget *g = q->budget;
+    atomic_store_explicit(&g->bytes, held(&g->bytes) + (size_t)sign * n * q->size, memory_order_relaxed);
+    atomic_store_explicit(&g->blocks, held(&g->blocks) + (size_t)sign * n, memory_order_relaxed);
 }
 
 /* ---- giving blocks back --------------------------------------------------------- */
@@ -82,21 +93,37 @@ static void give_back_locked(gpu_heap_t *h, tc_entry e) {
     heap_retire_locked(h, e.b, quarantine_covered(h, e.tag));
 }
 
-/* The oldest n entries of class k go back to the heap. Lock held. */
-static void drop_oldest_locked(gpu_heap_t *h, tcache *c, unsigned k, uint32_t n) {
-    tc_class *q = &c->cls[k];
-    size_t size = class_size(k);
+/* The oldest n entries of q go back to the heap. Lock held. */
+static void drop_oldest_locked(gpu_heap_t *h, tc_class *q, uint32_t n) {
     for (uint32_t i = 0; i < n; i++) {
         give_back_locked(h, q->ring[q->head]);
         q->head = (q->head + 1) & (q->cap - 1);
         q->n--;
     }
-    count(c, held(&c->bytes) - n * size, held(&c->blocks) - n);
+    count(q, -1, n);
 }
 
-void tcache_give_back_locked(gpu_heap_t *h, tcache *c) {
-    for (unsigned k = 0; k < TC_CLASSES; k++)
-        if (c->cls[k].n) drop_oldest_locked(h, c, k, c->cls[k].n);
+/* Every block of the classes [from, to) goes back to the heap; true when any
+ * did. Lock held. */
+static bool give_back_range_locked(gpu_heap_t *h, tcache *c, unsigned from, unsigned to) {
+    bool any = false;
+    for (unsigned k = from; k < to; k++)
+        if (c->cls[k].n) drop_oldest_locked(h, &c->cls[k], c->cls[k].n), any = true;
+    return any;
+}
+
+void tcache_give_back_locked(gpu_heap_t *h, tcache *c) { (void)give_back_range_locked(h, c, 0, TC_ALL); }
+
+/* The class whose refill is asking the heap on this thread, or NULL. */
+static _Thread_local tc_class *refilling;
+
+bool tcache_give_back_mid_locked(gpu_heap_t *h, tcache *c) {
+    bool any = false;
+    for (unsigned k = TC_CLASSES; k < TC_ALL; k++) {
+        tc_class *q = &c->cls[k];
+        if (q->n && q != refilling) drop_oldest_locked(h, q, q->n), any = true;
+    }
+    return any;
 }
 
 /* Where the calling thread keeps its cache of h in mine[], or -1. */
@@ -112,7 +139,7 @@ tcache *tcache_mine(gpu_heap_t *h) {
 }
 
 void tcache_destroy(tcache *c) {
-    for (unsigned k = 0; k < TC_CLASSES; k++) free(c->cls[k].ring);
+    for (unsigned k = 0; k < TC_ALL; k++) free(c->cls[k].ring);
     handout_free(&c->out);
     free(c);
 }
@@ -167,9 +194,14 @@ static tcache *tcache_of(gpu_heap_t *h) {
     if (!c) return NULL;
     c->heap = h;
     c->home = home;
-    c->limit = limit;
-    c->max = tc_limit_need(h);
-    c->classes = (unsigned)(c->max / GH_QUANTUM);
+    c->small.limit = limit;
+    c->mid.limit = tc_mid_limit_bytes(h);
+    c->classes = (unsigned)(tc_limit_need(h) / GH_QUANTUM);
+    c->mid_quanta = (unsigned)(tc_mid_limit_need(h) / GH_QUANTUM);
+    for (unsigned k = 0; k < TC_ALL; k++) {
+        c->cls[k].size = k < TC_CLASSES ? (size_t)(k + 1) * GH_QUANTUM : 0; /* a mid slot: none yet */
+        c->cls[k].budget = k < TC_CLASSES ? &c->small : &c->mid;
+    }
     c->out.base = h->base;
     /* The last slot makes room: its cache goes back to its heap if that lives. */
     if (mine[TC_HEAPS - 1].c)
@@ -184,10 +216,18 @@ static tcache *tcache_of(gpu_heap_t *h) {
 
 /* ---- the slow paths ------------------------------------------------------------- */
 
-static bool ring_ready(tc_class *q, unsigned k) {
+/* The ring's capacity for blocks of q's size: a small class holds about
+ * TC_CLASS_BYTES, a mid slot at most its whole budget. */
+static uint32_t ring_cap(const tc_class *q) {
+    size_t bytes = q->budget->limit < TC_CLASS_BYTES || q->size > TC_MAX_BYTES ? q->budget->limit : TC_CLASS_BYTES;
+    uint32_t cap = TC_RING_MAX, least = q->size > TC_MAX_BYTES ? TC_MID_RING_MIN : TC_RING_MIN;
+    while (cap > least && (size_t)cap * q->size > bytes) cap /= 2;
+    return cap;
+}
+
+static bool ring_ready(tc_class *q) {
     if (q->ring) return true;
-    uint32_t cap = TC_RING_MAX;
-    while (cap > TC_RING_MIN && (size_t)cap * class_size(k) > TC_CLASS_BYTES) cap /= 2;
+    uint32_t cap = ring_cap(q);
     q->ring = malloc(cap * sizeof *q->ring);
     if (!q->ring) return false;
     q->cap = cap;
@@ -217,13 +257,25 @@ static bool head_covered_locked(gpu_heap_t *h, tc_class *q) {
     return quarantine_covered(h, tag);
 }
 
-/* Makes the head of class k reusable: the oldest freed block once its cover
+/* Blocks of q's size q's budget has room for. A mid slot short of room takes it
+ * from the other mid slots, whole slots at a time: their sizes were asked for
+ * less recently than the one asking now. Lock held. */
+static size_t room_locked(gpu_heap_t *h, tcache *c, tc_class *q) {
+    tc_budget *g = q->budget;
+    for (unsigned k = TC_CLASSES; q->size > TC_MAX_BYTES && k < TC_ALL; k++) {
+        if (held(&g->bytes) + q->size <= g->limit) break;
+        if (&c->cls[k] != q && c->cls[k].n) drop_oldest_locked(h, &c->cls[k], c->cls[k].n);
+    }
+    size_t mine = held(&g->bytes);
+    return g->limit > mine ? (g->limit - mine) / q->size : 0;
+}
+
+/* Makes the head of q reusable: the oldest freed block once its cover
  * completed, else fresh blocks from the heap put in front. GH_MISS: the
  * cache cannot help (the caller asks the heap). */
-static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
-    tc_class *q = &c->cls[k];
-    if (!ring_ready(q, k)) return GH_MISS;
-    size_t size = class_size(k);
+static int refill(gpu_heap_t *h, tcache *c, tc_class *q) {
+    if (!ring_ready(q)) return GH_MISS;
+    size_t size = q->size;
     heap_lock(h);
     /* A ring shallower than half its capacity also grows, so that the looks
      * every half ring (cover_tick) find its head covered in time. */
@@ -231,9 +283,9 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
         heap_unlock(h);
         return GPU_OK;
     }
-    if (q->n == q->cap) drop_oldest_locked(h, c, k, q->cap / 2); /* all waiting: the heap's quarantine takes the older half */
-    size_t mine_bytes = held(&c->bytes), room = c->limit > mine_bytes ? (c->limit - mine_bytes) / size : 0;
-    size_t want = TC_REFILL_BYTES / size;
+    if (q->n == q->cap) drop_oldest_locked(h, q, q->cap / 2); /* all waiting: the heap's quarantine takes the older half */
+    size_t room = room_locked(h, c, q);
+    size_t want = size <= TC_MAX_BYTES ? TC_REFILL_BYTES / size : 1; /* a mid block: one at a time */
     if (want > TC_REFILL_MAX) want = TC_REFILL_MAX;
     if (want > q->cap - q->n) want = q->cap - q->n;
     if (want > room) want = room;
@@ -243,20 +295,46 @@ static int refill(gpu_heap_t *h, tcache *c, unsigned k) {
     }
     /* One run carved by the heap under this one hold of the lock, in address
      * order, handed out in that order. A shortfall is the heap's to report: the
-     * caller then asks it for the exact size. */
+     * caller then asks it for the exact size. The heap may empty the other mid
+     * rings on the way (before it maps new memory). */
     block *fresh[TC_REFILL_MAX];
+    refilling = q; /* its blocks wait for their cover: they could not serve this, and stay */
     size_t got = heap_alloc_run_locked(h, size, want, fresh);
+    refilling = NULL;
     gh_assert(got <= q->cap - q->n, "a flush inside the heap only empties the ring");
     for (size_t i = got; i-- > 0;) {
         block *b = fresh[i];
+        gh_assert(b->size == size, "the heap carves a block of exactly the size asked for");
         tc_set(b, TC_FREE);
         q->head = (q->head + q->cap - 1) & (q->cap - 1);
         q->ring[q->head] = (tc_entry){b, b->start, 0};
         q->n++;
     }
-    count(c, held(&c->bytes) + got * size, held(&c->blocks) + got);
+    count(q, +1, got);
     heap_unlock(h);
     return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GH_MISS;
+}
+
+/* Gives mid slot q to blocks of need bytes: the blocks it holds of another size
+ * go back to the heap, a ring of the new size's capacity replaces its ring.
+ * Blocks handed out under the old size find the size changed when freed
+ * (handout.h) and go to the heap. False when out of host memory. */
+static bool slot_take(gpu_heap_t *h, tc_class *q, size_t need) {
+    if (q->n) {
+        heap_lock(h);
+        drop_oldest_locked(h, q, q->n);
+        heap_unlock(h);
+    }
+    uint32_t old_cap = q->cap;
+    q->size = need;
+    if (q->ring && ring_cap(q) != old_cap) {
+        free(q->ring);
+        q->ring = NULL;
+    }
+    q->frees = 0;
+    if (ring_ready(q)) return true;
+    q->size = 0;
+    return false;
 }
 
 /* Every half ring of frees a cache asks for covers ahead of need, so that by
@@ -286,17 +364,18 @@ static void cover_tick(gpu_heap_t *h, tcache *c, uint64_t tag) {
  * caller found it), so its serial alone names it. */
 static inline tcache *front(const gpu_heap_t *h) { return mine[0].serial == h->serial ? mine[0].c : NULL; }
 
-/* Hands out the head of class k (reusable: its cover was checked). */
-static inline __attribute__((always_inline)) void *pop(tcache *c, tc_class *q, unsigned k) {
+/* Hands out the head of q (reusable: its cover was checked). */
+static inline __attribute__((always_inline)) void *pop(tcache *c, tc_class *q) {
     uint32_t head = q->head;
     block *b = q->ring[head].b;
     uintptr_t start = q->ring[head].start;
     q->head = (head + 1) & q->mask;
     q->n--;
-    count(c, held(&c->bytes) - class_size(k), held(&c->blocks) - 1);
+    count(q, -1, 1);
     uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
     atomic_store_explicit(&b->tc, w, memory_order_release);
-    (void)handout_put(&c->out, start, k, b, w); /* out of host memory: its free goes to the heap */
+    /* out of host memory: its free goes to the heap */
+    (void)handout_put(&c->out, start, (unsigned)(q - c->cls), q->size, b, w);
     return (void *)start;
 }
 
@@ -305,29 +384,33 @@ static inline __attribute__((always_inline)) void *pop(tcache *c, tc_class *q, u
  * waiting for its cover (refill). */
 static __attribute__((noinline)) void *malloc_slow(gpu_heap_t *h, size_t size) {
     size_t need = gh_align_up(size ? size : 1, GH_QUANTUM);
-    if (!need || need > TC_MAX_BYTES) return NULL;
+    if (!need || need > TC_MID_MAX_BYTES) return NULL;
     tcache *c = tcache_of(h);
-    if (!c || need > c->max) return NULL;
+    size_t quanta = need / GH_QUANTUM;
+    if (!c || (quanta > c->classes && quanta > c->mid_quanta)) return NULL;
     if (atomic_load_explicit(&c->flush_asked, memory_order_relaxed)) {
         heap_lock(h); /* someone trimmed or ran out of memory: give everything back */
         tcache_give_back_locked(h, c);
         atomic_store_explicit(&c->flush_asked, false, memory_order_relaxed);
         heap_unlock(h);
     }
-    unsigned k = class_of(need);
-    tc_class *q = &c->cls[k];
-    if ((!q->n || !quarantine_covered(h, q->ring[q->head].tag)) && refill(h, c, k) != GPU_OK) return NULL;
-    return pop(c, q, k);
+    tc_class *q = quanta <= c->classes ? &c->cls[quanta - 1] : &c->cls[mid_slot(quanta)];
+    if (q->size != need && !slot_take(h, q, need)) return NULL;
+    if ((!q->n || !quarantine_covered(h, q->ring[q->head].tag)) && refill(h, c, q) != GPU_OK) return NULL;
+    return pop(c, q);
 }
 
 void *tcache_malloc(gpu_heap_t *h, size_t size) {
     tcache *c = front(h);
-    size_t k = size ? (size - 1) / GH_QUANTUM : 0; /* class_of(need) */
-    if (__builtin_expect(!c || k >= c->classes || atomic_load_explicit(&c->flush_asked, memory_order_relaxed), 0))
+    size_t quanta = size ? (size - 1) / GH_QUANTUM + 1 : 1;
+    if (__builtin_expect(!c || atomic_load_explicit(&c->flush_asked, memory_order_relaxed), 0))
         return malloc_slow(h, size);
-    tc_class *q = &c->cls[k];
-    if (__builtin_expect(!q->n || !quarantine_covered(h, q->ring[q->head].tag), 0)) return malloc_slow(h, size);
-    return pop(c, q, (unsigned)k);
+    /* A small class, or the mid slot the size would have (a larger size finds
+     * no slot of its size there: the slow path says no). */
+    tc_class *q = quanta <= c->classes ? &c->cls[quanta - 1] : &c->cls[mid_slot(quanta)];
+    if (__builtin_expect(q->size != quanta * GH_QUANTUM || !q->n || !quarantine_covered(h, q->ring[q->head].tag), 0))
+        return malloc_slow(h, size);
+    return pop(c, q);
 }
 
 size_t tcache_handout_slots(gpu_heap_t *h) {
@@ -335,11 +418,12 @@ size_t tcache_handout_slots(gpu_heap_t *h) {
     return c && c->out.slot ? (size_t)c->out.mask + 1 : 0;
 }
 
-/* A free whose ring or cache is full: the older half of the class goes back to
- * the heap, then the free goes on as the fast path's would; GH_MISS when the
- * block still does not fit under the limit (the heap takes it). */
-static __attribute__((noinline)) bool free_full(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w,
-                                                unsigned k);
+/* A free whose ring or budget is full: the older half of the class goes back
+ * to the heap (a mid slot's budget takes room from the other slots too), then
+ * the free goes on as the fast path's would; false when the block still does
+ * not fit under the limit (the heap takes it). */
+static __attribute__((noinline)) bool free_full(gpu_heap_t *h, tcache *c, tc_class *q, block *b, uintptr_t start,
+                                                uint64_t w);
 /* The rare ends of a free: a table left nearly empty shrinks, and every half ring
  * of frees looks at the covers (cover_tick). */
 static __attribute__((noinline)) bool free_after(gpu_heap_t *h, tcache *c, tc_class *q, uint64_t tag);
@@ -351,33 +435,31 @@ static __attribute__((noinline)) bool free_missed(tcache *c) {
     return false;
 }
 
-/* Claims b (at start, handed out with tc word w) back into class k's ring; the
+/* Claims b (at start, handed out with tc word w) back into q's ring; the
  * caller made room. */
-static inline bool put_back(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w, unsigned k) {
+static inline bool put_back(gpu_heap_t *h, tcache *c, tc_class *q, block *b, uintptr_t start, uint64_t w) {
     if (!atomic_compare_exchange_strong_explicit(&b->tc, &w, tc_with(w, TC_FREE), memory_order_acq_rel,
                                                  memory_order_relaxed))
         return free_missed(c); /* the heap took it back, or it moved on: the heap decides */
-    tc_class *q = &c->cls[k];
     uint64_t tag = atomic_load(&h->cover_seq);
     q->ring[(q->head + q->n) & q->mask] = (tc_entry){b, start, tag};
     q->n++;
-    count(c, held(&c->bytes) + class_size(k), held(&c->blocks) + 1);
+    count(q, +1, 1);
     /* every cap / 2 frees (cap is a power of two: a mask, not a division) */
     if (__builtin_expect((++q->frees & (q->mask >> 1)) == 0 || c->out.n < c->out.shrink_at, 0))
         return free_after(h, c, q, tag);
     return true;
 }
 
-static bool free_full(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w, unsigned k) {
-    tc_class *q = &c->cls[k];
-    size_t size = class_size(k);
-    if (q->n == q->cap || held(&c->bytes) + size > c->limit) {
+static bool free_full(gpu_heap_t *h, tcache *c, tc_class *q, block *b, uintptr_t start, uint64_t w) {
+    if (q->n == q->cap || held(&q->budget->bytes) + q->size > q->budget->limit) {
         heap_lock(h);
-        drop_oldest_locked(h, c, k, q->n - q->n / 2);
+        drop_oldest_locked(h, q, q->n - q->n / 2);
+        size_t room = room_locked(h, c, q);
         heap_unlock(h);
-        if (held(&c->bytes) + size > c->limit) return free_missed(c);
+        if (!room) return free_missed(c);
     }
-    return put_back(h, c, b, start, w, k);
+    return put_back(h, c, q, b, start, w);
 }
 
 static bool free_after(gpu_heap_t *h, tcache *c, tc_class *q, uint64_t tag) {
@@ -393,10 +475,11 @@ bool tcache_free(gpu_heap_t *h, uintptr_t p) {
     if (!e) return false; /* not handed out by this thread's cache: the heap finds it */
     block *b = e->b;
     uint64_t w = e->w;
-    unsigned k = (unsigned)(e->key & HANDOUT_CLASS_MASK);
+    size_t size = e->size;
+    tc_class *q = &c->cls[e->key & HANDOUT_CLASS_MASK];
     handout_take(&c->out, e); /* shrinking, when due, waits for the end */
-    tc_class *q = &c->cls[k];
-    if (__builtin_expect(q->n == q->cap || held(&c->bytes) + class_size(k) > c->limit, 0))
-        return free_full(h, c, b, p, w, k);
-    return put_back(h, c, b, p, w, k);
+    if (__builtin_expect(q->size != size, 0)) return free_missed(c); /* its mid slot took another size meanwhile */
+    if (__builtin_expect(q->n == q->cap || held(&q->budget->bytes) + size > q->budget->limit, 0))
+        return free_full(h, c, q, b, p, w);
+    return put_back(h, c, q, b, p, w);
 }

@@ -9,10 +9,13 @@
 
 #include "core/heap.h"
 
-/* Blocks larger than this never go through a thread cache. */
+/* Blocks up to this size go through a thread cache's small classes (one per
+ * quantum), larger ones up to TC_MID_MAX_BYTES through its mid slots (exact
+ * sizes, fewer of them, a budget of their own); larger ones never. */
 #define TC_MAX_BYTES ((size_t)4 << 10)
+#define TC_MID_MAX_BYTES ((size_t)8 << 20)
 
-/* gpu_malloc of size bytes (at most TC_MAX_BYTES) at the minimum alignment, no
+/* gpu_malloc of size bytes (at most TC_MID_MAX_BYTES) at the minimum alignment, no
  * flags, from the thread's cache: the block, or NULL when the cache cannot
  * serve it (the caller goes to the heap, which reports any error). */
 void *tcache_malloc(gpu_heap_t *h, size_t size);

@@ -189,6 +189,10 @@ typedef struct heap_hooks {
     /* gpu_heap_trim, lock held: the layer gives back the free blocks it holds
      * for h on this thread, and asks other threads to do the same. */
     void (*flush_locked)(gpu_heap_t *h);
+    /* The heap is about to map new memory, lock held: the layer gives back free
+     * blocks it holds for h on this thread that could serve instead; true when
+     * it gave any (the heap looks again before it maps). */
+    bool (*room_locked)(gpu_heap_t *h);
 } heap_hooks;
 
 #define HEAP_HOOKS_MAX 4

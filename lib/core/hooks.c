@@ -48,3 +48,13 @@ void hooks_stats_locked(gpu_heap_t *h, gpu_stats_t *s) { EACH_HOOK(stats_locked,
 void hooks_stats(gpu_heap_t *h, gpu_stats_t *s) { EACH_HOOK(stats, h, s); }
 void hooks_trimming(gpu_heap_t *h) { EACH_HOOK(trimming, h); }
 void hooks_flush_locked(gpu_heap_t *h) { EACH_HOOK(flush_locked, h); }
+
+bool hooks_room_locked(gpu_heap_t *h) {
+    bool any = false;
+    size_t n = atomic_load_explicit(&nhooks, memory_order_acquire);
+    for (size_t i = 0; i < n; i++) {
+        const heap_hooks *k = atomic_load_explicit(&hooks[i], memory_order_relaxed);
+        if (k->room_locked) any |= k->room_locked(h);
+    }
+    return any;
+}

@@ -268,5 +268,7 @@ void hooks_stats_locked(gpu_heap_t *h, gpu_stats_t *s);
 void hooks_stats(gpu_heap_t *h, gpu_stats_t *s);
 void hooks_trimming(gpu_heap_t *h);
 void hooks_flush_locked(gpu_heap_t *h);
+/* Every room_locked hook; true when any gave memory back. */
+bool hooks_room_locked(gpu_heap_t *h);
 
 #endif /* GPUHEAP_CORE_INTERNAL_H */
