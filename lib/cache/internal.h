@@ -19,6 +19,7 @@
 #define TC_MID_SLOTS 16u                         /* classes for exact sizes above 4 KiB, by a hash of the size */
 #define TC_ALL (TC_CLASSES + TC_MID_SLOTS)       /* a class index: small classes first, then the mid slots */
 #define TC_MID_RING_MIN 8u /* a mid size is cached only when its budget holds a ring this deep */
+enum { TC_FLUSH_ALL = 1, TC_FLUSH_MID = 2 }; /* what another thread asked a cache to give back */
 
 typedef struct tc_entry {
     block *b;
@@ -53,7 +54,8 @@ typedef struct tcache {
     unsigned classes;           /* small classes: needs up to classes quanta (tc_limit_need) */
     unsigned mid_quanta;        /* mid slots take needs above that up to this many quanta (0: none) */
     uint64_t looked_at;         /* cover_seq after this cache's last look (cover_tick) */
-    _Atomic bool flush_asked;   /* set by another thread's trim (lock held): give everything back */
+    _Atomic unsigned flush_asked; /* set by another thread (lock held): TC_FLUSH_ALL (a trim: give
+                                   * everything back) or TC_FLUSH_MID (it maps: the mid slots' blocks) */
     tc_budget small, mid;       /* what the rings of each kind hold, and may */
     struct tcache *next, *prev; /* the home's list, under the heap's lock */
     handout_map out;            /* the blocks handed out and not yet back */

@@ -389,9 +389,11 @@ static __attribute__((noinline)) void *malloc_slow(gpu_heap_t *h, size_t size) {
     size_t quanta = need / GH_QUANTUM;
     if (!c || (quanta > c->classes && quanta > c->mid_quanta)) return NULL;
     if (atomic_load_explicit(&c->flush_asked, memory_order_relaxed)) {
-        heap_lock(h); /* someone trimmed or ran out of memory: give everything back */
-        tcache_give_back_locked(h, c);
-        atomic_store_explicit(&c->flush_asked, false, memory_order_relaxed);
+        heap_lock(h); /* someone trimmed or ran out of memory (all), or mapped (the mid slots) */
+        if (atomic_exchange_explicit(&c->flush_asked, 0, memory_order_relaxed) & TC_FLUSH_ALL)
+            tcache_give_back_locked(h, c);
+        else
+            (void)tcache_give_back_mid_locked(h, c);
         heap_unlock(h);
     }
     tc_class *q = quanta <= c->classes ? &c->cls[quanta - 1] : &c->cls[mid_slot(quanta)];
