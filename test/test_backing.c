@@ -24,18 +24,16 @@ typedef struct fheap {
     bool armed; /* refuse_after_unmap's one shot */
 } fheap;
 
-static fheap *fheap_open_sized(size_t reserve) {
+static fheap *fheap_open(void) {
     fheap *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    gpu_config_t cfg = host_config(reserve, G, 0);
+    gpu_config_t cfg = host_config(1 * GiB, G, 0);
     cfg.verbose = 0;
     assert_int_equal(vmm_host_open(&cfg, &f->inner), GPU_OK);
     assert_int_equal(vmm_fault_open(f->inner, &f->rep, &f->outer), GPU_OK);
     assert_int_equal(gh_heap_create_on(&cfg, f->outer, &f->h), GPU_OK);
     return f;
 }
-
-static fheap *fheap_open(void) { return fheap_open_sized(1 * GiB); }
 
 static void fheap_close(fheap *f) {
     vmm_fault_hook(f->outer, NULL, NULL);
@@ -259,67 +257,6 @@ static void test_cut_release_refused_changes_nothing(void **state) {
     fheap_close(f);
 }
 
-/* ---- backing in chunks (vacant.c; alloc.c says when) ---------------------------- */
-
-/* Past the physical budget a large block is backed in 128 MiB chunks, each an
- * extent: freed, a smaller block cut from its start pins only the chunks under
- * it, and a trim gives back all the others. Returns the heap with 512 MiB (A)
- * freed and a 768 MiB block (B) live, mapped past the budget. */
-static fheap *past_budget(char **b) {
-    fheap *f = fheap_open_sized(16 * GiB);
-    char *a = gpu_heap_malloc(f->h, 512 * MiB); /* within the budget: one extent */
-    assert_non_null(a);
-    assert_int_equal(fstats(f).extents, 1);
-    ASSERT_OK(gpu_heap_free(f->h, a));
-    *b = gpu_heap_malloc(f->h, 768 * MiB); /* 512 + 768 MiB passes 768 MiB * 17/16 + 64 MiB */
-    assert_non_null(*b);
-    return f;
-}
-
-static void test_chunks_past_budget(void **state) {
-    (void)state;
-    char *b;
-    fheap *f = past_budget(&b);
-    gpu_stats_t s = fstats(f);
-    size_t a_left = s.mapped_bytes - 768 * MiB; /* A's extent, unless the heap gave it back */
-    assert_true(a_left == 0 || a_left == 512 * MiB);
-    assert_int_equal(s.extents, 6 + (a_left ? 1 : 0)); /* B: six chunks */
-    pattern_fill(b, 127 * MiB, 2 * MiB, 5); /* across a chunk boundary */
-    PATTERN_CHECK(b, 127 * MiB, 2 * MiB, 5);
-    AGREE(f, 0);
-    ASSERT_OK(gpu_heap_free(f->h, b));
-    ASSERT_OK(gpu_heap_trim(f->h, SIZE_MAX)); /* freed blocks idle, nothing given back */
-    char *c = gpu_heap_malloc(f->h, 256 * MiB);
-    assert_ptr_equal(c, b); /* two whole chunks of B */
-    ASSERT_OK(gpu_heap_trim(f->h, 0));
-    assert_int_equal(fstats(f).mapped_bytes, 256 * MiB); /* B's other four chunks went back */
-    AGREE(f, 0);
-    ASSERT_OK(gpu_heap_free(f->h, c));
-    fheap_close(f);
-}
-
-/* A chunk the driver refuses: the chunks backed before it go back, nothing
- * leaks, and the allocation goes on down the ladder (out of memory: reclaim,
- * then one extent). */
-static void test_chunk_refused_undoes(void **state) {
-    (void)state;
-    fheap *f = fheap_open_sized(16 * GiB);
-    char *a = gpu_heap_malloc(f->h, 512 * MiB);
-    ASSERT_OK(gpu_heap_free(f->h, a));
-    vmm_fault_arm_op(f->outer, VMM_OP_CREATE, 3, GPU_ERR_OUT_OF_MEMORY); /* B's third chunk */
-    char *b = gpu_heap_malloc(f->h, 768 * MiB);
-    assert_non_null(b);
-    assert_true(f->rep.injected == 1);
-    AGREE(f, 0);
-    pattern_fill(b, 255 * MiB, 2 * MiB, 6);
-    PATTERN_CHECK(b, 255 * MiB, 2 * MiB, 6);
-    ASSERT_OK(gpu_heap_free(f->h, b));
-    ASSERT_OK(gpu_heap_trim(f->h, 0));
-    assert_int_equal(fstats(f).mapped_bytes, 0);
-    AGREE(f, 0);
-    fheap_close(f);
-}
-
 int main(void) {
     test_thread_cache = 0; /* the heap core's own calls */
     const struct CMUnitTest tests[] = {
@@ -330,8 +267,6 @@ int main(void) {
         cmocka_unit_test(test_decommit_release_and_remap_refused_loses),
         cmocka_unit_test(test_release_kept_extent_becomes_idle),
         cmocka_unit_test(test_cut_release_refused_changes_nothing),
-        cmocka_unit_test(test_chunks_past_budget),
-        cmocka_unit_test(test_chunk_refused_undoes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

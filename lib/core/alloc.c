@@ -45,7 +45,7 @@ static size_t quarantine_budget(const gpu_heap_t *h) {
 
 /* Physical memory the heap lets itself hold before it reuses idle memory that
  * fits badly, waits for its quarantine or gives idle extents back for new ones:
- * the live peak (or the live bytes with this request, when more), a sixteenth
+ * the live peak (or the live bytes with this request, when more), an eighth
  * more, and PHYSICAL_SLACK — room for a few freed blocks to wait on their event
  * while new ones are mapped, so that a loop freeing and allocating large blocks
  * does not query an event at every turn. The peak, not the live bytes of the
@@ -53,35 +53,14 @@ static size_t quarantine_budget(const gpu_heap_t *h) {
  * step) is not short of memory in between, and on RMM's random workload the
  * moment's live bytes cut large blocks out of idle extents that later requests
  * needed whole (4 GiB cases 1.74x their live peak in physical memory, 1.57x
- * with the peak). A sixteenth, not an eighth: with chunked backing and snug
- * cuts (below) it took the recorded PyTorch trace from 1.155x its live peak to
- * 1.092x with 24 more mappings; alone it made the random workload's 1-4 GiB
- * cases worse. */
+ * with the peak). */
 #define PHYSICAL_SLACK ((size_t)64 << 20)
 
 static size_t physical_budget(const gpu_heap_t *h, size_t need) {
     size_t want = h->live_bytes + need;
     if (want < h->peak_live_bytes) want = h->peak_live_bytes;
-    return want + want / 16 + PHYSICAL_SLACK;
+    return want + want / 8 + PHYSICAL_SLACK;
 }
-
-/* A block mapped past the physical budget is backed in chunks of this size, each
- * an extent of its own (vacant.c): an extent goes back to the driver only whole,
- * and past the budget idle memory is traded for new (try_recycle), so a block
- * later cut from part of a large idle extent pinned the rest of it (on RMM's
- * random workload with blocks up to 4 GiB, 11.7 GiB sat idle while a new 3.2 GiB
- * extent was mapped). Within the budget — a program's first allocations — a
- * block stays one extent: each chunk costs a driver call (DESIGN.md §2), and a
- * cold allocation must stay as fast as cudaMalloc's. Chunks of every block even
- * within the budget placed a little better still (4 GiB 1.07x its live peak, not
- * 1.19x) at that cold cost; 64 MiB chunks doubled the mappings. */
-#define BACK_CHUNK ((size_t)128 << 20)
-#ifndef CHUNK_ALWAYS
-#define CHUNK_ALWAYS 1
-#endif
-#ifndef SNUG
-#define SNUG 1
-#endif
 
 /* Blocks in a just-sealed batch that make a miss query its event at once. */
 #define LOOK_BATCH 32
@@ -168,15 +147,11 @@ static rung_result try_seal(alloc_req *r) {
  * 4 MiB 100k 1.109 -> 1.119x its live peak, 1 MiB 1k 1.100 -> 1.236x.) */
 static rung_result try_room(alloc_req *r) { return hooks_room_locked(r->h) ? RUNG_RETRY : RUNG_MISS; }
 
-/* Over the physical budget, a large block takes an idle block that holds it
- * rather than new memory — one no larger than it by more than an eighth or a
- * chunk, so that what is left beside it can still go back whole (a cut from a
- * much larger idle extent pins the rest of it; cut anyway, the random
- * workload's 4 GiB case held 1.66x its live peak). */
+/* Over the physical budget, a large block takes any idle block that holds it
+ * rather than new memory. */
 static rung_result try_any_idle(alloc_req *r) {
     if (!r->tight || !r->fitted) return RUNG_SKIP;
-    size_t slack = r->need / 8 > BACK_CHUNK ? r->need / 8 : BACK_CHUNK;
-    r->b = fit_take_snug(r->h, r->need, r->align, slack);
+    r->b = fit_take_any(r->h, r->need, r->align);
     return r->b ? done(r, GPU_OK) : RUNG_MISS;
 }
 
@@ -209,8 +184,7 @@ static rung_result try_recycle(alloc_req *r) {
 static rung_result try_map(alloc_req *r) {
     gpu_heap_t *h = r->h;
     block *b;
-    size_t chunk = r->tight && r->size >= 2 * BACK_CHUNK ? BACK_CHUNK : 0;
-    r->rc = heap_back_locked(h, r->size, r->align, r->own ? heap_headroom_for(h, r->size) : 0, chunk, &b);
+    r->rc = heap_back_locked(h, r->size, r->align, r->own ? heap_headroom_for(h, r->size) : 0, &b);
     if (r->rc != GPU_OK) return RUNG_MISS;
     if (!r->own && b->size > r->need) block_release_free(h, block_split(h, b, r->need), BLOCK_IDLE);
     heap_make_live_locked(h, b);

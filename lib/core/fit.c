@@ -29,15 +29,6 @@ block *fit_take_any(gpu_heap_t *h, size_t need, size_t align) {
     return b ? claim_idle(h, b, gh_align_up(b->start, align), need) : NULL;
 }
 
-/* An idle block of need bytes (at the alignment) cut from an idle block no more
- * than slack bytes larger, made LIVE; NULL when the index's good fit is larger. */
-block *fit_take_snug(gpu_heap_t *h, size_t need, size_t align, size_t slack) {
-    size_t want = align > GH_QUANTUM ? need + align - GH_QUANTUM : need;
-    block *b = tlsf_find(&h->idle, want);
-    if (!b || b->size - want > slack) return NULL;
-    return claim_idle(h, b, gh_align_up(b->start, align), need);
-}
-
 /* Blocks of two granules and more take idle memory only where they fill whole
  * extents, to within a granule or an eighth of their size: a block cut from the
  * middle of a larger idle extent would pin the rest of it, since an extent goes

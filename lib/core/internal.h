@@ -52,18 +52,15 @@ bool heap_reclaim_locked(gpu_heap_t *h);
 /* Carves size bytes at align out of vacant VA, with up to headroom bytes of
  * HEADROOM after it where there is room; the range comes back BUSY. */
 int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
-/* Maps new extents over a BUSY range: one, or (chunk > 0) chunks of about that
- * size, each an extent of its own; a refusal leaves none. */
-int heap_back_at_locked(gpu_heap_t *h, block *range, size_t chunk);
-/* heap_carve_vacant_locked and heap_back_at_locked: a new BUSY block with extents of its own. */
-int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, size_t chunk, block **out);
+int heap_back_at_locked(gpu_heap_t *h, block *range); /* maps one new extent over a BUSY range */
+/* heap_carve_vacant_locked and heap_back_at_locked: a new BUSY block with an extent of its own. */
+int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
 size_t heap_headroom_for(const gpu_heap_t *h, size_t size);           /* headroom kept after a new extent */
 
 /* ---- fit.c: which idle memory a request takes --------------------------------- */
 
 /* Each returns an idle piece of need bytes at align, made LIVE, or NULL on a miss. */
 block *fit_take_any(gpu_heap_t *h, size_t need, size_t align);        /* from any idle block */
-block *fit_take_snug(gpu_heap_t *h, size_t need, size_t align, size_t slack); /* from an idle block at most slack larger */
 block *fit_take_whole(gpu_heap_t *h, size_t need, size_t align);      /* only where it fills whole extents */
 block *fit_take_owned(gpu_heap_t *h, size_t need, size_t align);      /* whole extents, owned by the block */
 

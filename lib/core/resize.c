@@ -41,7 +41,7 @@ static int grow_over_unmapped(gpu_heap_t *h, block *b, block *n, size_t grow) {
     if (rest && was == BLOCK_VACANT) tlsf_insert(&h->vacant, rest);
     n->state = BLOCK_BUSY;
     b->state = BLOCK_BUSY;
-    int rc = heap_back_at_locked(h, n, 0);
+    int rc = heap_back_at_locked(h, n);
     b->state = BLOCK_LIVE;
     if (rc != GPU_OK) {
         if (rest && rest->state == BLOCK_HEADROOM) { /* the headroom stays whole and after b */

@@ -1,10 +1,9 @@
 /*
- * vacant.c — new memory: a range carved out of vacant VA and new extents
+ * vacant.c — new memory: a range carved out of vacant VA and one new extent
  * mapped over it.
  *
  * A block of at least one granule gets an extent of its own, sized to it (the
- * driver charges per mapping, not per byte: DESIGN.md §2) — or, where the
- * caller asks, several extents of a chunk size each — with unmapped
+ * driver charges per mapping, not per byte: DESIGN.md §2), with unmapped
  * headroom left after it so that realloc can usually grow it in place; smaller
  * blocks share extents that alloc.c sizes. The range is BUSY while the lock is
  * dropped for the driver call, so no other thread touches it; a failed mapping
@@ -35,53 +34,16 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
     return GPU_OK;
 }
 
-/* Backing a range in chunks (chunk > 0 and the range at least two of them):
- * each chunk an extent of its own, at most BACK_CHUNKS_MAX of them (larger
- * chunks past that), the last one taking the rest so that no sliver is left.
- * alloc.c says when it pays. */
-#define BACK_CHUNKS_MAX 16
-
-static size_t chunk_for(const gpu_heap_t *h, size_t size, size_t chunk) {
-    if (!chunk) return size;
-    chunk = gh_align_up(chunk, h->gran);
-    if (size / chunk >= BACK_CHUNKS_MAX) chunk = gh_align_up(size / (BACK_CHUNKS_MAX - 1), h->gran);
-    return chunk;
-}
-
-int heap_back_at_locked(gpu_heap_t *h, block *range, size_t chunk) {
+int heap_back_at_locked(gpu_heap_t *h, block *range) {
     gh_assert(range->state == BLOCK_BUSY, "a range is marked BUSY before it is mapped");
-    chunk = chunk_for(h, range->size, chunk);
-    size_t done = 0;
-    if (!pool_reserve(&h->extent_pool, range->size / chunk + 1))
-        return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for extent records");
-    int rc = GPU_OK;
-    while (done < range->size && rc == GPU_OK) {
-        size_t left = range->size - done, piece = left < 2 * chunk ? left : chunk; /* no sliver at the end */
-        rc = extent_back_locked(h, range->start + done, piece, NULL);
-        if (rc == GPU_OK) done += piece;
-    }
-    /* A refused chunk: the ones backed before it go back (the range stays BUSY,
-     * the lock is dropped around each). */
-    while (rc != GPU_OK && done) {
-        extent *e = extmap_find(&h->extents, range->start + done - 1);
-        gh_assert(e && e->va >= range->start, "every chunk backed so far is an extent in the books");
-        uintptr_t va = e->va;
-        size_t size = e->size;
-        vmm_handle hd = e->handle;
-        heap_extent_drop_locked(h, e);
-        heap_unlock(h);
-        handle_discard(h, va, size, hd);
-        heap_lock(h);
-        done -= size;
-    }
-    return rc;
+    return extent_back_locked(h, range->start, range->size, NULL);
 }
 
-int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, size_t chunk, block **out) {
+int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out) {
     block *b;
     int rc = heap_carve_vacant_locked(h, size, align, headroom, &b);
     if (rc != GPU_OK) return rc;
-    rc = heap_back_at_locked(h, b, chunk);
+    rc = heap_back_at_locked(h, b);
     if (rc != GPU_OK) {
         heap_headroom_release_locked(h, b);
         block_release_free(h, b, BLOCK_VACANT);
