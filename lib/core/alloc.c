@@ -45,21 +45,29 @@ static size_t quarantine_budget(const gpu_heap_t *h) {
 
 /* Physical memory the heap lets itself hold before it reuses idle memory that
  * fits badly, waits for its quarantine or gives idle extents back for new ones:
- * the live peak (or the live bytes with this request, when more), an eighth
- * more, and PHYSICAL_SLACK — room for a few freed blocks to wait on their event
+ * the live peak (or the live bytes with this request, when more), a sixteenth
+ * more (an eighth for a request of BUDGET_BIG_NEED or more), and PHYSICAL_SLACK — room for a few freed blocks to wait on their event
  * while new ones are mapped, so that a loop freeing and allocating large blocks
  * does not query an event at every turn. The peak, not the live bytes of the
  * moment: a program that frees most of its memory between peaks (a training
  * step) is not short of memory in between, and on RMM's random workload the
  * moment's live bytes cut large blocks out of idle extents that later requests
  * needed whole (4 GiB cases 1.74x their live peak in physical memory, 1.57x
- * with the peak). */
+ * with the peak). A sixteenth took the recorded PyTorch trace from 1.155x its
+ * live peak to 1.092x with no more mappings; for requests of 256 MiB and more
+ * it made RMM's random workload worse (1 GiB and 4 GiB cases 1.32-1.66x, not
+ * 1.25-1.57x): past the budget such a block is cut from an idle extent larger
+ * than it, and the rest of that extent is pinned. (Refusing those cuts and
+ * backing large blocks in 128 MiB chunks held those cases to 1.07-1.19x, but
+ * each of their calls then cost 180-840 us on an H200, not 17-24: the extents
+ * traded at each turn. Not kept; bench/RESULTS.md has the run.) */
 #define PHYSICAL_SLACK ((size_t)64 << 20)
+#define BUDGET_BIG_NEED ((size_t)256 << 20)
 
 static size_t physical_budget(const gpu_heap_t *h, size_t need) {
     size_t want = h->live_bytes + need;
     if (want < h->peak_live_bytes) want = h->peak_live_bytes;
-    return want + want / 8 + PHYSICAL_SLACK;
+    return want + (need >= BUDGET_BIG_NEED ? want / 8 : want / 16) + PHYSICAL_SLACK;
 }
 
 /* Blocks in a just-sealed batch that make a miss query its event at once. */
