@@ -219,7 +219,7 @@ static tcache *tcache_of(gpu_heap_t *h) {
 /* The ring's capacity for blocks of q's size: a small class holds about
  * TC_CLASS_BYTES, a mid slot at most its whole budget. */
 static uint32_t ring_cap(const tc_class *q) {
-    size_t bytes = q->budget->limit < TC_CLASS_BYTES || q->size > TC_MAX_BYTES ? q->budget->limit : TC_CLASS_BYTES;
+    size_t bytes = q->size > TC_MAX_BYTES ? q->budget->limit : TC_CLASS_BYTES;
     uint32_t cap = TC_RING_MAX, least = q->size > TC_MAX_BYTES ? TC_MID_RING_MIN : TC_RING_MIN;
     while (cap > least && (size_t)cap * q->size > bytes) cap /= 2;
     return cap;
