@@ -105,17 +105,24 @@ block *tlsf_find(tlsf_index *t, size_t size) {
 
 void tlsf_walk(tlsf_index *t, bool (*fn)(block *b, void *arg), void *arg) { tlsf_walk_from(t, 0, fn, arg); }
 
+/* Visits the non-empty lists only, found by the bitmaps: a walk on the large-
+ * block path (fit.c) costs what the blocks it looks at cost, not 16 heads per
+ * first-level class. */
 void tlsf_walk_from(tlsf_index *t, size_t size, bool (*fn)(block *b, void *arg), void *arg) {
     unsigned fl0 = 0, sl0 = 0;
     if (size) mapping_insert(size, &fl0, &sl0);
-    for (unsigned fl = fl0; fl < TLSF_FL_COUNT; fl++) {
-        if (!(t->fl_bitmap & (1ull << fl))) continue;
-        for (unsigned sl = fl == fl0 ? sl0 : 0; sl < TLSF_SL_COUNT; sl++) {
-            block *b = t->heads[fl][sl];
-            while (b) {
-                block *next = b->next_free; /* fn may remove b */
+    if (fl0 >= TLSF_FL_COUNT) return;
+    uint64_t fl_map = t->fl_bitmap & (~0ull << fl0);
+    while (fl_map) {
+        unsigned fl = (unsigned)__builtin_ctzll(fl_map);
+        fl_map &= fl_map - 1;
+        uint32_t sl_map = t->sl_bitmap[fl] & (fl == fl0 ? ~0u << sl0 : ~0u);
+        while (sl_map) {
+            unsigned sl = (unsigned)__builtin_ctz(sl_map);
+            sl_map &= sl_map - 1;
+            for (block *b = t->heads[fl][sl], *next; b; b = next) {
+                next = b->next_free; /* fn may remove b */
                 if (!fn(b, arg)) return;
-                b = next;
             }
         }
     }
