@@ -150,7 +150,8 @@ void *gpu_heap_malloc_aligned(gpu_heap_t *heap, size_t size, size_t align);
 /* gpu_malloc with GPU_ALLOC_* flags. GPU_ALLOC_OWNED starts the block on a granule
  * boundary and makes its usable size whole extents: at least the size rounded up
  * to the granularity (2 MiB on current GPUs), more when it reuses larger idle
- * extents. Unknown flags: GPU_ERR_INVALID. */
+ * extents (by at most an eighth of that or one granule). Unknown flags:
+ * GPU_ERR_INVALID. */
 void *gpu_malloc_flags(size_t size, unsigned flags);
 void *gpu_heap_malloc_flags(gpu_heap_t *heap, size_t size, unsigned flags);
 

@@ -900,9 +900,33 @@ static void test_protect_free_reuse(void **state) {
     }
 }
 
+/* A GPU_ALLOC_OWNED block reuses idle whole extents only where they fit it to
+ * within an eighth or a granule: a 1-byte block does not take a whole idle
+ * 32 MiB extent (it gets one granule of new memory instead), a 30 MiB one
+ * does. */
+static void test_owned_reuse_is_snug(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(2 * MiB);
+    char *big = gpu_heap_malloc(h, 32 * MiB);
+    assert_non_null(big);
+    ASSERT_OK(gpu_heap_free(h, big));
+    ASSERT_OK(gpu_heap_trim(h, SIZE_MAX)); /* drained: the 32 MiB extent idle, still mapped */
+    char *small = gpu_heap_malloc_flags(h, 1, GPU_ALLOC_OWNED);
+    assert_non_null(small);
+    assert_int_equal(gpu_heap_malloc_usable_size(h, small), 2 * MiB);
+    char *fits = gpu_heap_malloc_flags(h, 30 * MiB, GPU_ALLOC_OWNED);
+    assert_ptr_equal(fits, big);
+    assert_int_equal(gpu_heap_malloc_usable_size(h, fits), 32 * MiB);
+    CHECK_HEAP(h);
+    ASSERT_OK(gpu_heap_free(h, small));
+    ASSERT_OK(gpu_heap_free(h, fits));
+    HEAP_DESTROY(h);
+}
+
 int main(void) {
     test_thread_cache = 0; /* the heap core's placement and merging, without thread caches in front */
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_owned_reuse_is_snug),
         cmocka_unit_test(test_coalesce_three),
         cmocka_unit_test(test_coalesce_many),
         cmocka_unit_test(test_placement),

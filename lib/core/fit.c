@@ -86,7 +86,9 @@ block *fit_take_whole(gpu_heap_t *h, size_t need, size_t align) {
 }
 
 /* An idle run of whole extents of at least need bytes, starting at an extent
- * boundary aligned to align; NULL on a miss. The block owns its extents. */
+ * boundary aligned to align, and no longer than need by more than an eighth or a
+ * granule (as fit_take_whole allows: a 1-byte block once took a whole idle
+ * 32 MiB extent); NULL on a miss. The block owns its extents. */
 block *fit_take_owned(gpu_heap_t *h, size_t need, size_t align) {
     block *b = tlsf_find(&h->idle, need + align);
     if (!b) b = tlsf_find(&h->idle, need);
@@ -97,7 +99,8 @@ block *fit_take_owned(gpu_heap_t *h, size_t need, size_t align) {
     if (!e) return NULL;
     uintptr_t s = e->va; /* the run starts here and ends with e */
     while (e && e->va + e->size - s < need) e = extmap_next_whole(&h->extents, e, end);
-    if (!e) return NULL;
+    size_t slack = need / 8 > h->gran ? need / 8 : h->gran;
+    if (!e || e->va + e->size - s - need > slack) return NULL;
     b = claim_idle(h, b, s, e->va + e->size - s);
     b->owned = 1;
     return b;
