@@ -11,7 +11,9 @@ void tlsf_init(tlsf_index *t);
 void tlsf_insert(tlsf_index *t, block *b);
 void tlsf_remove(tlsf_index *t, block *b);
 /* A block of at least size bytes (good fit: from the first class whose every
- * member is large enough), or NULL. Does not remove it. */
+ * member is large enough), or NULL. Does not remove it. Sizes, here and in the
+ * blocks indexed, are multiples of GH_QUANTUM: the classes below 16 quanta are
+ * exact only for those. */
 block *tlsf_find(tlsf_index *t, size_t size);
 /* Calls fn on every indexed block until it returns false. */
 void tlsf_walk(tlsf_index *t, bool (*fn)(block *b, void *arg), void *arg);
