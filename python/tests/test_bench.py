@@ -184,3 +184,29 @@ def test_bench_summary_of_a_partly_skipped_size(bench_script):
 def test_bench_finds_places_for_cudart(bench_script):
     cands = bench_script.cudart_candidates()
     assert all(isinstance(c, str) and c for c in cands)
+
+
+# ---- test/preload/train_record.py: the record both training scripts write ------------------
+
+def test_train_record_writes_what_frameworks_reads(tmp_path, monkeypatch, capsys):
+    """Against a stand-in torch: the common fields, the script's own, and the
+    summary line; PyTorch's peak counters left out with a pluggable allocator."""
+    import types
+    cuda = types.SimpleNamespace(get_device_name=lambda i: "Stand-in GPU",
+                                 max_memory_allocated=lambda i: 123, max_memory_reserved=lambda i: 456)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="0.0", cuda=cuda))
+    monkeypatch.setenv("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments: True")
+    spec = importlib.util.spec_from_file_location("train_record", os.path.join(REPO, "test", "preload", "train_record.py"))
+    record = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(record)
+    for pluggable, label in ((None, ""), ("lib.so", "named")):
+        a = types.SimpleNamespace(label=label, out=str(tmp_path / "out.json"), warmup=1, pluggable=pluggable)
+        record.write(a, [2.5, 1.25, 0.5], [0.010, 0.002, 0.004], {"model": "cnn", "seed": 7}, name="cnn")
+        out = json.load(open(a.out))
+        assert out["label"] == label and out["model"] == "cnn" and out["seed"] == 7
+        assert out["device"] == "Stand-in GPU" and out["caching_disabled"] and out["expandable_segments"]
+        assert out["losses_hex"] == [v.hex() for v in (2.5, 1.25, 0.5)]
+        assert out["median_step_ms"] == pytest.approx(3.0) and out["mean_step_ms"] == pytest.approx(3.0)
+        assert out["max_memory_reserved"] == (None if pluggable else 456)
+        assert capsys.readouterr().out.startswith(f"{label or 'cnn'}: Stand-in GPU, median step 3.00 ms")

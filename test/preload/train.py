@@ -21,9 +21,7 @@ written too. The allocator is chosen from outside:
   python3 train.py --pluggable libgpuheap-preload.so --out D.json    # CUDAPluggableAllocator
 """
 import argparse
-import json
 import os
-import statistics
 import sys
 import time
 
@@ -32,6 +30,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+import train_record  # noqa: E402  (this folder: the record every training script writes)
 
 
 def main():
@@ -94,28 +94,8 @@ def main():
         times.append(time.perf_counter() - t0)
         losses.append(lv)
 
-    timed = times[a.warmup:]
-    out = {
-        "label": a.label,
-        "device": torch.cuda.get_device_name(0),
-        "torch": torch.__version__,
-        "caching_disabled": os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING", "") not in ("", "0"),
-        "interposer": "libgpuheap-preload.so" in os.environ.get("LD_PRELOAD", ""),
-        "pluggable": bool(a.pluggable),
-        "model": {k: getattr(a, k) for k in ("layers", "d", "heads", "batch", "seq", "vocab", "steps", "warmup")},
-        "losses_hex": [float(v).hex() for v in losses],
-        "losses": losses,
-        "step_ms": [1e3 * t for t in times],
-        "median_step_ms": 1e3 * statistics.median(timed),
-        "mean_step_ms": 1e3 * statistics.fmean(timed),
-        "max_memory_allocated": torch.cuda.max_memory_allocated(0) if not a.pluggable else None,
-        "max_memory_reserved": torch.cuda.max_memory_reserved(0) if not a.pluggable else None,
-    }
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"{a.label or 'run'}: {out['device']}, median step {out['median_step_ms']:.2f} ms, "
-          f"first loss {losses[0]:.6f}, last loss {losses[-1]:.6f}", flush=True)
-
+    train_record.write(a, losses, times, {
+        "model": {k: getattr(a, k) for k in ("layers", "d", "heads", "batch", "seq", "vocab", "steps", "warmup")}})
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,10 +28,8 @@ from outside, as for train.py:
 bench/frameworks.py runs them all and compares.
 """
 import argparse
-import json
 import os
 import random
-import statistics
 import sys
 import time
 
@@ -40,6 +38,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+import train_record  # noqa: E402  (this folder: the record every training script writes)
 
 
 def pin_determinism():
@@ -170,34 +170,8 @@ def main():
         times.append(time.perf_counter() - t0)
         losses.append(lv)
 
-    timed = times[a.warmup:]
-    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
-    out = {
-        "label": a.label,
-        "model": a.model,
-        "workload": info,
-        "device": torch.cuda.get_device_name(0),
-        "torch": torch.__version__,
-        "caching_disabled": os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING", "") not in ("", "0"),
-        "expandable_segments": "expandable_segments:true" in conf.replace(" ", "").lower(),
-        "interposer": "libgpuheap-preload.so" in os.environ.get("LD_PRELOAD", ""),
-        "pluggable": bool(a.pluggable),
-        "steps": a.steps,
-        "warmup": a.warmup,
-        "seed": a.seed,
-        "losses_hex": [float(v).hex() for v in losses],
-        "losses": losses,
-        "step_ms": [1e3 * t for t in times],
-        "median_step_ms": 1e3 * statistics.median(timed),
-        "mean_step_ms": 1e3 * statistics.fmean(timed),
-        "max_memory_allocated": torch.cuda.max_memory_allocated(0) if not a.pluggable else None,
-        "max_memory_reserved": torch.cuda.max_memory_reserved(0) if not a.pluggable else None,
-    }
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"{a.label or a.model}: {out['device']}, median step {out['median_step_ms']:.2f} ms, "
-          f"first loss {losses[0]:.6f}, last loss {losses[-1]:.6f}", flush=True)
-
+    train_record.write(a, losses, times, {"model": a.model, "workload": info, "steps": a.steps,
+                                          "warmup": a.warmup, "seed": a.seed}, name=a.model)
 
 if __name__ == "__main__":
     sys.exit(main())
