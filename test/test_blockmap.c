@@ -20,22 +20,10 @@
 #include "api/api.h"
 #include "backend/fault/fault.h"
 #include "core/internal.h"
+#include "records.h"
 
 #define BASE ((uintptr_t)0x7f0000000000)
 #define INIT_CAP 1024 /* BLOCKMAP_MIN_CAP in blockmap.c */
-
-static block *records(size_t n) {
-    block *b = aligned_alloc(_Alignof(block), n * sizeof *b);
-    assert_non_null(b);
-    memset(b, 0, n * sizeof *b);
-    return b;
-}
-
-static block *rec(block *b, uintptr_t start, size_t size) {
-    b->start = start;
-    b->size = size;
-    return b;
-}
 
 /* The slot that holds key, or SIZE_MAX. */
 static size_t slot_holding(const blockmap *m, uintptr_t key) {

@@ -14,15 +14,7 @@ demo=$1
 has_driver=$2
 [ -x "$demo" ] || { echo "SKIP: $demo not built"; exit 77; }
 "$has_driver" && { echo "SKIP: a CUDA driver loads here"; exit 77; }
-fails=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-check() { # check NAME CONDITION-COMMAND...
-    name=$1
-    shift
-    if "$@"; then echo "ok - $name"; else echo "not ok - $name"; fails=$((fails + 1)); fi
-}
+. "$(dirname "$0")/checks.sh" # check, $tmp, checks_done
 
 "$demo" --quick --json "$tmp/demo.json" >"$tmp/out" 2>"$tmp/err"
 rc=$?
@@ -33,5 +25,4 @@ check "the host-backend run, labelled" grep -q "running on the HOST backend" "$t
 check "the host-backend run: its table" grep -q "^ *1 GiB " "$tmp/out"
 check "the JSON says host and why" sh -c "grep -q '\"backend\": \"host\"' '$tmp/demo.json' && grep -q 'no CUDA driver' '$tmp/demo.json'"
 
-echo "$fails failed"
-[ "$fails" -eq 0 ]
+checks_done

@@ -12,15 +12,7 @@
 set -u
 info=$1
 has_driver=$2
-fails=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-check() { # check NAME CONDITION-COMMAND...
-    name=$1
-    shift
-    if "$@"; then echo "ok - $name"; else echo "not ok - $name"; fails=$((fails + 1)); fi
-}
+. "$(dirname "$0")/checks.sh" # check, $tmp, checks_done
 run() { "$info" "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
 unset GPUHEAP_BACKEND GPUHEAP_VERBOSE
 
@@ -60,5 +52,4 @@ else
     check "no driver: a hint after the error" sh -c "sed -n 2p '$tmp/err' | grep -q 'GPUHEAP_BACKEND=host'"
 fi
 
-echo "$fails failed"
-[ "$fails" -eq 0 ]
+checks_done

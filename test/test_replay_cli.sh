@@ -10,15 +10,7 @@
 set -u
 replay=$1
 example=$2
-fails=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-check() { # check NAME CONDITION-COMMAND...
-    name=$1
-    shift
-    if "$@"; then echo "ok - $name"; else echo "not ok - $name"; fails=$((fails + 1)); fi
-}
+. "$(dirname "$0")/checks.sh" # check, $tmp, checks_done
 run() { "$replay" "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
 
 run --backend hots "$example"
@@ -59,5 +51,4 @@ check "a trace without its comment lines still replays" test $rc -eq 0
 run --backend host "$tmp/cut.trace"
 check "a trace cut short (header, a torn line) still reads" test $rc -eq 0
 
-echo "$fails failed"
-[ "$fails" -eq 0 ]
+checks_done

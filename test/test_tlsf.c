@@ -20,24 +20,9 @@
 #include "api/api.h"
 #include "backend/fault/fault.h"
 #include "core/internal.h"
+#include "records.h"
 
 #define Q ((size_t)GH_QUANTUM)
-
-/* ---- records ------------------------------------------------------------------- */
-
-/* n zeroed block records, 64-byte aligned as the type asks. */
-static block *records(size_t n) {
-    block *b = aligned_alloc(_Alignof(block), n * sizeof *b);
-    assert_non_null(b);
-    memset(b, 0, n * sizeof *b);
-    return b;
-}
-
-static block *rec(block *b, uintptr_t start, size_t size) {
-    b->start = start;
-    b->size = size;
-    return b;
-}
 
 /* ---- the classes, as the index's comment states them ---------------------------- */
 

@@ -12,15 +12,7 @@
 # bad use.
 set -u
 run=$1
-fails=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-check() { # check NAME CONDITION-COMMAND...
-    name=$1
-    shift
-    if "$@"; then echo "ok - $name"; else echo "not ok - $name"; fails=$((fails + 1)); fi
-}
+. "$(dirname "$0")/../checks.sh" # check, $tmp, checks_done
 
 envof() { "$run" "$@" env >"$tmp/env" 2>"$tmp/err"; }
 has() { grep -qx "$1" "$tmp/env"; }
@@ -78,5 +70,4 @@ check "unknown option: the short usage, not the help" sh -c "! grep -q Options: 
 GPUHEAP_PRELOAD_LIB="$pre" "$run" env >"$tmp/env"
 check "GPUHEAP_PRELOAD_LIB is honoured" has "LD_PRELOAD=$pre"
 
-echo "$fails failed"
-[ "$fails" -eq 0 ]
+checks_done
