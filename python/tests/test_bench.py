@@ -186,9 +186,9 @@ def test_bench_finds_places_for_cudart(bench_script):
     assert all(isinstance(c, str) and c for c in cands)
 
 
-# ---- test/preload/train_record.py: the record both training scripts write ------------------
+# ---- test/preload/train_common.py: the record both training scripts write ------------------
 
-def test_train_record_writes_what_frameworks_reads(tmp_path, monkeypatch, capsys):
+def test_train_common_writes_what_frameworks_reads(tmp_path, monkeypatch, capsys):
     """Against a stand-in torch: the common fields, the script's own, and the
     summary line; PyTorch's peak counters left out with a pluggable allocator."""
     import types
@@ -197,7 +197,7 @@ def test_train_record_writes_what_frameworks_reads(tmp_path, monkeypatch, capsys
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="0.0", cuda=cuda))
     monkeypatch.setenv("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments: True")
-    spec = importlib.util.spec_from_file_location("train_record", os.path.join(REPO, "test", "preload", "train_record.py"))
+    spec = importlib.util.spec_from_file_location("train_common", os.path.join(REPO, "test", "preload", "train_common.py"))
     record = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(record)
     for pluggable, label in ((None, ""), ("lib.so", "named")):
@@ -210,3 +210,33 @@ def test_train_record_writes_what_frameworks_reads(tmp_path, monkeypatch, capsys
         assert out["median_step_ms"] == pytest.approx(3.0) and out["mean_step_ms"] == pytest.approx(3.0)
         assert out["max_memory_reserved"] == (None if pluggable else 456)
         assert capsys.readouterr().out.startswith(f"{label or 'cnn'}: Stand-in GPU, median step 3.00 ms")
+
+
+def test_train_set_up_installs_and_pins(monkeypatch):
+    """set_up against a stand-in torch: gpuheap's allocator installed when
+    --pluggable names it (and only then), every determinism switch set."""
+    import types
+    seen = {}
+    memory = types.SimpleNamespace(
+        CUDAPluggableAllocator=lambda so, a, f: ("allocator", so, a, f),
+        change_current_allocator=lambda alloc: seen.__setitem__("allocator", alloc))
+    cuda = types.SimpleNamespace(
+        memory=memory, matmul=types.SimpleNamespace(allow_tf32=True),
+        enable_flash_sdp=lambda on: seen.__setitem__("flash", on),
+        enable_mem_efficient_sdp=lambda on: seen.__setitem__("mem_efficient", on),
+        enable_math_sdp=lambda on: seen.__setitem__("math", on))
+    cudnn = types.SimpleNamespace(deterministic=False, benchmark=True, allow_tf32=True)
+    torch = types.SimpleNamespace(
+        cuda=cuda, backends=types.SimpleNamespace(cuda=cuda, cudnn=cudnn),
+        use_deterministic_algorithms=lambda on, warn_only: seen.__setitem__("deterministic", (on, warn_only)))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    spec = importlib.util.spec_from_file_location("train_common", os.path.join(REPO, "test", "preload", "train_common.py"))
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    common.set_up(types.SimpleNamespace(pluggable=None))
+    assert "allocator" not in seen
+    common.set_up(types.SimpleNamespace(pluggable="/x/libgpuheap-preload.so"))
+    assert seen["allocator"] == ("allocator", "/x/libgpuheap-preload.so", "gpu_torch_alloc", "gpu_torch_free")
+    assert seen["deterministic"] == (True, True) and seen["math"] is True
+    assert seen["flash"] is False and seen["mem_efficient"] is False
+    assert cudnn.deterministic and not cudnn.benchmark and not cudnn.allow_tf32 and not cuda.matmul.allow_tf32

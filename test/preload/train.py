@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import train_record  # noqa: E402  (this folder: the record every training script writes)
+import train_common  # noqa: E402  (this folder: the set-up and record the training scripts share)
 
 
 def main():
@@ -49,18 +49,7 @@ def main():
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
-    if a.pluggable:  # before anything touches CUDA memory
-        alloc = torch.cuda.memory.CUDAPluggableAllocator(a.pluggable, "gpu_torch_alloc", "gpu_torch_free")
-        torch.cuda.memory.change_current_allocator(alloc)
-
-    torch.use_deterministic_algorithms(True, warn_only=True)  # a warning, not a lost run, if an op has no deterministic form
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.enable_flash_sdp(False)
-    torch.backends.cuda.enable_mem_efficient_sdp(False)
-    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
-        torch.backends.cuda.enable_cudnn_sdp(False)
-    torch.backends.cuda.enable_math_sdp(True)
+    train_common.set_up(a)
 
     dev = torch.device("cuda", 0)
     torch.manual_seed(0)
@@ -94,7 +83,7 @@ def main():
         times.append(time.perf_counter() - t0)
         losses.append(lv)
 
-    train_record.write(a, losses, times, {
+    train_common.write(a, losses, times, {
         "model": {k: getattr(a, k) for k in ("layers", "d", "heads", "batch", "seq", "vocab", "steps", "warmup")}})
 
 if __name__ == "__main__":

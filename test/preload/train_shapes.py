@@ -39,20 +39,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import train_record  # noqa: E402  (this folder: the record every training script writes)
-
-
-def pin_determinism():
-    torch.use_deterministic_algorithms(True, warn_only=True)  # a warning, not a lost run, if an op has no deterministic form
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: not repeatable
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.enable_flash_sdp(False)
-    torch.backends.cuda.enable_mem_efficient_sdp(False)
-    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
-        torch.backends.cuda.enable_cudnn_sdp(False)
-    torch.backends.cuda.enable_math_sdp(True)
+import train_common  # noqa: E402  (this folder: the set-up and record the training scripts share)
 
 
 class Block(nn.Module):
@@ -154,10 +141,7 @@ def main():
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
-    if a.pluggable:  # before anything touches CUDA memory
-        alloc = torch.cuda.memory.CUDAPluggableAllocator(a.pluggable, "gpu_torch_alloc", "gpu_torch_free")
-        torch.cuda.memory.change_current_allocator(alloc)
-    pin_determinism()
+    train_common.set_up(a)
     dev = torch.device("cuda", 0)
     step, info = (cnn_workload if a.model == "cnn" else gpt_workload)(a, dev)
 
@@ -170,7 +154,7 @@ def main():
         times.append(time.perf_counter() - t0)
         losses.append(lv)
 
-    train_record.write(a, losses, times, {"model": a.model, "workload": info, "steps": a.steps,
+    train_common.write(a, losses, times, {"model": a.model, "workload": info, "steps": a.steps,
                                           "warmup": a.warmup, "seed": a.seed}, name=a.model)
 
 if __name__ == "__main__":
