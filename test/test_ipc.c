@@ -285,6 +285,26 @@ static pid_t spawn(const char *const *args, const int *close_in_child, int nclos
     }
     return pid;
 }
+/* A child running `mode [arg] W R` with a pipe each way: *from reads what it
+ * writes to W, *to writes what it reads from R. The child's ends are closed here. */
+static pid_t spawn_piped(const char *mode, const char *arg, int *from, int *to) {
+    int up[2], down[2];
+    assert_int_equal(pipe(up), 0);
+    assert_int_equal(pipe(down), 0);
+    char w[16], r[16];
+    snprintf(w, sizeof w, "%d", up[1]);
+    snprintf(r, sizeof r, "%d", down[0]);
+    const char *args[5] = {mode};
+    int n = 1;
+    if (arg) args[n++] = arg;
+    args[n++] = w, args[n++] = r, args[n] = NULL;
+    int close_in_child[] = {up[0], down[1]};
+    pid_t pid = spawn(args, close_in_child, 2);
+    close(up[1]), close(down[0]);
+    *from = up[0], *to = down[1];
+    return pid;
+}
+
 static int wait_child(pid_t pid) {
     int status = 0;
     if (pid < 0 || waitpid(pid, &status, 0) != pid) return -1;
@@ -356,19 +376,11 @@ static void test_blocks_to_a_child(void **state) {
 
 static void test_blocks_from_a_child(void **state) {
     (void)state;
-    int up[2], down[2];
-    assert_int_equal(pipe(up), 0);
-    assert_int_equal(pipe(down), 0);
-    char w[16], r[16];
-    snprintf(w, sizeof w, "%d", up[1]);
-    snprintf(r, sizeof r, "%d", down[0]);
-    const char *args[] = {"export", w, r, NULL};
-    int close_in_child[] = {up[0], down[1]};
-    pid_t pid = spawn(args, close_in_child, 2);
-    close(up[1]), close(down[0]);
+    int from, to;
+    pid_t pid = spawn_piped("export", NULL, &from, &to);
     for (unsigned i = 0; i < NSPECS; i++) {
         gpu_ipc_mem_handle_t h;
-        assert_int_equal(read(up[0], &h, sizeof h), (ssize_t)sizeof h);
+        assert_int_equal(read(from, &h, sizeof h), (ssize_t)sizeof h);
         void *p = NULL;
         assert_int_equal(gpu_ipc_open_mem_handle(&p, h, 0), GPU_OK);
         assert_int_equal(mismatch(p, spec_size(i), 1, i), SIZE_MAX);
@@ -379,8 +391,8 @@ static void test_blocks_from_a_child(void **state) {
         assert_true(start == (uintptr_t)p && size >= spec_size(i));
         assert_int_equal(gpu_ipc_close_mem_handle(p), GPU_OK);
     }
-    assert_int_equal(write(down[1], "g", 1), 1);
-    close(up[0]), close(down[1]);
+    assert_int_equal(write(to, "g", 1), 1);
+    close(from), close(to);
     assert_int_equal(wait_child(pid), 0);
 }
 
@@ -583,25 +595,17 @@ static void test_exporter_frees_while_open(void **state) {
     assert_int_equal(gpu_ipc_get_mem_handle(&h, p), GPU_OK);
     char hex[2 * 64 + 1];
     to_hex(&h, hex);
-    int up[2], down[2];
-    assert_int_equal(pipe(up), 0);
-    assert_int_equal(pipe(down), 0);
-    char w[16], r[16];
-    snprintf(w, sizeof w, "%d", up[1]);
-    snprintf(r, sizeof r, "%d", down[0]);
-    const char *args[] = {"hold", hex, w, r, NULL};
-    int close_in_child[] = {up[0], down[1]};
-    pid_t pid = spawn(args, close_in_child, 2);
-    close(up[1]), close(down[0]);
+    int from, to;
+    pid_t pid = spawn_piped("hold", hex, &from, &to);
     char c;
-    assert_int_equal(read(up[0], &c, 1), 1); /* the child has it open */
+    assert_int_equal(read(from, &c, 1), 1); /* the child has it open */
     size_t physical = host_counts().physical_bytes;
     assert_int_equal(gpu_free(p), GPU_OK);
     assert_int_equal(gpu_heap_trim(NULL, 0), GPU_OK);
     assert_true(host_counts().physical_bytes <= physical - 4 * MiB); /* gone from this process */
     assert_false(inode_mapped(ino));
-    assert_int_equal(write(down[1], "g", 1), 1);
-    close(up[0]), close(down[1]);
+    assert_int_equal(write(to, "g", 1), 1);
+    close(from), close(to);
     assert_int_equal(wait_child(pid), 0);
 }
 
