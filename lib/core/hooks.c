@@ -33,28 +33,20 @@ int heap_hooks_add(const heap_hooks *add) {
     return rc;
 }
 
-/* Calls member m of every registered table that has it. */
-#define EACH_HOOK(m, ...)                                                          \
-    do {                                                                           \
-        size_t n_ = atomic_load_explicit(&nhooks, memory_order_acquire);          \
-        for (size_t i_ = 0; i_ < n_; i_++) {                                       \
-            const heap_hooks *k_ = atomic_load_explicit(&hooks[i_], memory_order_relaxed); \
-            if (k_->m) k_->m(__VA_ARGS__);                                         \
-        }                                                                          \
-    } while (0)
+/* Runs the statement after it once for every registered table k, in the order
+ * registered. */
+#define EACH_HOOKS(k)                                                                          \
+    for (size_t i_ = 0, n_ = atomic_load_explicit(&nhooks, memory_order_acquire); i_ < n_; i_++) \
+        for (const heap_hooks *k = atomic_load_explicit(&hooks[i_], memory_order_relaxed); k; k = NULL)
 
-void hooks_closing(gpu_heap_t *h) { EACH_HOOK(closing, h); }
-void hooks_stats_locked(gpu_heap_t *h, gpu_stats_t *s) { EACH_HOOK(stats_locked, h, s); }
-void hooks_stats(gpu_heap_t *h, gpu_stats_t *s) { EACH_HOOK(stats, h, s); }
-void hooks_trimming(gpu_heap_t *h) { EACH_HOOK(trimming, h); }
-void hooks_flush_locked(gpu_heap_t *h) { EACH_HOOK(flush_locked, h); }
+void hooks_closing(gpu_heap_t *h) { EACH_HOOKS(k) if (k->closing) k->closing(h); }
+void hooks_stats_locked(gpu_heap_t *h, gpu_stats_t *s) { EACH_HOOKS(k) if (k->stats_locked) k->stats_locked(h, s); }
+void hooks_stats(gpu_heap_t *h, gpu_stats_t *s) { EACH_HOOKS(k) if (k->stats) k->stats(h, s); }
+void hooks_trimming(gpu_heap_t *h) { EACH_HOOKS(k) if (k->trimming) k->trimming(h); }
+void hooks_flush_locked(gpu_heap_t *h) { EACH_HOOKS(k) if (k->flush_locked) k->flush_locked(h); }
 
 bool hooks_room_locked(gpu_heap_t *h) {
     bool any = false;
-    size_t n = atomic_load_explicit(&nhooks, memory_order_acquire);
-    for (size_t i = 0; i < n; i++) {
-        const heap_hooks *k = atomic_load_explicit(&hooks[i], memory_order_relaxed);
-        if (k->room_locked) any |= k->room_locked(h);
-    }
+    EACH_HOOKS(k) if (k->room_locked) any |= k->room_locked(h);
     return any;
 }
