@@ -407,8 +407,8 @@ void *tcache_malloc(gpu_heap_t *h, size_t size) {
     size_t quanta = size ? (size - 1) / GH_QUANTUM + 1 : 1;
     if (__builtin_expect(!c || atomic_load_explicit(&c->flush_asked, memory_order_relaxed), 0))
         return malloc_slow(h, size);
-    /* A small class, or the mid slot the size would have (a larger size finds
-     * no slot of its size there: the slow path says no). */
+    if (__builtin_expect(quanta > c->classes && quanta > c->mid_quanta, 0))
+        return NULL; /* a size no class takes (a granule and more): straight to the heap */
     tc_class *q = quanta <= c->classes ? &c->cls[quanta - 1] : &c->cls[mid_slot(quanta)];
     if (__builtin_expect(q->size != quanta * GH_QUANTUM || !q->n || !quarantine_covered(h, q->ring[q->head].tag), 0))
         return malloc_slow(h, size);

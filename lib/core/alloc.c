@@ -6,9 +6,9 @@
  * events, seal the quarantine, past the physical budget take any idle block,
  * fence the quarantine, trade idle extents for new ones, map new memory, and
  * out of memory give everything idle back — each a small function tried at most
- * once per request (before it maps, the thread caches above give back what they
- * keep for reuse: the room hook); a rung that made memory idle sends the request back to the
- * idle search. The ladder is one table (below), so the order of decisions can
+ * once per request (before it maps, the thread caches above give back what
+ * they keep for reuse: the room hook); a rung that made memory idle sends the
+ * request back to the idle search. The ladder is one table (below), so the order of decisions can
  * be read, and changed, in one place. The policy numbers that choose between
  * reusing, waiting and mapping (the quarantine's budget, the physical budget)
  * are here with the measurements behind them.
@@ -46,9 +46,10 @@ static size_t quarantine_budget(const gpu_heap_t *h) {
 /* Physical memory the heap lets itself hold before it reuses idle memory that
  * fits badly, waits for its quarantine or gives idle extents back for new ones:
  * the live peak (or the live bytes with this request, when more), a sixteenth
- * more (an eighth for a request of BUDGET_BIG_NEED or more), and PHYSICAL_SLACK — room for a few freed blocks to wait on their event
- * while new ones are mapped, so that a loop freeing and allocating large blocks
- * does not query an event at every turn. The peak, not the live bytes of the
+ * more (an eighth for a request of BUDGET_BIG_NEED or more), and PHYSICAL_SLACK
+ * — room for a few freed blocks to wait on their event while new ones are
+ * mapped, so that a loop freeing and allocating large blocks does not query an
+ * event at every turn. The peak, not the live bytes of the
  * moment: a program that frees most of its memory between peaks (a training
  * step) is not short of memory in between, and on RMM's random workload the
  * moment's live bytes cut large blocks out of idle extents that later requests
