@@ -69,7 +69,7 @@ static int w_event_record(vmm_backend *b, uintptr_t st, vmm_event *o) {
     enter(VMM_OP_EVENT_RECORD);
     return IN(b)->ops->event_record(IN(b), st, o);
 }
-static int w_fence_record(vmm_backend *b, vmm_event *o) { enter(VMM_OP_EVENT_RECORD); return IN(b)->ops->fence_record(IN(b), o); }
+static int w_fence_record(vmm_backend *b, uintptr_t s, vmm_event *o) { enter(VMM_OP_EVENT_RECORD); return IN(b)->ops->fence_record(IN(b), s, o); }
 static int w_event_query(vmm_backend *b, vmm_event ev) { enter(VMM_OP_EVENT_QUERY); return IN(b)->ops->event_query(IN(b), ev); }
 static int w_event_wait(vmm_backend *b, vmm_event ev) { enter(VMM_OP_EVENT_WAIT); return IN(b)->ops->event_wait(IN(b), ev); }
 static void w_event_release(vmm_backend *b, vmm_event ev) { enter(OP_RELEASE_EVENT); IN(b)->ops->event_release(IN(b), ev); }

@@ -101,9 +101,12 @@ typedef struct vmm_ops {
     /* Gives the event back. */
     void (*event_release)(vmm_backend *b, vmm_event ev);
     /* Records an event after all work issued so far on the device's context, on
-     * any stream (cuCtxRecordEvent): a fence that does not block. May be NULL
-     * (a driver without context events). */
-    int (*fence_record)(vmm_backend *b, vmm_event *out);
+     * any stream (cuCtxRecordEvent): a fence that does not block. Such a record
+     * would break a capture in progress, so first it asks, in the same entry to
+     * the driver: while stream (if not 0) or a blocking stream is being captured
+     * it records nothing and returns GPU_ERR_CAPTURING. May be NULL (a driver
+     * without context events). */
+    int (*fence_record)(vmm_backend *b, uintptr_t stream, vmm_event *out);
     /* 1 when stream is being captured into a graph (for stream 0: when any
      * blocking stream is, as the legacy stream reports it), 0 when not. */
     int (*capturing)(vmm_backend *b, uintptr_t stream);

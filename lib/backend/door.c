@@ -252,9 +252,11 @@ int vmm_call_event_query(vmm_door *d, vmm_event ev) {
                               : done(d, VMM_OP_EVENT_QUERY, rc);
 }
 
-int vmm_call_fence_record(vmm_door *d, vmm_event *out) {
+int vmm_call_fence_record(vmm_door *d, uintptr_t stream, vmm_event *out) {
     if (!d->b->ops->fence_record) return vmm_fail(d->b, GPU_ERR_BACKEND, "fence_record: not offered by this backend");
-    return done(d, VMM_OP_EVENT_RECORD, d->b->ops->fence_record(d->b, out));
+    if (atomic_load_explicit(&announced_captures, memory_order_relaxed) > 0) return GPU_ERR_CAPTURING;
+    int rc = d->b->ops->fence_record(d->b, stream, out);
+    return rc == GPU_ERR_CAPTURING ? rc : done(d, VMM_OP_EVENT_RECORD, rc); /* a capture is no failure */
 }
 
 int vmm_call_event_wait(vmm_door *d, vmm_event ev) { return done(d, VMM_OP_EVENT_WAIT, d->b->ops->event_wait(d->b, ev)); }

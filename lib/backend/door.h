@@ -83,8 +83,9 @@ int vmm_call_event_record(vmm_door *d, uintptr_t stream, vmm_event *out);
 int vmm_call_event_query(vmm_door *d, vmm_event ev); /* GH_PENDING: not yet, and not an error */
 int vmm_call_event_wait(vmm_door *d, vmm_event ev);
 /* An event after all work issued so far on the device's context (the backend's
- * fence_record); GPU_ERR_BACKEND when the backend has none. */
-int vmm_call_fence_record(vmm_door *d, vmm_event *out);
+ * fence_record); GPU_ERR_CAPTURING, recording nothing, while vmm_call_capturing
+ * would say true for stream; GPU_ERR_BACKEND when the backend has none. */
+int vmm_call_fence_record(vmm_door *d, uintptr_t stream, vmm_event *out);
 void vmm_call_event_release(vmm_door *d, vmm_event ev);
 /* True when a capture is in progress that a fence would break: stream's (if not
  * 0), a blocking stream's, or one announced with gpu_capture_begin. */

@@ -44,8 +44,8 @@ int events_record_locked(gpu_heap_t *h, event_queue q, uintptr_t stream, bool co
     give_back(h, spent, nspent);
     vmm_event ev = 0;
     int rc;
-    if (context) /* like a fence, a context-wide event would break a capture in progress */
-        rc = vmm_call_capturing(&h->door, stream) ? GPU_ERR_CAPTURING : vmm_call_fence_record(&h->door, &ev);
+    if (context) /* like a fence, a context-wide event would break a capture in progress: refused then */
+        rc = vmm_call_fence_record(&h->door, stream, &ev);
     else
         rc = vmm_call_event_record(&h->door, stream, &ev);
     heap_lock(h);

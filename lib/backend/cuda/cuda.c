@@ -51,16 +51,25 @@ int cuda_fail(cuda_backend *cb, int code, CUresult r, const char *fmt, ...) {
     return vmm_fail(&cb->base, code, "%s: %s", call, cuda_loader_error_name(r));
 }
 
-/* The calling thread's capture mode before cuda_enter, restored by cuda_leave. */
+/* The calling thread's capture mode before cuda_enter, restored by cuda_leave,
+ * and whether cuda_enter pushed the context (cuda_leave then pops it). */
 static _Thread_local CUstreamCaptureMode cuda_saved_mode;
+static _Thread_local bool cuda_pushed;
 
 /* Makes the primary context current for one operation, in the relaxed capture
  * mode: a VMM call made while some thread captures a stream then leaves the
  * capture valid (measured on an H200; a device sync does not, and the heap never
- * fences during a capture). Pair with cuda_leave. */
+ * fences during a capture). A thread whose current context is the primary one
+ * already (a CUDA runtime program's, usually) keeps it: asking is a thread-local
+ * read in the driver, a push and a pop are two more calls around every cover
+ * and map. Pair with cuda_leave. */
 int cuda_enter(cuda_backend *cb, const char *op) {
-    CUresult r = cb->f->CtxPushCurrent(cb->ctx);
-    if (r != CUDA_SUCCESS) return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuCtxPushCurrent(primary context, for %s)", op);
+    CUcontext cur = NULL;
+    cuda_pushed = cb->f->CtxGetCurrent(&cur) != CUDA_SUCCESS || cur != cb->ctx;
+    if (cuda_pushed) {
+        CUresult r = cb->f->CtxPushCurrent(cb->ctx);
+        if (r != CUDA_SUCCESS) return cuda_fail(cb, GPU_ERR_BACKEND, r, "cuCtxPushCurrent(primary context, for %s)", op);
+    }
     cuda_saved_mode = CU_STREAM_CAPTURE_MODE_RELAXED;
     cb->f->ThreadExchangeStreamCaptureMode(&cuda_saved_mode);
     return GPU_OK;
@@ -69,6 +78,7 @@ int cuda_enter(cuda_backend *cb, const char *op) {
 /* Restores the caller's capture mode and context. */
 void cuda_leave(cuda_backend *cb) {
     cb->f->ThreadExchangeStreamCaptureMode(&cuda_saved_mode);
+    if (!cuda_pushed) return;
     CUcontext popped;
     cb->f->CtxPopCurrent(&popped);
 }

@@ -72,7 +72,7 @@ void cuda_ipc_probe(cuda_backend *cb, const gpu_config_t *cfg);
 
 /* events.c: the fence, stream order and capture. */
 int cuda_fence(vmm_backend *b);
-int cuda_fence_record(vmm_backend *b, vmm_event *out);
+int cuda_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int cuda_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int cuda_event_query(vmm_backend *b, vmm_event ev);
 int cuda_event_wait(vmm_backend *b, vmm_event ev);

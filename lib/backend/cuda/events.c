@@ -64,13 +64,28 @@ void cuda_events_drop_spares(cuda_backend *cb) {
     for (CUevent ev; (ev = spare_take(cb));) cb->f->EventDestroy(ev);
 }
 
+/* Whether stream (0: any blocking stream, which the legacy stream reports as
+ * CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) is being captured. Querying does not
+ * disturb a capture. The caller entered the context, or passed a stream. */
+static bool stream_capturing(cuda_backend *cb, uintptr_t stream) {
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+    CUresult r = cb->f->StreamIsCapturing(stream ? (CUstream)stream : CU_STREAM_LEGACY, &st);
+    if (r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) return true;
+    return r == CUDA_SUCCESS && st != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
 /* Records an event after the work issued so far — a spare one, else a new one:
  * on stream, or, with whole_context, on every stream of the context
- * (cuCtxRecordEvent). */
+ * (cuCtxRecordEvent) unless that would break a capture of stream or of a
+ * blocking stream (asked in the same entry: a cover costs one). */
 static int cuda_record(vmm_backend *b, bool whole_context, uintptr_t stream, vmm_event *out) {
     cuda_backend *cb = cuda_of(b);
     int err = cuda_enter(cb, whole_context ? "fence_record" : "event_record");
     if (err) return err;
+    if (whole_context && ((stream && stream_capturing(cb, stream)) || stream_capturing(cb, 0))) {
+        cuda_leave(cb);
+        return GPU_ERR_CAPTURING;
+    }
     CUevent ev = spare_take(cb);
     CUresult r = ev ? CUDA_SUCCESS : cb->f->EventCreate(&ev, CU_EVENT_DISABLE_TIMING);
     if (r == CUDA_SUCCESS) {
@@ -88,9 +103,9 @@ static int cuda_record(vmm_backend *b, bool whole_context, uintptr_t stream, vmm
 
 /* An event after all work of the context: a fence that does not block. In the
  * table only where the driver has cuCtxRecordEvent (vmm_cuda_open). */
-int cuda_fence_record(vmm_backend *b, vmm_event *out) {
+int cuda_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
     gh_assert(cuda_of(b)->ctx_record_event, "fence_record is offered only by a driver with cuCtxRecordEvent");
-    return cuda_record(b, true, 0, out);
+    return cuda_record(b, true, stream, out);
 }
 
 /* An event on stream after the work issued there so far. */
@@ -131,15 +146,9 @@ void cuda_event_release(vmm_backend *b, vmm_event ev) {
  * disturb a capture. */
 int cuda_capturing(vmm_backend *b, uintptr_t stream) {
     cuda_backend *cb = cuda_of(b);
-    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
-    CUresult r;
-    if (stream) { /* a stream names its context: one call, on gpu_free_async's path */
-        r = cb->f->StreamIsCapturing((CUstream)stream, &st);
-    } else {
-        if (cuda_enter(cb, "capturing") != GPU_OK) return 0;
-        r = cb->f->StreamIsCapturing(CU_STREAM_LEGACY, &st);
-        cuda_leave(cb);
-    }
-    if (r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) return 1;
-    return r == CUDA_SUCCESS && st != CU_STREAM_CAPTURE_STATUS_NONE;
+    if (stream) return stream_capturing(cb, stream); /* a stream names its context: one call, on gpu_free_async's path */
+    if (cuda_enter(cb, "capturing") != GPU_OK) return 0;
+    bool on = stream_capturing(cb, 0);
+    cuda_leave(cb);
+    return on;
 }

@@ -76,8 +76,12 @@ void host_event_release(vmm_backend *b, vmm_event ev) {
     pthread_mutex_unlock(&hb->lock);
 }
 
-/* The host has no queue: a context-wide event is an event like any other. */
-int host_fence_record(vmm_backend *b, vmm_event *out) { return host_event_record(b, 0, out); }
+/* The host has no queue: a context-wide event is an event like any other,
+ * refused while a stream it would break is marked as captured. */
+int host_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
+    if ((stream && host_capturing(b, stream)) || host_capturing(b, 0)) return GPU_ERR_CAPTURING;
+    return host_event_record(b, 0, out);
+}
 
 int host_capturing(vmm_backend *b, uintptr_t stream) {
     host_backend *hb = host_of(b);
