@@ -271,6 +271,32 @@ static void test_threads_lose_nothing(void **state) {
     HEAP_DESTROY(h);
 }
 
+
+/* One thread records a few calls and exits before any buffer filled: no writer
+ * ran yet, and its records must still reach the file (a PyTorch trace once lost
+ * its autograd thread's calls this way). */
+static void test_thread_exits_before_any_batch(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    assert_int_equal(gpu_trace_start(trace_path), GPU_OK);
+    pthread_t th;
+    worker w = {h, SHORT_PAIRS};
+    void *ret;
+    assert_int_equal(pthread_create(&th, NULL, pairs_thread, &w), 0);
+    pthread_join(th, &ret);
+    assert_null(ret);
+    void *p = gpu_heap_malloc(h, 10); /* and the main thread a call of its own */
+    gpu_heap_free(h, p);
+    assert_int_equal(gpu_trace_stop(), GPU_OK);
+    tr_trace t = load();
+    tr_summary s;
+    tr_summarize(&t, &s);
+    assert_int_equal(s.mallocs, SHORT_PAIRS + 1);
+    assert_int_equal(s.frees, SHORT_PAIRS + 1);
+    assert_int_equal(s.threads, 2);
+    tr_free(&t);
+    HEAP_DESTROY(h);
+}
 /* A child of fork records nothing and leaves the parent's file intact. */
 static void test_fork(void **state) {
     (void)state;
@@ -369,6 +395,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_start_stop_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_record_and_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads_lose_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_thread_exits_before_any_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gzip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_env_pid, setup, teardown),

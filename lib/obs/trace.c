@@ -236,16 +236,26 @@ static trace_batch *batch_get_locked(void) {
 
 /* ---- the recording threads ---------------------------------------------------- */
 
+/* Queues a batch of n records for the writer, started on the first batch. Both
+ * ways a batch is handed over (full, or a thread's last at its exit) come here:
+ * a thread that exited before any batch filled once left its records in a queue
+ * that no writer drained, and a PyTorch trace lost its autograd thread's calls.
+ * Called with lock held. */
+static void queue_locked(trace_batch *b, size_t n) {
+    b->n = n;
+    *queue_tail = b;
+    queue_tail = &b->next;
+    if (!writer_running && pthread_create(&writer, NULL, writer_main, NULL) == 0) writer_running = true;
+    pthread_cond_signal(&queue_cond);
+}
+
 /* A thread that exits hands over what it recorded in the current session. */
 static void thread_exit(void *arg) {
     trace_thread *t = arg;
     pthread_mutex_lock(&lock);
     size_t n = atomic_load_explicit(&t->count, memory_order_acquire);
     if (atomic_load(&trace_on) && t->gen == atomic_load(&gen) && n && t->batch) {
-        t->batch->n = n;
-        *queue_tail = t->batch;
-        queue_tail = &t->batch->next;
-        pthread_cond_signal(&queue_cond);
+        queue_locked(t->batch, n);
     } else if (t->batch) {
         t->batch->next = spare;
         spare = t->batch;
@@ -290,12 +300,8 @@ static bool thread_swap(trace_thread *t) {
     if (atomic_load(&trace_on) && t->gen == atomic_load(&gen)) {
         trace_batch *fresh = batch_get_locked();
         if (fresh) {
-            t->batch->n = TRACE_BATCH;
-            *queue_tail = t->batch;
-            queue_tail = &t->batch->next;
+            queue_locked(t->batch, TRACE_BATCH);
             t->batch = fresh;
-            if (!writer_running && pthread_create(&writer, NULL, writer_main, NULL) == 0) writer_running = true;
-            pthread_cond_signal(&queue_cond);
             ok = true;
         }
     }
@@ -424,6 +430,16 @@ int gpu_trace_stop(void) {
     if (joined) pthread_join(writer, NULL);
     pthread_mutex_lock(&lock);
     writer_running = false;
+    /* What is still queued — a writer that could not be started leaves it — is
+     * formatted here, in the queue's order. */
+    while (queue) {
+        trace_batch *b = queue;
+        queue = b->next;
+        format_batch(b->ev, b->n);
+        b->next = spare;
+        spare = b;
+    }
+    queue_tail = &queue;
     /* Then what every thread still holds: whole records only (count is
      * published after the record is written). */
     uint64_t g = atomic_load(&gen);
