@@ -257,6 +257,36 @@ static void test_cut_release_refused_changes_nothing(void **state) {
     fheap_close(f);
 }
 
+/* A large block past the budget that would extend an idle tail (alloc.c's
+ * extend rung) meets a refused create: the tail stays idle where it was, the
+ * vacant VA after it stays vacant, and the block is mapped whole elsewhere; the
+ * heap's books agree with the backend's. */
+static void test_extend_refused_maps_whole(void **state) {
+    (void)state;
+    fheap *f = fheap_open();
+    char *x = gpu_heap_malloc(f->h, 512 * MiB);
+    assert_non_null(x);
+    ASSERT_OK(gpu_heap_free(f->h, x));
+    ASSERT_OK(gpu_heap_trim(f->h, SIZE_MAX));
+    char *y = gpu_heap_malloc(f->h, 128 * MiB); /* past the budget: the front of the idle extent */
+    assert_ptr_equal(y, x);
+    gpu_stats_t before = fstats(f);
+    vmm_fault_arm_op(f->outer, VMM_OP_CREATE, 1, GPU_ERR_OUT_OF_MEMORY); /* the extension's create */
+    char *z = gpu_heap_malloc(f->h, 450 * MiB); /* more than the 384 MiB tail */
+    assert_non_null(z);
+    if (z >= x && z < x + 512 * MiB) fail_msg("block %p placed over the refused extension at %p", z, x + 128 * MiB);
+    gpu_stats_t after = fstats(f);
+    assert_int_equal(after.mapped_bytes, before.mapped_bytes + 450 * MiB);
+    assert_int_equal(after.idle_bytes, 384 * MiB); /* the tail, untouched */
+    AGREE(f, 0);
+    ASSERT_OK(gpu_heap_free(f->h, z));
+    ASSERT_OK(gpu_heap_free(f->h, y));
+    ASSERT_OK(gpu_heap_trim(f->h, 0));
+    assert_int_equal(fstats(f).mapped_bytes, 0);
+    AGREE(f, 0);
+    fheap_close(f);
+}
+
 int main(void) {
     test_thread_cache = 0; /* the heap core's own calls */
     const struct CMUnitTest tests[] = {
@@ -267,6 +297,7 @@ int main(void) {
         cmocka_unit_test(test_decommit_release_and_remap_refused_loses),
         cmocka_unit_test(test_release_kept_extent_becomes_idle),
         cmocka_unit_test(test_cut_release_refused_changes_nothing),
+        cmocka_unit_test(test_extend_refused_maps_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -227,6 +227,45 @@ static void test_placement_whole_extents(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* Past the budget, a large block that no idle block holds starts with the idle
+ * tail of a larger extent — here what a 128 MiB cut left of a freed 512 MiB
+ * extent — and maps only the rest after it: 116 MiB, not 500. The block spans
+ * the two extents, holds what is written across the seam, and goes back idle
+ * whole; the heap's books agree throughout. */
+static void test_placement_extends_idle_tail(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    char *x = gpu_heap_malloc(h, 512 * MiB); /* sets the live peak */
+    assert_non_null(x);
+    ASSERT_OK(gpu_heap_free(h, x));
+    ASSERT_OK(gpu_heap_trim(h, SIZE_MAX)); /* the quarantine becomes idle, nothing goes back */
+    /* 128 MiB: budget 512 + 512/16 + 64 = 608 MiB, mapped 512 + 128 passes it: cut from the front. */
+    char *y = gpu_heap_malloc(h, 128 * MiB);
+    assert_ptr_equal(y, x);
+    gpu_stats_t before = STATS(h);
+
+    /* 500 MiB: the 384 MiB idle tail holds too little; 116 MiB are mapped after it. */
+    char *z = gpu_heap_malloc(h, 500 * MiB);
+    assert_ptr_equal(z, x + 128 * MiB);
+    gpu_stats_t after = STATS(h);
+    assert_int_equal(after.backend_create, before.backend_create + 1);
+    assert_int_equal(after.mapped_bytes, before.mapped_bytes + 116 * MiB);
+    assert_int_equal(after.live_bytes, 628 * MiB);
+    CHECK_ALL(h);
+    pattern_fill(z, 384 * MiB - 4096, 8192, 7);
+    PATTERN_CHECK(z, 384 * MiB - 4096, 8192, 7); /* across the seam */
+
+    ASSERT_OK(gpu_heap_free(h, z));
+    ASSERT_OK(gpu_heap_trim(h, SIZE_MAX));
+    CHECK_ALL(h);
+    assert_int_equal(STATS(h).idle_bytes, 500 * MiB);
+    ASSERT_OK(gpu_heap_free(h, y));
+    ASSERT_OK(gpu_heap_trim(h, 0)); /* everything idle goes back: both extents whole */
+    assert_int_equal(STATS(h).mapped_bytes, 0);
+    CHECK_ALL(h);
+    HEAP_DESTROY(h);
+}
+
 /* A miss that finds a batch of freed blocks waiting (LOOK_BATCH, 32, or more)
  * seals them and looks at once: on an idle device (the host backend's events
  * complete at once) they come back without a fence or a new mapping. A miss
@@ -931,6 +970,7 @@ int main(void) {
         cmocka_unit_test(test_coalesce_many),
         cmocka_unit_test(test_placement),
         cmocka_unit_test(test_placement_whole_extents),
+        cmocka_unit_test(test_placement_extends_idle_tail),
         cmocka_unit_test(test_quarantine_batch_reused),
         cmocka_unit_test(test_realloc_in_place),
         cmocka_unit_test(test_realloc_remap),

@@ -55,6 +55,11 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
 int heap_back_at_locked(gpu_heap_t *h, block *range); /* maps one new extent over a BUSY range */
 /* heap_carve_vacant_locked and heap_back_at_locked: a new BUSY block with an extent of its own. */
 int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
+/* New memory for need bytes at align that starts with an idle block of at least
+ * min bytes ending where mapped memory ends: one new extent is mapped over the
+ * vacant VA right after it, and the two come back as one BUSY block (at least
+ * need bytes). GH_MISS when no idle block qualifies; records reserved. */
+int heap_extend_tail_locked(gpu_heap_t *h, size_t need, size_t align, size_t min, block **out);
 size_t heap_headroom_for(const gpu_heap_t *h, size_t size);           /* headroom kept after a new extent */
 
 /* ---- fit.c: which idle memory a request takes --------------------------------- */

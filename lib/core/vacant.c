@@ -8,6 +8,13 @@
  * blocks share extents that alloc.c sizes. The range is BUSY while the lock is
  * dropped for the driver call, so no other thread touches it; a failed mapping
  * gives it back to the vacant index.
+ *
+ * Past the physical budget a large request may instead extend an idle block
+ * that ends where mapped memory ends: the rest is mapped right after it, so
+ * only the shortfall is new memory. Such a tail is typically what is left of
+ * a large extent after smaller blocks were cut from its front; it cannot be
+ * given back while they live, and without this it sat idle while the request
+ * was mapped whole elsewhere.
  */
 #include "core/internal.h"
 
@@ -49,6 +56,47 @@ int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, 
         block_release_free(h, b, BLOCK_VACANT);
         return rc;
     }
+    *out = b;
+    return GPU_OK;
+}
+
+/* ---- an idle tail extended ------------------------------------------------------ */
+
+/* The idle block that an extension would start from: the largest one that ends
+ * where mapped memory ends (vacant VA right after it, room enough for the rest),
+ * at the alignment, holding at least min bytes and less than need. */
+typedef struct tail_pick {
+    gpu_heap_t *h;
+    size_t need, align, min;
+    block *best;
+} tail_pick;
+
+static bool pick_tail(block *b, void *arg) {
+    tail_pick *p = arg;
+    const block *n = b->next_phys;
+    if (b->size >= p->need || b->size < p->min || b->start % p->align || !n || n->state != BLOCK_VACANT) return true;
+    if (n->size < gh_align_up(p->need - b->size, p->h->gran)) return true;
+    if (!p->best || b->size > p->best->size) p->best = b;
+    return true;
+}
+
+int heap_extend_tail_locked(gpu_heap_t *h, size_t need, size_t align, size_t min, block **out) {
+    tail_pick p = {.h = h, .need = need, .align = align, .min = min};
+    tlsf_walk(&h->idle, pick_tail, &p);
+    if (!p.best) return GH_MISS;
+    block *b = p.best, *n = b->next_phys;
+    size_t grow = gh_align_up(need - b->size, h->gran);
+    tlsf_remove(&h->idle, b);
+    tlsf_remove(&h->vacant, n);
+    if (n->size > grow) tlsf_insert(&h->vacant, block_split(h, n, grow)); /* records reserved by the caller */
+    b->state = n->state = BLOCK_BUSY; /* neither is touched while the lock is dropped */
+    int rc = heap_back_at_locked(h, n);
+    if (rc != GPU_OK) {
+        block_release_free(h, n, BLOCK_VACANT);
+        block_release_free(h, b, BLOCK_IDLE);
+        return rc;
+    }
+    block_absorb_next(h, b);
     *out = b;
     return GPU_OK;
 }
