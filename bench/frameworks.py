@@ -16,6 +16,10 @@ runs in these modes, each in a fresh process:
                calls, the same alignment; only where the memory comes from differs)
   pluggable    (only with --with-pluggable) gpu_torch_alloc/gpu_torch_free as a
                CUDAPluggableAllocator
+  gpuheap-base (only with --base-build DIR) the gpuheap mode with another build —
+               the commit before a change, measured in the same rounds
+
+--modes picks some of them (default: the first four).
 
 Every workload and mode runs --reps times (3), interleaved: round r runs every
 (workload, mode) once before round r+1 starts, so a machine's drift falls on all
@@ -33,6 +37,7 @@ nocache's while nocache repeats itself.
 
     python3 bench/frameworks.py --build BUILD --out OUT [--reps 3] [--steps 40]
                                 [--workloads cnn,gpt] [--with-fixed] [--with-pluggable]
+                                [--modes caching,expandable,gpuheap,nocache] [--base-build DIR]
 
 On an H200 one run takes 10-25 s (most of it start-up), nocache runs the longest;
 the default (2 workloads x 4 modes x 3 rounds = 24 runs) takes about 8-12 minutes.
@@ -49,6 +54,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.join(os.path.dirname(HERE), "test", "preload")
 
 MODES = ("caching", "expandable", "gpuheap", "nocache")
+HEAP_RUN = ("gpuheap", "gpuheap-base")  # under gpuheap-run, of --build and of --base-build
+HEAP_STATS = HEAP_RUN + ("pluggable",)  # gpuheap's own peak physical memory
 
 
 def command(workload, mode, build, steps, out_json, stats_json):
@@ -65,7 +72,7 @@ def command(workload, mode, build, steps, out_json, stats_json):
         env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
     elif mode == "nocache":
         env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
-    elif mode == "gpuheap":
+    elif mode in HEAP_RUN:
         env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
         env["GPUHEAP_STATS_JSON"] = stats_json
         argv = [os.path.join(build, "tools", "gpuheap-run"), "--"] + argv
@@ -89,7 +96,8 @@ def run_one(workload, mode, rnd, args, work):
     tag = f"{workload}-{mode}-{rnd}"
     out_json = os.path.join(work, tag + ".json")
     stats_json = os.path.join(work, tag + ".stats.json")
-    argv, env = command(workload, mode, args.build, args.steps, out_json, stats_json)
+    build = args.base_build if mode == "gpuheap-base" else args.build
+    argv, env = command(workload, mode, build, args.steps, out_json, stats_json)
     t0 = time.monotonic()
     p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=args.timeout)
@@ -105,8 +113,8 @@ def run_one(workload, mode, rnd, args, work):
         r = json.load(f)
     rec.update({k: r.get(k) for k in ("losses_hex", "losses", "step_ms", "median_step_ms", "max_memory_allocated",
                                       "max_memory_reserved", "device", "torch")})
-    rec["peak_physical_bytes"] = heap_peak(stats_json) if mode in ("gpuheap", "pluggable") else r.get("max_memory_reserved")
-    if mode in ("gpuheap", "pluggable"):
+    rec["peak_physical_bytes"] = heap_peak(stats_json) if mode in HEAP_STATS else r.get("max_memory_reserved")
+    if mode in HEAP_STATS:
         try:
             with open(stats_json) as f:
                 rec["gpuheap_stats"] = json.load(f)["heaps"]
@@ -164,7 +172,7 @@ def table(res, modes, device):
                 loss = "repeatable" if c["losses_same_every_round"] else "NOT repeatable across rounds"
             elif m == "caching":
                 loss = "(its own allocator: not compared with nocache)"
-            elif m == "expandable":
+            elif m == "expandable" and "caching" in cells:
                 same = c["losses_hex"] == cells["caching"]["losses_hex"]
                 loss = "= caching" if same else "differ from caching"
             lines.append(f"{w:9} {m:11} | {c['median_step_ms']:8.2f} {f'{sp[0]:.2f}-{sp[1]:.2f}':>15} "
@@ -185,10 +193,19 @@ def main():
     ap.add_argument("--with-fixed", action="store_true", help="also train.py's fixed-shape transformer")
     ap.add_argument("--with-pluggable", action="store_true", help="also gpu_torch_alloc/free as a pluggable allocator")
     ap.add_argument("--timeout", type=int, default=600, help="seconds one run may take")
+    ap.add_argument("--modes", default=",".join(MODES), help="the modes to run, of " + ", ".join(MODES))
+    ap.add_argument("--base-build", help="also the gpuheap mode with this build (mode gpuheap-base)")
     args = ap.parse_args()
     args.build = os.path.abspath(args.build)
     workloads = [w for w in args.workloads.split(",") if w] + (["fixed"] if args.with_fixed else [])
-    modes = MODES + (("pluggable",) if args.with_pluggable else ())
+    modes = tuple(m for m in args.modes.split(",") if m)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        ap.error(f"unknown modes {unknown}: choose from {MODES}")
+    if args.base_build:
+        args.base_build = os.path.abspath(args.base_build)
+        modes += ("gpuheap-base",)
+    modes += ("pluggable",) if args.with_pluggable else ()
     os.makedirs(args.out, exist_ok=True)
     work = os.path.join(args.out, "runs")
     os.makedirs(work, exist_ok=True)
@@ -215,8 +232,8 @@ def main():
                    "reps": args.reps, "steps": args.steps, "workloads": workloads, "modes": list(modes),
                    "summary": res, "runs": runs}, f, indent=1)
     failed = any(r["rc"] != 0 for r in runs)
-    differ = any(res[w]["gpuheap"]["losses_equal_nocache"] is False and res[w]["nocache"]["losses_same_every_round"]
-                 for w in workloads)
+    differ = any(res[w][m]["losses_equal_nocache"] is False and res[w]["nocache"]["losses_same_every_round"]
+                 for w in workloads for m in HEAP_RUN if m in modes and "nocache" in modes)
     return 1 if failed or differ else 0
 
 

@@ -240,3 +240,27 @@ def test_train_set_up_installs_and_pins(monkeypatch):
     assert seen["deterministic"] == (True, True) and seen["math"] is True
     assert seen["flash"] is False and seen["mem_efficient"] is False
     assert cudnn.deterministic and not cudnn.benchmark and not cudnn.allow_tf32 and not cuda.matmul.allow_tf32
+
+
+def test_frameworks_base_build_and_modes(tmp_path):
+    """bench/frameworks.py: gpuheap-base runs gpuheap-run of --base-build with
+    the gpuheap mode's environment, and a summary without nocache compares
+    nothing with it (and does not fail for that)."""
+    spec = importlib.util.spec_from_file_location("frameworks", os.path.join(REPO, "bench", "frameworks.py"))
+    fw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fw)
+    argv, env = fw.command("cnn", "gpuheap-base", "/base", 3, "o.json", "s.json")
+    assert argv[0] == os.path.join("/base", "tools", "gpuheap-run")
+    assert env["PYTORCH_NO_CUDA_MEMORY_CACHING"] == "1" and env["GPUHEAP_STATS_JSON"] == "s.json"
+    runs = [{"workload": "cnn", "mode": m, "round": 1, "rc": 0, "losses_hex": ["0x1p+0"], "median_step_ms": ms,
+             "peak_physical_bytes": peak} for m, ms, peak in
+            (("caching", 10.0, 4 << 30), ("gpuheap", 11.0, 3 << 30), ("gpuheap-base", 12.0, 4 << 30))]
+    modes = ("caching", "gpuheap", "gpuheap-base")
+    res = fw.summarize(runs, ["cnn"], modes)
+    assert res["cnn"]["gpuheap"]["losses_equal_nocache"] is None
+    assert res["cnn"]["gpuheap-base"]["physical_vs_caching"] == pytest.approx(1.0)
+    text = fw.table(res, modes, "Stand-in GPU")
+    assert "gpuheap-base" in text and "1.100x" in text
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "frameworks.py"), "--build", str(tmp_path),
+                        "--out", str(tmp_path / "o"), "--modes", "caching,bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown modes" in r.stderr
