@@ -117,12 +117,43 @@ static void test_no_early_event_while_capturing(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* The host backend's clock, which replays set (gpuheap-replay --lag): an event
+ * recorded with a 10 ms lag is pending until the clock reads 10 ms past its
+ * record, a wait completes it at once, and without a lag events are done at once. */
+static void test_host_clock_lag(void **state) {
+    (void)state;
+    gpu_config_t cfg = host_config(1 * GiB, 0, 0);
+    vmm_backend *b;
+    assert_int_equal(vmm_host_open(&cfg, &b), GPU_OK);
+    const uint64_t lag = 10000000;
+    vmm_event e1, e2, e3;
+    vmm_host_set_clock(b, 5000, lag);
+    assert_int_equal(b->ops->fence_record(b, 0, &e1), GPU_OK);
+    assert_int_equal(b->ops->event_query(b, e1), GH_PENDING);
+    vmm_host_set_clock(b, 5000 + lag - 1, lag);
+    assert_int_equal(b->ops->event_query(b, e1), GH_PENDING);
+    vmm_host_set_clock(b, 5000 + lag, lag);
+    assert_int_equal(b->ops->event_query(b, e1), GPU_OK);
+    assert_int_equal(b->ops->event_record(b, 0, &e2), GPU_OK); /* recorded now: ready 10 ms on */
+    assert_int_equal(b->ops->event_query(b, e2), GH_PENDING);
+    assert_int_equal(b->ops->event_wait(b, e2), GPU_OK);
+    assert_int_equal(b->ops->event_query(b, e2), GPU_OK);
+    vmm_host_set_clock(b, 0, 0);
+    assert_int_equal(b->ops->event_record(b, 0, &e3), GPU_OK);
+    assert_int_equal(b->ops->event_query(b, e3), GPU_OK);
+    b->ops->event_release(b, e1);
+    b->ops->event_release(b, e2);
+    b->ops->event_release(b, e3);
+    b->ops->close(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pair_records_at_free),
         cmocka_unit_test(test_later_free_makes_it_stale),
         cmocka_unit_test(test_pending_event_keeps_block),
         cmocka_unit_test(test_no_early_event_while_capturing),
+        cmocka_unit_test(test_host_clock_lag),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
 #
 #   sh test_replay_cli.sh BUILD/tools/gpuheap-replay docs/example.trace
 #
-# An unknown --backend or --only value is a usage error (exit 2), never a silent
+# An unknown --backend or --only value, or a --lag that is no number of
+# milliseconds, is a usage error (exit 2), never a silent
 # replay on another backend; a file that is not a trace (empty, /etc/passwd-like,
 # prose with one line that happens to parse as a record, binary) fails with a
 # message that says so; a real trace, with its header or without it, replays.
@@ -50,5 +51,12 @@ check "a trace without its comment lines still replays" test $rc -eq 0
 { head -n 40 "$example"; echo "12 34 malloc 0x7f"; } >"$tmp/cut.trace"
 run --backend host "$tmp/cut.trace"
 check "a trace cut short (header, a torn line) still reads" test $rc -eq 0
+
+run --backend host --lag 20 "$example"
+check "--lag: a trace replays with a lagging host GPU" sh -c "test $rc -eq 0 && grep -q '^gpuheap ' '$tmp/out'"
+run --backend host --lag -3 "$example"
+check "--lag below 0: exit 2 and the reason" sh -c "test $rc -eq 2 && grep -q 'takes milliseconds' '$tmp/err'"
+run --backend host --lag soon "$example"
+check "--lag not a number: exit 2" test $rc -eq 2
 
 checks_done

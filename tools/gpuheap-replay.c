@@ -8,7 +8,13 @@
  * trace is what GPUHEAP_TRACE=FILE wrote (plain or .gz). Without a GPU, or with
  * --backend host, gpuheap alone runs on its host backend: the CI tests use that.
  *
- *   gpuheap-replay [--backend cuda|host] [--only NAME] [--json FILE] TRACE
+ * On the host every event completes at once, as if the GPU were never behind;
+ * --lag MS makes the host backend's events complete MS milliseconds after their
+ * record on the trace's own clock, so that blocks freed while the recorded
+ * program's GPU still used them wait for their cover as they did then (a
+ * training step's run-ahead is tens of milliseconds).
+ *
+ *   gpuheap-replay [--backend cuda|host] [--lag MS] [--only NAME] [--json FILE] TRACE
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,10 +26,11 @@
 #include "trace_replay.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: gpuheap-replay [--backend cuda|host] [--only gpuheap|cudaMalloc|cudaMallocAsync]\n"
+    fprintf(f, "usage: gpuheap-replay [--backend cuda|host] [--lag MS] [--only gpuheap|cudaMalloc|cudaMallocAsync]\n"
                "                      [--json FILE] TRACE[.gz]\n"
                "  Replays TRACE's malloc/free/realloc/trim calls against each allocator and prints\n"
-               "  time, peak physical memory held and fragmentation (peak physical / peak live).\n");
+               "  time, peak physical memory held and fragmentation (peak physical / peak live).\n"
+               "  --lag MS (host backend): events complete MS ms after their record on the trace's clock.\n");
 }
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
@@ -31,6 +38,7 @@ static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
 int main(int argc, char **argv) {
     const char *path = NULL, *json = NULL, *only = NULL;
     bool host = false;
+    double lag_ms = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--backend") && i + 1 < argc) {
             const char *b = argv[++i];
@@ -45,6 +53,13 @@ int main(int argc, char **argv) {
             if (strcmp(only, "gpuheap") && strcmp(only, "cudaMalloc") && strcmp(only, "cudaMallocAsync")) {
                 fprintf(stderr, "gpuheap-replay: unknown allocator '%s' for --only\n", only);
                 usage(stderr);
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--lag") && i + 1 < argc) {
+            char *end;
+            lag_ms = strtod(argv[++i], &end);
+            if (*end || !(lag_ms >= 0 && lag_ms < 1e6)) {
+                fprintf(stderr, "gpuheap-replay: --lag takes milliseconds, 0 to 1e6 (got '%s')\n", argv[i]);
                 return 2;
             }
         } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
@@ -111,6 +126,12 @@ int main(int argc, char **argv) {
         peer p;
         if (peer_open(&p, kinds[k], &cfg, err, sizeof err) != 0) {
             printf("%-16s %s\n", peer_kind_name(kinds[k]), err);
+            status = 1;
+            continue;
+        }
+        if (lag_ms > 0 && !peer_set_lag(&p, (uint64_t)(lag_ms * 1e6))) {
+            printf("%-16s --lag needs gpuheap on the host backend (--backend host)\n", p.name);
+            peer_close(&p);
             status = 1;
             continue;
         }

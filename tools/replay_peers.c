@@ -12,9 +12,24 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "backend/backend.h"
+#include "core/heap.h"
 #include "cudart_util.h"
 
 /* ---- gpuheap ------------------------------------------------------------------- */
+
+/* The replayed call's time, on a host-backend heap with a lag (peer_set_lag). */
+static void gh_clock(void *ctx, uint64_t t_ns) {
+    peer *p = ctx;
+    vmm_host_set_clock(p->heap->door.b, t_ns, p->lag_ns);
+}
+
+bool peer_set_lag(peer *p, uint64_t lag_ns) {
+    if (p->kind != PEER_GPUHEAP || p->cfg.backend != GPU_BACKEND_HOST) return false;
+    p->lag_ns = lag_ns;
+    p->a.clock = lag_ns ? gh_clock : NULL;
+    return true;
+}
 
 static void *gh_alloc(void *ctx, size_t size, size_t align, unsigned flags) {
     peer *p = ctx;

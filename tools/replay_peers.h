@@ -31,6 +31,7 @@ typedef struct peer {
     void *stream, *pool;      /* cudaMallocAsync */
     size_t base_used;         /* cudaMalloc: device memory used before the run */
     uint64_t peak_seen;       /* cudaMalloc: highest used - base_used sampled */
+    uint64_t lag_ns;          /* gpuheap on the host backend: how far its "GPU" trails the calls (peer_set_lag) */
     char name[64];
 } peer;
 
@@ -58,6 +59,11 @@ typedef struct peer_work {
 bool peer_driver_work(const peer *p, peer_work *out);
 /* Writes the JSON members `, "maps": …, "unmaps": …, "fences": …, "seals": …`. */
 void peer_work_json(FILE *f, const peer_work *w);
+/* gpuheap on the host backend only: events complete lag_ns after their record
+ * on the trace's clock (each replayed call sets it), as on a GPU that runs that
+ * far behind the program — so that freed blocks wait for their cover as they did
+ * when the trace was recorded. False for any other peer. */
+bool peer_set_lag(peer *p, uint64_t lag_ns);
 /* Gives everything back (the heap destroyed, the pool trimmed). */
 void peer_close(peer *p);
 

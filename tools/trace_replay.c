@@ -331,6 +331,11 @@ int tr_replay(const tr_trace *t, const tr_allocator *a, tr_result *r) {
             r->skipped++;
             continue;
         }
+        if (a->clock) { /* untimed, like sample */
+            uint64_t c0 = now_ns();
+            a->clock(a->ctx, e->t_ns);
+            untimed += now_ns() - c0;
+        }
         slot *x;
         void *p;
         switch (e->op) {

@@ -99,6 +99,9 @@ typedef struct tr_allocator {
     void (*sample)(void *ctx);
     /* Timed, once at the end: waits for the allocator's work (a stream sync). */
     int (*finish)(void *ctx);
+    /* Untimed, before each replayed call: the recording's time of that call
+     * (nanoseconds from the trace's start), for an allocator that models time. */
+    void (*clock)(void *ctx, uint64_t t_ns);
 } tr_allocator;
 
 typedef struct tr_result {

@@ -201,6 +201,11 @@ void vmm_host_counts_get(vmm_backend *b, vmm_host_counts *out);
  * from now on completes only after `queries` event_query calls (0: at once), and
  * a stream can be marked as being captured (stream 0: "a blocking stream is"). */
 void vmm_host_set_event_delay(vmm_backend *b, unsigned queries);
+/* A GPU that trails the CPU, for replays of recorded traces: the backend's clock
+ * reads now_ns (the trace's time of the call being replayed), and an event
+ * recorded from then on completes no sooner than lag_ns after its record on
+ * that clock (event_wait still completes it at once). lag_ns 0: no lag. */
+void vmm_host_set_clock(vmm_backend *b, uint64_t now_ns, uint64_t lag_ns);
 void vmm_host_set_capturing(vmm_backend *b, uintptr_t stream, bool on);
 
 /* message.c: backend failure messages, one buffer per thread. vmm_fail writes

@@ -8,7 +8,9 @@
  * done yet and streams that are being captured, so an event is a slot that
  * completes only after event_delay queries (vmm_host_set_event_delay; waiting on
  * it completes it), and a test can mark streams as captured
- * (vmm_host_set_capturing). A context-wide event (fence_record) is an event like
+ * (vmm_host_set_capturing). A replay can make events trail a clock it sets
+ * (vmm_host_set_clock): a GPU running behind the CPU, as a recorded program's
+ * was. A context-wide event (fence_record) is an event like
  * any other.
  */
 #include <limits.h>
@@ -30,7 +32,9 @@ int host_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
     while (i < hb->nevents && hb->event_left[i] != UINT_MAX) i++;
     if (i == hb->nevents) { /* every slot taken: grow the table, new slots free */
         size_t cap = hb->nevents;
-        if (!host_grow((void **)&hb->event_left, &cap, hb->nevents + 1, sizeof *hb->event_left)) {
+        size_t cap_ready = hb->nevents;
+        if (!host_grow((void **)&hb->event_left, &cap, hb->nevents + 1, sizeof *hb->event_left) ||
+            !host_grow((void **)&hb->event_ready, &cap_ready, cap, sizeof *hb->event_ready)) {
             pthread_mutex_unlock(&hb->lock);
             return vmm_fail(b, GPU_ERR_OUT_OF_MEMORY, "event_record: out of host memory");
         }
@@ -38,6 +42,7 @@ int host_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
         hb->nevents = cap;
     }
     hb->event_left[i] = hb->event_delay;
+    hb->event_ready[i] = hb->clock_ns + hb->lag_ns;
     pthread_mutex_unlock(&hb->lock);
     *out = (vmm_event)(i + 1);
     return GPU_OK;
@@ -52,8 +57,9 @@ int host_event_query(vmm_backend *b, vmm_event ev) {
     host_backend *hb = host_of(b);
     pthread_mutex_lock(&hb->lock);
     unsigned *left = host_event_slot(hb, ev);
+    bool lagging = left && hb->clock_ns < hb->event_ready[ev - 1];
     int rc = !left ? vmm_fail(b, GPU_ERR_INVALID, "event_query: %llu is not a recorded event", (unsigned long long)ev)
-             : *left ? GH_PENDING : GPU_OK;
+             : *left || lagging ? GH_PENDING : GPU_OK;
     if (left && *left) --*left;
     pthread_mutex_unlock(&hb->lock);
     return rc;
@@ -63,7 +69,7 @@ int host_event_wait(vmm_backend *b, vmm_event ev) {
     host_backend *hb = host_of(b);
     pthread_mutex_lock(&hb->lock);
     unsigned *left = host_event_slot(hb, ev);
-    if (left) *left = 0;
+    if (left) *left = 0, hb->event_ready[ev - 1] = 0;
     pthread_mutex_unlock(&hb->lock);
     return left ? GPU_OK : vmm_fail(b, GPU_ERR_INVALID, "event_wait: %llu is not a recorded event", (unsigned long long)ev);
 }
@@ -96,6 +102,14 @@ void vmm_host_set_event_delay(vmm_backend *b, unsigned queries) {
     host_backend *hb = host_of(b);
     pthread_mutex_lock(&hb->lock);
     hb->event_delay = queries;
+    pthread_mutex_unlock(&hb->lock);
+}
+
+void vmm_host_set_clock(vmm_backend *b, uint64_t now_ns, uint64_t lag_ns) {
+    host_backend *hb = host_of(b);
+    pthread_mutex_lock(&hb->lock);
+    hb->clock_ns = now_ns;
+    hb->lag_ns = lag_ns;
     pthread_mutex_unlock(&hb->lock);
 }
 

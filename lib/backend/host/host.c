@@ -58,6 +58,7 @@ static void host_close(vmm_backend *b) {
     free(hb->maps);
     free(hb->handles);
     free(hb->event_left);
+    free(hb->event_ready);
     free(hb->regs);
     pthread_mutex_destroy(&hb->lock);
     free(hb);

@@ -72,8 +72,10 @@ typedef struct host_backend {
     /* Stream order has nothing to wait for on the host; tests make events slow
      * (they complete after `event_delay` queries) and streams "captured". */
     unsigned *event_left;    /* slot i is event i + 1: queries still to fail; UINT_MAX = free */
+    uint64_t *event_ready;   /* slot i: the clock's time from which it may complete (a GPU's lag) */
     size_t nevents;
     unsigned event_delay;
+    uint64_t clock_ns, lag_ns; /* vmm_host_set_clock: a replay's time, and how far the "GPU" trails it */
     uintptr_t capturing[16]; /* streams marked as being captured */
     size_t ncapturing;
 } host_backend;
