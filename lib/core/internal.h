@@ -55,6 +55,12 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
 int heap_back_at_locked(gpu_heap_t *h, block *range); /* maps one new extent over a BUSY range */
 /* heap_carve_vacant_locked and heap_back_at_locked: a new BUSY block with an extent of its own. */
 int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
+/* Maps one new extent over the first grow bytes of n, unmapped VA (VACANT, in
+ * its index, or HEADROOM) right after a block the caller holds: n comes back
+ * BUSY and grow bytes long, the rest of it as it was. On a refusal n is as it
+ * was, whole. The one way realloc's in-place growth and an extended idle tail
+ * map after a block; records reserved by the caller. */
+int heap_back_after_locked(gpu_heap_t *h, block *n, size_t grow);
 /* New memory for need bytes at align that starts with an idle block of at least
  * min bytes ending where mapped memory ends: one new extent is mapped over the
  * vacant VA right after it, and the two come back as one BUSY block (at least

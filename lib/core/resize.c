@@ -35,25 +35,10 @@ static int grow_over_idle(gpu_heap_t *h, block *b, block *n, size_t delta) {
 
 /* Grows b by mapping one new extent over the unmapped range n right after it. */
 static int grow_over_unmapped(gpu_heap_t *h, block *b, block *n, size_t grow) {
-    block_state was = (block_state)n->state;
-    if (was == BLOCK_VACANT) tlsf_remove(&h->vacant, n);
-    block *rest = n->size > grow ? block_split(h, n, grow) : NULL;
-    if (rest && was == BLOCK_VACANT) tlsf_insert(&h->vacant, rest);
-    n->state = BLOCK_BUSY;
     b->state = BLOCK_BUSY;
-    int rc = heap_back_at_locked(h, n);
+    int rc = heap_back_after_locked(h, n, grow);
     b->state = BLOCK_LIVE;
-    if (rc != GPU_OK) {
-        if (rest && rest->state == BLOCK_HEADROOM) { /* the headroom stays whole and after b */
-            n->state = BLOCK_HEADROOM;
-            block_absorb_next(h, n);
-        } else if (was == BLOCK_HEADROOM) {
-            n->state = BLOCK_HEADROOM;
-        } else {
-            block_release_free(h, n, BLOCK_VACANT);
-        }
-        return rc;
-    }
+    if (rc != GPU_OK) return rc;
     block_absorb_next(h, b);
     h->live_bytes += grow;
     if (h->live_bytes > h->peak_live_bytes) h->peak_live_bytes = h->live_bytes;

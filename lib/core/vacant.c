@@ -46,6 +46,24 @@ int heap_back_at_locked(gpu_heap_t *h, block *range) {
     return extent_back_locked(h, range->start, range->size, NULL);
 }
 
+int heap_back_after_locked(gpu_heap_t *h, block *n, size_t grow) {
+    block_state was = (block_state)n->state;
+    gh_assert((was == BLOCK_VACANT || was == BLOCK_HEADROOM) && n->size >= grow, "unmapped VA, enough of it");
+    if (was == BLOCK_VACANT) tlsf_remove(&h->vacant, n);
+    block *rest = n->size > grow ? block_split(h, n, grow) : NULL; /* records reserved by the caller */
+    if (rest && was == BLOCK_VACANT) tlsf_insert(&h->vacant, rest);
+    n->state = BLOCK_BUSY;
+    int rc = heap_back_at_locked(h, n);
+    if (rc == GPU_OK) return GPU_OK;
+    if (was == BLOCK_VACANT) {
+        block_release_free(h, n, BLOCK_VACANT); /* merges with the rest again */
+    } else {
+        n->state = BLOCK_HEADROOM; /* the headroom stays whole */
+        if (rest && rest->state == BLOCK_HEADROOM) block_absorb_next(h, n);
+    }
+    return rc;
+}
+
 int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out) {
     block *b;
     int rc = heap_carve_vacant_locked(h, size, align, headroom, &b);
@@ -84,15 +102,11 @@ int heap_extend_tail_locked(gpu_heap_t *h, size_t need, size_t align, size_t min
     tail_pick p = {.h = h, .need = need, .align = align, .min = min};
     tlsf_walk(&h->idle, pick_tail, &p);
     if (!p.best) return GH_MISS;
-    block *b = p.best, *n = b->next_phys;
-    size_t grow = gh_align_up(need - b->size, h->gran);
+    block *b = p.best;
     tlsf_remove(&h->idle, b);
-    tlsf_remove(&h->vacant, n);
-    if (n->size > grow) tlsf_insert(&h->vacant, block_split(h, n, grow)); /* records reserved by the caller */
-    b->state = n->state = BLOCK_BUSY; /* neither is touched while the lock is dropped */
-    int rc = heap_back_at_locked(h, n);
+    b->state = BLOCK_BUSY; /* untouched while the lock is dropped */
+    int rc = heap_back_after_locked(h, b->next_phys, gh_align_up(need - b->size, h->gran));
     if (rc != GPU_OK) {
-        block_release_free(h, n, BLOCK_VACANT);
         block_release_free(h, b, BLOCK_IDLE);
         return rc;
     }
