@@ -189,6 +189,19 @@ static rung_result try_recycle(alloc_req *r) {
     return RUNG_MISS;
 }
 
+/* New memory just mapped for r becomes r's block; with cut, what it holds beyond
+ * the need goes back idle (records are reserved afresh: the lock was dropped for
+ * the driver call; without them b keeps the rest until freed). */
+static rung_result take_new(alloc_req *r, block *b, bool cut) {
+    gpu_heap_t *h = r->h;
+    if (cut && b->size > r->need && heap_reserve_records(h) == GPU_OK)
+        block_release_free(h, block_split(h, b, r->need), BLOCK_IDLE);
+    heap_make_live_locked(h, b);
+    b->owned = r->owned;
+    r->b = b;
+    return done(r, GPU_OK);
+}
+
 /* Past the physical budget, a large block that no idle block holds may start
  * with an idle tail — what is left at the end of a larger extent after smaller
  * blocks were cut from its front, which cannot go back while they live — and
@@ -203,13 +216,7 @@ static rung_result try_extend(alloc_req *r) {
     block *b;
     if (heap_extend_tail_locked(h, r->need, r->align, 2 * h->gran, &b) != GPU_OK)
         return RUNG_MISS; /* none, or its mapping refused: the block is mapped whole below (or reclaimed) */
-    /* the lock was dropped to map: records are reserved afresh for the cut (without
-     * them the block keeps its few extra bytes until freed) */
-    if (b->size > r->need && heap_reserve_records(h) == GPU_OK)
-        block_release_free(h, block_split(h, b, r->need), BLOCK_IDLE);
-    heap_make_live_locked(h, b);
-    r->b = b;
-    return done(r, GPU_OK);
+    return take_new(r, b, true);
 }
 
 /* New memory (vacant.c): an extent of the block's own, with headroom, or a
@@ -219,11 +226,7 @@ static rung_result try_map(alloc_req *r) {
     block *b;
     r->rc = heap_back_locked(h, r->size, r->align, r->own ? heap_headroom_for(h, r->size) : 0, &b);
     if (r->rc != GPU_OK) return RUNG_MISS;
-    if (!r->own && b->size > r->need) block_release_free(h, block_split(h, b, r->need), BLOCK_IDLE);
-    heap_make_live_locked(h, b);
-    b->owned = r->owned;
-    r->b = b;
-    return RUNG_DONE;
+    return take_new(r, b, !r->own); /* an extent of the block's own stays whole: its rounding up is the block's */
 }
 
 /* Out of memory or VA: wait for everything freed and give every idle extent
