@@ -176,6 +176,40 @@ void *gpu_heap_realloc(gpu_heap_t *heap, void *ptr, size_t size);
 int gpu_free(void *ptr);
 int gpu_heap_free(gpu_heap_t *heap, void *ptr);
 
+/* ---- free order: when a freed block may be handed out again -------------------
+ *
+ * GPU_FREE_ORDER_EVENT (the default): as gpu_free says, once the GPU has finished
+ * the work issued before the free — an event recorded after it is seen complete,
+ * or a device sync — so a block can wait while the GPU runs behind the CPU.
+ *
+ * GPU_FREE_ORDER_LEGACY: the caller promises that all GPU work touching heap
+ * memory runs on the legacy default stream or on blocking streams (cudaStreamCreate
+ * without cudaStreamNonBlocking; the per-thread default stream counts) of the
+ * heap's device. Then a freed block is handed out again at once: the next
+ * allocation that wants quarantined memory records one event after all work issued
+ * so far on the context and makes the legacy stream wait for it, and every block
+ * freed before becomes idle. Work issued later on the legacy stream, or on a
+ * blocking stream (which waits for the legacy stream), runs after the old work;
+ * nothing on the CPU waits. As with cudaFree's sync, this covers every stream of
+ * the context, the freeing one included. Work on a non-blocking stream or in
+ * another context would not wait: never set it where such work may touch heap
+ * memory. gpuheap-run sets it at start (GPUHEAP_FREE_ORDER=event keeps events) and
+ * goes back to events the moment the program creates a non-blocking stream or a
+ * context of its own.
+ *
+ * Process-wide. Going back to GPU_FREE_ORDER_EVENT fences every heap that
+ * released blocks in legacy order since its last fence, so that work issued from
+ * then on may use any stream; while a stream capture is in progress that fence
+ * cannot run: GPU_ERR_CAPTURING (the order is events from then on, and the fence
+ * is owed until the next one). A backend without context-wide events (a driver
+ * before CUDA 12.5) stays with events. Errors: GPU_ERR_INVALID (no such order). */
+typedef enum gpu_free_order_t {
+    GPU_FREE_ORDER_EVENT = 0,
+    GPU_FREE_ORDER_LEGACY = 1,
+} gpu_free_order_t;
+int gpu_set_free_order(gpu_free_order_t order);
+gpu_free_order_t gpu_free_order(void);
+
 /* The usable size of a live block (>= the size asked for); 0 and an error for
  * anything else. The plain form finds the heap from the pointer. */
 size_t gpu_malloc_usable_size(const void *ptr);
@@ -437,11 +471,12 @@ int gpu_ipc_close_mem_handle(void *ptr);
     X(ipc_imports_open, "handles open in this process (gpu_ipc_open_mem_handle)")    \
     X(paused_bytes, "physical bytes of live blocks given back by gpu_pause")          \
     X(backup_bytes, "pinned host bytes holding paused contents")                     \
-    X(backup_pinned_bytes, "pinned host bytes the heap holds for backups: paused contents, or the buffer kept for the next pause (gpu_heap_trim frees it)")
+    X(backup_pinned_bytes, "pinned host bytes the heap holds for backups: paused contents, or the buffer kept for the next pause (gpu_heap_trim frees it)") \
+    X(order_releases, "quarantine releases in legacy free order: the legacy stream made to wait, not the CPU (gpu_set_free_order)")
 
 /* 5: extents_lost. 6: ipc_exports, ipc_imports_open. 7: paused_bytes, backup_bytes (memory control).
- * 8: backup_pinned_bytes. */
-#define GPU_STATS_VERSION 8
+ * 8: backup_pinned_bytes. 9: order_releases. */
+#define GPU_STATS_VERSION 9
 
 typedef struct gpu_stats_t {
     uint32_t version; /* GPU_STATS_VERSION */

@@ -610,6 +610,66 @@ static void test_reuse_after_free_waits_for_gpu(void **state) {
     CU_OK(cu.cuStreamDestroy(other));
 }
 
+/* Legacy free order (gpu_set_free_order): the freed block is handed out again
+ * while the kernel that used it still runs, and the legacy stream's wait keeps
+ * the new user's work after it. A kernel spins ~200 ms on A (on the legacy, a
+ * blocking or a non-blocking stream: the cover is context-wide), then fills it
+ * with S1; A is freed and B allocated at once — A's own memory, with no fence —
+ * and filled with S2 on a blocking stream, then zeroed in part by gpu_calloc's
+ * memset. If the fill or the memset ran beside the spinning kernel, its late S1
+ * would show through. */
+static void test_legacy_order_reuses_behind_the_gpu(void **state) {
+    gpu_heap_t *h = *state;
+    const size_t size = 64 * MiB, words = size / 4;
+    const long long cycles = 200 * cu_util_cycles_per_ms();
+    static const struct { const char *name; int create; unsigned flags; } kinds[] = {
+        {"legacy stream", 0, 0},
+        {"blocking stream", 1, CU_STREAM_DEFAULT},
+        {"non-blocking stream", 1, CU_STREAM_NON_BLOCKING},
+    };
+    CUstream user;
+    CU_OK(cu.cuStreamCreate(&user, CU_STREAM_DEFAULT)); /* blocking: ordered by the legacy stream */
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_LEGACY), GPU_OK);
+    for (size_t kind = 0; kind < sizeof kinds / sizeof kinds[0]; kind++) {
+        CUstream spin = NULL;
+        if (kinds[kind].create) CU_OK(cu.cuStreamCreate(&spin, kinds[kind].flags));
+        const uint32_t s1 = 0xD0000000u + (uint32_t)kind, s2 = 0xE0000000u + (uint32_t)kind;
+        void *a = gpu_heap_malloc(h, size);
+        assert_non_null(a);
+        fill_check(a, size, 0x22222222u);
+        gpu_stats_t before = stats_of(h);
+        CU_OK(cu_spin_fill(dptr(a), words, s1, cycles, 8, spin));
+        assert_int_equal(gpu_heap_free(h, a), GPU_OK);
+        void *b = gpu_heap_malloc(h, size);
+        int running = cu.cuStreamQuery(spin) == CUDA_ERROR_NOT_READY;
+        assert_ptr_equal(b, a);
+        gpu_stats_t after = stats_of(h);
+        assert_int_equal(after.fences, before.fences);
+        assert_true(after.order_releases > before.order_releases);
+        CU_OK(cu_fill(dptr(b), words, s2, user));
+        CU_OK(cu.cuStreamSynchronize(user));
+        uint64_t bad = cu_check(dptr(b), words, s2, 0);
+        print_message("%s: kernel running when A came back: %s; words of B lost: %llu\n", kinds[kind].name,
+                      running ? "yes" : "no", (unsigned long long)bad);
+        if (bad) fail_msg("%s: B lost %llu words to the kernel still using freed A", kinds[kind].name, (unsigned long long)bad);
+        if (!running) print_message("%s: the kernel ended before B came back; the test proves less\n", kinds[kind].name);
+
+        /* The same with calloc: its memset runs on the backend's own stream,
+         * which waits as the legacy stream does. */
+        CU_OK(cu_spin_fill(dptr(b), words, s1, cycles, 8, spin));
+        assert_int_equal(gpu_heap_free(h, b), GPU_OK);
+        void *z = gpu_heap_calloc(h, 1, size);
+        assert_ptr_equal(z, a);
+        CU_OK(cu.cuCtxSynchronize());
+        expect_zero(z, size);
+        assert_int_equal(gpu_heap_free(h, z), GPU_OK);
+        HEAP_OK(h);
+        if (spin != NULL) CU_OK(cu.cuStreamDestroy(spin));
+    }
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_EVENT), GPU_OK);
+    CU_OK(cu.cuStreamDestroy(user));
+}
+
 /* ---- trim -------------------------------------------------------------------- */
 
 /* With no live blocks, gpu_heap_trim(h, 0) gives every byte back; the heap then
@@ -702,6 +762,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_realloc_shrink_owned, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_protect, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_reuse_after_free_waits_for_gpu, heap_setup, heap_teardown),
+        cmocka_unit_test_setup_teardown(test_legacy_order_reuses_behind_the_gpu, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_trim_releases_everything, heap_setup, heap_teardown),
         cmocka_unit_test(test_default_heap),
     };

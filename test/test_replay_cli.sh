@@ -1,16 +1,18 @@
 #!/bin/sh
 # test_replay_cli.sh — tools/gpuheap-replay's answers to bad use (suite 'unit').
 #
-#   sh test_replay_cli.sh BUILD/tools/gpuheap-replay docs/example.trace
+#   sh test_replay_cli.sh BUILD/tools/gpuheap-replay docs/example.trace bench/traces/cnn-shapes-h200.trace.gz
 #
 # An unknown --backend or --only value, or a --lag that is no number of
 # milliseconds, is a usage error (exit 2), never a silent
 # replay on another backend; a file that is not a trace (empty, /etc/passwd-like,
 # prose with one line that happens to parse as a record, binary) fails with a
-# message that says so; a real trace, with its header or without it, replays.
+# message that says so; a real trace, with its header or without it, replays;
+# the recorded CNN, its GPU 40 ms behind, holds less in legacy free order.
 set -u
 replay=$1
 example=$2
+cnn=$3 # bench/traces/cnn-shapes-h200.trace.gz
 . "$(dirname "$0")/checks.sh" # check, $tmp, checks_done
 run() { "$replay" "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
 
@@ -58,5 +60,22 @@ run --backend host --lag -3 "$example"
 check "--lag below 0: exit 2 and the reason" sh -c "test $rc -eq 2 && grep -q 'takes milliseconds' '$tmp/err'"
 run --backend host --lag soon "$example"
 check "--lag not a number: exit 2" test $rc -eq 2
+
+# The CNN recorded under gpuheap-run, its GPU 40 ms behind: in event order the
+# freed blocks wait and the heap maps beside them; in legacy free order they are
+# handed out at once, and it holds what it holds with no lag at all.
+frag() { awk '$1 == "gpuheap" { print $6 }' "$tmp/out"; }
+run --backend host --lag 0 "$cnn"
+none=$(frag)
+run --backend host --lag 40 "$cnn"
+event=$(frag)
+run --backend host --lag 40 --free-order legacy "$cnn"
+legacy=$(frag)
+check "--free-order legacy: the CNN replays" sh -c "test $rc -eq 0 && test -n '$legacy'"
+check "--free-order legacy at 40 ms lag holds what no lag holds ($legacy vs $none)" test "$legacy" = "$none"
+check "--free-order legacy at 40 ms lag holds less than events ($legacy vs $event)" \
+    awk -v a="$legacy" -v b="$event" 'BEGIN { exit !(a + 0 < b - 0.3) }'
+run --backend host --free-order later "$example"
+check "--free-order neither event nor legacy: exit 2" sh -c "test $rc -eq 2 && grep -q 'takes event or legacy' '$tmp/err'"
 
 checks_done

@@ -12,9 +12,11 @@
  * --lag MS makes the host backend's events complete MS milliseconds after their
  * record on the trace's own clock, so that blocks freed while the recorded
  * program's GPU still used them wait for their cover as they did then (a
- * training step's run-ahead is tens of milliseconds).
+ * training step's run-ahead is tens of milliseconds). --free-order legacy replays
+ * gpuheap in legacy free order (gpu_set_free_order), as gpuheap-run runs a
+ * program that uses no non-blocking stream.
  *
- *   gpuheap-replay [--backend cuda|host] [--lag MS] [--only NAME] [--json FILE] TRACE
+ *   gpuheap-replay [--backend cuda|host] [--lag MS] [--free-order event|legacy] [--only NAME] [--json FILE] TRACE
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,11 +28,13 @@
 #include "trace_replay.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: gpuheap-replay [--backend cuda|host] [--lag MS] [--only gpuheap|cudaMalloc|cudaMallocAsync]\n"
-               "                      [--json FILE] TRACE[.gz]\n"
+    fprintf(f, "usage: gpuheap-replay [--backend cuda|host] [--lag MS] [--free-order event|legacy]\n"
+               "                      [--only gpuheap|cudaMalloc|cudaMallocAsync] [--json FILE] TRACE[.gz]\n"
                "  Replays TRACE's malloc/free/realloc/trim calls against each allocator and prints\n"
                "  time, peak physical memory held and fragmentation (peak physical / peak live).\n"
-               "  --lag MS (host backend): events complete MS ms after their record on the trace's clock.\n");
+               "  --lag MS (host backend): events complete MS ms after their record on the trace's clock.\n"
+               "  --free-order legacy: gpuheap hands freed blocks out at once, the legacy stream made to wait\n"
+               "  (gpu_set_free_order; what gpuheap-run does for a program without non-blocking streams).\n");
 }
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
@@ -62,6 +66,13 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "gpuheap-replay: --lag takes milliseconds, 0 to 1e6 (got '%s')\n", argv[i]);
                 return 2;
             }
+        } else if (!strcmp(argv[i], "--free-order") && i + 1 < argc) {
+            const char *o = argv[++i];
+            if (strcmp(o, "event") && strcmp(o, "legacy")) {
+                fprintf(stderr, "gpuheap-replay: --free-order takes event or legacy (got '%s')\n", o);
+                return 2;
+            }
+            (void)gpu_set_free_order(strcmp(o, "legacy") ? GPU_FREE_ORDER_EVENT : GPU_FREE_ORDER_LEGACY);
         } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
             json = argv[++i];
         } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {

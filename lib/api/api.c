@@ -354,6 +354,12 @@ void *gpu_realloc(void *ptr, size_t size) { return gpu_heap_realloc(NULL, ptr, s
 
 /* ---- graph capture -------------------------------------------------------------------- */
 
+int gpu_set_free_order(gpu_free_order_t order) {
+    int rc = heap_set_free_order(order);
+    return rc == GPU_OK ? gh_ok() : gh_report(gh_note_context(rc, "gpu_set_free_order"));
+}
+gpu_free_order_t gpu_free_order(void) { return heap_free_order(); }
+
 void gpu_capture_begin(void) { vmm_capture_announce(+1); }
 void gpu_capture_end(void) { vmm_capture_announce(-1); }
 

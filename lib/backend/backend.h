@@ -107,6 +107,12 @@ typedef struct vmm_ops {
      * it records nothing and returns GPU_ERR_CAPTURING. May be NULL (a driver
      * without context events). */
     int (*fence_record)(vmm_backend *b, uintptr_t stream, vmm_event *out);
+    /* fence_record, and in the same entry makes the legacy default stream wait
+     * for that event (cuStreamWaitEvent): later work on the legacy stream, and on
+     * every blocking stream (which waits for the legacy stream's work), runs after
+     * all work issued so far on the context. Refused like fence_record while a
+     * capture is in progress. May be NULL (offered where fence_record is). */
+    int (*fence_order)(vmm_backend *b, uintptr_t stream, vmm_event *out);
     /* 1 when stream is being captured into a graph (for stream 0: when any
      * blocking stream is, as the legacy stream reports it), 0 when not. */
     int (*capturing)(vmm_backend *b, uintptr_t stream);
@@ -194,6 +200,7 @@ typedef struct vmm_host_counts {
     size_t staging_allocs;   /* staging_alloc calls that succeeded (pinned memory on a GPU) */
     size_t staging_bytes;    /* staging memory allocated and not yet freed */
     size_t grants;           /* successful grant calls (peer access) */
+    size_t orders;           /* successful fence_order calls (free order GPU_FREE_ORDER_LEGACY) */
     uint64_t granted_devices; /* the devices those calls named, one bit each (ordinals < 64) */
 } vmm_host_counts;
 void vmm_host_counts_get(vmm_backend *b, vmm_host_counts *out);

@@ -259,6 +259,13 @@ int vmm_call_fence_record(vmm_door *d, uintptr_t stream, vmm_event *out) {
     return rc == GPU_ERR_CAPTURING ? rc : done(d, VMM_OP_EVENT_RECORD, rc); /* a capture is no failure */
 }
 
+int vmm_call_fence_order(vmm_door *d, uintptr_t stream, vmm_event *out) {
+    if (!d->b->ops->fence_order) return vmm_fail(d->b, GPU_ERR_BACKEND, "fence_order: not offered by this backend");
+    if (atomic_load_explicit(&announced_captures, memory_order_relaxed) > 0) return GPU_ERR_CAPTURING;
+    int rc = d->b->ops->fence_order(d->b, stream, out);
+    return rc == GPU_ERR_CAPTURING ? rc : done(d, VMM_OP_EVENT_RECORD, rc); /* a capture is no failure */
+}
+
 int vmm_call_event_wait(vmm_door *d, vmm_event ev) { return done(d, VMM_OP_EVENT_WAIT, d->b->ops->event_wait(d->b, ev)); }
 
 void vmm_call_event_release(vmm_door *d, vmm_event ev) { d->b->ops->event_release(d->b, ev); }
@@ -272,6 +279,8 @@ bool vmm_call_capturing(vmm_door *d, uintptr_t stream) {
 bool vmm_call_stream_capturing(vmm_door *d, uintptr_t stream) { return d->b->ops->capturing(d->b, stream) != 0; }
 
 bool vmm_call_has_fence_record(const vmm_door *d) { return d->b->ops->fence_record != NULL; }
+
+bool vmm_call_has_fence_order(const vmm_door *d) { return d->b->ops->fence_order != NULL; }
 
 int vmm_call_unmap_undo(vmm_door *d, uintptr_t va, size_t size) {
     int rc = vmm_call_unmap(d, va, size);

@@ -86,6 +86,10 @@ int vmm_call_event_wait(vmm_door *d, vmm_event ev);
  * fence_record); GPU_ERR_CAPTURING, recording nothing, while vmm_call_capturing
  * would say true for stream; GPU_ERR_BACKEND when the backend has none. */
 int vmm_call_fence_record(vmm_door *d, uintptr_t stream, vmm_event *out);
+/* vmm_call_fence_record, and the legacy default stream made to wait for the
+ * event (the backend's fence_order): later work there and on blocking streams
+ * runs after all work issued so far. Counted as an event record. */
+int vmm_call_fence_order(vmm_door *d, uintptr_t stream, vmm_event *out);
 void vmm_call_event_release(vmm_door *d, vmm_event ev);
 /* True when a capture is in progress that a fence would break: stream's (if not
  * 0), a blocking stream's, or one announced with gpu_capture_begin. */
@@ -95,6 +99,8 @@ bool vmm_call_stream_capturing(vmm_door *d, uintptr_t stream);
 /* True when the backend can record an event after all work of the device's
  * context (fence_record), so that a quarantine can be sealed without a fence. */
 bool vmm_call_has_fence_record(const vmm_door *d);
+/* True when the backend offers fence_order (free order GPU_FREE_ORDER_LEGACY). */
+bool vmm_call_has_fence_order(const vmm_door *d);
 /* Sets device's (not the owner's) access to a range of whole mappings. A
  * backend without a grant op refuses with GPU_ERR_NO_DRIVER. vmm_call_set_access
  * grants every peer in d->peers the owner's protection after the owner's own. */

@@ -2,8 +2,8 @@
  * alloc.c — the allocation path: gpu_malloc and gpu_malloc_async down to a block.
  *
  * A request looks for idle memory first (fit.c). On a miss it climbs down a
- * ladder of dearer ways to find memory, in a fixed order — reap completed
- * events, seal the quarantine, past the physical budget take any idle block,
+ * ladder of dearer ways to find memory, in a fixed order — in legacy free
+ * order release the quarantine at once, reap completed events, seal the quarantine, past the physical budget take any idle block,
  * fence the quarantine, trade idle extents for new ones, extend an idle tail,
  * map new memory, and
  * out of memory give everything idle back — each a small function tried at most
@@ -78,7 +78,7 @@ static size_t physical_budget(const gpu_heap_t *h, size_t need) {
 /* ---- the ladder -------------------------------------------------------------- */
 
 /* The rungs of the ladder (the table below), top to bottom. */
-enum { ON_IDLE, ON_REAP, ON_WEIGH, ON_SEAL, ON_ROOM, ON_ANY_IDLE, ON_DRAIN, ON_RECYCLE, ON_EXTEND, ON_MAP, ON_RECLAIM, RUNGS };
+enum { ON_IDLE, ON_ORDER, ON_REAP, ON_WEIGH, ON_SEAL, ON_ROOM, ON_ANY_IDLE, ON_DRAIN, ON_RECYCLE, ON_EXTEND, ON_MAP, ON_RECLAIM, RUNGS };
 
 /* One request on its way down the ladder. */
 typedef struct alloc_req {
@@ -115,6 +115,16 @@ static rung_result try_idle(alloc_req *r) {
          : r->fitted ? fit_take_whole(h, r->need, r->align)
                      : fit_take_any(h, r->need, r->align);
     return r->b ? done(r, GPU_OK) : RUNG_MISS;
+}
+
+/* In legacy free order (gpu_set_free_order) quarantined blocks wait for no one:
+ * one driver entry makes the legacy stream wait for the work issued before their
+ * frees, and they are idle at once (quarantine.c). A GPU running behind the CPU
+ * then holds no freed memory back; under a training loop's lag the event order
+ * mapped new memory meanwhile (bench/RESULTS.md). */
+static rung_result try_order(alloc_req *r) {
+    if (!quarantine_legacy()) return RUNG_SKIP;
+    return quarantine_order_locked(r->h, r->stream, false) ? RUNG_RETRY : RUNG_MISS;
 }
 
 /* Blocks whose events completed — freed on streams, or sealed in the quarantine
@@ -248,6 +258,7 @@ static const struct rung {
     bool once;
 } ladder[RUNGS] = {
     [ON_IDLE] = {try_idle, false},         /* idle memory that fits */
+    [ON_ORDER] = {try_order, true},        /* legacy free order: the legacy stream waits, blocks idle */
     [ON_REAP] = {try_reap, true},          /* completed events make blocks idle */
     [ON_WEIGH] = {weigh, false},           /* what new memory would cost */
     [ON_SEAL] = {try_seal, true},          /* seal the quarantine; look at once when it pays */

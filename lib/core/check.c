@@ -253,6 +253,7 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *s) {
     }
     s->stream_events = h->stream_events;
     s->seal_events = h->seal_events;
+    s->order_releases = h->order_releases;
     s->sparse_reserved_bytes = h->sparse_reserved;
     s->sparse_committed_bytes = h->sparse_committed;
     s->protected_extents = h->protected_extents;

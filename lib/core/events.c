@@ -35,26 +35,40 @@ static void give_back(gpu_heap_t *h, const vmm_event *ev, unsigned n) {
     for (unsigned i = 0; i < n; i++) vmm_call_event_release(&h->door, ev[i]);
 }
 
-int events_record_locked(gpu_heap_t *h, event_queue q, uintptr_t stream, bool context, const event_entry *item) {
-    gh_assert(!*q.busy && *q.n < q.cap, "one thread at a time records, into a queue with room");
+/* Records an event of kind, busy set while the lock is dropped around the call.
+ * An ordered record's event is given back at once: the wait it made is enqueued
+ * and nothing asks about it later. */
+static int record(gpu_heap_t *h, bool *busy, event_kind kind, uintptr_t stream, vmm_event *ev) {
     vmm_event spent[SPENT_MAX];
     unsigned nspent = take_spent(h, spent);
-    *q.busy = true;
+    *busy = true;
     heap_unlock(h);
     give_back(h, spent, nspent);
-    vmm_event ev = 0;
-    int rc;
-    if (context) /* like a fence, a context-wide event would break a capture in progress: refused then */
-        rc = vmm_call_fence_record(&h->door, stream, &ev);
-    else
-        rc = vmm_call_event_record(&h->door, stream, &ev);
+    int rc = kind == EVENT_ON_STREAM ? vmm_call_event_record(&h->door, stream, ev)
+           : kind == EVENT_ON_CONTEXT ? vmm_call_fence_record(&h->door, stream, ev) /* would break a capture: refused then */
+                                      : vmm_call_fence_order(&h->door, stream, ev);
+    if (rc == GPU_OK && kind == EVENT_ORDERED) vmm_call_event_release(&h->door, *ev);
     heap_lock(h);
-    *q.busy = false;
+    *busy = false;
+    return rc;
+}
+
+int events_record_locked(gpu_heap_t *h, event_queue q, uintptr_t stream, event_kind kind, const event_entry *item) {
+    gh_assert(!*q.busy && *q.n < q.cap, "one thread at a time records, into a queue with room");
+    gh_assert(kind != EVENT_ORDERED, "an ordered record keeps no event to append");
+    vmm_event ev = 0;
+    int rc = record(h, q.busy, kind, stream, &ev);
     if (rc != GPU_OK) return rc;
     q.e[*q.n] = *item;
     q.e[*q.n].ev = ev;
     ++*q.n;
     return GPU_OK;
+}
+
+int events_order_locked(gpu_heap_t *h, bool *busy, uintptr_t stream) {
+    gh_assert(!*busy, "one thread at a time records");
+    vmm_event ev = 0;
+    return record(h, busy, EVENT_ORDERED, stream, &ev);
 }
 
 /* Drops the oldest entry. */

@@ -32,6 +32,7 @@ int heap_fence_locked(gpu_heap_t *h, uintptr_t stream) {
         return capturing ? gh_note(rc, "a stream capture is in progress: the device fence waits for it to end")
                          : gh_note(rc, "device fence failed: %s", vmm_error());
     h->fences++;
+    h->order_owed = false; /* what ordered releases let run before is done too */
     quarantine_free_locked(h, &q);
     stream_fence_end_locked(h, epochs, npools);
     quarantine_release_sealed_locked(h, seq);

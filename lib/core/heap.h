@@ -148,6 +148,14 @@ int heap_peer_add(gpu_heap_t *h, int device);
 int heap_peer_remove(gpu_heap_t *h, int device);
 uint64_t heap_peers(const gpu_heap_t *h);
 
+/* ---- quarantine.c: the process's free order (gpu_set_free_order) ------------- */
+
+/* Sets it; back to events, fences every heap that released blocks in legacy
+ * order since its last fence (GPU_ERR_CAPTURING: a capture kept a fence from
+ * running; the order is events all the same). GPU_ERR_INVALID for no order. */
+int heap_set_free_order(gpu_free_order_t order);
+gpu_free_order_t heap_free_order(void);
+
 /* ---- registry.c: the live heaps of the process ------------------------------ */
 
 /* Lists h; a heap with is_default set (it lives as long as the process) is

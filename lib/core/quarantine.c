@@ -89,12 +89,12 @@ static bool early_take(gpu_heap_t *h, event_entry *out) {
 }
 
 void quarantine_early_locked(gpu_heap_t *h) {
-    if (!h->quarantine || h->early_busy || !vmm_call_has_fence_record(&h->door)) return;
+    if (!h->quarantine || h->early_busy || !vmm_call_has_fence_record(&h->door) || quarantine_legacy()) return;
     event_entry old;
     if (early_take(h, &old)) h->spent[h->nspent++] = old.ev; /* it covers less than a new one would */
     uint64_t mark = h->quarantined;
     uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* covers every block freed before this */
-    if (events_record_locked(h, earlies(h), 0, true, &(event_entry){.tag = seq}) == GPU_OK) h->early_mark = mark;
+    if (events_record_locked(h, earlies(h), 0, EVENT_ON_CONTEXT, &(event_entry){.tag = seq}) == GPU_OK) h->early_mark = mark;
 }
 
 /* Records one context-wide event (or takes the early one) and hangs the
@@ -113,7 +113,7 @@ static int seal(gpu_heap_t *h, uintptr_t stream, bool empty_ok) {
     }
     quarantine_batch q = quarantine_take_locked(h);
     uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* covers every block freed before this */
-    int rc = events_record_locked(h, seals(h), stream, true, &(event_entry){.tag = seq, .q = q});
+    int rc = events_record_locked(h, seals(h), stream, EVENT_ON_CONTEXT, &(event_entry){.tag = seq, .q = q});
     quarantine_untake_locked(h, &q, rc != GPU_OK);
     if (rc != GPU_OK) return rc;
     h->seal_events++;
@@ -124,6 +124,7 @@ int quarantine_seal_locked(gpu_heap_t *h, uintptr_t stream) { return seal(h, str
 
 bool quarantine_cover_locked(gpu_heap_t *h, uint64_t tag) {
     if (quarantine_covered(h, tag)) return true;
+    if (quarantine_order_locked(h, 0, true)) return quarantine_covered(h, tag); /* its cover number is past tag */
     if (h->nsealed) (void)quarantine_reap_locked(h);
     if (quarantine_covered(h, tag)) return true;
     if (atomic_load(&h->cover_seq) <= tag) (void)seal(h, 0, true); /* nothing recorded since those frees yet */
@@ -156,6 +157,53 @@ void quarantine_release_sealed_locked(gpu_heap_t *h, uint64_t before_seq) {
         release_batch(h, &s);
     }
 }
+
+/* ---- the free order --------------------------------------------------------- */
+
+static _Atomic int free_order = GPU_FREE_ORDER_EVENT;
+
+bool quarantine_legacy(void) { return atomic_load_explicit(&free_order, memory_order_relaxed) == GPU_FREE_ORDER_LEGACY; }
+
+bool quarantine_order_locked(gpu_heap_t *h, uintptr_t stream, bool empty_ok) {
+    if (!quarantine_legacy() || h->seal_busy || !vmm_call_has_fence_order(&h->door)) return false;
+    if (!h->quarantine && !h->nsealed && !empty_ok) return false;
+    quarantine_batch q = quarantine_take_locked(h);
+    uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* covers every block freed before this */
+    int rc = events_order_locked(h, &h->seal_busy, stream);
+    quarantine_untake_locked(h, &q, rc != GPU_OK);
+    if (rc != GPU_OK) return false; /* a capture, or a refusal: the blocks wait for an event or a fence as before */
+    h->order_owed = true;
+    h->order_releases++;
+    quarantine_free_locked(h, &q);
+    quarantine_release_sealed_locked(h, seq); /* sealed before: their work is before the wait too */
+    quarantine_cover_done(h, seq + 1);
+    return true;
+}
+
+/* registry_each's callback when the order goes back to events: work issued
+ * before the heap's last ordered release may still run, and blocks it released
+ * may already be in new hands, whose work on a non-blocking stream would not
+ * wait for it — one fence ends it. */
+static void settle_order(gpu_heap_t *h, void *arg) {
+    int *rc = arg;
+    heap_lock(h);
+    if (h->order_owed) {
+        int r = heap_fence_locked(h, 0);
+        if (r != GPU_OK && *rc == GPU_OK) *rc = r;
+    }
+    heap_unlock(h);
+}
+
+int heap_set_free_order(gpu_free_order_t order) {
+    if (order != GPU_FREE_ORDER_EVENT && order != GPU_FREE_ORDER_LEGACY)
+        return gh_note(GPU_ERR_INVALID, "free order %d: GPU_FREE_ORDER_EVENT or GPU_FREE_ORDER_LEGACY", (int)order);
+    int rc = GPU_OK;
+    if (atomic_exchange(&free_order, (int)order) == GPU_FREE_ORDER_LEGACY && order == GPU_FREE_ORDER_EVENT)
+        registry_each(settle_order, &rc); /* rare (once per process at most under the interposer): heap creation waits meanwhile */
+    return rc;
+}
+
+gpu_free_order_t heap_free_order(void) { return (gpu_free_order_t)atomic_load(&free_order); }
 
 void quarantine_close(gpu_heap_t *h) {
     events_close(h, earlies(h));

@@ -103,7 +103,7 @@ static bool epoch_done(gpu_heap_t *h, const event_entry *e, void *arg) {
 void stream_cover_locked(gpu_heap_t *h, stream_pool *pool) {
     if (pool->busy || pool->npending || !pool->free.blocks) return;
     uint32_t epoch = pool->epoch++;
-    int rc = events_record_locked(h, pending(pool), pool->stream, false, &(event_entry){.tag = epoch});
+    int rc = events_record_locked(h, pending(pool), pool->stream, EVENT_ON_STREAM, &(event_entry){.tag = epoch});
     if (rc != GPU_OK) return; /* e.g. a destroyed stream: its blocks wait for the next fence */
     h->stream_events++;
 }

@@ -236,6 +236,8 @@ struct gpu_heap {
     vmm_event spent[SPENT_MAX];
     unsigned nspent;
     uint64_t seal_events;
+    uint64_t order_releases; /* releases in legacy free order (quarantine_order_locked) */
+    bool order_owed;         /* one happened since the last fence (a switch back to events fences) */
     size_t nextents;
     size_t protected_extents; /* extents whose access is not read-write */
     stream_pool *pools[STREAM_POOLS_MAX];

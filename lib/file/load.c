@@ -339,6 +339,14 @@ int load_mapping(gpu_heap_t *h, file_map *m, load_timing *tm) {
     int arc = heap_malloc(h, m->length, GH_QUANTUM, GPU_ALLOC_OWNED, &p);
     size_t usable = 0;
     if (arc == GPU_OK) (void)heap_usable_size(h, p, &usable);
+    /* In legacy free order the block may have been handed out while work issued
+     * before its free still runs, ordered only for the legacy and blocking
+     * streams; the copies run on the backend's own non-blocking queues (or
+     * cuFile's), so the load waits for the GPU first. */
+    if (arc == GPU_OK && heap_free_order() == GPU_FREE_ORDER_LEGACY && (arc = vmm_call_fence(&h->door)) != GPU_OK) {
+        gh_note(arc, "gpu_map_file: waiting for the GPU before loading (legacy free order): %s", vmm_error());
+        (void)heap_free(h, p);
+    }
     if (tm) tm->allocated = gh_mono_ns();
     rc = load_finish(&j, arc == GPU_OK ? (uintptr_t)p : 0);
     if (tm) tm->copied = gh_mono_ns();

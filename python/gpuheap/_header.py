@@ -27,6 +27,8 @@ STATS_FIELDS_BY_VERSION = {
     7: _V5 + ("ipc_exports", "ipc_imports_open", "paused_bytes", "backup_bytes"),  # memory control: gpu_pause
     8: _V5 + ("ipc_exports", "ipc_imports_open", "paused_bytes", "backup_bytes",
               "backup_pinned_bytes"),  # the backup's pinned buffer, kept for the next pause
+    9: _V5 + ("ipc_exports", "ipc_imports_open", "paused_bytes", "backup_bytes",
+              "backup_pinned_bytes", "order_releases"),  # legacy free order: gpu_set_free_order
 }
 
 # gpu_error_t. GPU_ERR_PAUSED comes with memory control (gpu_pause).

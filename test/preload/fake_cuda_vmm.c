@@ -148,6 +148,7 @@ static const struct {
     {"cuEventSynchronize", (void *)fake_ok},
     {"cuEventDestroy", (void *)fake_ok},
     {"cuStreamIsCapturing", (void *)fake_is_capturing},
+    {"cuStreamWaitEvent", (void *)fake_ok},
     {"cuMemsetD8Async", (void *)fake_ok},
     {"cuThreadExchangeStreamCaptureMode", (void *)fake_ok},
     {"cuModuleLoadData", (void *)fake_ok},

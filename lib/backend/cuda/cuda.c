@@ -143,6 +143,7 @@ static const vmm_ops cuda_ops = {
     .event_wait = cuda_event_wait,
     .event_release = cuda_event_release,
     .fence_record = cuda_fence_record,
+    .fence_order = cuda_fence_order,
     .capturing = cuda_capturing,
     .staging_alloc = cuda_staging_alloc,
     .staging_free = cuda_staging_free,
@@ -246,7 +247,7 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
     /* The table says what this driver offers: the door tests an optional op's
      * entry, so an op the driver lacks is absent, never offered and then refused. */
     cb->ops = cuda_ops;
-    if (!cb->ctx_record_event) cb->ops.fence_record = NULL;
+    if (!cb->ctx_record_event) cb->ops.fence_record = NULL, cb->ops.fence_order = NULL;
     cb->base.ops = &cb->ops;
     cuda_ipc_probe(cb, cfg);
     if (cuda_enter(cb, "open") == GPU_OK) {

@@ -17,7 +17,7 @@
 
 typedef struct cuda_backend {
     vmm_backend base; /* first, so a vmm_backend * is a cuda_backend * */
-    vmm_ops ops;      /* cuda_ops less what this driver lacks (fence_record without cuCtxRecordEvent) */
+    vmm_ops ops;      /* cuda_ops less what this driver lacks (fence_record and fence_order without cuCtxRecordEvent) */
     const struct cuda_fns *f;
     CUdevice dev;
     CUcontext ctx; /* the device's primary context, retained while open */
@@ -73,6 +73,7 @@ void cuda_ipc_probe(cuda_backend *cb, const gpu_config_t *cfg);
 /* events.c: the fence, stream order and capture. */
 int cuda_fence(vmm_backend *b);
 int cuda_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
+int cuda_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int cuda_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int cuda_event_query(vmm_backend *b, vmm_event ev);
 int cuda_event_wait(vmm_backend *b, vmm_event ev);

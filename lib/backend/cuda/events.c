@@ -74,29 +74,42 @@ static bool stream_capturing(cuda_backend *cb, uintptr_t stream) {
     return r == CUDA_SUCCESS && st != CU_STREAM_CAPTURE_STATUS_NONE;
 }
 
+/* What a record covers: one stream's work, the whole context's, or the whole
+ * context's with the legacy stream (and the backend's own memset stream) made to
+ * wait for it. */
+typedef enum record_kind { ON_STREAM, ON_CONTEXT, ON_CONTEXT_ORDERED } record_kind;
+
+/* Makes the legacy stream, and the quiet stream that memset uses, wait for ev. */
+static CUresult order_after(cuda_backend *cb, CUevent ev) {
+    CUresult r = cb->f->StreamWaitEvent(CU_STREAM_LEGACY, ev, 0);
+    return r == CUDA_SUCCESS ? cb->f->StreamWaitEvent(cb->quiet, ev, 0) : r;
+}
+
 /* Records an event after the work issued so far — a spare one, else a new one:
- * on stream, or, with whole_context, on every stream of the context
- * (cuCtxRecordEvent) unless that would break a capture of stream or of a
- * blocking stream (asked in the same entry: a cover costs one). */
-static int cuda_record(vmm_backend *b, bool whole_context, uintptr_t stream, vmm_event *out) {
+ * on stream, or on every stream of the context (cuCtxRecordEvent) unless that
+ * would break a capture of stream or of a blocking stream (asked in the same
+ * entry: a cover costs one). A wait enqueued on an event follows the record
+ * made before it, so a spare event re-recorded later leaves it alone. */
+static int cuda_record(vmm_backend *b, record_kind kind, uintptr_t stream, vmm_event *out) {
+    static const char *const what[] = {"event_record", "fence_record", "fence_order"};
     cuda_backend *cb = cuda_of(b);
-    int err = cuda_enter(cb, whole_context ? "fence_record" : "event_record");
+    int err = cuda_enter(cb, what[kind]);
     if (err) return err;
-    if (whole_context && ((stream && stream_capturing(cb, stream)) || stream_capturing(cb, 0))) {
+    if (kind != ON_STREAM && ((stream && stream_capturing(cb, stream)) || stream_capturing(cb, 0))) {
         cuda_leave(cb);
         return GPU_ERR_CAPTURING;
     }
     CUevent ev = spare_take(cb);
     CUresult r = ev ? CUDA_SUCCESS : cb->f->EventCreate(&ev, CU_EVENT_DISABLE_TIMING);
+    const char *call = "cuEventCreate";
     if (r == CUDA_SUCCESS) {
-        r = whole_context ? cb->ctx_record_event(cb->ctx, ev) : cb->f->EventRecord(ev, (CUstream)stream);
+        call = kind == ON_STREAM ? "cuEventRecord" : "cuCtxRecordEvent";
+        r = kind == ON_STREAM ? cb->f->EventRecord(ev, (CUstream)stream) : cb->ctx_record_event(cb->ctx, ev);
+        if (r == CUDA_SUCCESS && kind == ON_CONTEXT_ORDERED) call = "cuStreamWaitEvent", r = order_after(cb, ev);
         if (r != CUDA_SUCCESS) cb->f->EventDestroy(ev);
     }
     cuda_leave(cb);
-    if (r != CUDA_SUCCESS) {
-        if (whole_context) return cuda_fail(cb, cuda_code(r), r, "cuCtxRecordEvent");
-        return cuda_fail(cb, cuda_code(r), r, "cuEventRecord(stream=%#" PRIxPTR ")", stream);
-    }
+    if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "%s (%s, stream=%#" PRIxPTR ")", call, what[kind], stream);
     *out = (vmm_event)(uintptr_t)ev;
     return GPU_OK;
 }
@@ -105,11 +118,18 @@ static int cuda_record(vmm_backend *b, bool whole_context, uintptr_t stream, vmm
  * table only where the driver has cuCtxRecordEvent (vmm_cuda_open). */
 int cuda_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
     gh_assert(cuda_of(b)->ctx_record_event, "fence_record is offered only by a driver with cuCtxRecordEvent");
-    return cuda_record(b, true, stream, out);
+    return cuda_record(b, ON_CONTEXT, stream, out);
 }
 
-/* An event on stream after the work issued there so far. */
-int cuda_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out) { return cuda_record(b, false, stream, out); }
+/* The same, and the legacy stream waits for it: a block freed before it can be
+ * handed out to work on the legacy or a blocking stream at once. */
+int cuda_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out) {
+    gh_assert(cuda_of(b)->ctx_record_event, "fence_order is offered only by a driver with cuCtxRecordEvent");
+    return cuda_record(b, ON_CONTEXT_ORDERED, stream, out);
+}
+
+/* An event on stream after the work issued so far. */
+int cuda_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out) { return cuda_record(b, ON_STREAM, stream, out); }
 
 /* GPU_OK when done, GH_PENDING when not yet. */
 int cuda_event_query(vmm_backend *b, vmm_event ev) {

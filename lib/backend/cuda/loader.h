@@ -81,6 +81,7 @@ struct cuda_fns {
     __typeof__(cuEventSynchronize) *EventSynchronize;
     __typeof__(cuEventDestroy_v2) *EventDestroy;
     __typeof__(cuStreamIsCapturing) *StreamIsCapturing;
+    __typeof__(cuStreamWaitEvent) *StreamWaitEvent;
     __typeof__(cuMemsetD8Async) *MemsetD8Async;
     __typeof__(cuThreadExchangeStreamCaptureMode) *ThreadExchangeStreamCaptureMode;
 

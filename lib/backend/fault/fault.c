@@ -158,6 +158,9 @@ static int fault_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out) 
 static int fault_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
     FORWARD(b, VMM_OP_EVENT_RECORD, fence_record(fault_of(b)->inner, stream, out));
 }
+static int fault_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out) {
+    FORWARD(b, VMM_OP_EVENT_RECORD, fence_order(fault_of(b)->inner, stream, out));
+}
 static int fault_event_query(vmm_backend *b, vmm_event ev) {
     FORWARD(b, VMM_OP_EVENT_QUERY, event_query(fault_of(b)->inner, ev));
 }
@@ -228,6 +231,7 @@ static const vmm_ops fault_ops = {
     .copy = fault_copy,
     .event_record = fault_event_record,
     .fence_record = fault_fence_record,
+    .fence_order = fault_fence_order,
     .event_query = fault_event_query,
     .event_wait = fault_event_wait,
     .event_release = fault_event_release,

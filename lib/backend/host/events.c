@@ -10,8 +10,8 @@
  * it completes it), and a test can mark streams as captured
  * (vmm_host_set_capturing). A replay can make events trail a clock it sets
  * (vmm_host_set_clock): a GPU running behind the CPU, as a recorded program's
- * was. A context-wide event (fence_record) is an event like
- * any other.
+ * was. A context-wide event (fence_record, fence_order) is an event
+ * like any other.
  */
 #include <limits.h>
 
@@ -87,6 +87,19 @@ void host_event_release(vmm_backend *b, vmm_event ev) {
 int host_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
     if ((stream && host_capturing(b, stream)) || host_capturing(b, 0)) return GPU_ERR_CAPTURING;
     return host_event_record(b, 0, out);
+}
+
+/* No queue to order either: the event is all there is (orders counts the
+ * calls, for tests: vmm_host_counts). */
+int host_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out) {
+    int rc = host_fence_record(b, stream, out);
+    if (rc == GPU_OK) {
+        host_backend *hb = host_of(b);
+        pthread_mutex_lock(&hb->lock);
+        hb->orders++;
+        pthread_mutex_unlock(&hb->lock);
+    }
+    return rc;
 }
 
 int host_capturing(vmm_backend *b, uintptr_t stream) {

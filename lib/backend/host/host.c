@@ -81,6 +81,7 @@ static const vmm_ops host_ops = {
     .event_wait = host_event_wait,
     .event_release = host_event_release,
     .fence_record = host_fence_record,
+    .fence_order = host_fence_order,
     .capturing = host_capturing,
     .staging_alloc = host_staging_alloc,
     .staging_free = host_staging_free,
@@ -147,6 +148,7 @@ void vmm_host_counts_get(vmm_backend *b, vmm_host_counts *out) {
     out->imported_bytes = hb->imported;
     out->imported_handles = hb->imported_handles;
     out->grants = hb->grants;
+    out->orders = hb->orders;
     out->granted_devices = hb->granted_devices;
     pthread_mutex_unlock(&hb->lock);
 }

@@ -63,6 +63,7 @@ typedef struct host_backend {
     size_t nres, cap_res;
 
     size_t staging_allocs, staging_bytes; /* staging memory: allocations made, bytes not yet freed */
+    size_t orders;            /* fence_order calls that succeeded */
     size_t grants;            /* peer access: successful grant calls, and the devices they named */
     uint64_t granted_devices;
 
@@ -117,6 +118,7 @@ int host_import_fd(vmm_backend *b, int fd, size_t size, vmm_handle *out);
 /* events.c: the fence, stream order and capture. */
 int host_fence(vmm_backend *b);
 int host_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
+int host_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int host_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int host_event_query(vmm_backend *b, vmm_event ev);
 int host_event_wait(vmm_backend *b, vmm_event ev);
