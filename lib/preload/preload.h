@@ -118,6 +118,13 @@ typedef enum pl_entry {
     PL_IPC_OPEN_MEM_HANDLE,  /* cuIpcOpenMemHandle_v2 (CUDA 11.0 on) */
     PL_IPC_OPEN_MEM_HANDLE_V1, /* cuIpcOpenMemHandle (before 11.0; the same arguments) */
     PL_IPC_CLOSE_MEM_HANDLE, /* cuIpcCloseMemHandle */
+    PL_STREAM_CREATE,        /* cuStreamCreate (order.c: a non-blocking stream ends legacy free order) */
+    PL_STREAM_CREATE_WITH_PRIORITY, /* cuStreamCreateWithPriority */
+    PL_CTX_CREATE_V2,        /* cuCtxCreate_v2 (a context of the program's own ends it too) */
+    PL_CTX_CREATE_V3,        /* cuCtxCreate_v3 (CUDA 11.4 on) */
+    PL_CTX_CREATE_V4,        /* cuCtxCreate_v4 (CUDA 12.5 on) */
+    PL_CTX_FROM_GREEN_CTX,   /* cuCtxFromGreenCtx */
+    PL_GREEN_CTX_STREAM_CREATE, /* cuGreenCtxStreamCreate */
     PL_ENTRIES
 } pl_entry;
 
@@ -137,6 +144,9 @@ void *pl_wrap(void *p);
 void *pl_cudart(const char *name);
 /* pl_cudart(name), cached in *slot once found (a static of the caller's). */
 void *pl_cudart_cached(void *_Atomic *slot, const char *name);
+/* True when this library's dlsym is the process's (LD_PRELOAD): every driver
+ * entry point the program resolves passes through pl_wrap. */
+bool pl_interposing(void);
 /* The real current context and its device: false when no context is current. */
 bool pl_current_device(int *dev);
 /* The device of a context (peer access). */
@@ -209,6 +219,21 @@ size_t pl_alignment_for(size_t size);
 /* Reads the default heaps' configuration and installs the interposer's error
  * handler, once; every served call does it first. */
 void pl_setup(void);
+
+/* ---- order.c: the free order under the interposer -------------------------------- */
+
+/* Sets legacy free order when preloaded, unless GPUHEAP_FREE_ORDER=event or the
+ * program already did what ends it (pl_setup calls it once). */
+void pl_order_setup(void);
+/* The order now, and why, for the exit report. */
+void pl_order_describe(char *buf, size_t len);
+pl_cu_result cuStreamCreate(pl_cu_stream *stream, unsigned flags);
+pl_cu_result cuStreamCreateWithPriority(pl_cu_stream *stream, unsigned flags, int priority);
+pl_cu_result cuCtxCreate_v2(pl_cu_ctx *ctx, unsigned flags, int dev);
+pl_cu_result cuCtxCreate_v3(pl_cu_ctx *ctx, void *affinity, int n, unsigned flags, int dev);
+pl_cu_result cuCtxCreate_v4(pl_cu_ctx *ctx, void *params, unsigned flags, int dev);
+pl_cu_result cuCtxFromGreenCtx(pl_cu_ctx *ctx, void *green);
+pl_cu_result cuGreenCtxStreamCreate(pl_cu_stream *stream, void *green, unsigned flags, int priority);
 
 /* ---- symbols.c: this copy's public API, by name ---------------------------------- */
 

@@ -88,6 +88,8 @@ static __attribute__((noinline)) void *dlsym_driver(dlsym_fn real, void *handle,
     return p && pl_driver_ready() ? pl_wrap(p) : p;
 }
 
+bool pl_interposing(void) { return pl_real_dlsym_get()(RTLD_DEFAULT, "dlsym") == (void *)pl_dlsym_self; }
+
 PL_EXPORT void *dlsym(void *handle, const char *name) {
     dlsym_fn real = pl_real_dlsym_get();
     if (handle != RTLD_NEXT && driver_name(name)) return dlsym_driver(real, handle, name);
@@ -136,6 +138,14 @@ static void defs_fill(void) {
     DEF(PL_IPC_OPEN_MEM_HANDLE, "cuIpcOpenMemHandle_v2", "cuIpcOpenMemHandle", 12000, 0, cuIpcOpenMemHandle_v2);
     DEF(PL_IPC_OPEN_MEM_HANDLE_V1, "cuIpcOpenMemHandle", "cuIpcOpenMemHandle", 4010, 0, cuIpcOpenMemHandle);
     DEF(PL_IPC_CLOSE_MEM_HANDLE, "cuIpcCloseMemHandle", "cuIpcCloseMemHandle", 12000, 0, cuIpcCloseMemHandle);
+    DEF(PL_STREAM_CREATE, "cuStreamCreate", "cuStreamCreate", 12000, 0, cuStreamCreate);
+    DEF(PL_STREAM_CREATE_WITH_PRIORITY, "cuStreamCreateWithPriority", "cuStreamCreateWithPriority", 12000, 0,
+        cuStreamCreateWithPriority);
+    DEF(PL_CTX_CREATE_V2, "cuCtxCreate_v2", "cuCtxCreate", 3020, 0, cuCtxCreate_v2);
+    DEF(PL_CTX_CREATE_V3, "cuCtxCreate_v3", "cuCtxCreate", 11040, 0, cuCtxCreate_v3);
+    DEF(PL_CTX_CREATE_V4, "cuCtxCreate_v4", "cuCtxCreate", 12050, 0, cuCtxCreate_v4);
+    DEF(PL_CTX_FROM_GREEN_CTX, "cuCtxFromGreenCtx", "cuCtxFromGreenCtx", 12040, 0, cuCtxFromGreenCtx);
+    DEF(PL_GREEN_CTX_STREAM_CREATE, "cuGreenCtxStreamCreate", "cuGreenCtxStreamCreate", 12040, 0, cuGreenCtxStreamCreate);
 }
 #undef DEF
 

@@ -150,6 +150,9 @@ static void report_at_exit(void) {
             (ull)ipc.served[PL_IPC_OPEN], (ull)ipc.served[PL_IPC_CLOSE], (ull)ipc.failed[PL_IPC_GET],
             (ull)ipc.failed[PL_IPC_OPEN], (ull)ipc.failed[PL_IPC_CLOSE], (ull)ipc.passed[PL_IPC_GET],
             (ull)ipc.passed[PL_IPC_OPEN], (ull)ipc.passed[PL_IPC_CLOSE], (ull)peers_enabled);
+    char order[160];
+    pl_order_describe(order, sizeof order);
+    fprintf(stderr, "gpuheap-preload: free order: %s\n", order);
 }
 
 __attribute__((constructor)) static void serve_start(void) {
@@ -170,6 +173,7 @@ static void setup(void) {
     gpu_set_error_handler(note_open_error, NULL); /* this copy of gpuheap's: the program's own is apart */
     const gpu_config_t *cfg = gh_default_config(); /* the default heaps' own, read once */
     host_configured = cfg->backend == GPU_BACKEND_HOST;
+    pl_order_setup();
     if (host_configured && cfg->verbose)
         fprintf(stderr, "gpuheap-preload: GPUHEAP_BACKEND=host: device allocations pass through to the driver\n");
 }

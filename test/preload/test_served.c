@@ -15,7 +15,10 @@
  *    reaches the driver's or the runtime's allocation, which would hold memory
  *    past the cap; freeing makes room again; the exit line counts the refusals;
  *  - without a cap, an allocation the heap cannot serve (the device is full)
- *    still goes to the real function, whose answer the program gets.
+ *    still goes to the real function, whose answer the program gets;
+ *  - the free order: legacy from the first allocation while the program's
+ *    streams are blocking ones, events once it creates a non-blocking stream or
+ *    sets GPUHEAP_FREE_ORDER=event (the exit line says which, and why).
  */
 #include <dlfcn.h>
 #include <setjmp.h>
@@ -113,8 +116,28 @@ static int child_no_cap(void) {
     return c.mem_free(p) == 0 ? 0 : 6;
 }
 
+/* The free order: the first allocation sets legacy order (the exit line says
+ * which); a blocking stream keeps it, a non-blocking one ends it (with
+ * "non-blocking" as the argument). */
+typedef int (*stream_create_fn)(void **, unsigned);
+static int child_order(bool non_blocking) {
+    calls c;
+    if (!calls_get(&c)) return 1;
+    stream_create_fn create = (stream_create_fn)dlsym(RTLD_DEFAULT, "cuStreamCreate"); /* the interposer's */
+    if (!create) return 2;
+    unsigned long long p = 0;
+    if (c.mem_alloc(&p, 8 * MiB) != 0 || (p >> 40) == (FAKE_BASE >> 40)) return 3; /* the heap's */
+    void *s = NULL;
+    if (create(&s, 0) != 0 || !s) return 4;                   /* CU_STREAM_DEFAULT: blocking */
+    if (non_blocking && (create(&s, 1) != 0 || !s)) return 5; /* CU_STREAM_NON_BLOCKING */
+    return c.mem_free(p) == 0 ? 0 : 6;
+}
+
+static const char *free_order_env; /* GPUHEAP_FREE_ORDER for the next child (NULL: unset) */
+
 static void child_prepare(void *arg) {
     const char *limit = arg;
+    if (free_order_env) setenv("GPUHEAP_FREE_ORDER", free_order_env, 1); else unsetenv("GPUHEAP_FREE_ORDER");
     setenv("LD_LIBRARY_PATH", libdir, 1);
     setenv("GPUHEAP_STATS", "1", 1);
     unsetenv("GPUHEAP_RUN_PID");
@@ -151,6 +174,32 @@ static void test_without_a_cap_a_refused_allocation_passes_on(void **state) {
     expect_in(err, "0 refused as out of memory under the cap (GPUHEAP_LIMIT), 2 passed on");
 }
 
+static void test_free_order_legacy_while_streams_block(void **state) {
+    (void)state;
+    char err[8192];
+    int rc = child("order-blocking", NULL, err, sizeof err);
+    if (rc) fail_msg("step %d; stderr:\n%s", rc, err);
+    expect_in(err, "free order: legacy");
+}
+
+static void test_free_order_ends_at_a_non_blocking_stream(void **state) {
+    (void)state;
+    char err[8192];
+    int rc = child("order-non-blocking", NULL, err, sizeof err);
+    if (rc) fail_msg("step %d; stderr:\n%s", rc, err);
+    expect_in(err, "free order: events (a non-blocking stream was created)");
+}
+
+static void test_free_order_event_asked_for(void **state) {
+    (void)state;
+    char err[8192];
+    free_order_env = "event";
+    int rc = child("order-blocking", NULL, err, sizeof err);
+    free_order_env = NULL;
+    if (rc) fail_msg("step %d; stderr:\n%s", rc, err);
+    expect_in(err, "free order: events (GPUHEAP_FREE_ORDER=event)");
+}
+
 int main(int argc, char **argv) {
     const char *preload = getenv("LD_PRELOAD");
     if (!preload || !strstr(preload, "libgpuheap-preload.so")) {
@@ -160,6 +209,8 @@ int main(int argc, char **argv) {
     if (argc > 2 && !strcmp(argv[1], "--child")) {
         if (!strcmp(argv[2], "cap")) return child_cap();
         if (!strcmp(argv[2], "no-cap")) return child_no_cap();
+        if (!strcmp(argv[2], "order-blocking")) return child_order(false);
+        if (!strcmp(argv[2], "order-non-blocking")) return child_order(true);
         return 126;
     }
     if (argc < 3) {
@@ -171,6 +222,9 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_out_of_memory_under_the_cap_is_the_answer),
         cmocka_unit_test(test_without_a_cap_a_refused_allocation_passes_on),
+        cmocka_unit_test(test_free_order_legacy_while_streams_block),
+        cmocka_unit_test(test_free_order_ends_at_a_non_blocking_stream),
+        cmocka_unit_test(test_free_order_event_asked_for),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     fake_libs_remove(libdir);
