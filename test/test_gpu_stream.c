@@ -22,6 +22,7 @@
 
 #include <cmocka.h>
 
+#include "backend/backend.h"
 #include "backend/cuda/loader.h"
 #include "cuda_util.h"
 #include "gpuheap.h"
@@ -189,6 +190,44 @@ static void capture_once(gpu_heap_t *h, bool blocking) {
     heap_ok(h);
 }
 
+/* Legacy free order with a listed non-blocking stream (what gpuheap-run does for
+ * the streams a program creates): the stream is listed while a kernel on the
+ * legacy stream still writes block A, A is freed and comes back at once as B,
+ * and B is filled on the listed stream — which, listed after A's kernel began,
+ * waits for it, and waits again at the release. Without the list the fill would
+ * run beside the kernel and lose words to its late writes. */
+static void test_legacy_order_listed_stream(void **state) {
+    gpu_heap_t *h = *state;
+    const size_t size = 64 * MiB, words = size / 4;
+    const long long cycles = 200 * cu_util_cycles_per_ms();
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_LEGACY), GPU_OK);
+    for (int listed_late = 0; listed_late < 2; listed_late++) {
+        CUstream nb = NULL;
+        CU_OK(cu.cuStreamCreate(&nb, CU_STREAM_NON_BLOCKING));
+        if (!listed_late) assert_int_equal(vmm_cuda_order_track((uintptr_t)nb), GPU_OK);
+        void *a = gpu_heap_malloc(h, size);
+        assert_non_null(a);
+        CU_OK(cu_fill(dptr(a), words, 1, NULL));
+        CU_OK(cu_spin_fill(dptr(a), words, 0xF0000000u, cycles, 8, NULL));
+        if (listed_late) assert_int_equal(vmm_cuda_order_track((uintptr_t)nb), GPU_OK); /* waits for the kernel */
+        assert_int_equal(gpu_heap_free(h, a), GPU_OK);
+        void *b = gpu_heap_malloc(h, size);
+        int running = cu.cuStreamQuery(NULL) == CUDA_ERROR_NOT_READY;
+        assert_ptr_equal(b, a);
+        CU_OK(cu_fill(dptr(b), words, 0x0F000000u, nb));
+        CU_OK(cu.cuStreamSynchronize(nb));
+        uint64_t bad = cu_check(dptr(b), words, 0x0F000000u, 0);
+        print_message("listed %s: kernel running when A came back: %s; words lost: %llu\n",
+                      listed_late ? "after the kernel began" : "before", running ? "yes" : "no", (unsigned long long)bad);
+        if (bad) fail_msg("B lost %llu words to the kernel still using freed A", (unsigned long long)bad);
+        vmm_cuda_order_untrack((uintptr_t)nb);
+        CU_OK(cu.cuStreamDestroy(nb));
+        assert_int_equal(gpu_heap_free(h, b), GPU_OK);
+        heap_ok(h);
+    }
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_EVENT), GPU_OK);
+}
+
 static void test_capture_while_others_allocate(void **state) {
     capture_once(*state, true);
     capture_once(*state, false);
@@ -228,6 +267,7 @@ int main(void) {
     if (rc) return rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_stream_reuse_with_running_kernel, heap_setup, heap_teardown),
+        cmocka_unit_test_setup_teardown(test_legacy_order_listed_stream, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_capture_while_others_allocate, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_commit_decommit_contents, heap_setup, heap_teardown),
     };

@@ -181,6 +181,17 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out);
 /* The calling thread's current CUDA device (cuCtxGetDevice), 0 when no context is
  * current or no driver is loaded. */
 int vmm_cuda_current_device(void);
+/* Legacy free order's non-blocking streams (CUDA backend, process-wide): a
+ * stream the program created that does not wait for the legacy stream is listed
+ * here (by the interposer, which sees it created) and from then on waits where
+ * fence_order makes the legacy stream wait; listing it first makes it wait for
+ * all work issued so far on the current context. GPU_OK; GPU_ERR_CAPTURING while
+ * a capture is in progress, GPU_ERR_BUSY when the list is full or a listed
+ * stream is being captured, GPU_ERR_BACKEND or GPU_ERR_NO_DRIVER otherwise (the
+ * caller then goes back to event order). Untrack before the stream is
+ * destroyed. */
+int vmm_cuda_order_track(uintptr_t stream);
+void vmm_cuda_order_untrack(uintptr_t stream);
 /* The dlsym the CUDA loader (cuda/loader.h) looks libcuda's cuGetProcAddress up
  * with; default dlsym. An interposer that replaces dlsym (lib/preload) hands the
  * real one over before anything loads the driver, so that the loader's table

@@ -13,13 +13,15 @@
  * the legacy stream waits for the work issued before a free, every later kernel
  * on those streams runs after it. So the interposer starts the process in legacy
  * free order (gpu_set_free_order; GPUHEAP_FREE_ORDER=event keeps events) and
- * watches for what would break the promise: a non-blocking stream
- * (cuStreamCreate/cuStreamCreateWithPriority with CU_STREAM_NON_BLOCKING, which
- * cudaStreamCreateWithFlags reaches, as does NCCL), a context of the program's own
- * (cuCtxCreate, whose streams are ordered by another legacy stream), or a green
- * context's stream. Before the call reaches the driver the order goes back to
- * events, which fences the heaps once: nothing issued before can overlap the new
- * stream's work. No process loses its memory to this: a block is still reused
+ * watches the streams: a non-blocking stream (cuStreamCreate/WithPriority with
+ * CU_STREAM_NON_BLOCKING, which cudaStreamCreateWithFlags reaches, as does NCCL)
+ * is listed with the backend, which makes it wait wherever the legacy stream
+ * waits, and first for everything issued so far (lib/backend/cuda/ordered.c);
+ * cuStreamDestroy takes it off. What cannot be listed — a context of the
+ * program's own (cuCtxCreate: its streams follow another legacy stream), a green
+ * context's stream, a 65th non-blocking stream, one created during a capture —
+ * sends the order back to events before the call reaches the driver, which
+ * fences the heaps once: nothing issued before can overlap the new work. No process loses its memory to this: a block is still reused
  * only where the GPU's own ordering keeps the old work first.
  *
  * Only where the interposer is the process's dlsym (LD_PRELOAD) does it see
@@ -31,10 +33,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "preload.h"
 
 static pthread_mutex_t order_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool order_left;         /* the program did something legacy order cannot cover */
+static unsigned ordered_streams; /* non-blocking streams listed to wait as the legacy stream does */
 static char order_why[96] = ""; /* what, for the exit report */
 
 void pl_order_setup(void) {
@@ -72,7 +76,8 @@ static void order_leave(const char *why) {
 void pl_order_describe(char *buf, size_t len) {
     pthread_mutex_lock(&order_lock);
     if (gpu_free_order() == GPU_FREE_ORDER_LEGACY)
-        snprintf(buf, len, "legacy (freed blocks handed out at once, the legacy stream made to wait)");
+        snprintf(buf, len, "legacy (freed blocks handed out at once, the legacy stream and %u non-blocking streams made to wait)",
+                 ordered_streams);
     else
         snprintf(buf, len, "events (%s)", order_why[0] ? order_why : "the library's default");
     pthread_mutex_unlock(&order_lock);
@@ -84,14 +89,45 @@ enum { PL_CU_STREAM_NON_BLOCKING = 1 }; /* CU_STREAM_NON_BLOCKING (abi_check.c) 
 
 #define REAL(e, type, ...) (pl_real(e) ? ((type)pl_real(e))(__VA_ARGS__) : PL_CU_ERROR_NOT_INITIALIZED)
 
+/* A non-blocking stream just created: in legacy order it is listed, so that it
+ * waits where the legacy stream does (and first for all work so far); where it
+ * cannot be, the order goes back to events. Under the order lock, so that a
+ * switch and a listing never cross. */
+static void order_stream_created(pl_cu_stream stream) {
+    pthread_mutex_lock(&order_lock);
+    bool legacy = gpu_free_order() == GPU_FREE_ORDER_LEGACY;
+#if GPUHEAP_HAVE_CUDA
+    int rc = legacy ? vmm_cuda_order_track((uintptr_t)stream) : GPU_OK;
+#else
+    int rc = GPU_ERR_NO_DRIVER;
+#endif
+    if (legacy && rc == GPU_OK) ordered_streams++;
+    pthread_mutex_unlock(&order_lock);
+    if (legacy && rc != GPU_OK)
+        order_leave(rc == GPU_ERR_BUSY ? "a non-blocking stream could not be ordered (64 listed, or one captured)"
+                                       : "a non-blocking stream could not be ordered");
+}
+
 PL_EXPORT pl_cu_result cuStreamCreate(pl_cu_stream *stream, unsigned flags) {
-    if (flags & PL_CU_STREAM_NON_BLOCKING) order_leave("a non-blocking stream was created");
-    return REAL(PL_STREAM_CREATE, pl_cu_result(*)(pl_cu_stream *, unsigned), stream, flags);
+    pl_setup(); /* the order is decided before the stream exists */
+    pl_cu_result r = REAL(PL_STREAM_CREATE, pl_cu_result(*)(pl_cu_stream *, unsigned), stream, flags);
+    if (r == PL_CU_SUCCESS && (flags & PL_CU_STREAM_NON_BLOCKING)) order_stream_created(*stream);
+    return r;
 }
 
 PL_EXPORT pl_cu_result cuStreamCreateWithPriority(pl_cu_stream *stream, unsigned flags, int priority) {
-    if (flags & PL_CU_STREAM_NON_BLOCKING) order_leave("a non-blocking stream was created");
-    return REAL(PL_STREAM_CREATE_WITH_PRIORITY, pl_cu_result(*)(pl_cu_stream *, unsigned, int), stream, flags, priority);
+    pl_setup();
+    pl_cu_result r =
+        REAL(PL_STREAM_CREATE_WITH_PRIORITY, pl_cu_result(*)(pl_cu_stream *, unsigned, int), stream, flags, priority);
+    if (r == PL_CU_SUCCESS && (flags & PL_CU_STREAM_NON_BLOCKING)) order_stream_created(*stream);
+    return r;
+}
+
+PL_EXPORT pl_cu_result cuStreamDestroy_v2(pl_cu_stream stream) {
+#if GPUHEAP_HAVE_CUDA
+    vmm_cuda_order_untrack((uintptr_t)stream); /* before the driver frees it: no wait may reach it after */
+#endif
+    return REAL(PL_STREAM_DESTROY, pl_cu_result(*)(pl_cu_stream), stream);
 }
 
 PL_EXPORT pl_cu_result cuCtxCreate_v2(pl_cu_ctx *ctx, unsigned flags, int dev) {

@@ -120,6 +120,7 @@ typedef enum pl_entry {
     PL_IPC_CLOSE_MEM_HANDLE, /* cuIpcCloseMemHandle */
     PL_STREAM_CREATE,        /* cuStreamCreate (order.c: a non-blocking stream ends legacy free order) */
     PL_STREAM_CREATE_WITH_PRIORITY, /* cuStreamCreateWithPriority */
+    PL_STREAM_DESTROY,       /* cuStreamDestroy_v2 (a listed stream leaves the list) */
     PL_CTX_CREATE_V2,        /* cuCtxCreate_v2 (a context of the program's own ends it too) */
     PL_CTX_CREATE_V3,        /* cuCtxCreate_v3 (CUDA 11.4 on) */
     PL_CTX_CREATE_V4,        /* cuCtxCreate_v4 (CUDA 12.5 on) */
@@ -229,6 +230,7 @@ void pl_order_setup(void);
 void pl_order_describe(char *buf, size_t len);
 pl_cu_result cuStreamCreate(pl_cu_stream *stream, unsigned flags);
 pl_cu_result cuStreamCreateWithPriority(pl_cu_stream *stream, unsigned flags, int priority);
+pl_cu_result cuStreamDestroy_v2(pl_cu_stream stream);
 pl_cu_result cuCtxCreate_v2(pl_cu_ctx *ctx, unsigned flags, int dev);
 pl_cu_result cuCtxCreate_v3(pl_cu_ctx *ctx, void *affinity, int n, unsigned flags, int dev);
 pl_cu_result cuCtxCreate_v4(pl_cu_ctx *ctx, void *params, unsigned flags, int dev);

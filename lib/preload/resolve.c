@@ -141,6 +141,7 @@ static void defs_fill(void) {
     DEF(PL_STREAM_CREATE, "cuStreamCreate", "cuStreamCreate", 12000, 0, cuStreamCreate);
     DEF(PL_STREAM_CREATE_WITH_PRIORITY, "cuStreamCreateWithPriority", "cuStreamCreateWithPriority", 12000, 0,
         cuStreamCreateWithPriority);
+    DEF(PL_STREAM_DESTROY, "cuStreamDestroy_v2", "cuStreamDestroy", 12000, 0, cuStreamDestroy_v2);
     DEF(PL_CTX_CREATE_V2, "cuCtxCreate_v2", "cuCtxCreate", 3020, 0, cuCtxCreate_v2);
     DEF(PL_CTX_CREATE_V3, "cuCtxCreate_v3", "cuCtxCreate", 11040, 0, cuCtxCreate_v3);
     DEF(PL_CTX_CREATE_V4, "cuCtxCreate_v4", "cuCtxCreate", 12050, 0, cuCtxCreate_v4);

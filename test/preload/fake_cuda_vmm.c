@@ -8,8 +8,9 @@
  * a number from a counter far above user space, a physical allocation is a
  * number and a size counted against a device of FAKE_DEVICE_BYTES (cuMemCreate
  * answers CUDA_ERROR_OUT_OF_MEMORY past it, as a full GPU does), and mapping,
- * access, copies, events and syncs succeed at once. The device is one, device 0,
- * with the virtual memory API and no exportable memory.
+ * access, copies, events (context-wide ones and stream waits too) and syncs
+ * succeed at once. The device is one, device 0, with the virtual memory API and
+ * no exportable memory.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -105,6 +106,10 @@ static CUresult fake_is_capturing(void *stream, int *status) {
     *status = 0; /* CU_STREAM_CAPTURE_STATUS_NONE */
     return 0;
 }
+static CUresult fake_driver_version(int *v) {
+    *v = 13000;
+    return 0;
+}
 static CUresult fake_host_alloc(void **p, size_t size, unsigned flags) {
     (void)p, (void)size, (void)flags;
     return 2; /* nothing here needs pinned memory */
@@ -149,6 +154,8 @@ static const struct {
     {"cuEventDestroy", (void *)fake_ok},
     {"cuStreamIsCapturing", (void *)fake_is_capturing},
     {"cuStreamWaitEvent", (void *)fake_ok},
+    {"cuDriverGetVersion", (void *)fake_driver_version}, /* so that cuCtxRecordEvent is asked for */
+    {"cuCtxRecordEvent", (void *)fake_ok},
     {"cuMemsetD8Async", (void *)fake_ok},
     {"cuThreadExchangeStreamCaptureMode", (void *)fake_ok},
     {"cuModuleLoadData", (void *)fake_ok},

@@ -16,9 +16,10 @@
  *    past the cap; freeing makes room again; the exit line counts the refusals;
  *  - without a cap, an allocation the heap cannot serve (the device is full)
  *    still goes to the real function, whose answer the program gets;
- *  - the free order: legacy from the first allocation while the program's
- *    streams are blocking ones, events once it creates a non-blocking stream or
- *    sets GPUHEAP_FREE_ORDER=event (the exit line says which, and why).
+ *  - the free order: legacy from the first allocation, a non-blocking stream
+ *    listed to wait as the legacy stream does; events once the program creates
+ *    a context of its own or sets GPUHEAP_FREE_ORDER=event (the exit line says
+ *    which, and why).
  */
 #include <dlfcn.h>
 #include <setjmp.h>
@@ -120,17 +121,24 @@ static int child_no_cap(void) {
  * which); a blocking stream keeps it, a non-blocking one ends it (with
  * "non-blocking" as the argument). */
 typedef int (*stream_create_fn)(void **, unsigned);
-static int child_order(bool non_blocking) {
+typedef int (*stream_destroy_fn)(void *);
+typedef int (*ctx_create_fn)(void **, unsigned, int);
+static int child_order(const char *what) {
     calls c;
     if (!calls_get(&c)) return 1;
     stream_create_fn create = (stream_create_fn)dlsym(RTLD_DEFAULT, "cuStreamCreate"); /* the interposer's */
-    if (!create) return 2;
+    stream_destroy_fn destroy = (stream_destroy_fn)dlsym(RTLD_DEFAULT, "cuStreamDestroy_v2");
+    ctx_create_fn ctx_create = (ctx_create_fn)dlsym(RTLD_DEFAULT, "cuCtxCreate_v2");
+    if (!create || !destroy || !ctx_create) return 2;
     unsigned long long p = 0;
     if (c.mem_alloc(&p, 8 * MiB) != 0 || (p >> 40) == (FAKE_BASE >> 40)) return 3; /* the heap's */
-    void *s = NULL;
-    if (create(&s, 0) != 0 || !s) return 4;                   /* CU_STREAM_DEFAULT: blocking */
-    if (non_blocking && (create(&s, 1) != 0 || !s)) return 5; /* CU_STREAM_NON_BLOCKING */
-    return c.mem_free(p) == 0 ? 0 : 6;
+    void *s = NULL, *n = NULL, *ctx = NULL;
+    if (create(&s, 0) != 0 || !s) return 4; /* CU_STREAM_DEFAULT: blocking */
+    if (strstr(what, "non-blocking") && (create(&n, 1) != 0 || !n)) return 5; /* CU_STREAM_NON_BLOCKING: listed */
+    if (c.mem_free(p) != 0 || c.mem_alloc(&p, 8 * MiB) != 0) return 6; /* a release in order */
+    if (n && destroy(n) != 0) return 7;
+    if (strstr(what, "context")) (void)ctx_create(&ctx, 0, 0); /* the fake has none: only the order matters */
+    return c.mem_free(p) == 0 ? 0 : 8;
 }
 
 static const char *free_order_env; /* GPUHEAP_FREE_ORDER for the next child (NULL: unset) */
@@ -182,12 +190,20 @@ static void test_free_order_legacy_while_streams_block(void **state) {
     expect_in(err, "free order: legacy");
 }
 
-static void test_free_order_ends_at_a_non_blocking_stream(void **state) {
+static void test_free_order_lists_a_non_blocking_stream(void **state) {
     (void)state;
     char err[8192];
     int rc = child("order-non-blocking", NULL, err, sizeof err);
     if (rc) fail_msg("step %d; stderr:\n%s", rc, err);
-    expect_in(err, "free order: events (a non-blocking stream was created)");
+    expect_in(err, "free order: legacy (freed blocks handed out at once, the legacy stream and 1 non-blocking streams");
+}
+
+static void test_free_order_ends_at_a_context(void **state) {
+    (void)state;
+    char err[8192];
+    int rc = child("order-non-blocking-context", NULL, err, sizeof err);
+    if (rc) fail_msg("step %d; stderr:\n%s", rc, err);
+    expect_in(err, "free order: events (the program created a context of its own)");
 }
 
 static void test_free_order_event_asked_for(void **state) {
@@ -209,8 +225,7 @@ int main(int argc, char **argv) {
     if (argc > 2 && !strcmp(argv[1], "--child")) {
         if (!strcmp(argv[2], "cap")) return child_cap();
         if (!strcmp(argv[2], "no-cap")) return child_no_cap();
-        if (!strcmp(argv[2], "order-blocking")) return child_order(false);
-        if (!strcmp(argv[2], "order-non-blocking")) return child_order(true);
+        if (!strncmp(argv[2], "order-", 6)) return child_order(argv[2]);
         return 126;
     }
     if (argc < 3) {
@@ -223,7 +238,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_out_of_memory_under_the_cap_is_the_answer),
         cmocka_unit_test(test_without_a_cap_a_refused_allocation_passes_on),
         cmocka_unit_test(test_free_order_legacy_while_streams_block),
-        cmocka_unit_test(test_free_order_ends_at_a_non_blocking_stream),
+        cmocka_unit_test(test_free_order_lists_a_non_blocking_stream),
+        cmocka_unit_test(test_free_order_ends_at_a_context),
         cmocka_unit_test(test_free_order_event_asked_for),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

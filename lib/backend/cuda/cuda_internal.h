@@ -70,6 +70,15 @@ int cuda_import_fd(vmm_backend *b, int fd, size_t size, vmm_handle *out);
  * refuses. Primary context retained. */
 void cuda_ipc_probe(cuda_backend *cb, const gpu_config_t *cfg);
 
+/* ordered.c: the program's non-blocking streams, waited on by fence_order. The
+ * list is locked across a fence_order's capture checks and waits. */
+void cuda_ordered_lock(void);
+void cuda_ordered_unlock(void);
+/* True when a listed stream is being captured (or cannot say). Lock held. */
+bool cuda_ordered_capturing(const struct cuda_fns *f);
+/* Makes every listed stream wait for ev. Lock held. */
+CUresult cuda_ordered_wait(const struct cuda_fns *f, CUevent ev);
+
 /* events.c: the fence, stream order and capture. */
 int cuda_fence(vmm_backend *b);
 int cuda_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out);

@@ -79,10 +79,12 @@ static bool stream_capturing(cuda_backend *cb, uintptr_t stream) {
  * wait for it. */
 typedef enum record_kind { ON_STREAM, ON_CONTEXT, ON_CONTEXT_ORDERED } record_kind;
 
-/* Makes the legacy stream, and the quiet stream that memset uses, wait for ev. */
+/* Makes the legacy stream, the quiet stream that memset uses and the program's
+ * non-blocking streams (ordered.c, locked by the caller) wait for ev. */
 static CUresult order_after(cuda_backend *cb, CUevent ev) {
     CUresult r = cb->f->StreamWaitEvent(CU_STREAM_LEGACY, ev, 0);
-    return r == CUDA_SUCCESS ? cb->f->StreamWaitEvent(cb->quiet, ev, 0) : r;
+    if (r == CUDA_SUCCESS) r = cb->f->StreamWaitEvent(cb->quiet, ev, 0);
+    return r == CUDA_SUCCESS ? cuda_ordered_wait(cb->f, ev) : r;
 }
 
 /* Records an event after the work issued so far — a spare one, else a new one:
@@ -95,7 +97,10 @@ static int cuda_record(vmm_backend *b, record_kind kind, uintptr_t stream, vmm_e
     cuda_backend *cb = cuda_of(b);
     int err = cuda_enter(cb, what[kind]);
     if (err) return err;
-    if (kind != ON_STREAM && ((stream && stream_capturing(cb, stream)) || stream_capturing(cb, 0))) {
+    if (kind == ON_CONTEXT_ORDERED) cuda_ordered_lock();
+    if (kind != ON_STREAM && ((stream && stream_capturing(cb, stream)) || stream_capturing(cb, 0) ||
+                              (kind == ON_CONTEXT_ORDERED && cuda_ordered_capturing(cb->f)))) {
+        if (kind == ON_CONTEXT_ORDERED) cuda_ordered_unlock();
         cuda_leave(cb);
         return GPU_ERR_CAPTURING;
     }
@@ -108,6 +113,7 @@ static int cuda_record(vmm_backend *b, record_kind kind, uintptr_t stream, vmm_e
         if (r == CUDA_SUCCESS && kind == ON_CONTEXT_ORDERED) call = "cuStreamWaitEvent", r = order_after(cb, ev);
         if (r != CUDA_SUCCESS) cb->f->EventDestroy(ev);
     }
+    if (kind == ON_CONTEXT_ORDERED) cuda_ordered_unlock();
     cuda_leave(cb);
     if (r != CUDA_SUCCESS) return cuda_fail(cb, cuda_code(r), r, "%s (%s, stream=%#" PRIxPTR ")", call, what[kind], stream);
     *out = (vmm_event)(uintptr_t)ev;
