@@ -17,7 +17,11 @@
  * runs anywhere. Without a GPU it says so and times gpuheap on its host backend
  * alone; those numbers measure the heap's bookkeeping, not a GPU.
  *
- *   gpuheap-demo [--quick] [--json FILE]
+ * --free-order legacy times the plain pair in legacy free order
+ * (gpu_set_free_order), as gpuheap-run runs a program: the freed block comes back
+ * at once, the legacy stream made to wait for the work before the free.
+ *
+ *   gpuheap-demo [--quick] [--free-order event|legacy] [--json FILE]
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -337,12 +341,13 @@ static int write_json(const char *path, const run_info *info, const row *rows, s
 /* ---- main ----------------------------------------------------------------------- */
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: gpuheap-demo [--quick] [--json FILE]\n"
+    fprintf(f, "usage: gpuheap-demo [--quick] [--free-order event|legacy] [--json FILE]\n"
                "  Times warm malloc+free pairs of gpuheap (plain and stream-ordered),\n"
                "  cudaMalloc and cudaMallocAsync\n"
                "  for sizes from 256 B to 1 GiB on GPU 0 (gpuheap alone on its host\n"
                "  backend when there is no GPU).\n"
                "  --quick      fewer pairs per size\n"
+               "  --free-order legacy: plain pairs in legacy free order (gpu_set_free_order)\n"
                "  --json FILE  also write the results as JSON to FILE\n");
 }
 
@@ -376,6 +381,7 @@ static bool find_gpu(run_info *info, char *why, size_t why_len) {
 
 int main(int argc, char **argv) {
     const char *json_path = NULL;
+    bool legacy = false;
     run_info info;
     memset(&info, 0, sizeof info);
     for (int i = 1; i < argc; i++) {
@@ -383,6 +389,13 @@ int main(int argc, char **argv) {
             info.quick = true;
         } else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
             json_path = argv[++i];
+        } else if (strcmp(argv[i], "--free-order") == 0 && i + 1 < argc) {
+            const char *o = argv[++i];
+            if (strcmp(o, "event") && strcmp(o, "legacy")) {
+                usage(stderr);
+                return 2;
+            }
+            legacy = !strcmp(o, "legacy");
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
@@ -395,6 +408,7 @@ int main(int argc, char **argv) {
 
     char why[384] = "";
     info.gpu = find_gpu(&info, why, sizeof why);
+    if (legacy) (void)gpu_set_free_order(GPU_FREE_ORDER_LEGACY);
 
     gpu_heap_t *heap = NULL; /* NULL: the default heap of GPU 0 */
     cudart_stream stream = NULL;
@@ -412,9 +426,12 @@ int main(int argc, char **argv) {
             return 1;
         }
         printf("device: %s (GPU 0); %s\n", info.device, info.note);
-        printf("gpuheap: the default heap of GPU 0 (CUDA backend); plain = gpu_malloc + gpu_free (a freed block\n"
-               "  is reused once the GPU has passed the free); stream = gpu_malloc_async + gpu_free_async on the\n"
-               "  cudaMallocAsync stream (reused by that stream at once, as cudaMallocAsync does)\n");
+        printf("gpuheap: the default heap of GPU 0 (CUDA backend); plain = gpu_malloc + gpu_free (%s);\n"
+               "  stream = gpu_malloc_async + gpu_free_async on the cudaMallocAsync stream (reused by that stream\n"
+               "  at once, as cudaMallocAsync does)\n",
+               legacy ? "legacy free order: a freed block is reused at once, the legacy stream made to wait for\n"
+                        "  the work before the free"
+                      : "a freed block is reused once the GPU has passed the free");
         printf("cudaMalloc: each pair is cudaMalloc + cudaFree (cudaFree synchronizes the device)\n");
         printf("cudaMallocAsync: the device's default pool, release threshold UINT64_MAX, one stream;\n"
                "  each pair is timed WITHOUT a sync (the cost to the calling thread); the stream is\n"
