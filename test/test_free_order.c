@@ -177,6 +177,31 @@ static void test_back_to_events_fences_once(void **state) {
     HEAP_DESTROY(untouched);
 }
 
+/* Idle memory released in legacy order may still be used by work issued before
+ * its free: trimming it (or any give-back of idle extents) fences first, even
+ * with nothing in the quarantine. */
+static void test_legacy_idle_unmapped_after_a_fence(void **state) {
+    (void)state;
+    gpu_heap_t *h = far_behind();
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_LEGACY), GPU_OK);
+    void *c = gpu_heap_malloc(h, 64 * MiB);
+    assert_non_null(c);
+    assert_int_equal(gpu_heap_free(h, c), GPU_OK);
+    void *d = gpu_heap_malloc(h, LARGE); /* releases c in order, maps new for d */
+    assert_non_null(d);
+    gpu_stats_t s0 = STATS(h);
+    assert_int_equal(s0.quarantine_blocks, 0);
+    assert_true(s0.idle_bytes >= 64 * MiB);
+    assert_true(s0.order_releases > 0);
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_OK);
+    gpu_stats_t s1 = STATS(h);
+    assert_int_equal(s1.fences, s0.fences + 1);
+    assert_true(s1.backend_unmap > s0.backend_unmap);
+    assert_int_equal(gpu_heap_free(h, d), GPU_OK);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
 static char said[256];
 static void keep_message(int err, const char *message, void *arg) {
     (void)err, (void)arg;
@@ -201,6 +226,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_legacy_small_blocks_never_wait, order_event),
         cmocka_unit_test_teardown(test_capture_keeps_event_order, order_event),
         cmocka_unit_test_teardown(test_back_to_events_fences_once, order_event),
+        cmocka_unit_test_teardown(test_legacy_idle_unmapped_after_a_fence, order_event),
         cmocka_unit_test_teardown(test_unknown_order_refused, order_event),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

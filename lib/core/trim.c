@@ -76,8 +76,16 @@ static bool pick_one(block *b, void *arg) {
     return false;
 }
 
-/* Releases whole idle extents inside [lo, hi) until idle bytes are at most keep. */
+/* Releases whole idle extents inside [lo, hi) until idle bytes are at most keep.
+ * In legacy free order idle memory may still be in use by work issued before
+ * its free — the legacy stream was made to wait for it, the CPU was not — so
+ * nothing is unmapped before a fence has passed the last such release (on the
+ * H200 an unmap there made a PyTorch run fault on an illegal address). */
 static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi) {
+    if (h->order_owed && h->idle.bytes > keep) {
+        int rc = heap_fence_locked(h, 0);
+        if (rc != GPU_OK) return rc; /* a capture: nothing goes back until it ends */
+    }
     int first_error = GPU_OK;
     while (h->idle.bytes > keep) {
         trim_work w = {.goal = h->idle.bytes - keep, .lo = lo, .hi = hi};
