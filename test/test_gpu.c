@@ -524,6 +524,18 @@ static void test_protect(void **state) {
 
 /* ---- reuse safety ------------------------------------------------------------ */
 
+/* The streams a spinning kernel runs on in the reuse tests: the cover must hold
+ * for work on any stream of the context. */
+static const struct {
+    const char *name;
+    int create;
+    unsigned flags;
+} spin_kinds[] = {
+    {"legacy stream", 0, 0},
+    {"blocking stream", 1, CU_STREAM_DEFAULT},
+    {"non-blocking stream", 1, CU_STREAM_NON_BLOCKING},
+};
+
 /* The guarantee cudaFree gives by synchronizing: a block freed while a kernel
  * still writes it is not handed out again until that kernel is done.
  *
@@ -540,17 +552,12 @@ static void test_reuse_after_free_waits_for_gpu(void **state) {
     enum { NB = 8 };
     const size_t size = 64 * MiB, words = size / 4;
     const long long cycles = 200 * cu_util_cycles_per_ms();
-    static const struct { const char *name; int create; unsigned flags; } kinds[] = {
-        {"legacy stream", 0, 0},
-        {"blocking stream", 1, CU_STREAM_DEFAULT},
-        {"non-blocking stream", 1, CU_STREAM_NON_BLOCKING},
-    };
 
     CUstream other;
     CU_OK(cu.cuStreamCreate(&other, CU_STREAM_NON_BLOCKING));
-    for (size_t kind = 0; kind < sizeof kinds / sizeof kinds[0]; kind++) {
+    for (size_t kind = 0; kind < sizeof spin_kinds / sizeof spin_kinds[0]; kind++) {
         CUstream spin = NULL;
-        if (kinds[kind].create) CU_OK(cu.cuStreamCreate(&spin, kinds[kind].flags));
+        if (spin_kinds[kind].create) CU_OK(cu.cuStreamCreate(&spin, spin_kinds[kind].flags));
         const uint32_t s1 = 0xA0000000u + (uint32_t)kind, s2 = 0xB0000000u + (uint32_t)kind * 16;
 
         void *a = gpu_heap_malloc(h, size);
@@ -567,7 +574,7 @@ static void test_reuse_after_free_waits_for_gpu(void **state) {
         assert_true((freed.quarantine_blocks >= 1 && freed.quarantine_bytes >= size) || freed.fences > before.fences);
         if (!running_after_free)
             print_message("%s: the spinning kernel ended before gpu_free returned (did free fence?); "
-                          "the test proves less\n", kinds[kind].name);
+                          "the test proves less\n", spin_kinds[kind].name);
 
         void *b[NB];
         int early_overlap = -1;
@@ -587,16 +594,16 @@ static void test_reuse_after_free_waits_for_gpu(void **state) {
         CU_OK(cu.cuCtxSynchronize());
         HEAP_OK(h);
         print_message("%s: kernel running after free: %s, after the B fills: %s; fences %llu -> %llu\n",
-                      kinds[kind].name, running_after_free ? "yes" : "no", still_running ? "yes" : "no",
+                      spin_kinds[kind].name, running_after_free ? "yes" : "no", still_running ? "yes" : "no",
                       (unsigned long long)before.fences, (unsigned long long)stats_of(h).fences);
         if (early_overlap >= 0)
-            fail_msg("%s: B%d overlaps freed block A while the kernel using A still ran", kinds[kind].name,
+            fail_msg("%s: B%d overlaps freed block A while the kernel using A still ran", spin_kinds[kind].name,
                      early_overlap);
         for (int k = 0; k < NB; k++) {
             uint64_t bad = cu_check(dptr(b[k]), words, s2 + (uint32_t)k, 0);
             if (bad != 0)
                 fail_msg("%s: B%d (%p) lost %llu words to the kernel that was still using freed block A (%p)",
-                         kinds[kind].name, k, b[k], (unsigned long long)bad, a);
+                         spin_kinds[kind].name, k, b[k], (unsigned long long)bad, a);
         }
         for (int k = 0; k < NB; k++) assert_int_equal(gpu_heap_free(h, b[k]), GPU_OK);
         assert_int_equal(gpu_heap_trim(h, SIZE_MAX), GPU_OK); /* drains the quarantine */
@@ -622,17 +629,12 @@ static void test_legacy_order_reuses_behind_the_gpu(void **state) {
     gpu_heap_t *h = *state;
     const size_t size = 64 * MiB, words = size / 4;
     const long long cycles = 200 * cu_util_cycles_per_ms();
-    static const struct { const char *name; int create; unsigned flags; } kinds[] = {
-        {"legacy stream", 0, 0},
-        {"blocking stream", 1, CU_STREAM_DEFAULT},
-        {"non-blocking stream", 1, CU_STREAM_NON_BLOCKING},
-    };
     CUstream user;
     CU_OK(cu.cuStreamCreate(&user, CU_STREAM_DEFAULT)); /* blocking: ordered by the legacy stream */
     assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_LEGACY), GPU_OK);
-    for (size_t kind = 0; kind < sizeof kinds / sizeof kinds[0]; kind++) {
+    for (size_t kind = 0; kind < sizeof spin_kinds / sizeof spin_kinds[0]; kind++) {
         CUstream spin = NULL;
-        if (kinds[kind].create) CU_OK(cu.cuStreamCreate(&spin, kinds[kind].flags));
+        if (spin_kinds[kind].create) CU_OK(cu.cuStreamCreate(&spin, spin_kinds[kind].flags));
         const uint32_t s1 = 0xD0000000u + (uint32_t)kind, s2 = 0xE0000000u + (uint32_t)kind;
         void *a = gpu_heap_malloc(h, size);
         assert_non_null(a);
@@ -649,10 +651,10 @@ static void test_legacy_order_reuses_behind_the_gpu(void **state) {
         CU_OK(cu_fill(dptr(b), words, s2, user));
         CU_OK(cu.cuStreamSynchronize(user));
         uint64_t bad = cu_check(dptr(b), words, s2, 0);
-        print_message("%s: kernel running when A came back: %s; words of B lost: %llu\n", kinds[kind].name,
+        print_message("%s: kernel running when A came back: %s; words of B lost: %llu\n", spin_kinds[kind].name,
                       running ? "yes" : "no", (unsigned long long)bad);
-        if (bad) fail_msg("%s: B lost %llu words to the kernel still using freed A", kinds[kind].name, (unsigned long long)bad);
-        if (!running) print_message("%s: the kernel ended before B came back; the test proves less\n", kinds[kind].name);
+        if (bad) fail_msg("%s: B lost %llu words to the kernel still using freed A", spin_kinds[kind].name, (unsigned long long)bad);
+        if (!running) print_message("%s: the kernel ended before B came back; the test proves less\n", spin_kinds[kind].name);
 
         /* The same with calloc: its memset runs on the backend's own stream,
          * which waits as the legacy stream does. */

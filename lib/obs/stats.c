@@ -80,12 +80,13 @@ static void summary(gpu_heap_t *h, const char *when) {
     char a[32], b[32], c[32], d[32], e[32], f[32], g[32];
     fprintf(stderr,
             "gpuheap: heap 0x%llx (%s, device %d)%s: live %s in %llu blocks (peak %s); mapped %s in %llu extents "
-            "(peak %s); idle %s, quarantined %s; %llu fences; backend calls: %llu create, %llu map, %llu unmap, "
+            "(peak %s); idle %s, quarantined %s; %llu fences, %llu releases in legacy order; backend calls: %llu create, %llu map, %llu unmap, "
             "%llu copy (%s), %llu errors\n",
             (unsigned long long)h->base, h->door.b->caps.name, h->door.b->caps.device, when,
             human(s.live_bytes, a, sizeof a), (unsigned long long)s.live_blocks, human(s.peak_live_bytes, b, sizeof b),
             human(s.mapped_bytes, c, sizeof c), (unsigned long long)s.extents, human(s.peak_mapped_bytes, d, sizeof d),
             human(s.idle_bytes, e, sizeof e), human(s.quarantine_bytes, f, sizeof f), (unsigned long long)s.fences,
+            (unsigned long long)s.order_releases,
             (unsigned long long)s.backend_create, (unsigned long long)s.backend_map,
             (unsigned long long)s.backend_unmap, (unsigned long long)s.backend_copy, human(s.copy_bytes, g, sizeof g),
             (unsigned long long)s.backend_errors);

@@ -414,8 +414,14 @@ static void op_free_async(fuzz *f, reader *r) {
     s->p = NULL;
 }
 
-/* Events recorded from now on complete only after some queries. */
-static void op_event_delay(fuzz *f, reader *r) { vmm_host_set_event_delay(f->inner, u8(r) % 4); }
+/* Events recorded from now on complete only after some queries (a GPU behind the
+ * CPU); the byte's top bit picks the free order: legacy hands freed blocks out
+ * at once (gpu_set_free_order), and going back to events fences what it owes. */
+static void op_event_delay(fuzz *f, reader *r) {
+    uint8_t v = u8(r);
+    vmm_host_set_event_delay(f->inner, v % 4);
+    ok_or_fault(f, gpu_set_free_order(v & 0x80 ? GPU_FREE_ORDER_LEGACY : GPU_FREE_ORDER_EVENT), "gpu_set_free_order");
+}
 
 static void op_protect(fuzz *f, reader *r) {
     slot *s = live_arg(f, r);
@@ -624,7 +630,7 @@ static const fuzz_op ops[] = {
     {"usable_size", op_usable},
     {"malloc_async", op_malloc_async},
     {"free_async", op_free_async},
-    {"event_delay", op_event_delay},
+    {"event_delay/free_order", op_event_delay},
     {"fault", op_fault},
     {"double_free", op_double_free},
     {"interior_pointer", op_interior},
@@ -660,6 +666,7 @@ static void fuzz_close(fuzz *f) {
     current_op = "close";
     vmm_fault_arm(f->outer, 0, false, 0);
     vmm_host_set_event_delay(f->inner, 0);
+    if (gpu_set_free_order(GPU_FREE_ORDER_EVENT) != GPU_OK) die("back to event order at the end: %d", gpu_last_error());
     for (int i = 0; i < NSLOTS; i++) {
         slot *s = &f->s[i];
         if (s->p && gpu_heap_free(f->h, s->p) != GPU_OK) die("freeing a live block at the end: %d", gpu_last_error());
