@@ -83,6 +83,32 @@ static void test_legacy_hands_out_at_once(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* Releases come in batches: a warm loop of 16 MiB pairs releases once per
+ * quarantine budget's worth (64 MiB here: a few blocks), not once per pair, and
+ * maps no more than that budget beside the block in use; never a fence. */
+static void test_legacy_releases_in_batches(void **state) {
+    (void)state;
+    enum { PAIRS = 200 };
+    gpu_heap_t *h = far_behind();
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_LEGACY), GPU_OK);
+    void *p = gpu_heap_malloc(h, 16 * MiB);
+    assert_non_null(p);
+    for (int i = 0; i < PAIRS; i++) {
+        assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+        assert_non_null(p = gpu_heap_malloc(h, 16 * MiB));
+    }
+    gpu_stats_t s = STATS(h);
+    print_message("%d pairs of 16 MiB: %llu releases in order, %zu MiB mapped at the peak\n", PAIRS,
+                  (unsigned long long)s.order_releases, (size_t)(s.peak_mapped_bytes >> 20));
+    assert_true(s.order_releases > 0);
+    assert_true(s.order_releases <= PAIRS / 3);
+    assert_true(s.peak_mapped_bytes <= 64 * MiB + 2 * 16 * MiB + 64 * MiB); /* the budget, the block, the physical slack */
+    assert_int_equal(s.fences, 0);
+    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
 /* Small blocks go through the thread caches, whose covers are released the same
  * way. With no event ever completing, a loop of thousands of frees and
  * allocations fences in event order; in legacy order, once warm, it maps nothing
@@ -223,6 +249,7 @@ static void test_unknown_order_refused(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_legacy_hands_out_at_once, order_event),
+        cmocka_unit_test_teardown(test_legacy_releases_in_batches, order_event),
         cmocka_unit_test_teardown(test_legacy_small_blocks_never_wait, order_event),
         cmocka_unit_test_teardown(test_capture_keeps_event_order, order_event),
         cmocka_unit_test_teardown(test_back_to_events_fences_once, order_event),

@@ -78,7 +78,7 @@ static size_t physical_budget(const gpu_heap_t *h, size_t need) {
 /* ---- the ladder -------------------------------------------------------------- */
 
 /* The rungs of the ladder (the table below), top to bottom. */
-enum { ON_IDLE, ON_ORDER, ON_REAP, ON_WEIGH, ON_SEAL, ON_ROOM, ON_ANY_IDLE, ON_DRAIN, ON_RECYCLE, ON_EXTEND, ON_MAP, ON_RECLAIM, RUNGS };
+enum { ON_IDLE, ON_REAP, ON_WEIGH, ON_ORDER, ON_SEAL, ON_ROOM, ON_ANY_IDLE, ON_DRAIN, ON_RECYCLE, ON_EXTEND, ON_MAP, ON_RECLAIM, RUNGS };
 
 /* One request on its way down the ladder. */
 typedef struct alloc_req {
@@ -121,10 +121,18 @@ static rung_result try_idle(alloc_req *r) {
  * one driver entry makes the legacy stream wait for the work issued before their
  * frees, and they are idle at once (quarantine.c). A GPU running behind the CPU
  * then holds no freed memory back; under a training loop's lag the event order
- * mapped new memory meanwhile (bench/RESULTS.md). */
+ * mapped new memory meanwhile (bench/RESULTS.md). The release waits for the
+ * moment a fence would come in event order — past the physical budget, or the
+ * quarantine past its own — so that one driver entry serves a batch: released at
+ * every miss, a warm 16 MiB pair paid a release each (1.5 us on an H200, against
+ * 142 ns in event order); batched, the GPT trace held 1.145x its live peak under
+ * any lag instead of 1.158x, the CNN's unchanged. */
 static rung_result try_order(alloc_req *r) {
     if (!quarantine_legacy()) return RUNG_SKIP;
-    return quarantine_order_locked(r->h, r->stream, false) ? RUNG_RETRY : RUNG_MISS;
+    gpu_heap_t *h = r->h;
+    bool over = h->quarantine_bytes + r->need > quarantine_budget(h) || h->quarantine_blocks >= QUARANTINE_MAX_BLOCKS;
+    if (!r->tight && !over) return RUNG_MISS; /* a batch builds up first, as for a fence */
+    return quarantine_order_locked(h, r->stream, false) ? RUNG_RETRY : RUNG_MISS;
 }
 
 /* Blocks whose events completed — freed on streams, or sealed in the quarantine
@@ -258,9 +266,9 @@ static const struct rung {
     bool once;
 } ladder[RUNGS] = {
     [ON_IDLE] = {try_idle, false},         /* idle memory that fits */
-    [ON_ORDER] = {try_order, true},        /* legacy free order: the legacy stream waits, blocks idle */
     [ON_REAP] = {try_reap, true},          /* completed events make blocks idle */
     [ON_WEIGH] = {weigh, false},           /* what new memory would cost */
+    [ON_ORDER] = {try_order, true},        /* legacy free order: the legacy stream waits, blocks idle */
     [ON_SEAL] = {try_seal, true},          /* seal the quarantine; look at once when it pays */
     [ON_ROOM] = {try_room, true},          /* blocks the thread caches keep come back */
     [ON_ANY_IDLE] = {try_any_idle, true},  /* past the budget: any idle block that holds it */
