@@ -31,7 +31,7 @@
     X(gpu_realloc) X(gpu_heap_realloc) X(gpu_free) X(gpu_heap_free)                                     \
     X(gpu_malloc_usable_size) X(gpu_heap_malloc_usable_size)                                            \
     X(gpu_malloc_async) X(gpu_heap_malloc_async) X(gpu_free_async) X(gpu_heap_free_async)               \
-    X(gpu_capture_begin) X(gpu_capture_end)                                                             \
+    X(gpu_capture_begin) X(gpu_capture_end) X(gpu_set_free_order) X(gpu_free_order)                     \
     X(gpu_reserve) X(gpu_heap_reserve) X(gpu_commit) X(gpu_heap_commit) X(gpu_decommit)                \
     X(gpu_heap_decommit) X(gpu_release) X(gpu_heap_release)                                             \
     X(gpu_protect) X(gpu_heap_protect)                                                                  \

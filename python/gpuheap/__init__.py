@@ -39,7 +39,7 @@ from ._library import Library, LibraryNotFound
 
 __all__ = [
     "Error", "LibraryNotFound", "Unsupported", "library", "strerror", "region", "pause", "resume", "stats", "trace",
-    "limit", "malloc", "free", "trim", "capture", "ERRORS", "STATS_FIELDS_BY_VERSION", "PAUSE_BACKUP", "TAG_MAX",
+    "limit", "free_order", "malloc", "free", "trim", "capture", "ERRORS", "STATS_FIELDS_BY_VERSION", "PAUSE_BACKUP", "TAG_MAX",
 ]
 
 ERRORS = dict(_header.ERRORS)
@@ -263,6 +263,24 @@ def limit(nbytes=None):
         if not isinstance(nbytes, int) or nbytes < 0:
             raise ValueError(f"limit: nbytes is a byte count >= 0, not {nbytes!r}")
         _call("gpu_set_limit", nbytes, call="limit")
+    return current
+
+
+_ORDERS = ("event", "legacy")  # GPU_FREE_ORDER_EVENT, GPU_FREE_ORDER_LEGACY
+
+
+def free_order(order=None):
+    """The process's free order, "event" or "legacy" (gpu_free_order; README.md,
+    Reuse safety): when a block freed without a stream is handed out again. With
+    order, sets it (gpu_set_free_order; back to "event" fences what legacy order
+    released) and returns the previous one. Under gpuheap-run it is the
+    interposer's: "legacy" unless GPUHEAP_FREE_ORDER=event or the program did what
+    legacy order cannot cover."""
+    current = _ORDERS[_fn("gpu_free_order", "free_order")()]
+    if order is not None:
+        if order not in _ORDERS:
+            raise ValueError(f"free_order: 'event' or 'legacy', not {order!r}")
+        _call("gpu_set_free_order", _ORDERS.index(order), call="free_order")
     return current
 
 

@@ -50,6 +50,8 @@ PROTOTYPES = {
     "gpu_capture_end": (None, []),
     "gpu_trace_start": (_c.c_int, [_c.c_char_p]),
     "gpu_trace_stop": (_c.c_int, []),
+    "gpu_set_free_order": (_c.c_int, [_c.c_int]),
+    "gpu_free_order": (_c.c_int, []),
     # memory control
     "gpu_region_begin": (_c.c_int, [_c.c_char_p]),
     "gpu_region_end": (_c.c_int, []),

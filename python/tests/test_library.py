@@ -130,3 +130,29 @@ def test_the_framework_entry_points_share_the_packages_heap():
     assert gpuheap.stats()["live_bytes"] >= before + (5 << 20)
     gpuheap.free(p)  # the package's gpu_free knows the block: one heap
     assert gpuheap.stats()["live_bytes"] == before
+
+
+def test_free_order_get_and_set():
+    """gpu_free_order / gpu_set_free_order: events by default outside gpuheap-run;
+    set and read back; a name that is no order is refused and changes nothing."""
+    assert gpuheap.free_order() == "event"
+    try:
+        assert gpuheap.free_order("legacy") == "event"
+        assert gpuheap.free_order() == "legacy"
+        with pytest.raises(ValueError):
+            gpuheap.free_order("later")
+        assert gpuheap.free_order() == "legacy"
+    finally:
+        gpuheap.free_order("event")
+    assert gpuheap.free_order() == "event"
+
+
+def test_free_order_under_gpuheap_run():
+    """Under gpuheap-run the interposer starts the process in legacy order;
+    GPUHEAP_FREE_ORDER=event keeps events."""
+    need(GPUHEAP_RUN, "gpuheap-run")
+    code = "import gpuheap; print(gpuheap.free_order())"
+    r = run_python(code, prefix=[GPUHEAP_RUN], GPUHEAP_LIB=LIBRARY)
+    assert r.returncode == 0 and r.stdout.strip() == "legacy", r.stderr
+    r = run_python(code, prefix=[GPUHEAP_RUN], GPUHEAP_LIB=LIBRARY, GPUHEAP_FREE_ORDER="event")
+    assert r.returncode == 0 and r.stdout.strip() == "event", r.stderr
