@@ -3,7 +3,8 @@
  *
  * Two runs, both deterministic for a given seed (GPUHEAP_STRESS_SEED, 2026) and size:
  *  - threads: GPUHEAP_STRESS_THREADS threads (4) share one heap, each doing
- *    GPUHEAP_STRESS_ITERS random operations (50 000): malloc, calloc, aligned
+ *    GPUHEAP_STRESS_ITERS random operations (50 000; and again, half as many, in
+ *    legacy free order): malloc, calloc, aligned
  *    and owned allocations, realloc, free, and handing blocks to other threads
  *    through an exchange so that a block is often freed by a thread that did not
  *    allocate it. Every block carries a pattern that is checked before it is
@@ -198,11 +199,15 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-static void test_threads(void **state) {
-    (void)state;
+/* The threads' run, in the free order given (legacy: freed blocks handed out at
+ * once, the "legacy stream" made to wait; gpu_set_free_order). */
+static void run_threads(gpu_free_order_t order) {
     long nthreads = env_long("GPUHEAP_STRESS_THREADS", 4);
     long iters = env_long("GPUHEAP_STRESS_ITERS", 50000);
-    print_message("threads: %ld threads x %ld operations\n", nthreads, iters);
+    if (order == GPU_FREE_ORDER_LEGACY) iters = iters / 2 + 1; /* the same paths; half the time */
+    print_message("threads: %ld threads x %ld operations, %s free order\n", nthreads, iters,
+                  order == GPU_FREE_ORDER_LEGACY ? "legacy" : "event");
+    ASSERT_OK(gpu_set_free_order(order));
     shared_heap sh;
     memset(&sh, 0, sizeof sh);
     sh.h = HEAP_NEW(0);
@@ -232,6 +237,8 @@ static void test_threads(void **state) {
     gpu_stats_t s = STATS(sh.h);
     assert_int_equal(s.live_blocks, 0);
     assert_int_equal(s.live_bytes, 0);
+    if (order == GPU_FREE_ORDER_LEGACY) assert_true(s.order_releases > 0);
+    ASSERT_OK(gpu_set_free_order(GPU_FREE_ORDER_EVENT)); /* fences what legacy order released */
     ASSERT_OK(gpu_heap_trim(sh.h, 0));
     s = STATS(sh.h);
     assert_int_equal(s.mapped_bytes, 0);
@@ -240,6 +247,16 @@ static void test_threads(void **state) {
     CHECK_HEAP(sh.h);
     HEAP_DESTROY(sh.h);
     pthread_mutex_destroy(&sh.lock);
+}
+
+static void test_threads(void **state) {
+    (void)state;
+    run_threads(GPU_FREE_ORDER_EVENT);
+}
+
+static void test_threads_legacy_order(void **state) {
+    (void)state;
+    run_threads(GPU_FREE_ORDER_LEGACY);
 }
 
 /* ---- (b) one thread against a model ----------------------------------------- */
@@ -451,6 +468,7 @@ static void test_model(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_threads_legacy_order),
         cmocka_unit_test(test_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
