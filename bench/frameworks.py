@@ -142,6 +142,7 @@ def summarize(runs, workloads, modes):
                 "peak_physical_bytes": max(peaks) if peaks else None,
                 "losses_hex": ok[0]["losses_hex"] if ok else None,
                 "losses_same_every_round": all(r["losses_hex"] == ok[0]["losses_hex"] for r in ok) if ok else None,
+                "heap_work": heap_work(ok),
             }
         ref = res[w].get("nocache", {}).get("losses_hex")
         for m in modes:
@@ -153,13 +154,35 @@ def summarize(runs, workloads, modes):
             cell["step_vs_caching"] = cell["median_step_ms"] / base if base and cell["median_step_ms"] else None
             pbase = res[w].get("caching", {}).get("peak_physical_bytes")
             cell["physical_vs_caching"] = cell["peak_physical_bytes"] / pbase if pbase and cell["peak_physical_bytes"] else None
+            ebase = res[w].get("expandable", {}).get("peak_physical_bytes")
+            cell["physical_vs_expandable"] = (cell["peak_physical_bytes"] / ebase
+                                              if ebase and cell["peak_physical_bytes"] else None)
+            cref = res[w].get("caching", {})
+            cell["losses_equal_caching"] = None if m == "caching" or not cref.get("losses_hex") or not cell["losses_hex"] \
+                else all(r["losses_hex"] == cref["losses_hex"] for r in runs
+                         if r["workload"] == w and r["mode"] == m and r["rc"] == 0 and r.get("losses_hex"))
     return res
+
+
+def heap_work(ok):
+    """The heap's driver work per run (its statistics at exit, the runs' median):
+    fences, releases in legacy free order, seals and mappings; None for modes
+    without gpuheap's statistics."""
+    per_run = []
+    for r in ok:
+        heaps = r.get("gpuheap_stats") or []
+        if heaps:
+            per_run.append({k: sum(h.get(k, 0) or 0 for h in heaps)
+                            for k in ("fences", "order_releases", "seal_events", "backend_map", "backend_unmap")})
+    if not per_run:
+        return None
+    return {k: statistics.median(x[k] for x in per_run) for k in per_run[0]}
 
 
 def table(res, modes, device):
     lines = [f"frameworks.py on {device}: median step (spread over rounds), peak physical memory, losses",
              f"{'workload':9} {'mode':11} | {'step ms':>8} {'spread':>15} {'vs caching':>10} | {'peak MiB':>9} "
-             f"{'vs caching':>10} | losses"]
+             f"{'vs caching':>10} {'vs expand.':>9} | losses"]
     for w, cells in res.items():
         for m in modes:
             c = cells[m]
@@ -172,14 +195,21 @@ def table(res, modes, device):
                 loss = "repeatable" if c["losses_same_every_round"] else "NOT repeatable across rounds"
             elif m == "caching":
                 loss = "(its own allocator: not compared with nocache)"
-            elif m == "expandable" and "caching" in cells:
-                same = c["losses_hex"] == cells["caching"]["losses_hex"]
-                loss = "= caching" if same else "differ from caching"
+            elif c["losses_equal_nocache"] is None and c["losses_equal_caching"] is not None:
+                loss = "= caching" if c["losses_equal_caching"] else "differ from caching"
+            vs_exp = f"{c['physical_vs_expandable']:.3f}x" if c["physical_vs_expandable"] else "-"
             lines.append(f"{w:9} {m:11} | {c['median_step_ms']:8.2f} {f'{sp[0]:.2f}-{sp[1]:.2f}':>15} "
                          f"{(c['step_vs_caching'] or 0):9.3f}x | {(c['peak_physical_bytes'] or 0) / 2**20:9.0f} "
-                         f"{(c['physical_vs_caching'] or 0):9.3f}x | {loss}")
+                         f"{(c['physical_vs_caching'] or 0):9.3f}x {vs_exp:>9} | {loss}")
     lines.append("(peak physical: gpuheap's peak_mapped_bytes for gpuheap/pluggable, "
-                 "torch.cuda.max_memory_reserved otherwise)")
+                 "torch.cuda.max_memory_reserved otherwise; the column after it: vs expandable segments)")
+    work = [(w, m, cells[m]["heap_work"]) for w, cells in res.items() for m in modes if cells[m].get("heap_work")]
+    if work:
+        lines.append("gpuheap's driver work per run (median over rounds): fences, releases in legacy free order, "
+                     "seals, mappings / unmaps")
+        for w, m, h in work:
+            lines.append(f"  {w:9} {m:12} {h['fences']:6.0f} fences {h['order_releases']:7.0f} releases "
+                         f"{h['seal_events']:7.0f} seals {h['backend_map']:6.0f} / {h['backend_unmap']:.0f}")
     return "\n".join(lines)
 
 

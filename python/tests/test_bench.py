@@ -264,3 +264,35 @@ def test_frameworks_base_build_and_modes(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "frameworks.py"), "--build", str(tmp_path),
                         "--out", str(tmp_path / "o"), "--modes", "caching,bogus"], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown modes" in r.stderr
+
+
+def test_frameworks_summary_against_caching_and_expandable():
+    """Without nocache, a gpuheap mode's losses are compared with the caching
+    allocator's; peaks are also given against expandable segments'; the heap's
+    driver work per run comes from its statistics (median over rounds)."""
+    spec = importlib.util.spec_from_file_location("frameworks", os.path.join(REPO, "bench", "frameworks.py"))
+    fw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fw)
+    stats = lambda f, o: [{"fences": f, "order_releases": o, "seal_events": 0, "backend_map": 20, "backend_unmap": 5}]
+    runs = [
+        {"workload": "cnn", "mode": "caching", "round": 1, "rc": 0, "losses_hex": ["a"], "median_step_ms": 10.0,
+         "peak_physical_bytes": 4 << 30},
+        {"workload": "cnn", "mode": "expandable", "round": 1, "rc": 0, "losses_hex": ["a"], "median_step_ms": 10.0,
+         "peak_physical_bytes": 2 << 30},
+        {"workload": "cnn", "mode": "gpuheap", "round": 1, "rc": 0, "losses_hex": ["a"], "median_step_ms": 10.0,
+         "peak_physical_bytes": 3 << 30, "gpuheap_stats": stats(1, 800)},
+        {"workload": "cnn", "mode": "gpuheap", "round": 2, "rc": 0, "losses_hex": ["a"], "median_step_ms": 10.0,
+         "peak_physical_bytes": 3 << 30, "gpuheap_stats": stats(3, 900)},
+        {"workload": "cnn", "mode": "gpuheap-base", "round": 1, "rc": 0, "losses_hex": ["b"], "median_step_ms": 11.0,
+         "peak_physical_bytes": 4 << 30, "gpuheap_stats": stats(30, 0)},
+    ]
+    modes = ("caching", "expandable", "gpuheap", "gpuheap-base")
+    res = fw.summarize(runs, ["cnn"], modes)
+    assert res["cnn"]["gpuheap"]["losses_equal_caching"] is True
+    assert res["cnn"]["gpuheap-base"]["losses_equal_caching"] is False
+    assert res["cnn"]["gpuheap"]["physical_vs_expandable"] == pytest.approx(1.5)
+    assert res["cnn"]["gpuheap"]["heap_work"]["order_releases"] == 850
+    assert res["cnn"]["caching"]["heap_work"] is None
+    text = fw.table(res, modes, "Stand-in GPU")
+    assert "1.500x | = caching" in text and "differ from caching" in text
+    assert "2 fences" in text and "850 releases" in text and "30 fences" in text
