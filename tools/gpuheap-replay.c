@@ -161,8 +161,9 @@ int main(int argc, char **argv) {
         peer_work w;
         bool counted = peer_driver_work(&p, &w);
         if (counted) /* what the replay cost the heap in driver work */
-            printf("  %llu mappings, %llu unmaps, %llu fences, %llu seals\n", (unsigned long long)w.maps,
-                   (unsigned long long)w.unmaps, (unsigned long long)w.fences, (unsigned long long)w.seals);
+            printf("  %llu mappings, %llu unmaps, %llu fences, %llu seals, %llu releases in legacy order\n",
+                   (unsigned long long)w.maps, (unsigned long long)w.unmaps, (unsigned long long)w.fences,
+                   (unsigned long long)w.seals, (unsigned long long)w.releases);
         if (jf)
             fprintf(jf, "%s\n  {\"allocator\": \"%s\", \"seconds\": %.6f, \"calls\": %zu, \"failed\": %zu, "
                         "\"skipped\": %zu, \"conflicts\": %zu, \"peak_live\": %llu, \"peak_physical\": %llu, "
