@@ -7,7 +7,8 @@
  *   pairs    warm malloc+free, 256 B .. 4 GiB: per-pair time in a loop (median and
  *            p99 of batches of 32 pairs) and each pair timed alone (median)
  *   trace    the same loop with gpu_trace_start on and off: what tracing costs
- *   threads  warm pairs on 1, 2, 4, 8, 16 threads: aggregate pairs per second
+ *   threads  warm pairs on 1, 2, 4, 8, 16 threads: aggregate pairs per second (4 KiB beside
+ *            the peers; 64 KiB and 1 MiB, gpuheap alone)
  *   growth   realloc doubling 1 MiB .. 8 GiB, against cudaMalloc + cudaMemcpy +
  *            cudaFree (and the async forms); device bytes copied counted (gpuheap:
  *            its backend door's copy count and bytes)
@@ -355,6 +356,25 @@ static void scenario_threads(void) {
     if (json) fprintf(json, "], \"failed\": [%s, %s, %s]}", failed[0] ? "true" : "false", failed[1] ? "true" : "false",
                       failed[2] ? "true" : "false");
     fprintf(tables, "(scaling = throughput / one thread's; vs Async = gpuheap's throughput / cudaMallocAsync's)\n");
+
+    /* The larger sizes issue 15 names (64 KiB and 1 MiB: the thread caches' mid
+     * slots), gpuheap alone. */
+    static const size_t more[] = {64 * KiB, 1 * MiB};
+    fprintf(tables, "\n== threads: gpuheap's warm pairs at 64 KiB and 1 MiB, aggregate million pairs/s (%s) ==\n", device);
+    fprintf(tables, "%7s | %10s %8s | %10s %8s\n", "threads", "64 KiB", "scaling", "1 MiB", "scaling");
+    double m[2][N];
+    bool mfailed = false;
+    for (int z = 0; z < 2; z++)
+        for (int i = 0; i < N; i++) m[z][i] = run_threads(PEER_GPUHEAP, counts[i], more[z], sec, &mfailed);
+    if (json) fprintf(json, ",\n\"threads_larger\": {\"sizes\": [%zu, %zu], \"rows\": [", more[0], more[1]);
+    for (int i = 0; i < N; i++) {
+        fprintf(tables, "%7d | %10.2f %7.2fx | %10.2f %7.2fx\n", counts[i], m[0][i] / 1e6, m[0][0] > 0 ? m[0][i] / m[0][0] : 0,
+                m[1][i] / 1e6, m[1][0] > 0 ? m[1][i] / m[1][0] : 0);
+        if (json)
+            fprintf(json, "%s\n {\"threads\": %d, \"gpuheap_pairs_per_s\": [%.0f, %.0f]}", i ? "," : "", counts[i], m[0][i],
+                    m[1][i]);
+    }
+    if (json) fprintf(json, "], \"failed\": %s}", mfailed ? "true" : "false");
 }
 
 /* ---- growth ----------------------------------------------------------------------------- */

@@ -71,6 +71,19 @@ def main():
                   f"| {r['cudaMalloc_pairs_per_s'] / 1e6:.4f} | {x(g, a)} |")
         print()
 
+    if "threads_larger" in b:
+        t = b["threads_larger"]
+        rows = t["rows"]
+        first = rows[0]["gpuheap_pairs_per_s"]
+        sizes = " and ".join(label(z) for z in t["sizes"])
+        print(f"### Threads: gpuheap's warm pairs at {sizes}, aggregate million pairs/s\n")
+        print("| threads | " + " | ".join(f"{label(z)} | scaling" for z in t["sizes"]) + " |")
+        print("|---|" + "---|---|" * len(t["sizes"]))
+        for r in rows:
+            cells = [f"{v / 1e6:.2f} | {x(v, f)}" for v, f in zip(r["gpuheap_pairs_per_s"], first)]
+            print(f"| {r['threads']} | " + " | ".join(cells) + " |")
+        print()
+
     if "growth" in b:
         gr = b["growth"]
         g = gr["gpuheap"]
