@@ -228,6 +228,71 @@ static void test_legacy_idle_unmapped_after_a_fence(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* A release in order that comes while a fence waits (the lock is dropped for it)
+ * may hand out memory whose old work began after the fence did: that fence does
+ * not settle it, and idle memory is unmapped only after another. The backend's
+ * fence is wrapped to free and reallocate a large block in the middle of it. */
+static gpu_heap_t *fenced_heap;
+static void *during_fence;
+static int releases_left; /* how many fences make a release beside them */
+static int (*real_fence)(vmm_backend *b);
+static int fence_with_a_release(vmm_backend *b) {
+    int rc = real_fence(b);
+    if (releases_left > 0) {
+        releases_left--;
+        void *p = during_fence;
+        assert_int_equal(gpu_heap_free(fenced_heap, p), GPU_OK);
+        during_fence = gpu_heap_malloc(fenced_heap, LARGE); /* released in order: the quarantine is over its budget */
+    }
+    return rc;
+}
+
+static void test_release_during_a_fence_owes_another(void **state) {
+    (void)state;
+    gpu_heap_t *h = fenced_heap = far_behind();
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_LEGACY), GPU_OK);
+    void *a = gpu_heap_malloc(h, 64 * MiB);
+    assert_non_null(a);
+    assert_int_equal(gpu_heap_free(h, a), GPU_OK);
+    void *d = gpu_heap_malloc(h, LARGE), *x = gpu_heap_malloc(h, LARGE); /* a released in order, idle */
+    assert_non_null(d);
+    assert_non_null(x);
+    vmm_ops patched = *h->door.b->ops;
+    const vmm_ops *saved = h->door.b->ops;
+    real_fence = patched.fence;
+    patched.fence = fence_with_a_release;
+    h->door.b->ops = &patched;
+    during_fence = x;
+    releases_left = 1;
+    gpu_stats_t s0 = STATS(h);
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_OK);
+    gpu_stats_t s1 = STATS(h);
+    assert_non_null(during_fence); /* the block the release handed out again */
+    assert_true(s1.order_releases > s0.order_releases);
+    assert_int_equal(s1.fences, s0.fences + 2); /* the release during the first fence owed a second */
+    assert_true(s1.backend_unmap > s0.backend_unmap);
+    /* Releases beside every fence: after a few the trim gives up for now, unmapping nothing. */
+    a = gpu_heap_malloc(h, 64 * MiB);
+    assert_non_null(a);
+    assert_int_equal(gpu_heap_free(h, a), GPU_OK);
+    void *e = gpu_heap_malloc(h, LARGE); /* a released in order again */
+    assert_non_null(e);
+    releases_left = 100;
+    s0 = STATS(h);
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_OK);
+    s1 = STATS(h);
+    h->door.b->ops = saved;
+    releases_left = 0;
+    assert_int_equal(s1.fences, s0.fences + 4);
+    assert_int_equal(s1.backend_unmap, s0.backend_unmap);
+    assert_int_equal(gpu_heap_free(h, e), GPU_OK);
+    assert_int_equal(gpu_heap_free(h, during_fence), GPU_OK);
+    assert_int_equal(gpu_heap_free(h, d), GPU_OK);
+    during_fence = NULL;
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
 static char said[256];
 static void keep_message(int err, const char *message, void *arg) {
     (void)err, (void)arg;
@@ -254,6 +319,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_capture_keeps_event_order, order_event),
         cmocka_unit_test_teardown(test_back_to_events_fences_once, order_event),
         cmocka_unit_test_teardown(test_legacy_idle_unmapped_after_a_fence, order_event),
+        cmocka_unit_test_teardown(test_release_during_a_fence_owes_another, order_event),
         cmocka_unit_test_teardown(test_unknown_order_refused, order_event),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

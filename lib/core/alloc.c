@@ -2,10 +2,11 @@
  * alloc.c — the allocation path: gpu_malloc and gpu_malloc_async down to a block.
  *
  * A request looks for idle memory first (fit.c). On a miss it climbs down a
- * ladder of dearer ways to find memory, in a fixed order — in legacy free
- * order release the quarantine at once, reap completed events, seal the quarantine, past the physical budget take any idle block,
- * fence the quarantine, trade idle extents for new ones, extend an idle tail,
- * map new memory, and
+ * ladder of dearer ways to find memory, in a fixed order — reap completed
+ * events, in legacy free order release the quarantine without a wait, seal the
+ * quarantine, past the physical budget take any idle block, fence the
+ * quarantine, trade idle extents for new ones, extend an idle tail, map new
+ * memory, and
  * out of memory give everything idle back — each a small function tried at most
  * once per request (before it maps, the thread caches above give back what
  * they keep for reuse: the room hook); a rung that made memory idle sends the

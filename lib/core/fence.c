@@ -19,6 +19,7 @@ static size_t stream_bytes(const gpu_heap_t *h) {
 }
 
 int heap_fence_locked(gpu_heap_t *h, uintptr_t stream) {
+    uint64_t released = h->order_releases; /* releases in legacy order before the fence began */
     quarantine_batch q = quarantine_take_locked(h);
     uint32_t epochs[STREAM_POOLS_MAX];
     size_t npools = stream_fence_begin_locked(h, epochs);
@@ -32,7 +33,9 @@ int heap_fence_locked(gpu_heap_t *h, uintptr_t stream) {
         return capturing ? gh_note(rc, "a stream capture is in progress: the device fence waits for it to end")
                          : gh_note(rc, "device fence failed: %s", vmm_error());
     h->fences++;
-    h->order_owed = false; /* what ordered releases let run before is done too */
+    /* What releases in legacy order let run before the fence is done too — unless
+     * one came while the lock was dropped, whose work may have begun after it. */
+    if (h->order_releases == released) h->order_owed = false;
     quarantine_free_locked(h, &q);
     stream_fence_end_locked(h, epochs, npools);
     quarantine_release_sealed_locked(h, seq);

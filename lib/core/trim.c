@@ -81,8 +81,11 @@ static bool pick_one(block *b, void *arg) {
  * its free — the legacy stream was made to wait for it, the CPU was not — so
  * nothing is unmapped before a fence has passed the last such release (on the
  * H200 an unmap there made a PyTorch run fault on an illegal address). */
+#define ORDER_FENCE_TRIES 4 /* fences a release in order made during the last may ask for; then it waits for a later trim */
+
 static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi) {
-    if (h->order_owed && h->idle.bytes > keep) {
+    for (int tries = 0; h->order_owed && h->idle.bytes > keep; tries++) {
+        if (tries == ORDER_FENCE_TRIES) return GPU_OK; /* other threads keep releasing: nothing goes back now */
         int rc = heap_fence_locked(h, 0);
         if (rc != GPU_OK) return rc; /* a capture: nothing goes back until it ends */
     }
