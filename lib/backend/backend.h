@@ -107,12 +107,14 @@ typedef struct vmm_ops {
      * it records nothing and returns GPU_ERR_CAPTURING. May be NULL (a driver
      * without context events). */
     int (*fence_record)(vmm_backend *b, uintptr_t stream, vmm_event *out);
-    /* fence_record, and in the same entry makes the legacy default stream wait
-     * for that event (cuStreamWaitEvent): later work on the legacy stream, and on
-     * every blocking stream (which waits for the legacy stream's work), runs after
-     * all work issued so far on the context. Refused like fence_record while a
-     * capture is in progress. May be NULL (offered where fence_record is). */
-    int (*fence_order)(vmm_backend *b, uintptr_t stream, vmm_event *out);
+    /* Records a context-wide event as fence_record does and, in the same entry,
+     * makes the legacy default stream wait for it (cuStreamWaitEvent): later work
+     * on the legacy stream, and on every blocking stream (which waits for the
+     * legacy stream's work), runs after all work issued so far on the context.
+     * The event is the backend's own again at once: the wait is what counts.
+     * Refused like fence_record while a capture is in progress. May be NULL
+     * (offered where fence_record is). */
+    int (*fence_order)(vmm_backend *b, uintptr_t stream);
     /* 1 when stream is being captured into a graph (for stream 0: when any
      * blocking stream is, as the legacy stream reports it), 0 when not. */
     int (*capturing)(vmm_backend *b, uintptr_t stream);

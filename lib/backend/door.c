@@ -252,18 +252,20 @@ int vmm_call_event_query(vmm_door *d, vmm_event ev) {
                               : done(d, VMM_OP_EVENT_QUERY, rc);
 }
 
+/* A context-wide record (fence_record, fence_order) would break a capture: one
+ * announced is refused here, one the backend sees is refused there, and neither
+ * counts as a failure. */
+static bool captures_announced(void) { return atomic_load_explicit(&announced_captures, memory_order_relaxed) > 0; }
+static int context_done(vmm_door *d, int rc) { return rc == GPU_ERR_CAPTURING ? rc : done(d, VMM_OP_EVENT_RECORD, rc); }
+
 int vmm_call_fence_record(vmm_door *d, uintptr_t stream, vmm_event *out) {
     if (!d->b->ops->fence_record) return vmm_fail(d->b, GPU_ERR_BACKEND, "fence_record: not offered by this backend");
-    if (atomic_load_explicit(&announced_captures, memory_order_relaxed) > 0) return GPU_ERR_CAPTURING;
-    int rc = d->b->ops->fence_record(d->b, stream, out);
-    return rc == GPU_ERR_CAPTURING ? rc : done(d, VMM_OP_EVENT_RECORD, rc); /* a capture is no failure */
+    return captures_announced() ? GPU_ERR_CAPTURING : context_done(d, d->b->ops->fence_record(d->b, stream, out));
 }
 
-int vmm_call_fence_order(vmm_door *d, uintptr_t stream, vmm_event *out) {
+int vmm_call_fence_order(vmm_door *d, uintptr_t stream) {
     if (!d->b->ops->fence_order) return vmm_fail(d->b, GPU_ERR_BACKEND, "fence_order: not offered by this backend");
-    if (atomic_load_explicit(&announced_captures, memory_order_relaxed) > 0) return GPU_ERR_CAPTURING;
-    int rc = d->b->ops->fence_order(d->b, stream, out);
-    return rc == GPU_ERR_CAPTURING ? rc : done(d, VMM_OP_EVENT_RECORD, rc); /* a capture is no failure */
+    return captures_announced() ? GPU_ERR_CAPTURING : context_done(d, d->b->ops->fence_order(d->b, stream));
 }
 
 int vmm_call_event_wait(vmm_door *d, vmm_event ev) { return done(d, VMM_OP_EVENT_WAIT, d->b->ops->event_wait(d->b, ev)); }
@@ -271,7 +273,7 @@ int vmm_call_event_wait(vmm_door *d, vmm_event ev) { return done(d, VMM_OP_EVENT
 void vmm_call_event_release(vmm_door *d, vmm_event ev) { d->b->ops->event_release(d->b, ev); }
 
 bool vmm_call_capturing(vmm_door *d, uintptr_t stream) {
-    if (atomic_load_explicit(&announced_captures, memory_order_relaxed) > 0) return true;
+    if (captures_announced()) return true;
     if (stream && d->b->ops->capturing(d->b, stream)) return true;
     return d->b->ops->capturing(d->b, 0) != 0;
 }

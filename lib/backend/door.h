@@ -86,10 +86,10 @@ int vmm_call_event_wait(vmm_door *d, vmm_event ev);
  * fence_record); GPU_ERR_CAPTURING, recording nothing, while vmm_call_capturing
  * would say true for stream; GPU_ERR_BACKEND when the backend has none. */
 int vmm_call_fence_record(vmm_door *d, uintptr_t stream, vmm_event *out);
-/* vmm_call_fence_record, and the legacy default stream made to wait for the
- * event (the backend's fence_order): later work there and on blocking streams
- * runs after all work issued so far. Counted as an event record. */
-int vmm_call_fence_order(vmm_door *d, uintptr_t stream, vmm_event *out);
+/* The legacy default stream made to wait for all work issued so far on the
+ * context (the backend's fence_order): later work there and on blocking streams
+ * runs after it. Refused as vmm_call_fence_record is; counted as an event record. */
+int vmm_call_fence_order(vmm_door *d, uintptr_t stream);
 void vmm_call_event_release(vmm_door *d, vmm_event ev);
 /* True when a capture is in progress that a fence would break: stream's (if not
  * 0), a blocking stream's, or one announced with gpu_capture_begin. */

@@ -35,9 +35,8 @@ static void give_back(gpu_heap_t *h, const vmm_event *ev, unsigned n) {
     for (unsigned i = 0; i < n; i++) vmm_call_event_release(&h->door, ev[i]);
 }
 
-/* Records an event of kind, busy set while the lock is dropped around the call.
- * An ordered record's event is given back at once: the wait it made is enqueued
- * and nothing asks about it later. */
+/* Records an event of kind (an ordered one leaves no event: ev untouched), busy
+ * set while the lock is dropped around the call. */
 static int record(gpu_heap_t *h, bool *busy, event_kind kind, uintptr_t stream, vmm_event *ev) {
     vmm_event spent[SPENT_MAX];
     unsigned nspent = take_spent(h, spent);
@@ -46,8 +45,7 @@ static int record(gpu_heap_t *h, bool *busy, event_kind kind, uintptr_t stream, 
     give_back(h, spent, nspent);
     int rc = kind == EVENT_ON_STREAM ? vmm_call_event_record(&h->door, stream, ev)
            : kind == EVENT_ON_CONTEXT ? vmm_call_fence_record(&h->door, stream, ev) /* would break a capture: refused then */
-                                      : vmm_call_fence_order(&h->door, stream, ev);
-    if (rc == GPU_OK && kind == EVENT_ORDERED) vmm_call_event_release(&h->door, *ev);
+                                      : vmm_call_fence_order(&h->door, stream);
     heap_lock(h);
     *busy = false;
     return rc;

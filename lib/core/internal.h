@@ -262,8 +262,8 @@ typedef enum event_kind { EVENT_ON_STREAM, EVENT_ON_CONTEXT, EVENT_ORDERED } eve
  * the error. */
 int events_record_locked(gpu_heap_t *h, event_queue q, uintptr_t stream, event_kind kind, const event_entry *item);
 /* Makes the legacy stream wait for all work issued so far (an EVENT_ORDERED
- * record, its event given back at once: nothing waits on it later). busy is set
- * while the lock is dropped around the driver call. */
+ * record: no event is kept). busy is set while the lock is dropped around the
+ * driver call. */
 int events_order_locked(gpu_heap_t *h, bool *busy, uintptr_t stream);
 /* Asks about the oldest events in turn (with wait set, waits for them), the lock
  * dropped around each driver call; each completed entry leaves the queue and goes

@@ -128,10 +128,14 @@ int cuda_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
 }
 
 /* The same, and the legacy stream waits for it: a block freed before it can be
- * handed out to work on the legacy or a blocking stream at once. */
-int cuda_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out) {
+ * handed out to work on the legacy or a blocking stream at once. The event goes
+ * back among the spares: the waits enqueued on it keep the record they saw. */
+int cuda_fence_order(vmm_backend *b, uintptr_t stream) {
     gh_assert(cuda_of(b)->ctx_record_event, "fence_order is offered only by a driver with cuCtxRecordEvent");
-    return cuda_record(b, ON_CONTEXT_ORDERED, stream, out);
+    vmm_event ev;
+    int rc = cuda_record(b, ON_CONTEXT_ORDERED, stream, &ev);
+    if (rc == GPU_OK) cuda_event_release(b, ev);
+    return rc;
 }
 
 /* An event on stream after the work issued so far. */

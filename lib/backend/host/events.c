@@ -89,17 +89,18 @@ int host_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
     return host_event_record(b, 0, out);
 }
 
-/* No queue to order either: the event is all there is (orders counts the
- * calls, for tests: vmm_host_counts). */
-int host_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out) {
-    int rc = host_fence_record(b, stream, out);
-    if (rc == GPU_OK) {
-        host_backend *hb = host_of(b);
-        pthread_mutex_lock(&hb->lock);
-        hb->orders++;
-        pthread_mutex_unlock(&hb->lock);
-    }
-    return rc;
+/* No queue to order either: a record refused as fence_record's is, and counted
+ * (orders, for tests: vmm_host_counts). */
+int host_fence_order(vmm_backend *b, uintptr_t stream) {
+    vmm_event ev;
+    int rc = host_fence_record(b, stream, &ev);
+    if (rc != GPU_OK) return rc;
+    host_event_release(b, ev);
+    host_backend *hb = host_of(b);
+    pthread_mutex_lock(&hb->lock);
+    hb->orders++;
+    pthread_mutex_unlock(&hb->lock);
+    return GPU_OK;
 }
 
 int host_capturing(vmm_backend *b, uintptr_t stream) {
