@@ -45,6 +45,12 @@ static size_t quarantine_budget(const gpu_heap_t *h) {
     return b > QUARANTINE_MIN_BUDGET ? b : QUARANTINE_MIN_BUDGET;
 }
 
+/* The quarantine (sealed batches included), with a request of need bytes, is past
+ * its budget in bytes or blocks: where event order fences, legacy order releases. */
+static bool quarantine_over(const gpu_heap_t *h, size_t need) {
+    return h->quarantine_bytes + need > quarantine_budget(h) || h->quarantine_blocks >= QUARANTINE_MAX_BLOCKS;
+}
+
 /* Physical memory the heap lets itself hold before it reuses idle memory that
  * fits badly, waits for its quarantine or gives idle extents back for new ones:
  * the live peak (or the live bytes with this request, when more), a sixteenth
@@ -131,8 +137,7 @@ static rung_result try_idle(alloc_req *r) {
 static rung_result try_order(alloc_req *r) {
     if (!quarantine_legacy()) return RUNG_SKIP;
     gpu_heap_t *h = r->h;
-    bool over = h->quarantine_bytes + r->need > quarantine_budget(h) || h->quarantine_blocks >= QUARANTINE_MAX_BLOCKS;
-    if (!r->tight && !over) return RUNG_MISS; /* a batch builds up first, as for a fence */
+    if (!r->tight && !quarantine_over(h, r->need)) return RUNG_MISS; /* a batch builds up first, as for a fence */
     return quarantine_order_locked(h, r->stream, false) ? RUNG_RETRY : RUNG_MISS;
 }
 
@@ -192,9 +197,7 @@ static rung_result try_any_idle(alloc_req *r) {
  * of memory waits for them (try_reclaim). */
 static rung_result try_drain(alloc_req *r) {
     gpu_heap_t *h = r->h;
-    size_t waiting = h->quarantine_bytes; /* sealed batches included */
-    bool over = waiting + r->need > quarantine_budget(h) || h->quarantine_blocks >= QUARANTINE_MAX_BLOCKS;
-    if (waiting < r->need || (r->fitted && !r->tight) || !over) return RUNG_SKIP;
+    if (h->quarantine_bytes < r->need || (r->fitted && !r->tight) || !quarantine_over(h, r->need)) return RUNG_SKIP;
     int rc = heap_drain_locked(h, r->stream);
     if (rc == GPU_OK) return RUNG_RETRY;
     return rc == GPU_ERR_CAPTURING ? RUNG_MISS : done(r, rc); /* capturing: map new memory instead */
