@@ -19,7 +19,7 @@
  *
  * --free-order legacy times the plain pair in legacy free order
  * (gpu_set_free_order), as gpuheap-run runs a program: the freed block comes back
- * at once, the legacy stream made to wait for the work before the free.
+ * at once, the context made to wait for the work before the free.
  *
  *   gpuheap-demo [--quick] [--free-order event|legacy] [--json FILE]
  */
@@ -429,7 +429,7 @@ int main(int argc, char **argv) {
         printf("gpuheap: the default heap of GPU 0 (CUDA backend); plain = gpu_malloc + gpu_free (%s);\n"
                "  stream = gpu_malloc_async + gpu_free_async on the cudaMallocAsync stream (reused by that stream\n"
                "  at once, as cudaMallocAsync does)\n",
-               legacy ? "legacy free order: a freed block is reused at once, the legacy stream made to wait for\n"
+               legacy ? "legacy free order: a freed block is reused at once, the context made to wait for\n"
                         "  the work before the free"
                       : "a freed block is reused once the GPU has passed the free");
         printf("cudaMalloc: each pair is cudaMalloc + cudaFree (cudaFree synchronizes the device)\n");

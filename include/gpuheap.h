@@ -182,27 +182,29 @@ int gpu_heap_free(gpu_heap_t *heap, void *ptr);
  * the work issued before the free — an event recorded after it is seen complete,
  * or a device sync — so a block can wait while the GPU runs behind the CPU.
  *
- * GPU_FREE_ORDER_LEGACY: the caller promises that all GPU work touching heap
- * memory runs on the legacy default stream or on blocking streams (cudaStreamCreate
- * without cudaStreamNonBlocking; the per-thread default stream counts) of the
- * heap's device. Then a freed block is handed out again at once: the next
- * allocation that wants quarantined memory records one event after all work issued
- * so far on the context and makes the legacy stream wait for it, and every block
- * freed before becomes idle. Work issued later on the legacy stream, or on a
- * blocking stream (which waits for the legacy stream), runs after the old work;
+ * GPU_FREE_ORDER_LEGACY: a freed block is handed out again at once. The next
+ * allocation that wants quarantined memory records one event after all work
+ * issued so far on the heap device's primary context and makes the context wait
+ * for it (cuCtxRecordEvent, cuCtxWaitEvent), and every block freed before
+ * becomes idle: all work submitted to the context from then on, on any stream
+ * (non-blocking ones and streams created later too), runs after the old work;
  * nothing on the CPU waits. As with cudaFree's sync, this covers every stream of
- * the context, the freeing one included. Work on a non-blocking stream or in
- * another context would not wait: never set it where such work may touch heap
- * memory. gpuheap-run sets it at start (GPUHEAP_FREE_ORDER=event keeps events) and
- * goes back to events the moment the program creates a non-blocking stream or a
- * context of its own.
+ * the context. The caller promises that GPU work touching heap memory runs in
+ * that context (not in a context of its own or a green context), and that no
+ * stream of it is captured into a graph where the heap cannot see it: the heap
+ * asks the legacy stream (which answers for blocking streams), the non-blocking
+ * streams gpuheap-run lists, and counts gpu_capture_begin; a capture elsewhere
+ * would be broken by the context-wide record. gpuheap-run sets it at start
+ * (GPUHEAP_FREE_ORDER=event keeps events) and goes back to events the moment the
+ * program creates a context of its own, a green context's stream or a 65th
+ * non-blocking stream.
  *
  * Process-wide. Going back to GPU_FREE_ORDER_EVENT fences every heap that
  * released blocks in legacy order since its last fence, so that work issued from
- * then on may use any stream; while a stream capture is in progress that fence
+ * then on may run in any context; while a stream capture is in progress that fence
  * cannot run: GPU_ERR_CAPTURING (the order is events from then on, and the fence
- * is owed until the next one). A backend without context-wide events (a driver
- * before CUDA 12.5) stays with events. Errors: GPU_ERR_INVALID (no such order). */
+ * is owed until the next one). A backend without context-wide events and waits
+ * (a driver before CUDA 12.5) stays with events. Errors: GPU_ERR_INVALID (no such order). */
 typedef enum gpu_free_order_t {
     GPU_FREE_ORDER_EVENT = 0,
     GPU_FREE_ORDER_LEGACY = 1,

@@ -618,8 +618,8 @@ static void test_reuse_after_free_waits_for_gpu(void **state) {
 }
 
 /* Legacy free order (gpu_set_free_order): the freed block is handed out again
- * while the kernel that used it still runs, and the legacy stream's wait keeps
- * the new user's work after it. A kernel spins ~200 ms on A (on the legacy, a
+ * while the kernel that used it still runs, and the context's wait keeps the new
+ * user's work after it. A kernel spins ~200 ms on A (on the legacy, a
  * blocking or a non-blocking stream: the cover is context-wide), then fills it
  * with S1; A is freed and B allocated at once — A's own memory, with no fence —
  * and filled with S2 on a blocking stream, then zeroed in part by gpu_calloc's
@@ -657,7 +657,7 @@ static void test_legacy_order_reuses_behind_the_gpu(void **state) {
         if (!running) print_message("%s: the kernel ended before B came back; the test proves less\n", spin_kinds[kind].name);
 
         /* The same with calloc: its memset runs on the backend's own stream,
-         * which waits as the legacy stream does. */
+         * which the context's wait orders as it does every stream. */
         CU_OK(cu_spin_fill(dptr(b), words, s1, cycles, 8, spin));
         assert_int_equal(gpu_heap_free(h, b), GPU_OK);
         void *z = gpu_heap_calloc(h, 1, size);

@@ -190,26 +190,28 @@ static void capture_once(gpu_heap_t *h, bool blocking) {
     heap_ok(h);
 }
 
-/* Legacy free order with a listed non-blocking stream (what gpuheap-run does for
- * the streams a program creates): the stream is listed while a kernel on the
- * legacy stream still writes block A, A is freed and comes back at once as B,
- * and B is filled on the listed stream — which, listed after A's kernel began,
- * waits for it, and waits again at the release. Without the list the fill would
- * run beside the kernel and lose words to its late writes. */
+/* Legacy free order and a non-blocking stream — listed before (what gpuheap-run
+ * does for the streams a program creates), listed after the kernel below began,
+ * or never listed: a kernel on the legacy stream still writes block A, A is freed
+ * and comes back at once as B, and B is filled on the non-blocking stream, which
+ * the context wait at the release orders after the kernel whether listed or not
+ * (the list only lets the fence ask it about captures). Without that wait the
+ * fill would run beside the kernel and lose words to its late writes. */
 static void test_legacy_order_listed_stream(void **state) {
     gpu_heap_t *h = *state;
     const size_t size = 64 * MiB, words = size / 4;
     const long long cycles = 200 * cu_util_cycles_per_ms();
+    static const char *const how[] = {"listed before", "listed after the kernel began", "never listed"};
     assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_LEGACY), GPU_OK);
-    for (int listed_late = 0; listed_late < 2; listed_late++) {
+    for (int k = 0; k < 3; k++) {
         CUstream nb = NULL;
         CU_OK(cu.cuStreamCreate(&nb, CU_STREAM_NON_BLOCKING));
-        if (!listed_late) assert_int_equal(vmm_cuda_order_track((uintptr_t)nb), GPU_OK);
+        if (k == 0) assert_int_equal(vmm_cuda_order_track((uintptr_t)nb), GPU_OK);
         void *a = gpu_heap_malloc(h, size);
         assert_non_null(a);
         CU_OK(cu_fill(dptr(a), words, 1, NULL));
         CU_OK(cu_spin_fill(dptr(a), words, 0xF0000000u, cycles, 8, NULL));
-        if (listed_late) assert_int_equal(vmm_cuda_order_track((uintptr_t)nb), GPU_OK); /* waits for the kernel */
+        if (k == 1) assert_int_equal(vmm_cuda_order_track((uintptr_t)nb), GPU_OK);
         assert_int_equal(gpu_heap_free(h, a), GPU_OK);
         void *b = gpu_heap_malloc(h, size);
         int running = cu.cuStreamQuery(NULL) == CUDA_ERROR_NOT_READY;
@@ -217,10 +219,10 @@ static void test_legacy_order_listed_stream(void **state) {
         CU_OK(cu_fill(dptr(b), words, 0x0F000000u, nb));
         CU_OK(cu.cuStreamSynchronize(nb));
         uint64_t bad = cu_check(dptr(b), words, 0x0F000000u, 0);
-        print_message("listed %s: kernel running when A came back: %s; words lost: %llu\n",
-                      listed_late ? "after the kernel began" : "before", running ? "yes" : "no", (unsigned long long)bad);
-        if (bad) fail_msg("B lost %llu words to the kernel still using freed A", (unsigned long long)bad);
-        vmm_cuda_order_untrack((uintptr_t)nb);
+        print_message("%s: kernel running when A came back: %s; words lost: %llu\n", how[k], running ? "yes" : "no",
+                      (unsigned long long)bad);
+        if (bad) fail_msg("%s: B lost %llu words to the kernel still using freed A", how[k], (unsigned long long)bad);
+        if (k < 2) vmm_cuda_order_untrack((uintptr_t)nb);
         CU_OK(cu.cuStreamDestroy(nb));
         assert_int_equal(gpu_heap_free(h, b), GPU_OK);
         heap_ok(h);

@@ -33,8 +33,8 @@ static void usage(FILE *f) {
                "  Replays TRACE's malloc/free/realloc/trim calls against each allocator and prints\n"
                "  time, peak physical memory held and fragmentation (peak physical / peak live).\n"
                "  --lag MS (host backend): events complete MS ms after their record on the trace's clock.\n"
-               "  --free-order legacy: gpuheap hands freed blocks out at once, the legacy stream made to wait\n"
-               "  (gpu_set_free_order; what gpuheap-run does for a program without non-blocking streams).\n");
+               "  --free-order legacy: gpuheap hands freed blocks out at once, the context made to wait\n"
+               "  (gpu_set_free_order; what gpuheap-run does for a program in one context).\n");
 }
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }

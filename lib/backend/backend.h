@@ -108,12 +108,12 @@ typedef struct vmm_ops {
      * without context events). */
     int (*fence_record)(vmm_backend *b, uintptr_t stream, vmm_event *out);
     /* Records a context-wide event as fence_record does and, in the same entry,
-     * makes the legacy default stream wait for it (cuStreamWaitEvent): later work
-     * on the legacy stream, and on every blocking stream (which waits for the
-     * legacy stream's work), runs after all work issued so far on the context.
-     * The event is the backend's own again at once: the wait is what counts.
-     * Refused like fence_record while a capture is in progress. May be NULL
-     * (offered where fence_record is). */
+     * makes the context wait for it (cuCtxWaitEvent): all work submitted to the
+     * context later, on any of its streams (those created later too), runs after
+     * all work issued so far on it. The event is the backend's own again at
+     * once: the wait is what counts. Refused like fence_record while a capture
+     * is in progress, or a listed stream's (vmm_cuda_order_track). May be NULL
+     * (a driver without context events or context waits). */
     int (*fence_order)(vmm_backend *b, uintptr_t stream);
     /* 1 when stream is being captured into a graph (for stream 0: when any
      * blocking stream is, as the legacy stream reports it), 0 when not. */
@@ -184,14 +184,11 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out);
  * current or no driver is loaded. */
 int vmm_cuda_current_device(void);
 /* Legacy free order's non-blocking streams (CUDA backend, process-wide): a
- * stream the program created that does not wait for the legacy stream is listed
- * here (by the interposer, which sees it created) and from then on waits where
- * fence_order makes the legacy stream wait; listing it first makes it wait for
- * all work issued so far on the current context. GPU_OK; GPU_ERR_CAPTURING while
- * a capture is in progress, GPU_ERR_BUSY when the list is full or a listed
- * stream is being captured, GPU_ERR_BACKEND or GPU_ERR_NO_DRIVER otherwise (the
- * caller then goes back to event order). Untrack before the stream is
- * destroyed. */
+ * stream the program created that the legacy stream does not answer for in a
+ * capture query is listed here (by the interposer, which sees it created), so
+ * that fence_order asks it too and never breaks its capture. GPU_OK;
+ * GPU_ERR_BUSY when the list is full (64; the caller then goes back to event
+ * order). Untrack before the stream is destroyed. */
 int vmm_cuda_order_track(uintptr_t stream);
 void vmm_cuda_order_untrack(uintptr_t stream);
 /* The dlsym the CUDA loader (cuda/loader.h) looks libcuda's cuGetProcAddress up

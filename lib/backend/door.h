@@ -86,9 +86,9 @@ int vmm_call_event_wait(vmm_door *d, vmm_event ev);
  * fence_record); GPU_ERR_CAPTURING, recording nothing, while vmm_call_capturing
  * would say true for stream; GPU_ERR_BACKEND when the backend has none. */
 int vmm_call_fence_record(vmm_door *d, uintptr_t stream, vmm_event *out);
-/* The legacy default stream made to wait for all work issued so far on the
- * context (the backend's fence_order): later work there and on blocking streams
- * runs after it. Refused as vmm_call_fence_record is; counted as an event record. */
+/* The context made to wait for all work issued so far on it (the backend's
+ * fence_order): later work on any of its streams runs after it. Refused as
+ * vmm_call_fence_record is; counted as an event record. */
 int vmm_call_fence_order(vmm_door *d, uintptr_t stream);
 void vmm_call_event_release(vmm_door *d, vmm_event ev);
 /* True when a capture is in progress that a fence would break: stream's (if not

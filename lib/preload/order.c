@@ -8,21 +8,22 @@
  * waits in the quarantine until an event shows that the GPU passed the free — and
  * a training loop's GPU runs tens of milliseconds behind, so the heap maps new
  * memory meanwhile (a CNN under gpuheap-run held twice its live peak). A program
- * that issues all its work on the legacy default stream and blocking streams
- * (PyTorch's default, CuPy's, most CUDA samples) needs no CPU wait at all: once
- * the legacy stream waits for the work issued before a free, every later kernel
- * on those streams runs after it. So the interposer starts the process in legacy
- * free order (gpu_set_free_order; GPUHEAP_FREE_ORDER=event keeps events) and
- * watches the streams: a non-blocking stream (cuStreamCreate/WithPriority with
+ * whose GPU work runs in the device's primary context (PyTorch's, CuPy's, most
+ * CUDA samples) needs no CPU wait at all: once the context waits for the work
+ * issued before a free (cuCtxWaitEvent), every later kernel on any of its streams
+ * runs after it. So the interposer starts the process in legacy free order
+ * (gpu_set_free_order; GPUHEAP_FREE_ORDER=event keeps events) and watches the
+ * streams: a non-blocking stream (cuStreamCreate/WithPriority with
  * CU_STREAM_NON_BLOCKING, which cudaStreamCreateWithFlags reaches, as does NCCL)
- * is listed with the backend, which makes it wait wherever the legacy stream
- * waits, and first for everything issued so far (lib/backend/cuda/ordered.c);
- * cuStreamDestroy takes it off. What cannot be listed — a context of the
- * program's own (cuCtxCreate: its streams follow another legacy stream), a green
- * context's stream, a 65th non-blocking stream, one created during a capture —
- * sends the order back to events before the call reaches the driver, which
- * fences the heaps once: nothing issued before can overlap the new work. No process loses its memory to this: a block is still reused
- * only where the GPU's own ordering keeps the old work first.
+ * is listed with the backend, which asks it before each fence whether it is
+ * being captured — the context-wide record would break its capture
+ * (lib/backend/cuda/ordered.c); cuStreamDestroy takes it off. What the context
+ * wait does not cover or the list cannot hold — a context of the program's own
+ * (cuCtxCreate), a green context's stream, a 65th non-blocking stream — sends the
+ * order back to events before the call reaches the driver, which fences the
+ * heaps once: nothing issued before can overlap the new work. No process loses
+ * its memory to this: a block is still reused only where the GPU's own ordering
+ * keeps the old work first.
  *
  * Only where the interposer is the process's dlsym (LD_PRELOAD) does it see
  * every stream created; loaded later by dlopen (a framework's pluggable
@@ -76,7 +77,7 @@ static void order_leave(const char *why) {
 void pl_order_describe(char *buf, size_t len) {
     pthread_mutex_lock(&order_lock);
     if (gpu_free_order() == GPU_FREE_ORDER_LEGACY)
-        snprintf(buf, len, "legacy (freed blocks handed out at once, the legacy stream and %u non-blocking streams made to wait)",
+        snprintf(buf, len, "legacy (freed blocks handed out at once, the context made to wait; %u non-blocking streams listed)",
                  ordered_streams);
     else
         snprintf(buf, len, "events (%s)", order_why[0] ? order_why : "the library's default");
@@ -89,10 +90,9 @@ enum { PL_CU_STREAM_NON_BLOCKING = 1 }; /* CU_STREAM_NON_BLOCKING (abi_check.c) 
 
 #define REAL(e, type, ...) (pl_real(e) ? ((type)pl_real(e))(__VA_ARGS__) : PL_CU_ERROR_NOT_INITIALIZED)
 
-/* A non-blocking stream just created: in legacy order it is listed, so that it
- * waits where the legacy stream does (and first for all work so far); where it
- * cannot be, the order goes back to events. Under the order lock, so that a
- * switch and a listing never cross. */
+/* A non-blocking stream just created: in legacy order it is listed, so that no
+ * fence breaks its captures; where it cannot be, the order goes back to events.
+ * Under the order lock, so that a switch and a listing never cross. */
 static void order_stream_created(pl_cu_stream stream) {
     pthread_mutex_lock(&order_lock);
     bool legacy = gpu_free_order() == GPU_FREE_ORDER_LEGACY;
@@ -104,8 +104,8 @@ static void order_stream_created(pl_cu_stream stream) {
     if (legacy && rc == GPU_OK) ordered_streams++;
     pthread_mutex_unlock(&order_lock);
     if (legacy && rc != GPU_OK)
-        order_leave(rc == GPU_ERR_BUSY ? "a non-blocking stream could not be ordered (64 listed, or one captured)"
-                                       : "a non-blocking stream could not be ordered");
+        order_leave(rc == GPU_ERR_BUSY ? "a non-blocking stream could not be listed (64 listed)"
+                                       : "a non-blocking stream could not be listed");
 }
 
 PL_EXPORT pl_cu_result cuStreamCreate(pl_cu_stream *stream, unsigned flags) {

@@ -195,7 +195,7 @@ static void test_free_order_lists_a_non_blocking_stream(void **state) {
     char err[8192];
     int rc = child("order-non-blocking", NULL, err, sizeof err);
     if (rc) fail_msg("step %d; stderr:\n%s", rc, err);
-    expect_in(err, "free order: legacy (freed blocks handed out at once, the legacy stream and 1 non-blocking streams");
+    expect_in(err, "free order: legacy (freed blocks handed out at once, the context made to wait; 1 non-blocking streams listed");
 }
 
 static void test_free_order_ends_at_a_context(void **state) {

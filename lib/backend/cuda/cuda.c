@@ -244,10 +244,12 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
     }
     /* Newer than the table's 12.0 ABI: asked at the driver's own version. */
     cb->ctx_record_event = (CUresult(*)(CUcontext, CUevent))cuda_loader_proc_newest("cuCtxRecordEvent");
+    cb->ctx_wait_event = (CUresult(*)(CUcontext, CUevent))cuda_loader_proc_newest("cuCtxWaitEvent");
     /* The table says what this driver offers: the door tests an optional op's
      * entry, so an op the driver lacks is absent, never offered and then refused. */
     cb->ops = cuda_ops;
-    if (!cb->ctx_record_event) cb->ops.fence_record = NULL, cb->ops.fence_order = NULL;
+    if (!cb->ctx_record_event) cb->ops.fence_record = NULL;
+    if (!cb->ctx_record_event || !cb->ctx_wait_event) cb->ops.fence_order = NULL;
     cb->base.ops = &cb->ops;
     cuda_ipc_probe(cb, cfg);
     if (cuda_enter(cb, "open") == GPU_OK) {

@@ -17,12 +17,13 @@
 
 typedef struct cuda_backend {
     vmm_backend base; /* first, so a vmm_backend * is a cuda_backend * */
-    vmm_ops ops;      /* cuda_ops less what this driver lacks (fence_record and fence_order without cuCtxRecordEvent) */
+    vmm_ops ops;      /* cuda_ops less what this driver lacks (fence_record without cuCtxRecordEvent, fence_order without it or cuCtxWaitEvent) */
     const struct cuda_fns *f;
     CUdevice dev;
     CUcontext ctx; /* the device's primary context, retained while open */
     CUstream quiet; /* a non-blocking stream of our own: a memset there neither waits for nor joins a capture */
     CUresult (*ctx_record_event)(CUcontext, CUevent); /* cuCtxRecordEvent (CUDA 12.5+), or NULL */
+    CUresult (*ctx_wait_event)(CUcontext, CUevent);   /* cuCtxWaitEvent (CUDA 12.5+), or NULL */
     /* requestedHandleTypes of every cuMemCreate: POSIX_FILE_DESCRIPTOR when the
      * memory is to be exportable (caps.exportable), else NONE. */
     CUmemAllocationHandleType handle_types;
@@ -70,14 +71,13 @@ int cuda_import_fd(vmm_backend *b, int fd, size_t size, vmm_handle *out);
  * refuses. Primary context retained. */
 void cuda_ipc_probe(cuda_backend *cb, const gpu_config_t *cfg);
 
-/* ordered.c: the program's non-blocking streams, waited on by fence_order. The
- * list is locked across a fence_order's capture checks and waits. */
+/* ordered.c: the program's non-blocking streams, whose captures fence_order must
+ * not break. The list is locked across a fence_order's capture checks and its
+ * record. */
 void cuda_ordered_lock(void);
 void cuda_ordered_unlock(void);
 /* True when a listed stream is being captured (or cannot say). Lock held. */
 bool cuda_ordered_capturing(const struct cuda_fns *f);
-/* Makes every listed stream wait for ev. Lock held. */
-CUresult cuda_ordered_wait(const struct cuda_fns *f, CUevent ev);
 
 /* events.c: the fence, stream order and capture. */
 int cuda_fence(vmm_backend *b);
