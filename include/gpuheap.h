@@ -474,7 +474,7 @@ int gpu_ipc_close_mem_handle(void *ptr);
     X(paused_bytes, "physical bytes of live blocks given back by gpu_pause")          \
     X(backup_bytes, "pinned host bytes holding paused contents")                     \
     X(backup_pinned_bytes, "pinned host bytes the heap holds for backups: paused contents, or the buffer kept for the next pause (gpu_heap_trim frees it)") \
-    X(order_releases, "quarantine releases in legacy free order: the legacy stream made to wait, not the CPU (gpu_set_free_order)")
+    X(order_releases, "quarantine releases in legacy free order: the context made to wait, not the CPU (gpu_set_free_order)")
 
 /* 5: extents_lost. 6: ipc_exports, ipc_imports_open. 7: paused_bytes, backup_bytes (memory control).
  * 8: backup_pinned_bytes. 9: order_releases. */

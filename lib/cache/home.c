@@ -107,15 +107,16 @@ static void home_flush_locked(gpu_heap_t *h) {
 
 /* The heap is about to map new memory (lock held): this thread's mid slots give
  * their blocks back first, so that blocks kept for reuse never make the heap
- * grow, and the other threads' caches that hold mid blocks are asked to give
- * them back at their next allocation (a framework frees on one thread what its
- * other threads allocate: their kept blocks pin shared extents too). The small
- * classes keep theirs (a granule's worth at most per class, refilled in runs the
- * heap carves). */
-static bool home_room_locked(gpu_heap_t *h) {
+ * grow, and — where the mapping would pass the heap's physical budget — the other
+ * threads' caches that hold mid blocks are asked to give them back at their next
+ * allocation (a framework frees on one thread what its other threads allocate:
+ * their kept blocks pin shared extents too; below the budget the heap may map
+ * anyway). The small classes keep theirs (a granule's worth at most per class,
+ * refilled in runs the heap carves). */
+static bool home_room_locked(gpu_heap_t *h, bool past_budget) {
     tc_home *home = home_find(h);
     tcache *mine = tcache_mine(h);
-    for (tcache *c = home ? home->caches : NULL; c; c = c->next)
+    for (tcache *c = past_budget && home ? home->caches : NULL; c; c = c->next)
         if (c != mine && atomic_load_explicit(&c->mid.blocks, memory_order_relaxed))
             atomic_fetch_or_explicit(&c->flush_asked, TC_FLUSH_MID, memory_order_relaxed);
     return mine && tcache_give_back_mid_locked(h, mine);

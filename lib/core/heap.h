@@ -198,9 +198,11 @@ typedef struct heap_hooks {
      * for h on this thread, and asks other threads to do the same. */
     void (*flush_locked)(gpu_heap_t *h);
     /* The heap is about to map new memory, lock held: the layer gives back free
-     * blocks it holds for h on this thread that could serve instead; true when
-     * it gave any (the heap looks again before it maps). */
-    bool (*room_locked)(gpu_heap_t *h);
+     * blocks it holds for h on this thread that could serve instead, and with
+     * past_budget (the mapping would take the heap past its physical budget)
+     * asks other threads to do the same; true when it gave any (the heap looks
+     * again before it maps). */
+    bool (*room_locked)(gpu_heap_t *h, bool past_budget);
 } heap_hooks;
 
 #define HEAP_HOOKS_MAX 4

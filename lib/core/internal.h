@@ -295,6 +295,6 @@ void hooks_stats(gpu_heap_t *h, gpu_stats_t *s);
 void hooks_trimming(gpu_heap_t *h);
 void hooks_flush_locked(gpu_heap_t *h);
 /* Every room_locked hook; true when any gave memory back. */
-bool hooks_room_locked(gpu_heap_t *h);
+bool hooks_room_locked(gpu_heap_t *h, bool past_budget);
 
 #endif /* GPUHEAP_CORE_INTERNAL_H */
