@@ -125,7 +125,7 @@ static rung_result try_idle(alloc_req *r) {
 }
 
 /* In legacy free order (gpu_set_free_order) quarantined blocks wait for no one:
- * one driver entry makes the legacy stream wait for the work issued before their
+ * one driver entry makes the context wait for the work issued before their
  * frees, and they are idle at once (quarantine.c). A GPU running behind the CPU
  * then holds no freed memory back; under a training loop's lag the event order
  * mapped new memory meanwhile (bench/RESULTS.md). The release waits for the
@@ -278,7 +278,7 @@ static const struct rung {
     [ON_IDLE] = {try_idle, false},         /* idle memory that fits */
     [ON_REAP] = {try_reap, true},          /* completed events make blocks idle */
     [ON_WEIGH] = {weigh, false},           /* what new memory would cost */
-    [ON_ORDER] = {try_order, true},        /* legacy free order: the legacy stream waits, blocks idle */
+    [ON_ORDER] = {try_order, true},        /* legacy free order: the context waits, blocks idle */
     [ON_SEAL] = {try_seal, true},          /* seal the quarantine; look at once when it pays */
     [ON_ROOM] = {try_room, true},          /* blocks the thread caches keep come back */
     [ON_ANY_IDLE] = {try_any_idle, true},  /* past the budget: any idle block that holds it */

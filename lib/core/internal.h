@@ -127,8 +127,8 @@ static inline bool quarantine_covered(gpu_heap_t *h, uint64_t tag) {
  * quarantine after it), so that the miss that wants this memory finds the GPU
  * past it. Lock held; dropped around the driver call. */
 void quarantine_early_locked(gpu_heap_t *h);
-/* In legacy free order (gpu_set_free_order): makes the legacy stream wait for
- * all work issued so far and releases the quarantine and every sealed batch at
+/* In legacy free order (gpu_set_free_order): makes the context wait for all
+ * work issued so far and releases the quarantine and every sealed batch at
  * once (with empty_ok also when nothing waits: the thread caches' frees). True
  * when it did; false in event order, while a capture is in progress, or while
  * another thread records or asks. Lock held; dropped around the driver call. */
@@ -254,14 +254,15 @@ typedef bool (*events_done_fn)(gpu_heap_t *h, const event_entry *e, void *arg);
 
 /* What an event marks: the work issued so far on one stream, or on the whole
  * context (refused with GPU_ERR_CAPTURING while a capture is in progress, as a
- * fence would be); EVENT_ORDERED also makes the legacy stream wait for it. */
+ * fence would be); EVENT_ORDERED also makes all later work of the context wait
+ * for it. */
 typedef enum event_kind { EVENT_ON_STREAM, EVENT_ON_CONTEXT, EVENT_ORDERED } event_kind;
 /* Records an event of kind EVENT_ON_STREAM or EVENT_ON_CONTEXT and appends item
  * with it. The queue must have room and not be busy. Lock held; dropped around
  * the driver calls (busy meanwhile). A failed record appends nothing and returns
  * the error. */
 int events_record_locked(gpu_heap_t *h, event_queue q, uintptr_t stream, event_kind kind, const event_entry *item);
-/* Makes the legacy stream wait for all work issued so far (an EVENT_ORDERED
+/* Makes the context wait for all work issued so far (an EVENT_ORDERED
  * record: no event is kept). busy is set while the lock is dropped around the
  * driver call. */
 int events_order_locked(gpu_heap_t *h, bool *busy, uintptr_t stream);

@@ -78,7 +78,7 @@ static bool pick_one(block *b, void *arg) {
 
 /* Releases whole idle extents inside [lo, hi) until idle bytes are at most keep.
  * In legacy free order idle memory may still be in use by work issued before
- * its free — the legacy stream was made to wait for it, the CPU was not — so
+ * its free — the context was made to wait for it, the CPU was not — so
  * nothing is unmapped before a fence has passed the last such release (on the
  * H200 an unmap there made a PyTorch run fault on an illegal address). */
 #define ORDER_FENCE_TRIES 4 /* fences a release in order made during the last may ask for; then it waits for a later trim */

@@ -340,9 +340,9 @@ int load_mapping(gpu_heap_t *h, file_map *m, load_timing *tm) {
     size_t usable = 0;
     if (arc == GPU_OK) (void)heap_usable_size(h, p, &usable);
     /* In legacy free order the block may have been handed out while work issued
-     * before its free still runs, ordered only for the legacy and blocking
-     * streams; the copies run on the backend's own non-blocking queues (or
-     * cuFile's), so the load waits for the GPU first. */
+     * before its free still runs, ordered only for work submitted to the context
+     * later (the context wait): the backend's copy queues are, but cuFile's reads
+     * are not stream work, so the load waits for the GPU first. */
     if (arc == GPU_OK && heap_free_order() == GPU_FREE_ORDER_LEGACY && (arc = vmm_call_fence(&h->door)) != GPU_OK) {
         gh_note(arc, "gpu_map_file: waiting for the GPU before loading (legacy free order): %s", vmm_error());
         (void)heap_free(h, p);
