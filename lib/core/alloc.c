@@ -180,8 +180,10 @@ static rung_result try_seal(alloc_req *r) {
  * seal tried again after it, placement on RMM's random workload came out worse:
  * 4 MiB 100k 1.109 -> 1.119x its live peak, 1 MiB 1k 1.100 -> 1.236x.) Other
  * threads' caches are asked for theirs only when the mapping would pass the
- * physical budget: asked at every mapping, 16 threads of warm 1 MiB pairs
- * emptied each other's rings at each one and refilled them under the lock. */
+ * physical budget: asked at every mapping, each thread that mapped emptied the
+ * others' rings, which refilled under the lock (16 threads of warm 64 KiB pairs
+ * on an H100: 95 -> 107-123 M pairs/s; 1 MiB pairs are held back by their
+ * covers instead, bench/RESULTS.md). */
 static rung_result try_room(alloc_req *r) {
     bool past = r->h->mapped_bytes + r->size > physical_budget(r->h, r->need);
     return hooks_room_locked(r->h, past) ? RUNG_RETRY : RUNG_MISS;

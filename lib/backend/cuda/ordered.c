@@ -44,7 +44,7 @@ int vmm_cuda_order_track(uintptr_t stream) {
     bool room = nordered < ORDERED_MAX;
     if (room) ordered[nordered++] = (CUstream)stream;
     cuda_ordered_unlock();
-    return room ? GPU_OK : vmm_fail(NULL, GPU_ERR_BUSY, "ordering a new stream: %u streams listed already", nordered);
+    return room ? GPU_OK : vmm_fail(NULL, GPU_ERR_BUSY, "listing a new stream: %u streams listed already", nordered);
 }
 
 void vmm_cuda_order_untrack(uintptr_t stream) {
