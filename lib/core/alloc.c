@@ -96,7 +96,8 @@ typedef struct alloc_req {
     bool fitted;      /* two granules or more: idle memory only where it fills whole extents */
     bool own;         /* new memory is an extent of its own (else a shared one) */
     size_t size;      /* weighed each round: the new extent's size */
-    bool tight;       /* weighed each round: mapping it passes the physical budget */
+    bool past_budget; /* weighed each round: mapping the new extent passes the physical budget */
+    bool tight;       /* the same, for a block of extents of its own (past_budget && own) */
     unsigned tried;   /* the once-only rungs already tried, one bit each */
     block *b;         /* the block found */
     int rc;           /* how the request ends (or how mapping failed) */
@@ -156,7 +157,8 @@ static rung_result try_reap(alloc_req *r) {
 static rung_result weigh(alloc_req *r) {
     gpu_heap_t *h = r->h;
     r->size = r->own ? gh_align_up(r->need, h->gran) : shared_extent_size(h, r->need);
-    r->tight = r->own && h->mapped_bytes + r->size > physical_budget(h, r->need);
+    r->past_budget = h->mapped_bytes + r->size > physical_budget(h, r->need);
+    r->tight = r->own && r->past_budget;
     return RUNG_MISS;
 }
 
@@ -184,10 +186,7 @@ static rung_result try_seal(alloc_req *r) {
  * others' rings, which refilled under the lock (16 threads of warm 64 KiB pairs
  * on an H100: 95 -> 107-123 M pairs/s; 1 MiB pairs are held back by their
  * covers instead, bench/RESULTS.md). */
-static rung_result try_room(alloc_req *r) {
-    bool past = r->h->mapped_bytes + r->size > physical_budget(r->h, r->need);
-    return hooks_room_locked(r->h, past) ? RUNG_RETRY : RUNG_MISS;
-}
+static rung_result try_room(alloc_req *r) { return hooks_room_locked(r->h, r->past_budget) ? RUNG_RETRY : RUNG_MISS; }
 
 /* Over the physical budget, a large block takes any idle block that holds it
  * rather than new memory. */
