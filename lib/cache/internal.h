@@ -32,6 +32,7 @@ typedef struct tc_entry {
 typedef struct tc_budget {
     _Atomic size_t bytes, blocks;
     size_t limit;
+    size_t start; /* a ring's first depth holds about this many bytes (ring_depth) */
 } tc_budget;
 
 /* A ring of free blocks of one class, oldest first: fresh blocks go in front,
@@ -39,7 +40,9 @@ typedef struct tc_budget {
 typedef struct tc_class {
     tc_entry *ring;
     uint32_t cap, mask, head, n; /* mask: cap - 1 (cap is a power of two) */
-    uint32_t frees;    /* frees taken, for the looks at the covers (cover_tick) */
+    uint32_t depth;    /* the depth refills keep the ring at (a power of two, at most cap): it
+                        * doubles while the head still waits for its cover (tcache.c, refill) */
+    uint32_t frees;    /* frees taken, for the looks at the covers (cover_tick): every depth / 2 */
     size_t size;       /* the blocks' exact size (a mid slot: 0 while unassigned) */
     tc_budget *budget; /* the cache's small or mid budget */
 } tc_class;
@@ -86,16 +89,28 @@ static inline size_t tc_limit_bytes(const gpu_heap_t *h) {
 static inline size_t tc_limit_need(const gpu_heap_t *h) {
     return TC_MAX_BYTES < h->gran ? TC_MAX_BYTES : h->gran - GH_QUANTUM;
 }
-/* The mid slots' budget: twice the small classes' (so 64 MiB by default, what
- * the heap's quarantine lets wait anyway), bounded by the release threshold;
- * and the largest need they take: under a granule (for the reason above) and
- * small enough for a ring of TC_MID_RING_MIN blocks within the budget. */
-static inline size_t tc_mid_limit_bytes(const gpu_heap_t *h) {
-    size_t b = h->cfg.thread_cache <= SIZE_MAX / 2 ? 2 * h->cfg.thread_cache : SIZE_MAX;
+/* The mid slots' budget: eight times the small classes' (256 MiB by default),
+ * bounded by the release threshold. A mid ring starts at a depth that holds
+ * about a quarter of that (tc_mid_start_bytes: 64 MiB, what the heap's
+ * quarantine lets wait anyway) and deepens toward the whole budget only while
+ * its oldest block is still waiting for its cover when its turn comes: a block
+ * is reused a ring's length of frees after it was freed, and that must be
+ * longer than a cover takes to record and be seen complete — 0.34 us for one
+ * thread on an H200, 4.7 us (median) to 20 us (p90) with 16 threads recording
+ * at once. At 64 deep, 16 threads of 1 MiB pairs made 2x the throughput of one;
+ * at 256, 14-16x (bench/RESULTS.md). The largest need the slots take: under a
+ * granule (for the reason above) and small enough for a ring of
+ * TC_MID_RING_MIN blocks within the starting depth's bytes. */
+#define TC_MID_BUDGET_SCALE 8u
+#define TC_MID_START_SCALE 2u
+static inline size_t tc_scaled(const gpu_heap_t *h, size_t scale) {
+    size_t b = h->cfg.thread_cache <= SIZE_MAX / scale ? scale * h->cfg.thread_cache : SIZE_MAX;
     return b < h->cfg.release_threshold ? b : h->cfg.release_threshold;
 }
+static inline size_t tc_mid_limit_bytes(const gpu_heap_t *h) { return tc_scaled(h, TC_MID_BUDGET_SCALE); }
+static inline size_t tc_mid_start_bytes(const gpu_heap_t *h) { return tc_scaled(h, TC_MID_START_SCALE); }
 static inline size_t tc_mid_limit_need(const gpu_heap_t *h) {
-    size_t n = tc_mid_limit_bytes(h) / TC_MID_RING_MIN / GH_QUANTUM * GH_QUANTUM;
+    size_t n = tc_mid_start_bytes(h) / TC_MID_RING_MIN / GH_QUANTUM * GH_QUANTUM;
     if (n > h->gran - GH_QUANTUM) n = h->gran - GH_QUANTUM;
     if (n > TC_MID_MAX_BYTES) n = TC_MID_MAX_BYTES;
     return n > tc_limit_need(h) ? n : 0;

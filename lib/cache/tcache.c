@@ -36,7 +36,10 @@
  * numbered at least that has completed (quarantine.c) — a lock-free comparison.
  * Every half ring of frees a cache looks at the covers ahead of need (queries
  * the sealed events, seals what was freed since); one whose oldest block is
- * still waiting asks again and meanwhile takes fresh blocks from the heap.
+ * still waiting asks again and meanwhile takes fresh blocks from the heap. A
+ * mid ring whose head keeps waiting deepens (internal.h, tc_mid_limit_bytes):
+ * with many threads a cover takes longer to be seen than a shallow ring takes
+ * to come round.
  *
  * What a cache holds is bounded (cfg.thread_cache bytes per thread and heap;
  * GPUHEAP_THREAD_CACHE=0 turns caching off). gpu_heap_trim and out-of-memory
@@ -196,6 +199,8 @@ static tcache *tcache_of(gpu_heap_t *h) {
     c->home = home;
     c->small.limit = limit;
     c->mid.limit = tc_mid_limit_bytes(h);
+    c->small.start = TC_CLASS_BYTES;
+    c->mid.start = tc_mid_start_bytes(h);
     c->classes = (unsigned)(tc_limit_need(h) / GH_QUANTUM);
     c->mid_quanta = (unsigned)(tc_mid_limit_need(h) / GH_QUANTUM);
     for (unsigned k = 0; k < TC_ALL; k++) {
@@ -216,13 +221,25 @@ static tcache *tcache_of(gpu_heap_t *h) {
 
 /* ---- the slow paths ------------------------------------------------------------- */
 
-/* The ring's capacity for blocks of q's size: a small class holds about
- * TC_CLASS_BYTES, a mid slot at most its whole budget. */
+/* Ring lengths for blocks of q's size: the largest power of two whose blocks
+ * fit in bytes, within [the kind's least, TC_RING_MAX]. */
+static uint32_t ring_len(const tc_class *q, size_t bytes) {
+    uint32_t len = TC_RING_MAX, least = q->size > TC_MAX_BYTES ? TC_MID_RING_MIN : TC_RING_MIN;
+    while (len > least && (size_t)len * q->size > bytes) len /= 2;
+    return len;
+}
+
+/* The ring's capacity: a small class holds about TC_CLASS_BYTES, a mid slot at
+ * most its whole budget. */
 static uint32_t ring_cap(const tc_class *q) {
-    size_t bytes = q->size > TC_MAX_BYTES ? q->budget->limit : TC_CLASS_BYTES;
-    uint32_t cap = TC_RING_MAX, least = q->size > TC_MAX_BYTES ? TC_MID_RING_MIN : TC_RING_MIN;
-    while (cap > least && (size_t)cap * q->size > bytes) cap /= 2;
-    return cap;
+    return ring_len(q, q->size > TC_MAX_BYTES ? q->budget->limit : TC_CLASS_BYTES);
+}
+
+/* The depth a new ring is kept at: its budget's starting bytes (a small class:
+ * its capacity). */
+static uint32_t ring_depth(const tc_class *q) {
+    uint32_t d = ring_len(q, q->budget->start);
+    return d < q->cap ? d : q->cap;
 }
 
 static bool ring_ready(tc_class *q) {
@@ -232,6 +249,7 @@ static bool ring_ready(tc_class *q) {
     if (!q->ring) return false;
     q->cap = cap;
     q->mask = cap - 1;
+    q->depth = ring_depth(q);
     q->head = q->n = 0;
     return true;
 }
@@ -277,12 +295,20 @@ static int refill(gpu_heap_t *h, tcache *c, tc_class *q) {
     if (!ring_ready(q)) return GH_MISS;
     size_t size = q->size;
     heap_lock(h);
-    /* A ring shallower than half its capacity also grows, so that the looks
-     * every half ring (cover_tick) find its head covered in time. */
-    if (q->n && head_covered_locked(h, q) && q->n >= q->cap / 2) {
+    /* A ring shallower than half its depth also grows, so that the looks
+     * every half depth (cover_tick) find its head covered in time. */
+    /* a cover recorded since the head's free, before this refill asked for one */
+    bool recorded = q->n && atomic_load_explicit(&h->cover_seq, memory_order_relaxed) > q->ring[q->head].tag;
+    bool covered = q->n && head_covered_locked(h, q);
+    if (covered && q->n >= q->depth / 2) {
         heap_unlock(h);
         return GPU_OK;
     }
+    /* At half its depth or more, and the head still waits on a cover recorded
+     * after its free: a ring's length of frees is shorter than a cover takes to
+     * be seen complete, so the ring deepens (its looks spread out with it), as
+     * far as its capacity. */
+    if (!covered && recorded && q->n >= q->depth / 2 && q->depth < q->cap) q->depth *= 2;
     if (q->n == q->cap) drop_oldest_locked(h, q, q->cap / 2); /* all waiting: the heap's quarantine takes the older half */
     size_t room = room_locked(h, c, q);
     size_t want = size <= TC_MAX_BYTES ? TC_REFILL_BYTES / size : 1; /* a mid block: one at a time */
@@ -332,12 +358,13 @@ static bool slot_take(gpu_heap_t *h, tc_class *q, size_t need) {
         q->ring = NULL;
     }
     q->frees = 0;
+    if (q->ring) q->depth = ring_depth(q); /* a kept ring starts over at the new size's depth */
     if (ring_ready(q)) return true;
     q->size = 0;
     return false;
 }
 
-/* Every half ring of frees a cache asks for covers ahead of need, so that by
+/* Every half depth of frees a cache asks for covers ahead of need, so that by
  * the time its ring gets round to these blocks an event recorded after them has
  * completed and been seen: it queries what was sealed and, unless another
  * thread sealed since this cache last looked, seals what was freed since. With
@@ -447,8 +474,8 @@ static inline bool put_back(gpu_heap_t *h, tcache *c, tc_class *q, block *b, uin
     q->ring[(q->head + q->n) & q->mask] = (tc_entry){b, start, tag};
     q->n++;
     count(q, +1, 1);
-    /* every cap / 2 frees (cap is a power of two: a mask, not a division) */
-    if (__builtin_expect((++q->frees & (q->mask >> 1)) == 0 || c->out.n < c->out.shrink_at, 0))
+    /* every depth / 2 frees (depth is a power of two: a mask, not a division) */
+    if (__builtin_expect((++q->frees & ((q->depth >> 1) - 1)) == 0 || c->out.n < c->out.shrink_at, 0))
         return free_after(h, c, q, tag);
     return true;
 }
@@ -466,7 +493,7 @@ static bool free_full(gpu_heap_t *h, tcache *c, tc_class *q, block *b, uintptr_t
 
 static bool free_after(gpu_heap_t *h, tcache *c, tc_class *q, uint64_t tag) {
     if (c->out.n < c->out.shrink_at) handout_shrink(&c->out);
-    if ((q->frees & (q->mask >> 1)) == 0) cover_tick(h, c, tag); /* sealed, then seen, before the ring comes round */
+    if ((q->frees & ((q->depth >> 1) - 1)) == 0) cover_tick(h, c, tag); /* sealed, then seen, before the ring comes round */
     return true;
 }
 
