@@ -228,32 +228,35 @@ static void test_placement_whole_extents(void **state) {
 }
 
 /* Past the budget, a large block that no idle block holds starts with the idle
- * tail of a larger extent — here what a 128 MiB cut left of a freed 512 MiB
- * extent — and maps only the rest after it: 116 MiB, not 500. The block spans
+ * tail of a larger extent — here what a 128 MiB cut left of a freed 480 MiB
+ * extent — and maps only the rest after it: 148 MiB, not 500. The block spans
  * the two extents, holds what is written across the seam, and goes back idle
- * whole; the heap's books agree throughout. */
+ * whole; the heap's books agree throughout. (480 MiB: one extent; from 512 MiB
+ * a range is backed in chunks, test_placement_idle_chunks_go_back.) */
 static void test_placement_extends_idle_tail(void **state) {
     (void)state;
     gpu_heap_t *h = HEAP_NEW(0);
-    char *x = gpu_heap_malloc(h, 512 * MiB); /* sets the live peak */
+    char *x = gpu_heap_malloc(h, 480 * MiB); /* sets the live peak */
     assert_non_null(x);
+    assert_int_equal(STATS(h).extents, 1);
     ASSERT_OK(gpu_heap_free(h, x));
     ASSERT_OK(gpu_heap_trim(h, SIZE_MAX)); /* the quarantine becomes idle, nothing goes back */
-    /* 128 MiB: budget 512 + 512/16 + 64 = 608 MiB, mapped 512 + 128 passes it: cut from the front. */
+    /* 128 MiB: budget 480 + 480/16 + 64 = 574 MiB, mapped 480 + 128 passes it: cut from the front. */
     char *y = gpu_heap_malloc(h, 128 * MiB);
     assert_ptr_equal(y, x);
     gpu_stats_t before = STATS(h);
 
-    /* 500 MiB: the 384 MiB idle tail holds too little; 116 MiB are mapped after it. */
+    /* 500 MiB: the 352 MiB idle tail holds too little; 148 MiB are mapped after it. */
     char *z = gpu_heap_malloc(h, 500 * MiB);
     assert_ptr_equal(z, x + 128 * MiB);
     gpu_stats_t after = STATS(h);
     assert_int_equal(after.backend_create, before.backend_create + 1);
-    assert_int_equal(after.mapped_bytes, before.mapped_bytes + 116 * MiB);
+    assert_int_equal(after.backend_unmap, before.backend_unmap);
+    assert_int_equal(after.mapped_bytes, before.mapped_bytes + 148 * MiB);
     assert_int_equal(after.live_bytes, 628 * MiB);
     CHECK_ALL(h);
-    pattern_fill(z, 384 * MiB - 4096, 8192, 7);
-    PATTERN_CHECK(z, 384 * MiB - 4096, 8192, 7); /* across the seam */
+    pattern_fill(z, 352 * MiB - 4096, 8192, 7);
+    PATTERN_CHECK(z, 352 * MiB - 4096, 8192, 7); /* across the seam */
 
     ASSERT_OK(gpu_heap_free(h, z));
     ASSERT_OK(gpu_heap_trim(h, SIZE_MAX));
@@ -261,6 +264,49 @@ static void test_placement_extends_idle_tail(void **state) {
     assert_int_equal(STATS(h).idle_bytes, 500 * MiB);
     ASSERT_OK(gpu_heap_free(h, y));
     ASSERT_OK(gpu_heap_trim(h, 0)); /* everything idle goes back: both extents whole */
+    assert_int_equal(STATS(h).mapped_bytes, 0);
+    CHECK_ALL(h);
+    HEAP_DESTROY(h);
+}
+
+/* From 512 MiB a range is backed in chunks of an eighth, at least 128 MiB, each
+ * an extent: a freed 512 MiB block cut by a 128 MiB one pins that chunk alone.
+ * Past the budget, a larger block that no idle memory holds first has the wholly
+ * idle chunks given back — even though they hold less than it — instead of
+ * starting on them: here 384 MiB go back and 500 are mapped, where a single
+ * 512 MiB extent kept all of it and mapped the rest after its tail
+ * (test_placement_extends_idle_tail). Contents and books hold throughout. */
+static void test_placement_idle_chunks_go_back(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    char *x = gpu_heap_malloc(h, 512 * MiB);
+    assert_non_null(x);
+    assert_int_equal(STATS(h).extents, 4); /* 4 x 128 MiB */
+    pattern_fill(x, 128 * MiB - 4096, 8192, 3);
+    PATTERN_CHECK(x, 128 * MiB - 4096, 8192, 3); /* across a seam between chunks */
+    char *small = gpu_heap_malloc(h, 256 * MiB); /* one extent, after x */
+    assert_non_null(small);
+    assert_int_equal(STATS(h).extents, 5);
+    ASSERT_OK(gpu_heap_free(h, x));
+    ASSERT_OK(gpu_heap_trim(h, SIZE_MAX));
+    /* 128 MiB: budget 768 + 768/16 + 64 = 880 MiB, mapped 768 + 128 passes it: one whole chunk. */
+    char *y = gpu_heap_malloc(h, 128 * MiB);
+    assert_ptr_equal(y, x);
+    gpu_stats_t before = STATS(h);
+    assert_int_equal(before.idle_bytes, 384 * MiB);
+
+    char *z = gpu_heap_malloc(h, 500 * MiB);
+    assert_non_null(z);
+    gpu_stats_t after = STATS(h);
+    assert_int_equal(after.backend_unmap, before.backend_unmap + 3); /* the three idle chunks */
+    assert_int_equal(after.idle_bytes, 0);
+    assert_int_equal(after.mapped_bytes, before.mapped_bytes - 384 * MiB + 500 * MiB);
+    CHECK_ALL(h);
+    pattern_fill(z, 0, 4096, 9);
+    PATTERN_CHECK(z, 0, 4096, 9);
+    void *all[] = {y, z, small};
+    for (size_t i = 0; i < 3; i++) ASSERT_OK(gpu_heap_free(h, all[i]));
+    ASSERT_OK(gpu_heap_trim(h, 0));
     assert_int_equal(STATS(h).mapped_bytes, 0);
     CHECK_ALL(h);
     HEAP_DESTROY(h);
@@ -971,6 +1017,7 @@ int main(void) {
         cmocka_unit_test(test_placement),
         cmocka_unit_test(test_placement_whole_extents),
         cmocka_unit_test(test_placement_extends_idle_tail),
+        cmocka_unit_test(test_placement_idle_chunks_go_back),
         cmocka_unit_test(test_quarantine_batch_reused),
         cmocka_unit_test(test_realloc_in_place),
         cmocka_unit_test(test_realloc_remap),

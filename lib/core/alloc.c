@@ -66,10 +66,12 @@ static bool quarantine_over(const gpu_heap_t *h, size_t need) {
  * live peak to 1.092x with no more mappings; for requests of 256 MiB and more
  * it made RMM's random workload worse (1 GiB and 4 GiB cases 1.32-1.66x, not
  * 1.25-1.57x): past the budget such a block is cut from an idle extent larger
- * than it, and the rest of that extent is pinned. (Refusing those cuts and
- * backing large blocks in 128 MiB chunks held those cases to 1.07-1.19x, but
- * each of their calls then cost 180-840 us on an H200, not 17-24: the extents
- * traded at each turn. Not kept; bench/RESULTS.md has the run.) */
+ * than it, and the rest of that extent is pinned — now only the chunks of it
+ * the cut touches, from 512 MiB (vacant.c). (Refusing those cuts and backing
+ * only the blocks mapped past the budget in 128 MiB chunks held those cases to
+ * 1.07-1.19x, but each of their calls then cost 180-840 us on an H200, not
+ * 17-24: the extents traded at each turn. Not kept; bench/RESULTS.md has the
+ * run.) */
 #define PHYSICAL_SLACK ((size_t)64 << 20)
 #define BUDGET_BIG_NEED ((size_t)256 << 20)
 
@@ -211,7 +213,12 @@ static rung_result try_drain(alloc_req *r) {
 }
 
 /* Past the physical budget, idle memory that could not serve this request is
- * traded for it. */
+ * traded for it: as much as it needs, in whole extents, or all of it when less
+ * sits idle (it would otherwise add to the peak beside the new mapping). With
+ * large blocks backed in chunks (vacant.c) that is most of a freed large
+ * block's memory: a CNN whose batch size changes every step 1.228 -> 1.104x its
+ * live peak on the host backend; giving back only when enough sat idle, the
+ * chunks alone made it worse (1.377x), the trade alone changed nothing there. */
 static rung_result try_recycle(alloc_req *r) {
     if (!r->tight) return RUNG_SKIP;
     (void)heap_recycle_locked(r->h, r->size);

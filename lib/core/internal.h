@@ -101,10 +101,11 @@ block *heap_find_live(gpu_heap_t *h, uintptr_t p, bool take);
 
 int heap_trim_locked(gpu_heap_t *h, size_t keep);     /* drain, then release whole idle extents */
 int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the same, inside [lo, hi) */
-/* Before mapping `bytes` of new memory: when at least that much sits idle (in
- * pieces too small or in the wrong place for the request), gives that much back
- * first, so that physical memory follows live memory instead of growing. No fence
- * (idle memory is safe); refused while a capture is in progress. */
+/* Before mapping `bytes` of new memory: gives back that much of what sits idle
+ * in whole extents (in pieces too small or in the wrong place for the request),
+ * or all of it when less sits idle, so that physical memory follows live memory
+ * instead of growing. No fence (idle memory is safe); refused while a capture is
+ * in progress. */
 int heap_recycle_locked(gpu_heap_t *h, size_t bytes);
 
 /* ---- quarantine.c ------------------------------------------------------------- */

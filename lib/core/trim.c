@@ -134,7 +134,7 @@ int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi) {
 }
 
 int heap_recycle_locked(gpu_heap_t *h, size_t bytes) {
-    if (h->idle.bytes < bytes) return GPU_OK;
+    if (!h->idle.bytes) return GPU_OK;
     heap_unlock(h);
     bool capturing = vmm_call_capturing(&h->door, 0);
     heap_lock(h);
