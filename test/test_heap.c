@@ -270,7 +270,8 @@ static void test_placement_extends_idle_tail(void **state) {
 }
 
 /* From 512 MiB a range is backed in chunks of an eighth, at least 128 MiB, each
- * an extent: a freed 512 MiB block cut by a 128 MiB one pins that chunk alone.
+ * an extent, once the heap has freed a block of 64 MiB or more (or holds as much
+ * as the range): a freed 512 MiB block cut by a 128 MiB one pins that chunk alone.
  * Past the budget, a larger block that no idle memory holds first has the wholly
  * idle chunks given back — even though they hold less than it — instead of
  * starting on them: here 384 MiB go back and 500 are mapped, where a single
@@ -279,7 +280,13 @@ static void test_placement_extends_idle_tail(void **state) {
 static void test_placement_idle_chunks_go_back(void **state) {
     (void)state;
     gpu_heap_t *h = HEAP_NEW(0);
-    char *x = gpu_heap_malloc(h, 512 * MiB);
+    char *first = gpu_heap_malloc(h, 512 * MiB); /* a fresh heap's first large range: one extent */
+    assert_non_null(first);
+    assert_int_equal(STATS(h).extents, 1);
+    ASSERT_OK(gpu_heap_free(h, first));
+    ASSERT_OK(gpu_heap_trim(h, 0));
+    assert_int_equal(STATS(h).mapped_bytes, 0);
+    char *x = gpu_heap_malloc(h, 512 * MiB); /* after a large free: chunks */
     assert_non_null(x);
     assert_int_equal(STATS(h).extents, 4); /* 4 x 128 MiB */
     pattern_fill(x, 128 * MiB - 4096, 8192, 3);

@@ -6,7 +6,8 @@
  * driver charges per mapping, not per byte: DESIGN.md §2), with unmapped
  * headroom left after it so that realloc can usually grow it in place; smaller
  * blocks share extents that alloc.c sizes. A range of BACK_CHUNKED_MIN and more
- * is backed in a few chunks instead, each an extent (back_chunk says why). The
+ * is backed in a few chunks instead, each an extent, once the heap has freed a
+ * large block (back_chunk says why). The
  * range is BUSY while the lock is dropped for the driver calls, so no other
  * thread touches it; a failed mapping gives back what was mapped of it and
  * returns it to the vacant index.
@@ -51,17 +52,25 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
  * (1 GiB blocks) and 1.43x (4 GiB) its live peak, a CNN whose batch size changes
  * every step 1.23x; backed in chunks of an eighth, at least 128 MiB, from
  * 512 MiB, 1.14x, 1.13x and 1.10x on the host backend, whose placement is the
- * GPU's (bench/RESULTS.md). Each chunk is a create, a map and an access grant,
- * so a first 1 GiB allocation costs eight of those instead of one; smaller
- * chunks, or chunking from 256 MiB, gained no more and mapped up to three times
- * as often. */
+ * GPU's (bench/RESULTS.md). Smaller chunks, or chunking from 256 MiB, gained no
+ * more and mapped up to three times as often; chunks of at least 256 MiB lost
+ * most of the CNN's gain.
+ *
+ * Each chunk is a create, a map and an access grant: a 1 GiB range in eight
+ * chunks took 362 us to back on an H200, in one extent 153 us (cudaMalloc 127-189).
+ * Chunks pay only where freed memory is reused by blocks of other sizes, so a
+ * heap backs a range in one extent while it has freed no block of
+ * BACK_CHUNK_AFTER_FREE or more and holds less than the range: a cold start, a
+ * program's first large buffers, cost one mapping each, as before. On the
+ * workloads above the placement is that of chunks from the start (with the
+ * free alone, RMM's 4 GiB case mapped its first blocks whole: 1.315x). */
 #define BACK_CHUNKED_MIN ((size_t)512 << 20)
 #define BACK_CHUNK_MIN ((size_t)128 << 20)
 #define BACK_CHUNKS 8
 
 /* The size of the chunks a range of size bytes is backed in (size: one extent). */
 static size_t back_chunk(const gpu_heap_t *h, size_t size) {
-    if (size < BACK_CHUNKED_MIN) return size;
+    if (size < BACK_CHUNKED_MIN || (!h->large_freed && h->mapped_bytes < size)) return size;
     size_t chunk = gh_align_up(size / BACK_CHUNKS, h->gran);
     return chunk < BACK_CHUNK_MIN ? BACK_CHUNK_MIN : chunk;
 }
