@@ -61,9 +61,10 @@ int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, 
  * was, whole. The one way realloc's in-place growth and an extended idle tail
  * map after a block; records reserved by the caller. */
 int heap_back_after_locked(gpu_heap_t *h, block *n, size_t grow);
-/* Once a block this large has been freed (or the heap holds as much as the
- * range), ranges of 512 MiB and more are backed in chunks (vacant.c, back_chunk). */
-#define BACK_CHUNK_AFTER_FREE ((size_t)64 << 20)
+/* Once a block of this many granules (64 MiB on a GPU) has been freed, or the
+ * heap holds as much as the range, ranges of 512 MiB and more are backed in
+ * chunks (vacant.c, back_chunk). */
+#define BACK_CHUNK_AFTER_FREE_GRANULES 32
 /* New memory for need bytes at align that starts with an idle block of at least
  * min bytes ending where mapped memory ends: one new extent is mapped over the
  * vacant VA right after it, and the two come back as one BUSY block (at least

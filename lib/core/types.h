@@ -229,7 +229,7 @@ struct gpu_heap {
     unsigned nearly;
     bool early_busy;
     uint64_t quarantined;  /* blocks ever put in the quarantine */
-    bool large_freed;      /* a block of BACK_CHUNK_AFTER_FREE or more was freed: large ranges are backed in chunks (vacant.c) */
+    bool large_freed;      /* a block of BACK_CHUNK_AFTER_FREE_GRANULES or more was freed: large ranges are backed in chunks (vacant.c) */
     uint64_t early_mark;   /* quarantined when the early event was recorded */
     /* Events done with while the lock was held (a fence released their batches,
      * an early event went stale): given back to the driver at the next call made

@@ -5,7 +5,7 @@
  * A block of at least one granule gets an extent of its own, sized to it (the
  * driver charges per mapping, not per byte: DESIGN.md §2), with unmapped
  * headroom left after it so that realloc can usually grow it in place; smaller
- * blocks share extents that alloc.c sizes. A range of BACK_CHUNKED_MIN and more
+ * blocks share extents that alloc.c sizes. A range of 512 MiB and more
  * is backed in a few chunks instead, each an extent, once the heap has freed a
  * large block (back_chunk says why). The
  * range is BUSY while the lock is dropped for the driver calls, so no other
@@ -60,19 +60,23 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
  * chunks took 362 us to back on an H200, in one extent 153 us (cudaMalloc 127-189).
  * Chunks pay only where freed memory is reused by blocks of other sizes, so a
  * heap backs a range in one extent while it has freed no block of
- * BACK_CHUNK_AFTER_FREE or more and holds less than the range: a cold start, a
+ * BACK_CHUNK_AFTER_FREE_GRANULES or more and holds less than the range: a cold start, a
  * program's first large buffers, cost one mapping each, as before. On the
  * workloads above the placement is that of chunks from the start (with the
  * free alone, RMM's 4 GiB case mapped its first blocks whole: 1.315x). */
-#define BACK_CHUNKED_MIN ((size_t)512 << 20)
-#define BACK_CHUNK_MIN ((size_t)128 << 20)
+#define BACK_CHUNKED_MIN_GRANULES 256 /* 512 MiB at the GPU's 2 MiB granule */
+#define BACK_CHUNK_MIN_GRANULES 64    /* 128 MiB */
 #define BACK_CHUNKS 8
 
-/* The size of the chunks a range of size bytes is backed in (size: one extent). */
+/* The size of the chunks a range of size bytes is backed in (size: one extent).
+ * The thresholds count granules (the sizes above are the GPU's), so that a test
+ * heap of small granules goes through chunks too: test_stress's model run (64 KiB
+ * granules, blocks up to 64 MiB, its checks every 1,000 operations) backs about
+ * 2,200 ranges in chunks. */
 static size_t back_chunk(const gpu_heap_t *h, size_t size) {
-    if (size < BACK_CHUNKED_MIN || (!h->large_freed && h->mapped_bytes < size)) return size;
+    if (size < BACK_CHUNKED_MIN_GRANULES * h->gran || (!h->large_freed && h->mapped_bytes < size)) return size;
     size_t chunk = gh_align_up(size / BACK_CHUNKS, h->gran);
-    return chunk < BACK_CHUNK_MIN ? BACK_CHUNK_MIN : chunk;
+    return chunk < BACK_CHUNK_MIN_GRANULES * h->gran ? BACK_CHUNK_MIN_GRANULES * h->gran : chunk;
 }
 
 int heap_back_at_locked(gpu_heap_t *h, block *range) {
