@@ -65,16 +65,44 @@ typedef struct tcache {
     tc_class cls[TC_ALL];
 } tcache;
 
+#define TC_CLASS_BYTES ((size_t)16 << 20) /* a small class's ring holds about this many bytes */
+
+/* A count the owner alone writes (a load and a store, no read-modify-write). */
+static inline size_t tc_held(const _Atomic size_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
+
+/* n blocks of q's size came into (+1) or left (-1) q's rings' budget. */
+static inline void tc_count(tc_class *q, int sign, size_t n) {
+    tc_budget *g = q->budget;
+    atomic_store_explicit(&g->bytes, tc_held(&g->bytes) + (size_t)sign * n * q->size, memory_order_relaxed);
+    atomic_store_explicit(&g->blocks, tc_held(&g->blocks) + (size_t)sign * n, memory_order_relaxed);
+}
+
 /* ---- tcache.c ------------------------------------------------------------------ */
 
 /* The calling thread's cache of h if it has one; never creates. */
 tcache *tcache_mine(gpu_heap_t *h);
-/* Every block c's rings hold goes back to h. Lock held. */
-void tcache_give_back_locked(gpu_heap_t *h, tcache *c);
-/* Every block c's mid slots hold goes back to h; true when any did. Lock held. */
-bool tcache_give_back_mid_locked(gpu_heap_t *h, tcache *c);
 /* Frees c's memory (its blocks are given back, or go with a closing heap). */
 void tcache_destroy(tcache *c);
+
+/* ---- ring.c: the rings' slow side ------------------------------------------------ */
+
+/* Every block c's rings hold goes back to h. Lock held. */
+void tcache_give_back_locked(gpu_heap_t *h, tcache *c);
+/* Every block c's mid slots hold goes back to h (but the one refilling on this
+ * thread); true when any did. Lock held. */
+bool tcache_give_back_mid_locked(gpu_heap_t *h, tcache *c);
+/* The oldest n entries of q go back to the heap. Lock held. */
+void ring_drop_oldest_locked(gpu_heap_t *h, tc_class *q, uint32_t n);
+/* Blocks of q's size q's budget has room for (a mid slot short of room takes it
+ * from the other mid slots). Lock held. */
+size_t ring_room_locked(gpu_heap_t *h, tcache *c, tc_class *q);
+/* Makes the head of q reusable (its cover completed, or fresh blocks in front);
+ * GH_MISS when the cache cannot help. Takes the lock. */
+int ring_refill(gpu_heap_t *h, tcache *c, tc_class *q);
+/* Gives mid slot q to blocks of need bytes; false when out of host memory. */
+bool ring_slot_take(gpu_heap_t *h, tc_class *q, size_t need);
+/* The look at the covers every half depth of frees (tag: the last free's). */
+void ring_cover_tick(gpu_heap_t *h, tcache *c, uint64_t tag);
 
 /* ---- home.c -------------------------------------------------------------------- */
 

@@ -39,7 +39,8 @@
  * still waiting asks again and meanwhile takes fresh blocks from the heap. A
  * mid ring whose head keeps waiting deepens (internal.h, tc_mid_limit_bytes):
  * with many threads a cover takes longer to be seen than a shallow ring takes
- * to come round.
+ * to come round. This file is the fast side and the caches' lives; ring.c the
+ * rings' slow side (depth, refills, the looks, giving blocks back).
  *
  * What a cache holds is bounded (cfg.thread_cache bytes per thread and heap;
  * GPUHEAP_THREAD_CACHE=0 turns caching off). gpu_heap_trim and out-of-memory
@@ -55,11 +56,6 @@
 #include "cache/tcache.h"
 #include "core/internal.h"
 
-#define TC_CLASS_BYTES ((size_t)16 << 20) /* a class's ring holds about this many bytes */
-#define TC_RING_MIN 16u
-#define TC_RING_MAX 1024u
-#define TC_REFILL_BYTES ((size_t)256 << 10) /* fresh blocks taken from the heap at once: this many bytes, */
-#define TC_REFILL_MAX 64u                       /* or this many blocks */
 #define TC_HEAPS 4                     /* heaps a thread keeps a cache for at once */
 
 static _Thread_local struct {
@@ -76,58 +72,6 @@ static inline unsigned mid_slot(size_t quanta) {
     return TC_CLASSES + (unsigned)((quanta * 0x9E3779B97F4A7C15ull) >> 60);
 }
 _Static_assert(TC_MID_SLOTS == 16, "mid_slot takes the hash's top four bits");
-
-/* A count the owner alone writes (a load and a store, no read-modify-write). */
-static inline size_t held(const _Atomic size_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
-
-/* n blocks of q's size came into (+1) or left (-1) q's rings' budget. */
-static inline void count(tc_class *q, int sign, size_t n) {
-    tc_budget *g = q->budget;
-    atomic_store_explicit(&g->bytes, held(&g->bytes) + (size_t)sign * n * q->size, memory_order_relaxed);
-    atomic_store_explicit(&g->blocks, held(&g->blocks) + (size_t)sign * n, memory_order_relaxed);
-}
-
-/* ---- giving blocks back --------------------------------------------------------- */
-
-/* One cached block goes back to the heap: idle when its free is covered (or it
- * was never handed out), else into the quarantine. Lock held. */
-static void give_back_locked(gpu_heap_t *h, tc_entry e) {
-    blockmap_remove(&h->live, e.b->start);
-    heap_retire_locked(h, e.b, quarantine_covered(h, e.tag));
-}
-
-/* The oldest n entries of q go back to the heap. Lock held. */
-static void drop_oldest_locked(gpu_heap_t *h, tc_class *q, uint32_t n) {
-    for (uint32_t i = 0; i < n; i++) {
-        give_back_locked(h, q->ring[q->head]);
-        q->head = (q->head + 1) & (q->cap - 1);
-        q->n--;
-    }
-    count(q, -1, n);
-}
-
-/* Every block of the classes [from, to) goes back to the heap; true when any
- * did. Lock held. */
-static bool give_back_range_locked(gpu_heap_t *h, tcache *c, unsigned from, unsigned to) {
-    bool any = false;
-    for (unsigned k = from; k < to; k++)
-        if (c->cls[k].n) drop_oldest_locked(h, &c->cls[k], c->cls[k].n), any = true;
-    return any;
-}
-
-void tcache_give_back_locked(gpu_heap_t *h, tcache *c) { (void)give_back_range_locked(h, c, 0, TC_ALL); }
-
-/* The class whose refill is asking the heap on this thread, or NULL. */
-static _Thread_local tc_class *refilling;
-
-bool tcache_give_back_mid_locked(gpu_heap_t *h, tcache *c) {
-    bool any = false;
-    for (unsigned k = TC_CLASSES; k < TC_ALL; k++) {
-        tc_class *q = &c->cls[k];
-        if (q->n && q != refilling) drop_oldest_locked(h, q, q->n), any = true;
-    }
-    return any;
-}
 
 /* Where the calling thread keeps its cache of h in mine[], or -1. */
 static int mine_index(const gpu_heap_t *h) {
@@ -219,171 +163,6 @@ static tcache *tcache_of(gpu_heap_t *h) {
     return c;
 }
 
-/* ---- the slow paths ------------------------------------------------------------- */
-
-/* Ring lengths for blocks of q's size: the largest power of two whose blocks
- * fit in bytes, within [the kind's least, TC_RING_MAX]. */
-static uint32_t ring_len(const tc_class *q, size_t bytes) {
-    uint32_t len = TC_RING_MAX, least = q->size > TC_MAX_BYTES ? TC_MID_RING_MIN : TC_RING_MIN;
-    while (len > least && (size_t)len * q->size > bytes) len /= 2;
-    return len;
-}
-
-/* The ring's capacity: a small class holds about TC_CLASS_BYTES, a mid slot at
- * most its whole budget. */
-static uint32_t ring_cap(const tc_class *q) {
-    return ring_len(q, q->size > TC_MAX_BYTES ? q->budget->limit : TC_CLASS_BYTES);
-}
-
-/* The depth a new ring is kept at: its budget's starting bytes (a small class:
- * its capacity). */
-static uint32_t ring_depth(const tc_class *q) {
-    uint32_t d = ring_len(q, q->budget->start);
-    return d < q->cap ? d : q->cap;
-}
-
-static bool ring_ready(tc_class *q) {
-    if (q->ring) return true;
-    uint32_t cap = ring_cap(q);
-    q->ring = malloc(cap * sizeof *q->ring);
-    if (!q->ring) return false;
-    q->cap = cap;
-    q->mask = cap - 1;
-    q->depth = ring_depth(q);
-    q->head = q->n = 0;
-    return true;
-}
-
-/* True once the head of q is reusable: its free was covered. Asks for a cover
- * when none was recorded since that free (a seal), else looks whether one
- * completed (a query) — one thread at a time; the others watch cover_done for
- * a moment instead of taking new blocks. Lock held; dropped around driver calls
- * and while watching. */
-static bool head_covered_locked(gpu_heap_t *h, tc_class *q) {
-    uint64_t tag = q->ring[q->head].tag;
-    for (int round = 0; round < 2; round++) {
-        if (quarantine_covered(h, tag)) return true;
-        if (!h->seal_busy) return quarantine_cover_locked(h, tag);
-        heap_unlock(h); /* another thread is recording or querying: its answer serves all */
-        for (int i = 0; i < 256 && !quarantine_covered(h, tag); i++) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-        }
-        heap_lock(h);
-    }
-    return quarantine_covered(h, tag);
-}
-
-/* Blocks of q's size q's budget has room for. A mid slot short of room takes it
- * from the other mid slots, whole slots at a time: their sizes were asked for
- * less recently than the one asking now. Lock held. */
-static size_t room_locked(gpu_heap_t *h, tcache *c, tc_class *q) {
-    tc_budget *g = q->budget;
-    for (unsigned k = TC_CLASSES; q->size > TC_MAX_BYTES && k < TC_ALL; k++) {
-        if (held(&g->bytes) + q->size <= g->limit) break;
-        if (&c->cls[k] != q && c->cls[k].n) drop_oldest_locked(h, &c->cls[k], c->cls[k].n);
-    }
-    size_t mine = held(&g->bytes);
-    return g->limit > mine ? (g->limit - mine) / q->size : 0;
-}
-
-/* Makes the head of q reusable: the oldest freed block once its cover
- * completed, else fresh blocks from the heap put in front. GH_MISS: the
- * cache cannot help (the caller asks the heap). */
-static int refill(gpu_heap_t *h, tcache *c, tc_class *q) {
-    if (!ring_ready(q)) return GH_MISS;
-    size_t size = q->size;
-    heap_lock(h);
-    /* A ring shallower than half its depth also grows, so that the looks
-     * every half depth (cover_tick) find its head covered in time. */
-    /* a cover recorded since the head's free, before this refill asked for one */
-    bool recorded = q->n && atomic_load_explicit(&h->cover_seq, memory_order_relaxed) > q->ring[q->head].tag;
-    bool covered = q->n && head_covered_locked(h, q);
-    if (covered && q->n >= q->depth / 2) {
-        heap_unlock(h);
-        return GPU_OK;
-    }
-    /* At half its depth or more, and the head still waits on a cover recorded
-     * after its free: a ring's length of frees is shorter than a cover takes to
-     * be seen complete, so the ring deepens (its looks spread out with it), as
-     * far as its capacity. */
-    if (!covered && recorded && q->n >= q->depth / 2 && q->depth < q->cap) q->depth *= 2;
-    if (q->n == q->cap) drop_oldest_locked(h, q, q->cap / 2); /* all waiting: the heap's quarantine takes the older half */
-    size_t room = room_locked(h, c, q);
-    size_t want = size <= TC_MAX_BYTES ? TC_REFILL_BYTES / size : 1; /* a mid block: one at a time */
-    if (want > TC_REFILL_MAX) want = TC_REFILL_MAX;
-    if (want > q->cap - q->n) want = q->cap - q->n;
-    if (want > room) want = room;
-    if (!want) {
-        heap_unlock(h);
-        return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GH_MISS;
-    }
-    /* One run carved by the heap under this one hold of the lock, in address
-     * order, handed out in that order. A shortfall is the heap's to report: the
-     * caller then asks it for the exact size. The heap may empty the other mid
-     * rings on the way (before it maps new memory). */
-    block *fresh[TC_REFILL_MAX];
-    refilling = q; /* its blocks wait for their cover: they could not serve this, and stay */
-    size_t got = heap_alloc_run_locked(h, size, want, fresh);
-    refilling = NULL;
-    gh_assert(got <= q->cap - q->n, "a flush inside the heap only empties the ring");
-    for (size_t i = got; i-- > 0;) {
-        block *b = fresh[i];
-        gh_assert(b->size == size, "the heap carves a block of exactly the size asked for");
-        tc_set(b, TC_FREE);
-        q->head = (q->head + q->cap - 1) & (q->cap - 1);
-        q->ring[q->head] = (tc_entry){b, b->start, 0};
-        q->n++;
-    }
-    count(q, +1, got);
-    heap_unlock(h);
-    return q->n && quarantine_covered(h, q->ring[q->head].tag) ? GPU_OK : GH_MISS;
-}
-
-/* Gives mid slot q to blocks of need bytes: the blocks it holds of another size
- * go back to the heap, a ring of the new size's capacity replaces its ring.
- * Blocks handed out under the old size find the size changed when freed
- * (handout.h) and go to the heap. False when out of host memory. */
-static bool slot_take(gpu_heap_t *h, tc_class *q, size_t need) {
-    if (q->n) {
-        heap_lock(h);
-        drop_oldest_locked(h, q, q->n);
-        heap_unlock(h);
-    }
-    uint32_t old_cap = q->cap;
-    q->size = need;
-    if (q->ring && ring_cap(q) != old_cap) {
-        free(q->ring);
-        q->ring = NULL;
-    }
-    q->frees = 0;
-    if (q->ring) q->depth = ring_depth(q); /* a kept ring starts over at the new size's depth */
-    if (ring_ready(q)) return true;
-    q->size = 0;
-    return false;
-}
-
-/* Every half depth of frees a cache asks for covers ahead of need, so that by
- * the time its ring gets round to these blocks an event recorded after them has
- * completed and been seen: it queries what was sealed and, unless another
- * thread sealed since this cache last looked, seals what was freed since. With
- * many threads the seals of one serve all, so seals stay about as frequent as
- * with one. Never waits for the lock; counts, not clocks, decide, so that one
- * thread's calls always go the same way (trace replays rely on it). */
-static void cover_tick(gpu_heap_t *h, tcache *c, uint64_t tag) {
-    uint64_t seq = atomic_load_explicit(&h->cover_seq, memory_order_relaxed);
-    bool sealed_since = seq > c->looked_at;
-    c->looked_at = seq;
-    if (!heap_trylock(h)) return;
-    if (!h->seal_busy) {
-        if (h->nsealed) (void)quarantine_reap_locked(h);
-        if (!sealed_since) (void)quarantine_cover_locked(h, tag);
-    }
-    c->looked_at = atomic_load(&h->cover_seq);
-    heap_unlock(h);
-}
-
 /* ---- the fast paths ---------------------------------------------------------------- */
 
 /* The calling thread's cache of h when it is the one used last, else NULL: the
@@ -398,7 +177,7 @@ static inline __attribute__((always_inline)) void *pop(tcache *c, tc_class *q) {
     uintptr_t start = q->ring[head].start;
     q->head = (head + 1) & q->mask;
     q->n--;
-    count(q, -1, 1);
+    tc_count(q, -1, 1);
     uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
     atomic_store_explicit(&b->tc, w, memory_order_release);
     /* out of host memory: its free goes to the heap */
@@ -424,8 +203,8 @@ static __attribute__((noinline)) void *malloc_slow(gpu_heap_t *h, size_t size) {
         heap_unlock(h);
     }
     tc_class *q = quanta <= c->classes ? &c->cls[quanta - 1] : &c->cls[mid_slot(quanta)];
-    if (q->size != need && !slot_take(h, q, need)) return NULL;
-    if ((!q->n || !quarantine_covered(h, q->ring[q->head].tag)) && refill(h, c, q) != GPU_OK) return NULL;
+    if (q->size != need && !ring_slot_take(h, q, need)) return NULL;
+    if ((!q->n || !quarantine_covered(h, q->ring[q->head].tag)) && ring_refill(h, c, q) != GPU_OK) return NULL;
     return pop(c, q);
 }
 
@@ -473,7 +252,7 @@ static inline bool put_back(gpu_heap_t *h, tcache *c, tc_class *q, block *b, uin
     uint64_t tag = atomic_load(&h->cover_seq);
     q->ring[(q->head + q->n) & q->mask] = (tc_entry){b, start, tag};
     q->n++;
-    count(q, +1, 1);
+    tc_count(q, +1, 1);
     /* every depth / 2 frees (depth is a power of two: a mask, not a division) */
     if (__builtin_expect((++q->frees & ((q->depth >> 1) - 1)) == 0 || c->out.n < c->out.shrink_at, 0))
         return free_after(h, c, q, tag);
@@ -481,10 +260,10 @@ static inline bool put_back(gpu_heap_t *h, tcache *c, tc_class *q, block *b, uin
 }
 
 static bool free_full(gpu_heap_t *h, tcache *c, tc_class *q, block *b, uintptr_t start, uint64_t w) {
-    if (q->n == q->cap || held(&q->budget->bytes) + q->size > q->budget->limit) {
+    if (q->n == q->cap || tc_held(&q->budget->bytes) + q->size > q->budget->limit) {
         heap_lock(h);
-        drop_oldest_locked(h, q, q->n - q->n / 2);
-        size_t room = room_locked(h, c, q);
+        ring_drop_oldest_locked(h, q, q->n - q->n / 2);
+        size_t room = ring_room_locked(h, c, q);
         heap_unlock(h);
         if (!room) return free_missed(c);
     }
@@ -493,7 +272,7 @@ static bool free_full(gpu_heap_t *h, tcache *c, tc_class *q, block *b, uintptr_t
 
 static bool free_after(gpu_heap_t *h, tcache *c, tc_class *q, uint64_t tag) {
     if (c->out.n < c->out.shrink_at) handout_shrink(&c->out);
-    if ((q->frees & ((q->depth >> 1) - 1)) == 0) cover_tick(h, c, tag); /* sealed, then seen, before the ring comes round */
+    if ((q->frees & ((q->depth >> 1) - 1)) == 0) ring_cover_tick(h, c, tag); /* sealed, then seen, before the ring comes round */
     return true;
 }
 
@@ -508,7 +287,7 @@ bool tcache_free(gpu_heap_t *h, uintptr_t p) {
     tc_class *q = &c->cls[e->key & HANDOUT_CLASS_MASK];
     handout_take(&c->out, e); /* shrinking, when due, waits for the end */
     if (__builtin_expect(q->size != size, 0)) return free_missed(c); /* its mid slot took another size meanwhile */
-    if (__builtin_expect(q->n == q->cap || held(&q->budget->bytes) + size > q->budget->limit, 0))
+    if (__builtin_expect(q->n == q->cap || tc_held(&q->budget->bytes) + size > q->budget->limit, 0))
         return free_full(h, c, q, b, p, w);
     return put_back(h, c, q, b, p, w);
 }
