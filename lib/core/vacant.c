@@ -5,12 +5,11 @@
  * A block of at least one granule gets an extent of its own, sized to it (the
  * driver charges per mapping, not per byte: DESIGN.md §2), with unmapped
  * headroom left after it so that realloc can usually grow it in place; smaller
- * blocks share extents that alloc.c sizes. A range of 512 MiB and more
- * is backed in a few chunks instead, each an extent, once the heap has freed a
- * large block (back_chunk says why). The
- * range is BUSY while the lock is dropped for the driver calls, so no other
- * thread touches it; a failed mapping gives back what was mapped of it and
- * returns it to the vacant index.
+ * blocks share extents that alloc.c sizes. A range of 512 MiB and more is
+ * backed in a few chunks instead, each an extent, once the heap has freed a
+ * large block (back_chunk says why). The range is BUSY while the lock is
+ * dropped for the driver calls, so no other thread touches it; a failed mapping
+ * gives back what was mapped of it and returns it to the vacant index.
  *
  * Past the physical budget a large request may instead extend an idle block
  * that ends where mapped memory ends: the rest is mapped right after it, so
@@ -60,8 +59,8 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
  * chunks took 362 us to back on an H200, in one extent 153 us (cudaMalloc 127-189).
  * Chunks pay only where freed memory is reused by blocks of other sizes, so a
  * heap backs a range in one extent while it has freed no block of
- * BACK_CHUNK_AFTER_FREE_GRANULES or more and holds less than the range: a cold start, a
- * program's first large buffers, cost one mapping each, as before. On the
+ * BACK_CHUNK_AFTER_FREE_GRANULES or more and holds less than the range: a cold
+ * start, a program's first large buffers, cost one mapping each. On the
  * workloads above the placement is that of chunks from the start (with the
  * free alone, RMM's 4 GiB case mapped its first blocks whole: 1.315x). */
 #define BACK_CHUNKED_MIN_GRANULES 256 /* 512 MiB at the GPU's 2 MiB granule */
