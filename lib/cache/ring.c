@@ -87,6 +87,8 @@ static uint32_t ring_depth(const tc_class *q) {
     return d < q->cap ? d : q->cap;
 }
 
+/* q's ring, made at its capacity and starting depth if it has none; false
+ * when out of host memory. */
 static bool ring_ready(tc_class *q) {
     if (q->ring) return true;
     uint32_t cap = ring_cap(q);
