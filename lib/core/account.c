@@ -73,7 +73,7 @@ void heap_headroom_release_locked(gpu_heap_t *h, block *b) {
 void heap_unlive_locked(gpu_heap_t *h, block *b) {
     h->live_bytes -= b->size;
     h->live_blocks--;
-    if (b->size >= h->gran) block_unclaim_extents(h, b); /* a smaller block holds no extent whole */
+    /* Its extents keep b as their owner, stale once b is not live (extent_owner). */
     heap_headroom_release_locked(h, b);
     b->owned = 0;
     b->export_token = 0; /* a handle of a freed block is refused (export.c) */

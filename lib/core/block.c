@@ -167,6 +167,7 @@ void block_absorb_next(gpu_heap_t *h, block *b) {
     b->size += n->size;
     b->next_phys = n->next_phys;
     if (n->next_phys) n->next_phys->prev_phys = b;
+    n->state = 0; /* no state: an extent's stale owner pointing here owns nothing (extent_owner) */
     pool_put(&h->block_pool, n);
 }
 
@@ -213,7 +214,7 @@ bool block_owns_all(gpu_heap_t *h, const block *b) {
     if (!e || e->va != b->start) return false;
     for (uintptr_t va = b->start; va < end; va = e->va + e->size) {
         e = extmap_find(&h->extents, va);
-        if (!e || e->owner != b || e->va + e->size > end) return false;
+        if (!e || extent_owner(e) != b || e->va + e->size > end) return false;
     }
     return true;
 }

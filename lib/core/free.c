@@ -18,7 +18,7 @@ int heap_restore_access(gpu_heap_t *h, block *b) {
     for (uintptr_t va = b->start; va < block_end(b);) {
         heap_lock(h);
         extent *e = extmap_find(&h->extents, va);
-        bool owned = e && e->owner == b;
+        bool owned = e && extent_owner(e) == b;
         uintptr_t eva = e ? e->va : 0;
         size_t esize = e ? e->size : h->gran;
         bool protected_ = owned && e->prot != GPU_PROT_READ_WRITE;

@@ -41,13 +41,14 @@ int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *
     heap_lock(h);
     extent *e = extmap_find(&h->extents, p);
     const block *found = NULL;
-    if (e && e->owner && block_holds(e->owner, p)) found = e->owner;
+    block *o = e ? extent_owner(e) : NULL;
+    if (o && block_holds(o, p)) found = o;
     for (uintptr_t a = gh_align_down(p, GH_QUANTUM); !found && e && a >= h->base; a -= GH_QUANTUM) {
         if (a < e->va) { /* crossed into the extent below */
             e = extmap_find(&h->extents, a);
             if (!e) break;
-            if (e->owner) {
-                if (block_holds(e->owner, p)) found = e->owner;
+            if ((o = extent_owner(e)) != NULL) {
+                if (block_holds(o, p)) found = o;
                 break;
             }
         }

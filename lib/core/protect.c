@@ -23,7 +23,7 @@ int heap_protect(gpu_heap_t *h, void *ptr, size_t size, gpu_prot_t prot) {
         return rc;
     }
     extent *e = extmap_find(&h->extents, p);
-    block *b = e ? e->owner : NULL;
+    block *b = e ? extent_owner(e) : NULL;
     int rc = GPU_OK;
     bool sparse = b && b->state == BLOCK_SPARSE;
     if (!e || e->va != p || !b || (b->state != BLOCK_LIVE && !sparse) || (sparse && b->busy)) {
@@ -41,7 +41,7 @@ int heap_protect(gpu_heap_t *h, void *ptr, size_t size, gpu_prot_t prot) {
                              (unsigned long)va);
                 break;
             }
-            if (e->owner != b || e->va + e->size > p + len) {
+            if (extent_owner(e) != b || e->va + e->size > p + len) {
                 rc = gh_note(GPU_ERR_NOT_WHOLE_EXTENT,
                              "gpu_protect(%p, %zu): the range cuts the extent at %#lx (%zu bytes)", ptr, size,
                              (unsigned long)e->va, e->size);

@@ -101,7 +101,8 @@ typedef struct extent {
     uintptr_t va;
     size_t size;
     vmm_handle handle;
-    block *owner;   /* the live block that contains the whole extent, or NULL */
+    block *owner;   /* the last block to claim it: its owner while that block lives and holds it
+                     * whole (extent_owner), left stale when the block is freed (account.c) */
     uint8_t prot;   /* gpu_prot_t currently set (a paused extent: the one it gets back at resume) */
     /* Memory control (pause.c): given back by gpu_pause — unmapped and
      * released, no handle; the record, its addresses, owner and protection
@@ -119,8 +120,10 @@ typedef struct extent {
 /* granule index -> extent*, two levels, leaves made on demand. */
 typedef struct extmap {
     uintptr_t base;
-    size_t granularity;
+    size_t granularity; /* a power of two (heap.c asserts it) */
+    unsigned shift;     /* log2 of it: a granule index is a shift, not a division */
     size_t granules;
+    size_t span;        /* granules * granularity */
     extent ***leaves;   /* [granules >> EXTMAP_LEAF_LOG2 rounded up] */
     size_t nleaves;
 } extmap;
