@@ -73,7 +73,7 @@ void heap_headroom_release_locked(gpu_heap_t *h, block *b) {
 void heap_unlive_locked(gpu_heap_t *h, block *b) {
     h->live_bytes -= b->size;
     h->live_blocks--;
-    /* Its extents keep b as their owner, stale once b is not live (extent_owner). */
+    b->claims = 0; /* its extents keep b as their owner, stale from now on (extent_owner) */
     heap_headroom_release_locked(h, b);
     b->owned = 0;
     b->export_token = 0; /* a handle of a freed block is refused (export.c) */

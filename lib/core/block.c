@@ -167,13 +167,13 @@ void block_absorb_next(gpu_heap_t *h, block *b) {
     b->size += n->size;
     b->next_phys = n->next_phys;
     if (n->next_phys) n->next_phys->prev_phys = b;
-    n->state = 0; /* no state: an extent's stale owner pointing here owns nothing (extent_owner) */
     pool_put(&h->block_pool, n);
 }
 
 block *block_release_free(gpu_heap_t *h, block *b, block_state state) {
     b->state = (uint8_t)state;
     b->owned = 0;
+    b->claims = 0; /* free: its extents' owner pointers, if they name it, are stale (extent_owner) */
     if (state != BLOCK_STREAM) b->pool = NULL;
     tlsf_index *t = index_of(h, b);
     block *n = b->next_phys;
@@ -205,8 +205,14 @@ static void set_owner(gpu_heap_t *h, block *b, block *owner) {
     }
 }
 
-void block_claim_extents(gpu_heap_t *h, block *b) { set_owner(h, b, b); }
-void block_unclaim_extents(gpu_heap_t *h, block *b) { set_owner(h, b, NULL); }
+void block_claim_extents(gpu_heap_t *h, block *b) {
+    set_owner(h, b, b);
+    b->claims = 1;
+}
+void block_unclaim_extents(gpu_heap_t *h, block *b) {
+    set_owner(h, b, NULL);
+    b->claims = 0;
+}
 
 bool block_owns_all(gpu_heap_t *h, const block *b) {
     uintptr_t end = block_end(b);

@@ -86,6 +86,10 @@ static bool tally_extent(extent *e, void *arg) {
         t->prot++;
         CHECK(c, extent_owner(e), "protected extent %#lx has no owning block", (unsigned long)e->va);
     }
+    const block *o = extent_owner(e);
+    if (o)
+        CHECK(c, o->state == BLOCK_LIVE || o->state == BLOCK_BUSY || o->state == BLOCK_SPARSE,
+              "extent %#lx+%zu is claimed by a block that is not live", (unsigned long)e->va, e->size);
     return c->rc == GPU_OK;
 }
 

@@ -61,16 +61,16 @@ int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, 
  * was, whole. The one way realloc's in-place growth and an extended idle tail
  * map after a block; records reserved by the caller. */
 int heap_back_after_locked(gpu_heap_t *h, block *n, size_t grow);
-/* The block that owns e: the last block to claim it, while that block is live
- * (or BUSY being changed, or a gpu_reserve range) and holds e whole; else NULL.
- * A freed block does not unclaim its extents — with large blocks in chunks that
- * walk cost a stream-ordered 1 GiB pair a third of its time — so a stale
- * pointer is told apart here: a block record is never freed while the heap
- * lives, and one put back in its pool has no state. */
+/* The block that owns e: the last block to claim it, while that block still
+ * claims it (live, or BUSY being changed as a live block) or is the gpu_reserve
+ * range that set it, and holds e whole; else NULL. A freed block does not
+ * unclaim its extents — with large blocks in chunks that walk cost a
+ * stream-ordered 1 GiB pair a third of its time — it only clears its claims
+ * flag, so a stale pointer is told apart here (block records are never freed
+ * while the heap lives; a record reused for a new block starts unclaimed). */
 static inline block *extent_owner(const extent *e) {
     block *b = e->owner;
-    return b && (b->state == BLOCK_LIVE || b->state == BLOCK_BUSY || b->state == BLOCK_SPARSE) && b->start <= e->va &&
-                   e->va + e->size <= b->start + b->size
+    return b && (b->claims || b->state == BLOCK_SPARSE) && b->start <= e->va && e->va + e->size <= b->start + b->size
                ? b
                : NULL;
 }

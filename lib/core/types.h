@@ -49,6 +49,8 @@ struct __attribute__((aligned(64))) block {
     uint8_t owned;                /* asked for with GPU_ALLOC_OWNED: keep granule-aligned on shrink */
     uint8_t file;                 /* holds a gpu_map_file mapping: gpu_free and gpu_realloc refuse it */
     uint8_t busy;                 /* BLOCK_SPARSE: a thread is committing or decommitting in it */
+    uint8_t claims;               /* its extents' owner pointers name it and hold while it lives (set when
+                                   * it claims them, cleared when it stops being live: extent_owner) */
     uint32_t epoch;               /* BLOCK_STREAM: its pool's epoch when it was freed */
     struct stream_pool *pool;     /* BLOCK_STREAM: the stream it was freed on */
     uint64_t export_token;        /* LIVE: the token gpu_ipc_get_mem_handle gave it (export.c); 0: never exported.
