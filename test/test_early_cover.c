@@ -8,7 +8,9 @@
  * warm pair of large blocks makes one record (at the free) and one query (at the
  * allocation). The event covers only what was quarantined before it: a block
  * freed after it makes the seal record a new one. With the event not yet
- * complete the block is not handed out before a fence. Host backend, white-box
+ * complete the block is not handed out before a fence. Thread caches off: this is
+ * the heap's path (a thread's cache keeps a freed large block itself, with the
+ * same record and query: test_tcache.c). Host backend, white-box
  * for the door's counters and the event knob (lib/core/internal.h).
  */
 #include <setjmp.h>
@@ -25,13 +27,21 @@
 
 #define LARGE (256 * MiB)
 
+/* The heap's own path: with thread caches a thread keeps a freed large block
+ * itself until its next allocation (lib/cache/big.c, test_tcache.c). */
+static gpu_heap_t *heap_uncached(void) {
+    gpu_config_t cfg = host_config(64 * GiB, 0, 0);
+    cfg.thread_cache = 0;
+    return HEAP_CREATE(&cfg);
+}
+
 static uint64_t calls(gpu_heap_t *h, vmm_op op) { return atomic_load(&h->door.counts.calls[op]); }
 
 /* A warm pair: the free records, the allocation only queries, and the block
  * comes back without a fence. */
 static void test_pair_records_at_free(void **state) {
     (void)state;
-    gpu_heap_t *h = HEAP_NEW(0);
+    gpu_heap_t *h = heap_uncached();
     void *p = gpu_heap_malloc(h, LARGE);
     assert_non_null(p);
     for (int i = 0; i < 3; i++) { /* warm */
@@ -61,7 +71,7 @@ static void test_pair_records_at_free(void **state) {
  * a new event, and the stale one is given back. */
 static void test_later_free_makes_it_stale(void **state) {
     (void)state;
-    gpu_heap_t *h = HEAP_NEW(0);
+    gpu_heap_t *h = heap_uncached();
     void *p = gpu_heap_malloc(h, LARGE), *small = gpu_heap_malloc_flags(h, 64 * KiB, GPU_ALLOC_OWNED);
     assert_non_null(p);
     assert_non_null(small);
@@ -81,7 +91,7 @@ static void test_later_free_makes_it_stale(void **state) {
  * fence has passed its free. */
 static void test_pending_event_keeps_block(void **state) {
     (void)state;
-    gpu_heap_t *h = HEAP_NEW(0);
+    gpu_heap_t *h = heap_uncached();
     void *p = gpu_heap_malloc(h, LARGE);
     assert_non_null(p);
     vmm_host_set_event_delay(h->door.b, 1000000);
@@ -100,7 +110,7 @@ static void test_pending_event_keeps_block(void **state) {
  * not; the pair still works (new memory, no fence). */
 static void test_no_early_event_while_capturing(void **state) {
     (void)state;
-    gpu_heap_t *h = HEAP_NEW(0);
+    gpu_heap_t *h = heap_uncached();
     void *p = gpu_heap_malloc(h, LARGE);
     assert_non_null(p);
     vmm_host_set_capturing(h->door.b, 0, true);

@@ -311,6 +311,133 @@ static void test_protected_blocks_bypass_cache(void **state) {
     HEAP_DESTROY(h);
 }
 
+static uint64_t calls(gpu_heap_t *h, vmm_op op) { return atomic_load(&h->door.counts.calls[op]); }
+
+/* A plain block of 64 MiB and more is kept by its thread from its free to the
+ * next allocation of as many granules (lib/cache/big.c): the free records the
+ * cover, the allocation queries once and gets the same block, with no fence and
+ * no mapping; the books count it cached meanwhile. With its cover not complete
+ * it is not reused before a fence; a request of another size gets it back to
+ * the heap first. */
+static void test_big_block_kept_for_next_pair(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    void *p = gpu_heap_malloc(h, 256 * MiB);
+    assert_non_null(p);
+    gpu_stats_t s0 = STATS(h);
+    for (int i = 0; i < 10; i++) {
+        uint64_t r0 = calls(h, VMM_OP_EVENT_RECORD), q0 = calls(h, VMM_OP_EVENT_QUERY);
+        assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+        assert_int_equal(calls(h, VMM_OP_EVENT_RECORD) - r0, 1);
+        assert_int_equal(calls(h, VMM_OP_EVENT_QUERY) - q0, 0);
+        assert_int_equal(STATS(h).cached_bytes, 256 * MiB);
+        books_add_up(h);
+        CHECK_HEAP(h);
+        void *q = gpu_heap_malloc(h, 256 * MiB - 1000); /* as many granules */
+        assert_ptr_equal(q, p);
+        assert_int_equal(calls(h, VMM_OP_EVENT_RECORD) - r0, 1);
+        assert_int_equal(calls(h, VMM_OP_EVENT_QUERY) - q0, 1);
+        assert_int_equal(STATS(h).cached_bytes, 0);
+    }
+    gpu_stats_t s1 = STATS(h);
+    assert_int_equal(s1.fences, s0.fences);
+    assert_int_equal(s1.backend_map, s0.backend_map);
+
+    /* Its cover not complete: back to the quarantine, reused only after a fence. */
+    vmm_host_set_event_delay(h->door.b, 1000000);
+    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    uint64_t fences = STATS(h).fences;
+    void *q = gpu_heap_malloc(h, 256 * MiB);
+    assert_non_null(q);
+    if (q == p) assert_true(STATS(h).fences > fences);
+    assert_int_equal(STATS(h).cached_bytes, 0);
+    vmm_host_set_event_delay(h->door.b, 0);
+    CHECK_HEAP(h);
+
+    /* Another size: the kept block goes back idle before the heap serves it. */
+    assert_int_equal(gpu_heap_free(h, q), GPU_OK);
+    assert_int_equal(STATS(h).cached_bytes, 256 * MiB);
+    void *other = gpu_heap_malloc(h, 128 * MiB);
+    assert_non_null(other);
+    gpu_stats_t s2 = STATS(h);
+    assert_int_equal(s2.cached_bytes, 0);
+    assert_true(s2.idle_bytes >= 128 * MiB); /* what is left of it */
+    books_add_up(h);
+    assert_int_equal(gpu_heap_free(h, other), GPU_OK);
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_OK); /* a trim takes the kept block too */
+    assert_int_equal(STATS(h).cached_bytes, 0);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
+/* A kept block is freed memory: a second free, a realloc, protecting it or
+ * asking for the block around an address in it is refused and changes nothing.
+ * A block the cache handed out that gpu_protect changed is the heap's again: its
+ * free restores access and the cache does not keep it. */
+static void test_big_block_refusals_and_protect(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    char *p = gpu_heap_malloc(h, 64 * MiB);
+    assert_non_null(p);
+    assert_int_equal(gpu_heap_protect(h, p, 64 * MiB, GPU_PROT_READ), GPU_OK);
+    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.cached_bytes, 0); /* the heap's */
+    assert_int_equal(s.protected_extents, 0);
+
+    p = gpu_heap_malloc(h, 64 * MiB);
+    assert_non_null(p);
+    memset(p, 0x5a, 64 * MiB); /* writable */
+    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    assert_int_equal(STATS(h).cached_bytes, 64 * MiB);
+    assert_int_equal(gpu_heap_free(h, p), GPU_ERR_NOT_LIVE);
+    assert_null(gpu_heap_realloc(h, p, 128 * MiB));
+    assert_int_equal(gpu_last_error(), GPU_ERR_NOT_LIVE);
+    assert_int_equal(gpu_heap_protect(h, p, 64 * MiB, GPU_PROT_NONE), GPU_ERR_NOT_WHOLE_EXTENT);
+    uintptr_t start = 0;
+    size_t size = 0;
+    assert_int_equal(heap_block_containing(h, (uintptr_t)p + 4096, &start, &size), GPU_ERR_NOT_LIVE);
+    s = STATS(h);
+    assert_int_equal(s.cached_bytes, 64 * MiB);
+    assert_int_equal(s.protected_extents, 0);
+    CHECK_HEAP(h);
+
+    char *q = gpu_heap_malloc(h, 64 * MiB);
+    assert_ptr_equal(q, p);
+    assert_int_equal(heap_block_containing(h, (uintptr_t)q + 4096, &start, &size), GPU_OK);
+    assert_int_equal(start, (uintptr_t)q);
+    assert_int_equal(size, 64 * MiB);
+    memset(q, 0x6b, 64 * MiB);
+    assert_int_equal(gpu_heap_free(h, q), GPU_OK);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
+/* A block one thread's cache handed out and another thread frees is the heap's:
+ * the first thread's next pair does not find it kept. */
+static void *free_it(void *p) { return (void *)(intptr_t)gpu_free(p); }
+
+static void test_big_block_freed_elsewhere(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    void *p = gpu_heap_malloc(h, 64 * MiB);
+    assert_non_null(p);
+    pthread_t t;
+    void *rc;
+    assert_int_equal(pthread_create(&t, NULL, free_it, p), 0);
+    assert_int_equal(pthread_join(t, &rc), 0);
+    assert_int_equal((int)(intptr_t)rc, GPU_OK);
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.cached_bytes, 0);
+    assert_true(s.quarantine_bytes + s.idle_bytes >= 64 * MiB);
+    CHECK_HEAP(h);
+    void *q = gpu_heap_malloc(h, 64 * MiB);
+    assert_non_null(q);
+    assert_int_equal(gpu_heap_free(h, q), GPU_OK);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
 /* thread_cache 0: nothing is ever cached. */
 static void test_cache_off(void **state) {
     (void)state;
@@ -586,6 +713,9 @@ int main(void) {
         cmocka_unit_test(test_realloc_of_cached_block),
         cmocka_unit_test(test_trim_empties_cache),
         cmocka_unit_test(test_protected_blocks_bypass_cache),
+        cmocka_unit_test(test_big_block_kept_for_next_pair),
+        cmocka_unit_test(test_big_block_refusals_and_protect),
+        cmocka_unit_test(test_big_block_freed_elsewhere),
         cmocka_unit_test(test_cache_off),
         cmocka_unit_test(test_many_live_blocks_free_through_cache),
         cmocka_unit_test(test_cross_thread_and_exit),

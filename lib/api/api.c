@@ -214,9 +214,11 @@ static __attribute__((noinline)) void *allocate_slow(gpu_heap_t *h, size_t size,
     void *p = NULL;
     int rc = GH_MISS;
     /* A paused heap's caches are not asked: the heap itself refuses (GPU_ERR_PAUSED). */
-    if (!cache_asked && !flags && align == GH_QUANTUM && size <= TC_MID_MAX_BYTES && heap_is_running(h) &&
-        (p = tcache_malloc(h, size)))
+    bool cacheable = !cache_asked && !flags && align == GH_QUANTUM && heap_is_running(h);
+    if (cacheable && size <= TC_MID_MAX_BYTES && (p = tcache_malloc(h, size)))
         rc = GPU_OK;
+    else if (cacheable && size >= TC_BIG_MIN)
+        rc = tcache_malloc_big(h, size, &p);
     if (rc == GH_MISS) rc = heap_malloc(h, size, align, flags, &p);
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_MALLOC, .heap = h->base, .size = size, .arg = align,
                                              .flags = (uint8_t)flags, .result = (uintptr_t)p, .rc = (int8_t)rc});

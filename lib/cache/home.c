@@ -79,9 +79,11 @@ static void home_stats_locked(gpu_heap_t *h, gpu_stats_t *s) {
     size_t bytes = 0, blocks = 0;
     for (tcache *c = home ? home->caches : NULL; c; c = c->next) {
         bytes += atomic_load_explicit(&c->small.bytes, memory_order_relaxed) +
-                 atomic_load_explicit(&c->mid.bytes, memory_order_relaxed);
+                 atomic_load_explicit(&c->mid.bytes, memory_order_relaxed) +
+                 atomic_load_explicit(&c->big_held.bytes, memory_order_relaxed);
         blocks += atomic_load_explicit(&c->small.blocks, memory_order_relaxed) +
-                  atomic_load_explicit(&c->mid.blocks, memory_order_relaxed);
+                  atomic_load_explicit(&c->mid.blocks, memory_order_relaxed) +
+                  atomic_load_explicit(&c->big_held.blocks, memory_order_relaxed);
     }
     s->cached_bytes = bytes;
     s->cached_blocks = blocks;
@@ -105,8 +107,8 @@ static void home_flush_locked(gpu_heap_t *h) {
     }
 }
 
-/* The heap is about to map new memory (lock held): this thread's mid slots give
- * their blocks back first, so that blocks kept for reuse never make the heap
+/* The heap is about to map new memory (lock held): this thread's mid slots and
+ * its large block (big.c) give their blocks back first, so that blocks kept for reuse never make the heap
  * grow, and — where the mapping would pass the heap's physical budget — the other
  * threads' caches that hold mid blocks are asked to give them back at their next
  * allocation (a framework frees on one thread what its other threads allocate:
@@ -117,7 +119,8 @@ static bool home_room_locked(gpu_heap_t *h, bool past_budget) {
     tc_home *home = home_find(h);
     tcache *mine = tcache_mine(h);
     for (tcache *c = past_budget && home ? home->caches : NULL; c; c = c->next)
-        if (c != mine && atomic_load_explicit(&c->mid.blocks, memory_order_relaxed))
+        if (c != mine && (atomic_load_explicit(&c->mid.blocks, memory_order_relaxed) ||
+                          atomic_load_explicit(&c->big_held.blocks, memory_order_relaxed)))
             atomic_fetch_or_explicit(&c->flush_asked, TC_FLUSH_MID, memory_order_relaxed);
     return mine && tcache_give_back_mid_locked(h, mine);
 }

@@ -18,6 +18,7 @@
 #define TC_CLASSES (TC_MAX_BYTES / GH_QUANTUM) /* 256 B..4 KiB, one per quantum: nothing is rounded up */
 #define TC_MID_SLOTS 16u                         /* classes for exact sizes above 4 KiB, by a hash of the size */
 #define TC_ALL (TC_CLASSES + TC_MID_SLOTS)       /* a class index: small classes first, then the mid slots */
+#define TC_BIG TC_ALL                            /* the class a handed-out large block is known by (big.c) */
 #define TC_MID_RING_MIN 8u /* a mid size is cached only when its budget holds a ring this deep */
 enum { TC_FLUSH_ALL = 1, TC_FLUSH_MID = 2 }; /* what another thread asked a cache to give back */
 
@@ -60,6 +61,9 @@ typedef struct tcache {
     _Atomic unsigned flush_asked; /* set by another thread (lock held): TC_FLUSH_ALL (a trim: give
                                    * everything back) or TC_FLUSH_MID (it maps: the mid slots' blocks) */
     tc_budget small, mid;       /* what the rings of each kind hold, and may */
+    tc_entry big;               /* the large block kept since its free (big.c; b NULL: none) */
+    size_t big_size;            /* its size */
+    tc_budget big_held;         /* what big holds (counts only) */
     struct tcache *next, *prev; /* the home's list, under the heap's lock */
     handout_map out;            /* the blocks handed out and not yet back */
     tc_class cls[TC_ALL];
@@ -77,19 +81,33 @@ static inline void tc_count(tc_class *q, int sign, size_t n) {
     atomic_store_explicit(&g->blocks, tc_held(&g->blocks) + (size_t)sign * n, memory_order_relaxed);
 }
 
+/* The tc word a block is handed out with: its generation moved on, TC_USER. */
+static inline uint64_t tc_handout_word(block *b) {
+    return ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
+}
+
 /* ---- tcache.c ------------------------------------------------------------------ */
 
 /* The calling thread's cache of h if it has one; never creates. */
 tcache *tcache_mine(gpu_heap_t *h);
+/* The calling thread's cache of h, created on first use; NULL when caching is
+ * off for h or out of host memory. Call it without the heap's lock. */
+tcache *tcache_of(gpu_heap_t *h);
+/* Gives back what another thread asked c to (a trim, out of memory: all; a
+ * mapping past the budget: the mid slots and the large block). Takes the lock. */
+void tcache_flush_asked(gpu_heap_t *h, tcache *c);
 /* Frees c's memory (its blocks are given back, or go with a closing heap). */
 void tcache_destroy(tcache *c);
 
 /* ---- ring.c: the rings' slow side ------------------------------------------------ */
 
-/* Every block c's rings hold goes back to h. Lock held. */
+/* One cached block goes back to the heap: idle when its free is covered (or it
+ * was never handed out), else into the quarantine. Lock held. */
+void ring_give_back_locked(gpu_heap_t *h, tc_entry e);
+/* Every block c holds goes back to h. Lock held. */
 void tcache_give_back_locked(gpu_heap_t *h, tcache *c);
-/* Every block c's mid slots hold goes back to h (but the one refilling on this
- * thread); true when any did. Lock held. */
+/* Every block c's mid slots hold (but the one refilling on this thread) and its
+ * large block go back to h; true when any did. Lock held. */
 bool tcache_give_back_mid_locked(gpu_heap_t *h, tcache *c);
 /* The oldest n entries of q go back to the heap. Lock held. */
 void ring_drop_oldest_locked(gpu_heap_t *h, tc_class *q, uint32_t n);
@@ -103,6 +121,14 @@ int ring_refill(gpu_heap_t *h, tcache *c, tc_class *q);
 bool ring_slot_take(gpu_heap_t *h, tc_class *q, size_t need);
 /* The look at the covers every half depth of frees (tag: the last free's). */
 void ring_cover_tick(gpu_heap_t *h, tcache *c, uint64_t tag);
+
+/* ---- big.c: one large block kept per thread ------------------------------------- */
+
+/* The block c keeps, if any, goes back to the heap; true when one did. Lock held. */
+bool big_give_back_locked(gpu_heap_t *h, tcache *c);
+/* gpu_free of b (at start, handed out by c with tc word w as a large block of
+ * size bytes): c keeps it; false when it moved on meanwhile (the heap takes it). */
+bool big_free(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w, size_t size);
 
 /* ---- home.c -------------------------------------------------------------------- */
 

@@ -24,9 +24,7 @@
 
 /* ---- giving blocks back --------------------------------------------------------- */
 
-/* One cached block goes back to the heap: idle when its free is covered (or it
- * was never handed out), else into the quarantine. Lock held. */
-static void give_back_locked(gpu_heap_t *h, tc_entry e) {
+void ring_give_back_locked(gpu_heap_t *h, tc_entry e) {
     blockmap_remove(&h->live, e.b->start);
     heap_retire_locked(h, e.b, quarantine_covered(h, e.tag));
 }
@@ -34,7 +32,7 @@ static void give_back_locked(gpu_heap_t *h, tc_entry e) {
 /* The oldest n entries of q go back to the heap. Lock held. */
 void ring_drop_oldest_locked(gpu_heap_t *h, tc_class *q, uint32_t n) {
     for (uint32_t i = 0; i < n; i++) {
-        give_back_locked(h, q->ring[q->head]);
+        ring_give_back_locked(h, q->ring[q->head]);
         q->head = (q->head + 1) & (q->cap - 1);
         q->n--;
     }
@@ -50,13 +48,16 @@ static bool give_back_range_locked(gpu_heap_t *h, tcache *c, unsigned from, unsi
     return any;
 }
 
-void tcache_give_back_locked(gpu_heap_t *h, tcache *c) { (void)give_back_range_locked(h, c, 0, TC_ALL); }
+void tcache_give_back_locked(gpu_heap_t *h, tcache *c) {
+    (void)give_back_range_locked(h, c, 0, TC_ALL);
+    (void)big_give_back_locked(h, c);
+}
 
 /* The class whose refill is asking the heap on this thread, or NULL. */
 static _Thread_local tc_class *refilling;
 
 bool tcache_give_back_mid_locked(gpu_heap_t *h, tcache *c) {
-    bool any = false;
+    bool any = big_give_back_locked(h, c);
     for (unsigned k = TC_CLASSES; k < TC_ALL; k++) {
         tc_class *q = &c->cls[k];
         if (q->n && q != refilling) ring_drop_oldest_locked(h, q, q->n), any = true;

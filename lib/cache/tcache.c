@@ -40,7 +40,8 @@
  * mid ring whose head keeps waiting deepens (internal.h, tc_mid_limit_bytes):
  * with many threads a cover takes longer to be seen than a shallow ring takes
  * to come round. This file is the fast side and the caches' lives; ring.c the
- * rings' slow side (depth, refills, the looks, giving blocks back).
+ * rings' slow side (depth, refills, the looks, giving blocks back); big.c the one
+ * block of 64 MiB or more a cache keeps from its free to the next pair.
  *
  * What a cache holds is bounded (cfg.thread_cache bytes per thread and heap;
  * GPUHEAP_THREAD_CACHE=0 turns caching off). gpu_heap_trim and out-of-memory
@@ -122,9 +123,7 @@ static void exit_key_make(void) { exit_armed_ok = pthread_key_create(&exit_key, 
 
 /* ---- finding the thread's cache -------------------------------------------------- */
 
-/* The calling thread's cache of h (created on first use), or NULL when caching
- * is off for h or out of host memory. */
-static tcache *tcache_of(gpu_heap_t *h) {
+tcache *tcache_of(gpu_heap_t *h) {
     int i = mine_index(h);
     if (i > 0) { /* to the front: the next lookup is one compare */
         tcache *c = mine[i].c;
@@ -178,11 +177,20 @@ static inline __attribute__((always_inline)) void *pop(tcache *c, tc_class *q) {
     q->head = (head + 1) & q->mask;
     q->n--;
     tc_count(q, -1, 1);
-    uint64_t w = ((atomic_load_explicit(&b->tc, memory_order_relaxed) >> 2) + 1) << 2 | TC_USER;
+    uint64_t w = tc_handout_word(b);
     atomic_store_explicit(&b->tc, w, memory_order_release);
     /* out of host memory: its free goes to the heap */
     (void)handout_put(&c->out, start, (unsigned)(q - c->cls), q->size, b, w);
     return (void *)start;
+}
+
+void tcache_flush_asked(gpu_heap_t *h, tcache *c) {
+    heap_lock(h); /* someone trimmed or ran out of memory (all), or mapped (the mid slots, the large block) */
+    if (atomic_exchange_explicit(&c->flush_asked, 0, memory_order_relaxed) & TC_FLUSH_ALL)
+        tcache_give_back_locked(h, c);
+    else
+        (void)tcache_give_back_mid_locked(h, c);
+    heap_unlock(h);
 }
 
 /* Everything the fast path leaves out: a cache not at the front of mine[] (or
@@ -194,14 +202,7 @@ static __attribute__((noinline)) void *malloc_slow(gpu_heap_t *h, size_t size) {
     tcache *c = tcache_of(h);
     size_t quanta = need / GH_QUANTUM;
     if (!c || (quanta > c->classes && quanta > c->mid_quanta)) return NULL;
-    if (atomic_load_explicit(&c->flush_asked, memory_order_relaxed)) {
-        heap_lock(h); /* someone trimmed or ran out of memory (all), or mapped (the mid slots) */
-        if (atomic_exchange_explicit(&c->flush_asked, 0, memory_order_relaxed) & TC_FLUSH_ALL)
-            tcache_give_back_locked(h, c);
-        else
-            (void)tcache_give_back_mid_locked(h, c);
-        heap_unlock(h);
-    }
+    if (atomic_load_explicit(&c->flush_asked, memory_order_relaxed)) tcache_flush_asked(h, c);
     tc_class *q = quanta <= c->classes ? &c->cls[quanta - 1] : &c->cls[mid_slot(quanta)];
     if (q->size != need && !ring_slot_take(h, q, need)) return NULL;
     if ((!q->n || !quarantine_covered(h, q->ring[q->head].tag)) && ring_refill(h, c, q) != GPU_OK) return NULL;
@@ -284,8 +285,10 @@ bool tcache_free(gpu_heap_t *h, uintptr_t p) {
     block *b = e->b;
     uint64_t w = e->w;
     size_t size = e->size;
-    tc_class *q = &c->cls[e->key & HANDOUT_CLASS_MASK];
+    unsigned k = (unsigned)(e->key & HANDOUT_CLASS_MASK);
     handout_take(&c->out, e); /* shrinking, when due, waits for the end */
+    if (__builtin_expect(k == TC_BIG, 0)) return big_free(h, c, b, p, w, size) || free_missed(c);
+    tc_class *q = &c->cls[k];
     if (__builtin_expect(q->size != size, 0)) return free_missed(c); /* its mid slot took another size meanwhile */
     if (__builtin_expect(q->n == q->cap || tc_held(&q->budget->bytes) + size > q->budget->limit, 0))
         return free_full(h, c, q, b, p, w);

@@ -15,10 +15,19 @@
 #define TC_MAX_BYTES ((size_t)4 << 10)
 #define TC_MID_MAX_BYTES ((size_t)8 << 20)
 
+/* A plain block of this size and more may be kept by its thread from its free to
+ * the next allocation it fits, one at a time (big.c). */
+#define TC_BIG_MIN ((size_t)64 << 20)
+
 /* gpu_malloc of size bytes (at most TC_MID_MAX_BYTES) at the minimum alignment, no
  * flags, from the thread's cache: the block, or NULL when the cache cannot
  * serve it (the caller goes to the heap, which reports any error). */
 void *tcache_malloc(gpu_heap_t *h, size_t size);
+/* gpu_malloc of size bytes (at least TC_BIG_MIN) at the minimum alignment, no
+ * flags, through the thread's cache: its kept block when it fits and its cover
+ * completed, else the heap's (GPU_OK, *out set), the heap's error, or GH_MISS
+ * when the cache does not take the size (the caller asks the heap). */
+int tcache_malloc_big(gpu_heap_t *h, size_t size, void **out);
 /* gpu_free through the thread's cache: true when the cache took p, false when p
  * is not one of its blocks (the caller goes to the heap). */
 bool tcache_free(gpu_heap_t *h, uintptr_t p);

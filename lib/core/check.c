@@ -84,7 +84,10 @@ static bool tally_extent(extent *e, void *arg) {
     t->moving += e->moving;
     if (e->prot != GPU_PROT_READ_WRITE) {
         t->prot++;
-        CHECK(c, extent_owner(e), "protected extent %#lx has no owning block", (unsigned long)e->va);
+        const block *o = extent_owner(e);
+        CHECK(c, o, "protected extent %#lx has no owning block", (unsigned long)e->va);
+        CHECK(c, !o || tc_state(atomic_load_explicit(&((block *)o)->tc, memory_order_acquire)) != TC_FREE,
+              "protected extent %#lx belongs to a block a thread cache holds free", (unsigned long)e->va);
     }
     const block *o = extent_owner(e);
     if (o)

@@ -31,9 +31,11 @@
 #include "core/internal.h"
 
 /* True when b is a block the caller owns (live, being changed for its owner, or
- * a reserved sparse range) and p lies inside it. */
+ * a reserved sparse range) and p lies inside it. A block a thread cache holds
+ * free is in the books as live, and is not the caller's. */
 static bool block_holds(const block *b, uintptr_t p) {
-    return b && b->start <= p && p < block_end(b) && b->state != BLOCK_QUARANTINE;
+    return b && b->start <= p && p < block_end(b) && b->state != BLOCK_QUARANTINE &&
+           tc_state(atomic_load_explicit(&((block *)b)->tc, memory_order_acquire)) != TC_FREE;
 }
 
 int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *size) {
@@ -54,8 +56,7 @@ int heap_block_containing(gpu_heap_t *h, uintptr_t p, uintptr_t *start, size_t *
         }
         block *b = blockmap_find(&h->live, a);
         if (b) {
-            if (block_holds(b, p) && tc_state(atomic_load_explicit(&b->tc, memory_order_acquire)) != TC_FREE)
-                found = b; /* a block a thread cache holds free is not live */
+            if (block_holds(b, p)) found = b;
             break;
         }
         if (a == h->base) break;

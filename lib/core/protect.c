@@ -24,6 +24,9 @@ int heap_protect(gpu_heap_t *h, void *ptr, size_t size, gpu_prot_t prot) {
     }
     extent *e = extmap_find(&h->extents, p);
     block *b = e ? extent_owner(e) : NULL;
+    /* A block a thread cache handed out becomes the heap's alone, so that its free
+     * goes to the heap, which restores access; one a cache holds free is not live. */
+    if (b && b->state == BLOCK_LIVE && heap_find_live(h, b->start, true) != b) b = NULL;
     int rc = GPU_OK;
     bool sparse = b && b->state == BLOCK_SPARSE;
     if (!e || e->va != p || !b || (b->state != BLOCK_LIVE && !sparse) || (sparse && b->busy)) {
