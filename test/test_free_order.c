@@ -83,6 +83,32 @@ static void test_legacy_hands_out_at_once(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* A large block the thread keeps from its free (lib/cache/big.c) goes back to
+ * the heap before any other allocation of the thread: gpu_calloc of its size
+ * gets it at once, by one ordered release, with no fence and no new mapping. */
+static void test_legacy_kept_block_serves_calloc(void **state) {
+    (void)state;
+    gpu_heap_t *h = far_behind();
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_LEGACY), GPU_OK);
+    for (int i = 0; i < 3; i++) {
+        void *p = gpu_heap_malloc(h, LARGE);
+        assert_non_null(p);
+        gpu_stats_t s0 = STATS(h);
+        assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+        assert_int_equal(STATS(h).cached_bytes, LARGE);
+        void *z = gpu_heap_calloc(h, 1, LARGE);
+        assert_ptr_equal(z, p);
+        gpu_stats_t s1 = STATS(h);
+        assert_int_equal(s1.order_releases - s0.order_releases, 1);
+        assert_int_equal(s1.fences, s0.fences);
+        assert_int_equal(s1.backend_map, s0.backend_map);
+        assert_int_equal(s1.cached_bytes, 0);
+        assert_int_equal(gpu_heap_free(h, z), GPU_OK);
+    }
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
 /* Releases come in batches: a warm loop of 16 MiB pairs releases once per
  * quarantine budget's worth (64 MiB here: a few blocks), not once per pair, and
  * maps no more than that budget beside the block in use; never a fence. */
@@ -315,6 +341,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_legacy_hands_out_at_once, order_event),
         cmocka_unit_test_teardown(test_legacy_releases_in_batches, order_event),
+        cmocka_unit_test_teardown(test_legacy_kept_block_serves_calloc, order_event),
         cmocka_unit_test_teardown(test_legacy_small_blocks_never_wait, order_event),
         cmocka_unit_test_teardown(test_capture_keeps_event_order, order_event),
         cmocka_unit_test_teardown(test_back_to_events_fences_once, order_event),

@@ -570,8 +570,10 @@ static void test_reuse_after_free_waits_for_gpu(void **state) {
         int running_after_free = cu.cuStreamQuery(spin) == CUDA_ERROR_NOT_READY;
         gpu_stats_t freed = stats_of(h);
         HEAP_OK(h);
-        /* Either A waits in quarantine, or the heap fenced (waited) to free it. */
-        assert_true((freed.quarantine_blocks >= 1 && freed.quarantine_bytes >= size) || freed.fences > before.fences);
+        /* A waits in quarantine, or in this thread's cache for its next pair (lib/cache/big.c), or the heap
+         * fenced (waited) to free it. */
+        assert_true((freed.quarantine_blocks >= 1 && freed.quarantine_bytes >= size) || freed.cached_bytes >= size ||
+                    freed.fences > before.fences);
         if (!running_after_free)
             print_message("%s: the spinning kernel ended before gpu_free returned (did free fence?); "
                           "the test proves less\n", spin_kinds[kind].name);

@@ -219,7 +219,10 @@ static __attribute__((noinline)) void *allocate_slow(gpu_heap_t *h, size_t size,
         rc = GPU_OK;
     else if (cacheable && size >= TC_BIG_MIN)
         rc = tcache_malloc_big(h, size, &p);
-    if (rc == GH_MISS) rc = heap_malloc(h, size, align, flags, &p);
+    if (rc == GH_MISS) {
+        tcache_give_back_big(h); /* the heap's ladder sees the thread's kept large block from its first rung */
+        rc = heap_malloc(h, size, align, flags, &p);
+    }
     if (t0) trace_record(t0, &(trace_event){.op = TRACE_MALLOC, .heap = h->base, .size = size, .arg = align,
                                              .flags = (uint8_t)flags, .result = (uintptr_t)p, .rc = (int8_t)rc});
     return pointer_result(h, rc, p);

@@ -18,8 +18,12 @@
  *
  * What the heap would do, it still does: a block whose cover has not completed
  * by then goes back into the quarantine, and the request goes down the heap's
- * ladder (seals, looks, fences, its budget); a request the block does not fit
- * gives it back first. One block per thread, and only while the release
+ * ladder (seals, looks, fences, its budget); a request the block does not fit,
+ * and any allocation of the thread that goes to the heap (gpu_calloc, an
+ * alignment, flags, a miss of the small caches), gives it back first, so that
+ * the heap's ladder sees it from its first rung (in legacy order, an ordered
+ * release makes it that request's; given back only before a mapping, the ladder
+ * had passed that rung and mapped anew). One block per thread, and only while the release
  * threshold allows idle memory of its size; it goes back before the heap maps
  * anything for this thread, and when another thread's mapping passes the
  * physical budget, a trim, out of memory, the thread's exit (ring.c, home.c).
@@ -106,4 +110,16 @@ bool big_free(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w, s
     big_count(c, size, 1);
     heap_unlock(h);
     return true;
+}
+
+void tcache_give_back_big(gpu_heap_t *h) {
+    tcache *c = tcache_mine(h);
+    if (!c || !c->big.b) return;
+    heap_lock(h);
+    /* In event order its cover was recorded at the free: a look now lets it go
+     * back idle (else it waits in the quarantine for another seal). In legacy
+     * order the heap's ladder decides when to release it. */
+    if (!quarantine_legacy()) (void)quarantine_cover_locked(h, c->big.tag);
+    (void)big_give_back_locked(h, c);
+    heap_unlock(h);
 }

@@ -28,6 +28,9 @@ void *tcache_malloc(gpu_heap_t *h, size_t size);
  * completed, else the heap's (GPU_OK, *out set), the heap's error, or GH_MISS
  * when the cache does not take the size (the caller asks the heap). */
 int tcache_malloc_big(gpu_heap_t *h, size_t size, void **out);
+/* Before an allocation of this thread goes to the heap: the large block its
+ * cache of h keeps, if any, goes back (idle once its cover completed). */
+void tcache_give_back_big(gpu_heap_t *h);
 /* gpu_free through the thread's cache: true when the cache took p, false when p
  * is not one of its blocks (the caller goes to the heap). */
 bool tcache_free(gpu_heap_t *h, uintptr_t p);
