@@ -426,6 +426,86 @@ static void test_big_block_refusals_and_protect(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* cudaMalloc's alignment (the interposer asks it: 2 MiB from 2 MiB) is served
+ * too: an aligned pair reuses the kept block; an alignment past a granule goes
+ * to the heap. */
+static void test_big_block_aligned_pairs(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    void *p = gpu_heap_malloc_aligned(h, 128 * MiB, 2 * MiB);
+    assert_non_null(p);
+    assert_int_equal((uintptr_t)p % (2 * MiB), 0);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+        assert_int_equal(STATS(h).cached_bytes, 128 * MiB);
+        void *q = gpu_heap_malloc_aligned(h, 128 * MiB, 2 * MiB);
+        assert_ptr_equal(q, p);
+    }
+    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    void *wide = gpu_heap_malloc_aligned(h, 128 * MiB, 64 * MiB);
+    assert_non_null(wide);
+    assert_int_equal((uintptr_t)wide % (64 * MiB), 0);
+    assert_int_equal(STATS(h).cached_bytes, 0); /* the kept block went back to the heap first */
+    assert_int_equal(gpu_heap_free(h, wide), GPU_OK);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
+/* A kept block counts as freed for the heap's backing: after a kept 64 MiB free,
+ * a 1 GiB block is backed in chunks (lib/core/vacant.c), as after gpu_free. */
+static void test_big_block_free_counts_for_chunks(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    void *p = gpu_heap_malloc(h, 64 * MiB);
+    assert_non_null(p);
+    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    assert_int_equal(STATS(h).cached_bytes, 64 * MiB);
+    uint64_t maps = STATS(h).backend_map;
+    void *g = gpu_heap_malloc(h, 1 * GiB);
+    assert_non_null(g);
+    assert_true(STATS(h).backend_map - maps >= 8); /* chunks of an eighth */
+    assert_int_equal(gpu_heap_free(h, g), GPU_OK);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
+/* A kept block whose cover is still running when it goes back joins the batch
+ * sealed at its free, and is released with it: no new seal for it. */
+static bool in_list(const block *b, uintptr_t start) {
+    for (; b; b = b->next_free)
+        if (b->start == start) return true;
+    return false;
+}
+
+static void test_big_block_back_with_its_seal(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    void *ballast = gpu_heap_malloc_flags(h, 1 * GiB, GPU_ALLOC_OWNED); /* room under the physical budget: no fence */
+    void *p = gpu_heap_malloc(h, 256 * MiB);
+    assert_non_null(ballast);
+    assert_non_null(p);
+    vmm_host_set_event_delay(h->door.b, 1000000);
+    assert_int_equal(gpu_heap_free(h, p), GPU_OK); /* kept; its seal recorded */
+    assert_int_equal(h->nsealed, 1);
+    uint64_t r_free = calls(h, VMM_OP_EVENT_RECORD);
+    void *o = gpu_heap_malloc(h, 128 * MiB); /* another size: p goes back, still running */
+    assert_non_null(o);
+    assert_int_equal(calls(h, VMM_OP_EVENT_RECORD), r_free); /* nothing sealed anew for it */
+    assert_false(in_list(h->quarantine, (uintptr_t)p));
+    assert_true(in_list(h->sealed[0].q.head, (uintptr_t)p));
+    CHECK_HEAP(h);
+    vmm_host_set_event_delay(h->door.b, 0);
+    uint64_t r0 = calls(h, VMM_OP_EVENT_RECORD);
+    void *q = gpu_heap_malloc_flags(h, 256 * MiB, GPU_ALLOC_ZERO); /* the heap's path */
+    assert_ptr_equal(q, p);
+    assert_int_equal(calls(h, VMM_OP_EVENT_RECORD), r0);
+    assert_int_equal(gpu_heap_free(h, q), GPU_OK);
+    assert_int_equal(gpu_heap_free(h, o), GPU_OK);
+    assert_int_equal(gpu_heap_free(h, ballast), GPU_OK);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
 /* A block one thread's cache handed out and another thread frees is the heap's:
  * the first thread's next pair does not find it kept. */
 static void *free_it(void *p) { return (void *)(intptr_t)gpu_free(p); }
@@ -729,6 +809,9 @@ int main(void) {
         cmocka_unit_test(test_big_block_kept_for_next_pair),
         cmocka_unit_test(test_big_block_refusals_and_protect),
         cmocka_unit_test(test_big_block_freed_elsewhere),
+        cmocka_unit_test(test_big_block_aligned_pairs),
+        cmocka_unit_test(test_big_block_free_counts_for_chunks),
+        cmocka_unit_test(test_big_block_back_with_its_seal),
         cmocka_unit_test(test_cache_off),
         cmocka_unit_test(test_many_live_blocks_free_through_cache),
         cmocka_unit_test(test_cross_thread_and_exit),

@@ -63,7 +63,7 @@ static int unmap_live(gpu_heap_t *h, void *ptr, block **out) {
         if (rc != GPU_OK) return gh_note(rc, "restoring read-write access before freeing %p: %s", ptr, vmm_error());
     }
     blockmap_remove(&h->live, p);
-    if (b->size >= BACK_CHUNK_AFTER_FREE_GRANULES * h->gran) h->large_freed = true;
+    heap_note_free_locked(h, b->size);
     *out = b;
     return GPU_OK;
 }

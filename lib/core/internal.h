@@ -78,6 +78,11 @@ static inline block *extent_owner(const extent *e) {
  * heap holds as much as the range, ranges of 512 MiB and more are backed in
  * chunks (vacant.c, back_chunk). */
 #define BACK_CHUNK_AFTER_FREE_GRANULES 32
+/* The user freed a block of size bytes (gpu_free, or a thread cache keeping it:
+ * lib/cache/big.c): from a large one on, large ranges are backed in chunks. */
+static inline void heap_note_free_locked(gpu_heap_t *h, size_t size) {
+    if (size >= BACK_CHUNK_AFTER_FREE_GRANULES * h->gran) h->large_freed = true;
+}
 /* New memory for need bytes at align that starts with an idle block of at least
  * min bytes ending where mapped memory ends: one new extent is mapped over the
  * vacant VA right after it, and the two come back as one BUSY block (at least
@@ -140,6 +145,12 @@ bool quarantine_cover_locked(gpu_heap_t *h, uint64_t tag);
 static inline bool quarantine_covered(gpu_heap_t *h, uint64_t tag) {
     return tag < atomic_load_explicit(&h->cover_done, memory_order_acquire);
 }
+/* A LIVE block out of the address map, freed by its user when cover_seq read tag
+ * and kept since (a thread cache's), goes back to the heap: idle when a cover
+ * past tag completed, else into the oldest sealed batch whose event was
+ * recorded after its free (it is released with that batch), else into the
+ * quarantine. Lock held. */
+void quarantine_retire_locked(gpu_heap_t *h, block *b, uint64_t tag);
 /* After the free of a block that passes the quarantine's budget alone: records
  * the next seal's event now (a seal takes it while nothing entered the
  * quarantine after it), so that the miss that wants this memory finds the GPU

@@ -158,6 +158,28 @@ void quarantine_release_sealed_locked(gpu_heap_t *h, uint64_t before_seq) {
     }
 }
 
+void quarantine_retire_locked(gpu_heap_t *h, block *b, uint64_t tag) {
+    if (quarantine_covered(h, tag)) {
+        heap_retire_locked(h, b, true);
+        return;
+    }
+    for (unsigned i = 0; i < h->nsealed; i++) {
+        quarantine_batch *q = &h->sealed[i].q;
+        if (h->sealed[i].tag < tag || (h->seal_busy && i == 0)) continue; /* recorded before its free, or being asked */
+        heap_unlive_locked(h, b);
+        b->state = BLOCK_QUARANTINE;
+        b->prev_free = NULL;
+        b->next_free = q->head;
+        q->head = b;
+        q->bytes += b->size;
+        q->blocks++;
+        h->quarantine_bytes += b->size;
+        h->quarantine_blocks++;
+        return;
+    }
+    heap_retire_locked(h, b, false);
+}
+
 /* ---- the free order --------------------------------------------------------- */
 
 static _Atomic int free_order = GPU_FREE_ORDER_EVENT;
