@@ -80,14 +80,18 @@ void heap_unlive_locked(gpu_heap_t *h, block *b) {
     tc_set(b, TC_NONE);
 }
 
-void heap_quarantine_locked(gpu_heap_t *h, block *b) {
+void heap_quarantine_onto_locked(gpu_heap_t *h, block *b, block **list) {
     heap_unlive_locked(h, b);
     b->state = BLOCK_QUARANTINE;
     b->prev_free = NULL;
-    b->next_free = h->quarantine;
-    h->quarantine = b;
+    b->next_free = *list;
+    *list = b;
     h->quarantine_bytes += b->size;
     h->quarantine_blocks++;
+}
+
+void heap_quarantine_locked(gpu_heap_t *h, block *b) {
+    heap_quarantine_onto_locked(h, b, &h->quarantine);
     h->quarantined++;
 }
 

@@ -30,6 +30,8 @@ void heap_make_live_locked(gpu_heap_t *h, block *b);                  /* b (in n
 void heap_unlive_locked(gpu_heap_t *h, block *b);
 void heap_headroom_release_locked(gpu_heap_t *h, block *b);           /* b's headroom becomes vacant VA */
 void heap_quarantine_locked(gpu_heap_t *h, block *b);                 /* a LIVE block, already out of the map */
+/* The same onto another list of quarantined blocks (a sealed batch's). */
+void heap_quarantine_onto_locked(gpu_heap_t *h, block *b, block **list);
 /* A LIVE block out of the address map goes back to the heap: idle at once when
  * safe is set (no GPU work can still use it), else into the quarantine. */
 void heap_retire_locked(gpu_heap_t *h, block *b, bool safe);

@@ -166,15 +166,9 @@ void quarantine_retire_locked(gpu_heap_t *h, block *b, uint64_t tag) {
     for (unsigned i = 0; i < h->nsealed; i++) {
         quarantine_batch *q = &h->sealed[i].q;
         if (h->sealed[i].tag < tag || (h->seal_busy && i == 0)) continue; /* recorded before its free, or being asked */
-        heap_unlive_locked(h, b);
-        b->state = BLOCK_QUARANTINE;
-        b->prev_free = NULL;
-        b->next_free = q->head;
-        q->head = b;
+        heap_quarantine_onto_locked(h, b, &q->head);
         q->bytes += b->size;
         q->blocks++;
-        h->quarantine_bytes += b->size;
-        h->quarantine_blocks++;
         return;
     }
     heap_retire_locked(h, b, false);
