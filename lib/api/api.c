@@ -214,11 +214,11 @@ static __attribute__((noinline)) void *allocate_slow(gpu_heap_t *h, size_t size,
     void *p = NULL;
     int rc = GH_MISS;
     /* A paused heap's caches are not asked: the heap itself refuses (GPU_ERR_PAUSED). */
-    bool cacheable = !cache_asked && !flags && heap_is_running(h);
-    if (cacheable && align == GH_QUANTUM && size <= TC_MID_MAX_BYTES && (p = tcache_malloc(h, size)))
+    bool cacheable = !cache_asked && !flags && align == GH_QUANTUM && heap_is_running(h);
+    if (cacheable && size <= TC_MID_MAX_BYTES && (p = tcache_malloc(h, size)))
         rc = GPU_OK;
-    else if (cacheable && size >= TC_BIG_MIN && align <= h->gran) /* cudaMalloc's alignment too (the interposer's) */
-        rc = tcache_malloc_big(h, size, align, &p);
+    else if (cacheable && size >= TC_BIG_MIN)
+        rc = tcache_malloc_big(h, size, &p);
     if (rc == GH_MISS) {
         tcache_give_back_big(h); /* the heap's ladder sees the thread's kept large block from its first rung */
         rc = heap_malloc(h, size, align, flags, &p);

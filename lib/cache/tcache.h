@@ -23,11 +23,14 @@
  * flags, from the thread's cache: the block, or NULL when the cache cannot
  * serve it (the caller goes to the heap, which reports any error). */
 void *tcache_malloc(gpu_heap_t *h, size_t size);
-/* gpu_malloc of size bytes (at least TC_BIG_MIN) aligned to align (at most a
- * granule), no flags, through the thread's cache: its kept block when it fits
- * and its cover completed, else the heap's (GPU_OK, *out set), the heap's error,
- * or GH_MISS when the cache does not take the size (the caller asks the heap). */
-int tcache_malloc_big(gpu_heap_t *h, size_t size, size_t align, void **out);
+/* gpu_malloc of size bytes (at least TC_BIG_MIN) at the minimum alignment, no
+ * flags, through the thread's cache: its kept block when it fits and its cover
+ * completed, else the heap's (GPU_OK, *out set), the heap's error, or GH_MISS
+ * when the cache does not take the size (the caller asks the heap). Aligned
+ * requests (the interposer's: cudaMalloc's alignment) are the heap's: kept
+ * blocks under gpuheap-run held a CNN at 2,692 MiB and a GPT at 3,694 on an
+ * H200 where the heap alone held 2,486 and 3,512 (bench/RESULTS.md). */
+int tcache_malloc_big(gpu_heap_t *h, size_t size, void **out);
 /* Before an allocation of this thread goes to the heap: the large block its
  * cache of h keeps, if any, goes back (idle once its cover completed). */
 void tcache_give_back_big(gpu_heap_t *h);
