@@ -108,9 +108,10 @@ static void home_flush_locked(gpu_heap_t *h) {
 }
 
 /* The heap is about to map new memory (lock held): this thread's mid slots and
- * its large block (big.c) give their blocks back first, so that blocks kept for reuse never make the heap
- * grow, and — where the mapping would pass the heap's physical budget — the other
- * threads' caches that hold mid blocks are asked to give them back at their next
+ * its large block (big.c) give their blocks back first, so that blocks kept for
+ * reuse never make the heap grow, and — where the mapping would pass the heap's
+ * physical budget — the other threads' caches that hold mid blocks or a large
+ * one are asked to give them back at their next
  * allocation (a framework frees on one thread what its other threads allocate:
  * their kept blocks pin shared extents too; below the budget the heap may map
  * anyway). The small classes keep theirs (a granule's worth at most per class,
