@@ -217,7 +217,7 @@ static __attribute__((noinline)) void *allocate_slow(gpu_heap_t *h, size_t size,
     bool cacheable = !cache_asked && !flags && align == GH_QUANTUM && heap_is_running(h);
     if (cacheable && size <= TC_MID_MAX_BYTES && (p = tcache_malloc(h, size)))
         rc = GPU_OK;
-    else if (cacheable && size >= TC_BIG_MIN)
+    else if (cacheable && size >= tc_big_min(h))
         rc = tcache_malloc_big(h, size, &p);
     if (rc == GH_MISS) {
         tcache_give_back_big(h); /* the heap's ladder sees the thread's kept large block from its first rung */

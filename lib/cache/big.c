@@ -90,7 +90,7 @@ static block *big_reuse(gpu_heap_t *h, tcache *c, size_t need) {
 
 int tcache_malloc_big(gpu_heap_t *h, size_t size, void **out) {
     size_t need = gh_align_up(size, GH_QUANTUM);
-    if (need < TC_BIG_MIN || need > h->reserved || need > h->cfg.release_threshold) return GH_MISS;
+    if (need < tc_big_min(h) || need > h->reserved || need > h->cfg.release_threshold) return GH_MISS;
     tcache *c = tcache_of(h);
     if (!c) return GH_MISS;
     if (atomic_load_explicit(&c->flush_asked, memory_order_relaxed)) tcache_flush_asked(h, c);

@@ -15,15 +15,18 @@
 #define TC_MAX_BYTES ((size_t)4 << 10)
 #define TC_MID_MAX_BYTES ((size_t)8 << 20)
 
-/* A plain block of this size and more may be kept by its thread from its free to
- * the next allocation it fits, one at a time (big.c). */
-#define TC_BIG_MIN ((size_t)64 << 20)
+/* A plain block of this many granules and more (64 MiB on a GPU) may be kept by
+ * its thread from its free to the next allocation it fits, one at a time
+ * (big.c). Granules, not bytes, so that the stress and fuzz tests' heaps of
+ * 64 KiB granules keep blocks too. */
+#define TC_BIG_MIN_GRANULES 32u
+static inline size_t tc_big_min(const gpu_heap_t *h) { return TC_BIG_MIN_GRANULES * h->gran; }
 
 /* gpu_malloc of size bytes (at most TC_MID_MAX_BYTES) at the minimum alignment, no
  * flags, from the thread's cache: the block, or NULL when the cache cannot
  * serve it (the caller goes to the heap, which reports any error). */
 void *tcache_malloc(gpu_heap_t *h, size_t size);
-/* gpu_malloc of size bytes (at least TC_BIG_MIN) at the minimum alignment, no
+/* gpu_malloc of size bytes (at least tc_big_min) at the minimum alignment, no
  * flags, through the thread's cache: its kept block when it fits and its cover
  * completed, else the heap's (GPU_OK, *out set), the heap's error, or GH_MISS
  * when the cache does not take the size (the caller asks the heap). Aligned
