@@ -68,19 +68,30 @@ bool big_give_back_locked(gpu_heap_t *h, tcache *c) {
     return true;
 }
 
+/* Before the kept block goes back unasked for: in event order its cover was
+ * recorded at the free, and a look now lets it go back idle (else it would wait
+ * in the quarantine for another seal); in legacy order the heap's ladder decides
+ * when to release it. Lock held; dropped around the driver call. */
+static void big_look_locked(gpu_heap_t *h, tcache *c) {
+    if (!quarantine_legacy()) (void)quarantine_cover_locked(h, c->big.tag);
+}
+
 /* The kept block, if it serves need and its cover completed (asked once: a query,
  * or in legacy order an ordered release); else it goes back — idle when its cover
  * completed, so that the heap's search finds it — and NULL. */
 static block *big_reuse(gpu_heap_t *h, tcache *c, size_t need) {
     tc_entry e = c->big;
     if (!e.b) return NULL;
-    bool fits = big_fits(h, c->big_size, need);
+    bool fits = big_fits(h, e.b->size, need);
     if (!fits || !quarantine_covered(h, e.tag)) {
         heap_lock(h);
-        bool covered = quarantine_cover_locked(h, e.tag);
-        if (!fits || !covered) big_give_back_locked(h, c);
+        bool take = fits && quarantine_cover_locked(h, e.tag);
+        if (!take) {
+            if (!fits) big_look_locked(h, c);
+            big_give_back_locked(h, c);
+        }
         heap_unlock(h);
-        if (!fits || !covered) return NULL;
+        if (!take) return NULL;
     }
     c->big.b = NULL;
     big_count(c, 0, 0);
@@ -126,7 +137,6 @@ bool big_free(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w, s
     if (!quarantine_legacy() && h->nsealed < SEALED_MAX / 2) (void)quarantine_cover_locked(h, tag);
     (void)big_give_back_locked(h, c); /* one block kept at a time: the older goes back */
     c->big = (tc_entry){b, start, tag};
-    c->big_size = size;
     big_count(c, size, 1);
     kept++;
     heap_unlock(h);
@@ -138,10 +148,7 @@ void tcache_give_back_big(gpu_heap_t *h) {
     tcache *c = tcache_mine(h);
     if (!c || !c->big.b) return;
     heap_lock(h);
-    /* In event order its cover was recorded at the free: a look now lets it go
-     * back idle (else it waits in the quarantine for another seal). In legacy
-     * order the heap's ladder decides when to release it. */
-    if (!quarantine_legacy()) (void)quarantine_cover_locked(h, c->big.tag);
+    big_look_locked(h, c);
     (void)big_give_back_locked(h, c);
     heap_unlock(h);
 }

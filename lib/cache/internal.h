@@ -62,8 +62,7 @@ typedef struct tcache {
                                    * everything back) or TC_FLUSH_MID (it maps: the mid slots' blocks) */
     tc_budget small, mid;       /* what the rings of each kind hold, and may */
     tc_entry big;               /* the large block kept since its free (big.c; b NULL: none) */
-    size_t big_size;            /* its size */
-    tc_budget big_held;         /* what big holds (counts only) */
+    tc_budget big_held;         /* what big holds (counts only: gpu_heap_stats reads them) */
     struct tcache *next, *prev; /* the home's list, under the heap's lock */
     handout_map out;            /* the blocks handed out and not yet back */
     tc_class cls[TC_ALL];
@@ -134,9 +133,11 @@ bool big_free(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w, s
 
 /* What a thread's cache of h may hold: bytes in all (0: caching is off for h)
  * and the largest need it takes. Cached blocks are idle memory kept mapped, so a
- * release threshold bounds them too; only blocks smaller than a granule are
- * cached: they never own an extent, so gpu_protect refuses them and a cached
- * free never hides a protection. */
+ * release threshold bounds them too. The rings hold blocks smaller than a
+ * granule: they never own an extent, so gpu_protect refuses them. The one large
+ * block a cache keeps (big.c) owns its extents: gpu_protect takes a block a
+ * cache handed out back from the caches first, so its free goes to the heap,
+ * which restores access — a cached free never hides a protection. */
 static inline size_t tc_limit_bytes(const gpu_heap_t *h) {
     return h->cfg.thread_cache < h->cfg.release_threshold ? h->cfg.thread_cache : h->cfg.release_threshold;
 }
