@@ -319,6 +319,65 @@ static void test_placement_idle_chunks_go_back(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* Within the physical budget, a block of 256 MiB or more whose new extent would
+ * raise the heap's physical peak first gives idle extents back, when at least a
+ * quarter of its size sits idle: 320 MiB after a freed 256 MiB extent maps with
+ * that extent gone (the peak rises by 64 MiB, not 320). A smaller block maps
+ * beside idle memory as before, and so does a large one with less than a
+ * quarter of its size idle. Every request here is within the budget (live +
+ * request, an eighth, 64 MiB), so the budget's own rungs play no part. */
+static void test_placement_holds_the_peak(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    char *big = gpu_heap_malloc(h, 2 * GiB), *a = gpu_heap_malloc(h, 256 * MiB);
+    assert_non_null(big);
+    assert_non_null(a);
+    ASSERT_OK(gpu_heap_free(h, a));
+    ASSERT_OK(gpu_heap_trim(h, SIZE_MAX)); /* the quarantine and the thread's kept block become idle */
+    assert_int_equal(STATS(h).idle_bytes, 256 * MiB);
+
+    /* 200 MiB: under 256 MiB, so it maps beside the idle extent (peak 2,504 MiB). */
+    gpu_stats_t before = STATS(h);
+    char *d = gpu_heap_malloc(h, 200 * MiB);
+    assert_non_null(d);
+    gpu_stats_t after = STATS(h);
+    assert_int_equal(after.backend_unmap, before.backend_unmap);
+    assert_int_equal(after.idle_bytes, 256 * MiB);
+    assert_int_equal(after.peak_mapped_bytes, 2504 * MiB);
+
+    /* 320 MiB: 2,824 MiB mapped would be a new peak, under the budget
+     * (2,568 + 321 + 64 MiB); the idle 256 MiB extent goes back first. */
+    before = after;
+    char *c = gpu_heap_malloc(h, 320 * MiB);
+    assert_non_null(c);
+    after = STATS(h);
+    assert_int_equal(after.backend_unmap, before.backend_unmap + 1);
+    assert_int_equal(after.idle_bytes, 0);
+    assert_int_equal(after.mapped_bytes, 2568 * MiB);
+    assert_int_equal(after.peak_mapped_bytes, 2568 * MiB);
+    CHECK_ALL(h);
+    pattern_fill(c, 0, 4096, 5);
+    PATTERN_CHECK(c, 0, 4096, 5);
+
+    /* 1 GiB with 200 MiB idle, less than a quarter of it: mapped beside it. */
+    ASSERT_OK(gpu_heap_free(h, d));
+    ASSERT_OK(gpu_heap_trim(h, SIZE_MAX));
+    before = STATS(h);
+    char *e = gpu_heap_malloc(h, 1 * GiB);
+    assert_non_null(e);
+    after = STATS(h);
+    assert_int_equal(after.backend_unmap, before.backend_unmap);
+    assert_int_equal(after.idle_bytes, 200 * MiB);
+    assert_int_equal(after.mapped_bytes, before.mapped_bytes + 1 * GiB);
+    CHECK_ALL(h);
+    void *all[] = {big, c, e};
+    for (size_t i = 0; i < 3; i++) ASSERT_OK(gpu_heap_free(h, all[i]));
+    ASSERT_OK(gpu_heap_trim(h, 0));
+    assert_int_equal(STATS(h).mapped_bytes, 0);
+    CHECK_ALL(h);
+    HEAP_DESTROY(h);
+}
+
 /* A miss that finds a batch of freed blocks waiting (LOOK_BATCH, 32, or more)
  * seals them and looks at once: on an idle device (the host backend's events
  * complete at once) they come back without a fence or a new mapping. A miss
@@ -1025,6 +1084,7 @@ int main(void) {
         cmocka_unit_test(test_placement_whole_extents),
         cmocka_unit_test(test_placement_extends_idle_tail),
         cmocka_unit_test(test_placement_idle_chunks_go_back),
+        cmocka_unit_test(test_placement_holds_the_peak),
         cmocka_unit_test(test_quarantine_batch_reused),
         cmocka_unit_test(test_realloc_in_place),
         cmocka_unit_test(test_realloc_remap),
