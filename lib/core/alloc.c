@@ -73,7 +73,8 @@ static bool quarantine_over(const gpu_heap_t *h, size_t need) {
  * 17-24: the extents traded at each turn. Not kept; bench/RESULTS.md has the
  * run.) */
 #define PHYSICAL_SLACK ((size_t)64 << 20)
-#define BUDGET_BIG_NEED ((size_t)256 << 20)
+#define BUDGET_BIG_NEED_GRANULES 128 /* 256 MiB at the GPU's 2 MiB granule; in granules, so that test heaps of small granules take these paths too */
+#define BUDGET_BIG_NEED(h) (BUDGET_BIG_NEED_GRANULES * (h)->gran)
 
 /* Within the budget a large block still does not raise the heap's physical
  * high-water mark while idle memory could go back instead: a request of
@@ -93,14 +94,14 @@ static bool quarantine_over(const gpu_heap_t *h, size_t need) {
  * idle memory goes back only past a fence (trim.c), and holding the peak is
  * not worth making the device wait. */
 static bool raises_peak(const gpu_heap_t *h, size_t need, size_t size) {
-    return need >= BUDGET_BIG_NEED && h->mapped_bytes + size > h->peak_mapped_bytes && h->idle.bytes >= size / 4 &&
+    return need >= BUDGET_BIG_NEED(h) && h->mapped_bytes + size > h->peak_mapped_bytes && h->idle.bytes >= size / 4 &&
            !h->order_owed;
 }
 
 static size_t physical_budget(const gpu_heap_t *h, size_t need) {
     size_t want = h->live_bytes + need;
     if (want < h->peak_live_bytes) want = h->peak_live_bytes;
-    return want + (need >= BUDGET_BIG_NEED ? want / 8 : want / 16) + PHYSICAL_SLACK;
+    return want + (need >= BUDGET_BIG_NEED(h) ? want / 8 : want / 16) + PHYSICAL_SLACK;
 }
 
 /* Blocks in a just-sealed batch that make a miss query its event at once. */
