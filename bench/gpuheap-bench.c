@@ -692,10 +692,11 @@ static void print_peer_rows(const char *label, const peer *peers, const peer_run
         double us = x->r.calls ? x->r.seconds * 1e6 / (double)x->r.calls : 0;
         double gh_us = gh->ran && gh->r.calls ? gh->r.seconds * 1e6 / (double)gh->r.calls : 0;
         char r1[16], r2[16];
-        char work[64] = "";
+        char work[96] = "";
         if (x->counted)
-            snprintf(work, sizeof work, " (%llu maps, %llu unmaps, %llu fences)", (unsigned long long)x->work.maps,
-                     (unsigned long long)x->work.unmaps, (unsigned long long)x->work.fences);
+            snprintf(work, sizeof work, " (%llu maps, %llu new, %llu unmaps, %llu fences)", (unsigned long long)x->work.maps,
+                     (unsigned long long)x->work.creates, (unsigned long long)x->work.unmaps,
+                     (unsigned long long)x->work.fences);
         fprintf(tables, "%-18s %-16s | %9.3f %8s | %9.1f %9.1f %7.3f %8s | %s%s%s\n", k == 0 ? label : "", peers[k].name, us,
                 k == 0 ? "" : fmt_ratio(ratio(us, gh_us), r1, sizeof r1), (double)x->r.peak_live / (double)MiB,
                 (double)x->peak_phys / (double)MiB,

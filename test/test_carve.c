@@ -48,7 +48,7 @@ static run run_open(void) {
         block *b;
         assert_int_equal(heap_reserve_records(h), GPU_OK);
         assert_int_equal(heap_carve_vacant_locked(h, run_granules[i] * r.g, r.g, 0, &b), GPU_OK);
-        assert_int_equal(heap_back_at_locked(h, b), GPU_OK);
+        assert_int_equal(heap_back_at_locked(h, b, NULL), GPU_OK);
         r.e[i] = extmap_find(&h->extents, b->start);
         assert_non_null(r.e[i]);
         assert_int_equal(r.e[i]->va, b->start);

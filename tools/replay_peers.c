@@ -152,14 +152,14 @@ int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_
 bool peer_driver_work(const peer *p, peer_work *out) {
     gpu_stats_t s;
     if (p->kind != PEER_GPUHEAP || gpu_heap_stats(p->heap, &s) != GPU_OK) return false;
-    *out = (peer_work){.maps = s.backend_map, .unmaps = s.backend_unmap, .fences = s.fences, .seals = s.seal_events,
+    *out = (peer_work){.maps = s.backend_map, .creates = s.backend_create, .unmaps = s.backend_unmap, .fences = s.fences, .seals = s.seal_events,
                        .releases = s.order_releases};
     return true;
 }
 
 void peer_work_json(FILE *f, const peer_work *w) {
-    fprintf(f, ", \"maps\": %llu, \"unmaps\": %llu, \"fences\": %llu, \"seals\": %llu, \"releases\": %llu",
-            (unsigned long long)w->maps, (unsigned long long)w->unmaps, (unsigned long long)w->fences,
+    fprintf(f, ", \"maps\": %llu, \"creates\": %llu, \"unmaps\": %llu, \"fences\": %llu, \"seals\": %llu, \"releases\": %llu",
+            (unsigned long long)w->maps, (unsigned long long)w->creates, (unsigned long long)w->unmaps, (unsigned long long)w->fences,
             (unsigned long long)w->seals, (unsigned long long)w->releases);
 }
 

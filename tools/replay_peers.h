@@ -53,11 +53,11 @@ int peer_reset(peer *p, char *err, size_t err_len);
 /* The driver work gpuheap did since the peer was opened or reset (its heap is
  * made then, so its counters are the run's). */
 typedef struct peer_work {
-    uint64_t maps, unmaps, fences, seals, releases; /* releases: in legacy free order */
+    uint64_t maps, creates, unmaps, fences, seals, releases; /* creates: new physical memory; releases: in legacy free order */
 } peer_work;
 /* False for the CUDA peers, which do not count theirs. */
 bool peer_driver_work(const peer *p, peer_work *out);
-/* Writes the JSON members `, "maps": …, "unmaps": …, "fences": …, "seals": …, "releases": …`. */
+/* Writes the JSON members `, "maps": …, "creates": …, "unmaps": …, "fences": …, "seals": …, "releases": …`. */
 void peer_work_json(FILE *f, const peer_work *w);
 /* gpuheap on the host backend only: events complete lag_ns after their record
  * on the trace's clock (each replayed call sets it), as on a GPU that runs that

@@ -20,7 +20,8 @@
 
 void heap_mapped_add(gpu_heap_t *h, size_t bytes) {
     h->mapped_bytes += bytes;
-    if (h->mapped_bytes > h->peak_mapped_bytes) h->peak_mapped_bytes = h->mapped_bytes;
+    size_t held = h->mapped_bytes + h->spare_bytes; /* physical memory held, mapped or kept for a moment */
+    if (held > h->peak_mapped_bytes) h->peak_mapped_bytes = held;
 }
 
 extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle handle) {

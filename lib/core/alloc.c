@@ -126,6 +126,7 @@ typedef struct alloc_req {
     bool at_peak;     /* weighed each round: a large block's new extent would raise the physical peak */
     unsigned tried;   /* the once-only rungs already tried, one bit each */
     block *b;         /* the block found */
+    spare_set spares; /* handles the recycle kept for the mapping that follows (spare.c) */
     int rc;           /* how the request ends (or how mapping failed) */
 } alloc_req;
 
@@ -247,7 +248,7 @@ static rung_result try_drain(alloc_req *r) {
  * chunks alone made it worse (1.377x), the trade alone changed nothing there. */
 static rung_result try_recycle(alloc_req *r) {
     if (!r->tight && !r->at_peak) return RUNG_SKIP;
-    (void)heap_recycle_locked(r->h, r->size);
+    (void)heap_recycle_locked(r->h, r->size, &r->spares);
     return RUNG_MISS;
 }
 
@@ -276,7 +277,7 @@ static rung_result try_extend(alloc_req *r) {
     if (!r->tight || !r->fitted) return RUNG_SKIP;
     gpu_heap_t *h = r->h;
     block *b;
-    if (heap_extend_tail_locked(h, r->need, r->align, 2 * h->gran, &b) != GPU_OK)
+    if (heap_extend_tail_locked(h, r->need, r->align, 2 * h->gran, &r->spares, &b) != GPU_OK)
         return RUNG_MISS; /* none, or its mapping refused: the block is mapped whole below (or reclaimed) */
     return take_new(r, b, true);
 }
@@ -286,7 +287,7 @@ static rung_result try_extend(alloc_req *r) {
 static rung_result try_map(alloc_req *r) {
     gpu_heap_t *h = r->h;
     block *b;
-    r->rc = heap_back_locked(h, r->size, r->align, r->own ? heap_headroom_for(h, r->size) : 0, &b);
+    r->rc = heap_back_locked(h, r->size, r->align, r->own ? heap_headroom_for(h, r->size) : 0, &r->spares, &b);
     if (r->rc != GPU_OK) return RUNG_MISS;
     return take_new(r, b, !r->own); /* an extent of the block's own stays whole: its rounding up is the block's */
 }
@@ -347,6 +348,7 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
         if (s == RUNG_DONE) break;
         i = s == RUNG_RETRY ? 0 : i + 1;
     }
+    spare_release_locked(h, &r.spares); /* kept handles no mapping took */
     if (r.rc == GPU_OK) *out = r.b;
     return r.rc;
 }

@@ -140,11 +140,10 @@ void handle_drop(gpu_heap_t *h, vmm_handle hd, size_t size) {
     else cap_give(h, size);
 }
 
-int handle_back(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle *out) {
-    vmm_handle hd;
-    int rc = create_counted(h, size, &hd);
-    if (rc != GPU_OK) return rc;
-    rc = vmm_call_map(&h->door, va, size, hd);
+/* Maps the handle hd (created, or kept unmapped) at [va, va+size) read-write for
+ * the owner and every peer; on a refusal the mapping is undone and hd released. */
+static int handle_map(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd, vmm_handle *out) {
+    int rc = vmm_call_map(&h->door, va, size, hd);
     if (rc == GPU_OK) {
         rc = vmm_call_set_access(&h->door, va, size, GPU_PROT_READ_WRITE); /* the owner, then every peer */
         if (rc == GPU_OK) {
@@ -157,6 +156,12 @@ int handle_back(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle *out) {
     return rc;
 }
 
+int handle_back(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle *out) {
+    vmm_handle hd;
+    int rc = create_counted(h, size, &hd);
+    return rc == GPU_OK ? handle_map(h, va, size, hd, out) : rc;
+}
+
 void handle_discard(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd) {
     if (vmm_call_unmap_undo(&h->door, va, size) != GPU_OK) {
         count_lost(h); /* still mapped: it cannot be released either */
@@ -165,11 +170,13 @@ void handle_discard(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd) {
     handle_drop(h, hd, size);
 }
 
-int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner) {
+int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, spare_set *spares) {
     uint64_t peers = heap_peers(h); /* read under the lock: peer.c explains the race this closes */
-    vmm_handle hd;
+    vmm_handle hd, kept;
+    bool spare = spare_take_locked(h, spares, size, &kept);
     heap_unlock(h);
-    int rc = handle_back(h, va, size, &hd);
+    int rc = spare ? handle_map(h, va, size, kept, &hd) : handle_back(h, va, size, &hd);
+    if (spare && rc != GPU_OK) rc = handle_back(h, va, size, &hd); /* the kept handle is released: a new one */
     heap_lock(h);
     if (rc != GPU_OK) return gh_note(rc, "backing %zu bytes: %s", size, vmm_error());
     extent *e = heap_extent_new_locked(h, va, size, hd);
@@ -238,8 +245,14 @@ int extents_give_back(gpu_heap_t *h, extent_return *v, size_t n, bool all_or_non
     for (size_t k = 0; k < n; k++) {
         if (gone_paused(&v[k])) continue;
         int rc = vmm_call_unmap(&h->door, v[k].e->va, v[k].e->size);
-        if (rc == GPU_OK) release_or_keep(h, &v[k]);
-        else keep_unmapped(&v[k], rc);
+        if (rc == GPU_OK && v[k].spare) {
+            v[k].fate = EXTENT_SPARE;
+            v[k].rc = GPU_OK;
+        } else if (rc == GPU_OK) {
+            release_or_keep(h, &v[k]);
+        } else {
+            keep_unmapped(&v[k], rc);
+        }
         if (first == GPU_OK) first = v[k].rc;
     }
     return first;

@@ -18,6 +18,21 @@
 /* Everything below is called with the lock held unless it says otherwise; an
  * operation that calls the driver drops the lock around the call and retakes it. */
 
+/* spare.c: the handles one allocation request's recycle unmapped and kept; the
+ * request's mappings take those of their pieces' sizes, and it releases the rest
+ * before it creates anything new, and at its end. */
+#define SPARE_MAX 64 /* a recycle's give-back batch (trim.c) */
+
+typedef struct spare {
+    vmm_handle handle; /* unmapped, not released: still held, and counted in the cap */
+    size_t size;
+} spare;
+
+typedef struct spare_set {
+    unsigned n;
+    spare kept[SPARE_MAX];
+} spare_set;
+
 /* ---- account.c: live and mapped books, a block's way out of LIVE ------------ */
 
 void heap_mapped_add(gpu_heap_t *h, size_t bytes);                    /* mapped bytes and their peak */
@@ -54,15 +69,18 @@ bool heap_reclaim_locked(gpu_heap_t *h);
 /* Carves size bytes at align out of vacant VA, with up to headroom bytes of
  * HEADROOM after it where there is room; the range comes back BUSY. */
 int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
-int heap_back_at_locked(gpu_heap_t *h, block *range); /* maps one new extent over a BUSY range */
+/* Maps a BUSY range: one extent, or chunks (vacant.c); a piece the size of a
+ * handle in spares (may be NULL) gets that handle, and the spares left are
+ * released before anything is created. */
+int heap_back_at_locked(gpu_heap_t *h, block *range, spare_set *spares);
 /* heap_carve_vacant_locked and heap_back_at_locked: a new BUSY block with an extent of its own. */
-int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);
+int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, spare_set *spares, block **out);
 /* Maps one new extent over the first grow bytes of n, unmapped VA (VACANT, in
  * its index, or HEADROOM) right after a block the caller holds: n comes back
  * BUSY and grow bytes long, the rest of it as it was. On a refusal n is as it
  * was, whole. The one way realloc's in-place growth and an extended idle tail
  * map after a block; records reserved by the caller. */
-int heap_back_after_locked(gpu_heap_t *h, block *n, size_t grow);
+int heap_back_after_locked(gpu_heap_t *h, block *n, size_t grow, spare_set *spares);
 /* The block that owns e: the last block to claim it, while that block still
  * claims it (live, or BUSY being changed as a live block) or is the gpu_reserve
  * range that set it, and holds e whole; else NULL. A freed block does not
@@ -89,7 +107,7 @@ static inline void heap_note_free_locked(gpu_heap_t *h, size_t size) {
  * min bytes ending where mapped memory ends: one new extent is mapped over the
  * vacant VA right after it, and the two come back as one BUSY block (at least
  * need bytes). GH_MISS when no idle block qualifies; records reserved. */
-int heap_extend_tail_locked(gpu_heap_t *h, size_t need, size_t align, size_t min, block **out);
+int heap_extend_tail_locked(gpu_heap_t *h, size_t need, size_t align, size_t min, spare_set *spares, block **out);
 size_t heap_headroom_for(const gpu_heap_t *h, size_t size);           /* headroom kept after a new extent */
 
 /* ---- fit.c: which idle memory a request takes --------------------------------- */
@@ -129,8 +147,9 @@ int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the
  * in whole extents (in pieces too small or in the wrong place for the request),
  * or all of it when less sits idle, so that physical memory follows live memory
  * instead of growing. No fence (idle memory is safe); refused while a capture is
- * in progress. */
-int heap_recycle_locked(gpu_heap_t *h, size_t bytes);
+ * in progress. The handles go into keep (when not NULL) unmapped, up to what it
+ * holds, for the mapping that follows (spare.c); the rest are released. */
+int heap_recycle_locked(gpu_heap_t *h, size_t bytes, spare_set *keep);
 
 /* ---- quarantine.c ------------------------------------------------------------- */
 
@@ -207,33 +226,38 @@ void stream_pools_close(struct gpu_heap *h);
 /* ---- backing.c: the doors to back an extent and to give one back ------------- */
 
 /* Maps one new extent over [va, va+size), a range the caller holds (BUSY, or in
- * a busy reservation): create, map, read-write access for the owner and every
+ * a busy reservation): create (or take a handle of exactly size bytes from
+ * spares, which may be NULL), map, read-write access for the owner and every
  * peer; the record is made (owned by owner, which may be NULL) and peers added
- * meanwhile are granted it. Lock held; dropped around the driver calls. */
-int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner);
+ * meanwhile are granted it. A kept handle the driver will not map is released
+ * and a new one created. Lock held; dropped around the driver calls. */
+int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, spare_set *spares);
 
 /* What became of an extent given back. */
 typedef enum extent_fate {
     EXTENT_GONE, /* unmapped and released */
     EXTENT_KEPT, /* still mapped, bytes intact: an unmap was refused, or a release and then mapped back */
     EXTENT_LOST, /* unmapped, and the driver would take back neither the handle nor its mapping: forgotten */
+    EXTENT_SPARE, /* unmapped and kept, handle held, for the caller's next mapping (spare.c) */
 } extent_fate;
 
 typedef struct extent_return {
     extent *e;        /* held by the caller (a BUSY range, a busy reservation, a closing heap) */
     gpu_prot_t prot;  /* in: the access it is mapped back with if its release is refused; out: its access if kept */
+    bool spare;       /* in: once unmapped, keep the handle (EXTENT_SPARE) instead of releasing it */
     extent_fate fate; /* out */
     int rc;           /* out: GPU_OK when gone, else the driver's refusal */
 } extent_return;
 
-/* Gives n extents back: each unmapped, then released. A release the driver
+/* Gives n extents back: each unmapped, then released (one marked spare is only
+ * unmapped: SPARE). A release the driver
  * refuses is mapped back (prot, peers included) and the extent KEPT; when that is
  * refused too it is LOST. With all_or_none every mapping goes first, and one
  * refused puts the others back (all KEPT). Returns the first refusal or GPU_OK.
  * Lock not held; the books are untouched until extent_settle_locked. */
 int extents_give_back(gpu_heap_t *h, extent_return *v, size_t n, bool all_or_none);
-/* The books after extents_give_back, one extent at a time: a gone or lost record
- * is dropped (a lost one counted in extents_lost), a kept one takes its access.
+/* The books after extents_give_back, one extent at a time: a gone, spare or lost
+ * record is dropped (a lost one counted in extents_lost), a kept one takes its access.
  * Lock held. */
 void extent_settle_locked(gpu_heap_t *h, const extent_return *r);
 /* heap_close: every extent given back through the same door (the books go with
@@ -253,6 +277,15 @@ void handle_drop(gpu_heap_t *h, vmm_handle hd, size_t size);
  * default and tag heaps), with GPU_ERR_OUT_OF_MEMORY naming the cap. A driver
  * out of memory has those other heaps give their idle memory back, then is tried
  * once more. Callers hold no heap lock: the door takes other heaps' locks. */
+
+/* ---- spare.c: handles a trade keeps for the mapping that follows ------------- */
+
+/* A handle the recycle unmapped, kept in s (counted in spare_bytes). */
+void spare_keep_locked(gpu_heap_t *h, spare_set *s, vmm_handle hd, size_t size);
+/* A kept handle of exactly size bytes, out of the set (s may be NULL: none). */
+bool spare_take_locked(gpu_heap_t *h, spare_set *s, size_t size, vmm_handle *out);
+/* Releases every handle left in s (NULL: none); lock dropped around each. */
+void spare_release_locked(gpu_heap_t *h, spare_set *s);
 
 /* ---- pause.c ------------------------------------------------------------------ */
 

@@ -36,7 +36,7 @@ static int grow_over_idle(gpu_heap_t *h, block *b, block *n, size_t delta) {
 /* Grows b by mapping one new extent over the unmapped range n right after it. */
 static int grow_over_unmapped(gpu_heap_t *h, block *b, block *n, size_t grow) {
     b->state = BLOCK_BUSY;
-    int rc = heap_back_after_locked(h, n, grow);
+    int rc = heap_back_after_locked(h, n, grow, NULL);
     b->state = BLOCK_LIVE;
     if (rc != GPU_OK) return rc;
     block_absorb_next(h, b);

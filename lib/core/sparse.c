@@ -182,7 +182,7 @@ int heap_commit(gpu_heap_t *h, void *ptr, size_t len) {
             rc = gh_note(GPU_ERR_OUT_OF_MEMORY, "gpu_commit: out of host memory for extent records");
             break;
         }
-        rc = extent_back_locked(h, va, ge - va, r); /* the map's leaves are prepared: the record cannot fail */
+        rc = extent_back_locked(h, va, ge - va, r, NULL); /* the map's leaves are prepared: the record cannot fail */
         if (rc != GPU_OK) {
             made.n--;
             if (rc == GPU_ERR_OUT_OF_MEMORY && !reclaimed) { /* give idle memory back, try once more */

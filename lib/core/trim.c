@@ -83,7 +83,7 @@ static bool pick_one(block *b, void *arg) {
  * H200 an unmap there made a PyTorch run fault on an illegal address). */
 #define ORDER_FENCE_TRIES 4 /* fences a release in order made during the last may ask for; then it waits for a later trim */
 
-static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi) {
+static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi, spare_set *spares) {
     for (int tries = 0; h->order_owed && h->idle.bytes > keep; tries++) {
         if (tries == ORDER_FENCE_TRIES) return GPU_OK; /* other threads keep releasing: nothing goes back now */
         int rc = heap_fence_locked(h, 0);
@@ -104,7 +104,9 @@ static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi) 
         if (!w.n) break;
         /* Idle memory is read-write: a handle the driver will not take back is
          * mapped back so, and its range stays idle for a later trim. */
-        for (size_t i = 0; i < w.n; i++) w.ret[i] = (extent_return){.e = w.ext[i], .prot = GPU_PROT_READ_WRITE};
+        unsigned room = spares ? SPARE_MAX - spares->n : 0;
+        for (size_t i = 0; i < w.n; i++)
+            w.ret[i] = (extent_return){.e = w.ext[i], .prot = GPU_PROT_READ_WRITE, .spare = i < room};
         heap_unlock(h);
         (void)extents_give_back(h, w.ret, w.n, false);
         heap_lock(h);
@@ -112,7 +114,10 @@ static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi) 
             if (w.ret[i].rc != GPU_OK && first_error == GPU_OK)
                 first_error = gh_note(w.ret[i].rc, "releasing an idle extent: %s", vmm_error());
             bool kept = w.ret[i].fate == EXTENT_KEPT;
-            extent_settle_locked(h, &w.ret[i]);
+            vmm_handle hd = w.ext[i]->handle;
+            size_t size = w.ext[i]->size;
+            extent_settle_locked(h, &w.ret[i]); /* the record goes, for a spare too */
+            if (w.ret[i].fate == EXTENT_SPARE) spare_keep_locked(h, spares, hd, size);
             block_release_free(h, w.range[i], kept ? BLOCK_IDLE : BLOCK_VACANT);
         }
         if (first_error != GPU_OK) break;
@@ -124,22 +129,22 @@ int heap_trim_locked(gpu_heap_t *h, size_t keep) {
     hooks_flush_locked(h); /* the thread caches: this thread's cached blocks first; the others' at their next allocation */
     int rc = heap_drain_locked(h, 0);
     if (rc != GPU_OK) return rc;
-    return release_idle(h, keep, h->base, h->base + h->reserved);
+    return release_idle(h, keep, h->base, h->base + h->reserved, NULL);
 }
 
 int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi) {
     int rc = heap_drain_locked(h, 0);
     if (rc != GPU_OK) return rc;
-    return release_idle(h, 0, lo, hi);
+    return release_idle(h, 0, lo, hi, NULL);
 }
 
-int heap_recycle_locked(gpu_heap_t *h, size_t bytes) {
+int heap_recycle_locked(gpu_heap_t *h, size_t bytes, spare_set *keep) {
     if (!h->idle.bytes) return GPU_OK;
     heap_unlock(h);
     bool capturing = vmm_call_capturing(&h->door, 0);
     heap_lock(h);
     if (capturing) return GPU_ERR_CAPTURING;
-    return release_idle(h, h->idle.bytes > bytes ? h->idle.bytes - bytes : 0, h->base, h->base + h->reserved);
+    return release_idle(h, h->idle.bytes > bytes ? h->idle.bytes - bytes : 0, h->base, h->base + h->reserved, keep);
 }
 
 int heap_trim(gpu_heap_t *h, size_t keep) {

@@ -218,6 +218,7 @@ struct gpu_heap {
     /* statistics kept under the lock */
     size_t live_bytes, live_blocks, peak_live_bytes;
     size_t mapped_bytes, peak_mapped_bytes;
+    size_t spare_bytes;    /* handles an allocation's recycle keeps unmapped for its mapping (spare.c): held, in the peak */
     size_t quarantine_bytes, quarantine_blocks;
     size_t draining_bytes, draining_blocks; /* quarantined blocks a drain took off the list while it fences (lock dropped) */
     /* Quarantine batches sealed by one context-wide event each, oldest first

@@ -78,16 +78,40 @@ static size_t back_chunk(const gpu_heap_t *h, size_t size) {
     return chunk < BACK_CHUNK_MIN_GRANULES * h->gran ? BACK_CHUNK_MIN_GRANULES * h->gran : chunk;
 }
 
-int heap_back_at_locked(gpu_heap_t *h, block *range) {
+/* The size of the piece of a range of size bytes in chunks of chunk that starts
+ * done bytes in: a chunk, or all that is left when less than two (no sliver). */
+static size_t piece_at(size_t size, size_t chunk, size_t done) {
+    size_t left = size - done;
+    return left < 2 * chunk ? left : chunk;
+}
+
+/* Kept handles (spare.c) that no piece of the range can take are released
+ * before anything is created, so that they and the new memory are never held
+ * together. */
+static void spares_unfit_release(gpu_heap_t *h, spare_set *s, size_t size, size_t chunk) {
+    if (!s || !s->n) return;
+    spare_set fit = {0};
+    vmm_handle hd;
+    for (size_t done = 0; done < size;) {
+        size_t piece = piece_at(size, chunk, done);
+        if (spare_take_locked(h, s, piece, &hd)) spare_keep_locked(h, &fit, hd, piece);
+        done += piece;
+    }
+    spare_release_locked(h, s);
+    *s = fit;
+}
+
+int heap_back_at_locked(gpu_heap_t *h, block *range, spare_set *spares) {
     gh_assert(range->state == BLOCK_BUSY, "a range is marked BUSY before it is mapped");
     size_t chunk = back_chunk(h, range->size), done = 0;
-    if (chunk == range->size) return extent_back_locked(h, range->start, range->size, NULL);
+    spares_unfit_release(h, spares, range->size, chunk);
+    if (chunk == range->size) return extent_back_locked(h, range->start, range->size, NULL, spares);
     if (!pool_reserve(&h->extent_pool, range->size / chunk + 1))
         return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for extent records");
     int rc = GPU_OK;
     while (done < range->size && rc == GPU_OK) {
-        size_t left = range->size - done, piece = left < 2 * chunk ? left : chunk; /* no sliver at the end */
-        rc = extent_back_locked(h, range->start + done, piece, NULL);
+        size_t piece = piece_at(range->size, chunk, done);
+        rc = extent_back_locked(h, range->start + done, piece, NULL, spares);
         if (rc == GPU_OK) done += piece;
     }
     /* A chunk refused: the ones mapped before it go back, last first (the range
@@ -108,14 +132,14 @@ int heap_back_at_locked(gpu_heap_t *h, block *range) {
     return rc;
 }
 
-int heap_back_after_locked(gpu_heap_t *h, block *n, size_t grow) {
+int heap_back_after_locked(gpu_heap_t *h, block *n, size_t grow, spare_set *spares) {
     block_state was = (block_state)n->state;
     gh_assert((was == BLOCK_VACANT || was == BLOCK_HEADROOM) && n->size >= grow, "unmapped VA, enough of it");
     if (was == BLOCK_VACANT) tlsf_remove(&h->vacant, n);
     block *rest = n->size > grow ? block_split(h, n, grow) : NULL; /* records reserved by the caller */
     if (rest && was == BLOCK_VACANT) tlsf_insert(&h->vacant, rest);
     n->state = BLOCK_BUSY;
-    int rc = heap_back_at_locked(h, n);
+    int rc = heap_back_at_locked(h, n, spares);
     if (rc == GPU_OK) return GPU_OK;
     if (was == BLOCK_VACANT) {
         block_release_free(h, n, BLOCK_VACANT); /* merges with the rest again */
@@ -126,11 +150,11 @@ int heap_back_after_locked(gpu_heap_t *h, block *n, size_t grow) {
     return rc;
 }
 
-int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out) {
+int heap_back_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, spare_set *spares, block **out) {
     block *b;
     int rc = heap_carve_vacant_locked(h, size, align, headroom, &b);
     if (rc != GPU_OK) return rc;
-    rc = heap_back_at_locked(h, b);
+    rc = heap_back_at_locked(h, b, spares);
     if (rc != GPU_OK) {
         heap_headroom_release_locked(h, b);
         block_release_free(h, b, BLOCK_VACANT);
@@ -160,14 +184,14 @@ static bool pick_tail(block *b, void *arg) {
     return true;
 }
 
-int heap_extend_tail_locked(gpu_heap_t *h, size_t need, size_t align, size_t min, block **out) {
+int heap_extend_tail_locked(gpu_heap_t *h, size_t need, size_t align, size_t min, spare_set *spares, block **out) {
     tail_pick p = {.h = h, .need = need, .align = align, .min = min};
     tlsf_walk(&h->idle, pick_tail, &p);
     if (!p.best) return GH_MISS;
     block *b = p.best;
     tlsf_remove(&h->idle, b);
     b->state = BLOCK_BUSY; /* untouched while the lock is dropped */
-    int rc = heap_back_after_locked(h, b->next_phys, gh_align_up(need - b->size, h->gran));
+    int rc = heap_back_after_locked(h, b->next_phys, gh_align_up(need - b->size, h->gran), spares);
     if (rc != GPU_OK) {
         block_release_free(h, b, BLOCK_IDLE);
         return rc;
