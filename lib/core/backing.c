@@ -170,13 +170,12 @@ void handle_discard(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd) {
     handle_drop(h, hd, size);
 }
 
-int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, spare_set *spares) {
+int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, const vmm_handle *kept) {
     uint64_t peers = heap_peers(h); /* read under the lock: peer.c explains the race this closes */
-    vmm_handle hd, kept;
-    bool spare = spare_take_locked(h, spares, size, &kept);
+    vmm_handle hd;
     heap_unlock(h);
-    int rc = spare ? handle_map(h, va, size, kept, &hd) : handle_back(h, va, size, &hd);
-    if (spare && rc != GPU_OK) rc = handle_back(h, va, size, &hd); /* the kept handle is released: a new one */
+    int rc = kept ? handle_map(h, va, size, *kept, &hd) : handle_back(h, va, size, &hd);
+    if (kept && rc != GPU_OK) rc = handle_back(h, va, size, &hd); /* the kept handle is released: a new one */
     heap_lock(h);
     if (rc != GPU_OK) return gh_note(rc, "backing %zu bytes: %s", size, vmm_error());
     extent *e = heap_extent_new_locked(h, va, size, hd);

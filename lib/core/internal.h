@@ -226,12 +226,12 @@ void stream_pools_close(struct gpu_heap *h);
 /* ---- backing.c: the doors to back an extent and to give one back ------------- */
 
 /* Maps one new extent over [va, va+size), a range the caller holds (BUSY, or in
- * a busy reservation): create (or take a handle of exactly size bytes from
- * spares, which may be NULL), map, read-write access for the owner and every
- * peer; the record is made (owned by owner, which may be NULL) and peers added
- * meanwhile are granted it. A kept handle the driver will not map is released
- * and a new one created. Lock held; dropped around the driver calls. */
-int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, spare_set *spares);
+ * a busy reservation): create (or, with kept, that handle of size bytes, held
+ * unmapped: spare.c), map, read-write access for the owner and every peer; the
+ * record is made (owned by owner, which may be NULL) and peers added meanwhile
+ * are granted it. A kept handle the driver will not map is released and a new
+ * one created. Lock held; dropped around the driver calls. */
+int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, const vmm_handle *kept);
 
 /* What became of an extent given back. */
 typedef enum extent_fate {

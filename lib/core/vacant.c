@@ -101,17 +101,24 @@ static void spares_unfit_release(gpu_heap_t *h, spare_set *s, size_t size, size_
     *s = fit;
 }
 
+/* One piece of a range: a kept handle of its size when spares has one, else new. */
+static int back_piece(gpu_heap_t *h, uintptr_t va, size_t size, spare_set *spares) {
+    vmm_handle kept;
+    bool have = spare_take_locked(h, spares, size, &kept);
+    return extent_back_locked(h, va, size, NULL, have ? &kept : NULL);
+}
+
 int heap_back_at_locked(gpu_heap_t *h, block *range, spare_set *spares) {
     gh_assert(range->state == BLOCK_BUSY, "a range is marked BUSY before it is mapped");
     size_t chunk = back_chunk(h, range->size), done = 0;
     spares_unfit_release(h, spares, range->size, chunk);
-    if (chunk == range->size) return extent_back_locked(h, range->start, range->size, NULL, spares);
+    if (chunk == range->size) return back_piece(h, range->start, range->size, spares);
     if (!pool_reserve(&h->extent_pool, range->size / chunk + 1))
         return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for extent records");
     int rc = GPU_OK;
     while (done < range->size && rc == GPU_OK) {
         size_t piece = piece_at(range->size, chunk, done);
-        rc = extent_back_locked(h, range->start + done, piece, NULL, spares);
+        rc = back_piece(h, range->start + done, piece, spares);
         if (rc == GPU_OK) done += piece;
     }
     /* A chunk refused: the ones mapped before it go back, last first (the range
