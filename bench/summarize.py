@@ -118,7 +118,8 @@ def main():
             r = by.get(name)
             if not r:
                 continue
-            work = f"{r['maps']:,} / {r['unmaps']:,} / {r['fences']:,}" if "maps" in r else ""
+            new = f" ({r['creates']:,} new)" if "creates" in r else ""
+            work = f"{r['maps']:,}{new} / {r['unmaps']:,} / {r['fences']:,}" if "maps" in r else ""
             out.append((name, r["us_per_call"], r["peak_physical"], r["peak_live"], r["fragmentation"],
                         x(r["us_per_call"], g.get("us_per_call")) if name != "gpuheap" else "",
                         x(r["peak_physical"], g.get("peak_physical")) if name != "gpuheap" else "", r["failed"], work))
@@ -133,7 +134,7 @@ def main():
         print("### Random (RMM random_allocations: p(alloc) 0.73, sizes 1 B..max, live <= 16 GiB)\n")
         print("µs per call; peak physical held and peak physical / peak live; 'vs gpuheap' = the row's figure / "
               "gpuheap's (above 1: gpuheap is faster or holds less). gpuheap-rt0 = GPUHEAP_RELEASE_THRESHOLD=0. "
-              "Driver work: gpuheap's mappings / unmaps / fences in the case.\n")
+              "Driver work: gpuheap's mappings (of them, new memory) / unmaps / fences in the case.\n")
         print("| max size, ops | allocator | µs/call | time vs gpuheap | peak physical MiB | phys / live "
               "| phys vs gpuheap | driver work |")
         print("|---|---|---|---|---|---|---|---|")
