@@ -284,8 +284,11 @@ void handle_drop(gpu_heap_t *h, vmm_handle hd, size_t size);
 void spare_keep_locked(gpu_heap_t *h, spare_set *s, vmm_handle hd, size_t size);
 /* A kept handle of exactly size bytes, out of the set (s may be NULL: none). */
 bool spare_take_locked(gpu_heap_t *h, spare_set *s, size_t size, vmm_handle *out);
-/* Releases every handle left in s (NULL: none); lock dropped around each. */
-void spare_release_locked(gpu_heap_t *h, spare_set *s);
+/* Moves a handle of size bytes among those from index held on to index held:
+ * held + 1, or held when there is none (the first held handles are spoken for). */
+unsigned spare_hold(spare_set *s, unsigned held, size_t size);
+/* Releases every handle of s (NULL: none) past the first keep; lock dropped around each. */
+void spare_release_locked(gpu_heap_t *h, spare_set *s, unsigned keep);
 
 /* ---- pause.c ------------------------------------------------------------------ */
 

@@ -37,8 +37,19 @@ bool spare_take_locked(gpu_heap_t *h, spare_set *s, size_t size, vmm_handle *out
     return false;
 }
 
-void spare_release_locked(gpu_heap_t *h, spare_set *s) {
-    while (s && s->n) {
+unsigned spare_hold(spare_set *s, unsigned held, size_t size) {
+    for (unsigned i = held; s && i < s->n; i++) {
+        if (s->kept[i].size != size) continue;
+        spare t = s->kept[held];
+        s->kept[held] = s->kept[i];
+        s->kept[i] = t;
+        return held + 1;
+    }
+    return held;
+}
+
+void spare_release_locked(gpu_heap_t *h, spare_set *s, unsigned keep) {
+    while (s && s->n > keep) {
         spare sp = s->kept[--s->n];
         h->spare_bytes -= sp.size;
         heap_unlock(h);

@@ -90,15 +90,12 @@ static size_t piece_at(size_t size, size_t chunk, size_t done) {
  * together. */
 static void spares_unfit_release(gpu_heap_t *h, spare_set *s, size_t size, size_t chunk) {
     if (!s || !s->n) return;
-    spare_set fit = {0};
-    vmm_handle hd;
-    for (size_t done = 0; done < size;) {
-        size_t piece = piece_at(size, chunk, done);
-        if (spare_take_locked(h, s, piece, &hd)) spare_keep_locked(h, &fit, hd, piece);
-        done += piece;
+    unsigned held = 0;
+    for (size_t done = 0, piece; done < size; done += piece) {
+        piece = piece_at(size, chunk, done);
+        held = spare_hold(s, held, piece);
     }
-    spare_release_locked(h, s);
-    *s = fit;
+    spare_release_locked(h, s, held);
 }
 
 /* One piece of a range: a kept handle of its size when spares has one, else new. */
