@@ -102,6 +102,11 @@ typedef struct gpu_config_t {
     size_t thread_cache;         /* bytes of free blocks up to 4 KiB each thread may keep for itself, and up to eight times that of blocks up to a granule, a quarter of it at first (each at most release_threshold), and one freed plain block of 64 MiB or more until the thread's next allocation; 0 = no thread caches */
     int ipc;                     /* 1 (gpu_config_init's default; GPUHEAP_IPC): physical memory is created so that blocks can be
                                   * shared with gpu_ipc_get_mem_handle; 0: plain memory, exports refused */
+    size_t page_size;            /* 0 (the default): a block of a granule and more gets extents of its own. Else paged
+                                  * placement (GPUHEAP_PAGE_SIZE): a power of two of at least the granularity; memory
+                                  * is mapped in extents of this size that blocks of every size share, and an idle page
+                                  * is moved to where the next block needs one — less memory held, a mapping per page
+                                  * moved (README.md, "Paged placement") */
 } gpu_config_t;
 
 /* Fills *cfg with the defaults, then applies the GPUHEAP_* environment variables

@@ -454,12 +454,42 @@ static const step stream_workload[] = {
     {"trim all again", s_trim_all, ANY, ANY},
 };
 
+/* Paged placement (gpu_config_t.page_size, two granules here): blocks share
+ * pages; a trim leaves holes between idle blocks; a block over a hole and the
+ * idle memory beside it maps only the hole's pages; a block mapped past the
+ * physical peak moves idle pages under it where there are any outside its run
+ * (which pages lie where depends on the reservation's address, so that step
+ * names no call; test_paged pins each path down). */
+static int s_pg_five(run *r) { return op_alloc(r, SLOT_A, HOW_MALLOC, 5 * G, 0); }
+static int s_pg_three(run *r) { return op_alloc(r, SLOT_B, HOW_MALLOC, 3 * G, 0); }
+static int s_pg_over_hole(run *r) { return op_alloc(r, SLOT_C, HOW_MALLOC, 5 * G, 0); }
+static int s_pg_moved(run *r) { return op_alloc(r, SLOT_D, HOW_MALLOC, 12 * G, 0); }
+static int s_pg_small(run *r) { return op_alloc(r, SLOT_E, HOW_MALLOC, 3000, 0); }
+
+static const step paged_workload[] = {
+    {"paged: malloc 5 granules (three new pages)", s_pg_five, VMM_OP_CREATE, ANY},
+    {"paged: malloc 3 granules (after its idle tail: one page more)", s_pg_three, VMM_OP_CREATE, ANY},
+    {"paged: malloc small (a new page: none idle)", s_pg_small, VMM_OP_CREATE, ANY},
+    {"paged: free 5 granules", s_free_a, ANY, ANY},
+    {"paged: drain", s_drain, VMM_OP_FENCE, VMM_OP_RELEASE},
+    {"paged: trim all (holes between idle blocks)", s_trim_all, VMM_OP_RELEASE, ANY},
+    {"paged: malloc over a hole and idle memory", s_pg_over_hole, VMM_OP_CREATE, ANY},
+    {"paged: free it", s_free_c, ANY, ANY},
+    {"paged: drain again", s_drain, ANY, VMM_OP_RELEASE},
+    {"paged: malloc past the peak (idle pages moved)", s_pg_moved, ANY, VMM_OP_RELEASE},
+    {"paged: free the rest", s_free_rest, ANY, ANY},
+    {"paged: trim all", s_trim_all, VMM_OP_RELEASE, ANY},
+};
+
 #define WORKLOAD(w) (w), (int)(sizeof(w) / sizeof((w)[0]))
 
 /* ---- one run ---------------------------------------------------------------------- */
 
+static size_t fault_page; /* the page size of the heaps runs make (0: not paged) */
+
 static gpu_config_t fault_config(size_t threshold) {
     gpu_config_t cfg = host_config(1 * GiB, G, 0);
+    cfg.page_size = fault_page;
     cfg.release_threshold = threshold;
     cfg.verbose = 0;
     return cfg;
@@ -747,6 +777,14 @@ static void test_fault_stream(void **state) {
     sweep_on(WORKLOAD(stream_workload), "stream", SIZE_MAX, GPU_ERR_BACKEND, false);
 }
 
+static void test_fault_paged(void **state) {
+    (void)state;
+    fault_page = 2 * G;
+    sweep_on(WORKLOAD(paged_workload), "paged", SIZE_MAX, GPU_ERR_BACKEND, false);
+    sweep_on(WORKLOAD(paged_workload), "paged", SIZE_MAX, 0, true);
+    fault_page = 0;
+}
+
 /* From call N on, every call fails: each call still returns a clean error, the
  * books stay sound, the contents stay intact, and once the backend works again
  * everything can be freed and given back without a leak. */
@@ -1010,6 +1048,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup(test_fault_with_release_threshold, reset_broken),
         cmocka_unit_test_setup(test_fault_persistent, reset_broken),
         cmocka_unit_test_setup(test_fault_stream, reset_broken),
+        cmocka_unit_test_setup(test_fault_paged, reset_broken),
     };
     /* The sparse sweep runs on its own ("test_fault sparse", meson's fault-sparse):
      * it found sparse.c's decommit and release bugs, fixed in a8138e1. */

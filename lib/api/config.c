@@ -118,6 +118,7 @@ int gpu_config_init(gpu_config_t *cfg) {
     env_size("GPUHEAP_HOST_GRANULARITY", &cfg->host_granularity, &bad);
     env_int("GPUHEAP_VERBOSE", &cfg->verbose, &bad);
     env_size("GPUHEAP_THREAD_CACHE", &cfg->thread_cache, &bad);
+    env_size("GPUHEAP_PAGE_SIZE", &cfg->page_size, &bad);
     cfg->ipc = 1;
     const char *ipc = getenv("GPUHEAP_IPC");
     if (ipc && (!strcmp(ipc, "0") || !strcmp(ipc, "1")))

@@ -110,11 +110,13 @@ typedef struct vmm_ops {
     /* Records a context-wide event as fence_record does and, in the same entry,
      * makes the context wait for it (cuCtxWaitEvent): all work submitted to the
      * context later, on any of its streams (those created later too), runs after
-     * all work issued so far on it. The event is the backend's own again at
-     * once: the wait is what counts. Refused like fence_record while a capture
-     * is in progress, or a listed stream's (vmm_cuda_order_track). May be NULL
-     * (a driver without context events or context waits). */
-    int (*fence_order)(vmm_backend *b, uintptr_t stream);
+     * all work issued so far on it. With out, the event is the caller's, to
+     * query (when it completes, that work is done: the memory it used may be
+     * unmapped) and release; without, the backend's own again at once. Refused
+     * like fence_record while a capture is in progress, or a listed stream's
+     * (vmm_cuda_order_track). May be NULL (a driver without context events or
+     * context waits). */
+    int (*fence_order)(vmm_backend *b, uintptr_t stream, vmm_event *out);
     /* 1 when stream is being captured into a graph (for stream 0: when any
      * blocking stream is, as the legacy stream reports it), 0 when not. */
     int (*capturing)(vmm_backend *b, uintptr_t stream);

@@ -263,9 +263,9 @@ int vmm_call_fence_record(vmm_door *d, uintptr_t stream, vmm_event *out) {
     return captures_announced() ? GPU_ERR_CAPTURING : context_done(d, d->b->ops->fence_record(d->b, stream, out));
 }
 
-int vmm_call_fence_order(vmm_door *d, uintptr_t stream) {
+int vmm_call_fence_order(vmm_door *d, uintptr_t stream, vmm_event *out) {
     if (!d->b->ops->fence_order) return vmm_fail(d->b, GPU_ERR_BACKEND, "fence_order: not offered by this backend");
-    return captures_announced() ? GPU_ERR_CAPTURING : context_done(d, d->b->ops->fence_order(d->b, stream));
+    return captures_announced() ? GPU_ERR_CAPTURING : context_done(d, d->b->ops->fence_order(d->b, stream, out));
 }
 
 int vmm_call_event_wait(vmm_door *d, vmm_event ev) { return done(d, VMM_OP_EVENT_WAIT, d->b->ops->event_wait(d->b, ev)); }

@@ -87,9 +87,10 @@ int vmm_call_event_wait(vmm_door *d, vmm_event ev);
  * would say true for stream; GPU_ERR_BACKEND when the backend has none. */
 int vmm_call_fence_record(vmm_door *d, uintptr_t stream, vmm_event *out);
 /* The context made to wait for all work issued so far on it (the backend's
- * fence_order): later work on any of its streams runs after it. Refused as
+ * fence_order): later work on any of its streams runs after it. With out, the
+ * event recorded (for the caller to query and release). Refused as
  * vmm_call_fence_record is; counted as an event record. */
-int vmm_call_fence_order(vmm_door *d, uintptr_t stream);
+int vmm_call_fence_order(vmm_door *d, uintptr_t stream, vmm_event *out);
 void vmm_call_event_release(vmm_door *d, vmm_event ev);
 /* True when a capture is in progress that a fence would break: stream's (if not
  * 0), a blocking stream's, or one announced with gpu_capture_begin. */

@@ -23,6 +23,7 @@
  * mapped, 2 to 32 granules... within [gran, 32 MiB]) so that small blocks cost
  * few mappings, and is never less than the block needs. */
 static size_t shared_extent_size(const gpu_heap_t *h, size_t need) {
+    if (h->page) return gh_align_up(need, h->page); /* in pages: paged.c */
     size_t s = h->gran;
     while (s < (32u << 20) && s < h->mapped_bytes / 8) s *= 2;
     size_t n = gh_align_up(need, h->gran);
@@ -73,6 +74,11 @@ static bool quarantine_over(const gpu_heap_t *h, size_t need) {
  * 17-24: the extents traded at each turn. Not kept; bench/RESULTS.md has the
  * run.) */
 #define PHYSICAL_SLACK ((size_t)64 << 20)
+/* A paged heap's budget is the live peak and a few pages: an idle page can go to
+ * wherever the next block needs one, so memory need not run ahead of the live
+ * bytes (host replay, 2 MiB pages: 16 MiB of slack or 64 placed the CNN, GPT and
+ * fixed-shape traces alike, within 0.01x of their live peak). */
+#define PAGED_SLACK_PAGES 8
 #define BUDGET_BIG_NEED_GRANULES 128 /* 256 MiB at the GPU's 2 MiB granule; in granules, so that test heaps of small granules take these paths too */
 #define BUDGET_BIG_NEED(h) (BUDGET_BIG_NEED_GRANULES * (h)->gran)
 
@@ -101,6 +107,7 @@ static bool raises_peak(const gpu_heap_t *h, size_t need, size_t size) {
 static size_t physical_budget(const gpu_heap_t *h, size_t need) {
     size_t want = h->live_bytes + need;
     if (want < h->peak_live_bytes) want = h->peak_live_bytes;
+    if (h->page) return want + PAGED_SLACK_PAGES * h->page; /* paged.c */
     return want + (need >= BUDGET_BIG_NEED(h) ? want / 8 : want / 16) + PHYSICAL_SLACK;
 }
 
@@ -148,6 +155,7 @@ static rung_result try_idle(alloc_req *r) {
     gpu_heap_t *h = r->h;
     r->b = r->owned ? fit_take_owned(h, r->need, r->align)
          : r->fitted ? fit_take_whole(h, r->need, r->align)
+         : h->page   ? fit_take_best(h, r->need, r->align)
                      : fit_take_any(h, r->need, r->align);
     return r->b ? done(r, GPU_OK) : RUNG_MISS;
 }
@@ -185,7 +193,7 @@ static rung_result weigh(alloc_req *r) {
     gpu_heap_t *h = r->h;
     r->size = r->own ? gh_align_up(r->need, h->gran) : shared_extent_size(h, r->need);
     r->past_budget = h->mapped_bytes + r->size > physical_budget(h, r->need);
-    r->tight = r->own && r->past_budget;
+    r->tight = (r->own || h->page) && r->past_budget;
     r->at_peak = r->own && raises_peak(h, r->need, r->size);
     return RUNG_MISS;
 }
@@ -247,8 +255,8 @@ static rung_result try_drain(alloc_req *r) {
  * live peak on the host backend; giving back only when enough sat idle, the
  * chunks alone made it worse (1.377x), the trade alone changed nothing there. */
 static rung_result try_recycle(alloc_req *r) {
-    if (!r->tight && !r->at_peak) return RUNG_SKIP;
-    (void)heap_recycle_locked(r->h, r->size, r->spares);
+    if (r->h->page || (!r->tight && !r->at_peak)) return RUNG_SKIP; /* a paged heap trades page by page as it maps */
+    (void)heap_recycle_locked(r->h, r->size, r->spares, true);
     return RUNG_MISS;
 }
 
@@ -274,9 +282,14 @@ static rung_result take_new(alloc_req *r, block *b, bool cut) {
  * peak, RMM's random workload 1-4 GiB cases 1.288-1.571x -> 1.277-1.429x, at
  * the price of more mappings there (bench/RESULTS.md). */
 static rung_result try_extend(alloc_req *r) {
-    if (!r->tight || !r->fitted) return RUNG_SKIP;
     gpu_heap_t *h = r->h;
     block *b;
+    if (h->page) { /* paged: a run of idle blocks and unmapped holes, whichever maps least (paged.c) */
+        if (r->owned || heap_run_locked(h, r->need, r->align, r->spares, &b) != GPU_OK) return RUNG_MISS;
+        r->b = b;
+        return done(r, GPU_OK);
+    }
+    if (!r->tight || !r->fitted) return RUNG_SKIP;
     if (heap_extend_tail_locked(h, r->need, r->align, 2 * h->gran, r->spares, &b) != GPU_OK)
         return RUNG_MISS; /* none, or its mapping refused: the block is mapped whole below (or reclaimed) */
     return take_new(r, b, true);
@@ -334,8 +347,8 @@ int heap_alloc_locked(gpu_heap_t *h, size_t need, size_t align, unsigned flags, 
     spares.n = 0;
     alloc_req r = {
         .h = h, .need = need, .align = align, .stream = stream, .owned = owned,
-        .fitted = !owned && need >= 2 * h->gran && align <= h->gran,
-        .own = owned || need >= h->gran, .spares = &spares,
+        .fitted = !owned && !h->page && need >= 2 * h->gran && align <= h->gran,
+        .own = owned || (!h->page && need >= h->gran), .spares = &spares,
     };
     /* Past the last rung (reclaim tried already), the request ends with the
      * mapping's failure. */
@@ -368,7 +381,8 @@ int heap_malloc(gpu_heap_t *h, size_t size, size_t align, unsigned flags, void *
     int rc = heap_is_running(h) ? heap_reserve_records(h) : heap_refusal(h); /* paused idle memory is unmapped */
     block *b = NULL;
     /* The ladder's first rung without the ladder: a warm request ends there. */
-    if (rc == GPU_OK && !(flags & GPU_ALLOC_OWNED) && need < 2 * h->gran) b = fit_take_any(h, need, align);
+    if (rc == GPU_OK && !(flags & GPU_ALLOC_OWNED) && (need < 2 * h->gran || h->page))
+        b = h->page ? fit_take_best(h, need, align) : fit_take_any(h, need, align);
     if (rc == GPU_OK && !b) rc = heap_alloc_locked(h, need, align, flags, 0, &b);
     uintptr_t p = rc == GPU_OK ? b->start : 0;
     heap_unlock(h);

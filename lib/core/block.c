@@ -120,6 +120,7 @@ block *block_split(gpu_heap_t *h, block *b, size_t size) {
     if (!r) return NULL;
     r->pool = b->pool; /* a stream-freed remainder stays in its stream's pool, */
     r->epoch = b->epoch; /* waiting for the same event */
+    r->order_epoch = b->order_epoch; /* an idle remainder, for the same release */
     b->size = size;
     r->prev_phys = b;
     r->next_phys = b->next_phys;
@@ -172,6 +173,10 @@ void block_absorb_next(gpu_heap_t *h, block *b) {
 
 block *block_release_free(gpu_heap_t *h, block *b, block_state state) {
     b->state = (uint8_t)state;
+    /* Idle while a legacy-order release may still run: work issued before its
+     * free is before the last release (it was made idle by one, or by a fence
+     * or an event after it), so that release's being done makes it unmappable. */
+    b->order_epoch = state == BLOCK_IDLE && h->order_owed ? h->order_releases : 0;
     b->owned = 0;
     b->claims = 0; /* free: its extents' owner pointers, if they name it, are stale (extent_owner) */
     if (state != BLOCK_STREAM) b->pool = NULL;
@@ -180,12 +185,14 @@ block *block_release_free(gpu_heap_t *h, block *b, block_state state) {
     if (n && mergeable(b, n)) {
         tlsf_remove(t, n);
         if (n->epoch > b->epoch) b->epoch = n->epoch; /* merged stream blocks wait for the later free */
+        if (n->order_epoch > b->order_epoch) b->order_epoch = n->order_epoch; /* merged idle ones for the later release */
         block_absorb_next(h, b);
     }
     block *p = b->prev_phys;
     if (p && mergeable(b, p)) {
         tlsf_remove(t, p);
         if (b->epoch > p->epoch) p->epoch = b->epoch;
+        if (b->order_epoch > p->order_epoch) p->order_epoch = b->order_epoch;
         block_absorb_next(h, p);
         b = p;
     }

@@ -35,8 +35,8 @@ static void give_back(gpu_heap_t *h, const vmm_event *ev, unsigned n) {
     for (unsigned i = 0; i < n; i++) vmm_call_event_release(&h->door, ev[i]);
 }
 
-/* Records an event of kind (an ordered one leaves no event: ev untouched), busy
- * set while the lock is dropped around the call. */
+/* Records an event of kind (an ordered one only when ev is not NULL), busy set
+ * while the lock is dropped around the call. */
 static int record(gpu_heap_t *h, bool *busy, event_kind kind, uintptr_t stream, vmm_event *ev) {
     vmm_event spent[SPENT_MAX];
     unsigned nspent = take_spent(h, spent);
@@ -45,7 +45,7 @@ static int record(gpu_heap_t *h, bool *busy, event_kind kind, uintptr_t stream, 
     give_back(h, spent, nspent);
     int rc = kind == EVENT_ON_STREAM ? vmm_call_event_record(&h->door, stream, ev)
            : kind == EVENT_ON_CONTEXT ? vmm_call_fence_record(&h->door, stream, ev) /* would break a capture: refused then */
-                                      : vmm_call_fence_order(&h->door, stream);
+                                      : vmm_call_fence_order(&h->door, stream, ev);
     heap_lock(h);
     *busy = false;
     return rc;
@@ -63,10 +63,9 @@ int events_record_locked(gpu_heap_t *h, event_queue q, uintptr_t stream, event_k
     return GPU_OK;
 }
 
-int events_order_locked(gpu_heap_t *h, bool *busy, uintptr_t stream) {
+int events_order_locked(gpu_heap_t *h, bool *busy, uintptr_t stream, vmm_event *ev) {
     gh_assert(!*busy, "one thread at a time records");
-    vmm_event ev = 0;
-    return record(h, busy, EVENT_ORDERED, stream, &ev);
+    return record(h, busy, EVENT_ORDERED, stream, ev);
 }
 
 /* Drops the oldest entry. */

@@ -29,6 +29,30 @@ block *fit_take_any(gpu_heap_t *h, size_t need, size_t align) {
     return b ? claim_idle(h, b, gh_align_up(b->start, align), need) : NULL;
 }
 
+/* A paged heap's search (paged.c): the smallest of the first FIT_BEST_SCAN idle
+ * blocks from the request's class up that hold it at its alignment — what is
+ * left of a cut is idle memory a later block of another size must fit, and a
+ * good fit's pick from a larger class left more pages for moving. */
+#define FIT_BEST_SCAN 16
+
+typedef struct best_search {
+    size_t need, align;
+    unsigned seen;
+    block *b;
+} best_search;
+
+static bool best_one(block *b, void *arg) {
+    best_search *f = arg;
+    if (gh_align_up(b->start, f->align) + f->need <= block_end(b) && (!f->b || b->size < f->b->size)) f->b = b;
+    return ++f->seen < FIT_BEST_SCAN && !(f->b && f->b->size == f->need);
+}
+
+block *fit_take_best(gpu_heap_t *h, size_t need, size_t align) {
+    best_search f = {.need = need, .align = align};
+    tlsf_walk_from(&h->idle, need, best_one, &f);
+    return f.b ? claim_idle(h, f.b, gh_align_up(f.b->start, align), need) : NULL;
+}
+
 /* Blocks of two granules and more take idle memory only where they fill whole
  * extents, to within a granule or an eighth of their size: a block cut from the
  * middle of a larger idle extent would pin the rest of it, since an extent goes

@@ -110,6 +110,12 @@ int heap_open_on(const gpu_config_t *cfg, vmm_backend *backend, gpu_heap_t **out
     h->door.verbose = cfg->verbose;
     h->gran = h->door.b->caps.granularity;
     gh_assert(gh_is_pow2(h->gran) && h->gran % GH_QUANTUM == 0, "granularity is a power of two and a quantum multiple");
+    h->page = cfg->page_size;
+    if (h->page && (!gh_is_pow2(h->page) || h->page < h->gran)) {
+        rc = gh_note(GPU_ERR_INVALID, "page size %zu: 0, or a power of two of at least the granularity (%zu bytes)", h->page,
+                     h->gran);
+        goto fail_backend;
+    }
     rc = reserve_va(h);
     if (rc != GPU_OK) goto fail_backend;
     rc = gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for the heap's maps");

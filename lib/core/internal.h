@@ -21,7 +21,7 @@
 /* spare.c: the handles one allocation request's recycle unmapped and kept; the
  * request's mappings take those of their pieces' sizes, and it releases the rest
  * before it creates anything new, and at its end. */
-#define SPARE_MAX 64 /* a recycle's give-back batch (trim.c) */
+#define SPARE_MAX 256 /* handles a recycle keeps (trim.c): a paged heap's trade of 512 MiB in 2 MiB pages */
 
 typedef struct spare {
     vmm_handle handle; /* unmapped, not released: still held, and counted in the cap */
@@ -107,12 +107,19 @@ static inline void heap_note_free_locked(gpu_heap_t *h, size_t size) {
  * min bytes ending where mapped memory ends: one new extent is mapped over the
  * vacant VA right after it, and the two come back as one BUSY block (at least
  * need bytes). GH_MISS when no idle block qualifies; records reserved. */
+/* paged.c: a paged heap's placement over runs of idle blocks and holes, the size
+ * of the pieces it maps, and the idle pages it moves to the range about to be
+ * mapped. */
+int heap_run_locked(gpu_heap_t *h, size_t need, size_t align, spare_set *spares, block **out);
+size_t paged_piece(const gpu_heap_t *h, size_t size);
+void paged_trade_locked(gpu_heap_t *h, size_t size, spare_set *spares);
 int heap_extend_tail_locked(gpu_heap_t *h, size_t need, size_t align, size_t min, spare_set *spares, block **out);
 size_t heap_headroom_for(const gpu_heap_t *h, size_t size);           /* headroom kept after a new extent */
 
 /* ---- fit.c: which idle memory a request takes --------------------------------- */
 
 /* Each returns an idle piece of need bytes at align, made LIVE, or NULL on a miss. */
+block *fit_take_best(gpu_heap_t *h, size_t need, size_t align);
 block *fit_take_any(gpu_heap_t *h, size_t need, size_t align);        /* from any idle block */
 block *fit_take_whole(gpu_heap_t *h, size_t need, size_t align);      /* only where it fills whole extents */
 block *fit_take_owned(gpu_heap_t *h, size_t need, size_t align);      /* whole extents, owned by the block */
@@ -146,10 +153,12 @@ int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the
 /* Before mapping `bytes` of new memory: gives back that much of what sits idle
  * in whole extents (in pieces too small or in the wrong place for the request),
  * or all of it when less sits idle, so that physical memory follows live memory
- * instead of growing. No fence (idle memory is safe); refused while a capture is
- * in progress. The handles go into keep (when not NULL) unmapped, up to what it
- * holds, for the mapping that follows (spare.c); the rest are released. */
-int heap_recycle_locked(gpu_heap_t *h, size_t bytes, spare_set *keep);
+ * instead of growing. Refused while a capture is in progress. In legacy free
+ * order idle memory may still be in use: with wait a fence passes the last
+ * release first; without, only memory idle since a release seen done goes. The
+ * handles go into keep (when not NULL) unmapped, up to what it holds, for the
+ * mapping that follows (spare.c); the rest are released. */
+int heap_recycle_locked(gpu_heap_t *h, size_t bytes, spare_set *keep, bool wait);
 
 /* ---- quarantine.c ------------------------------------------------------------- */
 
@@ -185,6 +194,9 @@ void quarantine_early_locked(gpu_heap_t *h);
 bool quarantine_order_locked(gpu_heap_t *h, uintptr_t stream, bool empty_ok);
 /* The process's free order (gpu_free_order). */
 bool quarantine_legacy(void);
+/* Asks the legacy-order releases' events, oldest first, whether they are done
+ * (no wait), so that memory idle since them may be unmapped (order_done). */
+void quarantine_orders_reap_locked(gpu_heap_t *h);
 /* cover_done = max(cover_done, v). */
 void quarantine_cover_done(gpu_heap_t *h, uint64_t v);
 /* After a device fence: batches sealed before it (seq below the one noted) go idle. */
@@ -330,9 +342,9 @@ typedef enum event_kind { EVENT_ON_STREAM, EVENT_ON_CONTEXT, EVENT_ORDERED } eve
  * the error. */
 int events_record_locked(gpu_heap_t *h, event_queue q, uintptr_t stream, event_kind kind, const event_entry *item);
 /* Makes the context wait for all work issued so far (an EVENT_ORDERED
- * record: no event is kept). busy is set while the lock is dropped around the
- * driver call. */
-int events_order_locked(gpu_heap_t *h, bool *busy, uintptr_t stream);
+ * record); with ev, keeps the event recorded (NULL: none is kept). busy is set
+ * while the lock is dropped around the driver call. */
+int events_order_locked(gpu_heap_t *h, bool *busy, uintptr_t stream, vmm_event *ev);
 /* Asks about the oldest events in turn (with wait set, waits for them), the lock
  * dropped around each driver call; each completed entry leaves the queue and goes
  * to done. Stops at the first event not yet complete. Does nothing while the

@@ -176,6 +176,23 @@ void quarantine_retire_locked(gpu_heap_t *h, block *b, uint64_t tag) {
 
 /* ---- the free order --------------------------------------------------------- */
 
+/* The legacy-order releases' events as events.c sees them. */
+static inline event_queue orders(gpu_heap_t *h) {
+    return (event_queue){.e = h->orders, .n = &h->norders, .busy = &h->order_busy, .cap = ORDERS_MAX};
+}
+
+/* events_reap_locked's answer for a release seen done. */
+static bool order_seen(gpu_heap_t *h, const event_entry *e, void *arg) {
+    (void)arg;
+    if (e->tag > h->order_done) h->order_done = e->tag;
+    if (h->order_done >= h->order_releases) h->order_owed = false; /* every release is done: nothing owed */
+    return true;
+}
+
+void quarantine_orders_reap_locked(gpu_heap_t *h) {
+    if (h->norders) (void)events_reap_locked(h, orders(h), false, order_seen, NULL);
+}
+
 static _Atomic int free_order = GPU_FREE_ORDER_EVENT;
 
 bool quarantine_legacy(void) { return atomic_load_explicit(&free_order, memory_order_relaxed) == GPU_FREE_ORDER_LEGACY; }
@@ -185,11 +202,17 @@ bool quarantine_order_locked(gpu_heap_t *h, uintptr_t stream, bool empty_ok) {
     if (!h->quarantine && !h->nsealed && !empty_ok) return false;
     quarantine_batch q = quarantine_take_locked(h);
     uint64_t seq = atomic_fetch_add(&h->cover_seq, 1); /* covers every block freed before this */
-    int rc = events_order_locked(h, &h->seal_busy, stream);
+    /* A paged heap keeps the event while there is room (a later one's completion
+     * says as much): its trades unmap idle pages without a fence (trim.c). */
+    vmm_event ev = 0;
+    int rc = events_order_locked(h, &h->seal_busy, stream, h->page && h->norders < ORDERS_MAX ? &ev : NULL);
     quarantine_untake_locked(h, &q, rc != GPU_OK);
     if (rc != GPU_OK) return false; /* a capture, or a refusal: the blocks wait for an event or a fence as before */
     h->order_owed = true;
     h->order_releases++;
+    if (ev) { /* only this thread appends (seal_busy); a reap meanwhile only made room */
+        h->orders[h->norders++] = (event_entry){.ev = ev, .tag = h->order_releases};
+    }
     quarantine_free_locked(h, &q);
     quarantine_release_sealed_locked(h, seq); /* sealed before: their work is before the wait too */
     quarantine_cover_done(h, seq + 1);
@@ -222,6 +245,7 @@ int heap_set_free_order(gpu_free_order_t order) {
 gpu_free_order_t heap_free_order(void) { return (gpu_free_order_t)atomic_load(&free_order); }
 
 void quarantine_close(gpu_heap_t *h) {
+    events_close(h, orders(h));
     events_close(h, earlies(h));
     events_close(h, seals(h));
 }

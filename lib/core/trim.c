@@ -25,6 +25,7 @@ typedef struct trim_work {
     size_t n;
     size_t goal;      /* bytes still to release */
     uintptr_t lo, hi; /* only extents inside [lo, hi) */
+    uint64_t safe;    /* only idle blocks whose order_epoch is at most this */
 } trim_work;
 
 /* True when e lies inside [lo, hi) and may go: not one another process is being
@@ -55,8 +56,10 @@ static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
     tlsf_insert(&h->idle, b);
 }
 
-/* True when the idle block b holds a whole extent inside [lo, hi). */
-static bool holds_extent(gpu_heap_t *h, const block *b, uintptr_t lo, uintptr_t hi) {
+/* True when the idle block b holds a whole extent inside [lo, hi), and no
+ * legacy-order release later than safe made it idle. */
+static bool holds_extent(gpu_heap_t *h, const block *b, uintptr_t lo, uintptr_t hi, uint64_t safe) {
+    if (b->order_epoch > safe) return false;
     uintptr_t end = block_end(b);
     for (extent *e = extmap_first_whole(&h->extents, b->start, end); e; e = extmap_next_whole(&h->extents, e, end))
         if (extent_releasable(e, lo, hi)) return true;
@@ -67,11 +70,12 @@ typedef struct pick {
     gpu_heap_t *h;
     block *found;
     uintptr_t lo, hi;
+    uint64_t safe;
 } pick;
 
 static bool pick_one(block *b, void *arg) {
     pick *p = arg;
-    if (block_end(b) <= p->lo || b->start >= p->hi || !holds_extent(p->h, b, p->lo, p->hi)) return true;
+    if (block_end(b) <= p->lo || b->start >= p->hi || !holds_extent(p->h, b, p->lo, p->hi, p->safe)) return true;
     p->found = b;
     return false;
 }
@@ -79,21 +83,25 @@ static bool pick_one(block *b, void *arg) {
 /* Releases whole idle extents inside [lo, hi) until idle bytes are at most keep.
  * In legacy free order idle memory may still be in use by work issued before
  * its free — the context was made to wait for it, the CPU was not — so
- * nothing is unmapped before a fence has passed the last such release (on the
- * H200 an unmap there made a PyTorch run fault on an illegal address). */
+ * nothing is unmapped before that work is done (on the H200 an unmap there
+ * made a PyTorch run fault on an illegal address): with wait, a fence passes
+ * the last such release first; without, only memory idle since a release seen
+ * done goes (quarantine_orders_reap_locked asks, no one waits). */
 #define ORDER_FENCE_TRIES 4 /* fences a release in order made during the last may ask for; then it waits for a later trim */
 
-static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi, spare_set *spares) {
-    for (int tries = 0; h->order_owed && h->idle.bytes > keep; tries++) {
+static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi, spare_set *spares, bool wait) {
+    for (int tries = 0; wait && h->order_owed && h->idle.bytes > keep; tries++) {
         if (tries == ORDER_FENCE_TRIES) return GPU_OK; /* other threads keep releasing: nothing goes back now */
         int rc = heap_fence_locked(h, 0);
         if (rc != GPU_OK) return rc; /* a capture: nothing goes back until it ends */
     }
+    if (h->order_owed) quarantine_orders_reap_locked(h);
     int first_error = GPU_OK;
     while (h->idle.bytes > keep) {
-        trim_work w = {.goal = h->idle.bytes - keep, .lo = lo, .hi = hi};
+        uint64_t safe = h->order_owed ? h->order_done : UINT64_MAX;
+        trim_work w = {.goal = h->idle.bytes - keep, .lo = lo, .hi = hi, .safe = safe};
         while (w.n < TRIM_BATCH && w.goal) {
-            pick p = {.h = h, .lo = lo, .hi = hi};
+            pick p = {.h = h, .lo = lo, .hi = hi, .safe = safe};
             tlsf_walk(&h->idle, pick_one, &p);
             if (!p.found) break;
             tlsf_remove(&h->idle, p.found);
@@ -129,22 +137,22 @@ int heap_trim_locked(gpu_heap_t *h, size_t keep) {
     hooks_flush_locked(h); /* the thread caches: this thread's cached blocks first; the others' at their next allocation */
     int rc = heap_drain_locked(h, 0);
     if (rc != GPU_OK) return rc;
-    return release_idle(h, keep, h->base, h->base + h->reserved, NULL);
+    return release_idle(h, keep, h->base, h->base + h->reserved, NULL, true);
 }
 
 int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi) {
     int rc = heap_drain_locked(h, 0);
     if (rc != GPU_OK) return rc;
-    return release_idle(h, 0, lo, hi, NULL);
+    return release_idle(h, 0, lo, hi, NULL, true);
 }
 
-int heap_recycle_locked(gpu_heap_t *h, size_t bytes, spare_set *keep) {
+int heap_recycle_locked(gpu_heap_t *h, size_t bytes, spare_set *keep, bool wait) {
     if (!h->idle.bytes) return GPU_OK;
     heap_unlock(h);
     bool capturing = vmm_call_capturing(&h->door, 0);
     heap_lock(h);
     if (capturing) return GPU_ERR_CAPTURING;
-    return release_idle(h, h->idle.bytes > bytes ? h->idle.bytes - bytes : 0, h->base, h->base + h->reserved, keep);
+    return release_idle(h, h->idle.bytes > bytes ? h->idle.bytes - bytes : 0, h->base, h->base + h->reserved, keep, wait);
 }
 
 int heap_trim(gpu_heap_t *h, size_t keep) {

@@ -48,10 +48,13 @@ struct __attribute__((aligned(64))) block {
     uint8_t state;                /* block_state */
     uint8_t owned;                /* asked for with GPU_ALLOC_OWNED: keep granule-aligned on shrink */
     uint8_t file;                 /* holds a gpu_map_file mapping: gpu_free and gpu_realloc refuse it */
-    uint8_t busy;                 /* BLOCK_SPARSE: a thread is committing or decommitting in it */
+    uint8_t busy;                 /* BLOCK_SPARSE: a thread is committing or decommitting in it; a BUSY piece of a
+                                   * paged run (paged.c): still to be mapped */
     uint8_t claims;               /* its extents' owner pointers name it and hold while it lives (set when
                                    * it claims them, cleared when it stops being live: extent_owner) */
     uint32_t epoch;               /* BLOCK_STREAM: its pool's epoch when it was freed */
+    uint64_t order_epoch;         /* BLOCK_IDLE in legacy free order: the last release made before (part of) it
+                                   * became idle; its memory may be unmapped once that one is done (trim.c). 0: now */
     struct stream_pool *pool;     /* BLOCK_STREAM: the stream it was freed on */
     uint64_t export_token;        /* LIVE: the token gpu_ipc_get_mem_handle gave it (export.c); 0: never exported.
                                    * Cleared whenever the block becomes or stops being live */
@@ -163,6 +166,7 @@ typedef struct event_entry {
 } event_entry;
 
 #define SEALED_MAX 8 /* quarantine batches sealed and not yet released */
+#define ORDERS_MAX 16 /* legacy-order releases whose events are kept until seen done */
 #define SPENT_MAX (SEALED_MAX + 1) /* events done with under the lock: retired seals and a stale early cover */
 
 /* ---- stream pools (stream.c) -------------------------------------------------- */
@@ -193,6 +197,7 @@ struct gpu_heap {
     uintptr_t base;        /* the reservation */
     size_t reserved;
     size_t gran;
+    size_t page;           /* paged placement (paged.c): extents of this size, shared by blocks of every size; 0: off */
     uint64_t serial;       /* unique per heap opened in this process (thread caches' key) */
     bool is_default;
     /* Memory control (pause.c): HEAP_RUNNING (0), PAUSING, PAUSED or RESUMING.
@@ -245,6 +250,13 @@ struct gpu_heap {
     uint64_t seal_events;
     uint64_t order_releases; /* releases in legacy free order (quarantine_order_locked) */
     bool order_owed;         /* one happened since the last fence (a switch back to events fences) */
+    /* The releases' events, oldest first (tag: the release's number), and the
+     * last release known done — by its event or a fence: memory idle since a
+     * release no later than it may be unmapped without a fence (trim.c). */
+    event_entry orders[ORDERS_MAX];
+    unsigned norders;
+    bool order_busy;
+    uint64_t order_done;
     size_t nextents;
     size_t protected_extents; /* extents whose access is not read-write */
     stream_pool *pools[STREAM_POOLS_MAX];

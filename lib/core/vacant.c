@@ -23,7 +23,8 @@
 /* Carves [start, start+size) out of vacant VA at the given alignment, with
  * headroom kept free after it when there is room. The range comes back BUSY. */
 int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out) {
-    size_t slack = align > h->gran ? align - h->gran : 0, want = size + slack;
+    size_t unit = h->page ? h->page : h->gran; /* a paged heap's ranges start on its page grid */
+    size_t slack = align > unit ? align - unit : unit - h->gran, want = size + slack;
     if (want < size) return gh_note(GPU_ERR_INVALID, "size %zu overflows with alignment %zu", size, align);
     block *v = NULL;
     if (headroom && want + headroom > want) v = tlsf_find(&h->vacant, want + headroom);
@@ -33,7 +34,7 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
     }
     if (!v) return gh_note(GPU_ERR_OUT_OF_VA, "no free range of %zu bytes left in the heap's %zu-byte reservation", want, h->reserved);
     tlsf_remove(&h->vacant, v);
-    uintptr_t start = gh_align_up(v->start, align < h->gran ? h->gran : align);
+    uintptr_t start = gh_align_up(v->start, align < unit ? unit : align);
     size_t room = block_end(v) - start - size; /* free VA after the range */
     if (headroom > room) headroom = room;
     block *b = block_carve(h, v, start, size + headroom, &h->vacant);
@@ -73,6 +74,7 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
  * granules, blocks up to 64 MiB, its checks every 1,000 operations) backs about
  * 2,200 ranges in chunks. */
 static size_t back_chunk(const gpu_heap_t *h, size_t size) {
+    if (h->page) return paged_piece(h, size);
     if (size < BACK_CHUNKED_MIN_GRANULES * h->gran || (!h->large_freed && h->mapped_bytes < size)) return size;
     size_t chunk = gh_align_up(size / BACK_CHUNKS, h->gran);
     return chunk < BACK_CHUNK_MIN_GRANULES * h->gran ? BACK_CHUNK_MIN_GRANULES * h->gran : chunk;
@@ -108,6 +110,7 @@ static int back_piece(gpu_heap_t *h, uintptr_t va, size_t size, spare_set *spare
 int heap_back_at_locked(gpu_heap_t *h, block *range, spare_set *spares) {
     gh_assert(range->state == BLOCK_BUSY, "a range is marked BUSY before it is mapped");
     size_t chunk = back_chunk(h, range->size), done = 0;
+    if (h->page) paged_trade_locked(h, range->size, spares);
     spares_unfit_release(h, spares, range->size, chunk);
     if (chunk == range->size) return back_piece(h, range->start, range->size, spares);
     if (!pool_reserve(&h->extent_pool, range->size / chunk + 1))

@@ -82,7 +82,7 @@ bool cuda_ordered_capturing(const struct cuda_fns *f);
 /* events.c: the fence, stream order and capture. */
 int cuda_fence(vmm_backend *b);
 int cuda_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
-int cuda_fence_order(vmm_backend *b, uintptr_t stream);
+int cuda_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int cuda_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int cuda_event_query(vmm_backend *b, vmm_event ev);
 int cuda_event_wait(vmm_backend *b, vmm_event ev);

@@ -122,14 +122,16 @@ int cuda_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
  * the backend's own memset stream included, and on streams created later —
  * waits for it (cuCtxWaitEvent, measured on an H200 for a non-blocking stream
  * made before and after: ~0.25 us, whatever the number of streams). A block
- * freed before it can be handed out at once. The event goes back among the
- * spares: the wait keeps the record it saw. */
-int cuda_fence_order(vmm_backend *b, uintptr_t stream) {
+ * freed before it can be handed out at once. The event is the caller's with
+ * out (its completion says the work before it is done), else it goes back
+ * among the spares: the wait keeps the record it saw. */
+int cuda_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out) {
     gh_assert(cuda_of(b)->ctx_record_event && cuda_of(b)->ctx_wait_event,
               "fence_order is offered only by a driver with cuCtxRecordEvent and cuCtxWaitEvent");
     vmm_event ev;
     int rc = cuda_record(b, ON_CONTEXT_ORDERED, stream, &ev);
-    if (rc == GPU_OK) cuda_event_release(b, ev);
+    if (rc == GPU_OK && out) *out = ev;
+    else if (rc == GPU_OK) cuda_event_release(b, ev);
     return rc;
 }
 

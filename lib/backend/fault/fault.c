@@ -158,8 +158,8 @@ static int fault_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out) 
 static int fault_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
     FORWARD(b, VMM_OP_EVENT_RECORD, fence_record(fault_of(b)->inner, stream, out));
 }
-static int fault_fence_order(vmm_backend *b, uintptr_t stream) {
-    FORWARD(b, VMM_OP_EVENT_RECORD, fence_order(fault_of(b)->inner, stream));
+static int fault_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out) {
+    FORWARD(b, VMM_OP_EVENT_RECORD, fence_order(fault_of(b)->inner, stream, out));
 }
 static int fault_event_query(vmm_backend *b, vmm_event ev) {
     FORWARD(b, VMM_OP_EVENT_QUERY, event_query(fault_of(b)->inner, ev));

@@ -90,12 +90,14 @@ int host_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out) {
 }
 
 /* No queue to order either: a record refused as fence_record's is, and counted
- * (orders, for tests: vmm_host_counts). */
-int host_fence_order(vmm_backend *b, uintptr_t stream) {
+ * (orders, for tests: vmm_host_counts). Its event completes as any other does
+ * (at once, or after the lag of vmm_host_set_clock). */
+int host_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out) {
     vmm_event ev;
     int rc = host_fence_record(b, stream, &ev);
     if (rc != GPU_OK) return rc;
-    host_event_release(b, ev);
+    if (out) *out = ev;
+    else host_event_release(b, ev);
     host_backend *hb = host_of(b);
     pthread_mutex_lock(&hb->lock);
     hb->orders++;

@@ -118,7 +118,7 @@ int host_import_fd(vmm_backend *b, int fd, size_t size, vmm_handle *out);
 /* events.c: the fence, stream order and capture. */
 int host_fence(vmm_backend *b);
 int host_fence_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
-int host_fence_order(vmm_backend *b, uintptr_t stream);
+int host_fence_order(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int host_event_record(vmm_backend *b, uintptr_t stream, vmm_event *out);
 int host_event_query(vmm_backend *b, vmm_event ev);
 int host_event_wait(vmm_backend *b, vmm_event ev);

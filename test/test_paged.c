@@ -1,0 +1,196 @@
+/*
+ * test_paged.c — paged placement (gpu_config_t.page_size, lib/core/paged.c).
+ *
+ * On host-backend heaps of 64 KiB granules and 256 KiB pages, without thread
+ * caches: a page size is checked when the heap is made; blocks of every size
+ * share pages; a block over an unmapped hole and the idle memory beside it maps
+ * only the hole; a block mapped past the physical peak moves idle pages under
+ * it (kept handles: no create, no release); in legacy free order those pages
+ * move without a fence once the release that made them idle is seen done, and
+ * with one when it is not. Each test fails without the part it names. White-box
+ * for the host backend's clock (events that complete late).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "gpuheap.h"
+#include "core/internal.h"
+#include "util.h"
+
+#define G (64 * KiB)
+#define P (4 * G) /* the page */
+
+static gpu_heap_t *paged_heap(void) {
+    gpu_config_t cfg = host_config(4 * GiB, G, 0);
+    cfg.page_size = P;
+    cfg.thread_cache = 0;
+    return HEAP_CREATE(&cfg);
+}
+
+static void free_all(gpu_heap_t *h, void **p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i]) ASSERT_OK(gpu_heap_free(h, p[i]));
+    CHECK_ALL(h);
+    gpu_heap_destroy(h);
+}
+
+/* A page size must be a power of two of at least the granularity; the variable
+ * sets it, and a malformed one is refused. */
+static char said[512];
+static void keep_message(int err, const char *message, void *arg) {
+    (void)err, (void)arg;
+    snprintf(said, sizeof said, "%s", message);
+}
+
+static void test_page_size_checked(void **state) {
+    (void)state;
+    gpu_error_handler_t was = gpu_set_error_handler(keep_message, NULL);
+    gpu_config_t cfg = host_config(1 * GiB, G, 0);
+    gpu_heap_t *h = NULL;
+    cfg.page_size = 3 * G;
+    assert_int_equal(gpu_heap_create(&cfg, &h), GPU_ERR_INVALID);
+    assert_null(h);
+    assert_non_null(strstr(said, "page size"));
+    cfg.page_size = G / 2;
+    assert_int_equal(gpu_heap_create(&cfg, &h), GPU_ERR_INVALID);
+    assert_null(h);
+    gpu_set_error_handler(was, NULL);
+    setenv("GPUHEAP_PAGE_SIZE", "1M", 1);
+    ASSERT_OK(gpu_config_init(&cfg));
+    assert_int_equal(cfg.page_size, 1 * MiB);
+    setenv("GPUHEAP_PAGE_SIZE", "big", 1);
+    assert_int_equal(gpu_config_init(&cfg), GPU_ERR_INVALID);
+    assert_int_equal(cfg.page_size, 0);
+    unsetenv("GPUHEAP_PAGE_SIZE");
+}
+
+/* A block of two granules goes into the idle tail of a 5-granule block's pages
+ * instead of extents of its own. */
+static void test_blocks_share_pages(void **state) {
+    (void)state;
+    gpu_heap_t *h = paged_heap();
+    char *a = gpu_heap_malloc(h, 5 * G);
+    assert_non_null(a);
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.mapped_bytes, 2 * P);
+    assert_int_equal(s.extents, 2);
+    char *b = gpu_heap_malloc(h, 2 * G);
+    assert_ptr_equal(b, a + 5 * G);
+    gpu_stats_t t = STATS(h);
+    assert_int_equal(t.mapped_bytes, 2 * P);
+    assert_int_equal(t.backend_create, s.backend_create);
+    free_all(h, (void *[]){a, b}, 2);
+}
+
+/* Six granules where a freed page was given back (a hole) and the idle half of
+ * the next page: the block takes both and maps only the hole's page — not a
+ * range of two pages of its own. */
+static void test_run_maps_only_the_hole(void **state) {
+    (void)state;
+    gpu_heap_t *h = paged_heap();
+    char *a = gpu_heap_malloc(h, 6 * G);
+    char *b = gpu_heap_malloc(h, 2 * G);
+    assert_non_null(a);
+    assert_ptr_equal(b, a + 6 * G);
+    ASSERT_OK(gpu_heap_free(h, a));
+    ASSERT_OK(gpu_heap_trim(h, 0)); /* the first page goes; the second holds b */
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.mapped_bytes, P);
+    assert_int_equal(s.idle_bytes, 2 * G);
+    char *c = gpu_heap_malloc(h, 6 * G);
+    assert_ptr_equal(c, a);
+    gpu_stats_t t = STATS(h);
+    assert_int_equal(t.mapped_bytes, 2 * P);
+    assert_int_equal(t.backend_create, s.backend_create + 1);
+    assert_int_equal(t.idle_bytes, 0);
+    free_all(h, (void *[]){b, c}, 2);
+}
+
+/* Two idle pages, a live small block after them and idle memory up to the end
+ * of its page: a block of ten granules maps two pages after that tail, past the
+ * physical peak, so the two idle pages move there (unmapped, their handles
+ * mapped again). */
+static char *idle_pages_then_ten(gpu_heap_t *h, char **a, char **b, gpu_stats_t *before) {
+    *a = gpu_heap_malloc(h, 2 * P);
+    *b = gpu_heap_malloc(h, G);
+    assert_non_null(*a);
+    assert_ptr_equal(*b, *a + 2 * P);
+    ASSERT_OK(gpu_heap_free(h, *a));
+    ASSERT_OK(gpu_heap_trim(h, SIZE_MAX)); /* the quarantine drained, everything kept */
+    *before = STATS(h);
+    return gpu_heap_malloc(h, 10 * G);
+}
+
+static void test_idle_pages_move(void **state) {
+    (void)state;
+    gpu_heap_t *h = paged_heap();
+    char *a, *b;
+    gpu_stats_t s;
+    char *e = idle_pages_then_ten(h, &a, &b, &s);
+    assert_ptr_equal(e, b + G);
+    gpu_stats_t t = STATS(h);
+    assert_int_equal(t.mapped_bytes, 3 * P);
+    assert_int_equal(t.peak_mapped_bytes, 3 * P);
+    assert_int_equal(t.backend_create, s.backend_create);
+    assert_int_equal(t.backend_release, s.backend_release);
+    assert_int_equal(t.backend_unmap, s.backend_unmap + 2);
+    assert_int_equal(t.backend_map, s.backend_map + 2);
+    assert_int_equal(h->spare_bytes, 0);
+    free_all(h, (void *[]){b, e}, 2);
+}
+
+/* Legacy free order: the freed block waits in the quarantine until a release
+ * makes the context wait for it. Its pages move without a fence once that
+ * release's event is seen done; while it is not (the host's "GPU" a second
+ * behind), a fence first. */
+static void legacy_move(bool late) {
+    ASSERT_OK(gpu_set_free_order(GPU_FREE_ORDER_LEGACY));
+    gpu_heap_t *h = paged_heap();
+    vmm_host_set_clock(h->door.b, 0, late ? 1000000000ull : 0);
+    char *big = gpu_heap_malloc(h, 48 * MiB); /* with the next request, past the quarantine's 64 MiB: a release */
+    char *b = gpu_heap_malloc(h, G);
+    assert_non_null(big);
+    assert_ptr_equal(b, big + 48 * MiB);
+    ASSERT_OK(gpu_heap_free(h, big));
+    gpu_stats_t s = STATS(h);
+    char *e = gpu_heap_malloc(h, 48 * MiB + 2 * P + 3 * G); /* from b's idle tail: past the peak, freed pages move */
+    assert_ptr_equal(e, b + G);
+    gpu_stats_t t = STATS(h);
+    assert_int_equal(t.order_releases, s.order_releases + 1);
+    assert_int_equal(t.fences, s.fences + (late ? 1 : 0));
+    assert_int_equal(t.backend_create, s.backend_create + 2); /* 194 pages: the 192 freed ones moved, 2 new */
+    assert_int_equal(t.peak_mapped_bytes, s.peak_mapped_bytes + 2 * P);
+    assert_int_equal(t.backend_unmap, s.backend_unmap + 48 * MiB / P);
+    void *p[] = {b, e};
+    free_all(h, p, 2);
+    ASSERT_OK(gpu_set_free_order(GPU_FREE_ORDER_EVENT));
+}
+
+static void test_legacy_moves_without_a_fence(void **state) {
+    (void)state;
+    legacy_move(false);
+}
+
+static void test_legacy_fences_when_the_release_runs(void **state) {
+    (void)state;
+    legacy_move(true);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_page_size_checked),
+        cmocka_unit_test(test_blocks_share_pages),
+        cmocka_unit_test(test_run_maps_only_the_hole),
+        cmocka_unit_test(test_idle_pages_move),
+        cmocka_unit_test(test_legacy_moves_without_a_fence),
+        cmocka_unit_test(test_legacy_fences_when_the_release_runs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
