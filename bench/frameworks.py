@@ -14,12 +14,14 @@ runs in these modes, each in a fresh process:
   nocache      PYTORCH_NO_CUDA_MEMORY_CACHING=1 alone: plain cudaMalloc/cudaFree,
                the reference gpuheap's losses must equal bit for bit (the same
                calls, the same alignment; only where the memory comes from differs)
+  gpuheap-paged the gpuheap mode with paged placement (GPUHEAP_PAGE_SIZE, --page-size:
+               memory in shared pages, idle pages moved; README "Paged placement")
   pluggable    (only with --with-pluggable) gpu_torch_alloc/gpu_torch_free as a
                CUDAPluggableAllocator
   gpuheap-base (only with --base-build DIR) the gpuheap mode with another build —
                the commit before a change, measured in the same rounds
 
---modes picks some of them (default: the first four).
+--modes picks some of them (default: the first four; gpuheap-paged too when named).
 
 Every workload and mode runs --reps times (3), interleaved: round r runs every
 (workload, mode) once before round r+1 starts, so a machine's drift falls on all
@@ -53,15 +55,16 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.join(os.path.dirname(HERE), "test", "preload")
 
-MODES = ("caching", "expandable", "gpuheap", "nocache")
-HEAP_RUN = ("gpuheap", "gpuheap-base")  # under gpuheap-run, of --build and of --base-build
+MODES = ("caching", "expandable", "gpuheap", "nocache", "gpuheap-paged")
+HEAP_RUN = ("gpuheap", "gpuheap-base", "gpuheap-paged")  # under gpuheap-run, of --build and of --base-build
 HEAP_STATS = HEAP_RUN + ("pluggable",)  # gpuheap's own peak physical memory
 
 
-def command(workload, mode, build, steps, out_json, stats_json):
+def command(workload, mode, build, steps, out_json, stats_json, page_size="2M"):
     """The argv and environment of one run."""
     env = dict(os.environ)
-    for k in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING", "LD_PRELOAD", "GPUHEAP_STATS_JSON"):
+    for k in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING", "LD_PRELOAD", "GPUHEAP_STATS_JSON",
+              "GPUHEAP_PAGE_SIZE"):
         env.pop(k, None)
     if workload == "fixed":
         script = [os.path.join(SCRIPTS, "train.py"), "--steps", str(steps)]
@@ -75,6 +78,8 @@ def command(workload, mode, build, steps, out_json, stats_json):
     elif mode in HEAP_RUN:
         env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
         env["GPUHEAP_STATS_JSON"] = stats_json
+        if mode == "gpuheap-paged":
+            env["GPUHEAP_PAGE_SIZE"] = page_size
         argv = [os.path.join(build, "tools", "gpuheap-run"), "--"] + argv
     elif mode == "pluggable":
         env["GPUHEAP_STATS_JSON"] = stats_json
@@ -97,7 +102,7 @@ def run_one(workload, mode, rnd, args, work):
     out_json = os.path.join(work, tag + ".json")
     stats_json = os.path.join(work, tag + ".stats.json")
     build = args.base_build if mode == "gpuheap-base" else args.build
-    argv, env = command(workload, mode, build, args.steps, out_json, stats_json)
+    argv, env = command(workload, mode, build, args.steps, out_json, stats_json, args.page_size)
     t0 = time.monotonic()
     p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=args.timeout)
@@ -223,7 +228,8 @@ def main():
     ap.add_argument("--with-fixed", action="store_true", help="also train.py's fixed-shape transformer")
     ap.add_argument("--with-pluggable", action="store_true", help="also gpu_torch_alloc/free as a pluggable allocator")
     ap.add_argument("--timeout", type=int, default=600, help="seconds one run may take")
-    ap.add_argument("--modes", default=",".join(MODES), help="the modes to run, of " + ", ".join(MODES))
+    ap.add_argument("--modes", default=",".join(MODES[:4]), help="the modes to run, of " + ", ".join(MODES))
+    ap.add_argument("--page-size", default="2M", help="GPUHEAP_PAGE_SIZE of the gpuheap-paged mode (2M)")
     ap.add_argument("--base-build", help="also the gpuheap mode with this build (mode gpuheap-base)")
     args = ap.parse_args()
     args.build = os.path.abspath(args.build)
