@@ -107,12 +107,10 @@ static inline void heap_note_free_locked(gpu_heap_t *h, size_t size) {
  * min bytes ending where mapped memory ends: one new extent is mapped over the
  * vacant VA right after it, and the two come back as one BUSY block (at least
  * need bytes). GH_MISS when no idle block qualifies; records reserved. */
-/* paged.c: a paged heap's placement over runs of idle blocks and holes, the size
- * of the pieces it maps, and the idle pages it moves to the range about to be
- * mapped. */
+/* paged.c: a paged heap's placement of a request no idle block holds, over a
+ * run of idle blocks and unmapped holes; GH_MISS when a range of its own maps
+ * no more. (vacant.c maps a paged heap's ranges in pages, moving idle ones.) */
 int heap_run_locked(gpu_heap_t *h, size_t need, size_t align, spare_set *spares, block **out);
-size_t paged_piece(const gpu_heap_t *h, size_t size);
-void paged_trade_locked(gpu_heap_t *h, size_t size, spare_set *spares);
 int heap_extend_tail_locked(gpu_heap_t *h, size_t need, size_t align, size_t min, spare_set *spares, block **out);
 size_t heap_headroom_for(const gpu_heap_t *h, size_t size);           /* headroom kept after a new extent */
 

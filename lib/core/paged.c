@@ -17,7 +17,7 @@
  *    shortest; none better than a range of its own: the allocation path maps one;
  *  - before a range is mapped beyond the heap's physical peak, idle pages are
  *    given back with their handles kept, and the range maps those (spare.c):
- *    memory moves rather than grows (paged_trade_locked);
+ *    memory moves rather than grows (vacant.c, which maps ranges in pages);
  *  - the physical budget is the live peak and a few pages (alloc.c).
  * What it costs: a page moved is an unmap, a map and an access grant (~50 µs on
  * an H200 at any page size), and in legacy free order a fence first when a
@@ -27,22 +27,6 @@
 #include "core/internal.h"
 
 #define RUN_LOOK_STEPS 4096 /* blocks a request steps over in all, looking for a run */
-#define PAGED_PIECES_MAX 512 /* a range of more pages is mapped in larger pieces: an export carries at most 1024 */
-
-size_t paged_piece(const gpu_heap_t *h, size_t size) {
-    return size / h->page > PAGED_PIECES_MAX ? gh_align_up(size / PAGED_PIECES_MAX, h->page) : h->page;
-}
-
-void paged_trade_locked(gpu_heap_t *h, size_t size, spare_set *spares) {
-    if (!spares || spares->n || h->mapped_bytes + size <= h->peak_mapped_bytes) return;
-    size_t room = h->peak_mapped_bytes > h->mapped_bytes ? h->peak_mapped_bytes - h->mapped_bytes : 0;
-    size_t want = size - room, idle = h->idle.bytes;
-    (void)heap_recycle_locked(h, want, spares, false); /* pages no legacy-order release may still use, */
-    size_t got = idle - h->idle.bytes;
-    if (got < want && h->order_owed && h->idle.bytes) /* then, for the rest, a fence */
-        (void)heap_recycle_locked(h, want - got, spares, true);
-}
-
 /* ---- runs of idle blocks and holes -------------------------------------------- */
 
 static inline bool run_free(const block *b) { return b && (b->state == BLOCK_IDLE || b->state == BLOCK_VACANT); }

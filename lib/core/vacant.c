@@ -68,6 +68,29 @@ int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t he
 #define BACK_CHUNK_MIN_GRANULES 64    /* 128 MiB */
 #define BACK_CHUNKS 8
 
+/* A paged heap (paged.c) backs every range in pages; a range of more than
+ * PAGED_PIECES_MAX pages in larger pieces, so that an export (at most 1024
+ * extents) still carries it. */
+#define PAGED_PIECES_MAX 512
+
+static size_t paged_piece(const gpu_heap_t *h, size_t size) {
+    return size / h->page > PAGED_PIECES_MAX ? gh_align_up(size / PAGED_PIECES_MAX, h->page) : h->page;
+}
+
+/* A paged heap about to map size bytes past its physical peak gives idle pages
+ * back first, their handles kept in spares for the range: memory moves instead
+ * of growing. Pages no legacy-order release may still use go first; for the
+ * rest, a fence (without it the CNN trace held 1.25x its live peak, not 1.01x:
+ * bench/RESULTS.md). */
+static void paged_trade_locked(gpu_heap_t *h, size_t size, spare_set *spares) {
+    if (!spares || spares->n || h->mapped_bytes + size <= h->peak_mapped_bytes) return;
+    size_t room = h->peak_mapped_bytes > h->mapped_bytes ? h->peak_mapped_bytes - h->mapped_bytes : 0;
+    size_t want = size - room, idle = h->idle.bytes;
+    (void)heap_recycle_locked(h, want, spares, false);
+    size_t got = idle - h->idle.bytes;
+    if (got < want && h->order_owed && h->idle.bytes) (void)heap_recycle_locked(h, want - got, spares, true);
+}
+
 /* The size of the chunks a range of size bytes is backed in (size: one extent).
  * The thresholds count granules (the sizes above are the GPU's), so that a test
  * heap of small granules goes through chunks too: test_stress's model run (64 KiB
