@@ -275,8 +275,8 @@ void extent_settle_locked(gpu_heap_t *h, const extent_return *r);
 void extents_give_back_all(gpu_heap_t *h);
 /* Fresh handles, not in the books: backed at [va, va+size) read-write (undone
  * on failure); unmapped and released (discard); released when unmapped already
- * (drop). A handle the driver will not take back is counted in extents_lost.
- * Lock not held. */
+ * (drop). A handle the driver will not take back, asked twice, is counted in
+ * extents_lost. Lock not held. */
 int handle_back(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle *out);
 void handle_discard(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd);
 void handle_drop(gpu_heap_t *h, vmm_handle hd, size_t size);
