@@ -25,7 +25,6 @@ typedef struct trim_work {
     size_t n;
     size_t goal;      /* bytes still to release */
     uintptr_t lo, hi; /* only extents inside [lo, hi) */
-    uint64_t safe;    /* only idle blocks whose order_epoch is at most this */
 } trim_work;
 
 /* True when e lies inside [lo, hi) and may go: not one another process is being
@@ -70,7 +69,7 @@ typedef struct pick {
     gpu_heap_t *h;
     block *found;
     uintptr_t lo, hi;
-    uint64_t safe;
+    uint64_t safe; /* only idle blocks whose order_epoch is at most this */
 } pick;
 
 static bool pick_one(block *b, void *arg) {
@@ -99,7 +98,7 @@ static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi, 
     int first_error = GPU_OK;
     while (h->idle.bytes > keep) {
         uint64_t safe = h->order_owed ? h->order_done : UINT64_MAX;
-        trim_work w = {.goal = h->idle.bytes - keep, .lo = lo, .hi = hi, .safe = safe};
+        trim_work w = {.goal = h->idle.bytes - keep, .lo = lo, .hi = hi};
         while (w.n < TRIM_BATCH && w.goal) {
             pick p = {.h = h, .lo = lo, .hi = hi, .safe = safe};
             tlsf_walk(&h->idle, pick_one, &p);
