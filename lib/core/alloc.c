@@ -101,7 +101,7 @@ static bool quarantine_over(const gpu_heap_t *h, size_t need) {
  * not worth making the device wait. */
 static bool raises_peak(const gpu_heap_t *h, size_t need, size_t size) {
     return need >= BUDGET_BIG_NEED(h) && h->mapped_bytes + size > h->peak_mapped_bytes && h->idle.bytes >= size / 4 &&
-           !h->order_owed;
+           !heap_order_owed(h);
 }
 
 static size_t physical_budget(const gpu_heap_t *h, size_t need) {

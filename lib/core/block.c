@@ -176,7 +176,7 @@ block *block_release_free(gpu_heap_t *h, block *b, block_state state) {
     /* Idle while a legacy-order release may still run: work issued before its
      * free is before the last release (it was made idle by one, or by a fence
      * or an event after it), so that release's being done makes it unmappable. */
-    b->order_epoch = state == BLOCK_IDLE && h->order_owed ? h->order_releases : 0;
+    b->order_epoch = state == BLOCK_IDLE && heap_order_owed(h) ? h->order_releases : 0;
     b->owned = 0;
     b->claims = 0; /* free: its extents' owner pointers, if they name it, are stale (extent_owner) */
     if (state != BLOCK_STREAM) b->pool = NULL;

@@ -35,7 +35,6 @@ int heap_fence_locked(gpu_heap_t *h, uintptr_t stream) {
     h->fences++;
     /* What releases in legacy order let run before the fence is done too — unless
      * one came while the lock was dropped, whose work may have begun after it. */
-    if (h->order_releases == released) h->order_owed = false;
     if (released > h->order_done) h->order_done = released;
     quarantine_free_locked(h, &q);
     stream_fence_end_locked(h, epochs, npools);

@@ -192,6 +192,9 @@ void quarantine_early_locked(gpu_heap_t *h);
 bool quarantine_order_locked(gpu_heap_t *h, uintptr_t stream, bool empty_ok);
 /* The process's free order (gpu_free_order). */
 bool quarantine_legacy(void);
+/* A legacy-order release not yet known done (by its event or a fence): idle
+ * memory may still be in use by the work before it. */
+static inline bool heap_order_owed(const gpu_heap_t *h) { return h->order_done < h->order_releases; }
 /* Asks the legacy-order releases' events, oldest first, whether they are done
  * (no wait), so that memory idle since them may be unmapped (order_done). */
 void quarantine_orders_reap_locked(gpu_heap_t *h);

@@ -185,7 +185,6 @@ static inline event_queue orders(gpu_heap_t *h) {
 static bool order_seen(gpu_heap_t *h, const event_entry *e, void *arg) {
     (void)arg;
     if (e->tag > h->order_done) h->order_done = e->tag;
-    if (h->order_done >= h->order_releases) h->order_owed = false; /* every release is done: nothing owed */
     return true;
 }
 
@@ -208,7 +207,6 @@ bool quarantine_order_locked(gpu_heap_t *h, uintptr_t stream, bool empty_ok) {
     int rc = events_order_locked(h, &h->seal_busy, stream, h->page && h->norders < ORDERS_MAX ? &ev : NULL);
     quarantine_untake_locked(h, &q, rc != GPU_OK);
     if (rc != GPU_OK) return false; /* a capture, or a refusal: the blocks wait for an event or a fence as before */
-    h->order_owed = true;
     h->order_releases++;
     if (ev) { /* only this thread appends (seal_busy); a reap meanwhile only made room */
         h->orders[h->norders++] = (event_entry){.ev = ev, .tag = h->order_releases};
@@ -226,7 +224,7 @@ bool quarantine_order_locked(gpu_heap_t *h, uintptr_t stream, bool empty_ok) {
 static void settle_order(gpu_heap_t *h, void *arg) {
     int *rc = arg;
     heap_lock(h);
-    if (h->order_owed) {
+    if (heap_order_owed(h)) {
         int r = heap_fence_locked(h, 0);
         if (r != GPU_OK && *rc == GPU_OK) *rc = r;
     }

@@ -89,15 +89,15 @@ static bool pick_one(block *b, void *arg) {
 #define ORDER_FENCE_TRIES 4 /* fences a release in order made during the last may ask for; then it waits for a later trim */
 
 static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi, spare_set *spares, bool wait) {
-    for (int tries = 0; wait && h->order_owed && h->idle.bytes > keep; tries++) {
+    for (int tries = 0; wait && heap_order_owed(h) && h->idle.bytes > keep; tries++) {
         if (tries == ORDER_FENCE_TRIES) return GPU_OK; /* other threads keep releasing: nothing goes back now */
         int rc = heap_fence_locked(h, 0);
         if (rc != GPU_OK) return rc; /* a capture: nothing goes back until it ends */
     }
-    if (h->order_owed) quarantine_orders_reap_locked(h);
+    if (heap_order_owed(h)) quarantine_orders_reap_locked(h);
     int first_error = GPU_OK;
     while (h->idle.bytes > keep) {
-        uint64_t safe = h->order_owed ? h->order_done : UINT64_MAX;
+        uint64_t safe = heap_order_owed(h) ? h->order_done : UINT64_MAX;
         trim_work w = {.goal = h->idle.bytes - keep, .lo = lo, .hi = hi};
         while (w.n < TRIM_BATCH && w.goal) {
             pick p = {.h = h, .lo = lo, .hi = hi, .safe = safe};

@@ -249,10 +249,10 @@ struct gpu_heap {
     unsigned nspent;
     uint64_t seal_events;
     uint64_t order_releases; /* releases in legacy free order (quarantine_order_locked) */
-    bool order_owed;         /* one happened since the last fence (a switch back to events fences) */
     /* The releases' events, oldest first (tag: the release's number), and the
      * last release known done — by its event or a fence: memory idle since a
-     * release no later than it may be unmapped without a fence (trim.c). */
+     * release no later than it may be unmapped without a fence (trim.c). One
+     * not known done is owed (heap_order_owed; a switch back to events fences). */
     event_entry orders[ORDERS_MAX];
     unsigned norders;
     bool order_busy;

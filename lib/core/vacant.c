@@ -88,7 +88,7 @@ static void paged_trade_locked(gpu_heap_t *h, size_t size, spare_set *spares) {
     size_t want = size - room, idle = h->idle.bytes;
     (void)heap_recycle_locked(h, want, spares, false);
     size_t got = idle > h->idle.bytes ? idle - h->idle.bytes : 0; /* others may have freed meanwhile */
-    if (got < want && h->order_owed && h->idle.bytes) (void)heap_recycle_locked(h, want - got, spares, true);
+    if (got < want && heap_order_owed(h) && h->idle.bytes) (void)heap_recycle_locked(h, want - got, spares, true);
 }
 
 /* The size of the chunks a range of size bytes is backed in (size: one extent).
