@@ -27,9 +27,17 @@
 #include "core/internal.h"
 
 #define RUN_LOOK_STEPS 4096 /* blocks a request steps over in all, looking for a run */
+
 /* ---- runs of idle blocks and holes -------------------------------------------- */
 
 static inline bool run_free(const block *b) { return b && (b->state == BLOCK_IDLE || b->state == BLOCK_VACANT); }
+
+/* Where mapping the hole b stops for a block ending at e: the page after e, or
+ * the hole's own end. */
+static inline uintptr_t hole_map_end(const gpu_heap_t *h, const block *b, uintptr_t e) {
+    uintptr_t page_end = gh_align_up(e, h->page);
+    return page_end < block_end(b) ? page_end : block_end(b);
+}
 
 typedef struct run_pick {
     gpu_heap_t *h;
@@ -50,12 +58,8 @@ static size_t run_fresh(run_pick *p, const block *b, uintptr_t s) {
     uintptr_t e = s + p->need;
     for (; run_free(b); b = b->next_phys) {
         if (++p->steps > RUN_LOOK_STEPS) return SIZE_MAX;
-        uintptr_t bs = b->start, be = block_end(b);
-        if (b->state == BLOCK_VACANT) {
-            uintptr_t lo = bs > s ? bs : s, hi = gh_align_up(e, p->h->page);
-            fresh += (hi < be ? hi : be) - lo;
-        }
-        if (be >= e) return fresh;
+        if (b->state == BLOCK_VACANT) fresh += hole_map_end(p->h, b, e) - (b->start > s ? b->start : s);
+        if (block_end(b) >= e) return fresh;
     }
     return SIZE_MAX;
 }
@@ -128,10 +132,7 @@ int heap_run_locked(gpu_heap_t *h, size_t need, size_t align, spare_set *spares,
     for (block *b = p.in;; b = b->next_phys) {
         pieces++;
         if (block_end(b) < end) continue;
-        if (b->state == BLOCK_VACANT) { /* the last hole is mapped to a page's end, or its own */
-            uintptr_t page_end = gh_align_up(end, h->page);
-            end = page_end < block_end(b) ? page_end : block_end(b);
-        }
+        if (b->state == BLOCK_VACANT) end = hole_map_end(h, b, end); /* the last hole: mapped to a page's end */
         break;
     }
     if (!pool_reserve(&h->block_pool, 2 * pieces + 1)) return GH_MISS;
