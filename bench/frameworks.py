@@ -19,7 +19,8 @@ runs in these modes, each in a fresh process:
   pluggable    (only with --with-pluggable) gpu_torch_alloc/gpu_torch_free as a
                CUDAPluggableAllocator
   gpuheap-base (only with --base-build DIR) the gpuheap mode with another build —
-               the commit before a change, measured in the same rounds
+               the commit before a change, measured in the same rounds (and
+               gpuheap-paged-base beside gpuheap-paged when that is run)
 
 --modes picks some of them (default: the first four; gpuheap-paged too when named).
 
@@ -56,7 +57,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.join(os.path.dirname(HERE), "test", "preload")
 
 MODES = ("caching", "expandable", "gpuheap", "nocache", "gpuheap-paged")
-HEAP_RUN = ("gpuheap", "gpuheap-base", "gpuheap-paged")  # under gpuheap-run, of --build and of --base-build
+HEAP_RUN = ("gpuheap", "gpuheap-base", "gpuheap-paged", "gpuheap-paged-base")  # under gpuheap-run, of --build and of --base-build
 HEAP_STATS = HEAP_RUN + ("pluggable",)  # gpuheap's own peak physical memory
 
 
@@ -78,7 +79,7 @@ def command(workload, mode, build, steps, out_json, stats_json, page_size="2M"):
     elif mode in HEAP_RUN:
         env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
         env["GPUHEAP_STATS_JSON"] = stats_json
-        if mode == "gpuheap-paged":
+        if mode.startswith("gpuheap-paged"):
             env["GPUHEAP_PAGE_SIZE"] = page_size
         argv = [os.path.join(build, "tools", "gpuheap-run"), "--"] + argv
     elif mode == "pluggable":
@@ -101,7 +102,7 @@ def run_one(workload, mode, rnd, args, work):
     tag = f"{workload}-{mode}-{rnd}"
     out_json = os.path.join(work, tag + ".json")
     stats_json = os.path.join(work, tag + ".stats.json")
-    build = args.base_build if mode == "gpuheap-base" else args.build
+    build = args.base_build if mode.endswith("-base") else args.build
     argv, env = command(workload, mode, build, args.steps, out_json, stats_json, args.page_size)
     t0 = time.monotonic()
     p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -240,7 +241,7 @@ def main():
         ap.error(f"unknown modes {unknown}: choose from {MODES}")
     if args.base_build:
         args.base_build = os.path.abspath(args.base_build)
-        modes += ("gpuheap-base",)
+        modes += tuple(m + "-base" for m in ("gpuheap", "gpuheap-paged") if m in modes)
     modes += ("pluggable",) if args.with_pluggable else ()
     os.makedirs(args.out, exist_ok=True)
     work = os.path.join(args.out, "runs")

@@ -674,6 +674,71 @@ static void test_legacy_order_reuses_behind_the_gpu(void **state) {
     CU_OK(cu.cuStreamDestroy(user));
 }
 
+/* Paged placement in legacy order (lib/core/linger.c): a freed block's pages
+ * move under a new, larger block while the kernel that used them still runs —
+ * with no fence and no unmap: the old mappings linger until the release is seen
+ * done. An unmap there would fault the kernel (DESIGN.md §3), a sticky error;
+ * the new block, filled on a blocking stream, must not show the kernel's late
+ * S1. One heap per kind of stream, so that each move is past the heap's peak. */
+static void test_legacy_paged_pages_move_behind_the_gpu(void **state) {
+    (void)state;
+    const size_t size = 48 * MiB, more = size + 6 * MiB;
+    const long long cycles = 200 * cu_util_cycles_per_ms();
+    CUstream user;
+    CU_OK(cu.cuStreamCreate(&user, CU_STREAM_DEFAULT));
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_LEGACY), GPU_OK);
+    for (size_t kind = 0; kind < sizeof spin_kinds / sizeof spin_kinds[0]; kind++) {
+        gpu_config_t cfg;
+        gpu_config_init(&cfg);
+        cfg.backend = GPU_BACKEND_CUDA;
+        cfg.device = 0;
+        cfg.reserve_bytes = (size_t)64 << 30;
+        cfg.page_size = 2 * MiB;
+        cfg.thread_cache = 0;
+        gpu_heap_t *h = NULL;
+        assert_int_equal(gpu_heap_create(&cfg, &h), GPU_OK);
+        CUstream spin = NULL;
+        if (spin_kinds[kind].create) CU_OK(cu.cuStreamCreate(&spin, spin_kinds[kind].flags));
+        const uint32_t s1 = 0xB0000000u + (uint32_t)kind, s2 = 0xC0000000u + (uint32_t)kind;
+        void *a = gpu_heap_malloc(h, size);
+        void *b = gpu_heap_malloc(h, 4096); /* after a: the next block cannot take a's place alone */
+        assert_non_null(a);
+        assert_non_null(b);
+        fill_check(a, size, 0x33333333u);
+        CU_OK(cu.cuCtxSynchronize());
+        gpu_stats_t before = stats_of(h);
+        CU_OK(cu_spin_fill(dptr(a), size / 4, s1, cycles, 8, spin));
+        assert_int_equal(gpu_heap_free(h, a), GPU_OK);
+        void *e = gpu_heap_malloc(h, more); /* past the peak: a's pages move under it */
+        int running = cu.cuStreamQuery(spin) == CUDA_ERROR_NOT_READY;
+        assert_non_null(e);
+        assert_ptr_not_equal(e, a);
+        gpu_stats_t after = stats_of(h);
+        assert_int_equal(after.fences, before.fences);
+        assert_int_equal(after.backend_unmap, before.backend_unmap); /* the old mappings linger */
+        assert_true(after.backend_create - before.backend_create < more / (2 * MiB)); /* a's pages moved, not new ones */
+        CU_OK(cu_fill(dptr(e), more / 4, s2, user));
+        CU_OK(cu.cuStreamSynchronize(user));
+        uint64_t bad = cu_check(dptr(e), more / 4, s2, 0);
+        print_message("%s: kernel running when a's pages moved: %s; words of the new block lost: %llu\n",
+                      spin_kinds[kind].name, running ? "yes" : "no", (unsigned long long)bad);
+        if (bad) fail_msg("%s: the new block lost %llu words to the kernel still using a's pages", spin_kinds[kind].name,
+                          (unsigned long long)bad);
+        if (!running) print_message("%s: the kernel ended before the pages moved; the test proves less\n", spin_kinds[kind].name);
+        CU_OK(cu.cuCtxSynchronize());
+        assert_int_equal(gpu_heap_trim(h, SIZE_MAX), GPU_OK); /* the release seen done: the old mappings go */
+        assert_true(stats_of(h).backend_unmap > after.backend_unmap);
+        HEAP_OK(h);
+        assert_int_equal(gpu_heap_free(h, e), GPU_OK);
+        assert_int_equal(gpu_heap_free(h, b), GPU_OK);
+        HEAP_OK(h);
+        assert_int_equal(gpu_heap_destroy(h), GPU_OK);
+        if (spin != NULL) CU_OK(cu.cuStreamDestroy(spin));
+    }
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_EVENT), GPU_OK);
+    CU_OK(cu.cuStreamDestroy(user));
+}
+
 /* ---- trim -------------------------------------------------------------------- */
 
 /* With no live blocks, gpu_heap_trim(h, 0) gives every byte back; the heap then
@@ -767,6 +832,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_protect, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_reuse_after_free_waits_for_gpu, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_legacy_order_reuses_behind_the_gpu, heap_setup, heap_teardown),
+        cmocka_unit_test_setup_teardown(test_legacy_paged_pages_move_behind_the_gpu, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_trim_releases_everything, heap_setup, heap_teardown),
         cmocka_unit_test(test_default_heap),
     };

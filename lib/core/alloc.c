@@ -256,7 +256,7 @@ static rung_result try_drain(alloc_req *r) {
  * chunks alone made it worse (1.377x), the trade alone changed nothing there. */
 static rung_result try_recycle(alloc_req *r) {
     if (r->h->page || (!r->tight && !r->at_peak)) return RUNG_SKIP; /* a paged heap trades page by page as it maps */
-    (void)heap_recycle_locked(r->h, r->size, r->spares, true);
+    (void)heap_recycle_locked(r->h, r->size, r->spares, RECYCLE_FENCE);
     return RUNG_MISS;
 }
 

@@ -144,8 +144,9 @@ void handle_drop(gpu_heap_t *h, vmm_handle hd, size_t size) {
 }
 
 /* Maps the handle hd (created, or kept unmapped) at [va, va+size) read-write for
- * the owner and every peer; on a refusal the mapping is undone and hd released. */
-static int handle_map(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd, vmm_handle *out) {
+ * the owner and every peer; on a refusal the mapping is undone and, with drop,
+ * hd released (without, a lingering handle, still mapped elsewhere: linger.c). */
+static int handle_map(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd, bool drop, vmm_handle *out) {
     int rc = vmm_call_map(&h->door, va, size, hd);
     if (rc == GPU_OK) {
         rc = vmm_call_set_access(&h->door, va, size, GPU_PROT_READ_WRITE); /* the owner, then every peer */
@@ -153,16 +154,16 @@ static int handle_map(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd, v
             *out = hd;
             return GPU_OK;
         }
-        (void)vmm_call_unmap_undo(&h->door, va, size);
+        if (vmm_call_unmap_undo(&h->door, va, size) != GPU_OK && !drop) count_lost(h); /* mapped here for good */
     }
-    handle_drop(h, hd, size);
+    if (drop) handle_drop(h, hd, size);
     return rc;
 }
 
 int handle_back(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle *out) {
     vmm_handle hd;
     int rc = create_counted(h, size, &hd);
-    return rc == GPU_OK ? handle_map(h, va, size, hd, out) : rc;
+    return rc == GPU_OK ? handle_map(h, va, size, hd, true, out) : rc;
 }
 
 void handle_discard(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd) {
@@ -173,18 +174,20 @@ void handle_discard(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd) {
     handle_drop(h, hd, size);
 }
 
-int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, const vmm_handle *kept) {
+int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, const spare *kept) {
     uint64_t peers = heap_peers(h); /* read under the lock: peer.c explains the race this closes */
+    bool stays = kept && kept->from; /* a lingering handle stays the caller's on a refusal */
     vmm_handle hd;
     heap_unlock(h);
-    int rc = kept ? handle_map(h, va, size, *kept, &hd) : handle_back(h, va, size, &hd);
-    if (kept && rc != GPU_OK) rc = handle_back(h, va, size, &hd); /* the kept handle is released: a new one */
+    int rc = kept ? handle_map(h, va, size, kept->handle, !stays, &hd) : handle_back(h, va, size, &hd);
+    if (kept && !stays && rc != GPU_OK) rc = handle_back(h, va, size, &hd); /* the kept handle is released: a new one */
     heap_lock(h);
     if (rc != GPU_OK) return gh_note(rc, "backing %zu bytes: %s", size, vmm_error());
     extent *e = heap_extent_new_locked(h, va, size, hd);
     if (!e) {
         heap_unlock(h);
-        handle_discard(h, va, size, hd);
+        if (!stays) handle_discard(h, va, size, hd);
+        else if (vmm_call_unmap_undo(&h->door, va, size) != GPU_OK) count_lost(h);
         heap_lock(h);
         return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for the extent map");
     }

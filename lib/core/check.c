@@ -68,7 +68,7 @@ static bool check_unbacked(gpu_heap_t *h, checker *c, const block *b) {
 /* Counts the extents and checks each one's owner and protection. */
 typedef struct extent_tally {
     checker *c;
-    size_t mapped, n, prot, paused, npaused, moving;
+    size_t mapped, n, prot, paused, npaused, moving, twins;
 } extent_tally;
 
 static bool tally_extent(extent *e, void *arg) {
@@ -82,6 +82,7 @@ static bool tally_extent(extent *e, void *arg) {
         t->n++;
     }
     t->moving += e->moving;
+    t->twins += e->twin;
     if (e->prot != GPU_PROT_READ_WRITE) {
         t->prot++;
         const block *o = extent_owner(e);
@@ -98,7 +99,7 @@ static bool tally_extent(extent *e, void *arg) {
 
 static int check_locked(gpu_heap_t *h, checker *c) {
     size_t live = 0, live_n = 0, idle = 0, idle_n = 0, vac = 0, vac_n = 0, quar = 0, quar_n = 0, total = 0;
-    size_t strm = 0, strm_n = 0, sparse = 0, sparse_n = 0, committed = 0;
+    size_t strm = 0, strm_n = 0, sparse = 0, sparse_n = 0, committed = 0, linger_n = 0;
     CHECK(c, h->first && h->first->start == h->base && !h->first->prev_phys, "the first block is not at the base");
     const block *prev = NULL;
     for (const block *b = h->first; b && c->rc == GPU_OK; prev = b, b = b->next_phys) {
@@ -166,6 +167,14 @@ static int check_locked(gpu_heap_t *h, checker *c) {
             quar_n++;
             check_backed(h, c, b);
             break;
+        case BLOCK_LINGER: /* in the books unmapped; for the GPU still mapped until its release is done */
+            check_unbacked(h, c, b);
+            if (b->twin) {
+                linger_n++;
+                CHECK(c, b->twin->twin && b->twin->size == b->size, "lingering block %#lx: its twin extent %#lx is not marked",
+                      (unsigned long)b->start, (unsigned long)b->twin->va);
+            }
+            break;
         default: fail(c, "block %#lx has unknown state %d", (unsigned long)b->start, b->state);
         }
     }
@@ -215,6 +224,12 @@ static int check_locked(gpu_heap_t *h, checker *c) {
     CHECK(c, (h->backup_bytes != 0) <= (run != HEAP_RUNNING), "a running heap keeps a backup of %zu bytes", h->backup_bytes);
     CHECK(c, h->backup_bytes <= h->backup_pinned, "a backup of %zu bytes in %zu pinned bytes", h->backup_bytes, h->backup_pinned);
     CHECK(c, prot == h->protected_extents, "%zu protected extents found, %zu counted", prot, h->protected_extents);
+    size_t listed = 0;
+    for (const block *b = h->linger; b && c->rc == GPU_OK; b = b->next_free, listed++)
+        CHECK(c, b->state == BLOCK_LINGER && b->twin, "a block on the lingering list has state %d", b->state);
+    CHECK(c, listed == h->nlinger && listed == linger_n && t.twins == linger_n,
+          "lingering pages: %zu listed, %zu counted, %zu walked with a twin, %zu twin extents", listed, h->nlinger, linger_n,
+          t.twins);
     size_t pool_bytes = 0, pool_blocks = 0;
     for (size_t i = 0; i < h->npools; i++) pool_bytes += h->pools[i]->free.bytes, pool_blocks += h->pools[i]->free.blocks;
     CHECK(c, pool_bytes == strm && pool_blocks == strm_n, "stream pools index %zu bytes in %zu blocks, walk %zu in %zu",

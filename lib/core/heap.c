@@ -147,6 +147,7 @@ void heap_close(gpu_heap_t *h) {
     heap_pause_close(h);            /* a paused heap's backup */
     stream_pools_close(h);
     quarantine_close(h);
+    linger_close(h); /* old mappings of moved pages, before their handles go */
     extents_give_back_all(h);
     (void)vmm_call_unreserve(&h->door, h->base, h->reserved);
     vmm_call_close(&h->door);

@@ -26,6 +26,7 @@
 typedef struct spare {
     vmm_handle handle; /* unmapped, not released: still held, and counted in the cap */
     size_t size;
+    block *from;       /* or still mapped at this BLOCK_LINGER block until its release is done (linger.c) */
 } spare;
 
 typedef struct spare_set {
@@ -152,11 +153,15 @@ int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi); /* the
  * in whole extents (in pieces too small or in the wrong place for the request),
  * or all of it when less sits idle, so that physical memory follows live memory
  * instead of growing. Refused while a capture is in progress. In legacy free
- * order idle memory may still be in use: with wait a fence passes the last
- * release first; without, only memory idle since a release seen done goes. The
+ * order idle memory may still be in use: how says what may go. The
  * handles go into keep (when not NULL) unmapped, up to what it holds, for the
  * mapping that follows (spare.c); the rest are released. */
-int heap_recycle_locked(gpu_heap_t *h, size_t bytes, spare_set *keep, bool wait);
+typedef enum recycle_how {
+    RECYCLE_SAFE,   /* only memory idle since a release seen done */
+    RECYCLE_LINGER, /* that, and pages a release may still use, kept mapped where they are until it is done (linger.c) */
+    RECYCLE_FENCE,  /* a fence first: everything */
+} recycle_how;
+int heap_recycle_locked(gpu_heap_t *h, size_t bytes, spare_set *keep, recycle_how how);
 
 /* ---- quarantine.c ------------------------------------------------------------- */
 
@@ -243,8 +248,10 @@ void stream_pools_close(struct gpu_heap *h);
  * unmapped: spare.c), map, read-write access for the owner and every peer; the
  * record is made (owned by owner, which may be NULL) and peers added meanwhile
  * are granted it. A kept handle the driver will not map is released and a new
- * one created. Lock held; dropped around the driver calls. */
-int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, const vmm_handle *kept);
+ * one created — unless it still lingers where it was (kept->from): then the
+ * refusal is returned and the handle stays the caller's. Lock held; dropped
+ * around the driver calls. */
+int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, const spare *kept);
 
 /* What became of an extent given back. */
 typedef enum extent_fate {
@@ -293,15 +300,39 @@ void handle_drop(gpu_heap_t *h, vmm_handle hd, size_t size);
 
 /* ---- spare.c: handles a trade keeps for the mapping that follows ------------- */
 
-/* A handle the recycle unmapped, kept in s (counted in spare_bytes). */
-void spare_keep_locked(gpu_heap_t *h, spare_set *s, vmm_handle hd, size_t size);
+/* A handle the recycle unmapped (or left lingering at from), kept in s
+ * (counted in spare_bytes). */
+void spare_keep_locked(gpu_heap_t *h, spare_set *s, vmm_handle hd, size_t size, block *from);
 /* A kept handle of exactly size bytes, out of the set (s may be NULL: none). */
-bool spare_take_locked(gpu_heap_t *h, spare_set *s, size_t size, vmm_handle *out);
+bool spare_take_locked(gpu_heap_t *h, spare_set *s, size_t size, spare *out);
 /* Moves a handle of size bytes among those from index held on to index held:
  * held + 1, or held when there is none (the first held handles are spoken for). */
 unsigned spare_hold(spare_set *s, unsigned held, size_t size);
-/* Releases every handle of s (NULL: none) past the first keep; lock dropped around each. */
+/* Releases every handle of s (NULL: none) past the first keep; lock dropped around each.
+ * A lingering one goes back where it is still mapped instead (linger_return_locked). */
 void spare_release_locked(gpu_heap_t *h, spare_set *s, unsigned keep);
+
+/* ---- linger.c: pages moved before their release is done ----------------------- */
+
+/* The idle range (BUSY, cut to one extent e) moves while a legacy-order release
+ * may still use it: its handle goes into s, still mapped here; the range becomes
+ * BLOCK_LINGER and e's record goes (no driver call). */
+void linger_keep_locked(gpu_heap_t *h, block *range, extent *e, spare_set *s);
+/* Maps the lingering spare sp at [va, va+size): the block joins the heap's
+ * lingering list, its twin the new extent. When the driver refuses, the handle
+ * goes back where it lingers and the piece gets new memory. */
+int linger_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, const spare *sp);
+/* A lingering spare no mapping took: back where it is still mapped, idle. */
+void linger_return_locked(gpu_heap_t *h, const spare *sp);
+/* Unmaps lingering mappings whose release is seen done (asked first, never
+ * waited for); with all, a fence first when any is not, so that none is left.
+ * Lock dropped around the driver calls. */
+void linger_reap_locked(gpu_heap_t *h, bool all);
+/* The twin extent e is about to be given back: its lingering mapping goes
+ * first (a fence first when its release is not seen done). */
+void linger_settle_twin_locked(gpu_heap_t *h, const extent *e);
+/* heap_close: every lingering mapping unmapped (the GPU was fenced). Lock not held. */
+void linger_close(gpu_heap_t *h);
 
 /* ---- pause.c ------------------------------------------------------------------ */
 

@@ -16,20 +16,22 @@
  * piece differs). A request ends with its set empty.
  *
  * The bytes a set holds count towards the heap's physical peak (spare_bytes),
- * which is what they are: memory held, mapped nowhere for a moment.
+ * which is what they are: memory held, mapped nowhere for a moment (or, for a
+ * page that lingers, still mapped where it was until its release is done:
+ * linger.c).
  */
 #include "core/internal.h"
 
-void spare_keep_locked(gpu_heap_t *h, spare_set *s, vmm_handle hd, size_t size) {
+void spare_keep_locked(gpu_heap_t *h, spare_set *s, vmm_handle hd, size_t size, block *from) {
     gh_assert(s->n < SPARE_MAX, "a recycle keeps no more handles than its set holds");
-    s->kept[s->n++] = (spare){.handle = hd, .size = size};
+    s->kept[s->n++] = (spare){.handle = hd, .size = size, .from = from};
     h->spare_bytes += size;
 }
 
-bool spare_take_locked(gpu_heap_t *h, spare_set *s, size_t size, vmm_handle *out) {
+bool spare_take_locked(gpu_heap_t *h, spare_set *s, size_t size, spare *out) {
     for (unsigned i = 0; s && i < s->n; i++) {
         if (s->kept[i].size != size) continue;
-        *out = s->kept[i].handle;
+        *out = s->kept[i];
         s->kept[i] = s->kept[--s->n];
         h->spare_bytes -= size;
         return true;
@@ -52,6 +54,10 @@ void spare_release_locked(gpu_heap_t *h, spare_set *s, unsigned keep) {
     while (s && s->n > keep) {
         spare sp = s->kept[--s->n];
         h->spare_bytes -= sp.size;
+        if (sp.from) {
+            linger_return_locked(h, &sp); /* still mapped where it was: idle there again */
+            continue;
+        }
         heap_unlock(h);
         handle_drop(h, sp.handle, sp.size); /* a release refused leaks the handle, counted */
         heap_lock(h);

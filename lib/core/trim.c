@@ -22,16 +22,17 @@ typedef struct trim_work {
     block *range[TRIM_BATCH];
     extent *ext[TRIM_BATCH];
     extent_return ret[TRIM_BATCH]; /* what the give-back door made of each */
-    size_t n;
+    size_t n, cap;    /* ranges cut, and how many may be */
     size_t goal;      /* bytes still to release */
     uintptr_t lo, hi; /* only extents inside [lo, hi) */
 } trim_work;
 
 /* True when e lies inside [lo, hi) and may go: not one another process is being
  * handed (pinned, export.c), nor one a pause or resume is moving with the lock
- * dropped. (A paused extent may: it goes without a driver call, backing.c.) */
+ * dropped, nor one whose handle still lingers at its old address (linger.c).
+ * (A paused extent may: it goes without a driver call, backing.c.) */
 static inline bool extent_releasable(const extent *e, uintptr_t lo, uintptr_t hi) {
-    return e->va >= lo && e->va + e->size <= hi && !e->pins && !e->moving;
+    return e->va >= lo && e->va + e->size <= hi && !e->pins && !e->moving && !e->twin;
 }
 
 /* Cuts every whole extent out of the idle block b (already out of the index)
@@ -41,7 +42,7 @@ static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
     for (;;) {
         extent *e = extmap_first_whole(&h->extents, b->start, end);
         while (e && !extent_releasable(e, w->lo, w->hi)) e = extmap_next_whole(&h->extents, e, end);
-        if (!e || w->n == TRIM_BATCH || !w->goal || !pool_reserve(&h->block_pool, 2)) break;
+        if (!e || w->n == w->cap || !w->goal || !pool_reserve(&h->block_pool, 2)) break;
         block *range = block_carve(h, b, e->va, e->size, &h->idle);
         range->state = BLOCK_BUSY;
         w->range[w->n] = range;
@@ -56,12 +57,14 @@ static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
 }
 
 /* True when the idle block b holds a whole extent inside [lo, hi), and no
- * legacy-order release later than safe made it idle. */
-static bool holds_extent(gpu_heap_t *h, const block *b, uintptr_t lo, uintptr_t hi, uint64_t safe) {
+ * legacy-order release later than safe made it idle; with after_fence, one
+ * that would be so once a fence has passed every release (twins too: their
+ * old mappings go then). */
+static bool holds_extent(gpu_heap_t *h, const block *b, uintptr_t lo, uintptr_t hi, uint64_t safe, bool after_fence) {
     if (b->order_epoch > safe) return false;
     uintptr_t end = block_end(b);
     for (extent *e = extmap_first_whole(&h->extents, b->start, end); e; e = extmap_next_whole(&h->extents, e, end))
-        if (extent_releasable(e, lo, hi)) return true;
+        if (extent_releasable(e, lo, hi) || (after_fence && e->twin && !e->pins && !e->moving)) return true;
     return false;
 }
 
@@ -69,37 +72,68 @@ typedef struct pick {
     gpu_heap_t *h;
     block *found;
     uintptr_t lo, hi;
-    uint64_t safe; /* only idle blocks whose order_epoch is at most this */
+    uint64_t safe;    /* only idle blocks whose order_epoch is at most this */
+    bool after_fence; /* holds_extent's */
 } pick;
 
 static bool pick_one(block *b, void *arg) {
     pick *p = arg;
-    if (block_end(b) <= p->lo || b->start >= p->hi || !holds_extent(p->h, b, p->lo, p->hi, p->safe)) return true;
+    if (block_end(b) <= p->lo || b->start >= p->hi || !holds_extent(p->h, b, p->lo, p->hi, p->safe, p->after_fence)) return true;
     p->found = b;
     return false;
+}
+
+/* True when a fence would let anything inside [lo, hi) go: idle memory in
+ * whole extents that a release not seen done, or a lingering twin, holds
+ * back. Otherwise a fence is a device-wide wait for nothing: idle memory
+ * inside pages that live blocks share stays all the same. */
+static bool fence_frees(gpu_heap_t *h, uintptr_t lo, uintptr_t hi) {
+    pick p = {.h = h, .lo = lo, .hi = hi, .safe = UINT64_MAX, .after_fence = true};
+    tlsf_walk(&h->idle, pick_one, &p);
+    return p.found;
 }
 
 /* Releases whole idle extents inside [lo, hi) until idle bytes are at most keep.
  * In legacy free order idle memory may still be in use by work issued before
  * its free — the context was made to wait for it, the CPU was not — so
  * nothing is unmapped before that work is done (on the H200 an unmap there
- * made a PyTorch run fault on an illegal address): with wait, a fence passes
- * the last such release first; without, only memory idle since a release seen
- * done goes (quarantine_orders_reap_locked asks, no one waits). */
+ * made a PyTorch run fault on an illegal address). How says what goes:
+ * RECYCLE_FENCE has a fence pass the last such release first; RECYCLE_SAFE
+ * takes only memory idle since a release seen done (quarantine_orders_reap_locked
+ * asks, no one waits); RECYCLE_LINGER takes the rest too, as pages whose old
+ * mappings linger (linger.c), as many as spares can hold. Mappings lingering
+ * since a release now done go first. */
 #define ORDER_FENCE_TRIES 4 /* fences a release in order made during the last may ask for; then it waits for a later trim */
 
-static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi, spare_set *spares, bool wait) {
-    for (int tries = 0; wait && heap_order_owed(h) && h->idle.bytes > keep; tries++) {
+/* Cut ranges that must not be unmapped yet leave the batch as lingering pages. */
+static void linger_unsafe(gpu_heap_t *h, trim_work *w, spare_set *spares) {
+    size_t kept = 0;
+    for (size_t i = 0; i < w->n; i++) {
+        if (heap_order_owed(h) && w->range[i]->order_epoch > h->order_done) {
+            linger_keep_locked(h, w->range[i], w->ext[i], spares);
+            continue;
+        }
+        w->range[kept] = w->range[i];
+        w->ext[kept++] = w->ext[i];
+    }
+    w->n = kept;
+}
+
+static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi, spare_set *spares, recycle_how how) {
+    for (int tries = 0; how == RECYCLE_FENCE && heap_order_owed(h) && h->idle.bytes > keep && fence_frees(h, lo, hi); tries++) {
         if (tries == ORDER_FENCE_TRIES) return GPU_OK; /* other threads keep releasing: nothing goes back now */
         int rc = heap_fence_locked(h, 0);
         if (rc != GPU_OK) return rc; /* a capture: nothing goes back until it ends */
     }
+    linger_reap_locked(h, false);
     if (heap_order_owed(h)) quarantine_orders_reap_locked(h);
     int first_error = GPU_OK;
     while (h->idle.bytes > keep) {
-        uint64_t safe = heap_order_owed(h) ? h->order_done : UINT64_MAX;
-        trim_work w = {.goal = h->idle.bytes - keep, .lo = lo, .hi = hi};
-        while (w.n < TRIM_BATCH && w.goal) {
+        uint64_t safe = heap_order_owed(h) && how != RECYCLE_LINGER ? h->order_done : UINT64_MAX;
+        size_t room = spares ? SPARE_MAX - spares->n : 0;
+        trim_work w = {.goal = h->idle.bytes - keep, .lo = lo, .hi = hi, .cap = TRIM_BATCH};
+        if (how == RECYCLE_LINGER && room < w.cap) w.cap = room; /* no unsafe page is released */
+        while (w.n < w.cap && w.goal) {
             pick p = {.h = h, .lo = lo, .hi = hi, .safe = safe};
             tlsf_walk(&h->idle, pick_one, &p);
             if (!p.found) break;
@@ -109,9 +143,10 @@ static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi, 
             if (w.n == before) break; /* out of host memory for records */
         }
         if (!w.n) break;
+        if (how == RECYCLE_LINGER) linger_unsafe(h, &w, spares);
         /* Idle memory is read-write: a handle the driver will not take back is
          * mapped back so, and its range stays idle for a later trim. */
-        unsigned room = spares ? SPARE_MAX - spares->n : 0;
+        room = spares ? SPARE_MAX - spares->n : 0;
         for (size_t i = 0; i < w.n; i++)
             w.ret[i] = (extent_return){.e = w.ext[i], .prot = GPU_PROT_READ_WRITE, .spare = i < room};
         heap_unlock(h);
@@ -124,7 +159,7 @@ static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi, 
             vmm_handle hd = w.ext[i]->handle;
             size_t size = w.ext[i]->size;
             extent_settle_locked(h, &w.ret[i]); /* the record goes, for a spare too */
-            if (w.ret[i].fate == EXTENT_SPARE) spare_keep_locked(h, spares, hd, size);
+            if (w.ret[i].fate == EXTENT_SPARE) spare_keep_locked(h, spares, hd, size, NULL);
             block_release_free(h, w.range[i], kept ? BLOCK_IDLE : BLOCK_VACANT);
         }
         if (first_error != GPU_OK) break;
@@ -136,22 +171,22 @@ int heap_trim_locked(gpu_heap_t *h, size_t keep) {
     hooks_flush_locked(h); /* the thread caches: this thread's cached blocks first; the others' at their next allocation */
     int rc = heap_drain_locked(h, 0);
     if (rc != GPU_OK) return rc;
-    return release_idle(h, keep, h->base, h->base + h->reserved, NULL, true);
+    return release_idle(h, keep, h->base, h->base + h->reserved, NULL, RECYCLE_FENCE);
 }
 
 int heap_release_range_locked(gpu_heap_t *h, uintptr_t lo, uintptr_t hi) {
     int rc = heap_drain_locked(h, 0);
     if (rc != GPU_OK) return rc;
-    return release_idle(h, 0, lo, hi, NULL, true);
+    return release_idle(h, 0, lo, hi, NULL, RECYCLE_FENCE);
 }
 
-int heap_recycle_locked(gpu_heap_t *h, size_t bytes, spare_set *keep, bool wait) {
+int heap_recycle_locked(gpu_heap_t *h, size_t bytes, spare_set *keep, recycle_how how) {
     if (!h->idle.bytes) return GPU_OK;
     heap_unlock(h);
     bool capturing = vmm_call_capturing(&h->door, 0);
     heap_lock(h);
     if (capturing) return GPU_ERR_CAPTURING;
-    return release_idle(h, h->idle.bytes > bytes ? h->idle.bytes - bytes : 0, h->base, h->base + h->reserved, keep, wait);
+    return release_idle(h, h->idle.bytes > bytes ? h->idle.bytes - bytes : 0, h->base, h->base + h->reserved, keep, how);
 }
 
 int heap_trim(gpu_heap_t *h, size_t keep) {

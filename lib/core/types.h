@@ -32,6 +32,8 @@ typedef enum block_state {
     BLOCK_BUSY = 6,       /* being mapped, unmapped or moved by a thread outside the lock */
     BLOCK_STREAM = 7,     /* freed on a stream, mapped: reusable on that stream at once (its pool's index) */
     BLOCK_SPARSE = 8,     /* a gpu_reserve range: partly mapped, its extents owned by it */
+    BLOCK_LINGER = 9,     /* a paged heap's page moved away while a legacy-order release may still use it: its
+                           * handle is mapped elsewhere too, this mapping stays until that release is done (linger.c) */
 } block_state;
 
 struct stream_pool;
@@ -56,6 +58,8 @@ struct __attribute__((aligned(64))) block {
     uint64_t order_epoch;         /* BLOCK_IDLE in legacy free order: the last release made before (part of) it
                                    * became idle; its memory may be unmapped once that one is done (trim.c). 0: now */
     struct stream_pool *pool;     /* BLOCK_STREAM: the stream it was freed on */
+    struct extent *twin;          /* BLOCK_LINGER: the extent its handle is mapped at now (NULL while the handle
+                                   * waits in a spare set); order_epoch: the release it waits for */
     uint64_t export_token;        /* LIVE: the token gpu_ipc_get_mem_handle gave it (export.c); 0: never exported.
                                    * Cleared whenever the block becomes or stops being live */
     /* Thread caches (lib/cache): (generation << 2) | tc_state. Last, so that
@@ -116,6 +120,9 @@ typedef struct extent {
     /* A pause or a resume is giving it back or mapping it again with the lock
      * dropped: trims leave it alone. */
     uint8_t moving;
+    /* Its handle is also still mapped at a BLOCK_LINGER block's address
+     * (linger.c): it is not given back before that mapping goes. */
+    uint8_t twin;
     uint32_t pins;  /* exports of it in flight (export.c): while pinned it is never given back */
     struct extent *next_free; /* record free list */
 } extent;
@@ -257,6 +264,12 @@ struct gpu_heap {
     unsigned norders;
     bool order_busy;
     uint64_t order_done;
+    /* Pages moved while a legacy-order release may still use them (linger.c):
+     * BLOCK_LINGER blocks whose mapping goes once their release is done, oldest
+     * first, linked through next_free. */
+    block *linger;
+    size_t nlinger;
+    uint64_t lingered;     /* pages ever moved so */
     size_t nextents;
     size_t protected_extents; /* extents whose access is not read-write */
     stream_pool *pools[STREAM_POOLS_MAX];

@@ -79,16 +79,24 @@ static size_t paged_piece(const gpu_heap_t *h, size_t size) {
 
 /* A paged heap about to map size bytes past its physical peak gives idle pages
  * back first, their handles kept in spares for the range: memory moves instead
- * of growing. Pages no legacy-order release may still use go first; for the
- * rest, a fence (without it the CNN trace held 1.25x its live peak, not 1.01x:
- * bench/RESULTS.md). */
+ * of growing. Pages no legacy-order release may still use go first; then pages
+ * one may, their old mappings left to linger until it is done (linger.c); a
+ * fence only for what the set cannot hold (without moving those pages at all,
+ * the CNN trace held 1.25x its live peak, not 1.01x: bench/RESULTS.md). */
+static size_t given(size_t idle_before, size_t idle_now) { return idle_before > idle_now ? idle_before - idle_now : 0; }
+
 static void paged_trade_locked(gpu_heap_t *h, size_t size, spare_set *spares) {
     if (!spares || spares->n || h->mapped_bytes + size <= h->peak_mapped_bytes) return;
     size_t room = h->peak_mapped_bytes > h->mapped_bytes ? h->peak_mapped_bytes - h->mapped_bytes : 0;
     size_t want = size - room, idle = h->idle.bytes;
-    (void)heap_recycle_locked(h, want, spares, false);
-    size_t got = idle > h->idle.bytes ? idle - h->idle.bytes : 0; /* others may have freed meanwhile */
-    if (got < want && heap_order_owed(h) && h->idle.bytes) (void)heap_recycle_locked(h, want - got, spares, true);
+    static const recycle_how ladder[] = {RECYCLE_SAFE, RECYCLE_LINGER, RECYCLE_FENCE};
+    bool pages = paged_piece(h, size) == h->page; /* a range of larger pieces takes no lingering page */
+    for (size_t i = 0; i < sizeof ladder / sizeof *ladder; i++) {
+        size_t got = given(idle, h->idle.bytes); /* others may have freed meanwhile */
+        if (got >= want || !h->idle.bytes || (i && !heap_order_owed(h))) break;
+        if (ladder[i] == RECYCLE_LINGER && !pages) continue;
+        (void)heap_recycle_locked(h, want - got, spares, ladder[i]);
+    }
 }
 
 /* The size of the chunks a range of size bytes is backed in (size: one extent).
@@ -125,9 +133,9 @@ static void spares_unfit_release(gpu_heap_t *h, spare_set *s, size_t size, size_
 
 /* One piece of a range: a kept handle of its size when spares has one, else new. */
 static int back_piece(gpu_heap_t *h, uintptr_t va, size_t size, spare_set *spares) {
-    vmm_handle kept;
-    bool have = spare_take_locked(h, spares, size, &kept);
-    return extent_back_locked(h, va, size, NULL, have ? &kept : NULL);
+    spare kept;
+    if (!spare_take_locked(h, spares, size, &kept)) return extent_back_locked(h, va, size, NULL, NULL);
+    return kept.from ? linger_back_locked(h, va, size, &kept) : extent_back_locked(h, va, size, NULL, &kept);
 }
 
 int heap_back_at_locked(gpu_heap_t *h, block *range, spare_set *spares) {
@@ -150,6 +158,7 @@ int heap_back_at_locked(gpu_heap_t *h, block *range, spare_set *spares) {
         extent *e = extmap_find(&h->extents, range->start + done - 1);
         gh_assert(e && e->va >= range->start && e->va + e->size == range->start + done,
                   "every chunk mapped so far is an extent of this range in the books");
+        linger_settle_twin_locked(h, e); /* a moved page's old mapping goes first */
         uintptr_t va = e->va;
         size_t size = e->size;
         vmm_handle hd = e->handle;
