@@ -18,30 +18,46 @@
 
 #define TRIM_BATCH 64
 
+/* What may go: extents inside [lo, hi) of idle blocks made idle by no
+ * legacy-order release later than safe — or, in unsafe blocks, extents of
+ * linger bytes (a page, to linger: nothing else can move before its release is
+ * done); with after_fence, whatever would qualify once a fence has passed
+ * every release (twins too: their old mappings go then). */
+typedef struct goes {
+    uintptr_t lo, hi;
+    uint64_t safe;
+    size_t linger;
+    bool after_fence;
+} goes;
+
 typedef struct trim_work {
     block *range[TRIM_BATCH];
     extent *ext[TRIM_BATCH];
     extent_return ret[TRIM_BATCH]; /* what the give-back door made of each */
     size_t n, cap;    /* ranges cut, and how many may be */
     size_t goal;      /* bytes still to release */
-    uintptr_t lo, hi; /* only extents inside [lo, hi) */
+    goes g;
 } trim_work;
 
-/* True when e lies inside [lo, hi) and may go: not one another process is being
- * handed (pinned, export.c), nor one a pause or resume is moving with the lock
- * dropped, nor one whose handle still lingers at its old address (linger.c).
- * (A paused extent may: it goes without a driver call, backing.c.) */
-static inline bool extent_releasable(const extent *e, uintptr_t lo, uintptr_t hi) {
-    return e->va >= lo && e->va + e->size <= hi && !e->pins && !e->moving && !e->twin;
+/* True when e (whole inside the idle block b) may go: inside [lo, hi), not one
+ * another process is being handed (pinned, export.c), nor one a pause or resume
+ * is moving with the lock dropped, nor one whose handle still lingers at its
+ * old address (linger.c), and b's release allows it. (A paused extent may: it
+ * goes without a driver call, backing.c.) */
+static bool extent_goes(const goes *g, const block *b, const extent *e) {
+    if (e->va < g->lo || e->va + e->size > g->hi || e->pins || e->moving) return false;
+    if (g->after_fence) return true;
+    return !e->twin && (b->order_epoch <= g->safe || e->size == g->linger);
 }
 
-/* Cuts every whole extent out of the idle block b (already out of the index)
- * until the goal is met or the batch is full; what is left goes back idle. */
+/* Cuts every whole extent that may go out of the idle block b (already out of
+ * the index) until the goal is met or the batch is full; what is left goes
+ * back idle. */
 static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
     uintptr_t end = block_end(b);
     for (;;) {
         extent *e = extmap_first_whole(&h->extents, b->start, end);
-        while (e && !extent_releasable(e, w->lo, w->hi)) e = extmap_next_whole(&h->extents, e, end);
+        while (e && !extent_goes(&w->g, b, e)) e = extmap_next_whole(&h->extents, e, end);
         if (!e || w->n == w->cap || !w->goal || !pool_reserve(&h->block_pool, 2)) break;
         block *range = block_carve(h, b, e->va, e->size, &h->idle);
         range->state = BLOCK_BUSY;
@@ -56,39 +72,35 @@ static void carve_extents(gpu_heap_t *h, block *b, trim_work *w) {
     tlsf_insert(&h->idle, b);
 }
 
-/* True when the idle block b holds a whole extent inside [lo, hi), and no
- * legacy-order release later than safe made it idle; with after_fence, one
- * that would be so once a fence has passed every release (twins too: their
- * old mappings go then). */
-static bool holds_extent(gpu_heap_t *h, const block *b, uintptr_t lo, uintptr_t hi, uint64_t safe, bool after_fence) {
-    if (b->order_epoch > safe) return false;
-    uintptr_t end = block_end(b);
-    for (extent *e = extmap_first_whole(&h->extents, b->start, end); e; e = extmap_next_whole(&h->extents, e, end))
-        if (extent_releasable(e, lo, hi) || (after_fence && e->twin && !e->pins && !e->moving)) return true;
-    return false;
-}
-
 typedef struct pick {
     gpu_heap_t *h;
+    const goes *g;
     block *found;
-    uintptr_t lo, hi;
-    uint64_t safe;    /* only idle blocks whose order_epoch is at most this */
-    bool after_fence; /* holds_extent's */
 } pick;
 
+/* tlsf_walk's callback: the first idle block holding a whole extent that may go. */
 static bool pick_one(block *b, void *arg) {
     pick *p = arg;
-    if (block_end(b) <= p->lo || b->start >= p->hi || !holds_extent(p->h, b, p->lo, p->hi, p->safe, p->after_fence)) return true;
-    p->found = b;
-    return false;
+    if (block_end(b) <= p->g->lo || b->start >= p->g->hi) return true;
+    uintptr_t end = block_end(b);
+    for (extent *e = extmap_first_whole(&p->h->extents, b->start, end); e; e = extmap_next_whole(&p->h->extents, e, end))
+        if (extent_goes(p->g, b, e)) {
+            p->found = b;
+            return false;
+        }
+    return true;
 }
 
-/* True when a fence would let anything inside [lo, hi) go: idle memory in
- * whole extents that a release not seen done, or a lingering twin, holds
- * back. Otherwise a fence is a device-wide wait for nothing: idle memory
- * inside pages that live blocks share stays all the same. */
+/* True when a fence would let anything inside [lo, hi) go: quarantined
+ * memory (a legacy-order release skipped while another thread held the seal:
+ * the fence makes it idle), or idle memory in whole extents that a release not
+ * seen done, or a lingering twin, holds back. Otherwise a fence is a
+ * device-wide wait for nothing: idle memory inside pages that live blocks
+ * share stays all the same. */
 static bool fence_frees(gpu_heap_t *h, uintptr_t lo, uintptr_t hi) {
-    pick p = {.h = h, .lo = lo, .hi = hi, .safe = UINT64_MAX, .after_fence = true};
+    if (h->quarantine_bytes) return true;
+    goes g = {.lo = lo, .hi = hi, .after_fence = true};
+    pick p = {.h = h, .g = &g};
     tlsf_walk(&h->idle, pick_one, &p);
     return p.found;
 }
@@ -129,12 +141,15 @@ static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi, 
     if (heap_order_owed(h)) quarantine_orders_reap_locked(h);
     int first_error = GPU_OK;
     while (h->idle.bytes > keep) {
-        uint64_t safe = heap_order_owed(h) && how != RECYCLE_LINGER ? h->order_done : UINT64_MAX;
         size_t room = spares ? SPARE_MAX - spares->n : 0;
-        trim_work w = {.goal = h->idle.bytes - keep, .lo = lo, .hi = hi, .cap = TRIM_BATCH};
-        if (how == RECYCLE_LINGER && room < w.cap) w.cap = room; /* no unsafe page is released */
+        trim_work w = {.goal = h->idle.bytes - keep, .cap = TRIM_BATCH, .g = {.lo = lo, .hi = hi}};
+        w.g.safe = heap_order_owed(h) ? h->order_done : UINT64_MAX;
+        if (how == RECYCLE_LINGER) {
+            w.g.linger = h->page;
+            if (room < w.cap) w.cap = room; /* no unsafe page is released */
+        }
         while (w.n < w.cap && w.goal) {
-            pick p = {.h = h, .lo = lo, .hi = hi, .safe = safe};
+            pick p = {.h = h, .g = &w.g};
             tlsf_walk(&h->idle, pick_one, &p);
             if (!p.found) break;
             tlsf_remove(&h->idle, p.found);

@@ -79,15 +79,18 @@ static size_t paged_piece(const gpu_heap_t *h, size_t size) {
 
 /* A paged heap about to map size bytes past its physical peak gives idle pages
  * back first, their handles kept in spares for the range: memory moves instead
- * of growing. Pages no legacy-order release may still use go first; then pages
- * one may, their old mappings left to linger until it is done (linger.c); a
- * fence only for what the set cannot hold (without moving those pages at all,
- * the CNN trace held 1.25x its live peak, not 1.01x: bench/RESULTS.md). */
+ * of growing. In legacy free order what sits in the quarantine is released
+ * first (one release: the context waits, no one else). Pages no legacy-order
+ * release may still use go first; then pages one may, their old mappings left
+ * to linger until it is done (linger.c); a fence only for what the set cannot
+ * hold (without moving those pages at all, the CNN trace held 1.25x its live
+ * peak, not 1.01x: bench/RESULTS.md). */
 static size_t given(size_t idle_before, size_t idle_now) { return idle_before > idle_now ? idle_before - idle_now : 0; }
 
 static void paged_trade_locked(gpu_heap_t *h, size_t size, spare_set *spares) {
     if (!spares || spares->n || h->mapped_bytes + size <= h->peak_mapped_bytes) return;
     size_t room = h->peak_mapped_bytes > h->mapped_bytes ? h->peak_mapped_bytes - h->mapped_bytes : 0;
+    if (h->quarantine_bytes && quarantine_legacy()) (void)quarantine_order_locked(h, 0, false); /* freed memory first: a release, not a fence */
     size_t want = size - room, idle = h->idle.bytes;
     static const recycle_how ladder[] = {RECYCLE_SAFE, RECYCLE_LINGER, RECYCLE_FENCE};
     bool pages = paged_piece(h, size) == h->page; /* a range of larger pieces takes no lingering page */
