@@ -40,7 +40,7 @@ nocache's while nocache repeats itself.
 
     python3 bench/frameworks.py --build BUILD --out OUT [--reps 3] [--steps 40]
                                 [--workloads cnn,gpt] [--with-fixed] [--with-pluggable]
-                                [--modes caching,expandable,gpuheap,nocache] [--base-build DIR]
+                                [--modes caching,expandable,gpuheap,nocache] [--base-build DIR] [--keep-traces]
 
 On an H200 one run takes 10-25 s (most of it start-up), nocache runs the longest;
 the default (2 workloads x 4 modes x 3 rounds = 24 runs) takes about 8-12 minutes.
@@ -61,11 +61,11 @@ HEAP_RUN = ("gpuheap", "gpuheap-base", "gpuheap-paged", "gpuheap-paged-base")  #
 HEAP_STATS = HEAP_RUN + ("pluggable",)  # gpuheap's own peak physical memory
 
 
-def command(workload, mode, build, steps, out_json, stats_json, page_size="2M"):
-    """The argv and environment of one run."""
+def command(workload, mode, build, steps, out_json, stats_json, page_size="2M", trace=None):
+    """The argv and environment of one run (trace: a gpuheap mode records its calls there)."""
     env = dict(os.environ)
     for k in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING", "LD_PRELOAD", "GPUHEAP_STATS_JSON",
-              "GPUHEAP_PAGE_SIZE"):
+              "GPUHEAP_PAGE_SIZE", "GPUHEAP_TRACE"):
         env.pop(k, None)
     if workload == "fixed":
         script = [os.path.join(SCRIPTS, "train.py"), "--steps", str(steps)]
@@ -81,6 +81,8 @@ def command(workload, mode, build, steps, out_json, stats_json, page_size="2M"):
         env["GPUHEAP_STATS_JSON"] = stats_json
         if mode.startswith("gpuheap-paged"):
             env["GPUHEAP_PAGE_SIZE"] = page_size
+        if trace:
+            env["GPUHEAP_TRACE"] = trace
         argv = [os.path.join(build, "tools", "gpuheap-run"), "--"] + argv
     elif mode == "pluggable":
         env["GPUHEAP_STATS_JSON"] = stats_json
@@ -103,7 +105,8 @@ def run_one(workload, mode, rnd, args, work):
     out_json = os.path.join(work, tag + ".json")
     stats_json = os.path.join(work, tag + ".stats.json")
     build = args.base_build if mode.endswith("-base") else args.build
-    argv, env = command(workload, mode, build, args.steps, out_json, stats_json, args.page_size)
+    trace = os.path.join(work, tag + ".trace") if args.keep_traces and mode in HEAP_RUN else None
+    argv, env = command(workload, mode, build, args.steps, out_json, stats_json, args.page_size, trace)
     t0 = time.monotonic()
     p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=args.timeout)
@@ -232,6 +235,8 @@ def main():
     ap.add_argument("--modes", default=",".join(MODES[:4]), help="the modes to run, of " + ", ".join(MODES))
     ap.add_argument("--page-size", default="2M", help="GPUHEAP_PAGE_SIZE of the gpuheap-paged mode (2M)")
     ap.add_argument("--base-build", help="also the gpuheap mode with this build (mode gpuheap-base)")
+    ap.add_argument("--keep-traces", action="store_true",
+                    help="record each gpuheap run's calls (GPUHEAP_TRACE) to OUT/runs/TAG.trace, for gpuheap-replay")
     args = ap.parse_args()
     args.build = os.path.abspath(args.build)
     workloads = [w for w in args.workloads.split(",") if w] + (["fixed"] if args.with_fixed else [])
