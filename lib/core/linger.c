@@ -63,7 +63,10 @@ void linger_return_locked(gpu_heap_t *h, const spare *sp) {
     gh_assert(b->state == BLOCK_LINGER && !b->twin && b->size == sp->size, "a lingering spare's block waits for it");
     extent *e = pool_reserve(&h->extent_pool, 1) ? heap_extent_new_locked(h, b->start, b->size, sp->handle) : NULL;
     if (!e) { /* out of host memory for the record: the mapping goes instead, once its release is done */
-        if (heap_order_owed(h) && b->order_epoch > h->order_done) (void)heap_fence_locked(h, 0);
+        if (heap_order_owed(h) && b->order_epoch > h->order_done && heap_fence_locked(h, 0) != GPU_OK) {
+            atomic_fetch_add_explicit(&h->extents_lost, 1, memory_order_relaxed); /* a capture: left mapped, counted */
+            return;
+        }
         heap_unlock(h);
         handle_discard(h, b->start, b->size, sp->handle);
         heap_lock(h);
