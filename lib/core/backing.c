@@ -143,19 +143,25 @@ void handle_drop(gpu_heap_t *h, vmm_handle hd, size_t size) {
     else cap_give(h, size);
 }
 
+/* Unmaps a mapping being undone (asked twice: vmm_call_unmap_undo); false, and
+ * counted lost, when the driver keeps it: its handle cannot be released then. */
+static bool unmap_or_lost(gpu_heap_t *h, uintptr_t va, size_t size) {
+    if (vmm_call_unmap_undo(&h->door, va, size) == GPU_OK) return true;
+    count_lost(h);
+    return false;
+}
+
 /* Maps the handle hd (created, or kept unmapped) at [va, va+size) read-write for
  * the owner and every peer; on a refusal the mapping is undone and, with drop,
  * hd released (without, a lingering handle, still mapped elsewhere: linger.c). */
 static int handle_map(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd, bool drop, vmm_handle *out) {
     int rc = vmm_call_map(&h->door, va, size, hd);
-    if (rc == GPU_OK) {
-        rc = vmm_call_set_access(&h->door, va, size, GPU_PROT_READ_WRITE); /* the owner, then every peer */
-        if (rc == GPU_OK) {
-            *out = hd;
-            return GPU_OK;
-        }
-        if (vmm_call_unmap_undo(&h->door, va, size) != GPU_OK && !drop) count_lost(h); /* mapped here for good */
+    bool mapped = rc == GPU_OK;
+    if (mapped && (rc = vmm_call_set_access(&h->door, va, size, GPU_PROT_READ_WRITE)) == GPU_OK) { /* owner, then peers */
+        *out = hd;
+        return GPU_OK;
     }
+    if (mapped && !unmap_or_lost(h, va, size)) return rc; /* mapped here for good */
     if (drop) handle_drop(h, hd, size);
     return rc;
 }
@@ -167,11 +173,7 @@ int handle_back(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle *out) {
 }
 
 void handle_discard(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle hd) {
-    if (vmm_call_unmap_undo(&h->door, va, size) != GPU_OK) {
-        count_lost(h); /* still mapped: it cannot be released either */
-        return;
-    }
-    handle_drop(h, hd, size);
+    if (unmap_or_lost(h, va, size)) handle_drop(h, hd, size);
 }
 
 int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, const spare *kept) {
@@ -187,7 +189,7 @@ int extent_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, block *owner, c
     if (!e) {
         heap_unlock(h);
         if (!stays) handle_discard(h, va, size, hd);
-        else if (vmm_call_unmap_undo(&h->door, va, size) != GPU_OK) count_lost(h);
+        else (void)unmap_or_lost(h, va, size);
         heap_lock(h);
         return gh_note(GPU_ERR_OUT_OF_MEMORY, "out of host memory for the extent map");
     }
