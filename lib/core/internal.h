@@ -324,9 +324,9 @@ void linger_keep_locked(gpu_heap_t *h, block *range, extent *e, spare_set *s);
 int linger_back_locked(gpu_heap_t *h, uintptr_t va, size_t size, const spare *sp);
 /* A lingering spare no mapping took: back where it is still mapped, idle. */
 void linger_return_locked(gpu_heap_t *h, const spare *sp);
-/* Unmaps lingering mappings whose release is seen done (asked first, never
- * waited for); with all, a fence first when any is not, so that none is left.
- * Lock dropped around the driver calls. */
+/* Unmaps lingering mappings whose release is known done (the caller asked the
+ * events: quarantine_orders_reap_locked); with all, a fence first when any is
+ * not, so that none is left. Lock dropped around the driver calls. */
 void linger_reap_locked(gpu_heap_t *h, bool all);
 /* The twin extent e is about to be given back: its lingering mapping goes
  * first (a fence first when its release is not seen done). */

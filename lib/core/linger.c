@@ -55,7 +55,6 @@ void linger_keep_locked(gpu_heap_t *h, block *range, extent *e, spare_set *s) {
     range->twin = NULL;
     heap_extent_drop_locked(h, e); /* counted again where it is mapped next; meanwhile as a spare */
     spare_keep_locked(h, s, hd, range->size, range);
-    h->lingered++;
 }
 
 void linger_return_locked(gpu_heap_t *h, const spare *sp) {
@@ -111,7 +110,6 @@ static void unmap_done(gpu_heap_t *h, block **batch, unsigned n) {
 
 void linger_reap_locked(gpu_heap_t *h, bool all) {
     if (!h->nlinger) return;
-    if (heap_order_owed(h)) quarantine_orders_reap_locked(h);
     if (all && heap_order_owed(h)) (void)heap_fence_locked(h, 0); /* a capture: what is not done stays */
     for (;;) {
         uint64_t safe = heap_order_owed(h) ? h->order_done : UINT64_MAX;
@@ -131,6 +129,7 @@ void linger_reap_locked(gpu_heap_t *h, bool all) {
 
 void linger_settle_twin_locked(gpu_heap_t *h, const extent *e) {
     for (int tries = 0; e->twin && tries < 64; tries++) {
+        quarantine_orders_reap_locked(h); /* a release seen done needs no fence */
         linger_reap_locked(h, true);
         if (!e->twin) return;
         heap_unlock(h); /* another thread is unmapping it, or the driver refused: again in a moment */

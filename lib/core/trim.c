@@ -121,7 +121,7 @@ static bool fence_frees(gpu_heap_t *h, uintptr_t lo, uintptr_t hi) {
 static void linger_unsafe(gpu_heap_t *h, trim_work *w, spare_set *spares) {
     size_t kept = 0;
     for (size_t i = 0; i < w->n; i++) {
-        if (heap_order_owed(h) && w->range[i]->order_epoch > h->order_done) {
+        if (w->range[i]->order_epoch > w->g.safe) {
             linger_keep_locked(h, w->range[i], w->ext[i], spares);
             continue;
         }
@@ -137,8 +137,8 @@ static int release_idle(gpu_heap_t *h, size_t keep, uintptr_t lo, uintptr_t hi, 
         int rc = heap_fence_locked(h, 0);
         if (rc != GPU_OK) return rc; /* a capture: nothing goes back until it ends */
     }
+    quarantine_orders_reap_locked(h);
     linger_reap_locked(h, false);
-    if (heap_order_owed(h)) quarantine_orders_reap_locked(h);
     int first_error = GPU_OK;
     while (h->idle.bytes > keep) {
         size_t room = spares ? SPARE_MAX - spares->n : 0;

@@ -51,7 +51,7 @@ struct __attribute__((aligned(64))) block {
     uint8_t owned;                /* asked for with GPU_ALLOC_OWNED: keep granule-aligned on shrink */
     uint8_t file;                 /* holds a gpu_map_file mapping: gpu_free and gpu_realloc refuse it */
     uint8_t busy;                 /* BLOCK_SPARSE: a thread is committing or decommitting in it; a BUSY piece of a
-                                   * paged run (paged.c): still to be mapped */
+                                   * paged run (paged.c): still to be mapped; BLOCK_LINGER: being unmapped */
     uint8_t claims;               /* its extents' owner pointers name it and hold while it lives (set when
                                    * it claims them, cleared when it stops being live: extent_owner) */
     uint32_t epoch;               /* BLOCK_STREAM: its pool's epoch when it was freed */
@@ -265,11 +265,10 @@ struct gpu_heap {
     bool order_busy;
     uint64_t order_done;
     /* Pages moved while a legacy-order release may still use them (linger.c):
-     * BLOCK_LINGER blocks whose mapping goes once their release is done, oldest
-     * first, linked through next_free. */
+     * BLOCK_LINGER blocks whose mapping goes once their release is done, newest
+     * first, linked through prev_free/next_free. */
     block *linger;
     size_t nlinger;
-    uint64_t lingered;     /* pages ever moved so */
     size_t nextents;
     size_t protected_extents; /* extents whose access is not read-write */
     stream_pool *pools[STREAM_POOLS_MAX];

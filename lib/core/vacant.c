@@ -89,8 +89,9 @@ static size_t given(size_t idle_before, size_t idle_now) { return idle_before > 
 
 static void paged_trade_locked(gpu_heap_t *h, size_t size, spare_set *spares) {
     if (!spares || spares->n || h->mapped_bytes + size <= h->peak_mapped_bytes) return;
-    size_t room = h->peak_mapped_bytes > h->mapped_bytes ? h->peak_mapped_bytes - h->mapped_bytes : 0;
     if (h->quarantine_bytes && quarantine_legacy()) (void)quarantine_order_locked(h, 0, false); /* freed memory first: a release, not a fence */
+    size_t room = h->peak_mapped_bytes > h->mapped_bytes ? h->peak_mapped_bytes - h->mapped_bytes : 0;
+    if (h->mapped_bytes + size <= h->peak_mapped_bytes) return;
     size_t want = size - room, idle = h->idle.bytes;
     static const recycle_how ladder[] = {RECYCLE_SAFE, RECYCLE_LINGER, RECYCLE_FENCE};
     bool pages = paged_piece(h, size) == h->page; /* a range of larger pieces takes no lingering page */
