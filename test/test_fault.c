@@ -506,6 +506,24 @@ static const step linger_workload[] = {
     {"linger: trim all (a fence: every old mapping goes)", s_trim_all, VMM_OP_UNMAP, ANY},
 };
 
+/* The same with more pages than one trade's set of handles holds (SPARE_MAX):
+ * the range is traded for and backed a set's worth at a time (vacant.c), and a
+ * refusal in a later part gives back what the earlier parts mapped. */
+#define MANY_PAGES ((SPARE_MAX + 16) * 2 * G)
+static int s_lm_big(run *r) { return op_alloc(r, SLOT_BIG1, HOW_MALLOC, MANY_PAGES, 0); }
+static int s_lm_moved(run *r) { return op_alloc(r, SLOT_BIG2, HOW_MALLOC, MANY_PAGES + 7 * G, 0); }
+
+static const step linger_many_workload[] = {
+    {"linger many: malloc past a trade's set", s_lm_big, VMM_OP_CREATE, ANY},
+    {"linger many: malloc a granule", s_lg_small, ANY, ANY},
+    {"linger many: free it (quarantined)", s_free_big1, ANY, ANY},
+    {"linger many: malloc past the peak (a release; pages move in two trades and linger)", s_lm_moved, VMM_OP_MAP,
+     VMM_OP_RELEASE},
+    {"linger many: the release done, trim (old mappings go)", s_lg_done, VMM_OP_UNMAP, VMM_OP_FENCE},
+    {"linger many: free the rest", s_free_rest, ANY, ANY},
+    {"linger many: trim all", s_trim_all, VMM_OP_UNMAP, ANY},
+};
+
 #define WORKLOAD(w) (w), (int)(sizeof(w) / sizeof((w)[0]))
 
 /* ---- one run ---------------------------------------------------------------------- */
@@ -819,6 +837,8 @@ static void test_fault_linger(void **state) {
     ASSERT_OK(gpu_set_free_order(GPU_FREE_ORDER_LEGACY));
     sweep_on(WORKLOAD(linger_workload), "linger", SIZE_MAX, GPU_ERR_BACKEND, false);
     sweep_on(WORKLOAD(linger_workload), "linger", SIZE_MAX, 0, true);
+    sweep_on(WORKLOAD(linger_many_workload), "linger many", SIZE_MAX, GPU_ERR_BACKEND, false);
+    sweep_on(WORKLOAD(linger_many_workload), "linger many", SIZE_MAX, 0, true);
     ASSERT_OK(gpu_set_free_order(GPU_FREE_ORDER_EVENT));
     fault_late = false;
     fault_page = 0;

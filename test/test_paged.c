@@ -152,48 +152,50 @@ static void test_idle_pages_move(void **state) {
  * move too, with no fence, and their old mappings linger (linger.c): still
  * mapped to the same memory, unmapped only when a later look finds the
  * release done. */
-static void legacy_move(bool late) {
+static void legacy_move(bool late, size_t bytes) {
     ASSERT_OK(gpu_set_free_order(GPU_FREE_ORDER_LEGACY));
     gpu_heap_t *h = paged_heap();
     vmm_host_set_clock(h->door.b, 0, late ? 1000000000ull : 0);
-    char *big = gpu_heap_malloc(h, 48 * MiB); /* with the next request, past the quarantine's 64 MiB: a release */
+    size_t pages = bytes / P, size = bytes + 2 * P + 3 * G;
+    char *big = gpu_heap_malloc(h, bytes); /* with the next request, past the quarantine's 64 MiB: a release */
     char *b = gpu_heap_malloc(h, G);
     assert_non_null(big);
-    assert_ptr_equal(b, big + 48 * MiB);
+    assert_ptr_equal(b, big + bytes);
     ASSERT_OK(gpu_heap_free(h, big));
     gpu_stats_t s = STATS(h);
-    char *e = gpu_heap_malloc(h, 48 * MiB + 2 * P + 3 * G); /* from b's idle tail: past the peak, freed pages move */
+    char *e = gpu_heap_malloc(h, size); /* from b's idle tail: past the peak, freed pages move */
     assert_ptr_equal(e, b + G);
     gpu_stats_t t = STATS(h);
     assert_int_equal(t.order_releases, s.order_releases + 1);
     assert_int_equal(t.fences, s.fences); /* no fence either way */
-    assert_int_equal(t.backend_create, s.backend_create + 2); /* 194 pages: the 192 freed ones moved, 2 new */
+    assert_int_equal(t.backend_create, s.backend_create + 2); /* the freed pages moved, 2 new */
+    assert_int_equal(t.backend_release, s.backend_release);
     assert_int_equal(t.peak_mapped_bytes, s.peak_mapped_bytes + 2 * P);
-    assert_int_equal(t.backend_unmap, s.backend_unmap + (late ? 0 : 48 * MiB / P));
-    assert_int_equal(h->nlinger, late ? 48 * MiB / P : 0);
+    assert_int_equal(t.backend_unmap, s.backend_unmap + (late ? 0 : pages));
+    assert_int_equal(h->nlinger, late ? pages : 0);
     CHECK_ALL(h);
     if (late) {
         /* The old address still shows the page's memory, as work issued before
          * the free still sees it: the last page's old mapping reads what the
          * block wrote where that page is now. */
         size_t at = 0;
-        for (size_t off = 0; off < 48 * MiB + 2 * P + 3 * G; off += P) e[off] = (char)(off / P + 1);
+        for (size_t off = 0; off < size; off += P) e[off] = (char)(off / P + 1);
         for (const block *l = h->linger; l; l = l->next_free) {
             const extent *x = l->twin;
-            assert_true(x->twin && x->va >= (uintptr_t)e && x->va < (uintptr_t)e + 48 * MiB + 2 * P + 3 * G);
+            assert_true(x->twin && x->va >= (uintptr_t)e && x->va < (uintptr_t)e + size);
             assert_int_equal(*(char *)l->start, *(char *)x->va);
             at++;
         }
-        assert_int_equal(at, 48 * MiB / P);
+        assert_int_equal(at, pages);
         gpu_heap_trim(h, SIZE_MAX); /* a look while the release runs: nothing unmapped, no fence */
         t = STATS(h);
-        assert_int_equal(h->nlinger, 48 * MiB / P);
+        assert_int_equal(h->nlinger, pages);
         assert_int_equal(t.fences, s.fences);
         vmm_host_set_clock(h->door.b, 2000000000ull, 1000000000ull); /* the release done */
         gpu_heap_trim(h, SIZE_MAX);
         t = STATS(h);
         assert_int_equal(h->nlinger, 0);
-        assert_int_equal(t.backend_unmap, s.backend_unmap + 48 * MiB / P);
+        assert_int_equal(t.backend_unmap, s.backend_unmap + pages);
         assert_int_equal(t.fences, s.fences);
         assert_int_equal(t.backend_release, s.backend_release); /* the handles are the block's now */
     }
@@ -204,12 +206,22 @@ static void legacy_move(bool late) {
 
 static void test_legacy_moves_without_a_fence(void **state) {
     (void)state;
-    legacy_move(false);
+    legacy_move(false, 48 * MiB);
 }
 
 static void test_legacy_pages_linger_while_the_release_runs(void **state) {
     (void)state;
-    legacy_move(true);
+    legacy_move(true, 48 * MiB);
+}
+
+/* A range of more pages than one trade's set of handles holds (SPARE_MAX) is
+ * traded for a set's worth at a time: every freed page moves, none is released
+ * and none more is created — both while the release runs (the pages linger)
+ * and after it. */
+static void test_more_pages_than_a_trade_holds(void **state) {
+    (void)state;
+    legacy_move(false, (SPARE_MAX + 64) * P);
+    legacy_move(true, (SPARE_MAX + 64) * P);
 }
 
 int main(void) {
@@ -220,6 +232,7 @@ int main(void) {
         cmocka_unit_test(test_idle_pages_move),
         cmocka_unit_test(test_legacy_moves_without_a_fence),
         cmocka_unit_test(test_legacy_pages_linger_while_the_release_runs),
+        cmocka_unit_test(test_more_pages_than_a_trade_holds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
