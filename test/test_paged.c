@@ -217,11 +217,14 @@ static void test_legacy_pages_linger_while_the_release_runs(void **state) {
 /* A range of more pages than one trade's set of handles holds (SPARE_MAX) is
  * traded for a set's worth at a time: every freed page moves, none is released
  * and none more is created — both while the release runs (the pages linger)
- * and after it. */
+ * and after it. A range of 600 pages is still mapped in pages (it could not
+ * take the freed ones otherwise). */
 static void test_more_pages_than_a_trade_holds(void **state) {
     (void)state;
     legacy_move(false, (SPARE_MAX + 64) * P);
     legacy_move(true, (SPARE_MAX + 64) * P);
+    legacy_move(false, 600 * P);
+    legacy_move(true, 600 * P);
 }
 
 int main(void) {
