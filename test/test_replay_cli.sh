@@ -8,7 +8,8 @@
 # replay on another backend; a file that is not a trace (empty, /etc/passwd-like,
 # prose with one line that happens to parse as a record, binary) fails with a
 # message that says so; a real trace, with its header or without it, replays;
-# the recorded CNN, its GPU 40 ms behind, holds less in legacy free order.
+# the recorded CNN, its GPU 40 ms behind, holds less in legacy free order; the
+# summary names the recorded run's physical peak and the call that reached it.
 set -u
 replay=$1
 example=$2
@@ -75,6 +76,9 @@ check "--free-order legacy: the CNN replays" sh -c "test $rc -eq 0 && test -n '$
 check "--free-order legacy at 40 ms lag holds what no lag holds ($legacy vs $none)" test "$legacy" = "$none"
 check "--free-order legacy at 40 ms lag holds less than events ($legacy vs $event)" \
     awk -v a="$legacy" -v b="$event" 'BEGIN { exit !(a + 0 < b - 0.1) }'
+check "the recorded heap's physical peak" grep -q "recorded heap held at most 4610.0 MiB physical" "$tmp/out"
+check "the call that first reached it, and the heap's work there" \
+    grep -q "first in call 3820 of 5851, malloc of 711.0 MiB at 1.940 s: 1 creates, 0 releases, 1 maps, 0 unmaps, 1 fences" "$tmp/out"
 run --backend host --free-order later "$example"
 check "--free-order neither event nor legacy: exit 2" sh -c "test $rc -eq 2 && grep -q 'takes event or legacy' '$tmp/err'"
 

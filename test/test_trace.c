@@ -388,6 +388,63 @@ static void test_gzip(void **state) {
     tr_free(&plain);
 }
 
+/* The summary's physical peak counts handles (created less released), not mapped
+ * bytes: a handle mapped at two addresses (a paged heap's lingering page) counts
+ * once. It names the call that first reached the peak — the one on the thread
+ * whose span holds the create, not another thread's call at the same moment —
+ * and what the backend did in it. */
+static void test_summary_physical_peak(void **state) {
+    (void)state;
+    static const char *lines[] = {
+        "# gpuheap trace 1",
+        "100 7 malloc 0x1 0x0 0x0 4194304 2097152 0 0x1000000 0 50",
+        "110 7 create 0x1 0x0 0x0 2097152 0 0 0xa1 0 1",
+        "115 7 map 0x1 0x0 0x1000000 2097152 0 0 0x0 0 1",
+        "120 7 create 0x1 0x0 0x0 2097152 0 0 0xa2 0 1",
+        "125 7 map 0x1 0x0 0x1200000 2097152 0 0 0x0 0 1",
+        "200 7 free 0x1 0x0 0x1000000 0 0 0 0x0 0 5",
+        "300 7 malloc 0x1 0x0 0x0 4194304 2097152 0 0x2000000 0 100",
+        "310 7 map 0x1 0x0 0x2000000 2097152 0 0 0x0 0 1", /* 0xa1 again: its old mapping lingers */
+        "320 9 malloc 0x1 0x0 0x0 512 512 0 0x3000000 0 20",
+        "330 7 create 0x1 0x0 0x0 2097152 0 0 0xa3 0 1",
+        "335 7 map 0x1 0x0 0x2200000 2097152 0 0 0x0 0 1",
+        "340 7 unmap 0x1 0x0 0x1200000 2097152 0 0 0x0 0 1",
+        "350 7 release 0x1 0x0 0x0 0 0 0 0xa2 0 1",
+        "500 7 unmap 0x1 0x0 0x1000000 2097152 0 0 0x0 0 1",
+    };
+    FILE *f = fopen(trace_path, "w");
+    assert_non_null(f);
+    for (size_t i = 0; i < sizeof lines / sizeof *lines; i++) fprintf(f, "%s\n", lines[i]);
+    fclose(f);
+    tr_trace t = load();
+    tr_summary s;
+    tr_summarize(&t, &s);
+    assert_int_equal(s.peak_physical, 3 * 2 * MiB);
+    assert_int_equal(s.peak_mapped, 4 * 2 * MiB); /* the lingering page twice */
+    assert_true(s.peak_call < t.n);
+    const tr_event *c = &t.ev[s.peak_call];
+    assert_int_equal(c->op, TR_MALLOC);
+    assert_int_equal(c->tid, 7);
+    assert_int_equal(c->result, 0x2000000);
+    assert_int_equal(s.peak_work.creates, 1);
+    assert_int_equal(s.peak_work.releases, 1);
+    assert_int_equal(s.peak_work.maps, 2);
+    assert_int_equal(s.peak_work.unmaps, 1);
+    assert_int_equal(s.peak_work.fences, 0);
+    tr_free(&t);
+
+    /* A trace with no create (its heap made before it started): no physical peak, no call. */
+    f = fopen(trace_path, "w");
+    assert_non_null(f);
+    fprintf(f, "%s\n%s\n", lines[1], lines[6]);
+    fclose(f);
+    t = load();
+    tr_summarize(&t, &s);
+    assert_int_equal(s.peak_physical, 0);
+    assert_int_equal(s.peak_call, SIZE_MAX);
+    tr_free(&t);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "--env-child")) return env_child();
     const struct CMUnitTest tests[] = {
@@ -399,6 +456,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gzip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_env_pid, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_summary_physical_peak, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

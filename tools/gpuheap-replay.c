@@ -39,6 +39,30 @@ static void usage(FILE *f) {
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
 
+/* The recorded heap's physical peak (handles created during the trace, less
+ * those released) and the call that first reached it, with what the heap did
+ * there: where to look when two runs of one program peak apart. */
+static void print_recorded_peak(const tr_trace *t, const tr_summary *s) {
+    if (!s->peak_physical) return; /* a trace that records no create (a heap made before it started) */
+    printf("  recorded heap held at most %.1f MiB physical (handles created less released)", mib(s->peak_physical));
+    if (s->peak_call == SIZE_MAX) {
+        printf("\n");
+        return;
+    }
+    const tr_event *c = &t->ev[s->peak_call];
+    uint64_t first = c->t_ns;
+    size_t calls = 0, nth = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->ev[i].t_ns < first) first = t->ev[i].t_ns;
+        if (t->ev[i].op <= TR_TRIM) calls++, nth += i <= s->peak_call;
+    }
+    const tr_call_work *w = &s->peak_work;
+    printf(",\n  first in call %zu of %zu, %s of %.1f MiB at %.3f s: %zu creates, %zu releases, %zu maps, "
+           "%zu unmaps, %zu fences\n",
+           nth, calls, tr_op_name(c->op), mib(c->size), (double)(c->t_ns - first) * 1e-9, w->creates, w->releases,
+           w->maps, w->unmaps, w->fences);
+}
+
 int main(int argc, char **argv) {
     const char *path = NULL, *json = NULL, *only = NULL;
     bool host = false;
@@ -101,6 +125,7 @@ int main(int argc, char **argv) {
            "  %.3f s long, peak live %.1f MiB; recorded heap mapped at most %.1f MiB in %zu maps\n",
            path, s.events, s.mallocs, s.frees, s.reallocs, s.others, s.failed_calls, s.threads, (double)s.span_ns * 1e-9,
            mib(s.peak_live), mib(s.peak_mapped), s.maps);
+    print_recorded_peak(&t, &s);
     if (t.bad_lines || t.unknown_ops)
         printf("  (%zu lines did not parse, %zu events of ops this reader does not know)\n", t.bad_lines, t.unknown_ops);
 

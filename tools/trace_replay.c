@@ -253,10 +253,36 @@ static void map_del(addr_map *m, slot *s) {
 
 /* ---- summary ------------------------------------------------------------------------ */
 
+static bool is_call(int op) { return op <= TR_TRIM; } /* an application's call, not the backend's work */
+
+/* The application call on tid whose span holds t, and what the backend did on
+ * that thread within it: the call that set a peak. */
+static size_t call_around(const tr_trace *t, uint32_t tid, uint64_t at, tr_call_work *w) {
+    size_t c = SIZE_MAX;
+    for (size_t i = 0; i < t->n && c == SIZE_MAX; i++) {
+        const tr_event *e = &t->ev[i];
+        if (is_call(e->op) && e->tid == tid && e->t_ns <= at && at <= e->t_ns + e->dur_ns) c = i;
+    }
+    if (c == SIZE_MAX) return c;
+    const tr_event *call = &t->ev[c];
+    for (size_t i = 0; i < t->n; i++) {
+        const tr_event *e = &t->ev[i];
+        if (e->tid != tid || e->t_ns < call->t_ns || e->t_ns > call->t_ns + call->dur_ns || e->rc) continue;
+        w->creates += e->op == TR_CREATE;
+        w->releases += e->op == TR_RELEASE;
+        w->maps += e->op == TR_MAP;
+        w->unmaps += e->op == TR_UNMAP;
+        w->fences += e->op == TR_FENCE;
+    }
+    return c;
+}
+
 void tr_summarize(const tr_trace *t, tr_summary *s) {
     memset(s, 0, sizeof *s);
-    addr_map live = {0};
-    uint64_t live_bytes = 0, mapped = 0;
+    s->peak_call = SIZE_MAX;
+    addr_map live = {0}, handles = {0};
+    uint64_t live_bytes = 0, mapped = 0, physical = 0;
+    const tr_event *peak_at = NULL;
     uint32_t tids[256];
     size_t ntids = 0;
     uint64_t first = UINT64_MAX, last = 0;
@@ -295,14 +321,23 @@ void tr_summarize(const tr_trace *t, tr_summary *s) {
             break;
         case TR_MAP: mapped += e->size; break;
         case TR_UNMAP: mapped -= e->size < mapped ? e->size : mapped; break;
+        case TR_CREATE:
+            if (map_put(&handles, e->result, NULL, e->size) == 0) physical += e->size;
+            break;
+        case TR_RELEASE:
+            if ((x = map_find(&handles, e->result))) physical -= x->size, map_del(&handles, x);
+            break;
         default: break;
         }
         if (live_bytes > s->peak_live) s->peak_live = live_bytes;
         if (mapped > s->peak_mapped) s->peak_mapped = mapped;
+        if (physical > s->peak_physical) s->peak_physical = physical, peak_at = e;
     }
+    if (peak_at) s->peak_call = call_around(t, peak_at->tid, peak_at->t_ns, &s->peak_work);
     s->threads = ntids;
     s->span_ns = t->n ? last - first : 0;
     free(live.s);
+    free(handles.s);
 }
 
 /* ---- replay ----------------------------------------------------------------------- */

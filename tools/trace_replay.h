@@ -71,12 +71,23 @@ int tr_load(const char *path, tr_trace *t, char *err, size_t err_len);
 void tr_sort(tr_trace *t);
 void tr_free(tr_trace *t);
 
-/* What a trace holds, without replaying it. */
+/* The backend's work recorded inside one application call. */
+typedef struct tr_call_work {
+    size_t creates, releases, maps, unmaps, fences;
+} tr_call_work;
+
+/* What a trace holds, without replaying it. Physical memory is what the
+ * recorded heap held in handles (created, not yet released), mapped or not; a
+ * handle mapped at two addresses at once (a paged heap's lingering page) counts
+ * twice in the mapped bytes and once here. */
 typedef struct tr_summary {
     size_t events, mallocs, frees, reallocs, others, failed_calls, threads;
     size_t maps, unmaps, fences;
     uint64_t peak_live;      /* highest sum of requested bytes live (application calls only) */
     uint64_t peak_mapped;    /* highest sum of mapped extent bytes (map/unmap events) */
+    uint64_t peak_physical;  /* highest sum of handles' bytes created and not released */
+    size_t peak_call;        /* the application call in which that peak was first reached (index in ev), or SIZE_MAX */
+    tr_call_work peak_work;  /* what the backend did in that call */
     uint64_t span_ns;        /* first event's start to last event's end */
 } tr_summary;
 void tr_summarize(const tr_trace *t, tr_summary *s);
