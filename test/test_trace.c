@@ -426,6 +426,8 @@ static void test_summary_physical_peak(void **state) {
     assert_int_equal(c->op, TR_MALLOC);
     assert_int_equal(c->tid, 7);
     assert_int_equal(c->result, 0x2000000);
+    assert_int_equal(s.peak_call_nth, 4); /* after the first malloc, its free and thread 9's malloc, which ends first */
+    assert_int_equal(s.calls, 4);
     assert_int_equal(s.peak_work.creates, 1);
     assert_int_equal(s.peak_work.releases, 1);
     assert_int_equal(s.peak_work.maps, 2);

@@ -50,17 +50,11 @@ static void print_recorded_peak(const tr_trace *t, const tr_summary *s) {
         return;
     }
     const tr_event *c = &t->ev[s->peak_call];
-    uint64_t first = c->t_ns;
-    size_t calls = 0, nth = 0;
-    for (size_t i = 0; i < t->n; i++) {
-        if (t->ev[i].t_ns < first) first = t->ev[i].t_ns;
-        if (t->ev[i].op <= TR_TRIM) calls++, nth += i <= s->peak_call;
-    }
     const tr_call_work *w = &s->peak_work;
     printf(",\n  first in call %zu of %zu, %s of %.1f MiB at %.3f s: %zu creates, %zu releases, %zu maps, "
            "%zu unmaps, %zu fences\n",
-           nth, calls, tr_op_name(c->op), mib(c->size), (double)(c->t_ns - first) * 1e-9, w->creates, w->releases,
-           w->maps, w->unmaps, w->fences);
+           s->peak_call_nth, s->calls, tr_op_name(c->op), mib(c->size), (double)(c->t_ns - s->start_ns) * 1e-9,
+           w->creates, w->releases, w->maps, w->unmaps, w->fences);
 }
 
 int main(int argc, char **argv) {

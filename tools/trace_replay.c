@@ -253,17 +253,18 @@ static void map_del(addr_map *m, slot *s) {
 
 /* ---- summary ------------------------------------------------------------------------ */
 
-static bool is_call(int op) { return op <= TR_TRIM; } /* an application's call, not the backend's work */
-
-/* The application call on tid whose span holds t, and what the backend did on
- * that thread within it: the call that set a peak. */
-static size_t call_around(const tr_trace *t, uint32_t tid, uint64_t at, tr_call_work *w) {
+/* The application call on tid whose span holds t (its index in ev, and which
+ * call it was in *nth), and what the backend did on that thread within it: the
+ * call that set a peak. */
+static size_t call_around(const tr_trace *t, uint32_t tid, uint64_t at, size_t *nth, tr_call_work *w) {
     size_t c = SIZE_MAX;
     for (size_t i = 0; i < t->n && c == SIZE_MAX; i++) {
         const tr_event *e = &t->ev[i];
-        if (is_call(e->op) && e->tid == tid && e->t_ns <= at && at <= e->t_ns + e->dur_ns) c = i;
+        if (!tr_op_is_call(e->op)) continue;
+        ++*nth;
+        if (e->tid == tid && e->t_ns <= at && at <= e->t_ns + e->dur_ns) c = i;
     }
-    if (c == SIZE_MAX) return c;
+    if (c == SIZE_MAX) return *nth = 0, c;
     const tr_event *call = &t->ev[c];
     for (size_t i = 0; i < t->n; i++) {
         const tr_event *e = &t->ev[i];
@@ -294,7 +295,8 @@ void tr_summarize(const tr_trace *t, tr_summary *s) {
         bool seen = false;
         for (size_t k = 0; k < ntids && !seen; k++) seen = tids[k] == e->tid;
         if (!seen && ntids < 256) tids[ntids++] = e->tid;
-        if (e->rc != 0 && e->op <= TR_TRIM) s->failed_calls++;
+        s->calls += tr_op_is_call(e->op);
+        if (e->rc != 0 && tr_op_is_call(e->op)) s->failed_calls++;
         switch (e->op) {
         case TR_MALLOC: s->mallocs++; break;
         case TR_FREE: s->frees++; break;
@@ -333,8 +335,9 @@ void tr_summarize(const tr_trace *t, tr_summary *s) {
         if (mapped > s->peak_mapped) s->peak_mapped = mapped;
         if (physical > s->peak_physical) s->peak_physical = physical, peak_at = e;
     }
-    if (peak_at) s->peak_call = call_around(t, peak_at->tid, peak_at->t_ns, &s->peak_work);
+    if (peak_at) s->peak_call = call_around(t, peak_at->tid, peak_at->t_ns, &s->peak_call_nth, &s->peak_work);
     s->threads = ntids;
+    s->start_ns = t->n ? first : 0;
     s->span_ns = t->n ? last - first : 0;
     free(live.s);
     free(handles.s);
@@ -361,7 +364,7 @@ int tr_replay(const tr_trace *t, const tr_allocator *a, tr_result *r) {
     uint64_t t0 = now_ns();
     for (size_t i = 0; i < t->n; i++) {
         const tr_event *e = &t->ev[i];
-        if (e->op > TR_TRIM) continue; /* the heap's own backend events */
+        if (!tr_op_is_call(e->op)) continue; /* the heap's own backend events */
         if (e->rc != 0) {
             r->skipped++;
             continue;

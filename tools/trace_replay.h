@@ -51,6 +51,7 @@ typedef struct tr_trace {
 
 const char *tr_op_name(int op);
 int tr_op_from_name(const char *name, size_t len);
+static inline bool tr_op_is_call(int op) { return op <= TR_TRIM; } /* an application's call, not the backend's work */
 
 /* Parses one line. 1: *e holds an event; 0: a comment or blank line; -1: not a
  * trace line. */
@@ -82,12 +83,15 @@ typedef struct tr_call_work {
  * twice in the mapped bytes and once here. */
 typedef struct tr_summary {
     size_t events, mallocs, frees, reallocs, others, failed_calls, threads;
+    size_t calls;            /* application calls (tr_op_is_call) */
     size_t maps, unmaps, fences;
     uint64_t peak_live;      /* highest sum of requested bytes live (application calls only) */
     uint64_t peak_mapped;    /* highest sum of mapped extent bytes (map/unmap events) */
     uint64_t peak_physical;  /* highest sum of handles' bytes created and not released */
     size_t peak_call;        /* the application call in which that peak was first reached (index in ev), or SIZE_MAX */
+    size_t peak_call_nth;    /* and which call it was, counting from 1 */
     tr_call_work peak_work;  /* what the backend did in that call */
+    uint64_t start_ns;       /* the first event's start */
     uint64_t span_ns;        /* first event's start to last event's end */
 } tr_summary;
 void tr_summarize(const tr_trace *t, tr_summary *s);
