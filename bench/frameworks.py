@@ -113,7 +113,8 @@ def run_one(workload, mode, rnd, args, work):
     wall = time.monotonic() - t0
     with open(os.path.join(work, tag + ".log"), "w") as f:
         f.write(p.stdout)
-    rec = {"workload": workload, "mode": mode, "round": rnd, "rc": p.returncode, "wall_s": round(wall, 1)}
+    rec = {"workload": workload, "mode": mode, "round": rnd, "rc": p.returncode, "wall_s": round(wall, 1),
+           "traced": trace is not None}
     if p.returncode != 0 or not os.path.exists(out_json):
         rec["error"] = p.stdout[-2000:]
         print(f"  {tag}: FAILED (rc {p.returncode})", flush=True)
@@ -236,7 +237,8 @@ def main():
     ap.add_argument("--page-size", default="2M", help="GPUHEAP_PAGE_SIZE of the gpuheap-paged mode (2M)")
     ap.add_argument("--base-build", help="also the gpuheap mode with this build (mode gpuheap-base)")
     ap.add_argument("--keep-traces", action="store_true",
-                    help="record each gpuheap run's calls (GPUHEAP_TRACE) to OUT/runs/TAG.trace, for gpuheap-replay")
+                    help="record each gpuheap run's calls (GPUHEAP_TRACE) to OUT/runs/TAG.trace, for gpuheap-replay "
+                         "(those runs' steps then carry the recording's cost)")
     args = ap.parse_args()
     args.build = os.path.abspath(args.build)
     workloads = [w for w in args.workloads.split(",") if w] + (["fixed"] if args.with_fixed else [])
@@ -266,12 +268,16 @@ def main():
     res = summarize(runs, workloads, modes)
     device = next((r["device"] for r in runs if r.get("device")), "unknown device")
     text = table(res, modes, device)
+    if args.keep_traces:
+        text += ("\n(--keep-traces: every gpuheap run recorded its calls and the peers did not; recording costs"
+                 " 0.1-0.2 us a call and takes each call off the fast path, so compare steps without it)")
     print("\n" + text)
     with open(os.path.join(args.out, "frameworks.txt"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.out, "frameworks.json"), "w") as f:
         json.dump({"device": device, "torch": next((r["torch"] for r in runs if r.get("torch")), None),
                    "reps": args.reps, "steps": args.steps, "workloads": workloads, "modes": list(modes),
+                   "traced": args.keep_traces,
                    "summary": res, "runs": runs}, f, indent=1)
     failed = any(r["rc"] != 0 for r in runs)
     differ = any(res[w][m]["losses_equal_nocache"] is False and res[w]["nocache"]["losses_same_every_round"]
