@@ -17,7 +17,8 @@
  *    shortest; none better than a range of its own: the allocation path maps one;
  *  - before a range is mapped beyond the heap's physical peak, idle pages are
  *    given back with their handles kept, and the range maps those (spare.c):
- *    memory moves rather than grows (vacant.c, which maps ranges in pages);
+ *    memory moves rather than grows (vacant.c, which maps ranges of up to 1,022
+ *    pages in pages, and trades for a long range a handle set's worth at a time);
  *  - the physical budget is the live peak and a few pages (alloc.c).
  * What it costs: a page moved is an unmap, a map and an access grant (~50 µs on
  * an H200 at any page size), and in legacy free order a fence first when a
