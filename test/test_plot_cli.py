@@ -101,5 +101,28 @@ with tempfile.TemporaryDirectory() as tmp:
     check("pause and resume drawn as marks", ">pause<" in page and ">resume<" in page and "with backup" in page)
     check("and counted", "1 pauses, 1 resumes" in page)
 
+    # Physical memory held counts handles, not mappings: a page mapped at two
+    # addresses (a paged heap's lingering page) counts once; a trace that records
+    # no create counts its mapped extents.
+    lines = ["# gpuheap trace 1",
+             "100 7 malloc 0x1 0x0 0x0 4194304 2097152 0 0x1000000 0 50",
+             "110 7 create 0x1 0x0 0x0 2097152 0 0 0xa1 0 1",
+             "115 7 map 0x1 0x0 0x1000000 2097152 0 0 0x0 0 1",
+             "120 7 create 0x1 0x0 0x0 2097152 0 0 0xa2 0 1",
+             "125 7 map 0x1 0x0 0x1200000 2097152 0 0 0x0 0 1",
+             "200 7 free 0x1 0x0 0x1000000 0 0 0 0x0 0 5",
+             "300 7 malloc 0x1 0x0 0x0 2097152 2097152 0 0x2000000 0 100",
+             "310 7 map 0x1 0x0 0x2000000 2097152 0 0 0x0 0 1",
+             "500 7 unmap 0x1 0x0 0x1000000 2097152 0 0 0x0 0 1"]
+    for name, keep, peak in (("handles", lambda l: True, "peak physical held 4.0 MiB"),
+                             ("no creates", lambda l: " create " not in l, "peak physical held 6.0 MiB")):
+        path = os.path.join(tmp, name.replace(" ", "_") + ".trace")
+        with open(path, "w") as f:
+            f.write("".join(l + "\n" for l in lines if keep(l)))
+        rc, so, err = run(path, "-o", out)
+        with open(out) as f:
+            page = f.read()
+        check(f"physical held, {name}: {peak}", rc == 0 and peak in page)
+
 print(f"{fails} failed")
 sys.exit(1 if fails else 0)
