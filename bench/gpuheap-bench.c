@@ -711,7 +711,10 @@ static void print_peer_rows(const char *label, const peer *peers, const peer_run
                     (unsigned long long)x->peak_phys,
                     x->r.peak_live ? (double)x->peak_phys / (double)x->r.peak_live : 0, x->r.failed, x->r.conflicts,
                     (unsigned long long)x->r.copied_bytes);
-        if (json && x->counted) peer_work_json(json, &x->work);
+        if (json && x->counted) {
+            fputs(", ", json);
+            peer_work_json(json, &x->work);
+        }
         if (json) fputc('}', json);
         first = false;
     }

@@ -1,7 +1,8 @@
 #!/bin/sh
 # test_replay_cli.sh — tools/gpuheap-replay's answers to bad use (suite 'unit').
 #
-#   sh test_replay_cli.sh BUILD/tools/gpuheap-replay docs/example.trace bench/traces/cnn-shapes-h200.trace.gz
+#   sh test_replay_cli.sh BUILD/tools/gpuheap-replay docs/example.trace bench/traces/cnn-shapes-h200.trace.gz \
+#       bench/traces/torch-train-h200.trace.gz
 #
 # An unknown --backend or --only value, or a --lag that is no number of
 # milliseconds, is a usage error (exit 2), never a silent
@@ -9,11 +10,14 @@
 # prose with one line that happens to parse as a record, binary) fails with a
 # message that says so; a real trace, with its header or without it, replays;
 # the recorded CNN, its GPU 40 ms behind, holds less in legacy free order; the
-# summary names the recorded run's physical peak and the call that reached it.
+# summary names the recorded run's physical peak and the call that reached it;
+# the second half of a fixed-shape training's calls maps nothing on a default
+# heap and keeps moving pages on a paged one, and the replay says so.
 set -u
 replay=$1
 example=$2
 cnn=$3 # bench/traces/cnn-shapes-h200.trace.gz
+fixed=$4 # bench/traces/torch-train-h200.trace.gz
 . "$(dirname "$0")/checks.sh" # check, $tmp, checks_done
 run() { "$replay" "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
 
@@ -79,6 +83,20 @@ check "--free-order legacy at 40 ms lag holds less than events ($legacy vs $even
 check "the recorded heap's physical peak" grep -q "recorded heap held at most 4610.0 MiB physical" "$tmp/out"
 check "the call that first reached it, and the heap's work there" \
     grep -q "first in call 3820 of 5851, malloc of 711.0 MiB at 1.940 s: 1 creates, 0 releases, 1 maps, 0 unmaps, 1 fences" "$tmp/out"
+# A fixed-shape training loop: past its warm-up a default heap maps nothing; a
+# paged one holds less at its peak but keeps moving pages every step.
+half() { sed -n 's/^  in the second half of the calls: \([0-9]*\) mappings, \([0-9]*\) unmaps.*/\1 \2/p' "$tmp/out"; }
+run --backend host --free-order legacy --json "$tmp/fixed.json" "$fixed"
+steady=$(half)
+check "the second half's work is printed" test -n "$steady"
+check "a default heap's second half maps nothing ($steady)" test "$steady" = "0 0"
+check "the JSON has it" grep -q '"second_half": {"maps": 0, "creates": 0, "unmaps": 0' "$tmp/fixed.json"
+GPUHEAP_PAGE_SIZE=2M "$replay" --backend host --free-order legacy "$fixed" >"$tmp/out" 2>"$tmp/err"
+moving=$(half)
+check "a paged heap's second half moves pages ($moving)" sh -c "set -- $moving; test \$1 -gt 100 && test \$2 -gt 100"
+check "the second half counts less than the whole run" \
+    awk -v s="${moving%% *}" '$2 == "mappings," && $1 + 0 > 0 { found = 1; exit !(s + 0 < $1 + 0) } END { if (!found) exit 1 }' "$tmp/out"
+
 run --backend host --free-order later "$example"
 check "--free-order neither event nor legacy: exit 2" sh -c "test $rc -eq 2 && grep -q 'takes event or legacy' '$tmp/err'"
 

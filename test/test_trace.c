@@ -439,6 +439,65 @@ static void test_summary_physical_peak(void **state) {
     tr_free(&t);
 }
 
+/* ---- the replay's halfway hook ------------------------------------------------------ */
+
+/* An allocator that hands out addresses from a counter and counts its calls. */
+typedef struct counting {
+    uintptr_t next;
+    size_t calls, at_half, halves;
+} counting;
+static void *count_alloc(void *ctx, size_t size, size_t align, unsigned flags) {
+    (void)size, (void)align, (void)flags;
+    counting *c = ctx;
+    c->calls++;
+    return (void *)(c->next += 4096);
+}
+static int count_free(void *ctx, void *p) {
+    (void)p;
+    ((counting *)ctx)->calls++;
+    return 0;
+}
+static void count_halfway(void *ctx) {
+    counting *c = ctx;
+    c->at_half = c->calls;
+    c->halves++;
+}
+
+static void test_replay_halfway(void **state) {
+    (void)state;
+    tr_trace t = {0};
+    /* 5 pairs, then a failed malloc (skipped), then 5 more pairs: 21 calls; the
+     * hook comes before the 11th (the failed one), with 10 replayed. */
+    uint64_t at = 1000;
+    for (int i = 0; i < 11; i++) {
+        bool failed = i == 5;
+        tr_event m = {.t_ns = at, .op = TR_MALLOC, .size = 4096, .result = failed ? 0 : 0x100000 + (uint64_t)i * 4096,
+                      .rc = failed ? GPU_ERR_OUT_OF_MEMORY : 0, .line = at};
+        assert_int_equal(tr_push(&t, &m), 0);
+        at += 10;
+        if (failed) continue;
+        tr_event f = {.t_ns = at, .op = TR_FREE, .addr = m.result, .line = at};
+        assert_int_equal(tr_push(&t, &f), 0);
+        at += 10;
+    }
+    counting c = {.next = 1 << 20};
+    tr_allocator a = {.name = "counting", .ctx = &c, .alloc = count_alloc, .free = count_free, .halfway = count_halfway};
+    tr_result r;
+    assert_int_equal(tr_replay(&t, &a, &r), 0);
+    assert_int_equal(c.halves, 1);
+    assert_int_equal(c.at_half, 10);
+    assert_int_equal(c.calls, 20);
+    assert_int_equal(r.skipped, 1);
+    /* Without the hook the replay goes the same way. */
+    counting c2 = {.next = 1 << 20};
+    a.ctx = &c2;
+    a.halfway = NULL;
+    assert_int_equal(tr_replay(&t, &a, &r), 0);
+    assert_int_equal(c2.calls, 20);
+    assert_int_equal(c2.halves, 0);
+    tr_free(&t);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "--env-child")) return env_child();
     if (argc > 1) lingering_trace = argv[1];
@@ -452,6 +511,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_gzip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_env_pid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_summary_physical_peak, setup, teardown),
+        cmocka_unit_test(test_replay_halfway),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

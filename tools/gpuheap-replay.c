@@ -183,6 +183,11 @@ int main(int argc, char **argv) {
             printf("  %llu mappings, %llu unmaps, %llu fences, %llu seals, %llu releases in legacy order\n",
                    (unsigned long long)w.maps, (unsigned long long)w.unmaps, (unsigned long long)w.fences,
                    (unsigned long long)w.seals, (unsigned long long)w.releases);
+        peer_work w2;
+        bool halved = counted && peer_second_half(&p, &w2);
+        if (halved) /* past the warm-up: what every later step goes on paying */
+            printf("  in the second half of the calls: %llu mappings, %llu unmaps, %llu fences\n", (unsigned long long)w2.maps,
+                   (unsigned long long)w2.unmaps, (unsigned long long)w2.fences);
         if (jf)
             fprintf(jf, "%s\n  {\"allocator\": \"%s\", \"seconds\": %.6f, \"calls\": %zu, \"failed\": %zu, "
                         "\"skipped\": %zu, \"conflicts\": %zu, \"peak_live\": %llu, \"peak_physical\": %llu, "
@@ -190,7 +195,15 @@ int main(int argc, char **argv) {
                     first ? "" : ",", p.name, r.seconds, r.calls, r.failed, r.skipped, r.conflicts,
                     (unsigned long long)r.peak_live, (unsigned long long)phys, frag,
                     (unsigned long long)r.copied_bytes);
-        if (jf && counted) peer_work_json(jf, &w);
+        if (jf && counted) {
+            fputs(", ", jf);
+            peer_work_json(jf, &w);
+        }
+        if (jf && halved) {
+            fputs(", \"second_half\": {", jf);
+            peer_work_json(jf, &w2);
+            fputc('}', jf);
+        }
         if (jf) fputc('}', jf);
         first = false;
         peer_close(&p);

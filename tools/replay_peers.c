@@ -43,6 +43,10 @@ static void *gh_realloc(void *ctx, void *ptr, size_t old_size, size_t size) {
     return gpu_heap_realloc(((peer *)ctx)->heap, ptr, size);
 }
 static int gh_trim(void *ctx, size_t keep) { return gpu_heap_trim(((peer *)ctx)->heap, keep); }
+static void gh_halfway(void *ctx) {
+    peer *p = ctx;
+    p->half_seen = peer_driver_work(p, &p->half);
+}
 static int gh_protect(void *ctx, void *ptr, size_t size, int prot) {
     return gpu_heap_protect(((peer *)ctx)->heap, ptr, size, prot);
 }
@@ -119,6 +123,7 @@ int peer_open(peer *p, int kind, const gpu_config_t *cfg, char *err, size_t err_
         p->a.realloc = gh_realloc;
         p->a.trim = gh_trim;
         p->a.protect = gh_protect;
+        p->a.halfway = gh_halfway;
         break;
     }
     case PEER_CUDA_MALLOC:
@@ -157,8 +162,17 @@ bool peer_driver_work(const peer *p, peer_work *out) {
     return true;
 }
 
+bool peer_second_half(const peer *p, peer_work *out) {
+    peer_work now;
+    if (!p->half_seen || !peer_driver_work(p, &now)) return false;
+    const peer_work *h = &p->half;
+    *out = (peer_work){.maps = now.maps - h->maps, .creates = now.creates - h->creates, .unmaps = now.unmaps - h->unmaps,
+                       .fences = now.fences - h->fences, .seals = now.seals - h->seals, .releases = now.releases - h->releases};
+    return true;
+}
+
 void peer_work_json(FILE *f, const peer_work *w) {
-    fprintf(f, ", \"maps\": %llu, \"creates\": %llu, \"unmaps\": %llu, \"fences\": %llu, \"seals\": %llu, \"releases\": %llu",
+    fprintf(f, "\"maps\": %llu, \"creates\": %llu, \"unmaps\": %llu, \"fences\": %llu, \"seals\": %llu, \"releases\": %llu",
             (unsigned long long)w->maps, (unsigned long long)w->creates, (unsigned long long)w->unmaps, (unsigned long long)w->fences,
             (unsigned long long)w->seals, (unsigned long long)w->releases);
 }
@@ -168,6 +182,7 @@ int peer_reset(peer *p, char *err, size_t err_len) {
     case PEER_GPUHEAP: {
         if (p->heap) gpu_heap_destroy(p->heap);
         p->heap = NULL;
+        p->half_seen = false; /* the counters start again with the new heap */
         int rc = gpu_heap_create(&p->cfg, &p->heap);
         if (rc != GPU_OK) return snprintf(err, err_len, "gpu_heap_create: %s", gpu_strerror(rc)), -1;
         return 0;

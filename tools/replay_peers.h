@@ -23,6 +23,12 @@
 #include "gpuheap.h"
 #include "trace_replay.h"
 
+/* The driver work gpuheap did since the peer was opened or reset (its heap is
+ * made then, so its counters are the run's). */
+typedef struct peer_work {
+    uint64_t maps, creates, unmaps, fences, seals, releases; /* creates: new physical memory; releases: in legacy free order */
+} peer_work;
+
 typedef struct peer {
     tr_allocator a;
     int kind;                 /* PEER_* */
@@ -32,6 +38,8 @@ typedef struct peer {
     size_t base_used;         /* cudaMalloc: device memory used before the run */
     uint64_t peak_seen;       /* cudaMalloc: highest used - base_used sampled */
     uint64_t lag_ns;          /* gpuheap on the host backend: how far its "GPU" trails the calls (peer_set_lag) */
+    peer_work half;           /* gpuheap: its driver work when the replay was half done, */
+    bool half_seen;           /* once it was */
     char name[64];
 } peer;
 
@@ -50,14 +58,13 @@ uint64_t peer_peak_physical(peer *p);
 /* Starts a new measurement: gpuheap makes a fresh heap, cudaMalloc reads the used
  * memory again, cudaMallocAsync trims its pool and resets its high-water mark. */
 int peer_reset(peer *p, char *err, size_t err_len);
-/* The driver work gpuheap did since the peer was opened or reset (its heap is
- * made then, so its counters are the run's). */
-typedef struct peer_work {
-    uint64_t maps, creates, unmaps, fences, seals, releases; /* creates: new physical memory; releases: in legacy free order */
-} peer_work;
 /* False for the CUDA peers, which do not count theirs. */
 bool peer_driver_work(const peer *p, peer_work *out);
-/* Writes the JSON members `, "maps": …, "creates": …, "unmaps": …, "fences": …, "seals": …, "releases": …`. */
+/* The driver work of the replay's second half (its calls after the halfway
+ * hook: the steady state, past the warm-up). False for the CUDA peers, and
+ * before a replay reached half way. */
+bool peer_second_half(const peer *p, peer_work *out);
+/* Writes the JSON members `"maps": …, "creates": …, "unmaps": …, "fences": …, "seals": …, "releases": …`. */
 void peer_work_json(FILE *f, const peer_work *w);
 /* gpuheap on the host backend only: events complete lag_ns after their record
  * on the trace's clock (each replayed call sets it), as on a GPU that runs that

@@ -361,10 +361,17 @@ int tr_replay(const tr_trace *t, const tr_allocator *a, tr_result *r) {
     addr_map m = {0};
     if (map_grow(&m) != 0) return -1;
     uint64_t live = 0, untimed = 0;
+    size_t ncalls = 0, seen = 0;
+    for (size_t i = 0; a->halfway && i < t->n; i++) ncalls += tr_op_is_call(t->ev[i].op);
     uint64_t t0 = now_ns();
     for (size_t i = 0; i < t->n; i++) {
         const tr_event *e = &t->ev[i];
         if (!tr_op_is_call(e->op)) continue; /* the heap's own backend events */
+        if (a->halfway && seen++ == ncalls / 2) {
+            uint64_t h0 = now_ns();
+            a->halfway(a->ctx);
+            untimed += now_ns() - h0;
+        }
         if (e->rc != 0) {
             r->skipped++;
             continue;

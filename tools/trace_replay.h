@@ -117,6 +117,10 @@ typedef struct tr_allocator {
     /* Untimed, before each replayed call: the recording's time of that call
      * (nanoseconds from the trace's start), for an allocator that models time. */
     void (*clock)(void *ctx, uint64_t t_ns);
+    /* Untimed, once, when half of the trace's application calls have been
+     * replayed: an allocator that counts its own work can tell what the run's
+     * second half cost — its steady state — from its warm-up. */
+    void (*halfway)(void *ctx);
 } tr_allocator;
 
 typedef struct tr_result {
