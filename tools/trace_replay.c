@@ -356,6 +356,14 @@ static void note_failure(tr_result *r, const tr_allocator *a, const char *what, 
         snprintf(r->first_error, sizeof r->first_error, "%s %s(%llu) failed", a->name, what, (unsigned long long)size);
 }
 
+/* Runs one of an allocator's untimed hooks; the nanoseconds it took, for the
+ * replay to leave out of its time. */
+static uint64_t untimed_call(void (*hook)(void *ctx), void *ctx) {
+    uint64_t t0 = now_ns();
+    hook(ctx);
+    return now_ns() - t0;
+}
+
 int tr_replay(const tr_trace *t, const tr_allocator *a, tr_result *r) {
     memset(r, 0, sizeof *r);
     addr_map m = {0};
@@ -367,11 +375,7 @@ int tr_replay(const tr_trace *t, const tr_allocator *a, tr_result *r) {
     for (size_t i = 0; i < t->n; i++) {
         const tr_event *e = &t->ev[i];
         if (!tr_op_is_call(e->op)) continue; /* the heap's own backend events */
-        if (a->halfway && seen++ == ncalls / 2) {
-            uint64_t h0 = now_ns();
-            a->halfway(a->ctx);
-            untimed += now_ns() - h0;
-        }
+        if (a->halfway && seen++ == ncalls / 2) untimed += untimed_call(a->halfway, a->ctx);
         if (e->rc != 0) {
             r->skipped++;
             continue;
@@ -475,11 +479,7 @@ int tr_replay(const tr_trace *t, const tr_allocator *a, tr_result *r) {
         }
         if (live > r->peak_live) {
             r->peak_live = live;
-            if (a->sample) {
-                uint64_t s0 = now_ns();
-                a->sample(a->ctx);
-                untimed += now_ns() - s0;
-            }
+            if (a->sample) untimed += untimed_call(a->sample, a->ctx);
         }
     }
     if (a->finish && a->finish(a->ctx) != 0) note_failure(r, a, "finish", 0);
