@@ -111,7 +111,9 @@ static void test_commit_decommit_keeps_data(void **state) {
  * quarantine becomes idle there and then, with no fence of its own. */
 static void test_decommit_fence_releases_quarantine(void **state) {
     (void)state;
-    gpu_heap_t *h = open_heap(0);
+    gpu_config_t cfg = host_config(64 * GiB, 0, 0);
+    cfg.thread_cache = 0; /* the block goes to the heap's quarantine, not to this thread's cache */
+    gpu_heap_t *h = HEAP_CREATE(&cfg);
     char *r = gpu_heap_reserve(h, 64 * MiB);
     assert_non_null(r);
     assert_int_equal(gpu_heap_commit(h, r, 8 * MiB), GPU_OK);

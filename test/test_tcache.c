@@ -85,11 +85,12 @@ static void test_reuse_waits_for_cover(void **state) {
 }
 
 /* Mid sizes go through the cache: a warm pair hands back a block the thread
- * freed, the cache holds what was freed, and the books add up. */
+ * freed, the cache holds what was freed, and the books add up. Wide sizes
+ * (whole granules, up to what the mid budget holds 16 of) too. */
 static void test_mid_sizes_cached(void **state) {
     (void)state;
     gpu_heap_t *h = open_heap(32 * MiB);
-    const size_t sizes[] = {4 * KiB + 256, 64 * KiB, 1 * MiB, 2 * MiB - 256};
+    const size_t sizes[] = {4 * KiB + 256, 64 * KiB, 1 * MiB, 2 * MiB - 256, 2 * MiB, 16 * MiB};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         void *first = gpu_heap_malloc(h, sizes[i]);
         assert_non_null(first);
@@ -105,11 +106,101 @@ static void test_mid_sizes_cached(void **state) {
         assert_true(STATS(h).cached_bytes >= sizes[i]);
         books_add_up(h);
     }
-    /* Past a granule (2 MiB here) blocks own extents and stay with the heap. */
-    void *big = gpu_heap_malloc(h, 2 * MiB);
+    /* Past a granule (2 MiB here), sizes of no whole granules, and whole
+     * granules past 16 MiB (256 MiB of mid budget / 16), stay with the heap. */
+    const size_t heaps[] = {2 * MiB + 256, 3 * MiB, 16 * MiB - 256 * KiB, 18 * MiB, 32 * MiB};
+    for (size_t i = 0; i < sizeof heaps / sizeof heaps[0]; i++) {
+        void *big = gpu_heap_malloc(h, heaps[i]);
+        BLOCK_VALID(h, big, heaps[i]);
+        size_t cached = STATS(h).cached_bytes;
+        assert_int_equal(gpu_heap_free(h, big), GPU_OK);
+        assert_int_equal(STATS(h).cached_bytes, cached);
+    }
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
+static uint64_t calls(gpu_heap_t *h, vmm_op op);
+
+/* Warm pairs of a wide size look at the covers once every 8 frees at most (a
+ * ring at least 16 deep: a record and a query each look), with no fence and no
+ * new mapping once warm; through the heap a 16 MiB pair recorded once every 5. */
+static void test_wide_pairs_look_rarely(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    const size_t sizes[] = {2 * MiB, 4 * MiB, 16 * MiB};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        for (int k = 0; k < 200; k++) assert_int_equal(gpu_heap_free(h, gpu_heap_malloc(h, sizes[i])), GPU_OK);
+        gpu_stats_t s0 = STATS(h);
+        uint64_t r0 = calls(h, VMM_OP_EVENT_RECORD), q0 = calls(h, VMM_OP_EVENT_QUERY);
+        enum { PAIRS = 1600 };
+        for (int k = 0; k < PAIRS; k++) {
+            char *p = gpu_heap_malloc(h, sizes[i]);
+            assert_non_null(p);
+            p[sizes[i] - 1] = 1;
+            assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+        }
+        gpu_stats_t s1 = STATS(h);
+        assert_true(calls(h, VMM_OP_EVENT_RECORD) - r0 <= PAIRS / 8 + 2);
+        assert_true(calls(h, VMM_OP_EVENT_QUERY) - q0 <= PAIRS / 8 + 2);
+        assert_int_equal(s1.fences, s0.fences);
+        assert_int_equal(s1.backend_map, s0.backend_map);
+        assert_true(s1.cached_bytes >= sizes[i]);
+        assert_int_equal(s1.live_bytes, 0);
+        books_add_up(h);
+        CHECK_HEAP(h);
+    }
+    HEAP_DESTROY(h);
+}
+
+/* The live peak is the program's: blocks a ring holds free are live in the
+ * heap's books, but a ring of sixteen 16 MiB blocks behind one live block leaves
+ * the peak at one block, so it raises no budget. */
+static void test_wide_ring_not_in_live_peak(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    for (int k = 0; k < 500; k++) assert_int_equal(gpu_heap_free(h, gpu_heap_malloc(h, 16 * MiB)), GPU_OK);
+    gpu_stats_t s = STATS(h);
+    assert_true(s.cached_bytes >= 8 * 16 * MiB); /* the ring went deep */
+    assert_int_equal(s.peak_live_bytes, 16 * MiB);
+    assert_int_equal(h->peak_live_bytes, 16 * MiB); /* the one the budget reads */
+    HEAP_DESTROY(h);
+}
+
+/* A wide block a ring holds is freed memory: a second free, a realloc,
+ * protecting it or asking for the block around an address in it is refused and
+ * changes nothing. One the cache handed out that gpu_protect changed is the
+ * heap's again: its free restores access, and no ring takes it. */
+static void test_wide_refusals_and_protect(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    char *p = gpu_heap_malloc(h, 8 * MiB);
+    assert_non_null(p);
+    assert_int_equal(gpu_heap_protect(h, p, 8 * MiB, GPU_PROT_READ), GPU_OK);
+    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.cached_bytes, 0); /* the heap's */
+    assert_int_equal(s.protected_extents, 0);
+
+    p = gpu_heap_malloc(h, 8 * MiB);
+    assert_non_null(p);
+    memset(p, 0x5a, 8 * MiB); /* writable */
+    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
     size_t cached = STATS(h).cached_bytes;
-    assert_int_equal(gpu_heap_free(h, big), GPU_OK);
-    assert_int_equal(STATS(h).cached_bytes, cached);
+    assert_true(cached >= 8 * MiB);
+    assert_int_equal(gpu_heap_free(h, p), GPU_ERR_NOT_LIVE);
+    assert_null(gpu_heap_realloc(h, p, 16 * MiB));
+    assert_int_equal(gpu_last_error(), GPU_ERR_NOT_LIVE);
+    assert_int_equal(gpu_heap_protect(h, p, 8 * MiB, GPU_PROT_NONE), GPU_ERR_NOT_WHOLE_EXTENT);
+    uintptr_t start = 0;
+    size_t size = 0;
+    assert_int_equal(heap_block_containing(h, (uintptr_t)p + 4096, &start, &size), GPU_ERR_NOT_LIVE);
+    s = STATS(h);
+    assert_int_equal(s.cached_bytes, cached);
+    assert_int_equal(s.protected_extents, 0);
+    CHECK_HEAP(h);
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_OK); /* a trim empties the ring */
+    assert_int_equal(STATS(h).cached_bytes, 0);
     CHECK_HEAP(h);
     HEAP_DESTROY(h);
 }
@@ -287,8 +378,9 @@ static void test_trim_empties_cache(void **state) {
 }
 
 /* With a small granularity, a block of a granule or more owns its extent and
- * may be protected: such blocks never go through a cache, so a protected block
- * freed and allocated again comes back writable (the fuzzer's find). */
+ * may be protected: gpu_protect takes such a block a cache handed out back to
+ * the heap, so a protected block freed and allocated again comes back writable
+ * (the fuzzer's find). */
 static void test_protected_blocks_bypass_cache(void **state) {
     (void)state;
     gpu_config_t cfg = host_config(64 * GiB, 64 * KiB, 0);
@@ -795,6 +887,9 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reuse_waits_for_cover),
         cmocka_unit_test(test_mid_sizes_cached),
+        cmocka_unit_test(test_wide_pairs_look_rarely),
+        cmocka_unit_test(test_wide_ring_not_in_live_peak),
+        cmocka_unit_test(test_wide_refusals_and_protect),
         cmocka_unit_test(test_mid_slot_taken_over),
         cmocka_unit_test(test_mid_blocks_come_back_before_map),
         cmocka_unit_test(test_mid_ring_deepens_while_covers_lag),

@@ -72,19 +72,25 @@ static void home_closing(gpu_heap_t *h) {
     }
 }
 
-/* gpu_heap_stats (lock held): blocks held free by h's caches are counted as
- * cached, not live (a racing owner may move them meanwhile). */
-static void home_stats_locked(gpu_heap_t *h, gpu_stats_t *s) {
+/* What h's caches hold free, in bytes and blocks (lock held: the list is
+ * steady; a racing owner may move its counts meanwhile). */
+static size_t held_by_caches(gpu_heap_t *h, size_t *blocks_out) {
     tc_home *home = home_find(h);
     size_t bytes = 0, blocks = 0;
     for (tcache *c = home ? home->caches : NULL; c; c = c->next) {
-        bytes += atomic_load_explicit(&c->small.bytes, memory_order_relaxed) +
-                 atomic_load_explicit(&c->mid.bytes, memory_order_relaxed) +
-                 atomic_load_explicit(&c->big_held.bytes, memory_order_relaxed);
-        blocks += atomic_load_explicit(&c->small.blocks, memory_order_relaxed) +
-                  atomic_load_explicit(&c->mid.blocks, memory_order_relaxed) +
-                  atomic_load_explicit(&c->big_held.blocks, memory_order_relaxed);
+        bytes += tc_held(&c->small.bytes) + tc_held(&c->mid.bytes) + tc_held(&c->big_held.bytes);
+        blocks += tc_held(&c->small.blocks) + tc_held(&c->mid.blocks) + tc_held(&c->big_held.blocks);
     }
+    if (blocks_out) *blocks_out = blocks;
+    return bytes;
+}
+
+static size_t home_held_locked(gpu_heap_t *h) { return held_by_caches(h, NULL); }
+
+/* gpu_heap_stats (lock held): blocks held free by h's caches are counted as
+ * cached, not live. */
+static void home_stats_locked(gpu_heap_t *h, gpu_stats_t *s) {
+    size_t blocks, bytes = held_by_caches(h, &blocks);
     s->cached_bytes = bytes;
     s->cached_blocks = blocks;
     s->live_bytes -= bytes < s->live_bytes ? bytes : s->live_bytes;
@@ -131,6 +137,7 @@ static const heap_hooks home_hooks = {
     .stats_locked = home_stats_locked,
     .flush_locked = home_flush_locked,
     .room_locked = home_room_locked,
+    .held_locked = home_held_locked,
 };
 
 static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;

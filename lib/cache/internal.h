@@ -20,6 +20,7 @@
 #define TC_ALL (TC_CLASSES + TC_MID_SLOTS)       /* a class index: small classes first, then the mid slots */
 #define TC_BIG TC_ALL                            /* the class a handed-out large block is known by (big.c) */
 #define TC_MID_RING_MIN 8u /* a mid size is cached only when its budget holds a ring this deep */
+#define TC_WIDE_RING_MIN 16u /* a wide size (whole granules) only when the whole mid budget holds a ring this deep */
 enum { TC_FLUSH_ALL = 1, TC_FLUSH_MID = 2 }; /* what another thread asked a cache to give back */
 
 typedef struct tc_entry {
@@ -45,6 +46,7 @@ typedef struct tc_class {
                         * doubles while the head still waits for its cover (tcache.c, refill) */
     uint32_t frees;    /* frees taken, for the looks at the covers (cover_tick): every depth / 2 */
     size_t size;       /* the blocks' exact size (a mid slot: 0 while unassigned) */
+    bool wide;         /* a mid slot's size is whole granules (tc_wide_limit_need) */
     tc_budget *budget; /* the cache's small or mid budget */
 } tc_class;
 
@@ -57,6 +59,8 @@ typedef struct tcache {
     tc_home *home;
     unsigned classes;           /* small classes: needs up to classes quanta (tc_limit_need) */
     unsigned mid_quanta;        /* mid slots take needs above that up to this many quanta (0: none) */
+    unsigned wide_quanta;       /* and needs of whole granules up to this many quanta (0: none) */
+    unsigned gran_mask;         /* quanta in a granule, less one: a need of whole granules has none of these bits */
     uint64_t looked_at;         /* cover_seq after this cache's last look (cover_tick) */
     _Atomic unsigned flush_asked; /* set by another thread (lock held): TC_FLUSH_ALL (a trim: give
                                    * everything back) or TC_FLUSH_MID (it maps: the mid slots' blocks) */
@@ -133,10 +137,9 @@ bool big_free(gpu_heap_t *h, tcache *c, block *b, uintptr_t start, uint64_t w, s
 
 /* What a thread's cache of h may hold: bytes in all (0: caching is off for h)
  * and the largest need it takes. Cached blocks are idle memory kept mapped, so a
- * release threshold bounds them too. The rings hold blocks smaller than a
- * granule: they never own an extent, so gpu_protect refuses them. The one large
- * block a cache keeps (big.c) owns its extents: gpu_protect takes a block a
- * cache handed out back from the caches first, so its free goes to the heap,
+ * release threshold bounds them too. Blocks of wide sizes (below) and the one
+ * large block a cache keeps (big.c) own their extents: gpu_protect takes a block
+ * a cache handed out back from the caches first, so its free goes to the heap,
  * which restores access — a cached free never hides a protection. */
 static inline size_t tc_limit_bytes(const gpu_heap_t *h) {
     return h->cfg.thread_cache < h->cfg.release_threshold ? h->cfg.thread_cache : h->cfg.release_threshold;
@@ -153,9 +156,9 @@ static inline size_t tc_limit_need(const gpu_heap_t *h) {
  * longer than a cover takes to record and be seen complete — 0.34 us for one
  * thread on an H200, 4.7 us (median) to 20 us (p90) with 16 threads recording
  * at once. At 64 deep, 16 threads of 1 MiB pairs made 2x the throughput of one;
- * at 256, 14-16x (bench/RESULTS.md). The largest need the slots take: under a
- * granule (for the reason above) and small enough for a ring of
- * TC_MID_RING_MIN blocks within the starting depth's bytes. */
+ * at 256, 14-16x (bench/RESULTS.md). The largest need the slots take below a
+ * granule: small enough for a ring of TC_MID_RING_MIN blocks within the
+ * starting depth's bytes. */
 #define TC_MID_BUDGET_SCALE 8u
 #define TC_MID_START_SCALE 2u
 static inline size_t tc_scaled(const gpu_heap_t *h, size_t scale) {
@@ -169,6 +172,28 @@ static inline size_t tc_mid_limit_need(const gpu_heap_t *h) {
     if (n > h->gran - GH_QUANTUM) n = h->gran - GH_QUANTUM;
     if (n > TC_MID_MAX_BYTES) n = TC_MID_MAX_BYTES;
     return n > tc_limit_need(h) ? n : 0;
+}
+/* Wide sizes: the mid slots also take needs of whole granules, from a granule
+ * up to what the whole mid budget holds a ring of TC_WIDE_RING_MIN of (16 MiB by
+ * default), below the large block a cache keeps (big.c). Through the heap such
+ * a pair quarantines, seals, reaps (merging the batch back), searches whole
+ * extents and cuts — about 1,500 instructions on the host backend against
+ * 410-480 for a ring's pair — and its covers come with the quarantine's batches
+ * (a 16 MiB pair: a record and a query every 5 pairs); a
+ * ring's come with its looks, a record and a query (about 360 ns on an H200)
+ * every half depth of frees, so a ring of these is never shallower than
+ * TC_WIDE_RING_MIN (a look every 8 frees; 4 deep, a 16 MiB pair on an H200 took
+ * 211-223 ns, bench/RESULTS.md). Whole granules only: the heap hands such a need
+ * out exactly (an idle cut or an extent of its own), where a rounded-up size
+ * would waste the rest (RMM's random 4 MiB cases 1.117 -> 1.281x their live
+ * peak). Not in a paged heap, whose placement moves pages (paged.c). These
+ * blocks own their extents, as the kept large block does. */
+static inline size_t tc_wide_limit_need(const gpu_heap_t *h) {
+    if (h->page || !tc_mid_limit_need(h)) return 0;
+    size_t n = tc_mid_limit_bytes(h) / TC_WIDE_RING_MIN / h->gran * h->gran;
+    if (n >= tc_big_min(h)) n = tc_big_min(h) - h->gran;
+    if (n > TC_MID_MAX_BYTES) n = TC_MID_MAX_BYTES / h->gran * h->gran;
+    return n >= h->gran ? n : 0;
 }
 
 /* h's home (made on first use, with the hooks registered), or NULL when out of

@@ -6,7 +6,8 @@
  *
  * A ring is sized by bytes: a small class's holds about TC_CLASS_BYTES, a mid
  * slot's at most its budget (internal.h). It is kept at a depth — its capacity,
- * or for a mid slot a quarter of its budget at first — that refills keep it at,
+ * or for a mid slot a quarter of its budget at first (a wide size's: at least
+ * TC_WIDE_RING_MIN blocks) — that refills keep it at,
  * and every half depth of frees the cache looks at the covers. A mid ring whose
  * head is still waiting on a cover recorded after its free when its turn comes
  * doubles its depth: with many threads a cover takes longer to be seen than a
@@ -70,7 +71,7 @@ bool tcache_give_back_mid_locked(gpu_heap_t *h, tcache *c) {
 /* Ring lengths for blocks of q's size: the largest power of two whose blocks
  * fit in bytes, within [the kind's least, TC_RING_MAX]. */
 static uint32_t ring_len(const tc_class *q, size_t bytes) {
-    uint32_t len = TC_RING_MAX, least = q->size > TC_MAX_BYTES ? TC_MID_RING_MIN : TC_RING_MIN;
+    uint32_t len = TC_RING_MAX, least = q->wide ? TC_WIDE_RING_MIN : q->size > TC_MAX_BYTES ? TC_MID_RING_MIN : TC_RING_MIN;
     while (len > least && (size_t)len * q->size > bytes) len /= 2;
     return len;
 }
@@ -201,6 +202,7 @@ bool ring_slot_take(gpu_heap_t *h, tc_class *q, size_t need) {
     }
     uint32_t old_cap = q->cap;
     q->size = need;
+    q->wide = need >= h->gran;
     if (q->ring && ring_cap(q) != old_cap) {
         free(q->ring);
         q->ring = NULL;
@@ -209,6 +211,7 @@ bool ring_slot_take(gpu_heap_t *h, tc_class *q, size_t need) {
     if (q->ring) q->depth = ring_depth(q); /* a kept ring starts over at the new size's depth */
     if (ring_ready(q)) return true;
     q->size = 0;
+    q->wide = false;
     return false;
 }
 

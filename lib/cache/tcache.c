@@ -9,10 +9,11 @@
  * pushes one; neither touches a line another thread writes (glibc's tcache and
  * mimalloc's thread-local pages are the models).
  *
- * Sizes above 4 KiB and under a granule go to mid slots: 16 rings, each for one
- * exact size at a time (a slot is found by a hash of the size; a size that finds
- * its slot taken gives the other size's blocks back and takes it over), with a
- * budget of their own. Freed blocks kept away from coalescing cost placement
+ * Sizes above 4 KiB and under a granule, and whole granules up to 16 MiB (wide
+ * sizes, internal.h), go to mid slots: 16 rings, each for one exact size at a
+ * time (a slot is found by a hash of the size; a size that finds its slot taken
+ * gives the other size's blocks back and takes it over), with a budget of
+ * their own. Freed blocks kept away from coalescing cost placement
  * (caching 4-64 KiB blocks took a recorded PyTorch trace from 1.32x to 1.42x its
  * live peak), so the mid rings give their blocks back whenever the heap is about
  * to map new memory (the heap's room hook): a cached block never makes the heap
@@ -73,6 +74,12 @@ static inline unsigned mid_slot(size_t quanta) {
     return TC_CLASSES + (unsigned)((quanta * 0x9E3779B97F4A7C15ull) >> 60);
 }
 _Static_assert(TC_MID_SLOTS == 16, "mid_slot takes the hash's top four bits");
+
+/* A need of quanta that no class takes: above the small and mid classes and not
+ * a wide size (whole granules, at most wide_quanta). */
+static inline bool no_class(const tcache *c, size_t quanta) {
+    return quanta > c->classes && quanta > c->mid_quanta && (quanta > c->wide_quanta || (quanta & c->gran_mask));
+}
 
 /* Where the calling thread keeps its cache of h in mine[], or -1. */
 static int mine_index(const gpu_heap_t *h) {
@@ -146,6 +153,8 @@ tcache *tcache_of(gpu_heap_t *h) {
     c->mid.start = tc_mid_start_bytes(h);
     c->classes = (unsigned)(tc_limit_need(h) / GH_QUANTUM);
     c->mid_quanta = (unsigned)(tc_mid_limit_need(h) / GH_QUANTUM);
+    c->wide_quanta = (unsigned)(tc_wide_limit_need(h) / GH_QUANTUM);
+    c->gran_mask = (unsigned)(h->gran / GH_QUANTUM - 1);
     for (unsigned k = 0; k < TC_ALL; k++) {
         c->cls[k].size = k < TC_CLASSES ? (size_t)(k + 1) * GH_QUANTUM : 0; /* a mid slot: none yet */
         c->cls[k].budget = k < TC_CLASSES ? &c->small : &c->mid;
@@ -201,7 +210,7 @@ static __attribute__((noinline)) void *malloc_slow(gpu_heap_t *h, size_t size) {
     if (!need || need > TC_MID_MAX_BYTES) return NULL;
     tcache *c = tcache_of(h);
     size_t quanta = need / GH_QUANTUM;
-    if (!c || (quanta > c->classes && quanta > c->mid_quanta)) return NULL;
+    if (!c || no_class(c, quanta)) return NULL;
     if (atomic_load_explicit(&c->flush_asked, memory_order_relaxed)) tcache_flush_asked(h, c);
     tc_class *q = quanta <= c->classes ? &c->cls[quanta - 1] : &c->cls[mid_slot(quanta)];
     if (q->size != need && !ring_slot_take(h, q, need)) return NULL;
@@ -214,8 +223,8 @@ void *tcache_malloc(gpu_heap_t *h, size_t size) {
     size_t quanta = size ? (size - 1) / GH_QUANTUM + 1 : 1;
     if (__builtin_expect(!c || atomic_load_explicit(&c->flush_asked, memory_order_relaxed), 0))
         return malloc_slow(h, size);
-    if (__builtin_expect(quanta > c->classes && quanta > c->mid_quanta, 0))
-        return NULL; /* a size no class takes (a granule and more): straight to the heap */
+    if (__builtin_expect(no_class(c, quanta), 0))
+        return NULL; /* a size no class takes (past a granule, not whole granules): straight to the heap */
     tc_class *q = quanta <= c->classes ? &c->cls[quanta - 1] : &c->cls[mid_slot(quanta)];
     if (__builtin_expect(q->size != quanta * GH_QUANTUM || !q->n || !quarantine_covered(h, q->ring[q->head].tag), 0))
         return malloc_slow(h, size);

@@ -13,7 +13,7 @@
  * quantum), larger ones up to TC_MID_MAX_BYTES through its mid slots (exact
  * sizes, fewer of them, a budget of their own); larger ones never. */
 #define TC_MAX_BYTES ((size_t)4 << 10)
-#define TC_MID_MAX_BYTES ((size_t)8 << 20)
+#define TC_MID_MAX_BYTES ((size_t)16 << 20)
 
 /* A plain block of this many granules and more (64 MiB on a GPU) may be kept by
  * its thread from its free to the next allocation it fits, one at a time

@@ -55,13 +55,27 @@ void heap_extent_drop_locked(gpu_heap_t *h, extent *e) {
     pool_put(&h->extent_pool, e);
 }
 
+/* The live peak is the program's: blocks the thread caches hold free are live
+ * in these books, and counted in the peak they raised the physical budget with
+ * them — a ring of 16 MiB blocks took the recorded PyTorch trace from 1.092x its
+ * live peak to 1.118-1.134x, the same with the caches' bytes left out. Asked
+ * only when the books' count passes the peak (it is never below the
+ * program's), so the hook's walk over the caches comes with growth, not with
+ * every block. */
+void heap_note_live_peak_locked(gpu_heap_t *h) {
+    if (h->live_bytes <= h->peak_live_bytes) return;
+    size_t held = hooks_held_locked(h);
+    size_t program = h->live_bytes > held ? h->live_bytes - held : 0;
+    if (program > h->peak_live_bytes) h->peak_live_bytes = program;
+}
+
 void heap_make_live_locked(gpu_heap_t *h, block *b) {
     b->state = BLOCK_LIVE;
     b->export_token = 0; /* a block's exports end with its life, and a record may come back with an old one */
     blockmap_insert(&h->live, b);
     h->live_bytes += b->size;
     h->live_blocks++;
-    if (h->live_bytes > h->peak_live_bytes) h->peak_live_bytes = h->live_bytes;
+    heap_note_live_peak_locked(h);
     if (b->size >= h->gran) block_claim_extents(h, b); /* a smaller block holds no extent whole */
 }
 

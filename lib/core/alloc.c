@@ -423,10 +423,10 @@ int heap_malloc_async(gpu_heap_t *h, size_t size, uintptr_t stream, void **out) 
  * blocks, in the same order, that asking heap_alloc_locked n times would when need
  * is a size class of its own (at most 16 quanta): the index finds the remainder
  * of the last cut again as long as it holds need bytes. The run spares each piece
- * the ladder and the index's search; a miss (and any larger need) goes down the
- * ladder for one block. */
+ * the ladder and the index's search; a miss (and any larger need, whole granules
+ * among them) goes down the ladder for one block. */
 size_t heap_alloc_run_locked(gpu_heap_t *h, size_t need, size_t n, block **out) {
-    gh_assert(need % GH_QUANTUM == 0 && need < 2 * h->gran, "a run is of blocks that share extents");
+    gh_assert(need % GH_QUANTUM == 0, "a run is of blocks of whole quanta");
     bool exact = need <= TLSF_SL_COUNT * GH_QUANTUM;
     size_t got = 0;
     while (got < n && heap_reserve_records(h) == GPU_OK) {

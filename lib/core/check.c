@@ -282,6 +282,12 @@ void heap_stats(gpu_heap_t *h, gpu_stats_t *s) {
     s->backup_pinned_bytes = h->backup_pinned;
     s->cached_bytes = s->cached_blocks = 0;
     hooks_stats_locked(h, s); /* thread caches: blocks they hold free are not live */
+    /* The heap raises its live peak where it hands memory out; a cache's hand-out
+     * of a block it held is the program's too, seen here at the latest. Kept
+     * apart, so that looking never changes what the heap decides. */
+    if (h->peak_live_told < h->peak_live_bytes) h->peak_live_told = h->peak_live_bytes;
+    if (h->peak_live_told < s->live_bytes) h->peak_live_told = s->live_bytes;
+    s->peak_live_bytes = h->peak_live_told;
     heap_unlock(h);
     hooks_stats(h, s); /* gpu_map_file's mappings: their own lock */
     const vmm_counts *k = &h->door.counts;

@@ -203,6 +203,10 @@ typedef struct heap_hooks {
      * asks other threads to do the same; true when it gave any (the heap looks
      * again before it maps). */
     bool (*room_locked)(gpu_heap_t *h, bool past_budget);
+    /* Lock held: the bytes of blocks the layer holds free for h that the heap
+     * counts live (a thread cache's), so that the live peak and the physical
+     * budget are the program's, not the caches'. */
+    size_t (*held_locked)(gpu_heap_t *h);
 } heap_hooks;
 
 #define HEAP_HOOKS_MAX 4

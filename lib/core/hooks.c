@@ -45,6 +45,12 @@ void hooks_stats(gpu_heap_t *h, gpu_stats_t *s) { EACH_HOOKS(k) if (k->stats) k-
 void hooks_trimming(gpu_heap_t *h) { EACH_HOOKS(k) if (k->trimming) k->trimming(h); }
 void hooks_flush_locked(gpu_heap_t *h) { EACH_HOOKS(k) if (k->flush_locked) k->flush_locked(h); }
 
+size_t hooks_held_locked(gpu_heap_t *h) {
+    size_t held = 0;
+    EACH_HOOKS(k) if (k->held_locked) held += k->held_locked(h);
+    return held;
+}
+
 bool hooks_room_locked(gpu_heap_t *h, bool past_budget) {
     bool any = false;
     EACH_HOOKS(k) if (k->room_locked) any |= k->room_locked(h, past_budget);

@@ -41,6 +41,7 @@ void heap_mapped_add(gpu_heap_t *h, size_t bytes);                    /* mapped 
 extent *heap_extent_new_locked(gpu_heap_t *h, uintptr_t va, size_t size, vmm_handle handle);
 void heap_extent_drop_locked(gpu_heap_t *h, extent *e);               /* out of the map and the counts */
 void heap_make_live_locked(gpu_heap_t *h, block *b);                  /* b (in no index) becomes LIVE and counted */
+void heap_note_live_peak_locked(gpu_heap_t *h);                     /* the live bytes grew: the program's peak follows */
 /* A LIVE block, already out of the map, stops counting as live: the inverse of
  * heap_make_live_locked (extents unclaimed, headroom given back, cache state cleared). */
 void heap_unlive_locked(gpu_heap_t *h, block *b);
@@ -405,6 +406,7 @@ void hooks_closing(gpu_heap_t *h);
 void hooks_stats_locked(gpu_heap_t *h, gpu_stats_t *s);
 void hooks_stats(gpu_heap_t *h, gpu_stats_t *s);
 void hooks_trimming(gpu_heap_t *h);
+size_t hooks_held_locked(gpu_heap_t *h); /* what the layers above hold free of what the heap counts live */
 void hooks_flush_locked(gpu_heap_t *h);
 /* Every room_locked hook; true when any gave memory back. */
 bool hooks_room_locked(gpu_heap_t *h, bool past_budget);

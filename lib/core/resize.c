@@ -28,7 +28,7 @@ static int grow_over_idle(gpu_heap_t *h, block *b, block *n, size_t delta) {
     (void)block_carve(h, n, n->start, delta, &h->idle);
     block_absorb_next(h, b);
     h->live_bytes += delta;
-    if (h->live_bytes > h->peak_live_bytes) h->peak_live_bytes = h->live_bytes;
+    heap_note_live_peak_locked(h);
     block_claim_extents(h, b);
     return GPU_OK;
 }
@@ -41,7 +41,7 @@ static int grow_over_unmapped(gpu_heap_t *h, block *b, block *n, size_t grow) {
     if (rc != GPU_OK) return rc;
     block_absorb_next(h, b);
     h->live_bytes += grow;
-    if (h->live_bytes > h->peak_live_bytes) h->peak_live_bytes = h->live_bytes;
+    heap_note_live_peak_locked(h);
     block_claim_extents(h, b);
     return GPU_OK;
 }

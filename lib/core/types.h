@@ -229,6 +229,7 @@ struct gpu_heap {
 
     /* statistics kept under the lock */
     size_t live_bytes, live_blocks, peak_live_bytes;
+    size_t peak_live_told; /* the live peak gpu_heap_stats reported: it also sees the caches' hand-outs (check.c) */
     size_t mapped_bytes, peak_mapped_bytes;
     size_t spare_bytes;    /* handles an allocation's recycle keeps unmapped for its mapping (spare.c): held, in the peak */
     size_t quarantine_bytes, quarantine_blocks;
