@@ -167,6 +167,40 @@ static void test_wide_ring_not_in_live_peak(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* In legacy free order wide sizes are the heap's (its ordered releases come in
+ * batches; a ring's would come at every look): a pair caches nothing, and a
+ * block a ring handed out before the order changed is freed to the heap. Back
+ * in event order the ring serves again. */
+static void test_wide_sizes_heaps_in_legacy_order(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    for (int k = 0; k < 50; k++) assert_int_equal(gpu_heap_free(h, gpu_heap_malloc(h, 16 * MiB)), GPU_OK);
+    assert_true(STATS(h).cached_bytes >= 16 * MiB);
+    void *out = gpu_heap_malloc(h, 16 * MiB); /* from the ring */
+    assert_non_null(out);
+    assert_int_equal(gpu_heap_trim(h, 0), GPU_OK); /* the ring's blocks go back; out stays the cache's */
+    assert_int_equal(STATS(h).cached_bytes, 0);
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_LEGACY), GPU_OK);
+    assert_int_equal(gpu_heap_free(h, out), GPU_OK);
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.cached_bytes, 0);
+    assert_int_equal(s.live_bytes, 0);
+    for (int k = 0; k < 50; k++) {
+        void *p = gpu_heap_malloc(h, 16 * MiB);
+        BLOCK_VALID(h, p, 16 * MiB);
+        assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+        assert_int_equal(STATS(h).cached_bytes, 0);
+    }
+    assert_true(STATS(h).order_releases > 0);
+    CHECK_HEAP(h);
+    assert_int_equal(gpu_set_free_order(GPU_FREE_ORDER_EVENT), GPU_OK);
+    for (int k = 0; k < 50; k++) assert_int_equal(gpu_heap_free(h, gpu_heap_malloc(h, 16 * MiB)), GPU_OK);
+    assert_true(STATS(h).cached_bytes >= 16 * MiB);
+    books_add_up(h);
+    CHECK_HEAP(h);
+    HEAP_DESTROY(h);
+}
+
 /* A wide block a ring holds is freed memory: a second free, a realloc,
  * protecting it or asking for the block around an address in it is refused and
  * changes nothing. One the cache handed out that gpu_protect changed is the
@@ -890,6 +924,7 @@ int main(void) {
         cmocka_unit_test(test_wide_pairs_look_rarely),
         cmocka_unit_test(test_wide_ring_not_in_live_peak),
         cmocka_unit_test(test_wide_refusals_and_protect),
+        cmocka_unit_test(test_wide_sizes_heaps_in_legacy_order),
         cmocka_unit_test(test_mid_slot_taken_over),
         cmocka_unit_test(test_mid_blocks_come_back_before_map),
         cmocka_unit_test(test_mid_ring_deepens_while_covers_lag),
