@@ -10,8 +10,9 @@
 #include "core/heap.h"
 
 /* Blocks up to this size go through a thread cache's small classes (one per
- * quantum), larger ones up to TC_MID_MAX_BYTES through its mid slots (exact
- * sizes, fewer of them, a budget of their own); larger ones never. */
+ * quantum), larger ones through its mid slots (exact sizes, fewer of them, a
+ * budget of their own): under a granule, and whole granules up to at most
+ * TC_MID_MAX_BYTES (cache/internal.h, tc_wide_limit_need); larger ones never. */
 #define TC_MAX_BYTES ((size_t)4 << 10)
 #define TC_MID_MAX_BYTES ((size_t)16 << 20)
 
