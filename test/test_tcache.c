@@ -201,38 +201,50 @@ static void test_wide_sizes_heaps_in_legacy_order(void **state) {
     HEAP_DESTROY(h);
 }
 
-/* A wide block a ring holds is freed memory: a second free, a realloc,
- * protecting it or asking for the block around an address in it is refused and
- * changes nothing. One the cache handed out that gpu_protect changed is the
- * heap's again: its free restores access, and no ring takes it. */
-static void test_wide_refusals_and_protect(void **state) {
-    (void)state;
-    gpu_heap_t *h = open_heap(32 * MiB);
-    char *p = gpu_heap_malloc(h, 8 * MiB);
+/* A block of size bytes the cache handed out that gpu_protect changed is the
+ * heap's again: its free restores access and the cache does not keep it. Then
+ * one more of that size, written (writable) and freed, which the cache keeps;
+ * returned. */
+static char *protected_handout_is_the_heaps(gpu_heap_t *h, size_t size) {
+    char *p = gpu_heap_malloc(h, size);
     assert_non_null(p);
-    assert_int_equal(gpu_heap_protect(h, p, 8 * MiB, GPU_PROT_READ), GPU_OK);
+    assert_int_equal(gpu_heap_protect(h, p, size, GPU_PROT_READ), GPU_OK);
     assert_int_equal(gpu_heap_free(h, p), GPU_OK);
     gpu_stats_t s = STATS(h);
     assert_int_equal(s.cached_bytes, 0); /* the heap's */
     assert_int_equal(s.protected_extents, 0);
-
-    p = gpu_heap_malloc(h, 8 * MiB);
+    p = gpu_heap_malloc(h, size);
     assert_non_null(p);
-    memset(p, 0x5a, 8 * MiB); /* writable */
+    memset(p, 0x5a, size); /* writable */
     assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    assert_true(STATS(h).cached_bytes >= size);
+    return p;
+}
+
+/* p, a block of size bytes the cache holds free, is freed memory: a second free,
+ * a realloc, protecting it or asking for the block around an address in it is
+ * refused and changes nothing. */
+static void cached_block_refuses(gpu_heap_t *h, char *p, size_t size) {
     size_t cached = STATS(h).cached_bytes;
-    assert_true(cached >= 8 * MiB);
     assert_int_equal(gpu_heap_free(h, p), GPU_ERR_NOT_LIVE);
-    assert_null(gpu_heap_realloc(h, p, 16 * MiB));
+    assert_null(gpu_heap_realloc(h, p, 2 * size));
     assert_int_equal(gpu_last_error(), GPU_ERR_NOT_LIVE);
-    assert_int_equal(gpu_heap_protect(h, p, 8 * MiB, GPU_PROT_NONE), GPU_ERR_NOT_WHOLE_EXTENT);
+    assert_int_equal(gpu_heap_protect(h, p, size, GPU_PROT_NONE), GPU_ERR_NOT_WHOLE_EXTENT);
     uintptr_t start = 0;
-    size_t size = 0;
-    assert_int_equal(heap_block_containing(h, (uintptr_t)p + 4096, &start, &size), GPU_ERR_NOT_LIVE);
-    s = STATS(h);
+    size_t bytes = 0;
+    assert_int_equal(heap_block_containing(h, (uintptr_t)p + 4096, &start, &bytes), GPU_ERR_NOT_LIVE);
+    gpu_stats_t s = STATS(h);
     assert_int_equal(s.cached_bytes, cached);
     assert_int_equal(s.protected_extents, 0);
     CHECK_HEAP(h);
+}
+
+/* A wide block a ring holds is freed memory, and one the cache handed out that
+ * gpu_protect changed is the heap's again (as for the kept large block, below). */
+static void test_wide_refusals_and_protect(void **state) {
+    (void)state;
+    gpu_heap_t *h = open_heap(32 * MiB);
+    cached_block_refuses(h, protected_handout_is_the_heaps(h, 8 * MiB), 8 * MiB);
     assert_int_equal(gpu_heap_trim(h, 0), GPU_OK); /* a trim empties the ring */
     assert_int_equal(STATS(h).cached_bytes, 0);
     CHECK_HEAP(h);
@@ -516,30 +528,11 @@ static void test_big_block_kept_for_next_pair(void **state) {
 static void test_big_block_refusals_and_protect(void **state) {
     (void)state;
     gpu_heap_t *h = open_heap(32 * MiB);
-    char *p = gpu_heap_malloc(h, 64 * MiB);
-    assert_non_null(p);
-    assert_int_equal(gpu_heap_protect(h, p, 64 * MiB, GPU_PROT_READ), GPU_OK);
-    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
-    gpu_stats_t s = STATS(h);
-    assert_int_equal(s.cached_bytes, 0); /* the heap's */
-    assert_int_equal(s.protected_extents, 0);
-
-    p = gpu_heap_malloc(h, 64 * MiB);
-    assert_non_null(p);
-    memset(p, 0x5a, 64 * MiB); /* writable */
-    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    char *p = protected_handout_is_the_heaps(h, 64 * MiB);
     assert_int_equal(STATS(h).cached_bytes, 64 * MiB);
-    assert_int_equal(gpu_heap_free(h, p), GPU_ERR_NOT_LIVE);
-    assert_null(gpu_heap_realloc(h, p, 128 * MiB));
-    assert_int_equal(gpu_last_error(), GPU_ERR_NOT_LIVE);
-    assert_int_equal(gpu_heap_protect(h, p, 64 * MiB, GPU_PROT_NONE), GPU_ERR_NOT_WHOLE_EXTENT);
+    cached_block_refuses(h, p, 64 * MiB);
     uintptr_t start = 0;
     size_t size = 0;
-    assert_int_equal(heap_block_containing(h, (uintptr_t)p + 4096, &start, &size), GPU_ERR_NOT_LIVE);
-    s = STATS(h);
-    assert_int_equal(s.cached_bytes, 64 * MiB);
-    assert_int_equal(s.protected_extents, 0);
-    CHECK_HEAP(h);
 
     char *q = gpu_heap_malloc(h, 64 * MiB);
     assert_ptr_equal(q, p);
