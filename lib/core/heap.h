@@ -204,8 +204,8 @@ typedef struct heap_hooks {
      * again before it maps). */
     bool (*room_locked)(gpu_heap_t *h, bool past_budget);
     /* Lock held: the bytes of blocks the layer holds free for h that the heap
-     * counts live (a thread cache's), so that the live peak and the physical
-     * budget are the program's, not the caches'. */
+     * counts live (a thread cache's), so that the live peak — which the physical
+     * budget follows — is the program's, not the caches'. */
     size_t (*held_locked)(gpu_heap_t *h);
 } heap_hooks;
 
