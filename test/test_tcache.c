@@ -120,7 +120,8 @@ static void test_mid_sizes_cached(void **state) {
     HEAP_DESTROY(h);
 }
 
-static uint64_t calls(gpu_heap_t *h, vmm_op op);
+/* The door's count of backend calls of one kind. */
+static uint64_t calls(gpu_heap_t *h, vmm_op op) { return atomic_load(&h->door.counts.calls[op]); }
 
 /* Warm pairs of a wide size look at the covers once every 8 frees at most (a
  * ring at least 16 deep: a record and a query each look), with no fence and no
@@ -448,8 +449,6 @@ static void test_protected_blocks_bypass_cache(void **state) {
     assert_int_equal(s.protected_extents, 0);
     HEAP_DESTROY(h);
 }
-
-static uint64_t calls(gpu_heap_t *h, vmm_op op) { return atomic_load(&h->door.counts.calls[op]); }
 
 /* A plain block of 64 MiB and more is kept by its thread from its free to the
  * next allocation of as many granules (lib/cache/big.c): the free records the
