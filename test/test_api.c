@@ -120,9 +120,11 @@ static void test_calloc_zeroes_reused(void **state) {
                 ZERO_CHECK(p[i], 0, sizes[i]);
             }
             /* After a drain the same sizes fit in the idle (dirty) memory, which
-             * is handed out again without driver calls: the zeroing above was
-             * tested on reused bytes. */
-            if (drain) assert_int_equal(STATS(h).backend_create, before.backend_create);
+             * is handed out again with at most one new extent: the zeroing above
+             * was tested on reused bytes. (Not none: a block of one to one and a
+             * half granules leaves the rest of a new extent to smaller blocks,
+             * so the same sizes need not fall into the same places again.) */
+            if (drain) assert_in_range(STATS(h).backend_create, before.backend_create, before.backend_create + 1);
             CHECK_ALL(h);
             for (int i = 0; i < DIRTY_N; i++) ASSERT_OK(gpu_heap_free(h, p[i]));
         }

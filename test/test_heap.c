@@ -227,6 +227,45 @@ static void test_placement_whole_extents(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* A plain block that would fill less than three quarters of its new extent
+ * leaves the rest idle: a 2.25 MiB block maps a 4 MiB extent, and a 1.5 MiB
+ * block after it is cut from the rest with no mapping. The rest comes back with
+ * the block, and the whole extent goes back at a trim. A 3 MiB block (three
+ * quarters) keeps its extent whole, as does a granule-aligned 2.25 MiB one. */
+static void test_placement_rest_idle(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    char *a = gpu_heap_malloc(h, 2 * MiB + 256 * KiB);
+    assert_int_equal(BLOCK_VALID(h, a, 2 * MiB + 256 * KiB), 2 * MiB + 256 * KiB);
+    gpu_stats_t s = STATS(h);
+    assert_int_equal(s.backend_create, 1);
+    assert_int_equal(s.mapped_bytes, 4 * MiB);
+    assert_int_equal(s.idle_bytes, 2 * MiB - 256 * KiB);
+    char *b = gpu_heap_malloc(h, 1536 * KiB);
+    BLOCK_VALID(h, b, 1536 * KiB);
+    assert_int_equal(STATS(h).backend_create, 1);
+    if (b < a || b + 1536 * KiB > a + 4 * MiB) fail_msg("1.5 MiB block %p not in the rest of %p's extent", (void *)b, (void *)a);
+    block_fill(a, 2 * MiB + 256 * KiB, 1);
+    block_fill(b, 1536 * KiB, 2);
+    BLOCK_CHECK(a, 2 * MiB + 256 * KiB, 1);
+    ASSERT_OK(gpu_heap_free(h, a));
+    ASSERT_OK(gpu_heap_free(h, b));
+    CHECK_ALL(h);
+    ASSERT_OK(gpu_heap_trim(h, 0));
+    assert_int_equal(STATS(h).mapped_bytes, 0);
+
+    char *c = gpu_heap_malloc(h, 3 * MiB), *d = gpu_heap_malloc_aligned(h, 2 * MiB + 256 * KiB, 2 * MiB);
+    assert_int_equal(BLOCK_VALID(h, c, 3 * MiB), 4 * MiB);
+    assert_int_equal(BLOCK_VALID(h, d, 2 * MiB + 256 * KiB), 4 * MiB);
+    s = STATS(h);
+    assert_int_equal(s.mapped_bytes, 8 * MiB);
+    assert_int_equal(s.idle_bytes, 0);
+    ASSERT_OK(gpu_heap_free(h, c));
+    ASSERT_OK(gpu_heap_free(h, d));
+    CHECK_ALL(h);
+    HEAP_DESTROY(h);
+}
+
 /* Past the budget, a large block that no idle block holds starts with the idle
  * tail of a larger extent — here what a 128 MiB cut left of a freed 480 MiB
  * extent — and maps only the rest after it: 148 MiB, not 500. The block spans
@@ -1082,6 +1121,7 @@ int main(void) {
         cmocka_unit_test(test_coalesce_many),
         cmocka_unit_test(test_placement),
         cmocka_unit_test(test_placement_whole_extents),
+        cmocka_unit_test(test_placement_rest_idle),
         cmocka_unit_test(test_placement_extends_idle_tail),
         cmocka_unit_test(test_placement_idle_chunks_go_back),
         cmocka_unit_test(test_placement_holds_the_peak),

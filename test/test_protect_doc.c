@@ -15,7 +15,9 @@
  *  - a plain block of a granule or more that the heap maps new memory for (no
  *    idle memory can hold it: here, a heap with nothing idle or quarantined) gets
  *    extents of its own: granule-aligned, usable size rounded up to the
- *    granularity, protectable;
+ *    granularity, protectable — unless it would fill less than three quarters of
+ *    its extent (more than a granule, less than one and a half): then the rest
+ *    stays idle for other blocks, and gpu_protect refuses it cleanly;
  *  - a plain block of a granule or more cut from idle memory is only 256-byte
  *    aligned and may share its first or last extent; gpu_protect then refuses it
  *    cleanly (GPU_ERR_NOT_WHOLE_EXTENT, nothing changed). Asking for the
@@ -204,10 +206,12 @@ static void test_small_plain_never_protectable(void **state) {
 
 /* ---- plain blocks of a granule or more ---------------------------------------------------- */
 
-/* With nothing idle that could hold them, they get extents of their own. */
+/* With nothing idle that could hold them, they get extents of their own — but
+ * those that would fill less than three quarters of theirs, whose rest stays
+ * idle (test_plain_large_rest_idle). */
 static void test_plain_large_on_new_memory(void **state) {
     (void)state;
-    static const size_t sizes[] = {2 * MiB, 3 * MiB, 5 * MiB, 64 * MiB + 256, 2 * MiB + 1};
+    static const size_t sizes[] = {2 * MiB, 3 * MiB, 5 * MiB, 64 * MiB + 256, 3 * MiB + 1, 4 * MiB - 256};
     for (int with_small = 0; with_small <= 1; with_small++) {
         gpu_heap_t *h = HEAP_NEW(0);
         char *small = with_small ? gpu_heap_malloc(h, 256) : NULL; /* leaves 2 MiB - 256 idle: too little */
@@ -226,6 +230,38 @@ static void test_plain_large_on_new_memory(void **state) {
         if (small) ASSERT_OK(gpu_heap_free(h, small));
         CHECK_ALL(h);
         HEAP_DESTROY(h);
+    }
+}
+
+/* More than a granule and less than one and a half, on new memory: the block
+ * starts at the new extent and ends inside it, the rest idle; it owns no
+ * extent, so gpu_protect refuses it and changes nothing. Asking for the
+ * granule's alignment keeps the extent whole, and protectable. */
+static void test_plain_large_rest_idle(void **state) {
+    (void)state;
+    static const size_t sizes[] = {2 * MiB + 1, 2 * MiB + 256 * KiB, 3 * MiB - 256};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        for (int aligned = 0; aligned <= 1; aligned++) {
+            gpu_heap_t *h = HEAP_NEW(0);
+            char *p = aligned ? gpu_heap_malloc_aligned(h, sizes[i], GRAN) : gpu_heap_malloc(h, sizes[i]);
+            char what[96];
+            snprintf(what, sizeof what, "plain %zu bytes on new memory%s", sizes[i], aligned ? ", granule-aligned" : "");
+            if (aligned) {
+                assert_int_equal(EXPECT_PROTECTABLE(h, p, sizes[i], what), round_gran(sizes[i]));
+            } else {
+                size_t u = BLOCK_VALID(h, p, sizes[i]);
+                assert_int_equal((uintptr_t)p % GRAN, 0);
+                assert_true(u < round_gran(sizes[i]));
+                gpu_stats_t s = STATS(h);
+                assert_int_equal(s.mapped_bytes, round_gran(sizes[i]));
+                assert_int_equal(s.idle_bytes, round_gran(sizes[i]) - u);
+                block_fill(p, sizes[i], 400 + i);
+                EXPECT_REFUSED(h, p, sizes[i], 400 + i, sizes[i], what);
+            }
+            ASSERT_OK(gpu_heap_free(h, p));
+            CHECK_ALL(h);
+            HEAP_DESTROY(h);
+        }
     }
 }
 
@@ -285,6 +321,7 @@ int main(void) {
         cmocka_unit_test(test_owned_realloc_stays_protectable),
         cmocka_unit_test(test_small_plain_never_protectable),
         cmocka_unit_test(test_plain_large_on_new_memory),
+        cmocka_unit_test(test_plain_large_rest_idle),
         cmocka_unit_test(test_plain_large_from_idle),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
