@@ -311,8 +311,9 @@ typedef enum gpu_prot_t {
  * new memory for it — except one of more than a granule and less than one and a
  * half, which leaves the rest of its new extent to other blocks and owns none —
  * but one cut from idle memory may start or end inside an extent shared with
- * other blocks (then only the whole extents inside it can be protected, or none). Protection is guaranteed only with GPU_ALLOC_OWNED.
- * Otherwise GPU_ERR_NOT_WHOLE_EXTENT and nothing changes. Faults are fences, not traps: on
+ * other blocks (then only the whole extents inside it can be protected, or
+ * none). Protection is guaranteed only with GPU_ALLOC_OWNED. Otherwise
+ * GPU_ERR_NOT_WHOLE_EXTENT and nothing changes. Faults are fences, not traps: on
  * a GPU a kernel that breaks the protection loses its CUDA context. Freeing the
  * block restores read-write access before the memory is reused. */
 int gpu_protect(void *ptr, size_t size, int prot);

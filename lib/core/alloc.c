@@ -312,8 +312,9 @@ static bool leaves_rest_idle(const alloc_req *r) {
     return !r->owned && r->align < g && r->need > g && r->need < g + g / 2;
 }
 
-/* New memory (vacant.c): an extent of the block's own, with headroom, or a
- * shared one whose rest stays idle. */
+/* New memory (vacant.c): an extent of the block's own, with headroom, or an
+ * extent whose rest beyond the block stays idle (a shared one, or one that a
+ * block of one to one and a half granules leaves to others). */
 static rung_result try_map(alloc_req *r) {
     gpu_heap_t *h = r->h;
     block *b;

@@ -138,7 +138,6 @@ typedef struct extmap {
     size_t span;        /* granules * granularity */
     extent ***leaves;   /* [granules >> EXTMAP_LEAF_LOG2 rounded up] */
     size_t nleaves;
-    size_t leaves_bytes; /* what the leaf table's mapping spans (extmap_free) */
 } extmap;
 
 /* ---- record pools (block.c) --------------------------------------------------- */
