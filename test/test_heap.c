@@ -266,6 +266,35 @@ static void test_placement_rest_idle(void **state) {
     HEAP_DESTROY(h);
 }
 
+/* A block whose extent's rest stays idle grows in place over that rest, with no
+ * driver call; past the extent it moves, its contents kept (it owns no extent
+ * to remap: a device copy). */
+static void test_realloc_rest_idle(void **state) {
+    (void)state;
+    gpu_heap_t *h = HEAP_NEW(0);
+    char *p = gpu_heap_malloc(h, 2 * MiB + 256 * KiB);
+    BLOCK_VALID(h, p, 2 * MiB + 256 * KiB);
+    pattern_fill(p, 0, 2 * MiB + 256 * KiB, 5);
+    gpu_stats_t s0 = STATS(h);
+    char *q = gpu_heap_realloc(h, p, 3 * MiB + 512 * KiB);
+    ASSERT_LAST_ERROR(GPU_OK);
+    assert_ptr_equal(q, p);
+    BLOCK_VALID(h, q, 3 * MiB + 512 * KiB);
+    gpu_stats_t s1 = STATS(h);
+    assert_int_equal(s1.backend_create, s0.backend_create);
+    assert_int_equal(s1.backend_copy, s0.backend_copy);
+    PATTERN_CHECK(q, 0, 2 * MiB + 256 * KiB, 5);
+    pattern_fill(q, 2 * MiB + 256 * KiB, 1 * MiB + 256 * KiB, 5);
+    char *r = gpu_heap_realloc(h, q, 8 * MiB);
+    ASSERT_LAST_ERROR(GPU_OK);
+    BLOCK_VALID(h, r, 8 * MiB);
+    PATTERN_CHECK(r, 0, 3 * MiB + 512 * KiB, 5);
+    CHECK_ALL(h);
+    ASSERT_OK(gpu_heap_free(h, r));
+    CHECK_ALL(h);
+    HEAP_DESTROY(h);
+}
+
 /* Past the budget, a large block that no idle block holds starts with the idle
  * tail of a larger extent — here what a 128 MiB cut left of a freed 480 MiB
  * extent — and maps only the rest after it: 148 MiB, not 500. The block spans
@@ -1122,6 +1151,7 @@ int main(void) {
         cmocka_unit_test(test_placement),
         cmocka_unit_test(test_placement_whole_extents),
         cmocka_unit_test(test_placement_rest_idle),
+        cmocka_unit_test(test_realloc_rest_idle),
         cmocka_unit_test(test_placement_extends_idle_tail),
         cmocka_unit_test(test_placement_idle_chunks_go_back),
         cmocka_unit_test(test_placement_holds_the_peak),
