@@ -15,7 +15,9 @@
  *   cold     the first allocation of N bytes, 2 MiB .. 8 GiB, on an empty heap,
  *            against cudaMalloc(N) and a trimmed cudaMallocAsync pool, each round
  *            in a fresh process (--cold-child) where the heap is the program's
- *            first; and on a second heap beside this process's default heap
+ *            first; on a second heap beside this process's default heap; and a
+ *            program's first gpu_malloc, its default heap made inside it, beside a
+ *            first cudaMalloc in a fresh process of their own
  *   random   RMM's random_allocations workload (allocate with p = 0.73, else free a
  *            random live block; sizes uniform in 1 B .. max; live bytes capped at
  *            16 GiB): time per call, peak physical memory held, peak live
@@ -519,25 +521,46 @@ static void cold_round(const gpu_config_t *cfg, size_t size, size_t round, doubl
     }
 }
 
-/* gpuheap-bench --cold-child SIZE ROUND: one round in a fresh process, where the
- * heap is the process's first, as a program's first gpu_malloc finds it. */
-static int cold_child(size_t size, size_t round) {
+/* A program's first gpu_malloc, in ns (0: it failed): the default heap is made
+ * inside it, as it is inside the first cudaMalloc under gpuheap-run. */
+static double cold_default(size_t size) {
+    if (gpu) cudart.cudaDeviceSynchronize();
+    uint64_t t0 = now_ns();
+    void *p = gpu_malloc(size);
+    double t = p ? (double)(now_ns() - t0) : 0;
+    gpu_free(p);
+    return t;
+}
+
+/* gpuheap-bench --cold-child SIZE ROUND [default]: one round in a fresh process,
+ * where the heap is the process's first, as a program's first gpu_malloc finds
+ * it: gpu_heap_malloc on a heap made beforehand, cudaMalloc and cudaMallocAsync;
+ * with "default", gpu_malloc (its heap made inside) and cudaMalloc, in an order
+ * turned by round. */
+static int cold_child(size_t size, size_t round, bool with_default) {
     gpu_config_t cfg;
     gpu_config_init(&cfg);
     if (!gpu) cfg.backend = GPU_BACKEND_HOST;
-    double t[3];
-    cold_round(&cfg, size, round, t);
+    double t[3] = {0, 0, 0};
+    if (!with_default) {
+        cold_round(&cfg, size, round, t);
+    } else {
+        bool first = round % 2 == 0 || !gpu;
+        if (!first) t[1] = cold_cudamalloc(size);
+        t[0] = cold_default(size);
+        if (first && gpu) t[1] = cold_cudamalloc(size);
+    }
     printf("cold %.0f %.0f %.0f\n", t[0], t[1], t[2]);
     return 0;
 }
 
 /* Runs one round in a child process; false if it could not. */
-static bool cold_in_child(size_t size, size_t round, double out[3]) {
+static bool cold_in_child(size_t size, size_t round, bool with_default, double out[3]) {
     char self[4096], cmd[4200];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n <= 0) return false;
     self[n] = 0;
-    snprintf(cmd, sizeof cmd, "'%s' --cold-child %zu %zu", self, size, round);
+    snprintf(cmd, sizeof cmd, "'%s' --cold-child %zu %zu%s", self, size, round, with_default ? " default" : "");
     FILE *f = popen(cmd, "r");
     if (!f) return false;
     char line[256];
@@ -550,43 +573,52 @@ static bool cold_in_child(size_t size, size_t round, double out[3]) {
 static void scenario_cold(void) {
     static const size_t sizes[] = {2 * MiB, 16 * MiB, 128 * MiB, 1 * GiB, 4 * GiB, 8 * GiB};
     enum { N = sizeof sizes / sizeof sizes[0], REPS = 9 };
-    double gh[N], cm[N], cma[N], gh2[N];
+    double gh[N], cm[N], cma[N], gh2[N], ghd[N], cmd[N];
     gpu_config_t cfg;
     gpu_config_init(&cfg);
     if (!gpu) cfg.backend = GPU_BACKEND_HOST;
     for (size_t i = 0; i < N; i++) {
-        double a[REPS], b[REPS], c[REPS], d[REPS];
+        double a[REPS], b[REPS], c[REPS], d[REPS], e[REPS], f[REPS];
         size_t reps = quick ? 3 : REPS;
         for (size_t r = 0; r < reps; r++) {
             double t[3];
-            if (!cold_in_child(sizes[i], r, t)) t[0] = t[1] = t[2] = 0;
+            if (!cold_in_child(sizes[i], r, false, t)) t[0] = t[1] = t[2] = 0;
             a[r] = t[0], b[r] = t[1], c[r] = t[2];
+            if (!cold_in_child(sizes[i], r, true, t)) t[0] = t[1] = 0;
+            e[r] = t[0], f[r] = t[1];
             d[r] = cold_gpuheap(&cfg, sizes[i]); /* beside this process's default heap */
         }
         gh[i] = bench_quantiles(a, reps, NULL);
         cm[i] = bench_quantiles(b, reps, NULL);
         cma[i] = bench_quantiles(c, reps, NULL);
         gh2[i] = bench_quantiles(d, reps, NULL);
+        ghd[i] = bench_quantiles(e, reps, NULL);
+        cmd[i] = bench_quantiles(f, reps, NULL);
     }
     fprintf(tables, "\n== cold: first allocation on an empty heap / trimmed pool, in a fresh process, median us (%s) ==\n",
             device);
-    fprintf(tables, "%8s | %10s | %10s | %16s | %9s %9s | %14s %9s\n", "size", "gpuheap", "cudaMalloc", "cudaMallocAsync*",
-            "vs cudaM", "vs Async", "2nd heap**", "vs cudaM");
+    fprintf(tables, "%8s | %10s | %10s | %16s | %9s %9s | %14s %9s | %12s %10s %9s\n", "size", "gpuheap", "cudaMalloc",
+            "cudaMallocAsync*", "vs cudaM", "vs Async", "2nd heap**", "vs cudaM", "gpu_malloc***", "cudaMalloc", "vs cudaM");
     if (json) fprintf(json, ",\n\"cold\": [");
     for (size_t i = 0; i < N; i++) {
         char lab[32], r1[16], r2[16], r3[16];
-        fprintf(tables, "%8s | %10.1f | %10.1f | %16.1f | %9s %9s | %14.1f %9s\n", size_label(sizes[i], lab, sizeof lab),
-                gh[i] / 1e3, cm[i] / 1e3, cma[i] / 1e3, fmt_ratio(ratio(cm[i], gh[i]), r1, sizeof r1),
-                fmt_ratio(ratio(cma[i], gh[i]), r2, sizeof r2), gh2[i] / 1e3, fmt_ratio(ratio(cm[i], gh2[i]), r3, sizeof r3));
+        char r4[16];
+        fprintf(tables, "%8s | %10.1f | %10.1f | %16.1f | %9s %9s | %14.1f %9s | %12.1f %10.1f %9s\n",
+                size_label(sizes[i], lab, sizeof lab), gh[i] / 1e3, cm[i] / 1e3, cma[i] / 1e3,
+                fmt_ratio(ratio(cm[i], gh[i]), r1, sizeof r1), fmt_ratio(ratio(cma[i], gh[i]), r2, sizeof r2), gh2[i] / 1e3,
+                fmt_ratio(ratio(cm[i], gh2[i]), r3, sizeof r3), ghd[i] / 1e3, cmd[i] / 1e3,
+                fmt_ratio(ratio(cmd[i], ghd[i]), r4, sizeof r4));
         if (json)
             fprintf(json,
                     "%s\n {\"size\": %zu, \"gpuheap_ns\": %.0f, \"cudaMalloc_ns\": %.0f, \"cudaMallocAsync_ns\": %.0f, "
-                    "\"gpuheap_second_heap_ns\": %.0f}",
-                    i ? "," : "", sizes[i], gh[i], cm[i], cma[i], gh2[i]);
+                    "\"gpuheap_second_heap_ns\": %.0f, \"gpu_malloc_default_heap_ns\": %.0f, \"cudaMalloc_beside_default_ns\": %.0f}",
+                    i ? "," : "", sizes[i], gh[i], cm[i], cma[i], gh2[i], ghd[i], cmd[i]);
     }
     if (json) fprintf(json, "]");
     fprintf(tables, "(** a heap made while another heap's reservation exists -- this process's default heap: its first\n"
                     "  mapping costs the driver ~20 us more on an H200, page tables for a new VA region)\n");
+    fprintf(tables, "(*** a program's first gpu_malloc, the default heap made inside it (as under gpuheap-run), and a\n"
+                    "  first cudaMalloc, in a fresh process of their own, in an order turned by round)\n");
     fprintf(tables, "(* cudaMallocAsync + a stream sync; vs X = X's time / gpuheap's: above 1 means gpuheap is faster)\n");
 }
 
@@ -819,7 +851,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--cold-child") && i + 2 < argc) {
             char why[384];
             gpu = find_gpu(why, sizeof why);
-            return cold_child(strtoull(argv[i + 1], NULL, 10), strtoull(argv[i + 2], NULL, 10));
+            bool with_default = i + 3 < argc && !strcmp(argv[i + 3], "default");
+            return cold_child(strtoull(argv[i + 1], NULL, 10), strtoull(argv[i + 2], NULL, 10), with_default);
         } else {
             fprintf(stderr, "usage: gpuheap-bench [--quick] [--only pairs,trace,threads,growth,cold,random,replay]\n"
                             "                     [--trace FILE[.gz]] [--json FILE]\n");

@@ -100,11 +100,14 @@ def main():
     if "cold" in b:
         print("### Cold: first allocation on an empty heap (µs, median; each round in a fresh process)\n")
         print("| size | gpuheap | cudaMalloc | cudaMallocAsync (+ sync, trimmed pool) | cudaMalloc / gpuheap "
-              "| cudaMallocAsync / gpuheap | gpuheap, a second heap | cudaMalloc / second heap |")
-        print("|---|---|---|---|---|---|---|---|")
+              "| cudaMallocAsync / gpuheap | gpuheap, a second heap | cudaMalloc / second heap "
+              "| gpu_malloc, the default heap made inside | cudaMalloc beside it | cudaMalloc / gpu_malloc |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in b["cold"]:
             second = r.get("gpuheap_second_heap_ns")
             tail = (f"| {second / 1e3:.1f} | {x(r['cudaMalloc_ns'], second)} |" if second is not None else "| | |")
+            dflt, beside = r.get("gpu_malloc_default_heap_ns"), r.get("cudaMalloc_beside_default_ns")
+            tail += (f" {dflt / 1e3:.1f} | {beside / 1e3:.1f} | {x(beside, dflt)} |" if dflt is not None else " | | |")
             print(f"| {label(r['size'])} | {r['gpuheap_ns'] / 1e3:.1f} | {r['cudaMalloc_ns'] / 1e3:.1f} "
                   f"| {r['cudaMallocAsync_ns'] / 1e3:.1f} | {x(r['cudaMalloc_ns'], r['gpuheap_ns'])} "
                   f"| {x(r['cudaMallocAsync_ns'], r['gpuheap_ns'])} {tail}")
