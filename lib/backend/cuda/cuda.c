@@ -117,7 +117,8 @@ static void cuda_close(vmm_backend *b) {
     if (!cb) return;
     if (cuda_enter(cb, "close") == GPU_OK) {
         cuda_events_drop_spares(cb);
-        cb->f->StreamDestroy(cb->quiet);
+        CUstream quiet = atomic_load(&cb->quiet);
+        if (quiet) cb->f->StreamDestroy(quiet);
         cuda_leave(cb);
     }
     cb->f->DevicePrimaryCtxRelease(cb->dev);
@@ -252,15 +253,6 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
     if (!cb->ctx_record_event || !cb->ctx_wait_event) cb->ops.fence_order = NULL;
     cb->base.ops = &cb->ops;
     cuda_ipc_probe(cb, cfg);
-    if (cuda_enter(cb, "open") == GPU_OK) {
-        r = f->StreamCreate(&cb->quiet, CU_STREAM_NON_BLOCKING);
-        cuda_leave(cb);
-    }
-    if (!cb->quiet) {
-        f->DevicePrimaryCtxRelease(dev);
-        free(cb);
-        return vmm_fail(NULL, GPU_ERR_BACKEND, "cuStreamCreate(device=%d): %s", ordinal, cuda_loader_error_name(r));
-    }
     *out = &cb->base;
     return GPU_OK;
 }

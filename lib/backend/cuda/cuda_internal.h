@@ -21,7 +21,9 @@ typedef struct cuda_backend {
     const struct cuda_fns *f;
     CUdevice dev;
     CUcontext ctx; /* the device's primary context, retained while open */
-    CUstream quiet; /* a non-blocking stream of our own: a memset there neither waits for nor joins a capture */
+    /* A non-blocking stream of our own, made at the first memset (transfer.c): a
+     * memset there neither waits for nor joins a capture. */
+    _Atomic(CUstream) quiet;
     CUresult (*ctx_record_event)(CUcontext, CUevent); /* cuCtxRecordEvent (CUDA 12.5+), or NULL */
     CUresult (*ctx_wait_event)(CUcontext, CUevent);   /* cuCtxWaitEvent (CUDA 12.5+), or NULL */
     /* requestedHandleTypes of every cuMemCreate: POSIX_FILE_DESCRIPTOR when the
