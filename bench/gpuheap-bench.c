@@ -545,10 +545,10 @@ static int cold_child(size_t size, size_t round, bool with_default) {
     if (!with_default) {
         cold_round(&cfg, size, round, t);
     } else {
-        bool first = round % 2 == 0 || !gpu;
-        if (!first) t[1] = cold_cudamalloc(size);
+        bool malloc_first = round % 2 == 0;
+        if (gpu && !malloc_first) t[1] = cold_cudamalloc(size);
         t[0] = cold_default(size);
-        if (first && gpu) t[1] = cold_cudamalloc(size);
+        if (gpu && malloc_first) t[1] = cold_cudamalloc(size);
     }
     printf("cold %.0f %.0f %.0f\n", t[0], t[1], t[2]);
     return 0;
