@@ -812,6 +812,63 @@ static void test_default_heap(void **state) {
     HEAP_OK(NULL);
 }
 
+/* ---- what a process learns of a device once ------------------------------------ */
+
+static char refused[512];
+static void keep_message(int err, const char *message, void *arg) {
+    (void)err, (void)arg;
+    snprintf(refused, sizeof refused, "%s", message);
+}
+
+/* gpu_ipc_get_mem_handle's answer for a fresh 4 KiB block of h. */
+static int export_answer(gpu_heap_t *h) {
+    void *p = gpu_heap_malloc(h, 4096);
+    assert_non_null(p);
+    gpu_ipc_mem_handle_t handle;
+    refused[0] = '\0';
+    int rc = gpu_ipc_get_mem_handle(&handle, p);
+    assert_int_equal(gpu_heap_free(h, p), GPU_OK);
+    return rc;
+}
+
+/* A process's heaps on one device share what its first heap there learned of it
+ * (lib/backend/cuda/known.c): the device's granularity and whether its memory can
+ * be exported, probed once. Each later heap reports the same granularity and
+ * answers an export as the first did; a heap opened with ipc = 0 refuses with
+ * its own reason whatever the heaps around it learned, and a heap with ipc on
+ * after it answers as the first did again. */
+static void test_later_heaps_know_the_device(void **state) {
+    gpu_heap_t *first = *state;
+    gpu_error_handler_t old = gpu_set_error_handler(keep_message, NULL);
+    int want = export_answer(first);
+    char want_msg[512];
+    snprintf(want_msg, sizeof want_msg, "%s", refused);
+    size_t gran = stats_of(first).granularity;
+    print_message("first heap: export %s%s\n", want == GPU_OK ? "served" : "refused: ", want == GPU_OK ? "" : want_msg);
+    for (int k = 0; k < 4; k++) {
+        gpu_config_t cfg;
+        gpu_config_init(&cfg);
+        cfg.backend = GPU_BACKEND_CUDA;
+        cfg.device = 0;
+        cfg.reserve_bytes = (size_t)4 << 30;
+        cfg.ipc = k % 2 == 0 ? 0 : 1; /* ipc off first: a heap that learned nothing of exports comes before one that asks */
+        gpu_heap_t *h = NULL;
+        assert_int_equal(gpu_heap_create(&cfg, &h), GPU_OK);
+        assert_int_equal(stats_of(h).granularity, gran);
+        int rc = export_answer(h);
+        if (cfg.ipc == 0) {
+            assert_int_equal(rc, GPU_ERR_INVALID);
+            if (!strstr(refused, "GPUHEAP_IPC=0")) fail_msg("heap %d (ipc = 0): \"%s\"", k, refused);
+        } else {
+            assert_int_equal(rc, want);
+            if (rc != GPU_OK && strcmp(refused, want_msg)) fail_msg("heap %d: \"%s\", the first: \"%s\"", k, refused, want_msg);
+        }
+        HEAP_OK(h);
+        assert_int_equal(gpu_heap_destroy(h), GPU_OK);
+    }
+    gpu_set_error_handler(old, NULL);
+}
+
 int main(void) {
     int rc = cu_util_init(0);
     if (rc == CU_UTIL_SKIP) {
@@ -834,6 +891,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_legacy_order_reuses_behind_the_gpu, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_legacy_paged_pages_move_behind_the_gpu, heap_setup, heap_teardown),
         cmocka_unit_test_setup_teardown(test_trim_releases_everything, heap_setup, heap_teardown),
+        cmocka_unit_test_setup_teardown(test_later_heaps_know_the_device, heap_setup, heap_teardown),
         cmocka_unit_test(test_default_heap),
     };
     return cmocka_run_group_tests_name("gpu", tests, NULL, NULL);

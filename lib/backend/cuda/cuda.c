@@ -17,7 +17,8 @@
  * loader.c. Opening retains the device's primary context for the backend's life,
  * checks that the device supports the virtual memory API, reads its
  * granularity into vmm_caps, and finds out whether its memory can be made
- * exportable to other processes (vmm.c, cuda_ipc_probe).
+ * exportable to other processes (vmm.c, cuda_ipc_probe) — the last two once per
+ * device and process (known.c).
  */
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -233,10 +234,13 @@ int vmm_cuda_open(const gpu_config_t *cfg, vmm_backend **out) {
     cb->base.caps.max_reserve = CUDA_MAX_RESERVE;
     cb->base.caps.device = ordinal;
     cb->base.caps.host_accessible = false;
-    err = cuda_describe(f, dev, ordinal, &cb->base.caps);
-    if (err) {
-        free(cb);
-        return err;
+    if (!cuda_known_described(ordinal, &cb->base.caps)) { /* a process's first backend on the device asks */
+        err = cuda_describe(f, dev, ordinal, &cb->base.caps);
+        if (err) {
+            free(cb);
+            return err;
+        }
+        cuda_known_describe_keep(ordinal, &cb->base.caps);
     }
     r = f->DevicePrimaryCtxRetain(&cb->ctx, dev);
     if (r != CUDA_SUCCESS) {

@@ -151,9 +151,31 @@ int cuda_grant(vmm_backend *b, uintptr_t va, size_t size, int device, gpu_prot_t
 
 /* ---- memory shared between processes -------------------------------------------- */
 
+/* Whether device cb's memory can be made exportable as a POSIX file descriptor;
+ * when not, *why says what refused it. */
+static bool probe_exportable(cuda_backend *cb, const char **why) {
+    const struct cuda_fns *f = cb->f;
+    int supported = 0;
+    CUresult r = f->DeviceGetAttribute(&supported, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED, cb->dev);
+    *why = r != CUDA_SUCCESS ? cuda_loader_error_name(r) : "the device does not support it";
+    if (r != CUDA_SUCCESS || !supported) return false;
+    /* The attribute can say yes where cuMemCreate still refuses (a VM, a driver
+     * setting): one granule made exportable answers for certain. */
+    CUmemAllocationProp prop = cuda_prop(cb->dev, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    CUmemGenericAllocationHandle h = 0;
+    r = CUDA_ERROR_UNKNOWN;
+    if (cuda_enter(cb, "probe") == GPU_OK) {
+        r = f->MemCreate(&h, cb->base.caps.granularity, &prop, 0);
+        if (r == CUDA_SUCCESS) f->MemRelease(h);
+        cuda_leave(cb);
+    }
+    *why = cuda_loader_error_name(r);
+    /* Out of memory says nothing about the handle type: trust the attribute. */
+    return r == CUDA_SUCCESS || r == CUDA_ERROR_OUT_OF_MEMORY;
+}
+
 void cuda_ipc_probe(cuda_backend *cb, const gpu_config_t *cfg) {
     vmm_caps *caps = &cb->base.caps;
-    const struct cuda_fns *f = cb->f;
     cb->handle_types = CU_MEM_HANDLE_TYPE_NONE;
     caps->exportable = false;
     if (cfg && !cfg->ipc) {
@@ -161,29 +183,18 @@ void cuda_ipc_probe(cuda_backend *cb, const gpu_config_t *cfg) {
                  "this heap's memory cannot be shared with other processes: it was opened with ipc = 0 (GPUHEAP_IPC=0)");
         return;
     }
-    int supported = 0;
-    CUresult r = f->DeviceGetAttribute(&supported, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED, cb->dev);
-    const char *why = r != CUDA_SUCCESS ? cuda_loader_error_name(r) : "the device does not support it";
-    if (r == CUDA_SUCCESS && supported) {
-        /* The attribute can say yes where cuMemCreate still refuses (a VM, a
-         * driver setting): one granule made exportable answers for certain. */
-        CUmemAllocationProp prop = cuda_prop(cb->dev, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
-        CUmemGenericAllocationHandle h = 0;
-        r = CUDA_ERROR_UNKNOWN;
-        if (cuda_enter(cb, "probe") == GPU_OK) {
-            r = f->MemCreate(&h, caps->granularity, &prop, 0);
-            if (r == CUDA_SUCCESS) f->MemRelease(h);
-            cuda_leave(cb);
-        }
-        /* Out of memory says nothing about the handle type: trust the attribute. */
-        if (r == CUDA_SUCCESS || r == CUDA_ERROR_OUT_OF_MEMORY) {
-            cb->handle_types = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
-            caps->exportable = true;
-            caps->cache_exports = true; /* door.c keeps the fd: one driver export per handle */
-            caps->ipc_note[0] = '\0';
-            return;
-        }
-        why = cuda_loader_error_name(r);
+    const char *why = NULL;
+    int known = cuda_known_exportable(caps->device, &why); /* a process's first heap on the device asks the driver */
+    if (known < 0) {
+        known = probe_exportable(cb, &why);
+        cuda_known_exportable_keep(caps->device, known, why);
+    }
+    if (known) {
+        cb->handle_types = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+        caps->exportable = true;
+        caps->cache_exports = true; /* door.c keeps the fd: one driver export per handle */
+        caps->ipc_note[0] = '\0';
+        return;
     }
     cb->ops.export_fd = NULL; /* the door refuses exports with the note, never calls */
     snprintf(caps->ipc_note, sizeof caps->ipc_note,
