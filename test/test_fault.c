@@ -869,6 +869,57 @@ static void test_fault_persistent(void **state) {
                   "(give-backs the backend refused)\n", (unsigned long long)calls, leaky_runs, leaks);
 }
 
+/* A heap of the default size (the backend's largest reservation, 1 TiB on the
+ * host backend) on a fault wrapper, with its first reservation refused when
+ * refuse is set; *calls: the reservations it asked for. */
+static gpu_heap_t *default_heap(bool refuse, vmm_fault_report *rep, uint64_t *calls) {
+    gpu_config_t cfg = host_config(0, G, 0);
+    vmm_backend *inner, *outer;
+    assert_int_equal(vmm_host_open(&cfg, &inner), GPU_OK);
+    assert_int_equal(vmm_fault_open(inner, rep, &outer), GPU_OK);
+    if (refuse) vmm_fault_arm_op(outer, VMM_OP_RESERVE, 1, 0);
+    gpu_heap_t *h;
+    assert_int_equal(gh_heap_create_on(&cfg, outer, &h), GPU_OK);
+    *calls = rep->per_op[VMM_OP_RESERVE];
+    return h;
+}
+
+/* A default-size reservation the backend refused is not asked again by the
+ * process's later heaps — the CUDA driver takes milliseconds to refuse one —
+ * until a heap of that size gives its VA back. First in this file: no heap of
+ * the default size comes before it. */
+static void test_refused_reservation_not_asked_again(void **state) {
+    (void)state;
+    const size_t most = (size_t)1 << 40;
+    vmm_fault_report ra, rb, rc, rd, re;
+    uint64_t calls;
+    gpu_heap_t *a = default_heap(true, &ra, &calls);
+    assert_int_equal(calls, 2); /* the whole refused, then half */
+    assert_int_equal(STATS(a).reserved_bytes, most / 2);
+    gpu_heap_t *b = default_heap(true, &rb, &calls);
+    assert_int_equal(calls, 2); /* starts at half, refused too: a quarter */
+    assert_int_equal(STATS(b).reserved_bytes, most / 4);
+    gpu_heap_t *c = default_heap(false, &rc, &calls);
+    assert_int_equal(calls, 1); /* starts below the smallest refusal: neither size is asked again */
+    assert_int_equal(STATS(c).reserved_bytes, most / 4);
+    void *p = gpu_heap_malloc(c, 3 * G);
+    assert_non_null(p);
+    assert_int_equal(gpu_heap_free(c, p), GPU_OK);
+    HEAP_DESTROY(c);
+    HEAP_DESTROY(b);
+    HEAP_DESTROY(a); /* a heap of half went: half fits again, the whole is not known to */
+    gpu_heap_t *d = default_heap(false, &rd, &calls);
+    assert_int_equal(calls, 1);
+    assert_int_equal(STATS(d).reserved_bytes, most / 2);
+    HEAP_DESTROY(d);
+    gpu_config_t whole = host_config(most, G, 0); /* an exact size is asked as it is, whatever was refused */
+    HEAP_DESTROY(HEAP_CREATE(&whole));            /* a heap of the whole gave it back: it fits again */
+    gpu_heap_t *e = default_heap(false, &re, &calls);
+    assert_int_equal(calls, 1);
+    assert_int_equal(STATS(e).reserved_bytes, most);
+    HEAP_DESTROY(e);
+}
+
 /* The wrapper itself: counts, logs and fails exactly the call it was told to. */
 static void test_fault_wrapper(void **state) {
     (void)state;
@@ -1097,6 +1148,7 @@ static int print_totals(void **state) {
 int main(int argc, char **argv) {
     test_thread_cache = 0; /* each step's backend calls are the heap core's; tcache faults are test_tcache.c's */
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_refused_reservation_not_asked_again),
         cmocka_unit_test(test_fault_wrapper),
         cmocka_unit_test(test_regress_remap_unmap_refused),
         cmocka_unit_test(test_regress_shrink_release_refused),

@@ -53,20 +53,26 @@ int heap_reserve_records(gpu_heap_t *h) {
 
 /* ---- opening and closing ------------------------------------------------- */
 
+/* The smallest reservation the backend refused since a heap last gave its VA
+ * back (SIZE_MAX: none): a heap of the default size starts below it. The CUDA
+ * driver takes ~2.4-3.7 ms to refuse a reservation on an H200 (64 TiB in a
+ * process that holds one already, 32 TiB in one that holds two): each later
+ * heap asked those sizes again, paying a refusal for each (bench/RESULTS.md).
+ * A heap's close lets its own size be asked again. Shared by every backend: a
+ * host heap's refusal only makes later heaps start smaller, which costs them
+ * nothing but address space they would rarely fill. */
+static _Atomic size_t refused_below = SIZE_MAX;
+
 /* Reserves the heap's VA: the size asked for, or as much as granted up to the
- * backend's maximum, halving on refusal. */
+ * backend's maximum and below the smallest size refused lately, halving on
+ * refusal. */
 static int reserve_va(gpu_heap_t *h) {
-    /* A backend's largest reservation refused once in this process (the CUDA
-     * driver refuses 64 TiB and takes ~2.5 ms to say so on an H200): later
-     * heaps start at half of it. Only that first size is remembered — a
-     * refusal further down may be a passing shortage. */
-    static _Atomic size_t refused_at = SIZE_MAX;
     const vmm_caps *caps = &h->door.b->caps;
     bool exact = h->cfg.reserve_bytes != 0;
     size_t size = exact ? gh_align_up(h->cfg.reserve_bytes, h->gran) : caps->max_reserve;
     if (!size) return gh_note(GPU_ERR_INVALID, "reserve_bytes %zu is too large", h->cfg.reserve_bytes);
-    size_t hint = atomic_load_explicit(&refused_at, memory_order_relaxed);
-    if (!exact && size == hint && size / 2 >= 64 * h->gran) size /= 2; /* the same backend's largest */
+    size_t refused = atomic_load_explicit(&refused_below, memory_order_relaxed);
+    while (!exact && size >= refused && size / 2 >= 64 * h->gran) size /= 2;
     for (;;) {
         int rc = vmm_call_reserve(&h->door, size, &h->base);
         if (rc == GPU_OK) {
@@ -76,9 +82,19 @@ static int reserve_va(gpu_heap_t *h) {
         }
         if (rc != GPU_ERR_OUT_OF_VA || exact || size / 2 < 64 * h->gran)
             return gh_note(rc, "reserving %zu bytes of VA: %s", size, vmm_error());
-        if (size == caps->max_reserve) atomic_store(&refused_at, size);
+        for (size_t seen = atomic_load(&refused_below); size < seen;) /* the smallest refusal wins a race */
+            if (atomic_compare_exchange_weak(&refused_below, &seen, size)) break;
         size /= 2;
     }
+}
+
+/* Gives the heap's VA back: a reservation of its size fits again (where it
+ * was), so later heaps may start there once more. */
+static void unreserve_va(gpu_heap_t *h) {
+    (void)vmm_call_unreserve(&h->door, h->base, h->reserved);
+    size_t fits = h->reserved > SIZE_MAX / 2 ? SIZE_MAX : 2 * h->reserved;
+    for (size_t seen = atomic_load(&refused_below); seen < fits;)
+        if (atomic_compare_exchange_weak(&refused_below, &seen, fits)) break;
 }
 
 int heap_open(const gpu_config_t *cfg, gpu_heap_t **out) {
@@ -132,7 +148,7 @@ fail_ext:
 fail_map:
     blockmap_free(&h->live);
 fail_va:
-    (void)vmm_call_unreserve(&h->door, h->base, h->reserved);
+    unreserve_va(h);
 fail_backend:
     vmm_call_close(&h->door);
     pool_destroy(&h->block_pool);
@@ -149,7 +165,7 @@ void heap_close(gpu_heap_t *h) {
     quarantine_close(h);
     linger_close(h); /* old mappings of moved pages, before their handles go */
     extents_give_back_all(h);
-    (void)vmm_call_unreserve(&h->door, h->base, h->reserved);
+    unreserve_va(h);
     vmm_call_close(&h->door);
     extmap_free(&h->extents);
     blockmap_free(&h->live);
