@@ -53,19 +53,25 @@ int heap_reserve_records(gpu_heap_t *h) {
 
 /* ---- opening and closing ------------------------------------------------- */
 
-/* The smallest reservation the backend refused since a heap last gave its VA
- * back (SIZE_MAX: none): a heap of the default size starts below it. The CUDA
- * driver takes ~2.4-3.7 ms to refuse a reservation on an H200 (64 TiB in a
- * process that holds one already, 32 TiB in one that holds two): each later
- * heap asked those sizes again, paying a refusal for each (bench/RESULTS.md).
- * A heap's close lets its own size be asked again. Shared by every backend: a
- * host heap's refusal only makes later heaps start smaller, which costs them
- * nothing but address space they would rarely fill. */
+/* A heap of the default size starts below this (SIZE_MAX: as large as the
+ * backend allows): the smallest size refused lately, or a size granted after a
+ * refusal — the space left beside that grant is smaller still. The CUDA driver
+ * takes 2.4-4.5 ms to refuse a reservation on an H200, and its VA space held
+ * 64 TiB, then 32, then 16 beside it: each later heap was refused once or twice
+ * on the way down (bench/RESULTS.md). A heap's close lets twice its size be
+ * asked again (its own size fits where it was). Shared by every backend: a
+ * refusal of one only makes later heaps start smaller, which costs them address
+ * space they would rarely fill. */
 static _Atomic size_t refused_below = SIZE_MAX;
 
+/* Lowers refused_below to size (never raises it). */
+static void refused_lower(size_t size) {
+    for (size_t seen = atomic_load(&refused_below); size < seen;)
+        if (atomic_compare_exchange_weak(&refused_below, &seen, size)) break;
+}
+
 /* Reserves the heap's VA: the size asked for, or as much as granted up to the
- * backend's maximum and below the smallest size refused lately, halving on
- * refusal. */
+ * backend's maximum and below refused_below, halving on refusal. */
 static int reserve_va(gpu_heap_t *h) {
     const vmm_caps *caps = &h->door.b->caps;
     bool exact = h->cfg.reserve_bytes != 0;
@@ -73,17 +79,17 @@ static int reserve_va(gpu_heap_t *h) {
     if (!size) return gh_note(GPU_ERR_INVALID, "reserve_bytes %zu is too large", h->cfg.reserve_bytes);
     size_t refused = atomic_load_explicit(&refused_below, memory_order_relaxed);
     while (!exact && size >= refused && size / 2 >= 64 * h->gran) size /= 2;
-    for (;;) {
+    for (bool refused_once = false;; refused_once = true) {
         int rc = vmm_call_reserve(&h->door, size, &h->base);
         if (rc == GPU_OK) {
             h->reserved = size;
             h->door.trace_heap = h->base;
+            if (refused_once) refused_lower(size); /* what is left beside it is less */
             return GPU_OK;
         }
         if (rc != GPU_ERR_OUT_OF_VA || exact || size / 2 < 64 * h->gran)
             return gh_note(rc, "reserving %zu bytes of VA: %s", size, vmm_error());
-        for (size_t seen = atomic_load(&refused_below); size < seen;) /* the smallest refusal wins a race */
-            if (atomic_compare_exchange_weak(&refused_below, &seen, size)) break;
+        refused_lower(size);
         size /= 2;
     }
 }
