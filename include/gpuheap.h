@@ -93,7 +93,8 @@ typedef enum gpu_backend_kind_t {
 typedef struct gpu_config_t {
     gpu_backend_kind_t backend;
     int device;                  /* CUDA device ordinal (CUDA backend) */
-    size_t reserve_bytes;        /* VA to reserve; 0 = as much as granted up to 64 TiB (host: 1 TiB), halving on refusal */
+    size_t reserve_bytes;        /* VA to reserve; 0 = as much as granted up to 64 TiB (host: 1 TiB), halving on refusal,
+                                  * from half the last such heap's while that one lives */
     size_t release_threshold;    /* idle bytes kept mapped before the heap gives memory back; SIZE_MAX = keep all */
     size_t host_budget;          /* host backend: physical bytes the host heaps of its device may hold together
                                   * (a device's memory is shared); 0 = unlimited */

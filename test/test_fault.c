@@ -884,45 +884,47 @@ static gpu_heap_t *default_heap(bool refuse, vmm_fault_report *rep, uint64_t *ca
     return h;
 }
 
-/* A default-size reservation the backend refused is not asked again by the
- * process's later heaps — the CUDA driver takes milliseconds to refuse one — nor
- * is the size granted after it (the space left beside it is less), until heaps
- * give their VA back. First in this file: no heap of the default size comes
- * before it. */
-static void test_refused_reservation_not_asked_again(void **state) {
+/* Heaps of the default size ask no reservation size twice while the heaps
+ * before them hold their VA — the CUDA driver takes milliseconds to refuse
+ * one: each starts at half the last one's, or below the last refusal, and a
+ * heap's close lets twice its size be asked again. First in this file: no heap
+ * of the default size comes before it. */
+static void test_reservations_halve_from_the_last(void **state) {
     (void)state;
     const size_t most = (size_t)1 << 40;
     vmm_fault_report r[6];
     uint64_t calls;
-    gpu_heap_t *a = default_heap(true, &r[0], &calls);
-    assert_int_equal(calls, 2); /* the whole refused, then half */
-    assert_int_equal(STATS(a).reserved_bytes, most / 2);
+    gpu_heap_t *a = default_heap(false, &r[0], &calls);
+    assert_int_equal(calls, 1);
+    assert_int_equal(STATS(a).reserved_bytes, most);
     gpu_heap_t *b = default_heap(false, &r[1], &calls);
-    assert_int_equal(calls, 1); /* below what a was granted after its refusal */
-    assert_int_equal(STATS(b).reserved_bytes, most / 4);
+    assert_int_equal(calls, 1); /* half the last grant, never the whole again */
+    assert_int_equal(STATS(b).reserved_bytes, most / 2);
     gpu_heap_t *c = default_heap(true, &r[2], &calls);
     assert_int_equal(calls, 2); /* a quarter refused, then an eighth */
     assert_int_equal(STATS(c).reserved_bytes, most / 8);
     gpu_heap_t *d = default_heap(false, &r[3], &calls);
-    assert_int_equal(calls, 1);
+    assert_int_equal(calls, 1); /* the quarter is not asked again */
     assert_int_equal(STATS(d).reserved_bytes, most / 16);
     void *p = gpu_heap_malloc(d, 3 * G);
     assert_non_null(p);
     assert_int_equal(gpu_heap_free(d, p), GPU_OK);
     HEAP_DESTROY(d);
     HEAP_DESTROY(c);
-    HEAP_DESTROY(b);
-    HEAP_DESTROY(a); /* half went last: half fits again, the whole is not known to */
+    HEAP_DESTROY(b); /* half went: half fits again */
     gpu_heap_t *e = default_heap(false, &r[4], &calls);
     assert_int_equal(calls, 1);
     assert_int_equal(STATS(e).reserved_bytes, most / 2);
     HEAP_DESTROY(e);
-    gpu_config_t whole = host_config(most, G, 0); /* an exact size is asked as it is, whatever was refused */
-    HEAP_DESTROY(HEAP_CREATE(&whole));            /* a heap of the whole gave it back: it fits again */
+    HEAP_DESTROY(a); /* the whole went: it fits again */
     gpu_heap_t *f = default_heap(false, &r[5], &calls);
     assert_int_equal(calls, 1);
     assert_int_equal(STATS(f).reserved_bytes, most);
     HEAP_DESTROY(f);
+    gpu_config_t exact = host_config(most, G, 0); /* an exact size is asked as it is, whatever came before */
+    gpu_heap_t *g = HEAP_CREATE(&exact);
+    assert_int_equal(STATS(g).reserved_bytes, most);
+    HEAP_DESTROY(g);
 }
 
 /* The wrapper itself: counts, logs and fails exactly the call it was told to. */
@@ -1153,7 +1155,7 @@ static int print_totals(void **state) {
 int main(int argc, char **argv) {
     test_thread_cache = 0; /* each step's backend calls are the heap core's; tcache faults are test_tcache.c's */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_refused_reservation_not_asked_again),
+        cmocka_unit_test(test_reservations_halve_from_the_last),
         cmocka_unit_test(test_fault_wrapper),
         cmocka_unit_test(test_regress_remap_unmap_refused),
         cmocka_unit_test(test_regress_shrink_release_refused),

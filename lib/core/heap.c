@@ -54,42 +54,44 @@ int heap_reserve_records(gpu_heap_t *h) {
 /* ---- opening and closing ------------------------------------------------- */
 
 /* A heap of the default size starts below this (SIZE_MAX: as large as the
- * backend allows): the smallest size refused lately, or a size granted after a
- * refusal — the space left beside that grant is smaller still. The CUDA driver
- * takes 2.4-4.5 ms to refuse a reservation on an H200, and its VA space held
- * 64 TiB, then 32, then 16 beside it: each later heap was refused once or twice
- * on the way down (bench/RESULTS.md). A heap's close lets twice its size be
- * asked again (its own size fits where it was). Shared by every backend: a
- * refusal of one only makes later heaps start smaller, which costs them address
- * space they would rarely fill. */
-static _Atomic size_t refused_below = SIZE_MAX;
+ * backend allows): the size the last one was granted, or a smaller size the
+ * backend refused since. The CUDA driver takes 2.4-4.5 ms to refuse a
+ * reservation on an H200, and its VA space held 64 TiB, then 32 beside it, then
+ * 16: asking each later heap's size from the top, or from the last refusal,
+ * cost a refusal at every heap or every other one (bench/RESULTS.md). Halving
+ * from the last grant asks no size twice and ends with the sizes the refusals
+ * would have left; a heap's close lets twice its size be asked again (its own
+ * size fits where it was). Shared by every backend: the host backend's heaps
+ * of the default size halve alike (1 TiB of host VA, then 512 GiB...), which
+ * costs them address space they would rarely fill. */
+static _Atomic size_t start_below = SIZE_MAX;
 
-/* Lowers refused_below to size (never raises it). */
-static void refused_lower(size_t size) {
-    for (size_t seen = atomic_load(&refused_below); size < seen;)
-        if (atomic_compare_exchange_weak(&refused_below, &seen, size)) break;
+/* Lowers start_below to size (never raises it). */
+static void start_lower(size_t size) {
+    for (size_t seen = atomic_load(&start_below); size < seen;)
+        if (atomic_compare_exchange_weak(&start_below, &seen, size)) break;
 }
 
 /* Reserves the heap's VA: the size asked for, or as much as granted up to the
- * backend's maximum and below refused_below, halving on refusal. */
+ * backend's maximum and below start_below, halving on refusal. */
 static int reserve_va(gpu_heap_t *h) {
     const vmm_caps *caps = &h->door.b->caps;
     bool exact = h->cfg.reserve_bytes != 0;
     size_t size = exact ? gh_align_up(h->cfg.reserve_bytes, h->gran) : caps->max_reserve;
     if (!size) return gh_note(GPU_ERR_INVALID, "reserve_bytes %zu is too large", h->cfg.reserve_bytes);
-    size_t refused = atomic_load_explicit(&refused_below, memory_order_relaxed);
+    size_t refused = atomic_load_explicit(&start_below, memory_order_relaxed);
     while (!exact && size >= refused && size / 2 >= 64 * h->gran) size /= 2;
-    for (bool refused_once = false;; refused_once = true) {
+    for (;;) {
         int rc = vmm_call_reserve(&h->door, size, &h->base);
         if (rc == GPU_OK) {
             h->reserved = size;
             h->door.trace_heap = h->base;
-            if (refused_once) refused_lower(size); /* what is left beside it is less */
+            if (!exact) start_lower(size); /* the next heap asks half: what is left beside it is no more */
             return GPU_OK;
         }
         if (rc != GPU_ERR_OUT_OF_VA || exact || size / 2 < 64 * h->gran)
             return gh_note(rc, "reserving %zu bytes of VA: %s", size, vmm_error());
-        refused_lower(size);
+        start_lower(size);
         size /= 2;
     }
 }
@@ -99,8 +101,8 @@ static int reserve_va(gpu_heap_t *h) {
 static void unreserve_va(gpu_heap_t *h) {
     (void)vmm_call_unreserve(&h->door, h->base, h->reserved);
     size_t fits = h->reserved > SIZE_MAX / 2 ? SIZE_MAX : 2 * h->reserved;
-    for (size_t seen = atomic_load(&refused_below); seen < fits;)
-        if (atomic_compare_exchange_weak(&refused_below, &seen, fits)) break;
+    for (size_t seen = atomic_load(&start_below); seen < fits;)
+        if (atomic_compare_exchange_weak(&start_below, &seen, fits)) break;
 }
 
 int heap_open(const gpu_config_t *cfg, gpu_heap_t **out) {
