@@ -47,4 +47,15 @@ static inline double bench_quantiles(double *v, size_t n, double *p99) {
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* A peer's time over gpuheap's (above 1: gpuheap is faster); 0 when either is missing. */
+static inline double bench_ratio(double peer, double heap) { return heap > 0 && peer > 0 ? peer / heap : 0; }
+
+/* "12.3x" or "n/a". */
+static inline const char *bench_fmt_ratio(double r, char *buf, size_t len) {
+    if (r <= 0) snprintf(buf, len, "n/a");
+    else if (r >= 100) snprintf(buf, len, "%.0fx", r);
+    else snprintf(buf, len, "%.2fx", r);
+    return buf;
+}
+
 #endif /* GPUHEAP_BENCH_UTIL_H */

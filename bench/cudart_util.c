@@ -11,6 +11,7 @@
 #include "cudart_util.h"
 
 #include <dlfcn.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -29,6 +30,13 @@ _Static_assert(sizeof(cudaError_t) == sizeof(cudart_error), "cudaError_t is an i
 _Static_assert(sizeof(cudaStream_t) == sizeof(cudart_stream), "cudaStream_t is a pointer");
 _Static_assert(sizeof(cudaMemPool_t) == sizeof(cudart_mempool), "cudaMemPool_t is a pointer");
 _Static_assert(CUDART_IPC_LAZY_ENABLE_PEER_ACCESS == cudaIpcMemLazyEnablePeerAccess, "cudaIpcMemLazyEnablePeerAccess");
+_Static_assert(CUDART_MEM_ALLOCATION_TYPE_PINNED == (int)cudaMemAllocationTypePinned, "cudaMemAllocationTypePinned");
+_Static_assert(CUDART_MEM_LOCATION_TYPE_DEVICE == (int)cudaMemLocationTypeDevice, "cudaMemLocationTypeDevice");
+_Static_assert(sizeof(struct cudaMemPoolProps) == sizeof(cudart_mempool_props) &&
+                   offsetof(struct cudaMemPoolProps, location) == offsetof(cudart_mempool_props, location) &&
+                   offsetof(struct cudaMemPoolProps, maxSize) == offsetof(cudart_mempool_props, max_size) &&
+                   offsetof(struct cudaMemPoolProps, usage) == offsetof(cudart_mempool_props, usage),
+               "cudaMemPoolProps");
 _Static_assert(sizeof(cudaIpcMemHandle_t) == sizeof(cudart_ipc_handle) && _Alignof(cudaIpcMemHandle_t) == 1,
                "cudaIpcMemHandle_t is 64 bytes, byte-aligned, as cudart_ipc_handle");
 #endif
@@ -83,6 +91,9 @@ int cudart_load(char *why, size_t why_len) {
     CUDART_RESOLVE(cudaMemPoolGetAttribute);
     CUDART_RESOLVE(cudaMemPoolTrimTo);
     CUDART_RESOLVE(cudaStreamDestroy);
+    CUDART_RESOLVE(cudaMemPoolCreate);
+    CUDART_RESOLVE(cudaMemPoolDestroy);
+    CUDART_RESOLVE(cudaMallocFromPoolAsync);
     CUDART_RESOLVE(cudaIpcGetMemHandle);
     CUDART_RESOLVE(cudaIpcOpenMemHandle);
     CUDART_RESOLVE(cudaIpcCloseMemHandle);

@@ -24,6 +24,21 @@ typedef void *cudart_mempool;    /* cudaMemPool_t */
 #define CUDART_MEMCPY_DEVICE_TO_DEVICE 3      /* cudaMemcpyDeviceToDevice */
 #define CUDART_IPC_LAZY_ENABLE_PEER_ACCESS 1  /* cudaIpcMemLazyEnablePeerAccess */
 
+/* cudaMemPoolProps, for cudaMemPoolCreate (cudart_util.c checks its layout). */
+#define CUDART_MEM_ALLOCATION_TYPE_PINNED 1 /* cudaMemAllocationTypePinned */
+#define CUDART_MEM_LOCATION_TYPE_DEVICE 1   /* cudaMemLocationTypeDevice */
+typedef struct cudart_mempool_props {
+    int alloc_type;   /* allocType */
+    int handle_types; /* handleTypes (0: none) */
+    struct {
+        int type, id;
+    } location;
+    void *win32_security_attributes;
+    size_t max_size;
+    unsigned short usage;
+    unsigned char reserved[54];
+} cudart_mempool_props;
+
 /* cudaIpcMemHandle_t: 64 bytes, passed by value to cudaIpcOpenMemHandle. */
 typedef struct cudart_ipc_handle {
     unsigned char bytes[64];
@@ -51,6 +66,10 @@ typedef struct cudart_fns {
     cudart_error (*cudaMemPoolGetAttribute)(cudart_mempool pool, int attr, void *value);
     cudart_error (*cudaMemPoolTrimTo)(cudart_mempool pool, size_t keep);
     cudart_error (*cudaStreamDestroy)(cudart_stream stream);
+    /* Pools of their own, the peer of gpu_heap_create (heaps.c). */
+    cudart_error (*cudaMemPoolCreate)(cudart_mempool *pool, const cudart_mempool_props *props);
+    cudart_error (*cudaMemPoolDestroy)(cudart_mempool pool);
+    cudart_error (*cudaMallocFromPoolAsync)(void **ptr, size_t size, cudart_mempool pool, cudart_stream stream);
     /* Legacy IPC, the peer of gpu_ipc_* (ipc_bench). */
     cudart_error (*cudaIpcGetMemHandle)(cudart_ipc_handle *handle, void *ptr);
     cudart_error (*cudaIpcOpenMemHandle)(void **ptr, cudart_ipc_handle handle, unsigned flags);

@@ -66,16 +66,6 @@ static bool wanted(const char *name) {
     return false;
 }
 
-static double ratio(double peer, double heap) { return heap > 0 && peer > 0 ? peer / heap : 0; }
-
-/* "12.3x" or "n/a". */
-static const char *fmt_ratio(double r, char *buf, size_t len) {
-    if (r <= 0) snprintf(buf, len, "n/a");
-    else if (r >= 100) snprintf(buf, len, "%.0fx", r);
-    else snprintf(buf, len, "%.2fx", r);
-    return buf;
-}
-
 /* ---- the allocators as malloc+free pairs --------------------------------------------- */
 
 typedef int (*pair_fn)(void *ctx, size_t size);
@@ -201,8 +191,8 @@ static void scenario_pairs(void) {
         char lab[32], r1[16], r2[16];
         fprintf(tables, "%8s | %7.0f (%6.0f) %7.0f | %7.0f (%6.0f) %7.0f | %10.0f | %9s %9s\n",
                 size_label(sizes[i], lab, sizeof lab), gh[i].median, gh[i].p99, gh1[i].median, cma[i].median,
-                cma[i].p99, cma1[i].median, cm[i].median, fmt_ratio(ratio(cma[i].median, gh[i].median), r1, sizeof r1),
-                fmt_ratio(ratio(cm[i].median, gh[i].median), r2, sizeof r2));
+                cma[i].p99, cma1[i].median, cm[i].median, bench_fmt_ratio(bench_ratio(cma[i].median, gh[i].median), r1, sizeof r1),
+                bench_fmt_ratio(bench_ratio(cm[i].median, gh[i].median), r2, sizeof r2));
         if (json) {
             fprintf(json, "%s\n {\"size\": %zu, ", i ? "," : "", sizes[i]);
             json_lat("gpuheap_loop", &gh[i]), fprintf(json, ", ");
@@ -213,7 +203,7 @@ static void scenario_pairs(void) {
             json_lat("gpuheap_explicit_heap_loop", &ghx[i]), fprintf(json, ", ");
             json_lat("gpuheap_host_backend_loop", &ghh[i]);
             fprintf(json, ", \"ratio_cudaMallocAsync\": %.3f, \"ratio_cudaMalloc\": %.3f}",
-                    ratio(cma[i].median, gh[i].median), ratio(cm[i].median, gh[i].median));
+                    bench_ratio(cma[i].median, gh[i].median), bench_ratio(cm[i].median, gh[i].median));
         }
     }
     if (json) fprintf(json, "]");
@@ -355,7 +345,7 @@ static void scenario_threads(void) {
         char r1[16];
         fprintf(tables, "%7d | %10.2f %7.2fx | %15.3f %7.2fx | %10.4f | %9s\n", counts[i], r[0][i] / 1e6,
                 r[0][0] > 0 ? r[0][i] / r[0][0] : 0, r[2][i] / 1e6, r[2][0] > 0 ? r[2][i] / r[2][0] : 0, r[1][i] / 1e6,
-                fmt_ratio(ratio(r[0][i], r[2][i]), r1, sizeof r1));
+                bench_fmt_ratio(bench_ratio(r[0][i], r[2][i]), r1, sizeof r1));
         if (json)
             fprintf(json, "%s\n {\"threads\": %d, \"gpuheap_pairs_per_s\": %.0f, \"cudaMallocAsync_pairs_per_s\": %.0f, "
                           "\"cudaMalloc_pairs_per_s\": %.0f}",
@@ -453,10 +443,10 @@ static void scenario_growth(void) {
     if (gpu) {
         char r1[16], r2[16];
         fprintf(tables, "%-34s | %10.3f | %14llu | %s (%s gpuheap's time)\n", "cudaMalloc+cudaMemcpy+cudaFree",
-                cm_s * 1e3, (unsigned long long)cm_copied, cm_ok ? "ok" : "FAILED", fmt_ratio(ratio(cm_s, gh_s), r1, sizeof r1));
+                cm_s * 1e3, (unsigned long long)cm_copied, cm_ok ? "ok" : "FAILED", bench_fmt_ratio(bench_ratio(cm_s, gh_s), r1, sizeof r1));
         fprintf(tables, "%-34s | %10.3f | %14llu | %s (%s gpuheap's time)\n", "cudaMallocAsync+MemcpyAsync+Free",
                 cma_s * 1e3, (unsigned long long)cma_copied, cma_ok ? "ok" : "FAILED",
-                fmt_ratio(ratio(cma_s, gh_s), r2, sizeof r2));
+                bench_fmt_ratio(bench_ratio(cma_s, gh_s), r2, sizeof r2));
     }
     if (json)
         fprintf(json, ",\n\"growth\": {\"from\": %zu, \"to\": %zu, \"gpuheap\": {\"seconds\": %.6f, \"copied_bytes\": %llu, "
@@ -605,9 +595,9 @@ static void scenario_cold(void) {
         char r4[16];
         fprintf(tables, "%8s | %10.1f | %10.1f | %16.1f | %9s %9s | %14.1f %9s | %12.1f %10.1f %9s\n",
                 size_label(sizes[i], lab, sizeof lab), gh[i] / 1e3, cm[i] / 1e3, cma[i] / 1e3,
-                fmt_ratio(ratio(cm[i], gh[i]), r1, sizeof r1), fmt_ratio(ratio(cma[i], gh[i]), r2, sizeof r2), gh2[i] / 1e3,
-                fmt_ratio(ratio(cm[i], gh2[i]), r3, sizeof r3), ghd[i] / 1e3, cmd[i] / 1e3,
-                fmt_ratio(ratio(cmd[i], ghd[i]), r4, sizeof r4));
+                bench_fmt_ratio(bench_ratio(cm[i], gh[i]), r1, sizeof r1), bench_fmt_ratio(bench_ratio(cma[i], gh[i]), r2, sizeof r2), gh2[i] / 1e3,
+                bench_fmt_ratio(bench_ratio(cm[i], gh2[i]), r3, sizeof r3), ghd[i] / 1e3, cmd[i] / 1e3,
+                bench_fmt_ratio(bench_ratio(cmd[i], ghd[i]), r4, sizeof r4));
         if (json)
             fprintf(json,
                     "%s\n {\"size\": %zu, \"gpuheap_ns\": %.0f, \"cudaMalloc_ns\": %.0f, \"cudaMallocAsync_ns\": %.0f, "
@@ -730,10 +720,10 @@ static void print_peer_rows(const char *label, const peer *peers, const peer_run
                      (unsigned long long)x->work.creates, (unsigned long long)x->work.unmaps,
                      (unsigned long long)x->work.fences);
         fprintf(tables, "%-18s %-16s | %9.3f %8s | %9.1f %9.1f %7.3f %8s | %s%s%s\n", k == 0 ? label : "", peers[k].name, us,
-                k == 0 ? "" : fmt_ratio(ratio(us, gh_us), r1, sizeof r1), (double)x->r.peak_live / (double)MiB,
+                k == 0 ? "" : bench_fmt_ratio(bench_ratio(us, gh_us), r1, sizeof r1), (double)x->r.peak_live / (double)MiB,
                 (double)x->peak_phys / (double)MiB,
                 x->r.peak_live ? (double)x->peak_phys / (double)x->r.peak_live : 0,
-                k == 0 ? "" : fmt_ratio(ratio((double)x->peak_phys, (double)gh->peak_phys), r2, sizeof r2),
+                k == 0 ? "" : bench_fmt_ratio(bench_ratio((double)x->peak_phys, (double)gh->peak_phys), r2, sizeof r2),
                 x->r.failed ? "FAILED: " : "ok", x->r.failed ? x->r.first_error : "", work);
         if (json)
             fprintf(json, "%s\n  {\"allocator\": \"%s\", \"seconds\": %.6f, \"calls\": %zu, \"us_per_call\": %.4f, "

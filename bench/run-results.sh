@@ -3,7 +3,7 @@
 #
 # Builds a fresh tree, runs the stats and trace tests, then torch_bench.py (PyTorch's
 # allocator, and gpuheap under PyTorch, which records the real trace), then
-# gpuheap-bench with every scenario (replaying that trace) and gpuheap-replay on it.
+# gpuheap-bench with every scenario (replaying that trace), gpuheap-heaps, and gpuheap-replay on it.
 # Leaves in OUT (at most 7 files): run.log, torch.log, torch.json, bench.log,
 # bench.json, replay.json, torch-train.trace.gz. QUICK=1 passes --quick everywhere.
 set -uo pipefail
@@ -34,6 +34,7 @@ if [ -s "$tmp/torch-train.trace" ]; then
   trace="--trace $out/torch-train.trace.gz"
 fi
 "$build/bench/gpuheap-bench" $quick $trace --json "$out/bench.json" >"$out/bench.log" 2>&1
+"$build/bench/gpuheap-heaps" ${QUICK:+--rounds 3} >>"$out/bench.log" 2>&1 # a process's later heaps, against cudaMemPoolCreate
 if [ -n "$trace" ]; then
   "$build/tools/gpuheap-replay" "$out/torch-train.trace.gz" --json "$out/replay.json" >>"$out/bench.log" 2>&1
 fi
