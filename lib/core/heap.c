@@ -66,9 +66,14 @@ int heap_reserve_records(gpu_heap_t *h) {
  * costs them address space they would rarely fill. */
 static _Atomic size_t start_below = SIZE_MAX;
 
-/* Lowers start_below to size (never raises it). */
+/* Moves start_below down (lower) or up (raise) to size, never the other way:
+ * racing heaps leave the lowest, or the highest, of their answers. */
 static void start_lower(size_t size) {
     for (size_t seen = atomic_load(&start_below); size < seen;)
+        if (atomic_compare_exchange_weak(&start_below, &seen, size)) break;
+}
+static void start_raise(size_t size) {
+    for (size_t seen = atomic_load(&start_below); size > seen;)
         if (atomic_compare_exchange_weak(&start_below, &seen, size)) break;
 }
 
@@ -79,8 +84,8 @@ static int reserve_va(gpu_heap_t *h) {
     bool exact = h->cfg.reserve_bytes != 0;
     size_t size = exact ? gh_align_up(h->cfg.reserve_bytes, h->gran) : caps->max_reserve;
     if (!size) return gh_note(GPU_ERR_INVALID, "reserve_bytes %zu is too large", h->cfg.reserve_bytes);
-    size_t refused = atomic_load_explicit(&start_below, memory_order_relaxed);
-    while (!exact && size >= refused && size / 2 >= 64 * h->gran) size /= 2;
+    size_t below = atomic_load_explicit(&start_below, memory_order_relaxed);
+    while (!exact && size >= below && size / 2 >= 64 * h->gran) size /= 2;
     for (;;) {
         int rc = vmm_call_reserve(&h->door, size, &h->base);
         if (rc == GPU_OK) {
@@ -100,9 +105,7 @@ static int reserve_va(gpu_heap_t *h) {
  * was), so later heaps may start there once more. */
 static void unreserve_va(gpu_heap_t *h) {
     (void)vmm_call_unreserve(&h->door, h->base, h->reserved);
-    size_t fits = h->reserved > SIZE_MAX / 2 ? SIZE_MAX : 2 * h->reserved;
-    for (size_t seen = atomic_load(&start_below); seen < fits;)
-        if (atomic_compare_exchange_weak(&start_below, &seen, fits)) break;
+    start_raise(h->reserved > SIZE_MAX / 2 ? SIZE_MAX : 2 * h->reserved);
 }
 
 int heap_open(const gpu_config_t *cfg, gpu_heap_t **out) {
