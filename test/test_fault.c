@@ -887,18 +887,19 @@ static gpu_heap_t *default_heap(bool refuse, vmm_fault_report *rep, uint64_t *ca
 /* Heaps of the default size ask no reservation size twice while the heaps
  * before them hold their VA — the CUDA driver takes milliseconds to refuse
  * one: each starts at half the last one's, or below the last refusal, and a
- * heap's close lets twice its size be asked again. First in this file: no heap
- * of the default size comes before it. */
+ * heap's close lets twice its size be asked again. Sizes are relative to what
+ * the first heap was granted (1 TiB of host VA, or less where the process
+ * cannot map that much: under ThreadSanitizer it halves). First in this file:
+ * no heap of the default size comes before it. */
 static void test_reservations_halve_from_the_last(void **state) {
     (void)state;
-    const size_t most = (size_t)1 << 40;
     vmm_fault_report r[6];
     uint64_t calls;
     gpu_heap_t *a = default_heap(false, &r[0], &calls);
-    assert_int_equal(calls, 1);
-    assert_int_equal(STATS(a).reserved_bytes, most);
+    const size_t most = STATS(a).reserved_bytes;
+    assert_true(most >= (size_t)64 << 30);
     gpu_heap_t *b = default_heap(false, &r[1], &calls);
-    assert_int_equal(calls, 1); /* half the last grant, never the whole again */
+    assert_int_equal(calls, 1); /* half the last grant, never the first's size again */
     assert_int_equal(STATS(b).reserved_bytes, most / 2);
     gpu_heap_t *c = default_heap(true, &r[2], &calls);
     assert_int_equal(calls, 2); /* a quarter refused, then an eighth */
@@ -916,15 +917,15 @@ static void test_reservations_halve_from_the_last(void **state) {
     assert_int_equal(calls, 1);
     assert_int_equal(STATS(e).reserved_bytes, most / 2);
     HEAP_DESTROY(e);
-    HEAP_DESTROY(a); /* the whole went: it fits again */
+    HEAP_DESTROY(a); /* the first's size went: it fits again */
     gpu_heap_t *f = default_heap(false, &r[5], &calls);
     assert_int_equal(calls, 1);
     assert_int_equal(STATS(f).reserved_bytes, most);
-    HEAP_DESTROY(f);
-    gpu_config_t exact = host_config(most, G, 0); /* an exact size is asked as it is, whatever came before */
+    gpu_config_t exact = host_config(most / 4, G, 0); /* an exact size is asked as it is, whatever came before */
     gpu_heap_t *g = HEAP_CREATE(&exact);
-    assert_int_equal(STATS(g).reserved_bytes, most);
+    assert_int_equal(STATS(g).reserved_bytes, most / 4);
     HEAP_DESTROY(g);
+    HEAP_DESTROY(f);
 }
 
 /* The wrapper itself: counts, logs and fails exactly the call it was told to. */
