@@ -1,7 +1,9 @@
 /*
  * bench_util.h — the small things every benchmark here needs: size units, a
  * monotonic clock in nanoseconds, a size written the way the tables write it,
- * and the median and 99th percentile of a set of timings.
+ * the median and 99th percentile of a set of timings, ratios to the peers, and
+ * this benchmark run again in a fresh process (a round that must be a program's
+ * first).
  */
 #ifndef GPUHEAP_BENCH_UTIL_H
 #define GPUHEAP_BENCH_UTIL_H
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
@@ -56,6 +59,17 @@ static inline const char *bench_fmt_ratio(double r, char *buf, size_t len) {
     else if (r >= 100) snprintf(buf, len, "%.0fx", r);
     else snprintf(buf, len, "%.2fx", r);
     return buf;
+}
+
+/* This program started again with args ("--child 3"), its output to read; NULL
+ * when it cannot be. Close with pclose. */
+static inline FILE *bench_popen_self(const char *args) {
+    char self[4096], cmd[4200];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return NULL;
+    self[n] = 0;
+    snprintf(cmd, sizeof cmd, "'%s' %s", self, args);
+    return popen(cmd, "r");
 }
 
 #endif /* GPUHEAP_BENCH_UTIL_H */

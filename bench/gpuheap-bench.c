@@ -546,12 +546,9 @@ static int cold_child(size_t size, size_t round, bool with_default) {
 
 /* Runs one round in a child process; false if it could not. */
 static bool cold_in_child(size_t size, size_t round, bool with_default, double out[3]) {
-    char self[4096], cmd[4200];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return false;
-    self[n] = 0;
-    snprintf(cmd, sizeof cmd, "'%s' --cold-child %zu %zu%s", self, size, round, with_default ? " default" : "");
-    FILE *f = popen(cmd, "r");
+    char args[96];
+    snprintf(args, sizeof args, "--cold-child %zu %zu%s", size, round, with_default ? " default" : "");
+    FILE *f = bench_popen_self(args);
     if (!f) return false;
     char line[256];
     bool ok = false;

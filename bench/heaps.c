@@ -21,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "bench_util.h"
 #include "cudart_util.h"
@@ -96,12 +95,9 @@ static int child(int round) {
 
 /* Runs round r in a fresh process; false if it could not. */
 static bool run_child(int r, round_times *t) {
-    char self[4096], cmd[4200];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return false;
-    self[n] = 0;
-    snprintf(cmd, sizeof cmd, "'%s' --child %d", self, r);
-    FILE *f = popen(cmd, "r");
+    char args[32];
+    snprintf(args, sizeof args, "--child %d", r);
+    FILE *f = bench_popen_self(args);
     if (!f) return false;
     char line[2048];
     bool ok = false;
