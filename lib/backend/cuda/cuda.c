@@ -17,8 +17,8 @@
  * loader.c. Opening retains the device's primary context for the backend's life,
  * checks that the device supports the virtual memory API, reads its
  * granularity into vmm_caps, and finds out whether its memory can be made
- * exportable to other processes (vmm.c, cuda_ipc_probe) — the last two once per
- * device and process (known.c).
+ * exportable to other processes (vmm.c, cuda_ipc_probe); the device's
+ * description is read once per process (known.c).
  */
 #include <stdarg.h>
 #include <stdatomic.h>

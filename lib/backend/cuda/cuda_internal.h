@@ -68,22 +68,17 @@ int cuda_export_fd(vmm_backend *b, vmm_handle h, int *fd);
 int cuda_import_fd(vmm_backend *b, int fd, size_t size, vmm_handle *out);
 /* Decides once, at open, whether this backend's memory is exportable: on unless
  * cfg->ipc is 0, and only when the device takes POSIX_FILE_DESCRIPTOR handles
- * (a probe creates and releases one granule so, in a process's first backend on
- * the device; later ones take its answer: known.c). Fills handle_types, the caps'
+ * (a probe creates and releases one granule so, at every open). Fills handle_types, the caps'
  * exportable and ipc_note, and drops export_fd from the table when the driver
  * refuses. Primary context retained. */
 void cuda_ipc_probe(cuda_backend *cb, const gpu_config_t *cfg);
 
-/* known.c: what a process learns of a device once (its description, whether its
- * memory can be exported), kept per device ordinal for its later backends. */
+/* known.c: what a process learns of a device once (its description), kept per
+ * device ordinal for its later backends. */
 /* Copies the kept device_name and granularity into caps; false when the device
  * was not described yet in this process. */
 bool cuda_known_described(int ordinal, vmm_caps *caps);
 void cuda_known_describe_keep(int ordinal, const vmm_caps *caps);
-/* The IPC probe's kept answer: 1 exportable, 0 refused (*why: the driver's error
- * name, or the attribute's "no"), -1 not probed yet in this process. */
-int cuda_known_exportable(int ordinal, const char **why);
-void cuda_known_exportable_keep(int ordinal, bool exportable, const char *why);
 
 /* ordered.c: the program's non-blocking streams, whose captures fence_order must
  * not break. The list is locked across a fence_order's capture checks and its

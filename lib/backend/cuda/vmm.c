@@ -183,13 +183,11 @@ void cuda_ipc_probe(cuda_backend *cb, const gpu_config_t *cfg) {
                  "this heap's memory cannot be shared with other processes: it was opened with ipc = 0 (GPUHEAP_IPC=0)");
         return;
     }
+    /* Asked at every open, not once per process: a heap made beside another,
+     * without the probe's granule made and released first, took 350-860 us for
+     * its first allocation on an H200 instead of 150-265 (bench/RESULTS.md). */
     const char *why = NULL;
-    int known = cuda_known_exportable(caps->device, &why); /* a process's first heap on the device asks the driver */
-    if (known < 0) {
-        known = probe_exportable(cb, &why);
-        cuda_known_exportable_keep(caps->device, known, why);
-    }
-    if (known) {
+    if (probe_exportable(cb, &why)) {
         cb->handle_types = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
         caps->exportable = true;
         caps->cache_exports = true; /* door.c keeps the fd: one driver export per handle */
