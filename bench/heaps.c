@@ -5,7 +5,7 @@
  * A program that keeps memory apart — per component, per stream, per tenant —
  * makes several heaps. gpu_heap_create reserves the heap's VA (a default-size
  * heap asks up to 64 TiB, the next half the last one's) and asks the backend
- * about the device (once per process: lib/backend/cuda/known.c). Each round runs
+ * about the device (its description once per process: lib/backend/cuda/known.c). Each round runs
  * in a fresh process (--child) whose CUDA context exists already and makes
  * HEAPS heaps of the default size one after another, timing each
  * gpu_heap_create and each heap's first 2 MiB gpu_heap_malloc; and as many
