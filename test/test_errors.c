@@ -110,7 +110,7 @@ static void test_backend_messages_per_thread(void **state) {
     vmm_backend *b;
     assert_int_equal(vmm_host_open(&cfg, &b), GPU_OK);
     uintptr_t va;
-    assert_int_equal(b->ops->reserve(b, 64 * MiB, &va), GPU_OK);
+    assert_int_equal(b->ops->reserve(b, 64 * MiB, b->caps.granularity, &va), GPU_OK);
     pthread_barrier_t start;
     pthread_barrier_init(&start, NULL, 2);
     racer r[2] = {{b, va, 1, 0, &start}, {b, va, 2, 0, &start}};

@@ -52,7 +52,7 @@ static void enter(int op) {
 }
 
 #define IN(b) (((watch *)(b))->inner)
-static int w_reserve(vmm_backend *b, size_t s, uintptr_t *va) { enter(VMM_OP_RESERVE); return IN(b)->ops->reserve(IN(b), s, va); }
+static int w_reserve(vmm_backend *b, size_t s, size_t a, uintptr_t *va) { enter(VMM_OP_RESERVE); return IN(b)->ops->reserve(IN(b), s, a, va); }
 static int w_unreserve(vmm_backend *b, uintptr_t va, size_t s) { enter(VMM_OP_UNRESERVE); return IN(b)->ops->unreserve(IN(b), va, s); }
 static int w_create(vmm_backend *b, size_t s, vmm_handle *o) { enter(VMM_OP_CREATE); return IN(b)->ops->create(IN(b), s, o); }
 static int w_release(vmm_backend *b, vmm_handle hd) { enter(VMM_OP_RELEASE); return IN(b)->ops->release(IN(b), hd); }

@@ -943,7 +943,7 @@ static void test_fault_wrapper(void **state) {
     assert_int_equal(vmm_fault_open(inner, &rep, &outer), GPU_OK);
     assert_int_equal(outer->caps.granularity, G);
     uintptr_t va;
-    assert_int_equal(outer->ops->reserve(outer, 16 * G, &va), GPU_OK);
+    assert_int_equal(outer->ops->reserve(outer, 16 * G, G, &va), GPU_OK);
     vmm_fault_arm(outer, 2, false, 0);
     vmm_handle hd;
     assert_int_equal(outer->ops->create(outer, G, &hd), GPU_OK);

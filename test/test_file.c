@@ -673,7 +673,7 @@ static void test_backend_rules(void **state) {
     assert_int_equal(vmm_host_open(&cfg, &b), GPU_OK);
     uintptr_t va = 0;
     vmm_handle hd = 0;
-    assert_int_equal(b->ops->reserve(b, 8 * MiB, &va), GPU_OK);
+    assert_int_equal(b->ops->reserve(b, 8 * MiB, b->caps.granularity, &va), GPU_OK);
     assert_int_equal(b->ops->create(b, 2 * MiB, &hd), GPU_OK);
     assert_int_equal(b->ops->map(b, va, 2 * MiB, hd), GPU_OK);
     void *stage = NULL;

@@ -63,8 +63,10 @@ typedef struct vmm_backend vmm_backend;
 
 typedef struct vmm_ops {
     /* Reserves [*va, *va + size) with no memory behind it. size is a granularity
-     * multiple; *va comes back granularity-aligned. */
-    int (*reserve)(vmm_backend *b, size_t size, uintptr_t *va);
+     * multiple; *va comes back a multiple of align (a power of two, at least the
+     * granularity: a paged heap's page size, so that its page grid does not
+     * depend on where the range lies). */
+    int (*reserve)(vmm_backend *b, size_t size, size_t align, uintptr_t *va);
     /* Gives back a reservation made by reserve; nothing may be mapped in it. */
     int (*unreserve)(vmm_backend *b, uintptr_t va, size_t size);
     /* Creates size bytes of physical memory (a granularity multiple). Out of

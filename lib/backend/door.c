@@ -146,10 +146,11 @@ void vmm_call_close(vmm_door *d) {
     d->b->ops->close(d->b);
 }
 
-int vmm_call_reserve(vmm_door *d, size_t size, uintptr_t *va) {
+int vmm_call_reserve(vmm_door *d, size_t size, size_t align, uintptr_t *va) {
     gh_assert(size && granular(d, size), "reserve a granularity multiple");
+    gh_assert(align && granular(d, align) && !(align & (align - 1)), "reserve at a power-of-two multiple of the granularity");
     uint64_t t0 = trace_begin();
-    int rc = done(d, VMM_OP_RESERVE, d->b->ops->reserve(d->b, size, va));
+    int rc = done(d, VMM_OP_RESERVE, d->b->ops->reserve(d->b, size, align, va));
     if (t0) door_trace(d, t0, &(trace_event){.op = TRACE_RESERVE, .heap = rc ? 0 : *va, .size = size,
                                               .arg = d->b->caps.granularity, .result = rc ? 0 : *va, .rc = (int8_t)rc});
     return rc;

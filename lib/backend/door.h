@@ -61,7 +61,7 @@ void vmm_call_close(vmm_door *d);
  * true while any is announced. */
 void vmm_capture_announce(int delta);
 
-int vmm_call_reserve(vmm_door *d, size_t size, uintptr_t *va);
+int vmm_call_reserve(vmm_door *d, size_t size, size_t align, uintptr_t *va);
 int vmm_call_unreserve(vmm_door *d, uintptr_t va, size_t size);
 int vmm_call_create(vmm_door *d, size_t size, vmm_handle *out);
 int vmm_call_release(vmm_door *d, vmm_handle h);

@@ -158,7 +158,7 @@ static int entry_map(import_entry *e, const ipc_reply *r, int *fds, unsigned nfd
                                           "granularity of %zu bytes", (unsigned long long)r->extent_size[i], g);
         e->span += r->extent_size[i];
     }
-    if (rc == GPU_OK && (rc = vmm_call_reserve(&e->h->door, e->span, &e->base)) != GPU_OK)
+    if (rc == GPU_OK && (rc = vmm_call_reserve(&e->h->door, e->span, g, &e->base)) != GPU_OK)
         rc = gh_note(rc, "reserving %zu bytes of addresses for an imported block: %s", e->span, vmm_error());
     unsigned held = 0, mapped = 0;
     uintptr_t va = e->base;

@@ -56,7 +56,7 @@ void cuda_leave(cuda_backend *cb);
 /* The allocation properties of pinned memory on device dev, created with the
  * export handle types given (CU_MEM_HANDLE_TYPE_NONE: not exportable). */
 CUmemAllocationProp cuda_prop(CUdevice dev, CUmemAllocationHandleType types);
-int cuda_reserve(vmm_backend *b, size_t size, uintptr_t *va);
+int cuda_reserve(vmm_backend *b, size_t size, size_t align, uintptr_t *va);
 int cuda_unreserve(vmm_backend *b, uintptr_t va, size_t size);
 int cuda_create(vmm_backend *b, size_t size, vmm_handle *out);
 int cuda_release(vmm_backend *b, vmm_handle h);

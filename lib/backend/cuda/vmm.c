@@ -25,18 +25,18 @@
 
 #include "backend/cuda/cuda_internal.h"
 
-/* Reserves size bytes of VA, aligned to the granularity. Refusals are OUT_OF_VA:
- * the heap halves the size and asks again. */
-int cuda_reserve(vmm_backend *b, size_t size, uintptr_t *va) {
+/* Reserves size bytes of VA at a multiple of align. Refusals are OUT_OF_VA: the
+ * heap halves the size and asks again. */
+int cuda_reserve(vmm_backend *b, size_t size, size_t align, uintptr_t *va) {
     cuda_backend *cb = cuda_of(b);
     int err = cuda_enter(cb, "reserve");
     if (err) return err;
     CUdeviceptr p = 0;
-    CUresult r = cb->f->MemAddressReserve(&p, size, b->caps.granularity, 0, 0);
+    CUresult r = cb->f->MemAddressReserve(&p, size, align, 0, 0);
     cuda_leave(cb);
     if (r != CUDA_SUCCESS) {
         int code = r == CUDA_ERROR_OUT_OF_MEMORY || r == CUDA_ERROR_INVALID_VALUE ? GPU_ERR_OUT_OF_VA : cuda_code(r);
-        return cuda_fail(cb, code, r, "cuMemAddressReserve(size=%zu, alignment=%zu)", size, b->caps.granularity);
+        return cuda_fail(cb, code, r, "cuMemAddressReserve(size=%zu, alignment=%zu)", size, align);
     }
     *va = (uintptr_t)p;
     return GPU_OK;

@@ -114,8 +114,8 @@ static int fault_leave(fault_backend *fb, int rc) {
         return fault_leave(fb_, fb_->inner->ops->call);       \
     } while (0)
 
-static int fault_reserve(vmm_backend *b, size_t size, uintptr_t *va) {
-    FORWARD(b, VMM_OP_RESERVE, reserve(fault_of(b)->inner, size, va));
+static int fault_reserve(vmm_backend *b, size_t size, size_t align, uintptr_t *va) {
+    FORWARD(b, VMM_OP_RESERVE, reserve(fault_of(b)->inner, size, align, va));
 }
 static int fault_unreserve(vmm_backend *b, uintptr_t va, size_t size) {
     FORWARD(b, VMM_OP_UNRESERVE, unreserve(fault_of(b)->inner, va, size));

@@ -101,7 +101,7 @@ size_t host_page_size(void);
  * (GPU_PROT_READ or GPU_PROT_READ_WRITE); else why says what is wrong. Takes
  * the lock. */
 bool host_range_usable(host_backend *hb, uintptr_t va, size_t size, gpu_prot_t need, const char **why);
-int host_reserve(vmm_backend *b, size_t size, uintptr_t *va);
+int host_reserve(vmm_backend *b, size_t size, size_t align, uintptr_t *va);
 int host_unreserve(vmm_backend *b, uintptr_t va, size_t size);
 int host_create(vmm_backend *b, size_t size, vmm_handle *out);
 /* size bytes hb created leave its device's count (a release, or handles left at close). */

@@ -171,11 +171,13 @@ static int host_prot_flags(gpu_prot_t prot) {
 
 /* Reserves size bytes of granularity-aligned VA: over-reserve by one granule,
  * then trim the slop at both ends. */
-int host_reserve(vmm_backend *b, size_t size, uintptr_t *va) {
+int host_reserve(vmm_backend *b, size_t size, size_t align, uintptr_t *va) {
     host_backend *hb = host_of(b);
-    size_t g = hb->gran;
-    if (!va || size == 0 || !host_aligned(size, g))
-        return vmm_fail(b, GPU_ERR_INVALID, "host reserve(size=%zu): size must be a non-zero multiple of the granularity %zu", size, g);
+    if (!va || size == 0 || !host_aligned(size, hb->gran))
+        return vmm_fail(b, GPU_ERR_INVALID, "host reserve(size=%zu): size must be a non-zero multiple of the granularity %zu", size, hb->gran);
+    if (align < hb->gran || align & (align - 1))
+        return vmm_fail(b, GPU_ERR_INVALID, "host reserve(align=%zu): a power of two of at least the granularity %zu", align, hb->gran);
+    size_t g = align;
     if (size > SIZE_MAX - g)
         return vmm_fail(b, GPU_ERR_OUT_OF_VA, "host reserve(size=%zu): too large", size);
 
