@@ -169,24 +169,23 @@ static int host_prot_flags(gpu_prot_t prot) {
 
 /* ---- reservations ----------------------------------------------------------- */
 
-/* Reserves size bytes of granularity-aligned VA: over-reserve by one granule,
- * then trim the slop at both ends. */
+/* Reserves size bytes of VA at a multiple of align: over-reserve by align, then
+ * trim the slop at both ends. */
 int host_reserve(vmm_backend *b, size_t size, size_t align, uintptr_t *va) {
     host_backend *hb = host_of(b);
     if (!va || size == 0 || !host_aligned(size, hb->gran))
         return vmm_fail(b, GPU_ERR_INVALID, "host reserve(size=%zu): size must be a non-zero multiple of the granularity %zu", size, hb->gran);
     if (align < hb->gran || align & (align - 1))
         return vmm_fail(b, GPU_ERR_INVALID, "host reserve(align=%zu): a power of two of at least the granularity %zu", align, hb->gran);
-    size_t g = align;
-    if (size > SIZE_MAX - g)
+    if (size > SIZE_MAX - align)
         return vmm_fail(b, GPU_ERR_OUT_OF_VA, "host reserve(size=%zu): too large", size);
 
-    void *p = mmap(NULL, size + g, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *p = mmap(NULL, size + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
         return vmm_fail(b, GPU_ERR_OUT_OF_VA, "host reserve(size=%zu): mmap: %s", size, strerror(errno));
-    uintptr_t raw = (uintptr_t)p, start = (raw + g - 1) & ~(uintptr_t)(g - 1);
+    uintptr_t raw = (uintptr_t)p, start = (raw + align - 1) & ~(uintptr_t)(align - 1);
     if (start > raw) munmap(p, start - raw);
-    if (raw + g > start) munmap((void *)(start + size), raw + g - start);
+    if (raw + align > start) munmap((void *)(start + size), raw + align - start);
 
     pthread_mutex_lock(&hb->lock);
     if (!host_grow((void **)&hb->res, &hb->cap_res, hb->nres + 1, sizeof *hb->res)) {
