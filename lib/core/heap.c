@@ -87,7 +87,7 @@ static int reserve_va(gpu_heap_t *h) {
     size_t below = atomic_load_explicit(&start_below, memory_order_relaxed);
     while (!exact && size >= below && size / 2 >= 64 * h->gran) size /= 2;
     for (;;) {
-        int rc = vmm_call_reserve(&h->door, size, h->page ? h->page : h->gran, &h->base); /* a paged heap: on its page grid */
+        int rc = vmm_call_reserve(&h->door, size, heap_grid(h), &h->base);
         if (rc == GPU_OK) {
             h->reserved = size;
             h->door.trace_heap = h->base;

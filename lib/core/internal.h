@@ -68,6 +68,12 @@ bool heap_reclaim_locked(gpu_heap_t *h);
 
 /* ---- vacant.c: new memory ----------------------------------------------------- */
 
+/* The grid a heap's new ranges start on: a paged heap's page, else the
+ * granularity. The reservation is aligned to it (heap.c), so where a range
+ * falls relative to the heap's start does not depend on where the driver put
+ * the heap. */
+static inline size_t heap_grid(const gpu_heap_t *h) { return h->page ? h->page : h->gran; }
+
 /* Carves size bytes at align out of vacant VA, with up to headroom bytes of
  * HEADROOM after it where there is room; the range comes back BUSY. */
 int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out);

@@ -23,7 +23,7 @@
 /* Carves [start, start+size) out of vacant VA at the given alignment, with
  * headroom kept free after it when there is room. The range comes back BUSY. */
 int heap_carve_vacant_locked(gpu_heap_t *h, size_t size, size_t align, size_t headroom, block **out) {
-    size_t unit = h->page ? h->page : h->gran; /* a paged heap's ranges start on its page grid */
+    size_t unit = heap_grid(h);
     size_t slack = align > unit ? align - unit : unit - h->gran, want = size + slack;
     if (want < size) return gh_note(GPU_ERR_INVALID, "size %zu overflows with alignment %zu", size, align);
     block *v = NULL;
