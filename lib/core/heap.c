@@ -66,14 +66,10 @@ int heap_reserve_records(gpu_heap_t *h) {
  * costs them address space they would rarely fill. */
 static _Atomic size_t start_below = SIZE_MAX;
 
-/* Moves start_below down (lower) or up (raise) to size, never the other way:
- * racing heaps leave the lowest, or the highest, of their answers. */
-static void start_lower(size_t size) {
-    for (size_t seen = atomic_load(&start_below); size < seen;)
-        if (atomic_compare_exchange_weak(&start_below, &seen, size)) break;
-}
-static void start_raise(size_t size) {
-    for (size_t seen = atomic_load(&start_below); size > seen;)
+/* Moves start_below to size, only downwards (up false) or only upwards (up
+ * true): racing heaps leave the lowest, or the highest, of their answers. */
+static void start_move(size_t size, bool up) {
+    for (size_t seen = atomic_load(&start_below); up ? size > seen : size < seen;)
         if (atomic_compare_exchange_weak(&start_below, &seen, size)) break;
 }
 
@@ -91,12 +87,12 @@ static int reserve_va(gpu_heap_t *h) {
         if (rc == GPU_OK) {
             h->reserved = size;
             h->door.trace_heap = h->base;
-            if (!exact) start_lower(size); /* the next heap asks half: what is left beside it is no more */
+            if (!exact) start_move(size, false); /* the next heap asks half: what is left beside it is no more */
             return GPU_OK;
         }
         if (rc != GPU_ERR_OUT_OF_VA || exact || size / 2 < 64 * h->gran)
             return gh_note(rc, "reserving %zu bytes of VA: %s", size, vmm_error());
-        start_lower(size);
+        start_move(size, false);
         size /= 2;
     }
 }
@@ -105,7 +101,7 @@ static int reserve_va(gpu_heap_t *h) {
  * was), so later heaps may start there once more. */
 static void unreserve_va(gpu_heap_t *h) {
     (void)vmm_call_unreserve(&h->door, h->base, h->reserved);
-    start_raise(h->reserved > SIZE_MAX / 2 ? SIZE_MAX : 2 * h->reserved);
+    start_move(h->reserved > SIZE_MAX / 2 ? SIZE_MAX : 2 * h->reserved, true);
 }
 
 int heap_open(const gpu_config_t *cfg, gpu_heap_t **out) {
