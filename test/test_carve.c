@@ -258,6 +258,46 @@ static void test_walk_halves(void **state) {
     run_close(&r);
 }
 
+/* ---- the whole-extent search remembers a miss ------------------------------------ */
+
+/* An idle block remembers the need a whole-extent search missed in it, and
+ * forgets it once its range changes: the last quantum of the run taken, the rest
+ * holds no window of whole extents for the run's size less a quantum (the last
+ * extent is not wholly idle); given back, it merges into that same record, and
+ * the search must find the run. */
+static void test_fit_miss_forgotten_when_block_grows(void **state) {
+    (void)state;
+    run r = run_open();
+    gpu_heap_t *h = r.h;
+    size_t need = (r.hi - r.lo) - QUANTUM;
+    heap_lock(h);
+    assert_int_equal(heap_reserve_records(h), GPU_OK);
+    block *b = run_block(&r);
+    tlsf_remove(&h->idle, b);
+    block *last = block_carve(h, b, r.hi - QUANTUM, QUANTUM, &h->idle);
+    heap_make_live_locked(h, last);
+    assert_null(fit_take_whole(h, need, QUANTUM));
+    assert_int_equal(b->fit_need, need); /* remembered */
+    assert_true(fit_memo_holds(h, b));
+    assert_null(fit_take_whole(h, need, QUANTUM)); /* the same miss, remembered */
+    heap_unlock(h);
+    CHECK_HEAP(h);
+
+    heap_lock(h);
+    blockmap_remove(&h->live, last->start);
+    heap_unlive_locked(h, last);
+    block *merged = block_release_free(h, last, BLOCK_IDLE);
+    assert_ptr_equal(merged, b); /* the remembering record, grown */
+    assert_int_equal(block_end(b), r.hi);
+    block *got = fit_take_whole(h, need, QUANTUM);
+    assert_non_null(got);
+    assert_int_equal(got->start, r.lo);
+    blockmap_remove(&h->live, got->start);
+    heap_unlive_locked(h, got);
+    (void)block_release_free(h, got, BLOCK_IDLE);
+    heap_unlock(h);
+    run_close(&r);
+}
 
 /* ---- a run of small blocks ------------------------------------------------------ */
 
@@ -314,6 +354,7 @@ int main(void) {
         cmocka_unit_test(test_walk_starts_and_ends_inside),
         cmocka_unit_test(test_walk_no_extent),
         cmocka_unit_test(test_walk_halves),
+        cmocka_unit_test(test_fit_miss_forgotten_when_block_grows),
         cmocka_unit_test(test_run_matches_singles),
     };
     return cmocka_run_group_tests_name("carve", tests, NULL, NULL);

@@ -124,6 +124,8 @@ static int check_locked(gpu_heap_t *h, checker *c) {
             break;
         case BLOCK_IDLE:
             CHECK(c, tlsf_contains(&h->idle, b), "idle block %#lx not in the idle index", (unsigned long)b->start);
+            CHECK(c, fit_memo_holds(h, b), "idle block %#lx remembers a whole-extent miss for %zu bytes that a search "
+                  "would not make now", (unsigned long)b->start, b->fit_need);
             idle += b->size;
             idle_n++;
             check_backed(h, c, b);

@@ -88,6 +88,7 @@ extent *extmap_find(const extmap *m, uintptr_t va) {
 /* Writes val into every granule slot of [va, va+size); leaves are made first so
  * that a failure leaves the map unchanged. */
 static int fill(extmap *m, uintptr_t va, size_t size, extent *val) {
+    m->gen++;
     size_t g0 = granule_of(m, va), n = size >> m->shift;
     gh_assert(g0 != SIZE_MAX && g0 + n <= m->granules, "extent inside the reservation");
     for (size_t l = g0 >> EXTMAP_LEAF_LOG2; l <= (g0 + n - 1) >> EXTMAP_LEAF_LOG2; l++) {

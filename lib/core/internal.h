@@ -128,6 +128,7 @@ size_t heap_headroom_for(const gpu_heap_t *h, size_t size);           /* headroo
 block *fit_take_best(gpu_heap_t *h, size_t need, size_t align);
 block *fit_take_any(gpu_heap_t *h, size_t need, size_t align);        /* from any idle block */
 block *fit_take_whole(gpu_heap_t *h, size_t need, size_t align);      /* only where it fills whole extents */
+bool fit_memo_holds(gpu_heap_t *h, const block *b); /* b's remembered miss is what a search would find now (check.c) */
 block *fit_take_owned(gpu_heap_t *h, size_t need, size_t align);      /* whole extents, owned by the block */
 
 /* ---- alloc.c: the allocation path --------------------------------------------- */

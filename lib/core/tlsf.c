@@ -47,6 +47,7 @@ void tlsf_insert(tlsf_index *t, block *b) {
     mapping_insert(b->size, &fl, &sl);
     gh_assert(fl < TLSF_FL_COUNT, "block size within the index's range");
     block *head = t->heads[fl][sl];
+    b->fit_need = 0; /* the range may have changed while out of the index: forget the last miss */
     b->prev_free = NULL;
     b->next_free = head;
     if (head) head->prev_free = b;

@@ -62,6 +62,14 @@ struct __attribute__((aligned(64))) block {
                                    * waits in a spare set); order_epoch: the release it waits for */
     uint64_t export_token;        /* LIVE: the token gpu_ipc_get_mem_handle gave it (export.c); 0: never exported.
                                    * Cleared whenever the block becomes or stops being live */
+    /* IDLE: the whole-extent search's last miss in this block (fit.c): the need
+     * and alignment it failed for, the extent map's generation then and the
+     * extents it stepped over. fit_need 0: none; tlsf_insert clears it, since a
+     * block's range changes only while it is out of its index. */
+    size_t fit_need;
+    uint64_t fit_gen;
+    uint32_t fit_steps;
+    uint8_t fit_align_log2;
     /* Thread caches (lib/cache): (generation << 2) | tc_state. Last, so that
      * block_new keeps it: the generation outlives the record's reuse. */
     _Atomic uint64_t tc;
@@ -138,6 +146,8 @@ typedef struct extmap {
     size_t span;        /* granules * granularity */
     extent ***leaves;   /* [granules >> EXTMAP_LEAF_LOG2 rounded up] */
     size_t nleaves;
+    uint64_t gen;       /* moves on with every extent set or cleared: what a search remembered of the
+                         * map holds while it has not moved (fit.c) */
 } extmap;
 
 /* ---- record pools (block.c) --------------------------------------------------- */
