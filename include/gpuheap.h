@@ -100,7 +100,7 @@ typedef struct gpu_config_t {
                                   * (a device's memory is shared); 0 = unlimited */
     size_t host_granularity;     /* host backend: mapping granularity; 0 = 2 MiB like the GPU */
     int verbose;                 /* 0 quiet, 1 errors to stderr, 2 also slow-path events */
-    size_t thread_cache;         /* bytes of free blocks up to 4 KiB each thread may keep for itself, and up to eight times that of blocks up to a granule, a quarter of it at first (each at most release_threshold), and one freed plain block of 64 MiB or more until the thread's next allocation; 0 = no thread caches */
+    size_t thread_cache;         /* bytes of free blocks up to 4 KiB each thread may keep for itself, and up to sixteen times that of larger blocks: those up to a granule (a ring of one size at most eight times it, two times at first) and whole granules up to half this value and 16 MiB (each at most release_threshold), and one freed plain block of 64 MiB or more until the thread's next allocation; 0 = no thread caches */
     int ipc;                     /* 1 (gpu_config_init's default; GPUHEAP_IPC): physical memory is created so that blocks can be
                                   * shared with gpu_ipc_get_mem_handle; 0: plain memory, exports refused */
     size_t page_size;            /* 0 (the default): a block of a granule and more gets extents of its own. Else paged

@@ -20,7 +20,7 @@
 #define TC_ALL (TC_CLASSES + TC_MID_SLOTS)       /* a class index: small classes first, then the mid slots */
 #define TC_BIG TC_ALL                            /* the class a handed-out large block is known by (big.c) */
 #define TC_MID_RING_MIN 8u /* a mid size is cached only when its budget holds a ring this deep */
-#define TC_WIDE_RING_MIN 16u /* a wide size (whole granules) only when the whole mid budget holds a ring this deep */
+#define TC_WIDE_RING_MIN 32u /* a wide size (whole granules) only when the whole mid budget holds a ring this deep */
 enum { TC_FLUSH_ALL = 1, TC_FLUSH_MID = 2 }; /* what another thread asked a cache to give back */
 
 typedef struct tc_entry {
@@ -147,10 +147,11 @@ static inline size_t tc_limit_bytes(const gpu_heap_t *h) {
 static inline size_t tc_limit_need(const gpu_heap_t *h) {
     return TC_MAX_BYTES < h->gran ? TC_MAX_BYTES : h->gran - GH_QUANTUM;
 }
-/* The mid slots' budget: eight times the small classes' (256 MiB by default),
- * bounded by the release threshold. A mid ring starts at a depth that holds
- * about a quarter of that (tc_mid_start_bytes: 64 MiB, what the heap's
- * quarantine lets wait anyway) and deepens toward the whole budget only while
+/* The mid slots' budget: sixteen times the small classes' (512 MiB by default),
+ * bounded by the release threshold. A ring of exact sizes below a granule
+ * starts at a depth that holds 64 MiB (tc_mid_start_bytes, what the heap's
+ * quarantine lets wait anyway) and deepens toward half the budget
+ * (TC_MID_RING_SHARE: 256 MiB) only while
  * its oldest block is still waiting for its cover when its turn comes: a block
  * is reused a ring's length of frees after it was freed, and that must be
  * longer than a cover takes to record and be seen complete — 0.34 us for one
@@ -159,8 +160,9 @@ static inline size_t tc_limit_need(const gpu_heap_t *h) {
  * at 256, 14-16x (bench/RESULTS.md). The largest need the slots take below a
  * granule: small enough for a ring of TC_MID_RING_MIN blocks within the
  * starting depth's bytes. */
-#define TC_MID_BUDGET_SCALE 8u
+#define TC_MID_BUDGET_SCALE 16u
 #define TC_MID_START_SCALE 2u
+#define TC_MID_RING_SHARE 2u /* a ring of exact sizes may hold this part of the mid budget at most */
 static inline size_t tc_scaled(const gpu_heap_t *h, size_t scale) {
     size_t b = h->cfg.thread_cache <= SIZE_MAX / scale ? scale * h->cfg.thread_cache : SIZE_MAX;
     return b < h->cfg.release_threshold ? b : h->cfg.release_threshold;
@@ -175,15 +177,21 @@ static inline size_t tc_mid_limit_need(const gpu_heap_t *h) {
 }
 /* Wide sizes: the mid slots also take needs of whole granules, from a granule
  * up to what the whole mid budget holds a ring of TC_WIDE_RING_MIN of (16 MiB by
- * default), below the large block a cache keeps (big.c). Through the heap such
+ * default), below the large block a cache keeps (big.c); a wide ring may hold
+ * the whole budget. Through the heap such
  * a pair quarantines, seals, reaps (merging the batch back), searches whole
  * extents and cuts — about 1,500 instructions on the host backend against
  * 410-480 for a ring's pair — and its covers come with the quarantine's batches
  * (a 16 MiB pair: a record and a query every 5 pairs); a
  * ring's come with its looks, a record and a query (about 360 ns on an H200)
  * every half depth of frees, so a ring of these is never shallower than
- * TC_WIDE_RING_MIN (a look every 8 frees; 4 deep, a 16 MiB pair on an H200 took
- * 211-223 ns, bench/RESULTS.md). Whole granules only: the heap hands such a need
+ * TC_WIDE_RING_MIN: a look every 16 frees. On an H200 a 16 MiB pair took
+ * 211-223 ns 4 deep, 87-95 ns 16 deep (a look every 8 frees) and 61-62 ns 32
+ * deep, against cudaMallocAsync's 620-650 (bench/RESULTS.md). The price is the
+ * memory a tight loop keeps turning: 32 freed blocks wait for their covers,
+ * 512 MiB of 16 MiB blocks for one live block; like every cached block they
+ * come back to the heap before it maps past its physical budget, at a trim and
+ * when memory runs out. Whole granules only: the heap hands such a need
  * out exactly (an idle cut or an extent of its own), where a rounded-up size
  * would waste the rest (RMM's random 4 MiB cases 1.117 -> 1.281x their live
  * peak). Not in a paged heap, whose placement moves pages (paged.c). These

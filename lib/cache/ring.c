@@ -76,10 +76,11 @@ static uint32_t ring_len(const tc_class *q, size_t bytes) {
     return len;
 }
 
-/* The ring's capacity: a small class holds about TC_CLASS_BYTES, a mid slot at
- * most its whole budget. */
+/* The ring's capacity: a small class holds about TC_CLASS_BYTES, a mid slot of
+ * exact sizes a share of its budget, a wide one the whole of it. */
 static uint32_t ring_cap(const tc_class *q) {
-    return ring_len(q, q->size > TC_MAX_BYTES ? q->budget->limit : TC_CLASS_BYTES);
+    if (q->size <= TC_MAX_BYTES) return ring_len(q, TC_CLASS_BYTES);
+    return ring_len(q, q->wide ? q->budget->limit : q->budget->limit / TC_MID_RING_SHARE);
 }
 
 /* The depth a new ring is kept at: its budget's starting bytes (a small class:
