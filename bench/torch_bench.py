@@ -9,6 +9,10 @@ measures it the way gpuheap-bench measures cudaMalloc and cudaMallocAsync:
           ctypes) in batches of 32 pairs; if g++ or the headers are missing it
           falls back to torch.cuda.caching_allocator_alloc/delete timed from
           Python, and says so in the JSON ("timed_in": "python").
+  side    the same pairs and gpuheap's plain gpu_malloc + gpu_free (from the
+          --plugin library's gpuheap) in one process, a batch of each in turn:
+          both meet the machine as it is from one moment to the next, where the
+          lent machines' speed moves by 2x within a minute (C++ shim only).
   random  RMM's random_allocations workload, the same generator as gpuheap-bench
           (same seed, same sizes), in C++: time per call and peak reserved bytes.
   train   a transformer encoder's training step (6 layers, d 512, batch 32x256):
@@ -39,6 +43,7 @@ CPP = r"""
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <chrono>
 #include <cstdint>
+#include <dlfcn.h>
 #include <vector>
 
 namespace A = c10::cuda::CUDACachingAllocator;
@@ -58,6 +63,38 @@ extern "C" int tb_pairs(size_t size, int warm, int max_samples, int batch, doubl
             auto t0 = clk::now();
             for (int k = 0; k < batch; k++) A::raw_delete(A::raw_alloc(size));
             out[n++] = ns_since(t0) / batch;
+            if (n >= 5 && ns_since(start) > budget_s * 1e9) break;
+        }
+        return n;
+    } catch (...) {
+        return -1;
+    }
+}
+
+// The same pairs and gpuheap's plain ones (gpu_malloc and gpu_free, found through
+// lib), a batch of each in turn; samples of each, how many (or -1).
+extern "C" int tb_pairs_side(const char *lib, size_t size, int warm, int max_samples, int batch, double budget_s,
+                             double *torch_out, double *heap_out) {
+    void *h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+    auto gm = h ? (void *(*)(size_t))dlsym(h, "gpu_malloc") : nullptr;
+    auto gf = h ? (int (*)(void *))dlsym(h, "gpu_free") : nullptr;
+    if (!gm || !gf) return -1;
+    try {
+        for (int i = 0; i < warm; i++) {
+            A::raw_delete(A::raw_alloc(size));
+            void *p = gm(size);
+            if (!p) return -1;
+            gf(p);
+        }
+        auto start = clk::now();
+        int n = 0;
+        while (n < max_samples) {
+            auto t0 = clk::now();
+            for (int k = 0; k < batch; k++) A::raw_delete(A::raw_alloc(size));
+            torch_out[n] = ns_since(t0) / batch;
+            t0 = clk::now();
+            for (int k = 0; k < batch; k++) gf(gm(size));
+            heap_out[n++] = ns_since(t0) / batch;
             if (n >= 5 && ns_since(start) > budget_s * 1e9) break;
         }
         return n;
@@ -177,6 +214,25 @@ def child_pairs(shim, quick):
     return rows, "python"
 
 
+def child_side(shim, plugin, quick):
+    """The allocator's pairs and gpuheap's, a batch of each in turn in this process."""
+    if not shim or not plugin or not os.path.exists(plugin):
+        return []
+    lib = ctypes.CDLL(shim)
+    lib.tb_pairs_side.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_double, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double)]
+    samples, budget = (300, 0.3) if quick else (2000, 0.8)
+    a, b = (ctypes.c_double * samples)(), (ctypes.c_double * samples)()
+    rows = []
+    for s in SIZES:
+        n = lib.tb_pairs_side(plugin.encode(), s, 200, samples, 32, budget, a, b)
+        t, g = quantiles(a[:max(n, 0)]), quantiles(b[:max(n, 0)])
+        rows.append({"size": s, "samples": n, "batch": 32, "failed": n < 0, "torch_median_ns": t[0],
+                     "torch_p99_ns": t[1], "gpuheap_median_ns": g[0], "gpuheap_p99_ns": g[1],
+                     "torch_over_gpuheap": t[0] / g[0] if n > 0 and g[0] else None})
+    return rows
+
+
 def child_random(shim):
     import torch
     if not shim:
@@ -253,6 +309,7 @@ def child(mode, args):
            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")}
     if not plugin:
         out["pairs"], out["timed_in"] = child_pairs(args.shim, args.quick)
+        out["side"] = child_side(args.shim, os.path.abspath(args.plugin), args.quick)
         out["random"] = child_random(args.shim)
     out["train"] = child_train(args.quick, plugin)
     with open(args.result, "w") as f:
@@ -311,6 +368,12 @@ def main():
                   f" peak live {t.get('peak_live', 0) / 2**20:.0f} MiB")
         for p in r.get("pairs", []):
             print(f"  {mode:14s} pair {p['size']:>11d} B: {p['median_ns']:.0f} ns (p99 {p['p99_ns']:.0f})")
+        for p in r.get("side", []):
+            if p["failed"]:
+                print(f"  {mode:14s} beside gpuheap {p['size']:>11d} B: failed")
+                continue
+            print(f"  {mode:14s} beside gpuheap {p['size']:>11d} B: {p['torch_median_ns']:.0f} ns, gpuheap "
+                  f"{p['gpuheap_median_ns']:.0f} ns: gpuheap {p['torch_over_gpuheap']:.2f}x faster")
     print(f"torch_bench: wrote {path}")
 
 
