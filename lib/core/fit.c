@@ -66,10 +66,20 @@ block *fit_take_best(gpu_heap_t *h, size_t need, size_t align) {
 typedef struct fit_search {
     gpu_heap_t *h;
     size_t need, slack, align;
+    unsigned align_log2; /* what a block remembers of align (fit_one) */
     unsigned seen, steps;
     block *b;
     uintptr_t at;
 } fit_search;
+
+/* How far past need a run of whole extents may reach: a granule or an eighth. */
+static size_t fit_slack(const gpu_heap_t *h, size_t need) { return need / 8 > h->gran ? need / 8 : h->gran; }
+
+/* A whole-extent search for need bytes at align (a power of two). */
+static fit_search fit_search_for(gpu_heap_t *h, size_t need, size_t align) {
+    return (fit_search){.h = h, .need = need, .slack = fit_slack(h, need), .align = align,
+                        .align_log2 = (unsigned)__builtin_ctzll(align)};
+}
 
 /* The next extent boundary after va inside the idle block ending at end, or 0
  * where the extent there runs past the block (it is not wholly idle). */
@@ -114,8 +124,7 @@ static bool fit_one(block *b, void *arg) {
     fit_search *f = arg;
     if (++f->seen > FIT_SCAN || f->steps > FIT_STEPS) return false;
     if (b->size < f->need) return true;
-    unsigned align_log2 = (unsigned)__builtin_ctzll(f->align);
-    if (b->fit_need == f->need && b->fit_align_log2 == align_log2 && b->fit_gen == f->h->extents.gen) {
+    if (b->fit_need == f->need && b->fit_align_log2 == f->align_log2 && b->fit_gen == f->h->extents.gen) {
         f->steps += b->fit_steps;
         return true;
     }
@@ -126,7 +135,7 @@ static bool fit_one(block *b, void *arg) {
     case WINDOW_NONE: break;
     }
     b->fit_need = f->need;
-    b->fit_align_log2 = (uint8_t)align_log2;
+    b->fit_align_log2 = (uint8_t)f->align_log2;
     b->fit_gen = f->h->extents.gen;
     b->fit_steps = f->steps - before;
     return true;
@@ -134,15 +143,13 @@ static bool fit_one(block *b, void *arg) {
 
 bool fit_memo_holds(gpu_heap_t *h, const block *b) {
     if (!b->fit_need || b->fit_gen != h->extents.gen) return true; /* none, or forgotten at the next search */
-    size_t need = b->fit_need;
-    fit_search f = {.h = h, .need = need, .slack = need / 8 > h->gran ? need / 8 : h->gran,
-                    .align = (size_t)1 << b->fit_align_log2};
-    return b->size >= need && fit_window(&f, b) == WINDOW_NONE && f.steps == b->fit_steps;
+    fit_search f = fit_search_for(h, b->fit_need, (size_t)1 << b->fit_align_log2);
+    return b->size >= f.need && fit_window(&f, b) == WINDOW_NONE && f.steps == b->fit_steps;
 }
 
 block *fit_take_whole(gpu_heap_t *h, size_t need, size_t align) {
     gh_assert(gh_is_pow2(align), "a whole-extent fit's alignment is a power of two");
-    fit_search f = {.h = h, .need = need, .slack = need / 8 > h->gran ? need / 8 : h->gran, .align = align};
+    fit_search f = fit_search_for(h, need, align);
     tlsf_walk_from(&h->idle, need, fit_one, &f);
     return f.b ? claim_idle(h, f.b, f.at, need) : NULL;
 }
@@ -161,8 +168,7 @@ block *fit_take_owned(gpu_heap_t *h, size_t need, size_t align) {
     if (!e) return NULL;
     uintptr_t s = e->va; /* the run starts here and ends with e */
     while (e && e->va + e->size - s < need) e = extmap_next_whole(&h->extents, e, end);
-    size_t slack = need / 8 > h->gran ? need / 8 : h->gran;
-    if (!e || e->va + e->size - s - need > slack) return NULL;
+    if (!e || e->va + e->size - s - need > fit_slack(h, need)) return NULL;
     b = claim_idle(h, b, s, e->va + e->size - s);
     b->owned = 1;
     return b;
