@@ -260,6 +260,14 @@ static void test_walk_halves(void **state) {
 
 /* ---- the whole-extent search remembers a miss ------------------------------------ */
 
+/* A live block of the test's making goes back idle (lock held): out of the
+ * address map and the live counts, merged with its idle neighbours. */
+static block *give_back_idle(gpu_heap_t *h, block *b) {
+    blockmap_remove(&h->live, b->start);
+    heap_unlive_locked(h, b);
+    return block_release_free(h, b, BLOCK_IDLE);
+}
+
 /* An idle block remembers the need a whole-extent search missed in it, and
  * forgets it once its range changes: the last quantum of the run taken, the rest
  * holds no window of whole extents for the run's size less a quantum (the last
@@ -284,17 +292,13 @@ static void test_fit_miss_forgotten_when_block_grows(void **state) {
     CHECK_HEAP(h);
 
     heap_lock(h);
-    blockmap_remove(&h->live, last->start);
-    heap_unlive_locked(h, last);
-    block *merged = block_release_free(h, last, BLOCK_IDLE);
+    block *merged = give_back_idle(h, last);
     assert_ptr_equal(merged, b); /* the remembering record, grown */
     assert_int_equal(block_end(b), r.hi);
     block *got = fit_take_whole(h, need, QUANTUM);
     assert_non_null(got);
     assert_int_equal(got->start, r.lo);
-    blockmap_remove(&h->live, got->start);
-    heap_unlive_locked(h, got);
-    (void)block_release_free(h, got, BLOCK_IDLE);
+    (void)give_back_idle(h, got);
     heap_unlock(h);
     run_close(&r);
 }
