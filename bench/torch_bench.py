@@ -53,22 +53,40 @@ static double ns_since(clk::time_point t0) {
     return std::chrono::duration<double, std::nano>(clk::now() - t0).count();
 }
 
-// Samples of `batch` warm pairs timed together; returns how many (or -1).
-extern "C" int tb_pairs(size_t size, int warm, int max_samples, int batch, double budget_s, double *out) {
+// Samples of `batch` warm pairs timed together, for each of the pair functions
+// given, a batch of each in turn, until max_samples or budget_s (after 5);
+// returns how many (or -1).
+template <class... Pair>
+static int sample(int max_samples, int batch, double budget_s, double **out, Pair... pair) {
     try {
-        for (int i = 0; i < warm; i++) A::raw_delete(A::raw_alloc(size));
         auto start = clk::now();
         int n = 0;
         while (n < max_samples) {
-            auto t0 = clk::now();
-            for (int k = 0; k < batch; k++) A::raw_delete(A::raw_alloc(size));
-            out[n++] = ns_since(t0) / batch;
+            int j = 0;
+            auto one = [&](auto f) {
+                auto t0 = clk::now();
+                for (int k = 0; k < batch; k++) f();
+                out[j++][n] = ns_since(t0) / batch;
+            };
+            (one(pair), ...);
+            n++;
             if (n >= 5 && ns_since(start) > budget_s * 1e9) break;
         }
         return n;
     } catch (...) {
         return -1;
     }
+}
+
+static void torch_pair(size_t size) { A::raw_delete(A::raw_alloc(size)); }
+
+extern "C" int tb_pairs(size_t size, int warm, int max_samples, int batch, double budget_s, double *out) {
+    try {
+        for (int i = 0; i < warm; i++) torch_pair(size);
+    } catch (...) {
+        return -1;
+    }
+    return sample(max_samples, batch, budget_s, &out, [&] { torch_pair(size); });
 }
 
 // The same pairs and gpuheap's plain ones (gpu_malloc and gpu_free, found through
@@ -81,26 +99,16 @@ extern "C" int tb_pairs_side(const char *lib, size_t size, int warm, int max_sam
     if (!gm || !gf) return -1;
     try {
         for (int i = 0; i < warm; i++) {
-            A::raw_delete(A::raw_alloc(size));
+            torch_pair(size);
             void *p = gm(size);
             if (!p) return -1;
             gf(p);
         }
-        auto start = clk::now();
-        int n = 0;
-        while (n < max_samples) {
-            auto t0 = clk::now();
-            for (int k = 0; k < batch; k++) A::raw_delete(A::raw_alloc(size));
-            torch_out[n] = ns_since(t0) / batch;
-            t0 = clk::now();
-            for (int k = 0; k < batch; k++) gf(gm(size));
-            heap_out[n++] = ns_since(t0) / batch;
-            if (n >= 5 && ns_since(start) > budget_s * 1e9) break;
-        }
-        return n;
     } catch (...) {
         return -1;
     }
+    double *out[] = {torch_out, heap_out};
+    return sample(max_samples, batch, budget_s, out, [&] { torch_pair(size); }, [&] { gf(gm(size)); });
 }
 
 static uint64_t rng_next(uint64_t *s) {  // splitmix64, as gpuheap-bench
